@@ -1,0 +1,263 @@
+"""The `pedit` command line: parse options, build one config, call one library function, show it.
+
+Heavy imports (torch, diffusers) happen inside command bodies so `pedit --help` stays fast.
+Errors: any `PeditError` becomes `Error: <message>` on stderr and exit 1, in one place
+(`PeditGroup.invoke`); bad flags are click usage errors (exit 2); `PEDIT_DEBUG=1` shows tracebacks.
+Progress bars and tables are drawn with rich on stderr, so stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pedit import __version__
+from pedit.errors import PeditError
+
+
+class PeditGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PeditError as e:
+            if os.environ.get("PEDIT_DEBUG"):
+                raise
+            raise click.ClickException(str(e)) from None
+
+
+def _console(quiet: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=quiet, highlight=False)
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def _show_config(console, cfg) -> None:
+    from dataclasses import asdict
+
+    items = ", ".join(f"{k}={v}" for k, v in asdict(cfg).items())
+    console.print(f"[dim]{type(cfg).__name__}({items})[/dim]")
+
+
+@click.group(cls=PeditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pedit")
+def cli():
+    """Feature-preserving portrait editing with a Multi-Conditioned Diffusion Model.
+
+    \b
+    pedit edit photo.jpg --direction royal     edit a portrait (bundled toon model by default)
+    pedit train --data pairs/ -o my-model      train an MCDM on a pair folder
+    pedit gen-pairs --source toon -o pairs/    make a pair folder
+    pedit eval --pairs eval-pairs/             measure a model against ground truth
+    """
+
+
+@cli.command()
+@click.option("--file", "directions_file", type=click.Path(dir_okay=False), help="A TOML file of your own directions.")
+@click.option("-m", "--model", type=click.Path(), help="List the directions this model folder was trained on.")
+def directions(directions_file, model):
+    """List the built-in editing directions (and those of a file or model)."""
+    import json
+
+    from rich.table import Table
+
+    from pedit.directions import Direction, all_directions
+
+    if model:
+        meta_file = Path(model) / "pedit.json"
+        if not meta_file.exists():
+            raise PeditError(f"{model} is not a model folder (no pedit.json).")
+        found = {d["name"]: Direction(**d) for d in json.loads(meta_file.read_text())["directions"]}
+    else:
+        found = all_directions(directions_file)
+    table = Table("name", "task", "p_a (source)", "p_b (target)")
+    for d in found.values():
+        table.add_row(d.name, d.task, d.p_a, d.p_b)
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(table)
+    else:
+        for d in found.values():
+            click.echo(f"{d.name}\t{d.task}\t{d.p_a}\t{d.p_b}")
+
+
+@cli.command("gen-pairs")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Pair folder to write (resumable).")
+@click.option("-n", "n", required=True, type=click.IntRange(min=1), help="Number of pairs in the whole set.")
+@click.option("--source", type=click.Choice(["toon"]), default="toon", show_default=True,
+              help="Where pairs come from: the procedural toon world, with ground truth.")
+@click.option("--directions", "direction_list", default="all", show_default=True, help="Comma-separated directions.")
+@click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Pair i uses identity seed SEED + i.")
+@click.option("--shard", default="0/1", show_default=True, help="I/N: write indices i with i % N == I.")
+@click.option("--exact", is_flag=True, help="Exact pairs (evaluation sets); default: imperfect like generated ones.")
+@click.option("--max-shift", type=click.IntRange(min=0), default=2, show_default=True, help="Imperfection: pixels of shift in x_B.")
+@click.option("--max-face-width", type=click.FloatRange(0, 0.5), default=0.06, show_default=True, help="Imperfection: relative face-width change.")
+@click.option("--max-color-drift", type=click.IntRange(0, 64), default=6, show_default=True, help="Imperfection: colour offset per channel.")
+@click.option("-q", "--quiet", is_flag=True)
+def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact, max_shift, max_face_width,
+              max_color_drift, quiet):
+    """Write a pair folder (metadata.jsonl + PNGs) for training or evaluation."""
+    from pedit.directions import BUILTIN
+    from pedit.gen_pairs import GenPairsConfig, generate_pairs
+
+    try:
+        shard_i, shard_n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="--shard") from None
+    names = tuple(BUILTIN) if direction_list == "all" else tuple(s.strip() for s in direction_list.split(",") if s.strip())
+    cfg = GenPairsConfig(output, n, source, names, resolution, seed, (shard_i, shard_n), exact, max_shift,
+                         max_face_width, max_color_drift)
+    console = _console(quiet)
+    _show_config(console, cfg)
+    with _progress(console) as bar:
+        task = bar.add_task("pairs", total=None, info="")
+        generate_pairs(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"Wrote pairs to {output}")
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(), help="Pair folder (metadata.jsonl).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@click.option("--base", help="Base model: a local diffusers folder or a hub id. Default: the bundled toon base.")
+@click.option("--init", type=click.Choice(["base", "scratch"]), default="base", show_default=True,
+              help="U-Net weights from the base, or its config with random weights.")
+@click.option("--image-encoder", help="CLIP vision model for c_im when the base has no image_encoder/.")
+@click.option("--resolution", type=click.IntRange(min=8), help="Training resolution (default: the base VAE's).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Per process.")
+@click.option("--gradient-accumulation", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--learning-rate", "--lr", type=float, default=1e-4, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--validate-every", type=click.IntRange(min=0), default=500, show_default=True, help="0: never.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the output folder.")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+@click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
+@click.option("-q", "--quiet", is_flag=True)
+def train(data, output, base, init, image_encoder, resolution, max_steps, batch_size, gradient_accumulation,
+          learning_rate, warmup_steps, checkpoint_every, validate_every, resume, mixed_precision,
+          gradient_checkpointing, ema_decay, seed, allow_pickle, quiet):
+    """Train a Multi-Conditioned Diffusion Model on a pair folder.
+
+    Multi-GPU: accelerate launch -m pedit train --data DIR -o DIR ...
+    """
+    from pedit.train import TrainConfig, train as run_train
+
+    cfg = TrainConfig(
+        data=data, output=output, base=base, init=init, image_encoder=image_encoder, resolution=resolution,
+        max_steps=max_steps, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
+        learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
+        validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
+    )
+    console = _console(quiet)
+    _show_config(console, cfg)
+    with _progress(console) as bar:
+        task = bar.add_task("train", total=max_steps, info="")
+
+        def on_progress(p):
+            if p.event == "step":
+                bar.update(task, completed=p.step, info=f"loss {p.loss:.4f}  {p.steps_per_s:.2f} it/s")
+            elif p.event == "resumed":
+                bar.update(task, completed=p.step)
+                console.print(f"Resumed from {p.path}")
+            elif p.event == "validation":
+                console.print(f"step {p.step}: validation grid {p.path}")
+            elif p.event == "checkpoint":
+                console.print(f"[dim]step {p.step}: checkpoint {p.path}[/dim]")
+
+        out = run_train(cfg, progress=on_progress, log=console.print)
+    console.print(f"Model written to {out}")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-d", "--direction", required=True, help="Editing direction (see `pedit directions`).")
+@click.option("-m", "--model", type=click.Path(), help="Model folder from `pedit train` (default: the bundled toon model).")
+@click.option("-o", "--output", type=click.Path(), help="Output file, or folder for several inputs. Default: next to the input.")
+@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scheduler", type=click.Choice(["ddim", "dpm", "euler"]), default="ddim", show_default=True)
+@click.option("--s-s", type=float, default=1.5, show_default=True, help="Guidance scale of the spatial condition c_s.")
+@click.option("--s-im", type=float, default=1.0, show_default=True, help="Guidance scale of the image condition c_im.")
+@click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
+@click.option("--no-mask", is_flag=True, help="Plain MCDM sampling, no editing mask (the paper's 'w/o mask').")
+@click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True, help="Noise draws for the editing mask.")
+@click.option("--save-mask", is_flag=True, help="Also write the mask and a mask overlay PNG.")
+@click.option("--compare", is_flag=True, help="Also write input | mask overlay | output side by side.")
+@click.option("--face", "face_index", type=click.IntRange(min=0), help="Edit face N (0 = largest) instead of the largest.")
+@click.option("--require-face", is_flag=True, help="Fail when no face is found instead of editing the centred square.")
+@click.option("--margin", type=click.FloatRange(0, 5), default=1.0, show_default=True, help="Crop margin around the face, in face widths.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True, help="Refuse larger images (decompression bombs).")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the model folder. Only for trusted files.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("-q", "--quiet", is_flag=True)
+def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, save_mask,
+         compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, quiet):
+    """Edit portraits toward a direction, keeping everything outside the edit untouched."""
+    from pedit.edit_files import EditFilesConfig, edit_files
+
+    cfg = EditFilesConfig(
+        inputs=tuple(inputs), direction=direction, model=model, output=output, steps=steps, seed=seed,
+        scheduler=scheduler, s_s=s_s, s_im=s_im, s_p=s_p, use_mask=not no_mask, mask_noises=mask_noises,
+        save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
+        overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device,
+    )
+    console = _console(quiet)
+    with _progress(console) as bar:
+        task = bar.add_task("edit", total=None, info="")
+
+        def on_event(kind, payload):
+            if kind == "model":
+                if payload.is_bundled:
+                    console.print("Using the bundled toon model (a cartoon-world demo); pass -m MODEL_FOLDER to use your own.")
+            elif kind == "steps":
+                bar.update(task, completed=payload[0], total=payload[1])
+            elif kind == "note":
+                console.print(payload)
+            elif kind == "item":
+                if payload.error:
+                    console.print(f"[red]failed[/red] {payload.input}: {payload.error}")
+                else:
+                    console.print(f"{payload.input} → {payload.output} ({payload.seconds:.1f} s)")
+                    click.echo(str(payload.output))
+
+        items = edit_files(cfg, on_event)
+    failed = [i for i in items if i.error]
+    if len(items) > 1:
+        from rich.table import Table
+
+        table = Table("input", "result", "seconds")
+        for i in items:
+            table.add_row(str(i.input), f"[red]{i.error}[/red]" if i.error else str(i.output), f"{i.seconds:.1f}")
+        console.print(table)
+        console.print(f"{len(items) - len(failed)} edited, {len(failed)} failed")
+    if failed:
+        if len(items) == 1:
+            raise PeditError(failed[0].error)
+        raise PeditError(f"{len(failed)} of {len(items)} inputs failed (see above).")
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="pedit")
+
+
+if __name__ == "__main__":
+    main()

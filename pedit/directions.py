@@ -1,0 +1,100 @@
+"""Editing directions: the built-in eight and the user's own from a TOML file.
+
+A direction (DESIGN.md, "Directions") is a name, a task, the source prompt `p_a`, the target
+prompt `p_b` and the shared prompt `p` used by gen-pairs (paper §3.2, Eq. 2). One MCDM serves
+every direction of its training set: at inference the text prompt selects the direction (§4).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pedit.errors import DirectionError
+
+TASKS = ("costume", "expression", "custom")
+
+
+@dataclass(frozen=True)
+class Direction:
+    name: str
+    task: str
+    p_a: str  # source prompt, e.g. "a person, everyday clothes"
+    p_b: str  # target prompt, e.g. "a person, santa claus costume"
+    p: str  # shared prompt for the side-by-side canvas of gen-pairs
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise DirectionError(
+                f"Direction name {self.name!r} must be letters, digits, '-' or '_' (it is used in file names)."
+            )
+        if self.task not in TASKS:
+            raise DirectionError(f"Direction {self.name!r}: task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        for field in ("p_a", "p_b", "p"):
+            if not isinstance(getattr(self, field), str) or not getattr(self, field).strip():
+                raise DirectionError(f"Direction {self.name!r}: {field} must be a non-empty prompt.")
+
+
+_SHARED = "the same person on the left and right"
+_COSTUME_SOURCE = "a person, everyday clothes"
+_EXPRESSION_SOURCE = "a cartoon person, neutral expression"
+
+BUILTIN: dict[str, Direction] = {
+    d.name: d
+    for d in [
+        Direction("flower", "costume", _COSTUME_SOURCE, "a person, flower costume", _SHARED),
+        Direction("sheep", "costume", _COSTUME_SOURCE, "a person, sheep costume", _SHARED),
+        Direction("santa", "costume", _COSTUME_SOURCE, "a person, santa claus costume", _SHARED),
+        Direction("royal", "costume", _COSTUME_SOURCE, "a person, royal costume", _SHARED),
+        Direction("angry", "expression", _EXPRESSION_SOURCE, "a cartoon person, angry expression", _SHARED),
+        Direction("shocked", "expression", _EXPRESSION_SOURCE, "a cartoon person, shocked expression", _SHARED),
+        Direction("laughing", "expression", _EXPRESSION_SOURCE, "a cartoon person, laughing expression", _SHARED),
+        Direction("crying", "expression", _EXPRESSION_SOURCE, "a cartoon person, crying expression", _SHARED),
+    ]
+}
+
+
+def load_directions_file(path: str | Path) -> dict[str, Direction]:
+    """Read user directions from TOML: one table per direction.
+
+        [pirate]
+        task = "costume"
+        p_a = "a person, everyday clothes"
+        p_b = "a person, pirate costume"
+        p = "the same person on the left and right"   # optional
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DirectionError(f"Directions file {path} does not exist.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DirectionError(f"Directions file {path} is not valid TOML: {e}") from None
+    out = {}
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise DirectionError(f"Directions file {path}: [{name}] must be a table with task, p_a and p_b.")
+        unknown = set(table) - {"task", "p_a", "p_b", "p"}
+        if unknown:
+            raise DirectionError(f"Directions file {path}: [{name}] has unknown keys {sorted(unknown)}.")
+        missing = {"p_a", "p_b"} - set(table)
+        if missing:
+            raise DirectionError(f"Directions file {path}: [{name}] is missing {', '.join(sorted(missing))}.")
+        out[name] = Direction(name, table.get("task", "custom"), table["p_a"], table["p_b"], table.get("p", _SHARED))
+    return out
+
+
+def all_directions(extra_file: str | Path | None = None) -> dict[str, Direction]:
+    """Built-in directions, updated with the user's file if given (user entries win)."""
+    directions = dict(BUILTIN)
+    if extra_file is not None:
+        directions.update(load_directions_file(extra_file))
+    return directions
+
+
+def resolve(name: str, available: dict[str, Direction]) -> Direction:
+    """The direction called `name`, or a DirectionError listing the available ones."""
+    if name not in available:
+        raise DirectionError(f"Unknown direction {name!r}. Available: {', '.join(sorted(available))}.")
+    return available[name]

@@ -1,0 +1,96 @@
+"""`pedit edit` on files: photos in, edited photos (and masks, comparisons) out, nothing lost.
+
+Loads the model once, then for each input: decode and validate the photo (pedit.photo), crop the
+portrait around the largest face (or the one asked for), edit it at the model's resolution
+(pedit.editor), paste it back with a feathered seam, and write every output atomically. One bad
+file fails that file only; the caller gets one `BatchItem` per input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pedit.errors import OutputError
+from pedit.photo import (BatchItem, HaarFaceDetector, default_output_path, edit_photo, find_images, load_photo,
+                         run_batch, save_image_atomic)
+
+
+@dataclass(frozen=True)
+class EditFilesConfig:
+    inputs: tuple[str, ...]
+    direction: str
+    model: str | None = None  # None → the bundled toon model
+    output: str | None = None
+    steps: int = 25
+    seed: int = 0
+    scheduler: str = "ddim"
+    s_s: float = 1.5
+    s_im: float = 1.0
+    s_p: float = 4.0
+    use_mask: bool = True
+    mask_noises: int = 10
+    save_mask: bool = False
+    compare: bool = False
+    face_index: int | None = None
+    require_face: bool = False
+    margin: float = 1.0
+    overwrite: bool = False
+    max_pixels: int = 100_000_000
+    allow_pickle: bool = False
+    device: str | None = None
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f"{path.stem}_{tag}.png")
+
+
+def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None) -> list[BatchItem]:
+    """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem)."""
+    from pedit.editor import EditOptions, Editor
+    from pedit.guidance import GuidanceScales
+    from pedit.mask import MaskConfig
+    from pedit.viz import compare_sheet, overlay_mask
+
+    paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
+    out = Path(cfg.output) if cfg.output else None
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
+    on_event("model", editor)
+    options = EditOptions(
+        steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
+        mask=MaskConfig(n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
+    )
+    detector = HaarFaceDetector()
+
+    def process(path: Path) -> Path:
+        target = default_output_path(path, direction.name, out, n_inputs=len(paths))
+        extras = {}
+        if cfg.save_mask:
+            extras["mask"] = _sibling(target, "mask")
+            extras["overlay"] = _sibling(target, "overlay")
+        if cfg.compare:
+            extras["compare"] = _sibling(target, "compare")
+        for p in [target, *extras.values()]:
+            if p.exists() and not cfg.overwrite:  # checked before the work, not after it
+                raise OutputError(f"{p} already exists. Pass --overwrite to replace it, or choose another -o.")
+        photo = load_photo(path, cfg.max_pixels)
+
+        def edit_fn(square):
+            result = editor.edit(square, direction, options, callback=lambda i, n: on_event("steps", (i, n)))
+            return result.image, result.mask
+
+        done = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, cfg.face_index, cfg.require_face, cfg.margin)
+        if done.face is None:
+            on_event("note", f"No face found in {path}; edited the centred square.")
+        save_image_atomic(done.image, target, alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile,
+                          overwrite=cfg.overwrite)
+        if "mask" in extras:
+            save_image_atomic(done.mask, extras["mask"], overwrite=cfg.overwrite)
+            save_image_atomic(overlay_mask(photo.rgb, done.mask), extras["overlay"], overwrite=cfg.overwrite)
+        if "compare" in extras:
+            save_image_atomic(compare_sheet(photo.rgb, done.mask, done.image), extras["compare"], overwrite=cfg.overwrite)
+        return target
+
+    return run_batch(paths, process, on_item=lambda item: on_event("item", item))

@@ -1,0 +1,281 @@
+"""Loading and saving: base models (a local diffusers folder or a hub id) and MCDM model folders.
+
+Model folders and base folders get shared and downloaded, so they are untrusted input: weights load
+from safetensors only, and a component whose weights exist only as a pickle (`.bin`, `.pt`, `.ckpt`,
+...) is refused unless the user passes `--allow-pickle` (pickle files can run code when loaded).
+
+A model folder (DESIGN.md, "Model folder"): `unet/`, `image_projector/`, `pedit.json`, plus copies
+of the frozen parts (`vae/`, `text_encoder/`, `tokenizer/`, `image_encoder/`, `scheduler/`), so it
+works offline on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pedit import __version__
+from pedit.errors import ModelError, UnsafeModelError
+from pedit.model import CLIP_MEAN, CLIP_STD, MCDM, FrozenParts, ImageProjector
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+FROZEN = ("vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
+BASE_REQUIRED = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+MODEL_REQUIRED = ("pedit.json", "unet", "image_projector", *FROZEN)
+DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
+FORMAT_VERSION = 1
+
+
+def bundled_model_path() -> Path:
+    """The toon model that ships inside the package (the default of every `-m`)."""
+    return Path(__file__).parent / "assets" / "toon-model"
+
+
+def bundled_base_path() -> Path:
+    """The toon base (tiny frozen parts made for the toon world) used to train the bundled model."""
+    return Path(__file__).parent / "assets" / "toon-base"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_source(source: str | Path, what: str, required: tuple[str, ...]) -> Path:
+    """A local folder for `source`: the folder itself, or the hub cache's snapshot of a hub id.
+
+    Never waits on a network that is not there: the local cache is tried first, and the hub only
+    when HF_HUB_OFFLINE is not set.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            if path.suffix.lower() in PICKLE_SUFFIXES + (".safetensors",):
+                raise ModelError(
+                    f"{what} {path} is a single checkpoint file; pedit needs a diffusers folder "
+                    f"({', '.join(required)}). Convert it with diffusers' conversion scripts first."
+                )
+            raise ModelError(f"{what} {path} is a file; expected a folder with {', '.join(required)}.")
+        _check_layout(path, what, required)
+        return path
+    if str(source).count("/") != 1 or str(source).startswith((".", "/", "~")):
+        raise ModelError(f"{what} {source!r} is neither an existing folder nor a hub id like 'owner/name'.")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+    try:
+        folder = Path(snapshot_download(str(source), allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        if _offline():
+            raise ModelError(
+                f"{what} {source!r} is not in the local hub cache and HF_HUB_OFFLINE is set. "
+                f"Download it on a connected machine (`hf download {source}`) or pass a local diffusers folder."
+            ) from None
+        try:
+            folder = Path(snapshot_download(str(source), allow_patterns=patterns))
+        except Exception as e:
+            raise ModelError(
+                f"Could not download {what} {source!r} ({type(e).__name__}). "
+                "Check the id and your connection, or pass a local diffusers folder."
+            ) from None
+    _check_layout(folder, what, required)
+    return folder
+
+
+def _check_layout(folder: Path, what: str, required: tuple[str, ...]) -> None:
+    missing = [name for name in required if not (folder / name).exists()]
+    if missing:
+        raise ModelError(
+            f"{what} {folder} is missing {', '.join(missing)}; expected a folder with {', '.join(required)} "
+            "(a Stable Diffusion diffusers layout, or a folder written by `pedit train`)."
+        )
+
+
+def use_safetensors(folder: Path, allow_pickle: bool) -> bool:
+    """True when `folder` has safetensors weights; pickle-only weights need allow_pickle."""
+    if any(folder.glob("*.safetensors")):
+        return True
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if not pickles:
+        raise ModelError(f"{folder} has no weights (no .safetensors file).")
+    if not allow_pickle:
+        raise UnsafeModelError(
+            f"{folder} has only pickle weights ({', '.join(pickles)}); pickle files can run code when loaded. "
+            "Convert them to safetensors, or pass --allow-pickle if you trust the source."
+        )
+    return False
+
+
+def _load(cls, folder: Path, allow_pickle: bool, what: str, **kwargs):
+    """cls.from_pretrained(folder) with safetensors enforced and loading failures as ModelError."""
+    if not folder.is_dir():
+        raise ModelError(f"{what}: folder {folder} is missing.")
+    safe = use_safetensors(folder, allow_pickle) if cls.__name__ not in ("CLIPTokenizer",) else None
+    if safe is not None:
+        kwargs["use_safetensors"] = safe
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, json.JSONDecodeError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{what} in {folder} could not be loaded: {first}") from None
+
+
+def load_frozen_parts(root: Path, allow_pickle: bool = False, image_encoder: Path | None = None) -> FrozenParts:
+    """VAE, text encoder, tokenizer, CLIP vision encoder and scheduler config from a folder."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+    image_dir = image_encoder or root / "image_encoder"
+    vae = _load(AutoencoderKL, root / "vae", allow_pickle, "VAE")
+    text_encoder = _load(CLIPTextModel, root / "text_encoder", allow_pickle, "Text encoder")
+    tokenizer = _load(CLIPTokenizer, root / "tokenizer", allow_pickle, "Tokenizer", model_max_length=77)
+    vision = _load(CLIPVisionModel, image_dir, allow_pickle, "Image encoder")
+    mean, std = CLIP_MEAN, CLIP_STD
+    pre = image_dir / "preprocessor_config.json"
+    if pre.exists():
+        cfg = json.loads(pre.read_text())
+        mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
+    sched_file = root / "scheduler" / "scheduler_config.json"
+    if not sched_file.exists():
+        raise ModelError(f"Scheduler config {sched_file} is missing.")
+    for m in (vae, text_encoder, vision):
+        m.requires_grad_(False).eval()
+    return FrozenParts(vae, text_encoder, tokenizer, vision, json.loads(sched_file.read_text()), mean, std)
+
+
+def load_base(base: str | Path, allow_pickle: bool = False, image_encoder: str | None = None):
+    """(base folder, FrozenParts) for training: a local SD folder or a hub id.
+
+    The CLIP vision encoder comes from the base's `image_encoder/` when it has one (as the toon
+    base does), else from `image_encoder` (default openai/clip-vit-large-patch14).
+    """
+    root = resolve_source(base, "Base model", BASE_REQUIRED)
+    image_dir = None
+    if image_encoder is not None or not (root / "image_encoder").exists():
+        image_dir = resolve_source(image_encoder or DEFAULT_IMAGE_ENCODER, "Image encoder", ("config.json",))
+    return root, load_frozen_parts(root, allow_pickle, image_dir)
+
+
+def base_unet(root: Path, allow_pickle: bool = False, scratch: bool = False):
+    """The base 4-channel U-Net: pretrained weights, or its config freshly initialised (`--init scratch`)."""
+    from diffusers import UNet2DConditionModel
+
+    if scratch:
+        config = UNet2DConditionModel.load_config(root / "unet")
+        return UNet2DConditionModel.from_config(config)
+    return _load(UNet2DConditionModel, root / "unet", allow_pickle, "Base U-Net")
+
+
+def check_shapes(mcdm: MCDM, parts: FrozenParts, where: Path) -> None:
+    """The pieces of a model folder must fit together; say which do not."""
+    unet, proj = mcdm.unet.config, mcdm.image_projector.config
+    text_width = parts.text_encoder.config.hidden_size
+    problems = []
+    if unet.in_channels != 2 * parts.vae.config.latent_channels:
+        problems.append(f"unet in_channels {unet.in_channels} != 2 x VAE latent channels {parts.vae.config.latent_channels}")
+    if unet.cross_attention_dim != text_width:
+        problems.append(f"unet cross_attention_dim {unet.cross_attention_dim} != text encoder width {text_width}")
+    if proj.text_width != text_width:
+        problems.append(f"image_projector text_width {proj.text_width} != text encoder width {text_width}")
+    if proj.vision_width != parts.image_encoder.config.hidden_size:
+        problems.append(
+            f"image_projector vision_width {proj.vision_width} != image encoder width {parts.image_encoder.config.hidden_size}"
+        )
+    if proj.num_tokens != parts.num_image_tokens:
+        problems.append(f"image_projector num_tokens {proj.num_tokens} != image encoder tokens {parts.num_image_tokens}")
+    if problems:
+        raise ModelError(f"Model folder {where} has mismatched shapes: " + "; ".join(problems) + ".")
+
+
+@dataclass
+class LoadedModel:
+    mcdm: MCDM
+    parts: FrozenParts
+    meta: dict  # pedit.json
+    path: Path
+
+    @property
+    def resolution(self) -> int:
+        return int(self.meta["resolution"])
+
+
+def load_model(path: str | Path | None = None, allow_pickle: bool = False, device="cpu", dtype=torch.float32) -> LoadedModel:
+    """Load an MCDM model folder (default: the bundled toon model)."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(path).expanduser() if path is not None else bundled_model_path()
+    if not path.exists():
+        raise ModelError(f"Model folder {path} does not exist. Pass a folder written by `pedit train` with -m.")
+    if not path.is_dir():
+        raise ModelError(f"Model {path} is a file; -m takes a folder written by `pedit train`.")
+    missing = [name for name in MODEL_REQUIRED if not (path / name).exists()]
+    if missing:
+        raise ModelError(
+            f"Model folder {path} is missing {', '.join(missing)}; a model folder holds {', '.join(MODEL_REQUIRED)} "
+            "(what `pedit train` writes)."
+        )
+    try:
+        meta = json.loads((path / "pedit.json").read_text())
+        int(meta["resolution"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path / 'pedit.json'} is not a valid pedit model description ({e}).") from None
+    parts = load_frozen_parts(path, allow_pickle)
+    unet = _load(UNet2DConditionModel, path / "unet", allow_pickle, "U-Net")
+    projector = _load(ImageProjector, path / "image_projector", allow_pickle, "Image projector")
+    mcdm = MCDM(unet, projector).eval().requires_grad_(False)
+    check_shapes(mcdm, parts, path)
+    mcdm.to(device=device, dtype=dtype)
+    parts.to(device, dtype)
+    return LoadedModel(mcdm, parts, meta, path)
+
+
+def save_model(out: Path, mcdm: MCDM, parts: FrozenParts, meta: dict) -> Path:
+    """Write a self-sufficient model folder into `out` (which may hold checkpoints and logs too).
+
+    Everything is written to a temp folder first and moved into place component by component,
+    `pedit.json` last: a folder without pedit.json is never mistaken for a finished model.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".model-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        mcdm.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        mcdm.image_projector.save_pretrained(tmp / "image_projector", safe_serialization=True)
+        parts.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        parts.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        parts.tokenizer.save_pretrained(tmp / "tokenizer")
+        parts.image_encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+        (tmp / "image_encoder" / "preprocessor_config.json").write_text(
+            json.dumps({"image_mean": list(parts.image_mean), "image_std": list(parts.image_std)}, indent=2)
+        )
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(parts.scheduler_config, indent=2))
+        full = {
+            "format": FORMAT_VERSION,
+            "pedit_version": __version__,
+            "conventions": {
+                "c_s": "VAE posterior mode x scaling factor",
+                "unet_input": "cat([z_t, c_s], channels)",
+                "context": "cat([c_p, c_im], tokens), length 77 + K",
+                "null": {"c_s": "zeros", "c_im": "zeros at the context level", "c_p": "empty prompt"},
+            },
+            "num_image_tokens": mcdm.num_image_tokens,
+            "frozen": {name: name for name in FROZEN},
+            **meta,
+        }
+        (tmp / "pedit.json").write_text(json.dumps(full, indent=2))
+        (out / "pedit.json").unlink(missing_ok=True)
+        for name in ("unet", "image_projector", *FROZEN, "pedit.json"):
+            dest = out / name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            os.replace(tmp / name, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

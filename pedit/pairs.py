@@ -1,0 +1,181 @@
+"""The pair folder: what every gen-pairs source writes and what train and eval read.
+
+`metadata.jsonl`, one JSON object a line, with at least `id`, `x_A`, `x_B` (paths relative to
+the folder), `direction`, `p_a`, `p_b`, `seed`; optional `mask` (ground truth, toon only) and
+per-pair scores. Pair folders get shared, so they are untrusted: a path that leaves the folder
+(`../`, absolute, a link pointing outside) is rejected, and every image is checked before
+training starts, not at step 10,000.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from pedit.errors import PairFolderError
+
+METADATA = "metadata.jsonl"
+REQUIRED_FIELDS = ("id", "x_A", "x_B", "direction", "p_a", "p_b", "seed")
+IMAGE_FIELDS = ("x_A", "x_B", "mask")
+MAX_REPORTED = 10
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    x_A: Path
+    x_B: Path
+    direction: str
+    p_a: str
+    p_b: str
+    seed: int
+    row: int  # 1-based line of metadata.jsonl, for messages
+    mask: Path | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def safe_path(root: Path, rel, what: str) -> Path:
+    """`rel` resolved inside `root`, or PairFolderError: absolute paths, `..` and escaping links are refused."""
+    if not isinstance(rel, str) or not rel:
+        raise PairFolderError(f"{what} must be a non-empty relative path, got {rel!r}")
+    p = Path(rel)
+    if p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts:
+        raise PairFolderError(f"{what} {rel!r} leaves the pair folder (only paths inside it are allowed)")
+    full = (root / p).resolve()
+    if not full.is_relative_to(root.resolve()):
+        raise PairFolderError(f"{what} {rel!r} is a link that points outside the pair folder")
+    return full
+
+
+def _check_image(path: Path) -> str | None:
+    """None if `path` is a readable image, else what is wrong with it."""
+    if not path.exists():
+        return "is missing"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.load()  # verify() does not decode; a truncated PNG fails only here
+    except Exception as e:  # PIL raises many types for broken files
+        return f"is not a readable image ({type(e).__name__})"
+    return None
+
+
+def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable[[int, int], None] | None = None) -> list[Pair]:
+    """Every pair of a pair folder, validated. All problems are collected and reported at once."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise PairFolderError(f"Pair folder {root} does not exist (make one with `pedit gen-pairs -o {root}`).")
+    meta = root / METADATA
+    if not meta.is_file():
+        raise PairFolderError(f"{root} has no {METADATA}; a pair folder is what `pedit gen-pairs` writes.")
+    pairs, problems = [], []
+    lines = meta.read_text(encoding="utf-8", errors="replace").splitlines()
+    for row, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"row {row}"
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            problems.append(f"{where}: not a JSON object ({e})")
+            continue
+        where = f"row {row} (id {rec.get('id')!r})"
+        missing = [f for f in REQUIRED_FIELDS if f not in rec]
+        if missing:
+            problems.append(f"{where}: missing {', '.join(missing)}")
+            continue
+        try:
+            paths = {f: safe_path(root, rec[f], f) for f in IMAGE_FIELDS if f in rec}
+            seed = int(rec["seed"])
+        except PairFolderError as e:
+            problems.append(f"{where}: {e}")
+            continue
+        except (TypeError, ValueError):
+            problems.append(f"{where}: seed must be an integer, got {rec['seed']!r}")
+            continue
+        extra = {k: v for k, v in rec.items() if k not in REQUIRED_FIELDS + IMAGE_FIELDS}
+        pairs.append(Pair(str(rec["id"]), paths["x_A"], paths["x_B"], str(rec["direction"]), str(rec["p_a"]),
+                          str(rec["p_b"]), seed, row, paths.get("mask"), extra))
+    if check_images:
+        for i, pair in enumerate(pairs):
+            for f in IMAGE_FIELDS:
+                path = getattr(pair, f)
+                if path is not None and (why := _check_image(path)) is not None:
+                    problems.append(f"row {pair.row} (id {pair.id!r}): {f} '{path.relative_to(root.resolve())}' {why}")
+            if progress is not None:
+                progress(i + 1, len(pairs))
+    if problems:
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise PairFolderError(f"Pair folder {root} has {len(problems)} problem(s):\n  {shown}{more}\nFix or remove those rows.")
+    if not pairs:
+        raise PairFolderError(f"Pair folder {root} has no pairs ({METADATA} is empty).")
+    return pairs
+
+
+def load_rgb(path: Path, size: int) -> np.ndarray:
+    """A pair image as (size, size, 3) uint8."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.LANCZOS)
+        return np.asarray(im)
+
+
+class PairWriter:
+    """Writes a pair folder atomically and resumably.
+
+    Images go to a temp file then are renamed; the metadata row is appended (one write, flushed)
+    only after its images exist, so an interrupted run leaves no row without images, and a rerun
+    skips the ids already written. Several processes (`--shard I/N`) may append to one folder.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.root = Path(folder)
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        self.meta = self.root / METADATA
+        self.done: set[str] = set()
+        if self.meta.exists():
+            for line in self.meta.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    self.done.add(str(json.loads(line)["id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by an interruption: its pair is written again
+
+    def has(self, pair_id: str) -> bool:
+        return pair_id in self.done
+
+    def _save_png(self, arr: np.ndarray, rel: str) -> None:
+        dest = self.root / rel
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                Image.fromarray(arr).save(f, format="PNG")
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def write(self, row: dict, images: dict[str, np.ndarray]) -> None:
+        """`images` maps a field (x_A, x_B, mask) to a uint8 array; paths go to images/<id>_<field>.png."""
+        row = dict(row)
+        for f, arr in images.items():
+            rel = f"images/{row['id']}_{f}.png"
+            self._save_png(arr, rel)
+            row[f] = rel
+        line = json.dumps(row) + "\n"
+        with open(self.meta, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.done.add(str(row["id"]))

@@ -1,0 +1,56 @@
+"""The denoising loop: one plain function over a `denoise(z_in, t, context) -> eps` callable.
+
+The loop never knows the backend (eager, compiled, ONNX Runtime, TensorRT) that provides
+`denoise`, nor how the 5 guidance rows are combined: `guide` maps the raw (5B, 4, h, w) output to
+the (B, 4, h, w) noise the scheduler steps with (pedit.guidance). DESIGN.md, "Samplers and backends".
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pedit.guidance import N_ROWS
+
+SCHEDULERS = ("ddim", "dpm", "euler")
+
+
+def make_scheduler(name: str, config: dict):
+    """A diffusers scheduler from the model's noise-schedule config: DDIM default, DPM-Solver++ for few steps."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpm":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    raise ValueError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
+
+
+def sample(
+    denoise: Callable,
+    scheduler,
+    z: torch.Tensor,
+    c_s_rows: torch.Tensor,
+    context: torch.Tensor,
+    guide: Callable[[torch.Tensor], torch.Tensor],
+    num_steps: int,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Denoise `z` (B, 4, h, w), unit-variance noise, to a clean latent.
+
+    c_s_rows: (5B, 4, h, w) and context: (5B, 77 + K, D), the guidance rows of
+    `EditConditions.guidance_rows`. One `denoise` call per step on the 5-row batch.
+    """
+    scheduler.set_timesteps(num_steps, device=z.device)
+    z = z * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        z_model = scheduler.scale_model_input(z, t)
+        z_in = torch.cat([z_model.repeat(N_ROWS, 1, 1, 1), c_s_rows], dim=1)  # (5B, 8, h, w)
+        eps = guide(denoise(z_in, t, context))  # (5B, 4, h, w) → (B, 4, h, w)
+        z = scheduler.step(eps, t, z).prev_sample
+        if callback is not None:
+            callback(i + 1, num_steps)
+    return z

@@ -1,0 +1,311 @@
+"""`pedit train`: one readable accelerate loop for the MCDM (paper §3.3).
+
+Per step, visible below: identity samples (p = 0.05: target x_A, prompt p_a), condition dropout
+(p = 0.2, a uniformly drawn non-empty subset of {c_s, c_im, c_p}), the epsilon-prediction loss,
+EMA, checkpoints (`save_state`), validation grids. All randomness of a step comes from a generator
+seeded by (seed, step, rank), and the data order from per-epoch permutations of the seed, so a
+resumed run continues exactly where the straight run would be (a test checks). Multi-GPU:
+`accelerate launch -m pedit train ...`; each rank takes its slice of the global batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pedit.errors import ConfigError, PeditError
+from pedit.pairs import Pair, load_rgb, read_pairs
+
+DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    output: str
+    base: str | None = None  # local diffusers folder or hub id; None → the bundled toon base
+    init: str = "base"  # "base": pretrained U-Net; "scratch": the base's U-Net config, random weights
+    image_encoder: str | None = None  # CLIP vision for c_im when the base has no image_encoder/
+    resolution: int | None = None  # None → the base VAE's sample_size
+    max_steps: int = 1000
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-4
+    warmup_steps: int = 0
+    checkpoint_every: int = 500
+    validate_every: int = 500
+    keep_checkpoints: int = 2
+    resume: bool = False
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    ema_decay: float = 0.999
+    identity_prob: float = 0.05
+    drop_prob: float = 0.2
+    seed: int = 0
+    num_workers: int = 0
+    allow_pickle: bool = False
+
+    def __post_init__(self):
+        if self.init not in ("base", "scratch"):
+            raise ConfigError(f"init must be 'base' or 'scratch', got {self.init!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("identity_prob", "drop_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.resolution is not None and self.resolution % 8:
+            raise ConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
+
+
+@dataclass
+class TrainProgress:
+    step: int
+    max_steps: int
+    loss: float
+    steps_per_s: float
+    event: str = "step"  # "step", "checkpoint", "validation", "resumed"
+    path: str | None = None
+
+
+# ---------------------------------------------------------------- seeds, data order, dropout
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A well-mixed 63-bit seed for one (seed, step, rank); ranks never share a stream."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def batch_indices(seed: int, step: int, rank: int, world: int, batch_size: int, n: int) -> list[int]:
+    """This rank's indices at `step`: a slice of the global batch taken from per-epoch permutations."""
+    global_batch = batch_size * world
+    start = step * global_batch + rank * batch_size
+    out = []
+    for pos in range(start, start + batch_size):
+        epoch, offset = divmod(pos, n)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
+    return out
+
+
+def sample_dropout(batch: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """(B,) int subset masks: 0 = keep all; else one of the 7 non-empty subsets of {c_s, c_im, c_p}, uniformly."""
+    drop = torch.rand(batch, generator=generator) < p
+    subset = torch.randint(1, 8, (batch,), generator=generator)
+    return torch.where(drop, subset, torch.zeros_like(subset))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def newest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _images(pairs: list[Pair], idx: list[int], size: int, field: str) -> torch.Tensor:
+    arr = np.stack([load_rgb(getattr(pairs[i], field), size) for i in idx])  # (B, R, R, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
+
+
+def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
+          log: Callable[[str], None] | None = None) -> Path:
+    """Train an MCDM on a pair folder; returns the model folder. Only rank 0 writes and reports."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from pedit.directions import Direction
+    from pedit.loading import base_unet, bundled_base_path, load_base, save_model
+    from pedit.model import MCDM, ImageProjector, widen_conv_in
+
+    out = Path(cfg.output)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    main = accelerator.is_main_process
+    say = log if (log is not None and main) else (lambda _msg: None)
+    report = progress if (progress is not None and main) else (lambda _p: None)
+
+    # Everything that can fail on user input fails here, before the first step.
+    pairs = read_pairs(cfg.data)
+    directions = {}
+    for p in pairs:
+        directions.setdefault(p.direction, {"name": p.direction, "task": p.extra.get("task", "custom"),
+                                            "p_a": p.p_a, "p_b": p.p_b, "p": p.extra.get("p", p.p_a)})
+    base = cfg.base or str(bundled_base_path())
+    root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
+    size = cfg.resolution or int(parts.vae.config.sample_size)
+    if cfg.resume and newest_checkpoint(out) is None:
+        raise PeditError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")
+
+    unet = widen_conv_in(base_unet(root, cfg.allow_pickle, scratch=cfg.init == "scratch"))
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    projector = ImageProjector(
+        vision_width=parts.image_encoder.config.hidden_size,
+        text_width=parts.text_encoder.config.hidden_size,
+        latent_channels=parts.vae.config.latent_channels,
+        num_tokens=parts.num_image_tokens,
+    )
+    mcdm = MCDM(unet, projector).train()
+    ema = EMAModel(mcdm.parameters(), decay=cfg.ema_decay)
+    optimizer = torch.optim.AdamW(mcdm.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
+    mcdm, optimizer, lr_scheduler = accelerator.prepare(mcdm, optimizer, lr_scheduler)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    parts.to(accelerator.device, weight_dtype)
+    noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
+    n_train_t = noise_scheduler.config.num_train_timesteps
+
+    prompts = sorted({p.p_a for p in pairs} | {p.p_b for p in pairs} | {""})
+    embeddings = dict(zip(prompts, parts.encode_prompts(prompts).float()))  # prompt → (77, D)
+
+    start = 0
+    if cfg.resume:
+        ckpt = newest_checkpoint(out)
+        accelerator.load_state(str(ckpt))
+        start = int(ckpt.name.split("-")[1])
+        report(TrainProgress(start, cfg.max_steps, float("nan"), 0.0, "resumed", str(ckpt)))
+
+    loss_log = out / "loss.csv"
+    if main and not (cfg.resume and loss_log.exists()):
+        loss_log.write_text("step,loss,lr,seconds\n")
+    t0, last = time.perf_counter(), time.perf_counter()
+    for step in range(start, cfg.max_steps):
+        g = torch.Generator().manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
+        idx = batch_indices(cfg.seed, step, accelerator.process_index, accelerator.num_processes,
+                            cfg.batch_size, len(pairs))
+        x_A = _images(pairs, idx, size, "x_A")
+        x_B = _images(pairs, idx, size, "x_B")
+        # §3.3 (1): identity samples teach reconstruction, which the editing mask relies on (§3.4).
+        identity = torch.rand(len(idx), generator=g) < cfg.identity_prob
+        x_target = torch.where(identity[:, None, None, None], x_A, x_B)
+        c_p = torch.stack([embeddings[pairs[i].p_a if ident else pairs[i].p_b] for i, ident in zip(idx, identity)])
+        # §3.3 (2): drop any combination of c_s, c_im, c_p, or all of them, for multi-condition CFG.
+        dropped = sample_dropout(len(idx), cfg.drop_prob, g)
+        latent_shape = (len(idx), parts.vae.config.latent_channels, size // parts.latent_factor, size // parts.latent_factor)
+        noise = torch.randn(latent_shape, generator=g)  # the diffusion noise the U-Net predicts
+        posterior_noise = torch.randn(latent_shape, generator=g)  # for the VAE posterior sample of the target
+        t = torch.randint(0, n_train_t, (len(idx),), generator=g)
+
+        dev = accelerator.device
+        keep_s = ((dropped & DROP_S) == 0).float().view(-1, 1, 1, 1).to(dev)
+        keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev)
+        drop_p = ((dropped & DROP_P) != 0).view(-1, 1, 1).to(dev)
+        with torch.no_grad():
+            c_s = parts.encode_latent(x_A).float()  # (B, 4, h, w)
+            posterior = parts.vae.encode(x_target.to(dev, weight_dtype)).latent_dist
+            z_0 = (posterior.mean + posterior.std * posterior_noise.to(dev, posterior.mean.dtype)).float() * parts.scaling_factor
+            clip_tokens = parts.clip_tokens(x_A).float()  # (B, 1 + P, Dv)
+        c_p = torch.where(drop_p, embeddings[""].to(dev), c_p.to(dev))  # (B, 77, D)
+        z_t = noise_scheduler.add_noise(z_0, noise.to(dev), t.to(dev))
+        z_in = torch.cat([z_t, c_s * keep_s], dim=1)  # (B, 8, h, w)
+
+        with accelerator.accumulate(mcdm):
+            with accelerator.autocast():
+                # c_im is computed inside the forward from E(x_A), even when c_s is dropped: the
+                # conditions are dropped independently.
+                eps = mcdm(z_in, t.to(dev), c_p, image_inputs=(c_s, clip_tokens, keep_im))
+            loss = F.mse_loss(eps.float(), noise.to(dev))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(mcdm.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            ema.step(mcdm.parameters())
+
+        done = step + 1
+        loss_value = accelerator.gather(loss.detach()[None]).mean().item()
+        now = time.perf_counter()
+        rate = 1.0 / max(now - last, 1e-9)
+        last = now
+        if main:
+            with open(loss_log, "a") as fh:
+                fh.write(f"{done},{loss_value:.6f},{lr_scheduler.get_last_lr()[0]:.3e},{now - t0:.2f}\n")
+        report(TrainProgress(done, cfg.max_steps, loss_value, rate))
+
+        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+            _checkpoint(accelerator, out, done, cfg.keep_checkpoints)
+            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "checkpoint", str(out / "checkpoints" / f"step-{done:06d}")))
+        if main and cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.max_steps):
+            grid = _validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
+            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "validation", str(grid)))
+
+    accelerator.wait_for_everyone()
+    if main:
+        model = accelerator.unwrap_model(mcdm)
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())  # the model folder holds the EMA weights
+        meta = {
+            "base": str(base),
+            "init": cfg.init,
+            "resolution": size,
+            "latent_factor": parts.latent_factor,
+            "directions": [directions[k] for k in sorted(directions)],
+            "training": asdict(cfg),
+        }
+        parts.to("cpu", torch.float32)
+        save_model(out, model.to("cpu", torch.float32), parts, meta)
+        ema.restore(model.parameters())
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
+    """save_state into checkpoints/step-N (model, optimizer, lr schedule, EMA), keeping the newest `keep`."""
+    path = out / "checkpoints" / f"step-{step:06d}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        ckpts = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in ckpts[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def _validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed) -> Path:
+    """validation/step-N.png: for a few inputs, input | edit per direction (EMA weights, masked edit)."""
+    from PIL import Image
+
+    from pedit.directions import Direction
+    from pedit.editor import EditOptions, Editor
+    from pedit.loading import LoadedModel
+    from pedit.viz import image_grid
+
+    ema.store(mcdm.parameters())
+    ema.copy_to(mcdm.parameters())
+    mcdm.eval()
+    try:
+        editor = Editor(LoadedModel(mcdm, parts, {"resolution": size, "directions": list(directions.values())}, out))
+        names = sorted(directions)
+        inputs = [pairs[i] for i in np.random.default_rng(seed).choice(len(pairs), size=min(3, len(pairs)), replace=False)]
+        rows = []
+        for p in inputs:
+            x = Image.fromarray(load_rgb(p.x_A, size))
+            rows.append([x] + [editor.edit(x, Direction(**directions[d]), EditOptions(steps=20, seed=seed)).image for d in names])
+        path = out / "validation" / f"step-{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(rows, col_labels=["input"] + names).save(path)
+    finally:
+        ema.restore(mcdm.parameters())
+        mcdm.train()
+    return path

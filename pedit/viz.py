@@ -1,0 +1,149 @@
+"""Pictures of results that people would rather look at than read: mask overlays, labelled grids,
+and the input | mask | output sheet that `pedit edit --save-mask` and `pedit eval` write.
+
+PIL and numpy only, so the library can draw without click, rich or torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+_BACKGROUND = (255, 255, 255)
+_TEXT = (20, 20, 20)
+
+
+def overlay_mask(
+    image: Image.Image,
+    mask: Image.Image,
+    color: tuple[int, int, int] = (255, 40, 200),
+    alpha: float = 0.5,
+) -> Image.Image:
+    """`image` tinted with `color` in proportion to `mask` (L, any size), with the mask's edge outlined.
+
+    Pixels where the mask is 0 are left exactly as they are, so the overlay shows where an edit
+    may act and nothing else.
+    """
+    image = image.convert("RGB")
+    mask = mask.convert("L").resize(image.size, Image.Resampling.BILINEAR)
+    weight = np.asarray(mask, dtype=np.float32)[..., None] * (alpha / 255)  # (H, W, 1)
+    pixels = np.asarray(image, dtype=np.float32)
+    tinted = pixels * (1 - weight) + np.asarray(color, dtype=np.float32) * weight
+
+    # The outline is a band just inside the thresholded mask (the mask minus its erosion), so it
+    # never marks pixels outside the mask; its width grows with the image so it stays visible.
+    inside = mask.point(lambda v: 255 if v >= 128 else 0)
+    width = max(1, round(min(image.size) / 256))
+    eroded = inside.filter(ImageFilter.MinFilter(2 * width + 1))
+    edge = (np.asarray(inside) > 0) & (np.asarray(eroded) == 0)
+    tinted[edge] = color
+    return Image.fromarray(np.rint(tinted).astype(np.uint8))
+
+
+def image_grid(
+    rows: list[list[Image.Image | None]],
+    col_labels: list[str] | None = None,
+    row_labels: list[str] | None = None,
+    cell: int | None = None,
+    pad: int = 4,
+) -> Image.Image:
+    """Images in square cells of `cell` pixels (default: the first image's width), labelled.
+
+    Each image is scaled to fit its cell and centred (aspect ratio kept); rows may differ in length
+    and a None leaves its cell empty. Column labels go above, row labels to the left.
+    """
+    images = [im for row in rows for im in row if im is not None]
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    cell = cell or images[0].width
+    n_cols = max(len(row) for row in rows)
+    font = _font(cell)
+    label_h = _text_height(font) + 2 * pad if col_labels else 0
+    label_w = max((_text_width(font, t) for t in row_labels), default=0) + 2 * pad if row_labels else 0
+
+    sheet = Image.new(
+        "RGB",
+        (label_w + n_cols * cell + (n_cols + 1) * pad, label_h + len(rows) * cell + (len(rows) + 1) * pad),
+        _BACKGROUND,
+    )
+    draw = ImageDraw.Draw(sheet)
+    for j, text in enumerate(col_labels or []):
+        x = label_w + pad + j * (cell + pad)
+        _draw_centred(draw, text, font, (x, 0, x + cell, label_h))
+    for i, row in enumerate(rows):
+        y = label_h + pad + i * (cell + pad)
+        if row_labels and i < len(row_labels):
+            _draw_centred(draw, row_labels[i], font, (0, y, label_w, y + cell))
+        for j, im in enumerate(row):
+            if im is not None:
+                x = label_w + pad + j * (cell + pad)
+                fitted = _fit(im.convert("RGB"), cell, cell)
+                sheet.paste(fitted, (x + (cell - fitted.width) // 2, y + (cell - fitted.height) // 2))
+    return sheet
+
+
+def compare_sheet(
+    input_img: Image.Image,
+    mask: Image.Image,
+    output_img: Image.Image,
+    max_height: int = 768,
+    pad: int = 4,
+) -> Image.Image:
+    """input | mask overlay | output side by side at one height, labelled.
+
+    Panels keep their aspect ratio; the height is the input's, capped at `max_height` so a sheet
+    of a 6000-pixel photo stays a picture one can open.
+    """
+    height = min(input_img.height, max_height)
+    # Scaled before the overlay is drawn, so a large photo costs only sheet-sized arrays.
+    shown_input, shown_output = (
+        im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
+        for im in (input_img, output_img)
+    )
+    panels = [shown_input, overlay_mask(shown_input, mask), shown_output]
+    font = _font(height)
+    label_h = _text_height(font) + 2 * pad
+    sheet = Image.new("RGB", (sum(p.width for p in panels) + 4 * pad, label_h + height + pad), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    x = pad
+    for panel, text in zip(panels, ("input", "mask", "output")):
+        _draw_centred(draw, text, font, (x, 0, x + panel.width, label_h))
+        sheet.paste(panel, (x, label_h))
+        x += panel.width + pad
+    return sheet
+
+
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    scale = min(width / image.width, height / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def _font(cell: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # PIL's default font scales when FreeType is available; about 1/16 of a cell reads well from
+    # thumbnails up to full-size panels.
+    return ImageFont.load_default(size=max(12, cell // 16))
+
+
+def _text_width(font, text: str) -> int:
+    left, _, right, _ = font.getbbox(text)
+    return int(right - left)
+
+
+def _text_height(font) -> int:
+    _, top, _, bottom = font.getbbox("Ag")
+    return int(bottom - top)
+
+
+def _draw_centred(draw: ImageDraw.ImageDraw, text: str, font, box: tuple[int, int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    if _text_width(font, text) > x1 - x0:
+        # A label wider than its cell is shortened rather than drawn over its neighbour.
+        while len(text) > 1 and _text_width(font, text + "...") > x1 - x0:
+            text = text[:-1]
+        text += "..."
+    # Placed from the text's bounding box, not with anchor="mm", which bitmap fonts do not support.
+    left, top, right, bottom = font.getbbox(text)
+    x = (x0 + x1 - (right - left)) / 2 - left
+    y = (y0 + y1 - (bottom - top)) / 2 - top
+    draw.text((x, y), text, fill=_TEXT, font=font)
