@@ -38,6 +38,7 @@ _HAIRS = [(35, 30, 30), (92, 56, 30), (145, 92, 48), (232, 190, 92), (190, 82, 3
           (60, 110, 215), (228, 96, 170), (70, 160, 90)]
 _EYES = [(105, 66, 34), (55, 120, 205), (55, 150, 80), (110, 122, 135), (150, 110, 50), (30, 30, 30)]
 _FACE_ASPECT = {"round": 1.05, "oval": 1.22, "square": 1.1}  # b / a
+_FACE_CENTRE = (0.5, 0.47)  # fractions of the canvas; a little high, so headwear and shoulders both fit
 _INK = (40, 30, 35)  # cartoon outlines, pupils, closed eyes
 _MOUTH = (110, 20, 40)
 _TEAR, _TEAR_EDGE = (110, 190, 255), (30, 100, 220)
@@ -120,7 +121,8 @@ class Imperfection:
 
     @classmethod
     def from_dict(cls, d: dict) -> Imperfection:
-        return cls(int(d["shift_x"]), int(d["shift_y"]), float(d["face_width"]), tuple(int(c) for c in d["color_drift"]))
+        drift = tuple(int(c) for c in d["color_drift"])
+        return cls(int(d["shift_x"]), int(d["shift_y"]), float(d["face_width"]), drift)
 
 
 def sample_imperfection(rng: np.random.Generator, max_shift: int = 2, max_face_width: float = 0.06,
@@ -154,9 +156,8 @@ class _Canvas:
     def __init__(self, idn: Identity, size: int, face_scale: float):
         self.idn, self.D = idn, 2 * size
         D = self.D
-        self.u = D / 256  # one output pixel of a 128-px portrait
-        self.lw = max(1, round(2 * self.u))
-        self.cx, self.cy = 0.5 * D, 0.47 * D
+        self.lw = max(1, round(D / 128))  # outline: one output pixel of a 128-px portrait
+        self.cx, self.cy = _FACE_CENTRE[0] * D, _FACE_CENTRE[1] * D
         self.b = idn.face_width * D / 2 * _FACE_ASPECT[idn.face_shape]
         self.a = idn.face_width * D / 2 * face_scale  # the imperfection widens the face, not its height
         self.ey = self.cy - 0.02 * self.b  # eye line
@@ -179,12 +180,12 @@ def face_box(identity: Identity | int, size: int = 128) -> tuple[int, int, int, 
     D = 2 * size  # the same geometry as _Canvas, in canvas pixels, then halved
     a = idn.face_width * D / 2
     b = a * _FACE_ASPECT[idn.face_shape]
-    cx, cy = 0.5 * D, 0.47 * D
+    cx, cy = _FACE_CENTRE[0] * D, _FACE_CENTRE[1] * D
     return (int(math.floor((cx - a) / 2)), int(math.floor((cy - b) / 2)),
             int(math.ceil((cx + a) / 2)), int(math.ceil((cy + b) / 2)))
 
 
-def _clothing(g: _Canvas, base: RGB, pattern: str, pcolor: RGB) -> None:
+def _clothing(g: _Canvas, base: RGB, pattern: str, pcolor: RGB = _INK) -> None:
     """Shoulders: a patterned layer pasted through an ellipse mask, so patterns never leave the body."""
     D, top = g.D, int(0.76 * g.D)
     body = [0.12 * D, 0.79 * D - top, 0.88 * D, 1.5 * D - top]
@@ -224,18 +225,18 @@ def _body(g: _Canvas, costume: str) -> None:
         _clothing(g, idn.clothing_color, idn.clothing_pattern, idn.pattern_color)
         d.chord(_box(cx, 0.79 * D, 0.42 * a, 0.07 * D), 0, 180, fill=idn.skin)  # round neckline
     elif costume == "flower":
-        _clothing(g, (120, 205, 110), "flowers", (0, 0, 0))
+        _clothing(g, (120, 205, 110), "flowers")
         d.chord(_box(cx, 0.79 * D, 0.42 * a, 0.07 * D), 0, 180, fill=idn.skin)
     elif costume == "sheep":
-        _clothing(g, _WOOL, "wool", (0, 0, 0))
+        _clothing(g, _WOOL, "wool")
     elif costume == "santa":
-        _clothing(g, _SANTA_RED, "plain", (0, 0, 0))
+        _clothing(g, _SANTA_RED, "plain")
         d.rectangle([cx - 0.045 * D, 0.8 * D, cx + 0.045 * D, D], fill=_WOOL)  # fur placket
         for y in (0.9 * D, 0.97 * D):
             d.ellipse(_box(cx, y, 0.014 * D, 0.014 * D), fill=_INK)
         d.ellipse(_box(cx, 0.8 * D, 1.0 * a, 0.05 * D), fill=_WOOL, outline=_WOOL_EDGE, width=lw)  # fur collar
     elif costume == "royal":
-        _clothing(g, _PURPLE, "plain", (0, 0, 0))
+        _clothing(g, _PURPLE, "plain")
         d.ellipse(_box(cx, 0.81 * D, 1.25 * a, 0.075 * D), fill=_WOOL, outline=_GOLD, width=2 * lw)  # ermine
         for k in range(-3, 4):
             d.ellipse(_box(cx + k * 0.33 * a, 0.815 * D + (k % 2) * 0.02 * D, 0.01 * D, 0.018 * D), fill=_INK)
@@ -299,7 +300,8 @@ def _brow(g: _Canvas, x: float, s: int, lift_out: float, lift_in: float, width: 
 
 def _cheeks(g: _Canvas, color: RGB, t: float) -> None:
     for s in (-1, 1):
-        g.d.ellipse(_box(g.cx + s * 0.6 * g.a, g.cy + 0.3 * g.b, 0.17 * g.a, 0.1 * g.b), fill=_mix(g.idn.skin, color, t))
+        cheek = _box(g.cx + s * 0.6 * g.a, g.cy + 0.3 * g.b, 0.17 * g.a, 0.1 * g.b)
+        g.d.ellipse(cheek, fill=_mix(g.idn.skin, color, t))
 
 
 def _expression(g: _Canvas, expression: str) -> None:

@@ -124,6 +124,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
           log: Callable[[str], None] | None = None) -> Path:
     """Train an MCDM on a pair folder; returns the model folder. Only rank 0 writes and reports."""
     from accelerate import Accelerator
+    from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -154,6 +155,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")
 
+    set_seed(cfg.seed)  # the fresh weights (projector, scratch U-Net) are a function of the seed
     unet = widen_conv_in(base_unet(root, cfg.allow_pickle, scratch=cfg.init == "scratch"))
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()

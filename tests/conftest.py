@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny seeded models built in-process, saved to temp folders, loaded from disk
+exactly as in production. Never touches the network."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: no 50 s retry loops
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A Stable-Diffusion-layout base folder of tiny random networks (32 px images, 4x4 latents)."""
+    from pedit.toon_parts import TINY, build_base
+
+    return build_base(tmp_path_factory.mktemp("base") / "tiny-base", TINY, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory):
+    """8 imperfect toon pairs at 32 px, one per direction (read-only: copy before changing)."""
+    from pedit.gen_pairs import GenPairsConfig, generate_pairs
+
+    return generate_pairs(GenPairsConfig(str(tmp_path_factory.mktemp("pairs") / "pairs"), n=8, resolution=32))
+
+
+@pytest.fixture
+def tiny_pairs_copy(tiny_pairs, tmp_path):
+    return shutil.copytree(tiny_pairs, tmp_path / "pairs")
+
+
+@pytest.fixture(scope="session")
+def random_model(tiny_base, tmp_path_factory):
+    """An untrained MCDM model folder over the tiny base, trained on the 8 built-in directions (none)."""
+    from pedit.directions import BUILTIN
+    from pedit.loading import base_unet, load_base, save_model
+    from pedit.model import MCDM, ImageProjector, widen_conv_in
+
+    root, parts = load_base(tiny_base)
+    proj = ImageProjector(parts.image_encoder.config.hidden_size, parts.text_encoder.config.hidden_size, 4,
+                          parts.num_image_tokens)
+    mcdm = MCDM(widen_conv_in(base_unet(root)), proj)
+    meta = {"base": str(tiny_base), "resolution": 32, "directions": [vars(d) for d in BUILTIN.values()]}
+    return save_model(tmp_path_factory.mktemp("model") / "random-model", mcdm, parts, meta)

@@ -1,0 +1,89 @@
+"""The training loop (paper §3.3): seeded randomness, dropout frequencies, resume equivalence."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pedit.errors import PairFolderError
+from pedit.train import TrainConfig, batch_indices, sample_dropout, step_seed, train
+
+
+def test_dropout_subsets_have_the_paper_frequencies():
+    g = torch.Generator().manual_seed(0)
+    n = 280_000
+    counts = Counter(sample_dropout(n, 0.2, g).tolist())
+    assert abs(counts[0] / n - 0.8) < 0.004  # 80 % keep every condition
+    for subset in range(1, 8):  # each of the 7 non-empty subsets of {c_s, c_im, c_p}: 0.2 / 7
+        assert abs(counts[subset] / n - 0.2 / 7) < 0.002
+    assert set(counts) == set(range(8))
+
+
+def test_dropout_draw_is_a_function_of_the_generator_seed():
+    a = sample_dropout(64, 0.2, torch.Generator().manual_seed(3))
+    b = sample_dropout(64, 0.2, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_ranks_take_disjoint_slices_and_an_epoch_sees_every_pair_once():
+    n, world, b = 24, 2, 3  # a global batch of 6: 4 steps per epoch
+    seen = []
+    for step in range(4):
+        per_rank = [batch_indices(0, step, r, world, b, n) for r in range(world)]
+        assert not set(per_rank[0]) & set(per_rank[1])
+        seen += per_rank[0] + per_rank[1]
+    assert sorted(seen) == list(range(n))
+    assert batch_indices(0, 4, 0, world, b, n) != batch_indices(0, 0, 0, world, b, n)  # next epoch reshuffles
+
+
+def test_step_seeds_differ_across_steps_and_ranks():
+    seeds = {step_seed(0, s, r) for s in range(50) for r in range(4)}
+    assert len(seeds) == 200 and all(0 <= s < 2**63 for s in seeds)
+
+
+def _unet_weights(folder):
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def _cfg(tiny_pairs, tiny_base, out, **kw):
+    base = dict(data=str(tiny_pairs), output=str(out), base=str(tiny_base), batch_size=2, checkpoint_every=3,
+                validate_every=0, ema_decay=0.9, learning_rate=1e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_six_steps_straight_equal_three_plus_resume_plus_three(tiny_pairs, tiny_base, tmp_path):
+    straight = train(_cfg(tiny_pairs, tiny_base, tmp_path / "straight", max_steps=6))
+    split = tmp_path / "split"
+    train(_cfg(tiny_pairs, tiny_base, split, max_steps=3))
+    after_three = _unet_weights(split)
+    train(_cfg(tiny_pairs, tiny_base, split, max_steps=6, resume=True))
+    a, b = _unet_weights(straight), _unet_weights(split)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], after_three[k]) for k in a)  # steps 4-6 did change the weights
+    log = (split / "loss.csv").read_text().splitlines()
+    assert log[0] == "step,loss,lr,seconds" and [r.split(",")[0] for r in log[1:]] == ["1", "2", "3", "4", "5", "6"]
+    meta = json.loads((split / "pedit.json").read_text())
+    assert meta["resolution"] == 32 and len(meta["directions"]) == 8
+    assert json.loads((split / "config.json").read_text())["resume"] is True
+
+
+def test_a_missing_image_is_reported_before_training_starts(tiny_pairs_copy, tiny_base, tmp_path):
+    (tiny_pairs_copy / "images" / "000002_x_B.png").unlink()
+    out = tmp_path / "model"
+    with pytest.raises(PairFolderError) as e:
+        train(_cfg(tiny_pairs_copy, tiny_base, out, max_steps=2))
+    assert "row 3 (id '000002'): x_B 'images/000002_x_B.png' is missing" in str(e.value)
+    assert not out.exists()
+
+
+def test_validation_grid_is_written(tiny_pairs, tiny_base, tmp_path):
+    out = train(_cfg(tiny_pairs, tiny_base, tmp_path / "m", max_steps=1, validate_every=1))
+    from PIL import Image
+
+    grid = Image.open(out / "validation" / "step-000001.png")
+    assert grid.width > grid.height  # input + 8 directions per row
+    assert np.asarray(grid).std() > 0
