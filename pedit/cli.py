@@ -137,7 +137,9 @@ def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact,
 @click.option("--image-encoder", help="CLIP vision model for c_im when the base has no image_encoder/.")
 @click.option("--resolution", type=click.IntRange(min=8), help="Training resolution (default: the base VAE's).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Stop cleanly after this much training time.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Per process.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers decoding images.")
 @click.option("--gradient-accumulation", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--learning-rate", "--lr", type=float, default=1e-4, show_default=True)
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True)
@@ -150,7 +152,7 @@ def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
 @click.option("-q", "--quiet", is_flag=True)
-def train(data, output, base, init, image_encoder, resolution, max_steps, batch_size, gradient_accumulation,
+def train(data, output, base, init, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
           learning_rate, warmup_steps, checkpoint_every, validate_every, resume, mixed_precision,
           gradient_checkpointing, ema_decay, seed, allow_pickle, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
@@ -161,7 +163,7 @@ def train(data, output, base, init, image_encoder, resolution, max_steps, batch_
 
     cfg = TrainConfig(
         data=data, output=output, base=base, init=init, image_encoder=image_encoder, resolution=resolution,
-        max_steps=max_steps, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
+        max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, num_workers=num_workers, gradient_accumulation=gradient_accumulation,
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,

@@ -210,13 +210,15 @@ TOON = BaseSpec(
 def _model_index() -> dict:
     import diffusers
 
-    # As a real SD 1.x folder's, plus the image encoder (the MCDM's CLIP_im). No safety checker,
-    # no feature extractor: the image encoder's preprocessor config lives beside it.
+    # As a real SD 1.x folder's, with no safety checker and no feature extractor (the image
+    # encoder's preprocessor config lives beside it). image_encoder/ (the MCDM's CLIP_im) is on
+    # disk but listed as absent: StableDiffusionPipeline expects a CLIPVisionModelWithProjection
+    # there and warns on every load of the folder; pedit loads image_encoder/ directly.
     return {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": diffusers.__version__,
         "feature_extractor": [None, None],
-        "image_encoder": ["transformers", "CLIPVisionModel"],
+        "image_encoder": [None, None],
         "requires_safety_checker": False,
         "safety_checker": [None, None],
         "scheduler": ["diffusers", "DDPMScheduler"],

@@ -10,10 +10,8 @@ resumed run continues exactly where the straight run would be (a test checks). M
 
 from __future__ import annotations
 
-import csv
+import functools
 import json
-import math
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +37,7 @@ class TrainConfig:
     image_encoder: str | None = None  # CLIP vision for c_im when the base has no image_encoder/
     resolution: int | None = None  # None → the base VAE's sample_size
     max_steps: int = 1000
+    max_minutes: float | None = None  # stop early (cleanly, with a model) after this much training time
     batch_size: int = 8
     gradient_accumulation: int = 1
     learning_rate: float = 1e-4
@@ -89,15 +88,45 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def batch_indices(seed: int, step: int, rank: int, world: int, batch_size: int, n: int) -> list[int]:
     """This rank's indices at `step`: a slice of the global batch taken from per-epoch permutations."""
-    global_batch = batch_size * world
-    start = step * global_batch + rank * batch_size
-    out = []
-    for pos in range(start, start + batch_size):
-        epoch, offset = divmod(pos, n)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
-    return out
+    start = step * batch_size * world + rank * batch_size
+    return [int(_epoch_order(seed, pos // n, n)[pos % n]) for pos in range(start, start + batch_size)]
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Yields batch_indices for steps start..stop-1: the data order depends on the step alone."""
+
+    def __init__(self, seed: int, start: int, stop: int, rank: int, world: int, batch_size: int, n: int):
+        self.args = (seed, rank, world, batch_size, n)
+        self.start, self.stop = start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __iter__(self):
+        seed, rank, world, batch_size, n = self.args
+        for step in range(self.start, self.stop):
+            yield batch_indices(seed, step, rank, world, batch_size, n)
+
+
+class PairImages(torch.utils.data.Dataset):
+    """(x_A, x_B) of a pair as (3, R, R) uint8 tensors; decoded in DataLoader workers."""
+
+    def __init__(self, pairs: list[Pair], size: int):
+        self.pairs, self.size = pairs, size
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        p = self.pairs[i]
+        return tuple(torch.from_numpy(load_rgb(f, self.size)).permute(2, 0, 1) for f in (p.x_A, p.x_B))
 
 
 def sample_dropout(batch: int, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -113,11 +142,6 @@ def sample_dropout(batch: int, p: float, generator: torch.Generator) -> torch.Te
 def newest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None
-
-
-def _images(pairs: list[Pair], idx: list[int], size: int, field: str) -> torch.Tensor:
-    arr = np.stack([load_rgb(getattr(pairs[i], field), size) for i in idx])  # (B, R, R, 3)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
 
 
 def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
@@ -191,12 +215,15 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     if main and not (cfg.resume and loss_log.exists()):
         loss_log.write_text("step,loss,lr,seconds\n")
     t0, last = time.perf_counter(), time.perf_counter()
-    for step in range(start, cfg.max_steps):
+    sampler = StepBatches(cfg.seed, start, cfg.max_steps, accelerator.process_index, accelerator.num_processes,
+                          cfg.batch_size, len(pairs))
+    loader = torch.utils.data.DataLoader(PairImages(pairs, size), batch_sampler=sampler, num_workers=cfg.num_workers,
+                                         pin_memory=torch.cuda.is_available())
+    done = start
+    for step, idx, (x_A, x_B) in zip(range(start, cfg.max_steps), sampler, loader):
         g = torch.Generator().manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
-        idx = batch_indices(cfg.seed, step, accelerator.process_index, accelerator.num_processes,
-                            cfg.batch_size, len(pairs))
-        x_A = _images(pairs, idx, size, "x_A")
-        x_B = _images(pairs, idx, size, "x_B")
+        x_A = x_A.float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
+        x_B = x_B.float() / 127.5 - 1
         # §3.3 (1): identity samples teach reconstruction, which the editing mask relies on (§3.4).
         identity = torch.rand(len(idx), generator=g) < cfg.identity_prob
         x_target = torch.where(identity[:, None, None, None], x_A, x_B)
@@ -245,13 +272,20 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             with open(loss_log, "a") as fh:
                 fh.write(f"{done},{loss_value:.6f},{lr_scheduler.get_last_lr()[0]:.3e},{now - t0:.2f}\n")
         report(TrainProgress(done, cfg.max_steps, loss_value, rate))
+        # A time budget ends the run early but cleanly: checkpoint, grid and model as at the last step.
+        out_of_time = cfg.max_minutes is not None and now - t0 > 60 * cfg.max_minutes
+        out_of_time = bool(accelerator.gather(torch.tensor([out_of_time], device=dev)).any())  # all ranks agree
+        final = done == cfg.max_steps or out_of_time
 
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+        if done % cfg.checkpoint_every == 0 or final:
             _checkpoint(accelerator, out, done, cfg.keep_checkpoints)
             report(TrainProgress(done, cfg.max_steps, loss_value, rate, "checkpoint", str(out / "checkpoints" / f"step-{done:06d}")))
-        if main and cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.max_steps):
+        if main and cfg.validate_every and (done % cfg.validate_every == 0 or final):
             grid = _validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
             report(TrainProgress(done, cfg.max_steps, loss_value, rate, "validation", str(grid)))
+        if out_of_time:
+            say(f"--max-minutes {cfg.max_minutes} reached after {done} steps; saving the model.")
+            break
 
     accelerator.wait_for_everyone()
     if main:
@@ -264,6 +298,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             "resolution": size,
             "latent_factor": parts.latent_factor,
             "directions": [directions[k] for k in sorted(directions)],
+            "steps_trained": done,
             "training": asdict(cfg),
         }
         parts.to("cpu", torch.float32)

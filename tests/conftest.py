@@ -1,26 +1,26 @@
-"""Shared fixtures: tiny seeded models built in-process, saved to temp folders, loaded from disk
-exactly as in production. Never touches the network."""
+"""Shared test fixtures. Tests never touch the network (CONVENTIONS.md §9): the hub is switched
+off before anything imports huggingface_hub, and models are built in-process from seeds."""
 
 import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: no 50 s retry loops
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory):
-    """A Stable-Diffusion-layout base folder of tiny random networks (32 px images, 4x4 latents)."""
+def tiny_base(tmp_path_factory) -> Path:
+    """A TINY Stable-Diffusion-layout base folder (32 px, 4x4x4 latents), built once per session."""
     from pedit.toon_parts import TINY, build_base
 
-    return build_base(tmp_path_factory.mktemp("base") / "tiny-base", TINY, seed=0)
+    return build_base(tmp_path_factory.mktemp("bases") / "tiny-base", TINY, seed=0)
 
 
 @pytest.fixture(scope="session")
-def tiny_pairs(tmp_path_factory):
+def tiny_pairs(tmp_path_factory) -> Path:
     """8 imperfect toon pairs at 32 px, one per direction (read-only: copy before changing)."""
     from pedit.gen_pairs import GenPairsConfig, generate_pairs
 
@@ -28,18 +28,23 @@ def tiny_pairs(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_pairs_copy(tiny_pairs, tmp_path):
-    return shutil.copytree(tiny_pairs, tmp_path / "pairs")
+def tiny_pairs_copy(tiny_pairs, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_pairs, tmp_path / "pairs"))
 
 
 @pytest.fixture(scope="session")
-def random_model(tiny_base, tmp_path_factory):
-    """An untrained MCDM model folder over the tiny base, trained on the 8 built-in directions (none)."""
+def random_model(tiny_base, tmp_path_factory) -> Path:
+    """An untrained MCDM model folder over the tiny base, listing the 8 built-in directions."""
+    import torch
+
     from pedit.directions import BUILTIN
     from pedit.loading import base_unet, load_base, save_model
     from pedit.model import MCDM, ImageProjector, widen_conv_in
 
     root, parts = load_base(tiny_base)
+    torch.manual_seed(0)
     proj = ImageProjector(parts.image_encoder.config.hidden_size, parts.text_encoder.config.hidden_size, 4,
                           parts.num_image_tokens)
     mcdm = MCDM(widen_conv_in(base_unet(root)), proj)
