@@ -116,9 +116,11 @@ class Editor:
     def conditions(self, x_A: torch.Tensor, direction: Direction) -> EditConditions:
         """c_s, c_im and the three prompt embeddings for one image x_A (1, 3, R, R) in [-1, 1]."""
         parts, mcdm = self.model.parts, self.model.mcdm
-        c_s = parts.encode_latent(x_A)  # (1, 4, h, w)
-        c_im = mcdm.image_projector(c_s, parts.clip_tokens(x_A))  # (1, K, D)
-        return EditConditions(c_s, c_im, self._prompt(direction.p_b), self._prompt(direction.p_a), self._prompt(""))
+        dtype = mcdm.unet.dtype  # the frozen parts may run in another precision (training validation)
+        c_s = parts.encode_latent(x_A).to(dtype)  # (1, 4, h, w)
+        c_im = mcdm.image_projector(c_s, parts.clip_tokens(x_A).to(dtype))  # (1, K, D)
+        prompts = (self._prompt(t).to(dtype) for t in (direction.p_b, direction.p_a, ""))
+        return EditConditions(c_s, c_im, *prompts)
 
     @torch.no_grad()
     def edit(self, image: Image.Image, direction: str | Direction, options: EditOptions | None = None,

@@ -129,7 +129,7 @@ def load_rgb(path: Path, size: int) -> np.ndarray:
         im = im.convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.LANCZOS)
-        return np.asarray(im)
+        return np.array(im)  # writable: torch.from_numpy in DataLoader workers
 
 
 class PairWriter:
