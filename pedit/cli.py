@@ -134,6 +134,7 @@ def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact,
 @click.option("--base", help="Base model: a local diffusers folder or a hub id. Default: the bundled toon base.")
 @click.option("--init", type=click.Choice(["base", "scratch"]), default="base", show_default=True,
               help="U-Net weights from the base, or its config with random weights.")
+@click.option("--init-from", type=click.Path(file_okay=False), help="Continue from this model folder's U-Net and projector.")
 @click.option("--image-encoder", help="CLIP vision model for c_im when the base has no image_encoder/.")
 @click.option("--resolution", type=click.IntRange(min=8), help="Training resolution (default: the base VAE's).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -152,7 +153,7 @@ def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
 @click.option("-q", "--quiet", is_flag=True)
-def train(data, output, base, init, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
+def train(data, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
           learning_rate, warmup_steps, checkpoint_every, validate_every, resume, mixed_precision,
           gradient_checkpointing, ema_decay, seed, allow_pickle, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
@@ -162,7 +163,7 @@ def train(data, output, base, init, image_encoder, resolution, max_steps, max_mi
     from pedit.train import TrainConfig, train as run_train
 
     cfg = TrainConfig(
-        data=data, output=output, base=base, init=init, image_encoder=image_encoder, resolution=resolution,
+        data=data, output=output, base=base, init=init, init_from=init_from, image_encoder=image_encoder, resolution=resolution,
         max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, num_workers=num_workers, gradient_accumulation=gradient_accumulation,
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,

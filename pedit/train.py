@@ -34,6 +34,7 @@ class TrainConfig:
     output: str
     base: str | None = None  # local diffusers folder or hub id; None → the bundled toon base
     init: str = "base"  # "base": pretrained U-Net; "scratch": the base's U-Net config, random weights
+    init_from: str | None = None  # a model folder to continue from (its U-Net and projector weights)
     image_encoder: str | None = None  # CLIP vision for c_im when the base has no image_encoder/
     resolution: int | None = None  # None → the base VAE's sample_size
     max_steps: int = 1000
@@ -154,7 +155,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     from diffusers.training_utils import EMAModel
 
     from pedit.directions import Direction
-    from pedit.loading import base_unet, bundled_base_path, load_base, save_model
+    from pedit.loading import base_unet, bundled_base_path, check_shapes, load_base, load_model, save_model
     from pedit.model import MCDM, ImageProjector, widen_conv_in
 
     out = Path(cfg.output)
@@ -180,17 +181,24 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")
 
     set_seed(cfg.seed)  # the fresh weights (projector, scratch U-Net) are a function of the seed
-    unet = widen_conv_in(base_unet(root, cfg.allow_pickle, scratch=cfg.init == "scratch"))
+    if cfg.init_from:
+        # Continue from a model folder's U-Net and projector (its frozen parts must match the base's).
+        mcdm = load_model(cfg.init_from, cfg.allow_pickle).mcdm
+        check_shapes(mcdm, parts, Path(cfg.init_from))
+        mcdm.requires_grad_(True)
+    else:
+        unet = widen_conv_in(base_unet(root, cfg.allow_pickle, scratch=cfg.init == "scratch"))
+        projector = ImageProjector(
+            vision_width=parts.image_encoder.config.hidden_size,
+            text_width=parts.text_encoder.config.hidden_size,
+            latent_channels=parts.vae.config.latent_channels,
+            num_tokens=parts.num_image_tokens,
+        )
+        mcdm = MCDM(unet, projector)
     if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    projector = ImageProjector(
-        vision_width=parts.image_encoder.config.hidden_size,
-        text_width=parts.text_encoder.config.hidden_size,
-        latent_channels=parts.vae.config.latent_channels,
-        num_tokens=parts.num_image_tokens,
-    )
-    mcdm = MCDM(unet, projector).train()
-    ema = EMAModel(mcdm.parameters(), decay=cfg.ema_decay)
+        mcdm.unet.enable_gradient_checkpointing()
+    mcdm.train()
+    ema = EMAModel(mcdm.parameters(), decay=cfg.ema_decay, foreach=True)
     optimizer = torch.optim.AdamW(mcdm.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
     mcdm, optimizer, lr_scheduler = accelerator.prepare(mcdm, optimizer, lr_scheduler)
@@ -240,9 +248,13 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
         keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev)
         drop_p = ((dropped & DROP_P) != 0).view(-1, 1, 1).to(dev)
         with torch.no_grad():
-            c_s = parts.encode_latent(x_A).float()  # (B, 4, h, w)
-            posterior = parts.vae.encode(x_target.to(dev, weight_dtype)).latent_dist
-            z_0 = (posterior.mean + posterior.std * posterior_noise.to(dev, posterior.mean.dtype)).float() * parts.scaling_factor
+            # One VAE call for x_A and the target: c_s is the posterior mode of x_A, z_0 a posterior
+            # sample of the target, both times the scaling factor (DESIGN.md convention).
+            posterior = parts.vae.encode(torch.cat([x_A, x_target]).to(dev, weight_dtype)).latent_dist
+            mean_A, mean_T = posterior.mean.float().chunk(2)
+            c_s = mean_A * parts.scaling_factor  # (B, 4, h, w)
+            std_T = posterior.std.float().chunk(2)[1]
+            z_0 = (mean_T + std_T * posterior_noise.to(dev)) * parts.scaling_factor
             clip_tokens = parts.clip_tokens(x_A).float()  # (B, 1 + P, Dv)
         c_p = torch.where(drop_p, embeddings[""].to(dev), c_p.to(dev))  # (B, 77, D)
         z_t = noise_scheduler.add_noise(z_0, noise.to(dev), t.to(dev))
