@@ -194,7 +194,7 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("-d", "--direction", required=True, help="Editing direction (see `pedit directions`).")
 @click.option("-m", "--model", type=click.Path(), help="Model folder from `pedit train` (default: the bundled toon model).")
 @click.option("-o", "--output", type=click.Path(), help="Output file, or folder for several inputs. Default: next to the input.")
-@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--scheduler", type=click.Choice(["ddim", "dpm", "euler"]), default="ddim", show_default=True)
 @click.option("--s-s", type=float, default=1.5, show_default=True, help="Guidance scale of the spatial condition c_s.")

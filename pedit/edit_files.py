@@ -23,7 +23,7 @@ class EditFilesConfig:
     direction: str
     model: str | None = None  # None → the bundled toon model
     output: str | None = None
-    steps: int = 25
+    steps: int = 20
     seed: int = 0
     scheduler: str = "ddim"
     s_s: float = 1.5

@@ -31,7 +31,7 @@ from pedit.sampler import make_scheduler, sample
 class EditOptions:
     """How to edit; CLI flags map 1:1 to these fields."""
 
-    steps: int = 25
+    steps: int = 20
     seed: int = 0
     scales: GuidanceScales = field(default_factory=GuidanceScales)
     use_mask: bool = True

@@ -124,10 +124,22 @@ def _load(cls, folder: Path, allow_pickle: bool, what: str, **kwargs):
         raise ModelError(f"{what} in {folder} could not be loaded: {first}") from None
 
 
+def _quiet_libraries() -> None:
+    """diffusers/transformers print progress bars and dtype notes while loading; pedit reports its own."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_frozen_parts(root: Path, allow_pickle: bool = False, image_encoder: Path | None = None) -> FrozenParts:
     """VAE, text encoder, tokenizer, CLIP vision encoder and scheduler config from a folder."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+    _quiet_libraries()
 
     image_dir = image_encoder or root / "image_encoder"
     vae = _load(AutoencoderKL, root / "vae", allow_pickle, "VAE")
