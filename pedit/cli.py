@@ -78,7 +78,10 @@ def directions(directions_file, model):
         meta_file = Path(model) / "pedit.json"
         if not meta_file.exists():
             raise PeditError(f"{model} is not a model folder (no pedit.json).")
-        found = {d["name"]: Direction(**d) for d in json.loads(meta_file.read_text())["directions"]}
+        try:
+            found = {d["name"]: Direction(**d) for d in json.loads(meta_file.read_text())["directions"]}
+        except (ValueError, KeyError, TypeError) as e:  # a hand-edited or corrupt pedit.json
+            raise PeditError(f"{meta_file} does not list the model's directions ({type(e).__name__}: {e}).") from None
     else:
         found = all_directions(directions_file)
     table = Table("name", "task", "p_a (source)", "p_b (target)")
@@ -204,7 +207,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True, help="Noise draws for the editing mask.")
 @click.option("--save-mask", is_flag=True, help="Also write the mask and a mask overlay PNG.")
 @click.option("--compare", is_flag=True, help="Also write input | mask overlay | output side by side.")
-@click.option("--face", "face_index", type=click.IntRange(min=0), help="Edit face N (0 = largest) instead of the largest.")
+@click.option("--face", "--face-index", "face_index", type=click.IntRange(min=0),
+              help="Edit face N (0 = largest) instead of the largest.")
 @click.option("--require-face", is_flag=True, help="Fail when no face is found instead of editing the centred square.")
 @click.option("--margin", type=click.FloatRange(0, 5), default=1.0, show_default=True, help="Crop margin around the face, in face widths.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
@@ -215,6 +219,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, save_mask,
          compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
+    from rich.markup import escape
+
     from pedit.edit_files import EditFilesConfig, edit_files
 
     cfg = EditFilesConfig(
@@ -234,12 +240,13 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
             elif kind == "steps":
                 bar.update(task, completed=payload[0], total=payload[1])
             elif kind == "note":
-                console.print(payload)
+                console.print(escape(payload))
             elif kind == "item":
+                # File names and messages are shown verbatim: escaped, or rich reads "[draft]" as markup.
                 if payload.error:
-                    console.print(f"[red]failed[/red] {payload.input}: {payload.error}")
+                    console.print(f"[red]failed[/red] {escape(str(payload.input))}: {escape(payload.error)}")
                 else:
-                    console.print(f"{payload.input} → {payload.output} ({payload.seconds:.1f} s)")
+                    console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} ({payload.seconds:.1f} s)")
                     click.echo(str(payload.output))
 
         items = edit_files(cfg, on_event)
@@ -249,13 +256,46 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
 
         table = Table("input", "result", "seconds")
         for i in items:
-            table.add_row(str(i.input), f"[red]{i.error}[/red]" if i.error else str(i.output), f"{i.seconds:.1f}")
+            table.add_row(escape(str(i.input)), f"[red]{escape(i.error)}[/red]" if i.error else escape(str(i.output)),
+                          f"{i.seconds:.1f}")
         console.print(table)
         console.print(f"{len(items) - len(failed)} edited, {len(failed)} failed")
     if failed:
         if len(items) == 1:
             raise PeditError(failed[0].error)
         raise PeditError(f"{len(failed)} of {len(items)} inputs failed (see above).")
+
+
+@cli.command("eval")
+@click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
+@click.option("--pairs", required=True, type=click.Path(), help="Pair folder with exact targets (and masks).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder: report.json, report.md, grid.png.")
+@click.option("--methods", default=",".join(["ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit"]),
+              show_default=True, help="Comma-separated methods to score.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs.")
+@click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
+@click.option("-q", "--quiet", is_flag=True)
+def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid_pairs, quiet):
+    """Measure a model against ground truth: SSIM, PSNR in/outside the true mask, mask IoU, per direction."""
+    from pedit.evaluate import EvalConfig, evaluate, markdown_report
+
+    cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                     steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs)
+    console = _console(quiet)
+    _show_config(console, cfg)
+    with _progress(console) as bar:
+        tasks = {}
+
+        def on_progress(method, done, total):
+            if method not in tasks:
+                tasks[method] = bar.add_task(method, total=total, info="")
+            bar.update(tasks[method], completed=done)
+
+        report = evaluate(cfg, on_progress)
+    click.echo(markdown_report(report))
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ file fails that file only; the caller gets one `BatchItem` per input.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,7 +51,6 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem)."""
     from pedit.editor import EditOptions, Editor
     from pedit.guidance import GuidanceScales
-    from pedit.mask import MaskConfig
     from pedit.viz import compare_sheet, overlay_mask
 
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
@@ -58,9 +58,10 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
+    defaults = editor.default_options()
     options = EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
-        mask=MaskConfig(n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
+        mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
     )
     detector = HaarFaceDetector()
 

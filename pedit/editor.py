@@ -69,6 +69,21 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
+def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tensor | None, cfg: MaskConfig):
+    """The final image: `raw` inside the dilated, feathered mask, `original`'s exact bytes outside.
+
+    original, raw: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
+    Returns (image (R, R, 3) uint8, blend weight (R, R) float in [0, 1]).
+    """
+    if mask_latent is None:
+        weight = np.ones(original.shape[:2], dtype=np.float32)
+    else:
+        size = original.shape[0]
+        f = size // mask_latent.shape[-1]
+        weight = pixel_mask(mask_latent, size, round(cfg.dilate * f), cfg.feather * f)[0, 0].numpy()
+    return composite(original, raw, weight), weight
+
+
 def torch_denoise(mcdm) -> Callable:
     """The eager-PyTorch backend: denoise(z_in (N, 8, h, w), t, context (N, 77+K, D)) → eps (N, 4, h, w)."""
 
@@ -104,6 +119,10 @@ class Editor:
     def is_bundled(self) -> bool:
         return bool(self.model.meta.get("bundled", False))
 
+    def default_options(self) -> EditOptions:
+        """EditOptions, with the editing-mask settings a model folder may carry in pedit.json ("mask")."""
+        return EditOptions(mask=MaskConfig(**self.model.meta.get("mask", {})))
+
     def direction(self, direction: str | Direction) -> Direction:
         return direction if isinstance(direction, Direction) else resolve(direction, self.directions)
 
@@ -132,7 +151,7 @@ class Editor:
         """
         from diffusers import DDPMScheduler
 
-        options = dataclasses.replace(options or EditOptions(), **overrides)
+        options = dataclasses.replace(options or self.default_options(), **overrides)
         direction = self.direction(direction)
         parts, size = self.model.parts, self.resolution
         original = square_rgb(image, size)  # (R, R, 3) uint8
@@ -153,12 +172,7 @@ class Editor:
                      lambda eps: guided_eps(eps, options.scales, mask_rows), options.steps, callback)
         raw = tensor_to_uint8(parts.decode(z_0))
 
-        if mask_latent is None:
-            weight = np.ones(original.shape[:2], dtype=np.float32)
-        else:
-            f = size // mask_latent.shape[-1]
-            weight = pixel_mask(mask_latent, size, round(options.mask.dilate * f), options.mask.feather * f)[0, 0].numpy()
-        out = composite(original, raw, weight)
+        out, weight = keep_outside(original, raw, mask_latent, options.mask)
         return EditResult(
             image=Image.fromarray(out),
             mask=Image.fromarray(np.rint(weight * 255).astype(np.uint8)),

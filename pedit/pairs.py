@@ -146,7 +146,13 @@ class PairWriter:
         self.meta = self.root / METADATA
         self.done: set[str] = set()
         if self.meta.exists():
-            for line in self.meta.read_text(encoding="utf-8", errors="replace").splitlines():
+            data = self.meta.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                # A row and its newline go out in one write, so an unterminated last line is a write
+                # cut by an interruption: drop it, or the row written again would be glued onto it.
+                os.truncate(self.meta, end)
+            for line in data[:end].decode("utf-8", errors="replace").splitlines():
                 try:
                     self.done.add(str(json.loads(line)["id"]))
                 except (ValueError, KeyError, TypeError):

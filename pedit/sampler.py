@@ -38,19 +38,31 @@ def sample(
     guide: Callable[[torch.Tensor], torch.Tensor],
     num_steps: int,
     callback: Callable[[int, int], None] | None = None,
+    start: torch.Tensor | None = None,
+    strength: float = 1.0,
+    after_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Denoise `z` (B, 4, h, w), unit-variance noise, to a clean latent.
 
     c_s_rows: (5B, 4, h, w) and context: (5B, 77 + K, D), the guidance rows of
     `EditConditions.guidance_rows`. One `denoise` call per step on the 5-row batch.
+    `strength` < 1 starts from the clean latent `start` noised with `z` to that level and runs
+    the last `strength` of the schedule (SDEdit). `after_step(z, t)` may replace the latent after
+    each step (DiffEdit-style blending); both serve the baselines of `pedit eval`.
     """
     scheduler.set_timesteps(num_steps, device=z.device)
-    z = z * scheduler.init_noise_sigma
-    for i, t in enumerate(scheduler.timesteps):
+    timesteps = scheduler.timesteps[num_steps - max(1, round(num_steps * strength)):]
+    if strength < 1.0:
+        z = scheduler.add_noise(start, z, timesteps[:1])
+    else:
+        z = z * scheduler.init_noise_sigma
+    for i, t in enumerate(timesteps):
         z_model = scheduler.scale_model_input(z, t)
         z_in = torch.cat([z_model.repeat(N_ROWS, 1, 1, 1), c_s_rows], dim=1)  # (5B, 8, h, w)
         eps = guide(denoise(z_in, t, context))  # (5B, 4, h, w) → (B, 4, h, w)
         z = scheduler.step(eps, t, z).prev_sample
+        if after_step is not None:
+            z = after_step(z, t)
         if callback is not None:
-            callback(i + 1, num_steps)
+            callback(i + 1, len(timesteps))
     return z

@@ -1,0 +1,273 @@
+"""`pedit eval`: measure a model against ground truth on a pair folder (the toon world has it).
+
+Methods (the paper's Table 1 and ablations in miniature, §4):
+- `ours`           masked two-branch sampling with the MCDM's own editing mask (§3.4)
+- `ours-no-mask`   plain multi-condition sampling ("Ours w/o Mask")
+- `no-c_s`         c_s dropped at inference, in the mask and the sampling (model trained with it)
+- `no-c_im`        c_im dropped at inference, likewise
+- `sdedit-0.5`, `sdedit-0.8`  SDEdit: E(x_A) noised to that strength, denoised with text-only CFG
+                   toward p_b by the same model with both image conditions dropped
+- `diffedit`       DiffEdit-style: mask from text-only predictions (|e(∅,∅,p_b) − e(∅,∅,p_a)|),
+                   E(x_A) noised to 0.5 (not DDIM-inverted), text-only CFG, and outside the
+                   mask the latent replaced by the source noised to the current step
+Metrics against the exact target x_B: SSIM and PSNR on the whole image; PSNR inside the true mask
+(edit fidelity) and outside it (preservation), each from the squared error pooled over all pairs'
+pixels of that region (so a perfect region does not make an infinite mean); IoU of the predicted
+binary editing mask (upsampled latent mask) with the true one. LPIPS and FID need pretrained
+networks that cannot be loaded offline: reported as "n/a: weights not available offline".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pedit.errors import ConfigError
+
+METHODS = ("ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit")
+NA_OFFLINE = "n/a: weights not available offline"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    pairs: str
+    model: str | None = None
+    output: str | None = None
+    methods: tuple[str, ...] = METHODS
+    steps: int = 20
+    seed: int = 0
+    batch_size: int = 16
+    limit: int | None = None
+    grid_pairs: int = 6
+    s_s: float = 1.5
+    s_im: float = 1.0
+    s_p: float = 4.0
+    imperfect_reference: bool = True  # also score imperfect targets like the training ones (§3.3 claim)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"Unknown method(s) {', '.join(unknown) or '(none)'}; available: {', '.join(METHODS)}.")
+
+
+@dataclass
+class Scores:
+    """Running sums for one method (or one method x direction)."""
+
+    n: int = 0
+    ssim: float = 0.0
+    sq_all: float = 0.0
+    px_all: int = 0
+    sq_in: float = 0.0
+    px_in: int = 0
+    sq_out: float = 0.0
+    px_out: int = 0
+    iou: float = 0.0
+    n_iou: int = 0
+
+    def add(self, out: np.ndarray, target: np.ndarray, true_mask: np.ndarray, pred_mask: np.ndarray | None) -> None:
+        from skimage.metrics import structural_similarity
+
+        err = (out.astype(np.float64) - target.astype(np.float64)) ** 2  # (H, W, 3)
+        self.n += 1
+        self.ssim += structural_similarity(out, target, channel_axis=2, data_range=255)
+        self.sq_all += err.sum()
+        self.px_all += err.size
+        self.sq_in += err[true_mask].sum()
+        self.px_in += err[true_mask].size
+        self.sq_out += err[~true_mask].sum()
+        self.px_out += err[~true_mask].size
+        if pred_mask is not None:
+            union = np.logical_or(pred_mask, true_mask).sum()
+            self.iou += np.logical_and(pred_mask, true_mask).sum() / union if union else 1.0
+            self.n_iou += 1
+
+    @staticmethod
+    def _psnr(sq: float, px: int) -> float | None:
+        if px == 0:
+            return None
+        mse = sq / px
+        return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+    def summary(self) -> dict:
+        return {
+            "pairs": self.n,
+            "ssim": self.ssim / self.n if self.n else None,
+            "psnr": self._psnr(self.sq_all, self.px_all),
+            "psnr_in_mask": self._psnr(self.sq_in, self.px_in),
+            "psnr_outside_mask": self._psnr(self.sq_out, self.px_out),
+            "mask_iou": self.iou / self.n_iou if self.n_iou else None,
+            "lpips": NA_OFFLINE,
+            "fid": NA_OFFLINE,
+        }
+
+
+def _drop(cond, c_s: bool = False, c_im: bool = False):
+    """The conditions with c_s and/or c_im replaced by their null value (zeros)."""
+    return dataclasses.replace(
+        cond,
+        c_s=torch.zeros_like(cond.c_s) if c_s else cond.c_s,
+        c_im=torch.zeros_like(cond.c_im) if c_im else cond.c_im,
+    )
+
+
+def run_method(editor, method: str, x_A: torch.Tensor, cond, steps: int, scales, seed: int):
+    """Edit a batch with one method. x_A: (B, 3, R, R) in [-1, 1]. Returns (decoded (B, 3, R, R), latent mask or None)."""
+    from diffusers import DDPMScheduler
+
+    from pedit.guidance import guided_eps
+    from pedit.mask import editing_mask
+    from pedit.sampler import make_scheduler, sample
+
+    parts = editor.model.parts
+    g = torch.Generator().manual_seed(seed)
+    ddpm = DDPMScheduler.from_config(parts.scheduler_config)
+    scheduler = make_scheduler("ddim", parts.scheduler_config)
+    if method in ("ours", "ours-no-mask", "no-c_s", "no-c_im"):
+        cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
+        mask = None if method == "ours-no-mask" else editing_mask(editor.denoise, ddpm, cond, scales, editor.default_options().mask, g)
+        z_T = torch.randn(cond.c_s.shape, generator=g).to(cond.c_s)
+        rows = cond.guidance_rows()
+        z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, mask), steps)
+        return parts.decode(z_0), mask
+    text_only = _drop(cond, c_s=True, c_im=True)  # both image conditions dropped: a text-to-image model
+    rows = text_only.guidance_rows()
+    noise = torch.randn(cond.c_s.shape, generator=g).to(cond.c_s)
+    if method.startswith("sdedit"):
+        strength = float(method.split("-")[1])
+        z_0 = sample(editor.denoise, scheduler, noise, *rows, lambda e: guided_eps(e, scales), steps,
+                     start=cond.c_s, strength=strength)
+        return parts.decode(z_0), None
+    # DiffEdit-style: text-only mask, then keep the (noised) source outside the mask at every step.
+    mask = editing_mask(editor.denoise, ddpm, text_only, scales, editor.default_options().mask, g)
+
+    def keep_source(z, t):
+        prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        source = cond.c_s if prev < 0 else ddpm.add_noise(cond.c_s, noise, prev.view(1))
+        return mask * z + (1 - mask) * source
+
+    z_0 = sample(editor.denoise, scheduler, noise, *rows, lambda e: guided_eps(e, scales), steps,
+                 start=cond.c_s, strength=0.5, after_step=keep_source)
+    return parts.decode(z_0), mask
+
+
+def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Score every method on the pair folder; writes report.json, report.md and grid.png to cfg.output."""
+    from PIL import Image
+
+    from pedit import toon
+    from pedit.directions import Direction
+    from pedit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.guidance import GuidanceScales
+    from pedit.pairs import load_rgb, read_pairs
+    from pedit.viz import image_grid
+
+    pairs = read_pairs(cfg.pairs)
+    if cfg.limit:
+        pairs = pairs[: cfg.limit]
+    editor = Editor.from_pretrained(cfg.model, device="cpu")
+    size = editor.resolution
+    scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
+    known = editor.directions
+    for p in pairs:
+        if p.direction not in known:
+            known[p.direction] = Direction(p.direction, p.extra.get("task", "custom"), p.p_a, p.p_b, p.extra.get("p", p.p_a))
+
+    totals = {m: Scores() for m in cfg.methods}
+    per_direction = {m: {} for m in cfg.methods}
+    reference = Scores()  # imperfect targets (like the training ones) scored against the exact ones
+    grid_rows = []
+    seconds = {m: 0.0 for m in cfg.methods}
+    for start in range(0, len(pairs), cfg.batch_size):
+        batch = pairs[start: start + cfg.batch_size]
+        src = [load_rgb(p.x_A, size) for p in batch]
+        tgt = [load_rgb(p.x_B, size) for p in batch]
+        true_masks = [
+            np.asarray(Image.open(p.mask).convert("L").resize((size, size), Image.NEAREST)) > 127
+            if p.mask is not None else np.any(s != t, axis=2)
+            for p, s, t in zip(batch, src, tgt)
+        ]
+        x_A = torch.cat([uint8_to_tensor(s) for s in src])
+        conds = [editor.conditions(uint8_to_tensor(s), editor.direction(p.direction)) for s, p in zip(src, batch)]
+        cond = type(conds[0])(*(torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])))
+        outs_for_grid = {}
+        for m in cfg.methods:
+            t0 = time.perf_counter()
+            decoded, mask = run_method(editor, m, x_A, cond, cfg.steps, scales, cfg.seed + start)
+            seconds[m] += time.perf_counter() - t0
+            for i, p in enumerate(batch):
+                raw = tensor_to_uint8(decoded[i: i + 1])
+                pred, out = None, raw
+                if mask is not None:
+                    pred = np.kron(mask[i, 0].cpu().numpy(), np.ones((size // mask.shape[-1],) * 2)) > 0.5
+                    if m != "diffedit":  # ours: pixels outside the dilated, feathered mask are the input's
+                        out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), editor.default_options().mask)
+                totals[m].add(out, tgt[i], true_masks[i], pred)
+                per_direction[m].setdefault(p.direction, Scores()).add(out, tgt[i], true_masks[i], pred)
+                if start + i < cfg.grid_pairs:
+                    outs_for_grid.setdefault(i, {})[m] = out
+            if progress:
+                progress(m, min(start + cfg.batch_size, len(pairs)), len(pairs))
+        if cfg.imperfect_reference:
+            for i, p in enumerate(batch):
+                rng = np.random.default_rng([p.seed, 7])
+                imperfect = toon.make_pair(p.seed, p.direction, size, toon.sample_imperfection(rng)).x_B
+                reference.add(imperfect, tgt[i], true_masks[i], None)
+        for i, outs in outs_for_grid.items():
+            grid_rows.append([Image.fromarray(src[i]), Image.fromarray(tgt[i])] + [Image.fromarray(outs[m]) for m in cfg.methods])
+
+    report = {
+        "config": dataclasses.asdict(cfg),
+        "model": str(editor.model.path),
+        "pairs": len(pairs),
+        "methods": {m: {**totals[m].summary(), "seconds_per_pair": seconds[m] / len(pairs)} for m in cfg.methods},
+        "per_direction": {m: {d: s.summary() for d, s in sorted(per_direction[m].items())} for m in cfg.methods},
+    }
+    if cfg.imperfect_reference:
+        report["imperfect_targets"] = reference.summary()
+    if cfg.output:
+        out = Path(cfg.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(markdown_report(report))
+        if grid_rows:
+            image_grid(grid_rows, col_labels=["input", "ground truth", *cfg.methods]).save(out / "grid.png")
+    return report
+
+
+def _fmt(v, digits=2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    return "inf" if v == float("inf") else f"{v:.{digits}f}"
+
+
+def markdown_report(report: dict) -> str:
+    """The report as Markdown tables: one row a method, then per-direction rows of each method."""
+    head = "| method | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | LPIPS | FID | s/pair |\n|---|---|---|---|---|---|---|---|---|\n"
+    lines = [f"{report['pairs']} pairs, model `{report['model']}`\n", head.rstrip("\n")]
+    rows = list(report["methods"].items())
+    if "imperfect_targets" in report:
+        rows.append(("imperfect targets (reference)", report["imperfect_targets"]))
+    for name, s in rows:
+        lines.append(
+            f"| {name} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
+            f"{_fmt(s['psnr_outside_mask'])} | {_fmt(s['mask_iou'], 3)} | n/a | n/a | {_fmt(s.get('seconds_per_pair'), 3)} |"
+        )
+    lines.append("\nLPIPS, FID: " + NA_OFFLINE + ".\n")
+    for m, by_dir in report["per_direction"].items():
+        lines.append(f"\n**{m}** per direction\n")
+        lines.append("| direction | pairs | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU |\n|---|---|---|---|---|---|---|")
+        for d, s in by_dir.items():
+            lines.append(f"| {d} | {s['pairs']} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
+                         f"{_fmt(s['psnr_outside_mask'])} | {_fmt(s['mask_iou'], 3)} |")
+    return "\n".join(lines) + "\n"
