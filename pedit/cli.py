@@ -236,7 +236,9 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         def on_event(kind, payload):
             if kind == "model":
                 if payload.is_bundled:
-                    console.print("Using the bundled toon model (a cartoon-world demo); pass -m MODEL_FOLDER to use your own.")
+                    # Said even with --quiet: on a real photo it edits like the cartoon model it is.
+                    click.echo("Using the bundled toon model (a cartoon-world demo); pass -m MODEL_FOLDER to use your own.",
+                               err=True)
             elif kind == "steps":
                 bar.update(task, completed=payload[0], total=payload[1])
             elif kind == "note":
