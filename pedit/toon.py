@@ -376,7 +376,7 @@ def _glasses(g: _Canvas) -> None:
 
 def _headwear(g: _Canvas, costume: str) -> None:
     """The everyday hat, or the costume's headwear in its place; none of it reaches the eyes."""
-    idn, d, D, cx, cy, a, b, lw = g.idn, g.d, g.D, g.cx, g.cy, g.a, g.b, g.lw
+    idn, d, cx, cy, a, b, lw = g.idn, g.d, g.cx, g.cy, g.a, g.b, g.lw
     top = cy - b  # top of the face; hair and hats sit above and on it
     if costume == "everyday" and idn.hat != "none":
         col, edge = idn.hat_color, _dark(idn.hat_color)

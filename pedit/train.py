@@ -154,7 +154,6 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from pedit.directions import Direction
     from pedit.loading import base_unet, bundled_base_path, check_shapes, load_base, load_model, save_model
     from pedit.model import MCDM, ImageProjector, widen_conv_in
 

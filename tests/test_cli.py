@@ -256,10 +256,20 @@ def test_cli_help_does_not_import_torch():
     assert _python(code) == "[]"
 
 
-def test_library_modules_do_not_import_click_or_rich():
+# The library never imports the CLI layer (CONVENTIONS.md §1), and the light modules stay light.
+IMPORT_RULES = [
+    ("pedit.editor pedit.train pedit.loading pedit.edit_files pedit.evaluate pedit.gen_pairs", ("click", "rich")),
+    ("pedit.photo pedit.viz", ("click", "rich", "torch", "cv2")),
+    ("pedit.toon", ("click", "rich", "torch")),
+    ("pedit.toon_parts", ("click", "rich", "torch", "diffusers", "transformers")),
+]
+
+
+@pytest.mark.parametrize("modules, forbidden", IMPORT_RULES)
+def test_library_modules_import_only_their_layer(modules, forbidden):
     code = (
         "import sys\n"
-        "import pedit.editor, pedit.train, pedit.loading, pedit.photo, pedit.edit_files\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'click', 'rich'}))\n"
+        f"import {', '.join(modules.split())}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(forbidden)!r}))\n"
     )
     assert _python(code) == "[]"

@@ -9,7 +9,6 @@ size, format, alpha, EXIF, the bytes outside the edited crop, and exact exit cod
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,18 +83,6 @@ class FixedDetector:
 
 def test_example_is_the_astronaut(astronaut):
     assert np.array_equal(np.asarray(Image.open(EXAMPLE)), np.asarray(astronaut))
-
-
-def test_library_imports_no_cli_or_torch():
-    code = (
-        "import sys, pedit.photo, pedit.viz; "
-        "bad = [m for m in ('click', 'rich', 'torch', 'cv2') if m in sys.modules]; "
-        "assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-# --- loading -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("ext", IMAGE_EXTENSIONS)

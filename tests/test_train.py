@@ -87,3 +87,11 @@ def test_validation_grid_is_written(tiny_pairs, tiny_base, tmp_path):
     grid = Image.open(out / "validation" / "step-000001.png")
     assert grid.width > grid.height  # input + 8 directions per row
     assert np.asarray(grid).std() > 0
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(tiny_pairs, tiny_base, tmp_path):
+    plain = train(_cfg(tiny_pairs, tiny_base, tmp_path / "plain", max_steps=2, checkpoint_every=2))
+    ckpt = train(_cfg(tiny_pairs, tiny_base, tmp_path / "gc", max_steps=2, checkpoint_every=2,
+                      gradient_checkpointing=True))
+    a, b = _unet_weights(plain), _unet_weights(ckpt)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
