@@ -297,7 +297,8 @@ def save_image_atomic(
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists. Pass --overwrite to replace it, or choose another -o.")
 
-    image = image.convert("RGB")  # a copy, so putalpha below leaves the caller's image alone
+    # A copy, so putalpha below leaves the caller's image alone; a grey mask stays one channel.
+    image = image.convert("L" if image.mode == "L" and alpha is None else "RGB")
     if alpha is not None and fmt in _ALPHA_FORMATS:
         if alpha.size != image.size:
             raise ValueError(f"alpha is {alpha.size}, image is {image.size}")
