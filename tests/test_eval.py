@@ -1,0 +1,66 @@
+"""`pedit eval`: metric arithmetic on known arrays, and the command end to end on a tiny model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pedit.cli import cli
+from pedit.evaluate import METHODS, NA_OFFLINE, Scores
+
+
+def test_region_psnr_pools_squared_error_and_iou_is_exact():
+    target = np.zeros((8, 8, 3), np.uint8)
+    out = target.copy()
+    true = np.zeros((8, 8), bool)
+    true[:4] = True  # top half (32 pixels) is the true edit region
+    out[0, 0] = 10  # one wrong pixel inside, by 10 in each channel
+    pred = np.zeros((8, 8), bool)
+    pred[:2] = True  # predicted mask: top two rows (16 pixels)
+    s = Scores()
+    s.add(out, target, true, pred)
+    r = s.summary()
+    assert r["psnr_outside_mask"] == math.inf  # nothing outside changed
+    assert r["psnr_in_mask"] == pytest.approx(10 * math.log10(255**2 / (100 * 3 / 96)))
+    assert r["psnr"] == pytest.approx(10 * math.log10(255**2 / (100 * 3 / 192)))
+    assert r["mask_iou"] == pytest.approx(16 / 32)
+    assert r["lpips"] == NA_OFFLINE and r["fid"] == NA_OFFLINE
+    s.add(target, target, true, None)  # a second, perfect pair: pooled, not averaged per pair
+    assert s.summary()["psnr_in_mask"] == pytest.approx(10 * math.log10(255**2 / (100 * 3 / 192)))
+    assert s.summary()["mask_iou"] == pytest.approx(0.5)  # only pairs with a predicted mask count
+
+
+@pytest.fixture(scope="module")
+def exact_pairs(tmp_path_factory):
+    from pedit.gen_pairs import GenPairsConfig, generate_pairs
+
+    return generate_pairs(GenPairsConfig(str(tmp_path_factory.mktemp("eval") / "pairs"), n=3, resolution=32,
+                                         seed=1_000_000, exact=True))
+
+
+def test_eval_command_writes_a_report_for_every_method(random_model, exact_pairs, tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["eval", "-m", str(random_model), "--pairs", str(exact_pairs), "-o", str(out),
+                                      "--steps", "2", "--batch-size", "2", "--grid", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["pairs"] == 3 and list(report["methods"]) == list(METHODS)
+    for name, m in report["methods"].items():
+        assert m["pairs"] == 3 and 0 < m["ssim"] <= 1 and m["lpips"] == NA_OFFLINE
+        has_mask = name in ("ours", "no-c_s", "no-c_im", "diffedit")
+        assert (m["mask_iou"] is not None) == has_mask
+    assert set(report["per_direction"]["ours"]) == {"flower", "sheep", "santa"}
+    assert report["imperfect_targets"]["pairs"] == 3
+    assert "| ours |" in result.stdout and NA_OFFLINE in (out / "report.md").read_text()
+    from PIL import Image
+
+    grid = Image.open(out / "grid.png")
+    assert grid.width >= 9 * 32 and grid.height >= 2 * 32  # 2 rows of input, ground truth and 7 methods
+
+
+def test_eval_rejects_an_unknown_method(exact_pairs):
+    result = CliRunner().invoke(cli, ["eval", "--pairs", str(exact_pairs), "--methods", "ours,magic"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: Unknown method(s) magic; available: ours, ours-no-mask")
