@@ -172,7 +172,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
     )
-    console = _console(quiet)
+    # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).
+    console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
     _show_config(console, cfg)
     with _progress(console) as bar:
         task = bar.add_task("train", total=max_steps, info="")

@@ -95,3 +95,24 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tiny_pairs, tiny_base
                       gradient_checkpointing=True))
     a, b = _unet_weights(plain), _unet_weights(ckpt)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_accelerate_launch_with_two_cpu_processes(tiny_pairs, tiny_base, tmp_path):
+    """`accelerate launch -m pedit train` (DDP over gloo): one report, one model, every step logged once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    launcher = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run(
+        [str(launcher), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "pedit", "train", "--data", str(tiny_pairs), "-o", str(out),
+         "--base", str(tiny_base), "--max-steps", "2", "--batch-size", "2", "--validate-every", "0"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("TrainConfig(") == 1 and done.stderr.count("Model written to") == 1
+    assert [r.split(",")[0] for r in (out / "loss.csv").read_text().splitlines()] == ["step", "1", "2"]
+    assert json.loads((out / "pedit.json").read_text())["training"]["batch_size"] == 2
