@@ -167,9 +167,9 @@ class Editor:
         scheduler = make_scheduler(options.scheduler, parts.scheduler_config)
         z_T = torch.randn(cond.c_s.shape, generator=generator, dtype=torch.float32).to(cond.c_s)
         c_s_rows, context = cond.guidance_rows()
-        mask_rows = None if mask_latent is None else mask_latent.to(cond.c_s)
+        mask = None if mask_latent is None else mask_latent.to(cond.c_s)  # (1, 1, h, w)
         z_0 = sample(self.denoise, scheduler, z_T, c_s_rows, context,
-                     lambda eps: guided_eps(eps, options.scales, mask_rows), options.steps, callback)
+                     lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback)
         raw = tensor_to_uint8(parts.decode(z_0))
 
         out, weight = keep_outside(original, raw, mask_latent, options.mask)
