@@ -179,7 +179,14 @@ def base_unet(root: Path, allow_pickle: bool = False, scratch: bool = False):
     if scratch:
         config = UNet2DConditionModel.load_config(root / "unet")
         return UNet2DConditionModel.from_config(config)
-    return _load(UNet2DConditionModel, root / "unet", allow_pickle, "Base U-Net")
+    unet_dir = root / "unet"
+    if not any(p.suffix.lower() in PICKLE_SUFFIXES + (".safetensors",) for p in unet_dir.iterdir()):
+        # The bundled toon base ships the U-Net's config only: its models are trained from scratch.
+        raise ModelError(
+            f"Base U-Net {unet_dir} has a config but no weights. Train from scratch with --init scratch, "
+            "or continue from a trained model folder with --init-from MODEL."
+        )
+    return _load(UNet2DConditionModel, unet_dir, allow_pickle, "Base U-Net")
 
 
 def check_shapes(mcdm: MCDM, parts: FrozenParts, where: Path) -> None:

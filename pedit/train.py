@@ -174,9 +174,6 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     size = cfg.resolution or int(parts.vae.config.sample_size)
     if cfg.resume and newest_checkpoint(out) is None:
         raise PeditError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")
 
     set_seed(cfg.seed)  # the fresh weights (projector, scratch U-Net) are a function of the seed
@@ -194,6 +191,9 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             num_tokens=parts.num_image_tokens,
         )
         mcdm = MCDM(unet, projector)
+    if main:  # every input has loaded: only now does the output folder appear
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if cfg.gradient_checkpointing:
         mcdm.unet.enable_gradient_checkpointing()
     mcdm.train()

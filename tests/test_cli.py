@@ -273,3 +273,10 @@ def test_library_modules_import_only_their_layer(modules, forbidden):
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(forbidden)!r}))\n"
     )
     assert _python(code) == "[]"
+
+
+def test_train_on_the_bundled_base_without_init_scratch_says_how(tiny_pairs, tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--data", str(tiny_pairs), "-o", str(tmp_path / "m"), "--max-steps", "1"])
+    assert result.exit_code == 1
+    assert "has a config but no weights. Train from scratch with --init scratch" in result.stderr
+    assert not (tmp_path / "m").exists()
