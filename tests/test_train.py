@@ -116,3 +116,11 @@ def test_accelerate_launch_with_two_cpu_processes(tiny_pairs, tiny_base, tmp_pat
     assert done.stderr.count("TrainConfig(") == 1 and done.stderr.count("Model written to") == 1
     assert [r.split(",")[0] for r in (out / "loss.csv").read_text().splitlines()] == ["step", "1", "2"]
     assert json.loads((out / "pedit.json").read_text())["training"]["batch_size"] == 2
+
+
+def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tiny_pairs, tiny_base, tmp_path):
+    out = train(_cfg(tiny_pairs, tiny_base, tmp_path / "bf16", max_steps=2, mixed_precision="bf16"))
+    weights = _unet_weights(out)
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+    losses = [float(r.split(",")[1]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 2 and all(np.isfinite(losses))
