@@ -109,7 +109,7 @@ def test_a_hub_id_missing_from_the_cache_fails_fast_offline(monkeypatch):
         "Base model 'nobody/not-a-model' is not in the local hub cache and HF_HUB_OFFLINE is set. "
         "Download it on a connected machine (`hf download nobody/not-a-model`) or pass a local diffusers folder."
     )
-    assert elapsed < 5  # no retry loop against a network that is not there
+    assert elapsed < 20  # no 50 s retry loop against a network that is not there (a generous bound)
 
 
 @pytest.mark.parametrize("source", ["no-such-folder", "a/b/c", "./nobody/x"])
