@@ -119,8 +119,8 @@ def _drop(cond, c_s: bool = False, c_im: bool = False):
     )
 
 
-def run_method(editor, method: str, x_A: torch.Tensor, cond, steps: int, scales, seed: int):
-    """Edit a batch with one method. x_A: (B, 3, R, R) in [-1, 1]. Returns (decoded (B, 3, R, R), latent mask or None)."""
+def run_method(editor, method: str, cond, steps: int, scales, seed: int):
+    """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None)."""
     from diffusers import DDPMScheduler
 
     from pedit.guidance import guided_eps
@@ -131,9 +131,11 @@ def run_method(editor, method: str, x_A: torch.Tensor, cond, steps: int, scales,
     g = torch.Generator().manual_seed(seed)
     ddpm = DDPMScheduler.from_config(parts.scheduler_config)
     scheduler = make_scheduler("ddim", parts.scheduler_config)
+    z_A = cond.c_s  # E(x_A), what the mask noises even when the c_s condition is dropped
     if method in ("ours", "ours-no-mask", "no-c_s", "no-c_im"):
         cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
-        mask = None if method == "ours-no-mask" else editing_mask(editor.denoise, ddpm, cond, scales, editor.default_options().mask, g)
+        mask_cfg = editor.default_options().mask
+        mask = None if method == "ours-no-mask" else editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A)
         z_T = torch.randn(cond.c_s.shape, generator=g).to(cond.c_s)
         rows = cond.guidance_rows()
         z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, mask), steps)
@@ -147,7 +149,7 @@ def run_method(editor, method: str, x_A: torch.Tensor, cond, steps: int, scales,
                      start=cond.c_s, strength=strength)
         return parts.decode(z_0), None
     # DiffEdit-style: text-only mask, then keep the (noised) source outside the mask at every step.
-    mask = editing_mask(editor.denoise, ddpm, text_only, scales, editor.default_options().mask, g)
+    mask = editing_mask(editor.denoise, ddpm, text_only, scales, editor.default_options().mask, g, z_A)
 
     def keep_source(z, t):
         prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
@@ -195,13 +197,12 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
             if p.mask is not None else np.any(s != t, axis=2)
             for p, s, t in zip(batch, src, tgt)
         ]
-        x_A = torch.cat([uint8_to_tensor(s) for s in src])
         conds = [editor.conditions(uint8_to_tensor(s), editor.direction(p.direction)) for s, p in zip(src, batch)]
         cond = type(conds[0])(*(torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])))
         outs_for_grid = {}
         for m in cfg.methods:
             t0 = time.perf_counter()
-            decoded, mask = run_method(editor, m, x_A, cond, cfg.steps, scales, cfg.seed + start)
+            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, cfg.seed + start)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])
@@ -218,6 +219,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                 progress(m, min(start + cfg.batch_size, len(pairs)), len(pairs))
         if cfg.imperfect_reference:
             for i, p in enumerate(batch):
+                if p.extra.get("source") != "toon" or p.direction not in toon.DIRECTIONS:
+                    continue  # only the toon world can re-render an imperfect target
                 rng = np.random.default_rng([p.seed, 7])
                 imperfect = toon.make_pair(p.seed, p.direction, size, toon.sample_imperfection(rng)).x_B
                 reference.add(imperfect, tgt[i], true_masks[i], None)

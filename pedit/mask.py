@@ -40,15 +40,20 @@ def expand(cond: EditConditions, n: int) -> EditConditions:
 
 @torch.no_grad()
 def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: GuidanceScales, cfg: MaskConfig,
-                 generator: torch.Generator) -> torch.Tensor:
-    """Binary latent mask (B, 1, h, w), 1 = edit. `noise_scheduler` provides `add_noise` (DDPM)."""
-    b, _, h, w = cond.c_s.shape
+                 generator: torch.Generator, z_A: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary latent mask (B, 1, h, w), 1 = edit. `noise_scheduler` provides `add_noise` (DDPM).
+
+    The noised latent is E(x_A): `cond.c_s`, or `z_A` (B, 4, h, w) when the conditions have c_s
+    dropped (the ablation without c_s, the text-only DiffEdit baseline).
+    """
+    z_A = cond.c_s if z_A is None else z_A
+    b, _, h, w = z_A.shape
     n = cfg.n_noise
     many = expand(cond, n)  # (NB, ...)
-    noise = torch.randn(many.c_s.shape, generator=generator, dtype=torch.float32).to(cond.c_s)  # (NB, 4, h, w)
+    noise = torch.randn((n * b, *z_A.shape[1:]), generator=generator, dtype=torch.float32).to(z_A)  # (NB, 4, h, w)
     t_index = int(cfg.strength * noise_scheduler.config.num_train_timesteps) - 1
-    t = torch.full((n * b,), t_index, dtype=torch.long, device=cond.c_s.device)
-    z_t = noise_scheduler.add_noise(many.c_s, noise, t)  # (NB, 4, h, w)
+    t = torch.full((n * b,), t_index, dtype=torch.long, device=z_A.device)
+    z_t = noise_scheduler.add_noise(z_A.repeat(n, 1, 1, 1), noise, t)  # (NB, 4, h, w), draw-major like `many`
     c_s_rows, context = many.guidance_rows()  # (5NB, 4, h, w), (5NB, 77 + K, D)
     z_in = torch.cat([z_t.repeat(5, 1, 1, 1), c_s_rows], dim=1)  # (5NB, 8, h, w)
     eps_b, eps_a = branch_eps(denoise(z_in, t[0], context), scales)  # (NB, 4, h, w) each
