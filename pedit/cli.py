@@ -8,6 +8,7 @@ Progress bars and tables are drawn with rich on stderr, so stdout stays machine-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -34,12 +35,12 @@ def _console(quiet: bool = False):
     return Console(stderr=True, quiet=quiet, highlight=False)
 
 
-def _progress(console):
+def _progress(console, transient: bool = False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=transient,
     )
 
 
@@ -72,16 +73,19 @@ def directions(directions_file, model):
 
     from rich.table import Table
 
-    from pedit.directions import Direction, all_directions
+    from pedit.directions import all_directions, model_directions
 
     if model:
         meta_file = Path(model) / "pedit.json"
         if not meta_file.exists():
             raise PeditError(f"{model} is not a model folder (no pedit.json).")
         try:
-            found = {d["name"]: Direction(**d) for d in json.loads(meta_file.read_text())["directions"]}
-        except (ValueError, KeyError, TypeError) as e:  # a hand-edited or corrupt pedit.json
-            raise PeditError(f"{meta_file} does not list the model's directions ({type(e).__name__}: {e}).") from None
+            meta = json.loads(meta_file.read_text())
+        except ValueError as e:  # a hand-edited or corrupt pedit.json
+            raise PeditError(f"{meta_file} is not valid JSON ({e}).") from None
+        if not isinstance(meta, dict) or "directions" not in meta:
+            raise PeditError(f"{meta_file} does not list the model's directions.")
+        found = model_directions(meta, Path(model))
     else:
         found = all_directions(directions_file)
     table = Table("name", "task", "p_a (source)", "p_b (target)")
@@ -231,8 +235,8 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device,
     )
     console = _console(quiet)
-    with _progress(console) as bar:
-        task = bar.add_task("edit", total=None, info="")
+    with contextlib.ExitStack() as stack:
+        live = {}  # the step bar, opened at the first step: an early error prints nothing but itself
 
         def on_event(kind, payload):
             if kind == "model":
@@ -241,7 +245,10 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
                     click.echo("Using the bundled toon model (a cartoon-world demo); pass -m MODEL_FOLDER to use your own.",
                                err=True)
             elif kind == "steps":
-                bar.update(task, completed=payload[0], total=payload[1])
+                if not live:
+                    live["bar"] = stack.enter_context(_progress(console, transient=True))
+                    live["task"] = live["bar"].add_task("edit", total=payload[1], info="")
+                live["bar"].update(live["task"], completed=payload[0], total=payload[1])
             elif kind == "note":
                 console.print(escape(payload))
             elif kind == "item":

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pedit.errors import DirectionError
+from pedit.errors import DirectionError, ModelError
 
 TASKS = ("costume", "expression", "custom")
 
@@ -98,3 +98,13 @@ def resolve(name: str, available: dict[str, Direction]) -> Direction:
     if name not in available:
         raise DirectionError(f"Unknown direction {name!r}. Available: {', '.join(sorted(available))}.")
     return available[name]
+
+
+def model_directions(meta: dict, where: Path) -> dict[str, Direction]:
+    """The directions a model folder was trained on, from its pedit.json (`meta`), validated."""
+    try:
+        return {d["name"]: Direction(**d) for d in meta.get("directions", [])}
+    except (KeyError, TypeError, AttributeError, DirectionError) as e:
+        raise ModelError(
+            f"{Path(where) / 'pedit.json'} does not list the model's directions properly ({type(e).__name__}: {e})."
+        ) from None

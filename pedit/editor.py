@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pedit.directions import Direction, resolve
+from pedit.directions import Direction, model_directions, resolve
+from pedit.errors import ConfigError
 from pedit.guidance import GuidanceScales, guided_eps
 from pedit.loading import LoadedModel, load_model
 from pedit.mask import MaskConfig, composite, editing_mask, pixel_mask
@@ -100,14 +101,18 @@ class Editor:
     def __init__(self, model: LoadedModel, denoise: Callable | None = None):
         self.model = model
         self.denoise = denoise or torch_denoise(model.mcdm)
-        self.directions = {
-            d["name"]: Direction(**d) for d in model.meta.get("directions", [])
-        }
+        self.directions = model_directions(model.meta, model.path)
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise ConfigError(f"Unknown device {device!r}; use cpu, cuda or cuda:N.") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"Device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu.")
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         return cls(load_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype))
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from pedit import __version__
+from pedit.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
+from pedit.mask import MaskConfig
 from pedit.model import CLIP_MEAN, CLIP_STD, MCDM, FrozenParts, ImageProjector
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -149,14 +151,14 @@ def load_frozen_parts(root: Path, allow_pickle: bool = False, image_encoder: Pat
     mean, std = CLIP_MEAN, CLIP_STD
     pre = image_dir / "preprocessor_config.json"
     if pre.exists():
-        cfg = json.loads(pre.read_text())
+        cfg = _read_json(pre, "Image preprocessor config")
         mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
     sched_file = root / "scheduler" / "scheduler_config.json"
     if not sched_file.exists():
         raise ModelError(f"Scheduler config {sched_file} is missing.")
     for m in (vae, text_encoder, vision):
         m.requires_grad_(False).eval()
-    return FrozenParts(vae, text_encoder, tokenizer, vision, json.loads(sched_file.read_text()), mean, std)
+    return FrozenParts(vae, text_encoder, tokenizer, vision, _read_json(sched_file, "Scheduler config"), mean, std)
 
 
 def load_base(base: str | Path, allow_pickle: bool = False, image_encoder: str | None = None):
@@ -210,6 +212,16 @@ def check_shapes(mcdm: MCDM, parts: FrozenParts, where: Path) -> None:
         raise ModelError(f"Model folder {where} has mismatched shapes: " + "; ".join(problems) + ".")
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{what} {path} is not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{what} {path} must hold a JSON object.")
+    return data
+
+
 @dataclass
 class LoadedModel:
     mcdm: MCDM
@@ -242,6 +254,10 @@ def load_model(path: str | Path | None = None, allow_pickle: bool = False, devic
         int(meta["resolution"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{path / 'pedit.json'} is not a valid pedit model description ({e}).") from None
+    model_directions(meta, path)
+    mask = meta.get("mask", {})
+    if not isinstance(mask, dict) or set(mask) - set(MaskConfig.__dataclass_fields__):
+        raise ModelError(f"{path / 'pedit.json'}: \"mask\" may only set {', '.join(MaskConfig.__dataclass_fields__)}.")
     parts = load_frozen_parts(path, allow_pickle)
     unet = _load(UNet2DConditionModel, path / "unet", allow_pickle, "U-Net")
     projector = _load(ImageProjector, path / "image_projector", allow_pickle, "Image projector")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -140,9 +142,15 @@ def sample_dropout(batch: int, p: float, generator: torch.Generator) -> torch.Te
 # ---------------------------------------------------------------- the loop
 
 
+def checkpoints(out: Path) -> list[Path]:
+    """Finished checkpoints (checkpoints/step-N), oldest first; partial ones end in .tmp and are skipped."""
+    found = [p for p in (out / "checkpoints").glob("step-*") if re.fullmatch(r"step-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
 def newest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
+    found = checkpoints(out)
+    return found[-1] if found else None
 
 
 def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
@@ -199,7 +207,9 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     mcdm.train()
     ema = EMAModel(mcdm.parameters(), decay=cfg.ema_decay, foreach=True)
     optimizer = torch.optim.AdamW(mcdm.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
+    # The prepared scheduler steps once per process per optimizer step (accelerate), hence the factor.
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+                                 num_warmup_steps=cfg.warmup_steps * accelerator.num_processes)
     mcdm, optimizer, lr_scheduler = accelerator.prepare(mcdm, optimizer, lr_scheduler)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
@@ -214,7 +224,11 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     start = 0
     if cfg.resume:
         ckpt = newest_checkpoint(out)
-        accelerator.load_state(str(ckpt))
+        try:
+            accelerator.load_state(str(ckpt))
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise PeditError(f"--resume: checkpoint {ckpt} could not be loaded ({type(e).__name__}: {e}). "
+                             "Delete it to resume from an older one, or start without --resume.") from None
         start = int(ckpt.name.split("-")[1])
         report(TrainProgress(start, cfg.max_steps, float("nan"), 0.0, "resumed", str(ckpt)))
 
@@ -229,11 +243,14 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     done = start
     for step, idx, (x_A, x_B) in zip(range(start, cfg.max_steps), sampler, loader):
         g = torch.Generator().manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
-        x_A = x_A.float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
-        x_B = x_B.float() / 127.5 - 1
+        dev = accelerator.device
+        # uint8 batches travel to the device before any arithmetic: the conversions and CLIP's
+        # resize below then run there, not on the CPU.
+        x_A = x_A.to(dev, non_blocking=True).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
+        x_B = x_B.to(dev, non_blocking=True).float() / 127.5 - 1
         # §3.3 (1): identity samples teach reconstruction, which the editing mask relies on (§3.4).
         identity = torch.rand(len(idx), generator=g) < cfg.identity_prob
-        x_target = torch.where(identity[:, None, None, None], x_A, x_B)
+        x_target = torch.where(identity[:, None, None, None].to(dev), x_A, x_B)
         c_p = torch.stack([embeddings[pairs[i].p_a if ident else pairs[i].p_b] for i, ident in zip(idx, identity)])
         # §3.3 (2): drop any combination of c_s, c_im, c_p, or all of them, for multi-condition CFG.
         dropped = sample_dropout(len(idx), cfg.drop_prob, g)
@@ -242,7 +259,6 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
         posterior_noise = torch.randn(latent_shape, generator=g)  # for the VAE posterior sample of the target
         t = torch.randint(0, n_train_t, (len(idx),), generator=g)
 
-        dev = accelerator.device
         keep_s = ((dropped & DROP_S) == 0).float().view(-1, 1, 1, 1).to(dev)
         keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev)
         drop_p = ((dropped & DROP_P) != 0).view(-1, 1, 1).to(dev)
@@ -284,8 +300,10 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
                 fh.write(f"{done},{loss_value:.6f},{lr_scheduler.get_last_lr()[0]:.3e},{now - t0:.2f}\n")
         report(TrainProgress(done, cfg.max_steps, loss_value, rate))
         # A time budget ends the run early but cleanly: checkpoint, grid and model as at the last step.
-        out_of_time = cfg.max_minutes is not None and now - t0 > 60 * cfg.max_minutes
-        out_of_time = bool(accelerator.gather(torch.tensor([out_of_time], device=dev)).any())  # all ranks agree
+        out_of_time = False
+        if cfg.max_minutes is not None:  # all ranks must agree to stop at the same step
+            late = torch.tensor([now - t0 > 60 * cfg.max_minutes], device=dev)
+            out_of_time = bool(accelerator.gather(late).any())
         final = done == cfg.max_steps or out_of_time
 
         if done % cfg.checkpoint_every == 0 or final:
@@ -312,8 +330,9 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             "steps_trained": done,
             "training": asdict(cfg),
         }
-        parts.to("cpu", torch.float32)
-        save_model(out, model.to("cpu", torch.float32), parts, meta)
+        if weight_dtype != torch.float32:
+            parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)[1]  # not the rounded training copies
+        save_model(out, model.to("cpu", torch.float32), parts.to("cpu", torch.float32), meta)
         ema.restore(model.parameters())
     accelerator.wait_for_everyone()
     return out
@@ -322,11 +341,15 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
 def _checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
     """save_state into checkpoints/step-N (model, optimizer, lr schedule, EMA), keeping the newest `keep`."""
     path = out / "checkpoints" / f"step-{step:06d}"
-    accelerator.save_state(str(path))
+    tmp = path.with_name(path.name + ".tmp")  # renamed when complete: --resume never sees half a checkpoint
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ckpts = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in ckpts[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        for old in checkpoints(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 @torch.no_grad()

@@ -118,11 +118,13 @@ def test_directions_of_a_folder_that_is_not_a_model(tmp_path):
 
 def test_directions_of_a_model_with_a_corrupt_pedit_json(tmp_path):
     (tmp_path / "pedit.json").write_text("{bad")
-    assert_error(run("directions", "-m", tmp_path), f"{tmp_path / 'pedit.json'} does not list the model's directions "
-                 "(JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)).")
+    assert_error(run("directions", "-m", tmp_path), f"{tmp_path / 'pedit.json'} is not valid JSON "
+                 "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1)).")
     (tmp_path / "pedit.json").write_text('{"resolution": 32}')
-    assert_error(run("directions", "-m", tmp_path),
-                 f"{tmp_path / 'pedit.json'} does not list the model's directions (KeyError: 'directions').")
+    assert_error(run("directions", "-m", tmp_path), f"{tmp_path / 'pedit.json'} does not list the model's directions.")
+    (tmp_path / "pedit.json").write_text('{"directions": [{"name": "x", "colour": "red"}]}')
+    assert_error(run("directions", "-m", tmp_path), f"{tmp_path / 'pedit.json'} does not list the model's directions "
+                 "properly (TypeError: Direction.__init__() got an unexpected keyword argument 'colour').")
 
 
 def test_pedit_debug_raises_instead_of_printing_error(tmp_path):
@@ -280,3 +282,33 @@ def test_train_on_the_bundled_base_without_init_scratch_says_how(tiny_pairs, tmp
     assert result.exit_code == 1
     assert "has a config but no weights. Train from scratch with --init scratch" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- edit: device and model metadata
+
+
+def test_edit_with_an_unknown_or_missing_device_is_an_error(random_model):
+    assert_error(run("edit", "examples/toon.png", "-d", "royal", "-m", random_model, "--device", "bogus"),
+                 "Unknown device 'bogus'; use cpu, cuda or cuda:N.")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert_error(run("edit", "examples/toon.png", "-d", "royal", "-m", random_model, "--device", "cuda"),
+                     "Device 'cuda' asked for, but this torch sees no CUDA GPU; use --device cpu.")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"directions": [{"name": "x", "colour": "red"}]},
+     "does not list the model's directions properly (TypeError: Direction.__init__() got an unexpected keyword "
+     "argument 'colour')."),
+    ({"mask": {"strenght": 0.7}}, '"mask" may only set n_noise, strength, ratio, threshold, dilate, feather.'),
+])
+def test_edit_with_a_hand_edited_pedit_json_is_an_error(random_model, tmp_path, change, message):
+    import shutil
+
+    model = Path(shutil.copytree(random_model, tmp_path / "model"))
+    meta = json.loads((model / "pedit.json").read_text())
+    (model / "pedit.json").write_text(json.dumps({**meta, **change}))
+    assert_error(run("edit", "examples/toon.png", "-d", "royal", "-m", model, "-o", tmp_path / "out.png"),
+                 f"{model / 'pedit.json'}{':' if 'mask' in change else ''} {message}")
+    assert not (tmp_path / "out.png").exists()
