@@ -287,13 +287,16 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs.")
 @click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
 @click.option("-q", "--quiet", is_flag=True)
-def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid_pairs, quiet):
+def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid_pairs, device, allow_pickle, quiet):
     """Measure a model against ground truth: SSIM, PSNR in/outside the true mask, mask IoU, per direction."""
     from pedit.evaluate import EvalConfig, evaluate, markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-                     steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs)
+                     steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
+                     allow_pickle=allow_pickle)
     console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:

@@ -51,6 +51,8 @@ class EvalConfig:
     s_im: float = 1.0
     s_p: float = 4.0
     imperfect_reference: bool = True  # also score imperfect targets like the training ones (§3.3 claim)
+    device: str = "cpu"  # the published numbers are CPU fp32; a GPU is faster, not bit-identical
+    allow_pickle: bool = False
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -169,19 +171,19 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     from pedit.directions import Direction
     from pedit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
     from pedit.guidance import GuidanceScales
-    from pedit.pairs import load_rgb, read_pairs
+    from pedit.pairs import direction_of, load_rgb, read_pairs
     from pedit.viz import image_grid
 
     pairs = read_pairs(cfg.pairs)
     if cfg.limit:
         pairs = pairs[: cfg.limit]
-    editor = Editor.from_pretrained(cfg.model, device="cpu")
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
     known = editor.directions
     for p in pairs:
         if p.direction not in known:
-            known[p.direction] = Direction(p.direction, p.extra.get("task", "custom"), p.p_a, p.p_b, p.extra.get("p", p.p_a))
+            known[p.direction] = Direction(**direction_of(p))
 
     totals = {m: Scores() for m in cfg.methods}
     per_direction = {m: {} for m in cfg.methods}

@@ -59,7 +59,18 @@ def generate_pairs(cfg: GenPairsConfig, progress: Callable[[int, int], None] | N
     out = Path(cfg.output)
     writer = PairWriter(out)
     config_file = out / "config.json"
-    if not config_file.exists():
+    settings = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ("shard", "output")}
+    if config_file.exists():
+        # Resuming (or another shard): the folder must hold one kind of pair, not a mix.
+        try:
+            before = {k: v for k, v in json.loads(config_file.read_text()).items() if k not in ("shard", "output")}
+        except ValueError:
+            before = None
+        if before != settings:
+            changed = sorted(k for k in settings if before is None or before.get(k) != settings[k])
+            raise ConfigError(f"{out} was written with other settings ({', '.join(changed)} differ); "
+                              "use a new -o folder, or the same options to resume.")
+    else:
         config_file.write_text(json.dumps(asdict(cfg), indent=2))
     mine = [i for i in range(cfg.n) if i % cfg.shard[1] == cfg.shard[0]]
     for done, index in enumerate(mine, start=1):

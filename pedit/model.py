@@ -145,12 +145,6 @@ class FrozenParts:
         return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
 
     @torch.no_grad()
-    def sample_latent(self, x, generator=None):
-        """A posterior sample · scaling factor: the training target latent, as in SD training."""
-        x = x.to(device=self.device, dtype=self.dtype)
-        return self.vae.encode(x).latent_dist.sample(generator) * self.scaling_factor
-
-    @torch.no_grad()
     def decode(self, z):
         """(B, 4, h, w) scaled latent → (B, 3, R, R) in [-1, 1]."""
         return self.vae.decode(z.to(self.dtype) / self.scaling_factor).sample.clamp(-1, 1)

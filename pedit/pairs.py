@@ -41,6 +41,12 @@ class Pair:
     extra: dict = field(default_factory=dict, compare=False)
 
 
+def direction_of(pair: Pair) -> dict:
+    """The direction a pair was made for, as Direction fields (task and p from the row when present)."""
+    return {"name": pair.direction, "task": pair.extra.get("task", "custom"), "p_a": pair.p_a, "p_b": pair.p_b,
+            "p": pair.extra.get("p", pair.p_a)}
+
+
 def safe_path(root: Path, rel, what: str) -> Path:
     """`rel` resolved inside `root`, or PairFolderError: absolute paths, `..` and escaping links are refused."""
     if not isinstance(rel, str) or not rel:

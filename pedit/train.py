@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pedit.errors import ConfigError, PeditError
-from pedit.pairs import Pair, load_rgb, read_pairs
+from pedit.pairs import Pair, direction_of, load_rgb, read_pairs
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
 
@@ -175,8 +175,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     pairs = read_pairs(cfg.data)
     directions = {}
     for p in pairs:
-        directions.setdefault(p.direction, {"name": p.direction, "task": p.extra.get("task", "custom"),
-                                            "p_a": p.p_a, "p_b": p.p_b, "p": p.extra.get("p", p.p_a)})
+        directions.setdefault(p.direction, direction_of(p))
     base = cfg.base or str(bundled_base_path())
     root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
     size = cfg.resolution or int(parts.vae.config.sample_size)

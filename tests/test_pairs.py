@@ -304,3 +304,16 @@ def test_imperfect_rows_record_their_imperfection(tiny_pairs):
 def test_the_fixture_folder_is_untouched_by_these_tests(tiny_pairs):
     assert len(_rows(tiny_pairs)) == 8
     assert not any(os.path.islink(p) for p in (tiny_pairs / "images").iterdir())
+
+
+def test_resuming_gen_pairs_with_other_settings_is_refused(tmp_path):
+    from pedit.errors import ConfigError
+    from pedit.gen_pairs import GenPairsConfig, generate_pairs
+
+    generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=2, resolution=32))
+    generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=2, resolution=32, shard=(1, 2)))  # same set: fine
+    with pytest.raises(ConfigError) as e:
+        generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=2, resolution=64, exact=True))
+    assert str(e.value) == (f"{tmp_path / 'p'} was written with other settings (exact, resolution differ); "
+                            "use a new -o folder, or the same options to resume.")
+    assert len((tmp_path / "p" / "metadata.jsonl").read_text().splitlines()) == 2
