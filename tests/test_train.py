@@ -118,7 +118,18 @@ def test_accelerate_launch_with_two_cpu_processes(tiny_pairs, tiny_base, tmp_pat
     assert json.loads((out / "pedit.json").read_text())["training"]["batch_size"] == 2
 
 
-def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tiny_pairs, tiny_base, tmp_path):
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one AcceleratorState per process and refuses a second mixed-precision setting;
+    a real run is one process per training, so the test resets it around itself."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tiny_pairs, tiny_base, tmp_path, fresh_accelerator_state):
     out = train(_cfg(tiny_pairs, tiny_base, tmp_path / "bf16", max_steps=2, mixed_precision="bf16"))
     weights = _unet_weights(out)
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
