@@ -24,6 +24,7 @@ from pedit.errors import ConfigError
 from pedit.guidance import GuidanceScales, guided_eps
 from pedit.loading import LoadedModel, load_model
 from pedit.mask import MaskConfig, composite, editing_mask, pixel_mask
+from pedit.pairs import square_rgb
 from pedit.model import EditConditions
 from pedit.sampler import make_scheduler, sample
 
@@ -50,14 +51,6 @@ class EditResult:
     mask: Image.Image  # L: the blend weight actually used (0 = input pixel kept exactly)
     raw: Image.Image  # the decoded sample before compositing
     mask_latent: torch.Tensor | None  # (1, 1, h, w) binary editing mask, None with use_mask=False
-
-
-def square_rgb(image: Image.Image, size: int) -> np.ndarray:
-    """Any PIL image → (size, size, 3) uint8 RGB (resized with Lanczos when needed)."""
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.LANCZOS)
-    return np.asarray(image)
 
 
 def uint8_to_tensor(arr: np.ndarray) -> torch.Tensor:

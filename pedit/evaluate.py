@@ -121,7 +121,7 @@ def _drop(cond, c_s: bool = False, c_im: bool = False):
     )
 
 
-def run_method(editor, method: str, cond, steps: int, scales, seed: int):
+def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cfg):
     """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None)."""
     from diffusers import DDPMScheduler
 
@@ -136,7 +136,6 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int):
     z_A = cond.c_s  # E(x_A), what the mask noises even when the c_s condition is dropped
     if method in ("ours", "ours-no-mask", "no-c_s", "no-c_im"):
         cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
-        mask_cfg = editor.default_options().mask
         mask = None if method == "ours-no-mask" else editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A)
         z_T = torch.randn(cond.c_s.shape, generator=g).to(cond.c_s)
         rows = cond.guidance_rows()
@@ -151,7 +150,7 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int):
                      start=cond.c_s, strength=strength)
         return parts.decode(z_0), None
     # DiffEdit-style: text-only mask, then keep the (noised) source outside the mask at every step.
-    mask = editing_mask(editor.denoise, ddpm, text_only, scales, editor.default_options().mask, g, z_A)
+    mask = editing_mask(editor.denoise, ddpm, text_only, scales, mask_cfg, g, z_A)
 
     def keep_source(z, t):
         prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
@@ -180,6 +179,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
+    mask_cfg = editor.default_options().mask  # the model folder's own mask settings, if any
     known = editor.directions
     for p in pairs:
         if p.direction not in known:
@@ -204,7 +204,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         outs_for_grid = {}
         for m in cfg.methods:
             t0 = time.perf_counter()
-            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, cfg.seed + start)
+            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, cfg.seed + start, mask_cfg)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])
@@ -212,7 +212,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                 if mask is not None:
                     pred = np.kron(mask[i, 0].cpu().numpy(), np.ones((size // mask.shape[-1],) * 2)) > 0.5
                     if m != "diffedit":  # ours: pixels outside the dilated, feathered mask are the input's
-                        out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), editor.default_options().mask)
+                        out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), mask_cfg)
                 totals[m].add(out, tgt[i], true_masks[i], pred)
                 per_direction[m].setdefault(p.direction, Scores()).add(out, tgt[i], true_masks[i], pred)
                 if start + i < cfg.grid_pairs:

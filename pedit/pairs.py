@@ -129,13 +129,18 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
     return pairs
 
 
+def square_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """Any PIL image → (size, size, 3) uint8 RGB, resized with Lanczos when needed."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.LANCZOS)
+    return np.array(image)  # writable: torch.from_numpy in DataLoader workers
+
+
 def load_rgb(path: Path, size: int) -> np.ndarray:
     """A pair image as (size, size, 3) uint8."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.LANCZOS)
-        return np.array(im)  # writable: torch.from_numpy in DataLoader workers
+        return square_rgb(im, size)
 
 
 class PairWriter:
