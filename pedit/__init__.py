@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     if name in ("Editor", "EditResult"):
-        from pedit import editor
+        from pedit.edit import editor
 
         return getattr(editor, name)
     raise AttributeError(f"module 'pedit' has no attribute {name!r}")

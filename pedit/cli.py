@@ -73,7 +73,7 @@ def directions(directions_file, model):
 
     from rich.table import Table
 
-    from pedit.directions import all_directions, model_directions
+    from pedit.data.directions import all_directions, model_directions
 
     if model:
         meta_file = Path(model) / "pedit.json"
@@ -117,8 +117,8 @@ def directions(directions_file, model):
 def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact, max_shift, max_face_width,
               max_color_drift, quiet):
     """Write a pair folder (metadata.jsonl + PNGs) for training or evaluation."""
-    from pedit.directions import BUILTIN
-    from pedit.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.data.directions import BUILTIN
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
 
     try:
         shard_i, shard_n = (int(v) for v in shard.split("/"))
@@ -226,7 +226,7 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     from rich.markup import escape
 
-    from pedit.edit_files import EditFilesConfig, edit_files
+    from pedit.photos.edit_files import EditFilesConfig, edit_files
 
     cfg = EditFilesConfig(
         inputs=tuple(inputs), direction=direction, model=model, output=output, steps=steps, seed=seed,

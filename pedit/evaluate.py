@@ -125,9 +125,9 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None)."""
     from diffusers import DDPMScheduler
 
-    from pedit.guidance import guided_eps
-    from pedit.mask import editing_mask
-    from pedit.sampler import make_scheduler, sample
+    from pedit.edit.guidance import guided_eps
+    from pedit.edit.mask import editing_mask
+    from pedit.edit.sampler import make_scheduler, sample
 
     parts = editor.model.parts
     g = torch.Generator().manual_seed(seed)
@@ -166,11 +166,11 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     """Score every method on the pair folder; writes report.json, report.md and grid.png to cfg.output."""
     from PIL import Image
 
-    from pedit import toon
-    from pedit.directions import Direction
-    from pedit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
-    from pedit.guidance import GuidanceScales
-    from pedit.pairs import direction_of, load_rgb, read_pairs
+    from pedit.toon import world as toon
+    from pedit.data.directions import Direction
+    from pedit.edit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.edit.guidance import GuidanceScales
+    from pedit.data.pairs import direction_of, load_rgb, read_pairs
     from pedit.viz import image_grid
 
     pairs = read_pairs(cfg.pairs)

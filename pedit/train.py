@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pedit.errors import ConfigError, PeditError
-from pedit.pairs import Pair, direction_of, load_rgb, read_pairs
+from pedit.data.pairs import Pair, direction_of, load_rgb, read_pairs
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
 
@@ -162,8 +162,8 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from pedit.loading import base_unet, bundled_base_path, check_shapes, load_base, load_model, save_model
-    from pedit.model import MCDM, ImageProjector, widen_conv_in
+    from pedit.model.loading import base_unet, bundled_base_path, check_shapes, load_base, load_model, save_model
+    from pedit.model.mcdm import MCDM, ImageProjector, widen_conv_in
 
     out = Path(cfg.output)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
@@ -356,9 +356,9 @@ def _validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed)
     """validation/step-N.png: for a few inputs, input | edit per direction (EMA weights, masked edit)."""
     from PIL import Image
 
-    from pedit.directions import Direction
-    from pedit.editor import EditOptions, Editor
-    from pedit.loading import LoadedModel
+    from pedit.data.directions import Direction
+    from pedit.edit.editor import EditOptions, Editor
+    from pedit.model.loading import LoadedModel
     from pedit.viz import image_grid
 
     ema.store(mcdm.parameters())

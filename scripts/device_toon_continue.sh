@@ -12,7 +12,7 @@ python3 -m pedit train --data /tmp/r/pairs -o /tmp/r/model --base pedit/assets/t
   --init-from pedit/assets/toon-model --max-steps 20000 --max-minutes "${MINUTES:-3.7}" --batch-size 128 \
   --learning-rate 3e-4 --warmup-steps 100 --mixed-precision bf16 --num-workers 8 --checkpoint-every 100000 \
   --validate-every 100000 --ema-decay 0.999 --seed 1 -q 2>&1 | grep -v "Loading weights\|Writing model\|AutoencoderKL" | tee -a "$OUT/log.txt"
-python3 -m pedit.toon_model bundle --model /tmp/r/model --base pedit/assets/toon-base --dest /tmp/assets
+python3 -m pedit.toon.recipe bundle --model /tmp/r/model --base pedit/assets/toon-base --dest /tmp/assets
 echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/log.txt"
 tar cf - -C /tmp assets/toon-model | gzip -9 | split -b 15000000 - "$OUT/model.tgz.part-"
 tar czf "$OUT/run.tgz" -C /tmp/r model/loss.csv model/config.json model/validation

@@ -29,11 +29,11 @@ for i in $(seq 0 $((WORKERS - 1))); do
   $PY -m pedit gen-pairs -o "$RUN/pairs" -n "$PAIRS" --resolution "$RES" --seed 0 --shard "$i/$WORKERS" -q &
   pids+=($!)
 done
-$PY -m pedit.toon_model base --out "$RUN/base" --spec "$SPEC" --vae-steps "$VAE_STEPS" --batch-size "$VAE_BATCH" \
+$PY -m pedit.toon.recipe base --out "$RUN/base" --spec "$SPEC" --vae-steps "$VAE_STEPS" --batch-size "$VAE_BATCH" \
     --pool-size "$POOL" --device "$DEVICE" --workers "$WORKERS"
 for pid in "${pids[@]}"; do wait "$pid"; done
 $PY -m pedit train --data "$RUN/pairs" -o "$RUN/model" --base "$RUN/base" --init scratch \
     --max-steps "$STEPS" ${MINUTES:+--max-minutes "$MINUTES"} --batch-size "$BATCH" --learning-rate "$LR" \
     --warmup-steps 200 --mixed-precision "$PRECISION" --num-workers "$((WORKERS > 8 ? 8 : WORKERS))" \
     --checkpoint-every 2000 --validate-every "$VALIDATE" --ema-decay 0.999 -q
-$PY -m pedit.toon_model bundle --model "$RUN/model" --base "$RUN/base" --dest "$DEST"
+$PY -m pedit.toon.recipe bundle --model "$RUN/model" --base "$RUN/base" --dest "$DEST"

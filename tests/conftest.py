@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A TINY Stable-Diffusion-layout base folder (32 px, 4x4x4 latents), built once per session."""
-    from pedit.toon_parts import TINY, build_base
+    from pedit.toon.parts import TINY, build_base
 
     return build_base(tmp_path_factory.mktemp("bases") / "tiny-base", TINY, seed=0)
 
@@ -22,7 +22,7 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pairs(tmp_path_factory) -> Path:
     """8 imperfect toon pairs at 32 px, one per direction (read-only: copy before changing)."""
-    from pedit.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
 
     return generate_pairs(GenPairsConfig(str(tmp_path_factory.mktemp("pairs") / "pairs"), n=8, resolution=32))
 
@@ -39,9 +39,9 @@ def random_model(tiny_base, tmp_path_factory) -> Path:
     """An untrained MCDM model folder over the tiny base, listing the 8 built-in directions."""
     import torch
 
-    from pedit.directions import BUILTIN
-    from pedit.loading import base_unet, load_base, save_model
-    from pedit.model import MCDM, ImageProjector, widen_conv_in
+    from pedit.data.directions import BUILTIN
+    from pedit.model.loading import base_unet, load_base, save_model
+    from pedit.model.mcdm import MCDM, ImageProjector, widen_conv_in
 
     root, parts = load_base(tiny_base)
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pedit.cli import cli
-from pedit.loading import bundled_base_path, bundled_model_path
+from pedit.model.loading import bundled_base_path, bundled_model_path
 
 
 def test_bundled_model_is_complete_small_and_safetensors_only():

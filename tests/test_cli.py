@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from pedit import __version__
 from pedit.cli import cli
-from pedit.directions import BUILTIN
+from pedit.data.directions import BUILTIN
 from pedit.errors import PeditError
 
 COMMANDS = cli.list_commands(click.Context(cli))
@@ -260,10 +260,10 @@ def test_cli_help_does_not_import_torch():
 
 # The library never imports the CLI layer (CONVENTIONS.md §1), and the light modules stay light.
 IMPORT_RULES = [
-    ("pedit.editor pedit.train pedit.loading pedit.edit_files pedit.evaluate pedit.gen_pairs", ("click", "rich")),
-    ("pedit.photo pedit.viz", ("click", "rich", "torch", "cv2")),
-    ("pedit.toon", ("click", "rich", "torch")),
-    ("pedit.toon_parts", ("click", "rich", "torch", "diffusers", "transformers")),
+    ("pedit.edit.editor pedit.train pedit.model.loading pedit.photos.edit_files pedit.evaluate pedit.data.gen_pairs", ("click", "rich")),
+    ("pedit.photos.photo pedit.viz", ("click", "rich", "torch", "cv2")),
+    ("pedit.toon.world", ("click", "rich", "torch")),
+    ("pedit.toon.parts", ("click", "rich", "torch", "diffusers", "transformers")),
 ]
 
 

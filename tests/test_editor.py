@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pedit.editor import EditOptions, Editor
+from pedit.edit.editor import EditOptions, Editor
 from pedit.errors import DirectionError
-from pedit.mask import MaskConfig
+from pedit.edit.mask import MaskConfig
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def editor(random_model):
 
 @pytest.fixture(scope="module")
 def portrait():
-    from pedit.toon import render
+    from pedit.toon.world import render
 
     return Image.fromarray(render(3, size=32))
 

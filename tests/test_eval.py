@@ -34,7 +34,7 @@ def test_region_psnr_pools_squared_error_and_iou_is_exact():
 
 @pytest.fixture(scope="module")
 def exact_pairs(tmp_path_factory):
-    from pedit.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
 
     return generate_pairs(GenPairsConfig(str(tmp_path_factory.mktemp("eval") / "pairs"), n=3, resolution=32,
                                          seed=1_000_000, exact=True))

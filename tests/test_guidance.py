@@ -2,7 +2,7 @@
 
 import torch
 
-from pedit.guidance import GuidanceScales, branch_eps, guided_eps, masked_two_branch, multi_cfg
+from pedit.edit.guidance import GuidanceScales, branch_eps, guided_eps, masked_two_branch, multi_cfg
 
 
 def _terms(b=2, seed=0):
@@ -55,7 +55,7 @@ def test_sampler_with_an_oracle_denoiser_recovers_the_clean_latent():
     """If denoise returns the true noise, DDIM must land on the clean latent it was derived from."""
     from diffusers import DDPMScheduler
 
-    from pedit.sampler import make_scheduler, sample
+    from pedit.edit.sampler import make_scheduler, sample
 
     cfg = dict(DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False).config)
     scheduler = make_scheduler("ddim", cfg)

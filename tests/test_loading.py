@@ -1,4 +1,4 @@
-"""Model and base folders are untrusted input (pedit.loading): safetensors only unless --allow-pickle,
+"""Model and base folders are untrusted input (pedit.model.loading): safetensors only unless --allow-pickle,
 single-file checkpoints and incomplete layouts refused with a message that says what to do, no
 waiting on a network that is not there, and a save → load round trip that keeps every weight."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pedit.directions import BUILTIN
+from pedit.data.directions import BUILTIN
 from pedit.errors import ModelError, UnsafeModelError
-from pedit.loading import base_unet, load_base, load_model, resolve_source, save_model
+from pedit.model.loading import base_unet, load_base, load_model, resolve_source, save_model
 
 PICKLE_MESSAGE = (
     "{folder} has only pickle weights (diffusion_pytorch_model.bin); pickle files can run code when loaded. "

@@ -1,6 +1,6 @@
-"""Pair folders are untrusted (pedit.pairs): paths that leave the folder are refused, every problem is
+"""Pair folders are untrusted (pedit.data.pairs): paths that leave the folder are refused, every problem is
 reported with its row, field and path before training starts, and the writer is atomic, resumable
-and shardable (pedit.gen_pairs)."""
+and shardable (pedit.data.gen_pairs)."""
 
 import json
 import os
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pedit import toon
-from pedit.directions import BUILTIN
+from pedit.toon import world as toon
+from pedit.data.directions import BUILTIN
 from pedit.errors import PairFolderError
-from pedit.gen_pairs import GenPairsConfig, generate_pairs
-from pedit.pairs import PairWriter, read_pairs
+from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
+from pedit.data.pairs import PairWriter, read_pairs
 
 TAIL = "\nFix or remove those rows."
 
@@ -308,7 +308,7 @@ def test_the_fixture_folder_is_untouched_by_these_tests(tiny_pairs):
 
 def test_resuming_gen_pairs_with_other_settings_is_refused(tmp_path):
     from pedit.errors import ConfigError
-    from pedit.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
 
     generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=2, resolution=32))
     generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=2, resolution=32, shard=(1, 2)))  # same set: fine

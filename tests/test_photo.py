@@ -1,4 +1,4 @@
-"""pedit.photo: loading phone photos, finding the face, pasting the edit back, writing atomically.
+"""pedit.photos.photo: loading phone photos, finding the face, pasting the edit back, writing atomically.
 
 The portrait is skimage's astronaut (public domain, 512x512, also saved as examples/astronaut.png);
 every other image is drawn here. No torch, no network: the model is a plain function.
@@ -15,9 +15,9 @@ import pytest
 import skimage.data
 from PIL import Image, ImageCms
 
-from pedit import photo as photo_module
+from pedit.photos import photo as photo_module
 from pedit.errors import InputImageError, OutputError
-from pedit.photo import (
+from pedit.photos.photo import (
     IMAGE_EXTENSIONS,
     MIN_SIDE,
     BatchItem,

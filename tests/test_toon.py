@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pedit import toon
-from pedit.directions import BUILTIN
+from pedit.toon import world as toon
+from pedit.data.directions import BUILTIN
 
 SEEDS = [0, 1, 2, 3, 7, 11]
 

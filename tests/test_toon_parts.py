@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from pedit.toon_parts import TINY, TOON, TOON_WORDS, BaseSpec, build_base, build_tokenizer, train_vae
+from pedit.toon.parts import TINY, TOON, TOON_WORDS, BaseSpec, build_base, build_tokenizer, train_vae
 
 
 def _tokenizer(folder):
@@ -16,7 +16,7 @@ def _tokenizer(folder):
 
 
 def test_words_cover_every_builtin_prompt():
-    from pedit.directions import BUILTIN
+    from pedit.data.directions import BUILTIN
 
     for d in BUILTIN.values():
         for prompt in (d.p_a, d.p_b, d.p):

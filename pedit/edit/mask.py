@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pedit.guidance import GuidanceScales, branch_eps
-from pedit.model import EditConditions
+from pedit.edit.guidance import GuidanceScales, branch_eps
+from pedit.model.mcdm import EditConditions
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@
     result = editor.edit(image, "royal", seed=0)
     result.image.save("royal.png"); result.mask.save("mask.png")
 
-One U-Net call per step on a 5-row batch (pedit.guidance); the editing mask comes from the same
-model (pedit.mask). The backend is a `denoise(z_in, t, context)` callable: eager PyTorch by default.
+One U-Net call per step on a 5-row batch (pedit.edit.guidance); the editing mask comes from the same
+model (pedit.edit.mask). The backend is a `denoise(z_in, t, context)` callable: eager PyTorch by default.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pedit.directions import Direction, model_directions, resolve
+from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError
-from pedit.guidance import GuidanceScales, guided_eps
-from pedit.loading import LoadedModel, load_model
-from pedit.mask import MaskConfig, composite, editing_mask, pixel_mask
-from pedit.pairs import square_rgb
-from pedit.model import EditConditions
-from pedit.sampler import make_scheduler, sample
+from pedit.edit.guidance import GuidanceScales, guided_eps
+from pedit.model.loading import LoadedModel, load_model
+from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
+from pedit.data.pairs import square_rgb
+from pedit.model.mcdm import EditConditions
+from pedit.edit.sampler import make_scheduler, sample
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from pedit import __version__
-from pedit.directions import model_directions
+from pedit.data.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
-from pedit.mask import MaskConfig
-from pedit.model import CLIP_MEAN, CLIP_STD, MCDM, FrozenParts, ImageProjector
+from pedit.edit.mask import MaskConfig
+from pedit.model.mcdm import CLIP_MEAN, CLIP_STD, MCDM, FrozenParts, ImageProjector
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 FROZEN = ("vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
@@ -35,12 +35,12 @@ FORMAT_VERSION = 1
 
 def bundled_model_path() -> Path:
     """The toon model that ships inside the package (the default of every `-m`)."""
-    return Path(__file__).parent / "assets" / "toon-model"
+    return Path(__file__).parents[1] / "assets" / "toon-model"
 
 
 def bundled_base_path() -> Path:
     """The toon base (tiny frozen parts made for the toon world) used to train the bundled model."""
-    return Path(__file__).parent / "assets" / "toon-base"
+    return Path(__file__).parents[1] / "assets" / "toon-base"
 
 
 def _offline() -> bool:

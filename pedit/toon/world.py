@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 EXPRESSIONS = ("neutral", "angry", "shocked", "laughing", "crying")
 COSTUMES = ("everyday", "flower", "sheep", "santa", "royal")
-DIRECTIONS = COSTUMES[1:] + EXPRESSIONS[1:]  # same names as pedit.directions.BUILTIN
+DIRECTIONS = COSTUMES[1:] + EXPRESSIONS[1:]  # same names as pedit.data.directions.BUILTIN
 
 FACE_SHAPES = ("round", "oval", "square")
 HAIR_STYLES = ("short", "long", "bun", "spiky", "bald")

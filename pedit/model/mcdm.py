@@ -179,7 +179,7 @@ class EditConditions:
     c_p_null: torch.Tensor  # (B, 77, D) empty prompt
 
     def guidance_rows(self):
-        """The 5-row layout of pedit.guidance: c_s rows (5B, 4, h, w) and contexts (5B, 77 + K, D).
+        """The 5-row layout of pedit.edit.guidance: c_s rows (5B, 4, h, w) and contexts (5B, 77 + K, D).
 
         Rows: [∅∅∅, s∅∅, s·im·∅, s·im·p_b, s·im·p_a], block-wise (5 blocks of B).
         """

@@ -2,7 +2,7 @@
 
 The loop never knows the backend (eager, compiled, ONNX Runtime, TensorRT) that provides
 `denoise`, nor how the 5 guidance rows are combined: `guide` maps the raw (5B, 4, h, w) output to
-the (B, 4, h, w) noise the scheduler steps with (pedit.guidance). DESIGN.md, "Samplers and backends".
+the (B, 4, h, w) noise the scheduler steps with (pedit.edit.guidance). DESIGN.md, "Samplers and backends".
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from pedit.guidance import N_ROWS
+from pedit.edit.guidance import N_ROWS
 
 SCHEDULERS = ("ddim", "dpm", "euler")
 

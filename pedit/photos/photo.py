@@ -363,7 +363,7 @@ class HaarFaceDetector:
 
     def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml", max_side: int = 1024,
                  scale_factor: float = 1.1, min_neighbors: int = 5, min_face_fraction: float = 0.04):
-        # cv2 is imported here, not at the top, so importing pedit.photo stays cheap for the CLI.
+        # cv2 is imported here, not at the top, so importing pedit.photos.photo stays cheap for the CLI.
         import cv2
 
         cascade_path = Path(cv2.data.haarcascades) / cascade

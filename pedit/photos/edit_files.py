@@ -1,8 +1,8 @@
 """`pedit edit` on files: photos in, edited photos (and masks, comparisons) out, nothing lost.
 
-Loads the model once, then for each input: decode and validate the photo (pedit.photo), crop the
+Loads the model once, then for each input: decode and validate the photo (pedit.photos.photo), crop the
 portrait around the largest face (or the one asked for), edit it at the model's resolution
-(pedit.editor), paste it back with a feathered seam, and write every output atomically. One bad
+(pedit.edit.editor), paste it back with a feathered seam, and write every output atomically. One bad
 file fails that file only; the caller gets one `BatchItem` per input.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from pedit.errors import OutputError
-from pedit.photo import (BatchItem, HaarFaceDetector, default_output_path, edit_photo, find_images, load_photo,
+from pedit.photos.photo import (BatchItem, HaarFaceDetector, default_output_path, edit_photo, find_images, load_photo,
                          run_batch, save_image_atomic)
 
 
@@ -49,8 +49,8 @@ def _sibling(path: Path, tag: str) -> Path:
 
 def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None) -> list[BatchItem]:
     """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem)."""
-    from pedit.editor import EditOptions, Editor
-    from pedit.guidance import GuidanceScales
+    from pedit.edit.editor import EditOptions, Editor
+    from pedit.edit.guidance import GuidanceScales
     from pedit.viz import compare_sheet, overlay_mask
 
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads

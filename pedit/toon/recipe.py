@@ -1,7 +1,7 @@
 """Making the bundled toon model: a toon base with a trained VAE, and the packaging step.
 
-    python -m pedit.toon_model base --out runs/toon/base --vae-steps 3000 --device cuda
-    python -m pedit.toon_model bundle --model runs/toon/model --base runs/toon/base --dest pedit/assets
+    python -m pedit.toon.recipe base --out runs/toon/base --vae-steps 3000 --device cuda
+    python -m pedit.toon.recipe bundle --model runs/toon/model --base runs/toon/base --dest pedit/assets
 
 `scripts/make_toon_model.sh` runs the whole recipe (base → pairs → `pedit train --init scratch` →
 bundle); the MCDM itself is trained by the same `pedit train` code path as a Stable Diffusion one.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pedit import toon
+from pedit.toon import world as toon
 
 
 def _render_chunk(args) -> np.ndarray:
@@ -45,11 +45,11 @@ def render_pool(n: int, size: int, seed: int = 0, workers: int = 1) -> np.ndarra
 def build_toon_base(out: Path, spec_name: str = "toon", vae_steps: int = 3000, batch_size: int = 64,
                     pool_size: int = 8192, device: str = "cpu", seed: int = 0, workers: int = 1,
                     log=print) -> Path:
-    """A base folder (pedit.toon_parts.build_base) whose VAE has been trained on toon renders."""
+    """A base folder (pedit.toon.parts.build_base) whose VAE has been trained on toon renders."""
     import torch
     from diffusers import AutoencoderKL
 
-    from pedit.toon_parts import TINY, TOON, build_base, train_vae
+    from pedit.toon.parts import TINY, TOON, build_base, train_vae
 
     spec = {"toon": TOON, "tiny": TINY}[spec_name]
     out = Path(out)
@@ -106,7 +106,7 @@ def bundle(model: Path, base: Path, dest: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pedit.toon_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pedit.toon.recipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("base", help="build a toon base folder and train its VAE")
     b.add_argument("--out", required=True)
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("bundle", help="copy a trained model and its base into the package")
     p.add_argument("--model", required=True)
     p.add_argument("--base", required=True)
-    p.add_argument("--dest", default=str(Path(__file__).parent / "assets"))
+    p.add_argument("--dest", default=str(Path(__file__).parents[1] / "assets"))
     args = parser.parse_args(argv)
     if args.cmd == "base":
         build_toon_base(Path(args.out), args.spec, args.vae_steps, args.batch_size, args.pool_size, args.device,

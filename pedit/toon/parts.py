@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pedit.directions import BUILTIN
+from pedit.data.directions import BUILTIN
 
 if TYPE_CHECKING:
     import torch

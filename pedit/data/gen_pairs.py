@@ -1,6 +1,6 @@
 """`pedit gen-pairs`: write a pair folder (DESIGN.md, "gen-pairs").
 
-Source `toon`: pairs rendered by the procedural toon world (pedit.toon), with the ground-truth
+Source `toon`: pairs rendered by the procedural toon world (pedit.toon.world), with the ground-truth
 mask. Training sets are imperfect by default, like generated pairs (paper §3.3: "the face in x_B
 is slightly wider"): small shift, face-width change and colour drift in x_B, each amount recorded
 per pair; `exact=True` for evaluation sets. Resumable (the seed of a pair depends only on its
@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from pedit.directions import BUILTIN
+from pedit.data.directions import BUILTIN
 from pedit.errors import ConfigError
-from pedit.pairs import PairWriter
+from pedit.data.pairs import PairWriter
 
 SOURCES = ("toon",)
 
@@ -54,7 +54,7 @@ class GenPairsConfig:
 
 def generate_pairs(cfg: GenPairsConfig, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write (this shard's share of) `cfg.n` pairs into `cfg.output`; returns the folder."""
-    from pedit import toon
+    from pedit.toon import world as toon
 
     out = Path(cfg.output)
     writer = PairWriter(out)

@@ -1,0 +1,1 @@
+"""Real photos in and out: decode, face crop, paste-back, batches."""

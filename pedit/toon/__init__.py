@@ -1,0 +1,1 @@
+"""The toon world, its base networks and the bundled model's recipe."""
