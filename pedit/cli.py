@@ -220,9 +220,10 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True, help="Refuse larger images (decompression bombs).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the model folder. Only for trusted files.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--no-cache", is_flag=True, help="On the CPU, load the model itself, not its TorchScript cache (same result, slower start).")
 @click.option("-q", "--quiet", is_flag=True)
 def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, save_mask,
-         compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, quiet):
+         compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, no_cache, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     from rich.markup import escape
 
@@ -232,7 +233,7 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         inputs=tuple(inputs), direction=direction, model=model, output=output, steps=steps, seed=seed,
         scheduler=scheduler, s_s=s_s, s_im=s_im, s_p=s_p, use_mask=not no_mask, mask_noises=mask_noises,
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
-        overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device,
+        overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, cache=not no_cache,
     )
     console = _console(quiet)
     with contextlib.ExitStack() as stack:

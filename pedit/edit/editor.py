@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -22,11 +22,15 @@ from PIL import Image
 from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError
 from pedit.edit.guidance import GuidanceScales, guided_eps
-from pedit.model.loading import LoadedModel, load_model
 from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
 from pedit.data.pairs import square_rgb
-from pedit.model.mcdm import EditConditions
+from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import make_scheduler, sample
+from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
+
+if TYPE_CHECKING:  # loading imports diffusers (seconds), which a cached model never needs
+    from pedit.model.loading import LoadedModel
+    from pedit.model.traced import TracedModel
 
 
 @dataclass(frozen=True)
@@ -91,14 +95,23 @@ def torch_denoise(mcdm) -> Callable:
 class Editor:
     """A loaded MCDM ready to edit square portraits at its resolution."""
 
-    def __init__(self, model: LoadedModel, denoise: Callable | None = None):
+    def __init__(self, model: LoadedModel | TracedModel, denoise: Callable | None = None):
         self.model = model
+        self.cache_status: str | None = None  # with from_pretrained(cache=True): what happened to the cache
+        self.cache_failed = False
         self.denoise = denoise or torch_denoise(model.mcdm)
         self.directions = model_directions(model.meta, model.path)
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False):
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
+                        cache: bool = False):
+        """Load a model folder (None: the bundled toon model) for editing on `device` (default: cuda when available).
+
+        cache=True on the CPU (what `pedit edit` passes): load the model from its TorchScript cache,
+        writing the cache first when there is none (pedit.model.traced). A new process then edits
+        without importing diffusers or transformers, with the same bytes out.
+        """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             kind = torch.device(device).type
@@ -107,7 +120,33 @@ class Editor:
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"Device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu.")
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        if cache and kind == "cpu":
+            return cls._from_cache(path, allow_pickle)
+        from pedit.model.loading import load_model
+
         return cls(load_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype))
+
+    @classmethod
+    def _from_cache(cls, path, allow_pickle: bool) -> "Editor":
+        """The model's TorchScript cache (pedit.model.traced), written first when there is none."""
+        from pedit.model import traced
+        from pedit.model.loading import check_weights_allowed, load_model, read_model_folder
+
+        folder, meta = read_model_folder(path)  # the same checks, and errors, as load_model
+        check_weights_allowed(folder, allow_pickle)
+        key = traced.model_key(folder)
+        model = traced.load_cached(folder, meta, key, allow_pickle)
+        if model is not None:
+            editor = cls(model)
+            editor.cache_status = f"loaded from the TorchScript cache {traced.cache_dir() / key}"
+            return editor
+        editor = cls(load_model(folder, allow_pickle=allow_pickle))
+        try:
+            editor.cache_status = f"wrote the TorchScript cache {traced.build_cache(editor.model, key)}"
+        except (traced.CacheError, OSError) as e:
+            editor.cache_status = f"no TorchScript cache ({e}); editing without it"
+            editor.cache_failed = True
+        return editor
 
     @property
     def resolution(self) -> int:
@@ -133,7 +172,7 @@ class Editor:
     def conditions(self, x_A: torch.Tensor, direction: Direction) -> EditConditions:
         """c_s, c_im and the three prompt embeddings for one image x_A (1, 3, R, R) in [-1, 1]."""
         parts, mcdm = self.model.parts, self.model.mcdm
-        dtype = mcdm.unet.dtype  # the frozen parts may run in another precision (training validation)
+        dtype = mcdm.dtype  # the frozen parts may run in another precision (training validation)
         c_s = parts.encode_latent(x_A).to(dtype)  # (1, 4, h, w)
         c_im = mcdm.image_projector(c_s, parts.clip_tokens(x_A).to(dtype))  # (1, K, D)
         prompts = (self._prompt(t).to(dtype) for t in (direction.p_b, direction.p_a, ""))
@@ -147,8 +186,6 @@ class Editor:
         `overrides` are EditOptions fields (`seed=3`, `steps=10`, ...). `callback(step, total)`
         reports progress. Same seed → same bytes.
         """
-        from diffusers import DDPMScheduler
-
         options = dataclasses.replace(options or self.default_options(), **overrides)
         direction = self.direction(direction)
         parts, size = self.model.parts, self.resolution
@@ -159,7 +196,7 @@ class Editor:
 
         mask_latent = None
         if options.use_mask:
-            noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
+            noise_scheduler = make_noise_scheduler(parts.scheduler_config)
             mask_latent = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
 
         scheduler = make_scheduler(options.scheduler, parts.scheduler_config)

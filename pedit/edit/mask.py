@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pedit.edit.guidance import GuidanceScales, branch_eps
-from pedit.model.mcdm import EditConditions
+from pedit.model.conditions import EditConditions
 
 
 @dataclass(frozen=True)

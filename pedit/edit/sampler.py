@@ -17,11 +17,16 @@ SCHEDULERS = ("ddim", "dpm", "euler")
 
 
 def make_scheduler(name: str, config: dict):
-    """A diffusers scheduler from the model's noise-schedule config: DDIM default, DPM-Solver++ for few steps."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    """A scheduler from the model's noise-schedule config: DDIM default, DPM-Solver++ for few steps.
 
+    DDIM comes without importing diffusers where the config allows (pedit.edit.schedules).
+    """
     if name == "ddim":
-        return DDIMScheduler.from_config(config)
+        from pedit.edit.schedules import ddim_scheduler
+
+        return ddim_scheduler(config)
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
     if name == "dpm":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
     if name == "euler":

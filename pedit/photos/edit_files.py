@@ -41,6 +41,7 @@ class EditFilesConfig:
     max_pixels: int = 100_000_000
     allow_pickle: bool = False
     device: str | None = None
+    cache: bool = True  # on the CPU, run from the model's TorchScript cache (pedit.model.traced): same bytes, faster start
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -55,7 +56,9 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
 
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
     out = Path(cfg.output) if cfg.output else None
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, cache=cfg.cache)
+    if editor.cache_failed:
+        on_event("note", editor.cache_status)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
     defaults = editor.default_options()
