@@ -119,7 +119,7 @@ def _prompts_of(meta: dict, path: Path) -> list[str]:
 
 
 def _check(name: str, traced, eager, *inputs) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # as the trace will run (`_plain`)
         same = torch.equal(traced(*inputs), eager(*inputs))
     if not same:
         raise CacheError(f"the TorchScript trace of {name} does not reproduce the model exactly")
@@ -131,13 +131,15 @@ def build_cache(model, key: str, root: Path | None = None) -> Path:
 
     Written to a temporary folder and renamed into place, so a half-written cache is never read.
     """
+    from pedit.model.mcdm import PROMPT_LENGTH
+
     mcdm, parts, res = model.mcdm, model.parts, model.resolution
     if parts.device.type != "cpu" or mcdm.dtype != torch.float32:
         raise CacheError("only a CPU float32 model is cached")
     gen = torch.Generator().manual_seed(0)
     lat = res // parts.latent_factor
     d_text = parts.text_encoder.config.hidden_size
-    n_ctx = 77 + mcdm.num_image_tokens
+    n_ctx = PROMPT_LENGTH + mcdm.num_image_tokens
     x = torch.rand((1, 3, res, res), generator=gen) * 2 - 1  # (1, 3, R, R) in [-1, 1]
     c_s = torch.randn((1, 4, lat, lat), generator=gen)
     clip = torch.randn((1, parts.num_image_tokens, parts.image_encoder.config.hidden_size), generator=gen)
