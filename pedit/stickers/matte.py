@@ -75,15 +75,17 @@ def key_out(rgb: np.ndarray, cfg: MatteConfig = MatteConfig()) -> np.ndarray:
     bg = fit_background(rgb, cfg.key_low).rows[:, None, :]  # (H, 1, 3)
     pixels = rgb.astype(np.float64)
     distance = np.linalg.norm(pixels - bg, axis=2)  # (H, W)
-    t = np.clip((distance - cfg.key_low) / (cfg.key_high - cfg.key_low), 0, 1)
-    soft = t * t * (3 - 2 * t)
-
     # Background = near-background pixels connected to the image border.
     near = (distance < cfg.key_high).astype(np.uint8)
     _, labels = cv2.connectedComponents(near, connectivity=8)
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     background = np.isin(labels, edge_labels[edge_labels > 0])
-    alpha = np.where(background, soft, 1.0)
+
+    t = np.clip((distance - cfg.key_low) / (cfg.key_high - cfg.key_low), 0, 1)
+    alpha = np.where(background, t * t * (3 - 2 * t), 1.0)
+    rim = cv2.dilate(background.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & (distance >= cfg.key_low)
+    mixed, coverage = _rim_coverage(pixels, bg, distance, cfg)
+    alpha = np.where(rim & mixed, coverage, alpha)
 
     # Drop opaque specks (noise, a stray stroke) far smaller than the subject.
     solid = (alpha > 0.5).astype(np.uint8)
@@ -96,6 +98,35 @@ def key_out(rgb: np.ndarray, cfg: MatteConfig = MatteConfig()) -> np.ndarray:
     fg = np.where(a > 0.02, (pixels - (1 - a) * bg) / np.maximum(a, 0.02), pixels)
     out = np.dstack([np.clip(fg, 0, 255), alpha * 255])
     return np.rint(out).astype(np.uint8)
+
+
+def _rim_coverage(pixels: np.ndarray, bg: np.ndarray, distance: np.ndarray, cfg: MatteConfig):
+    """Coverage of anti-aliased rim pixels: (is a mix of background and a neighbour, its share).
+
+    An edge pixel is a·F + (1 − a)·B. F is taken as the neighbour (within 2 px) farthest from B; when
+    the pixel lies on the line from B to F it is such a mix, and a = (p − B)·(F − B) / |F − B|². A dark
+    outline at 25% coverage then gets a = 0.25, not the 1.0 a distance threshold would give it, while
+    a subject colour merely close to B (grey hair on grey-blue) is no mix and keeps the threshold.
+    """
+    h, w = distance.shape
+    r = 2
+    padded_d = np.pad(distance, r, mode="edge")
+    padded_p = np.pad(pixels, ((r, r), (r, r), (0, 0)), mode="edge")
+    best_d = np.full((h, w), -1.0)
+    far = pixels.copy()
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            d = padded_d[dy:dy + h, dx:dx + w]
+            take = d > best_d
+            best_d = np.where(take, d, best_d)
+            far[take] = padded_p[dy:dy + h, dx:dx + w][take]
+    f_b = far - bg  # (H, W, 3)
+    p_b = pixels - bg
+    norm2 = np.maximum((f_b * f_b).sum(axis=2), 1e-6)
+    coverage = np.clip((p_b * f_b).sum(axis=2) / norm2, 0, 1)
+    off_line = np.linalg.norm(p_b - coverage[..., None] * f_b, axis=2)
+    mixed = (best_d >= cfg.key_high) & (off_line < cfg.key_low)
+    return mixed, coverage
 
 
 def fit_to_canvas(rgba: np.ndarray, size: int, margin: int) -> np.ndarray:

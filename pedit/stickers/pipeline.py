@@ -156,7 +156,7 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
                       "model": str(cfg.model) if cfg.model else "bundled toon model", "base": cfg.base,
                       "identity_note": score_note}
     if skip:
-        why = "--skip-cartoonize" if cfg.skip_cartoonize else "the bundled toon model edits cartoons already"
+        why = "--skip-cartoonize" if cfg.skip_cartoonize else "toon model: input is a cartoon"
         for stage in STAGES[:3]:
             progress(StageProgress(stage, 0, 0, f"skipped ({why})", skipped=True))
         manifest["cartoon"] = {"skipped": why}
