@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from pedit.errors import InputImageError
+
 
 @dataclass(frozen=True)
 class MatteConfig:
@@ -134,7 +136,8 @@ def fit_to_canvas(rgba: np.ndarray, size: int, margin: int) -> np.ndarray:
     alpha = rgba[..., 3]
     ys, xs = np.nonzero(alpha > 8)
     if len(ys) == 0:
-        raise ValueError("the image has no opaque pixels")
+        raise InputImageError("Nothing is left of the portrait once its background is keyed out: the picture is one "
+                              "plain colour. Use a portrait with a person in it.")
     crop = Image.fromarray(rgba).crop((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
     inner = size - 2 * margin
     scale = inner / max(crop.size)
