@@ -152,3 +152,28 @@ def test_augmented_views_keep_the_face_inside_the_frame():
     again = augment_views(Image.fromarray(rgb), face, cfg)
     assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(found, again))
     assert len({np.asarray(v.image).tobytes() for v in found}) == 24
+
+
+# --- identity score (pedit.faces) ------------------------------------------------------------------
+
+
+def test_identity_scorer_measures_distance_to_the_reference_face():
+    from pathlib import Path
+
+    from pedit import faces
+    from pedit.stickers.cartoon import score_candidates
+    from pedit.stickers.pipeline import identity_scorer
+
+    scorer, note = identity_scorer()
+    if not faces.face_model_available():
+        assert scorer is None and "not installed" in note  # recorded as null with this reason
+        pytest.skip("face model not installed")
+    assert note is None
+    astronaut = np.asarray(Image.open(Path(__file__).parents[1] / "examples" / "astronaut.png").convert("RGB"))
+    plain = np.full_like(astronaut, 128)
+    candidates = [(0, Image.fromarray(astronaut[:, ::-1].copy())), (1, Image.fromarray(plain))]
+    scores = score_candidates(candidates, astronaut, scorer)
+    assert scores[0]["identity_distance"] < faces.SAME_PERSON_THRESHOLD  # the mirror image: the same person
+    assert scores[1]["identity_distance"] is None  # no face, no score
+    assert scores[1]["plain_background"] == 1.0 and scores[0]["plain_background"] < 0.6
+    assert scorer(plain)(astronaut) is None  # a reference without a face scores nothing

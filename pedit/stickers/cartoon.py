@@ -75,11 +75,15 @@ def draw_candidates(pipe, prompt: str, n: int, steps: int, seed: int,
 
 
 def score_candidates(candidates, selfie: np.ndarray, scorer: Callable | None) -> list[dict]:
-    """Per candidate: seed, identity_distance (None without the face model or a face), plain_background."""
+    """Per candidate: seed, identity_distance (None without the face model or a face), plain_background.
+
+    `scorer` is pipeline.identity_scorer's (reference → distance function), or None.
+    """
+    to_selfie = scorer(selfie) if scorer is not None else (lambda rgb: None)
     scores = []
     for seed, image in candidates:
         rgb = np.asarray(image.convert("RGB"))
-        distance = scorer(selfie, rgb) if scorer is not None else None
+        distance = to_selfie(rgb)
         scores.append({"seed": seed, "identity_distance": None if distance is None else round(float(distance), 4),
                        "plain_background": round(fit_background(rgb).plain_fraction, 4)})
     return scores

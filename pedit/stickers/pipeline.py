@@ -96,14 +96,32 @@ def default_cache_dir() -> Path:
 
 
 def identity_scorer() -> tuple[Callable | None, str | None]:
-    """(image_identity_distance, None) when the face model is installed, else (None, why not)."""
+    """(reference → distance function, None) with the face model installed, else (None, why not).
+
+    `scorer(reference_rgb)` finds the reference's face once and returns `distance(rgb) -> float | None`
+    (None when either image has no face the detector finds: toon faces often have none).
+    """
     try:
         from pedit import faces
     except ImportError:
         return None, "identity not scored: this pedit has no face module (pedit.faces)"
     if not faces.face_model_available():
         return None, "identity not scored: the face model (dlib + face_recognition_models) is not installed"
-    return faces.image_identity_distance, None
+
+    def scorer(reference: np.ndarray) -> Callable[[np.ndarray], float | None]:
+        detector = faces.get_detector("default")
+        face = faces.largest_face(detector.detect(reference))
+        if face is None:
+            return lambda other: None
+        ref = faces.identity(reference, face)
+
+        def distance(other: np.ndarray) -> float | None:
+            found = faces.largest_face(detector.detect(other))
+            return None if found is None else faces.identity_distance(ref, faces.identity(other, found))
+
+        return distance
+
+    return scorer, None
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -210,11 +228,13 @@ def _write(cfg, out: Path, portrait, directions, edited, manifest, scorer, progr
         preview_sheet(stickers, source=portrait).save(tmp / "preview.png")
         progress(StageProgress("pack", len(directions) + 1, total, "manifest"))
 
+        distance = scorer(np.asarray(portrait.convert("RGB"))) if scorer is not None else (lambda rgb: None)
         for entry, direction, done in zip(files["stickers"], directions, edited):
             mask = np.asarray(done.mask)
+            d = distance(np.asarray(done.image.convert("RGB")))
             entry.update(prompts={"p_a": direction.p_a, "p_b": direction.p_b}, seed=cfg.seed, steps=cfg.steps,
                          edited_fraction=round(float((mask > 0).mean()), 4),
-                         identity_distance=_identity(scorer, portrait, done.image))
+                         identity_distance=None if d is None else round(float(d), 4))
         manifest["files"] = files
         manifest["preview"] = "preview.png"
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -225,13 +245,6 @@ def _write(cfg, out: Path, portrait, directions, edited, manifest, scorer, progr
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _identity(scorer, a: Image.Image, b: Image.Image) -> float | None:
-    if scorer is None:
-        return None
-    distance = scorer(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
-    return None if distance is None else round(float(distance), 4)
 
 
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
