@@ -47,8 +47,10 @@ def _progress(console, transient: bool = False):
 def _show_config(console, cfg) -> None:
     from dataclasses import asdict
 
+    from rich.markup import escape
+
     items = ", ".join(f"{k}={v}" for k, v in asdict(cfg).items())
-    console.print(f"[dim]{type(cfg).__name__}({items})[/dim]")
+    console.print(f"[dim]{type(cfg).__name__}({escape(items)})[/dim]")  # values may hold "[...]" (prompts, paths)
 
 
 @click.group(cls=PeditGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -353,6 +355,7 @@ def sticker_pack(selfie, output, model, base, expressions, style, candidates, pi
         allow_pickle=allow_pickle, device=device,
     )
     console = _console(quiet)
+    _show_config(console, cfg)
     with contextlib.ExitStack() as stack:
         live = {}  # opened at the first stage event: an early error prints nothing but itself
 

@@ -76,6 +76,8 @@ class StickerConfig:
             raise ConfigError(f"margin must be in [0, 5], got {self.margin}.")
         if not self.name.strip():
             raise ConfigError("The pack name must not be empty.")
+        if self.style is not None and not self.style.strip():
+            raise ConfigError("--style is empty; give a style prompt, e.g. 'a flat cartoon of {subject}'.")
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,18 @@ def identity_scorer() -> tuple[Callable | None, str | None]:
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
+    """Fail before any work when `out` cannot be written (exists, a file, an unwritable parent)."""
     if out.exists() and not overwrite:
         raise OutputError(f"{out} already exists. Pass --overwrite to replace it, or choose another -o.")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; sticker-pack writes a folder. Choose another -o.")
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"Cannot create {out}: {ancestor} is a file.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot create {out}: no permission to write in {ancestor}.")
 
 
 def _selfie_portrait(cfg: StickerConfig):
@@ -162,6 +172,8 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
     directions = [editor.direction(name) for name in cfg.expressions]  # unknown names fail before any work
     skip = cfg.skip_cartoonize or editor.is_bundled
+    if skip and cfg.base is not None:
+        note("--base is not used: the cartoon stages are skipped for this input.")
     if not skip and cfg.base is None:
         raise ConfigError("Cartoonizing a photo needs a Stable Diffusion base model: pass --base MODEL "
                           "(a local diffusers folder or a hub id), or --skip-cartoonize for an input that is "
@@ -214,9 +226,12 @@ def _edit_expressions(cfg, editor, directions, portrait: Image.Image, progress: 
 def _write(cfg, out: Path, portrait, directions, edited, manifest, scorer, progress: Progress) -> Path:
     """Stickers, app folders, preview and manifest into a temporary folder, renamed to `out` at the end."""
     parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise OutputError(f"Cannot create {out}: {e.strerror or e}.") from e
     try:
         total = len(directions) + 2
         stickers = []
