@@ -154,6 +154,19 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
 
 
+def test_output_under_a_file_fails_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert_clean_failure(run(TOON, "-o", tmp_path / "file" / "out"), "is a file")
+
+
+def test_a_style_with_brackets_is_shown_verbatim(tmp_path):
+    # The config line is rich markup: an unescaped "[/b]" in a prompt would crash it.
+    (tmp_path / "out").mkdir()
+    result = run(TOON, "-o", tmp_path / "out", "--style", "a [/b] cartoon of {subject}")
+    assert_clean_failure(result, "already exists")
+    assert "a [/b] cartoon" in result.stderr
+
+
 def test_overwrite_replaces_the_folder(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
