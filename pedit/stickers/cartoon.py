@@ -113,7 +113,7 @@ def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image
     import torch
 
     from pedit.stickers.augment import AugmentConfig, augment_views
-    from pedit.stickers.dreambooth import DreamBoothConfig, cache_key, train_lora
+    from pedit.stickers.dreambooth import LORA_FILE, DreamBoothConfig, cache_key, train_lora
     from pedit.stickers.pipeline import StageProgress
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,7 +126,7 @@ def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image
     key = cache_key(selfie_sha, str(cfg.base), db, {"augment": asdict(aug)})
     folder = cache_dir / "dreambooth" / key
 
-    if (folder / "lora").exists():
+    if (folder / "lora" / LORA_FILE).exists():
         progress(StageProgress("augment", 0, 0, "skipped (LoRA cached)", skipped=True))
         progress(StageProgress("fine-tune", 0, 0, f"skipped (cached {key})", skipped=True))
         views = []
