@@ -227,6 +227,10 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, save_mask,
          compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, no_cache, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
+    # OpenMP threads that spin while they wait (libgomp's default) made the toon edit 3-8x slower on a
+    # 2-core machine busy with other work; sleeping waits did not (docs/deployment.md, "CPU cold start").
+    # Takes effect because torch is not loaded yet; a value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rich.markup import escape
 
     from pedit.photos.edit_files import EditFilesConfig, edit_files
