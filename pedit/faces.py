@@ -31,15 +31,18 @@ from pedit.errors import ConfigError, FaceModelMissing, InputImageError, ModelEr
 
 __all__ = [
     "SAME_PERSON_THRESHOLD", "DETECTORS", "DEFAULT_DETECTOR", "Face", "FaceDetector", "HaarDetector", "HogDetector",
-    "CnnDetector", "FaceModelMissing", "get_detector", "face_model_available", "identity", "identity_distance",
+    "CnnDetector", "FallbackDetector", "FaceModelMissing", "get_detector", "face_model_available", "identity", "identity_distance",
     "image_identity_distance", "largest_face", "eye_centres", "same_person",
 ]
 
 SAME_PERSON_THRESHOLD = 0.6  # dlib's: Euclidean distance of 128-d descriptors below it = same person
 DETECTORS = ("haar", "hog", "cnn")
 # Chosen by measurement (docs/faces.md, scripts/bench_faces.py): the detector with the fewest misses
-# and false positives that stays under 1 s per 12 MP photo on 2 cores. Without dlib: "haar".
+# and false positives that stays under 1 s per 12 MP photo on 2 cores, with Haar as its fallback
+# where it finds nothing (HOG never fires on the toon world's cartoon faces; Haar does).
+# Without dlib: "haar" alone.
 DEFAULT_DETECTOR = "hog"
+DEFAULT_FALLBACK = "haar"
 
 # File names inside face_recognition_models/models/ (the package's own accessors import
 # pkg_resources, which recent setuptools no longer ship, so the files are found without importing it).
@@ -255,12 +258,15 @@ class HogDetector:
     """dlib's HOG + linear SVM frontal-face detector, with 5-point landmarks.
 
     `upsample` doubles the copy's size that many times before scanning (its window is 80 pixels:
-    one upsample finds faces down to about 40). Detections scoring below `min_score` are dropped.
+    one upsample finds faces down to about 40). Detections scoring below `min_score` are dropped:
+    on the labelled set of scripts/bench_faces.py every false positive scored below 0.27 and every
+    true face above 0.5 (dlib's own default, 0, keeps the false positives: shoulder and suit patches
+    as large as the face, which "largest face first" would then pick).
     """
 
     name = "hog"
 
-    def __init__(self, max_side: int = 1024, upsample: int = 1, min_score: float = 0.0):
+    def __init__(self, max_side: int = 1024, upsample: int = 1, min_score: float = 0.4):
         _check_positive("max_side", max_side)
         if not isinstance(upsample, int) or not 0 <= upsample <= 3:
             raise ConfigError(f"upsample must be 0, 1, 2 or 3; got {upsample!r}")
@@ -309,10 +315,29 @@ class CnnDetector:
         return sorted(faces, key=lambda f: f.area, reverse=True)
 
 
+class FallbackDetector:
+    """`first`'s faces, or `second`'s where `first` finds none."""
+
+    def __init__(self, first: FaceDetector, second: FaceDetector):
+        self.first, self.second = first, second
+        self.name = f"{first.name}, else {second.name}"
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        return self.first.detect(rgb) or self.second.detect(rgb)
+
+
 def get_detector(name: str = "default", **options) -> FaceDetector:
-    """A detector by name: "haar", "hog", "cnn", or "default" (DEFAULT_DETECTOR; "haar" without dlib)."""
+    """A detector by name: "haar", "hog", "cnn", or "default".
+
+    "default" is DEFAULT_DETECTOR with DEFAULT_FALLBACK where it finds nothing, or "haar" alone
+    without the face model; `options` go to the named detector (not to "default").
+    """
     if name == "default":
-        name = DEFAULT_DETECTOR if face_model_available() else "haar"
+        if options:
+            raise ConfigError("Options need a named detector (haar, hog or cnn), not 'default'.")
+        if not face_model_available():
+            return HaarDetector()
+        return FallbackDetector(get_detector(DEFAULT_DETECTOR), get_detector(DEFAULT_FALLBACK))
     if name == "haar":
         return HaarDetector(**options)
     if name == "hog":
