@@ -3,10 +3,10 @@
 Identity is measured with dlib's face-recognition ResNet (the `face_recognition_models` package,
 CC0): a face, aligned by its 5 landmarks to a 150x150 chip, maps to a 128-d descriptor, and two
 faces whose descriptors lie less than SAME_PERSON_THRESHOLD (0.6, Euclidean) apart are the same
-person. That threshold is dlib's own: its network was trained so that, on the LFW benchmark, pairs
-closer than 0.6 are the same person 99.38% of the time (dlib's `dnn_face_recognition_ex.cpp` and
-its release notes). It is a decision threshold, not a calibrated probability: photos of one person
-typically lie 0.3-0.5 apart, a face and its mirror image about 0.2.
+person. That threshold is dlib's own (its `face_recognition.py` and `dnn_face_recognition_ex.cpp`
+examples): at 0.6 the network scores 99.38% on the LFW face-verification benchmark. It is a
+decision threshold, not a calibrated probability; docs/faces.md lists what it gives here (a face
+and its mirror image: 0.19; the same place with another person's face: 0.64 and more).
 
 Landmarks come from dlib's 5-point predictor (eye corners and the base of the nose), never the
 68-point one: that one was trained on iBUG 300-W, whose terms restrict use. The face model is an

@@ -121,6 +121,32 @@ def time_12mp(detector, repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def time_identity_check(repeats: int) -> dict:
+    """Median seconds `pedit edit` adds per photo for its identity check (pedit.photos.identity)."""
+    from PIL import Image
+
+    from pedit.photos.identity import check_identity, identity_detector
+    from pedit.photos.photo import edit_photo
+
+    checker = identity_detector()
+    photos = {"astronaut 512": skimage.data.astronaut()}
+    canvas = _texture(3000, 4000, 11)
+    _place(canvas, skimage.data.astronaut(), 1500, 500, 4.0)
+    photos["12 MP, face 380 px"] = canvas
+    results = {}
+    for name, rgb in photos.items():
+        image = Image.fromarray(rgb)
+        edited = edit_photo(image, lambda sq: (sq, Image.new("L", sq.size, 0)), 64, get_detector())
+        check_identity(image, edited.image, edited.crop, checker)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            check_identity(image, edited.image, edited.crop, checker)
+            times.append(time.perf_counter() - start)
+        results[name] = statistics.median(times)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--detectors", default="haar,hog,cnn,cnn@1024,default")
@@ -147,6 +173,10 @@ def main() -> None:
         cells = "  ".join(f"{n}: {r['cases'][i]['hits']}/{len(truth)} +{r['cases'][i]['false_positives']}"
                           for n, r in results.items())
         print(f"  {case:32s} {cells}")
+    print("\nidentity check per photo (pedit edit, crop detection + 2 descriptors), median wall s:")
+    results["identity_check_seconds"] = time_identity_check(args.repeats)
+    for name, seconds in results["identity_check_seconds"].items():
+        print(f"  {name:32s} {seconds:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
