@@ -377,10 +377,11 @@ def identity_distance(a: np.ndarray, b: np.ndarray) -> float:
 def image_identity_distance(rgb_a: np.ndarray, rgb_b: np.ndarray, detector: FaceDetector | None = None) -> float | None:
     """Identity distance between the largest face of each image; None when either has no face.
 
-    Raises FaceModelMissing without the face model (Haar alone cannot identify anyone).
+    `detector` defaults to HOG alone (the detector dlib's identity network is paired with; no Haar
+    fallback, which would hand it cartoon faces). Raises FaceModelMissing without the face model.
     """
     _identity_network()  # fail on a missing model before any detection work
-    detector = detector if detector is not None else get_detector("default")
+    detector = detector if detector is not None else get_detector("hog")
     face_a = largest_face(detector.detect(rgb_a))
     if face_a is None:
         return None

@@ -135,3 +135,19 @@ def test_edit_batch_summary_shows_identity_unless_skipped(tmp_path):
     assert skipped.exit_code == 0 and "identity" not in skipped.stderr
     # The identity check changes no pixel of the result.
     assert np.array_equal(pixels(tmp_path / "a" / "astronaut_royal.png"), pixels(tmp_path / "b" / "astronaut_royal.png"))
+
+
+def test_a_failed_report_write_leaves_no_partial_report(tmp_path, monkeypatch):
+    import os
+
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "report.md":
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    result = run("eval", "--photos", EXAMPLES / "astronaut.png", "-d", "royal", "-o", tmp_path / "r", *FAST)
+    assert_clean_failure(result, "No space left on device")
+    assert list((tmp_path / "r").iterdir()) == []  # no report.json without its report.md, no temporary file

@@ -26,7 +26,7 @@ import numpy as np
 from pedit.errors import ConfigError, OutputError
 from pedit.faces import DETECTORS, SAME_PERSON_THRESHOLD, face_model_available, get_detector
 from pedit.photos.identity import MISSING_NOTE, check_identity, identity_detector
-from pedit.photos.photo import DEFAULT_MAX_PIXELS, edit_photo, find_images, load_photo, save_image_atomic
+from pedit.photos.photo import DEFAULT_MAX_PIXELS, edit_photo, find_images, load_photo
 
 REPORT_FILES = ("report.json", "report.md", "grid.png")
 GRID_CELL = 192
@@ -170,7 +170,12 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def _write_report(out: Path, report: dict, grid_rows, grid_labels, overwrite: bool) -> None:
-    """report.json, report.md and grid.png, each written atomically (no half-written file)."""
+    """report.json, report.md and grid.png: all three written to temporary files first, then renamed,
+    so a failure (disk full, a file that appeared meanwhile) leaves no partial report."""
+    import io
+    import os
+    import secrets
+
     from pedit.viz import image_grid
 
     try:
@@ -178,25 +183,30 @@ def _write_report(out: Path, report: dict, grid_rows, grid_labels, overwrite: bo
     except OSError as e:
         raise OutputError(f"Cannot create report folder {out}: {e.strerror or e}.") from e
     col_labels, row_labels = grid_labels
-    grid = image_grid(grid_rows, col_labels=col_labels, row_labels=row_labels)
-    save_image_atomic(grid, out / "grid.png", overwrite=overwrite)
-    for name, text in (("report.json", json.dumps(report, indent=2)), ("report.md", markdown_photo_report(report))):
-        _write_text_atomic(out / name, text, overwrite)
-
-
-def _write_text_atomic(path: Path, text: str, overwrite: bool) -> None:
-    import os
-    import secrets
-
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} already exists. Pass --overwrite to replace it, or choose another -o.")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    png = io.BytesIO()
+    image_grid(grid_rows, col_labels=col_labels, row_labels=row_labels).save(png, format="PNG")
+    contents = {"report.json": json.dumps(report, indent=2).encode(), "report.md": markdown_photo_report(report).encode(),
+                "grid.png": png.getvalue()}
+    temporary = {name: out / f".{name}.{secrets.token_hex(6)}.tmp" for name in contents}
+    renamed = []
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"Could not write {path}: {e.strerror or e}.") from e
+        for name, data in contents.items():
+            temporary[name].write_bytes(data)
+        for name in contents:
+            if (out / name).exists() and not overwrite:  # appeared while the evaluation ran
+                raise OutputError(f"{out / name} already exists. Pass --overwrite to replace it, or choose another -o.")
+        for name in contents:
+            os.replace(temporary[name], out / name)
+            renamed.append(out / name)
+    except BaseException as e:
+        for path in renamed:  # a report is whole or absent (with --overwrite the old one is gone too)
+            path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"Could not write the report into {out}: {e.strerror or e}.") from e
+        raise
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
 
 
 def _fmt(value, digits: int = 3) -> str:
