@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pedit.errors import InputImageError, OutputError, PeditError
-from pedit.faces import Face, FaceDetector, eye_centres
+from pedit.faces import Face, FaceDetector, HaarDetector, eye_centres
 
 if TYPE_CHECKING:
     from pedit.photos.identity import IdentityCheck
@@ -389,6 +389,19 @@ def face_crop_box(image_size: tuple[int, int], face: Face | None, margin: float 
 def face_box(face: Face) -> Box:
     x0, y0, x1, y1 = face.box
     return Box(x0, y0, x1 - x0, y1 - y0)
+
+
+class HaarFaceDetector:
+    """pedit.faces.HaarDetector with its faces as Boxes, for code written before pedit.faces.
+
+    New code: `pedit.faces.get_detector()` and `face_crop_box` (landmark framing, dlib detectors).
+    """
+
+    def __init__(self, **options):
+        self._detector = HaarDetector(**options)
+
+    def detect(self, rgb: np.ndarray) -> list[Box]:
+        return [face_box(face) for face in self._detector.detect(rgb)]
 
 
 def _eye_framed_box(face: Face) -> Box | None:
