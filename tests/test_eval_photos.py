@@ -151,3 +151,39 @@ def test_a_failed_report_write_leaves_no_partial_report(tmp_path, monkeypatch):
     result = run("eval", "--photos", EXAMPLES / "astronaut.png", "-d", "royal", "-o", tmp_path / "r", *FAST)
     assert_clean_failure(result, "No space left on device")
     assert list((tmp_path / "r").iterdir()) == []  # no report.json without its report.md, no temporary file
+
+
+def test_detector_flag_places_the_crop(tmp_path):
+    from pedit.faces import get_detector
+    from pedit.photos.photo import face_crop_box
+
+    rgb = pixels(EXAMPLES / "astronaut.png")
+    crops = {}
+    for name in ("haar", "default"):
+        result = run("eval", "--photos", EXAMPLES / "astronaut.png", "-d", "royal", "--detector", name,
+                     "-o", tmp_path / name, *FAST)
+        assert result.exit_code == 0, result.output
+        (row,) = json.loads((tmp_path / name / "report.json").read_text())["results"]
+        crops[name] = tuple(row["crop"])
+        face = get_detector(name).detect(rgb)[0]
+        assert crops[name] == tuple(getattr(face_crop_box((512, 512), face), k) for k in "xywh")
+    assert crops["haar"] != crops["default"]  # Haar's box vs HOG's landmarks: different framings
+
+
+def test_configs_refuse_unknown_detectors_and_empty_lists():
+    from pedit.errors import ConfigError
+    from pedit.photos.edit_files import EditFilesConfig
+    from pedit.photos.evaluate import PhotoEvalConfig
+
+    with pytest.raises(ConfigError, match="Unknown face detector 'mtcnn'"):
+        EditFilesConfig(inputs=("a.jpg",), direction="royal", detector="mtcnn")
+    with pytest.raises(ConfigError, match="Unknown face detector"):
+        PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), detector="mtcnn")
+    with pytest.raises(ConfigError, match="No photos"):
+        PhotoEvalConfig(photos=(), directions=("royal",))
+    with pytest.raises(ConfigError, match="Directions"):
+        PhotoEvalConfig(photos=("a.jpg",), directions=())
+    with pytest.raises(ConfigError, match="steps"):
+        PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), steps=0)
+    with pytest.raises(ConfigError, match="margin"):
+        PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), margin=9.0)
