@@ -54,9 +54,9 @@ _MODEL_FILES = {
 _INSTALL_HINT = "Install the face model with: pip install 'pedit[faces]' (dlib-bin and face_recognition_models)."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Face:
-    """One detected face, in pixels of the image it was found in."""
+    """One detected face, in pixels of the image it was found in. Equal when every field is equal."""
 
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
     score: float  # detector-specific: Haar neighbour count, HOG SVM margin, CNN confidence
@@ -68,6 +68,17 @@ class Face:
             raise ValueError(f"Face box {self.box} is empty; expected x0 < x1 and y0 < y1")
         if self.landmarks is not None and np.shape(self.landmarks) != (5, 2):
             raise ValueError(f"Face landmarks have shape {np.shape(self.landmarks)}; expected (5, 2)")
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Face):
+            return NotImplemented
+        if (self.landmarks is None) != (other.landmarks is None):
+            return False
+        same_landmarks = self.landmarks is None or np.array_equal(self.landmarks, other.landmarks)
+        return self.box == other.box and self.score == other.score and same_landmarks
+
+    def __hash__(self) -> int:
+        return hash((self.box, self.score))
 
     @property
     def width(self) -> int:

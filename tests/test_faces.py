@@ -180,6 +180,14 @@ def test_bad_images_and_descriptors_are_refused():
     assert identity_distance(np.zeros(128), np.full(128, 0.5)) == pytest.approx(np.sqrt(128 * 0.25))
 
 
+def test_faces_compare_by_value_landmarks_included():
+    points = np.arange(10.0).reshape(5, 2)
+    a = Face((0, 0, 10, 10), 1.0, points)
+    assert a == Face((0, 0, 10, 10), 1.0, points.copy()) and a in [Face((0, 0, 10, 10), 1.0, points + 0)]
+    assert a != Face((0, 0, 10, 10), 1.0, points + 1) and a != Face((0, 0, 10, 10), 1.0)
+    assert a != Face((0, 0, 10, 11), 1.0, points) and len({a, Face((0, 0, 10, 10), 1.0, points.copy())}) == 1
+
+
 @pytest.fixture
 def no_face_model(monkeypatch):
     """dlib and face_recognition_models as if not installed (caches cleared before and after)."""
