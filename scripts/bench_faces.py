@@ -85,6 +85,22 @@ def labelled_set() -> list[tuple[str, np.ndarray, list[tuple[int, int, int, int]
     return cases
 
 
+def lfw_set() -> list[tuple[str, np.ndarray, list[tuple[int, int, int, int]]]]:
+    """A second set, not used to tune anything: skimage's LFW subset, 100 faces and 100 non-faces.
+
+    Each 25x25 grey crop is upscaled to 120 px (bicubic) and centred on a 200x200 grey canvas;
+    the faces are tight crops, so the true box is the pasted square.
+    """
+    crops = (skimage.data.lfw_subset() * 255).astype(np.uint8)
+    cases = []
+    for i, crop in enumerate(crops):
+        canvas = np.full((200, 200), 128, np.uint8)
+        canvas[40:160, 40:160] = cv2.resize(crop, (120, 120), interpolation=cv2.INTER_CUBIC)
+        is_face = i < 100  # skimage documents the first 100 as faces
+        cases.append((f"lfw {i}", cv2.cvtColor(canvas, cv2.COLOR_GRAY2RGB), [(40, 40, 160, 160)] if is_face else []))
+    return cases
+
+
 def _matches(found, truth) -> bool:
     fx, fy = (found[0] + found[2]) / 2, (found[1] + found[3]) / 2
     tx, ty = (truth[0] + truth[2]) / 2, (truth[1] + truth[3]) / 2
@@ -152,6 +168,7 @@ def main() -> None:
     parser.add_argument("--detectors", default="haar,hog,cnn,cnn@1024,default")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="Also write the full results here.")
+    parser.add_argument("--no-lfw", action="store_true", help="Skip the held-out LFW-subset check.")
     args = parser.parse_args()
     cases = labelled_set()
     n_faces = sum(len(t) for _, _, t in cases)
@@ -173,6 +190,16 @@ def main() -> None:
         cells = "  ".join(f"{n}: {r['cases'][i]['hits']}/{len(truth)} +{r['cases'][i]['false_positives']}"
                           for n, r in results.items())
         print(f"  {case:32s} {cells}")
+    if not args.no_lfw:
+        held_out = lfw_set()
+        print("\nheld-out check, skimage's LFW subset (100 faces, 100 non-faces; 25 px crops upscaled to 120 px):")
+        print("| detector | hits | misses | false positives |\n|---|---|---|---|")
+        for name in args.detectors.split(","):
+            kind, _, max_side = name.partition("@")
+            detector = get_detector(kind, **({"max_side": int(max_side)} if max_side else {}))
+            lfw = score(detector, held_out)
+            results[name]["lfw"] = {k: lfw[k] for k in ("hits", "misses", "false_positives")}
+            print(f"| {name} | {lfw['hits']}/100 | {lfw['misses']} | {lfw['false_positives']} |", flush=True)
     print("\nidentity check per photo (pedit edit, crop detection + 2 descriptors), median wall s:")
     results["identity_check_seconds"] = time_identity_check(args.repeats)
     for name, seconds in results["identity_check_seconds"].items():
