@@ -272,7 +272,8 @@ class HogDetector:
     one upsample finds faces down to about 40). Detections scoring below `min_score` are dropped:
     on the labelled set of scripts/bench_faces.py every false positive scored below 0.27 and every
     true face above 0.5 (dlib's own default, 0, keeps the false positives: shoulder and suit patches
-    as large as the face, which "largest face first" would then pick).
+    as large as the face, which "largest face first" would then pick). It costs some recall on
+    blurry faces (docs/faces.md), which the default detector's Haar fallback recovers.
     """
 
     name = "hog"

@@ -187,3 +187,15 @@ def test_configs_refuse_unknown_detectors_and_empty_lists():
         PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), steps=0)
     with pytest.raises(ConfigError, match="margin"):
         PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), margin=9.0)
+
+
+def test_edit_without_the_face_model_says_so_once_and_still_edits(tmp_path, monkeypatch):
+    from pedit.photos import identity
+
+    monkeypatch.setattr(identity, "face_model_available", lambda: False)
+    monkeypatch.setattr(faces, "face_model_available", lambda: False)  # the CLI asks pedit.faces
+    photos = [shutil.copy(EXAMPLES / "astronaut.png", tmp_path / f"{name}.png") for name in ("a", "b")]
+    result = run("edit", *photos, "-d", "royal", "-o", tmp_path / "out", *FAST)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count(MISSING_NOTE) == 1 and "identity distance" not in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_royal.png", "b_royal.png"]
