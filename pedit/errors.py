@@ -38,3 +38,7 @@ class DirectionError(PeditError):
 
 class ConfigError(PeditError):
     """A configuration whose values contradict each other or are out of range."""
+
+
+class PoseError(PeditError):
+    """A pose source for gen-pairs that cannot be used: malformed keypoints JSON, missing detector."""
