@@ -99,3 +99,14 @@ def generate_pairs(cfg: GenPairsConfig, progress: Callable[[int, int], None] | N
         if progress is not None:
             progress(done, len(mine))
     return out
+
+
+def shard_from_env() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1): each process takes its share."""
+    import os
+
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)

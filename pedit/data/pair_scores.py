@@ -96,7 +96,7 @@ def contact_sheet(folder: Path, rows: list[dict], cell: int = 160):
     grid, labels = [], []
     for row in rows:
         cells = []
-        for field in ("x_A", "x_B", "pose"):
+        for field in ("x_A", "x_B", "pose_image"):
             if row.get(field):
                 with Image.open(folder / row[field]) as im:
                     cells.append(im.convert("RGB"))

@@ -84,11 +84,16 @@ def check_controlnet(controlnet, unet, where: str) -> None:
 def load_sd_parts(base: str, controlnet: str | None, ip_adapter: tuple[str, str, str, str] | None, ip_scale: float,
                   device, dtype, allow_pickle: bool = False) -> SDParts:
     """Load and cross-check base, ControlNet and IP-Adapter (`(repo, subfolder, weight_name, image_encoder_folder)`)."""
+    import diffusers
+    import transformers
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from diffusers.utils import logging as dlogging
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    dlogging.disable_progress_bar()
+    # diffusers/transformers print bars and notes while loading; pedit reports its own progress.
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     check_sd_layout(base)
     unet = _load(UNet2DConditionModel, base, "U-Net", allow_pickle, subfolder="unet")
     if unet.config.in_channels != 4:
@@ -114,21 +119,21 @@ def load_sd_parts(base: str, controlnet: str | None, ip_adapter: tuple[str, str,
         check_controlnet(cnet, unet, controlnet)
     pipe = None
     if ip_adapter is not None:
-        pipe = _with_ip_adapter(unet, vae, text_encoder, tokenizer, ip_adapter, ip_scale)
+        pipe = _with_ip_adapter(unet, vae, text_encoder, tokenizer, ip_adapter, ip_scale, scheduler_config)
     for net in (unet, vae, text_encoder, cnet, pipe and pipe.image_encoder):
         if net is not None:
             net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return SDParts(unet, vae, text_encoder, tokenizer, scheduler_config, cnet, pipe, base)
 
 
-def _with_ip_adapter(unet, vae, text_encoder, tokenizer, ip_adapter, scale: float):
+def _with_ip_adapter(unet, vae, text_encoder, tokenizer, ip_adapter, scale: float, scheduler_config: dict):
     """A StableDiffusionPipeline shell over our networks, used only for `load_ip_adapter` (it
     installs the adapter's attention processors into `unet`) and its image encoder."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     repo, subfolder, weight_name, image_encoder_folder = ip_adapter
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   scheduler=DDIMScheduler.from_config(scheduler_config), safety_checker=None, feature_extractor=None,
                                    image_encoder=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -383,7 +382,7 @@ def _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip) -> None:
     }
     images = {"x_A": x_A, "x_B": x_B}
     if pose_half is not None:
-        images["pose"] = pose_half
+        images["pose_image"] = pose_half  # images/<id>_pose_image.png, the half the ControlNet saw twice
     writer.write(row, images)
 
 
@@ -401,7 +400,7 @@ def write_contact_sheet(out: Path, count: int) -> Path | None:
     rows = sorted(rows, key=lambda r: str(r.get("id")))[:count]
     if not rows:
         return None
-    sheet = pair_scores.contact_sheet(out, rows, cell=min(192, max(64, cfg_cell(rows, out))))
+    sheet = pair_scores.contact_sheet(out, rows, cell=min(192, max(64, _half_width(out, rows[0]))))
     dest = out / CONTACT_SHEET
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     sheet.save(tmp, format="PNG")
@@ -409,8 +408,8 @@ def write_contact_sheet(out: Path, count: int) -> Path | None:
     return dest
 
 
-def cfg_cell(rows: list[dict], out: Path) -> int:
+def _half_width(out: Path, row: dict) -> int:
     from PIL import Image
 
-    with Image.open(out / rows[0]["x_A"]) as im:
+    with Image.open(out / row["x_A"]) as im:
         return im.width
