@@ -108,7 +108,7 @@ def directions(directions_file, model):
 @click.option("--directions", "direction_list", default="all", show_default=True,
               help="Comma-separated directions (all: every built-in one; sd: the costumes).")
 @click.option("--directions-file", type=click.Path(dir_okay=False), help="sd: a TOML file of your own directions.")
-@click.option("--resolution", type=click.IntRange(min=8), help="Side of each half in pixels [toon: 128, sd: 512].")
+@click.option("--resolution", type=click.IntRange(min=32), help="Side of each half in pixels [toon: 128, sd: 512].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Pair i's randomness depends on SEED and i only.")
 @click.option("--shard", help="I/N: write indices i with i % N == I [default 0/1, or the rank under accelerate launch].")
 @click.option("--exact", is_flag=True, help="toon: exact pairs (evaluation sets); default: imperfect like generated ones.")

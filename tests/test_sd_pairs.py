@@ -3,7 +3,6 @@ IP-Adapter face state, all built here: Eq. 2 against a hand computation, one U-N
 poses drawn alike in both halves, resume, sharding, scores, and the errors of bad inputs."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -253,11 +252,23 @@ def test_one_unet_call_per_step_covers_all_terms_of_all_pairs(tiny_base, tiny_co
         return real_forward(self, sample, *args, **kwargs)
 
     monkeypatch.setattr(UNet2DConditionModel, "forward", counting)
+    from diffusers import ControlNetModel
+
+    poses = []
+    real_cnet = ControlNetModel.forward
+
+    def seeing(self, sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs):
+        poses.append(controlnet_cond)
+        return real_cnet(self, sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs)
+
+    monkeypatch.setattr(ControlNetModel, "forward", seeing)
     cfg = _cfg(tmp_path / "pairs", tiny_base, tiny_controlnet, n=4, batch_size=2, steps=3,
                identity_dir=str(identity_dir), ip_adapter=(str(tiny_ip_adapter), "models", "ip-face.safetensors", "image_encoder"))
     out = _run(cfg)
     # 2 batches × 3 steps, each one call on 4 rows × 2 pairs, over the 2w-wide latent (4 × 2 = 8).
     assert [(b, w) for b, w, _ in calls] == [(8, 8)] * 6
+    assert poses[0].shape == (8, 3, 32, 64) and poses[0].amax() > 0
+    assert torch.equal(poses[0][..., :32], poses[0][..., 32:])  # the same skeleton in both halves, pixel-exact
     embeds = calls[0][2]["image_embeds"][0]
     assert embeds.shape[:2] == (8, 257)
     assert not torch.equal(embeds[0], embeds[2]) and torch.equal(embeds[2], embeds[4])  # null id row 0, id rows 2, 4
@@ -287,6 +298,40 @@ def test_pose_and_identity_change_the_pair(tiny_base, tiny_controlnet, tiny_ip_a
     assert "000000_pose_image.png" in full and "000000_pose_image.png" not in no_pose
     row = _rows(tmp_path / "no-pose")[0]
     assert row["controlnet"] is None and row["pose"] is None
+
+
+def test_an_elite_style_encoder_appends_identity_words_to_the_conditioned_rows(tiny_base, tiny_controlnet, identity_dir,
+                                                                               tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    from pedit.data.sd_models import IdentityTerms
+
+    class FakeWords:  # the seam for the paper's ELITE encoder: a face → K word embeddings
+        name = "fake-elite"
+
+        def __init__(self, parts):
+            assert parts.pipe is None  # no IP-Adapter loaded when another encoder is given
+
+        def encode(self, face_rgb):
+            return IdentityTerms(tokens=torch.full((1, 2, 32), float(face_rgb.mean()) / 255 + 1))
+
+    contexts = []
+    real_forward = UNet2DConditionModel.forward
+
+    def seeing(self, sample, timestep, encoder_hidden_states, *args, **kwargs):
+        contexts.append(encoder_hidden_states)
+        return real_forward(self, sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", seeing)
+    from pedit.data.sd_pairs import generate_sd_pairs
+    from pedit.edit.sampler import make_scheduler, sample
+
+    out = generate_sd_pairs(_cfg(tmp_path / "p", tiny_base, tiny_controlnet, n=1, identity_dir=str(identity_dir)),
+                            sample, make_scheduler, identity_encoder=FakeWords)
+    ctx = contexts[0]  # (4, 77 + 2, 32): rows uncond, p, p_a, p_b
+    assert ctx.shape == (4, 79, 32)
+    assert torch.count_nonzero(ctx[0, 77:]) == 0 and bool((ctx[1:, 77:] > 1).all())
+    assert _rows(out)[0]["identity"]["encoder"] == "fake-elite"
 
 
 def test_rerun_skips_finished_pairs_and_redoes_only_the_lost_one(tiny_base, tiny_controlnet, tmp_path):

@@ -14,10 +14,15 @@ goes the direction's way, and the person stays the same. One score for each, rec
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+from pedit.data.pairs import METADATA
+
+CONTACT_SHEET = "contact_sheet.png"
 EDIT_FRACTION = 0.4  # the largest edit (a full costume) covers under 40 % of a portrait
 
 
@@ -106,3 +111,32 @@ def contact_sheet(folder: Path, rows: list[dict], cell: int = 160):
         score = row.get("scores", {}).get("layout")
         labels.append(f"{row['id']} {row['direction']}" + (f" {score:.2f}" if score is not None else ""))
     return image_grid(grid, col_labels=["x_A", "x_B", "pose"], row_labels=labels, cell=cell)
+
+
+def write_contact_sheet(out: Path, count: int) -> Path | None:
+    """contact_sheet.png beside metadata.jsonl: the first `count` pairs by id (x_A | x_B | pose)."""
+    meta = out / METADATA
+    if count < 1 or not meta.exists():
+        return None
+    rows = []
+    for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    rows = sorted(rows, key=lambda r: str(r.get("id")))[:count]
+    if not rows:
+        return None
+    sheet = contact_sheet(out, rows, cell=min(192, max(64, _half_width(out, rows[0]))))
+    dest = out / CONTACT_SHEET
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, dest)  # a derived picture, rebuilt by every run: replacing it loses nothing
+    return dest
+
+
+def _half_width(out: Path, row: dict) -> int:
+    from PIL import Image
+
+    with Image.open(out / row["x_A"]) as im:
+        return im.width
