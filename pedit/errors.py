@@ -40,5 +40,9 @@ class ConfigError(PeditError):
     """A configuration whose values contradict each other or are out of range."""
 
 
+class FaceModelMissing(ModelError):
+    """dlib or its face model files are not installed (`pip install 'pedit[faces]'`)."""
+
+
 class PoseError(PeditError):
     """A pose source for gen-pairs that cannot be used: malformed keypoints JSON, missing detector."""

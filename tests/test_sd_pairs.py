@@ -144,6 +144,23 @@ def test_layout_score_ignores_the_edit_and_punishes_misalignment():
     assert layout_score(base, shifted) < layout_score(base, edited) - 0.05
 
 
+def test_identity_distance_uses_pedit_faces_and_is_skipped_without_the_model(monkeypatch):
+    from skimage.data import astronaut
+
+    from pedit import faces
+    from pedit.data import pair_scores
+
+    face = astronaut()
+    if faces.face_model_available():
+        same = pair_scores.identity_distance(face, np.ascontiguousarray(face[:, ::-1]))
+        assert same is not None and same < faces.SAME_PERSON_THRESHOLD  # the mirror image is the same person
+        assert pair_scores.identity_distance(face, np.zeros_like(face)) is None  # no face in one half
+        assert pair_scores.face_model_note() is None
+    monkeypatch.setattr(faces, "face_model_available", lambda: False)
+    assert pair_scores.identity_distance(face, face) is None
+    assert "face model is not installed" in pair_scores.face_model_note()
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiny networks
 

@@ -185,13 +185,9 @@ class IPAdapterIdentity:
 
 
 def _face_boxes(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(x0, y0, x1, y1) of the faces in `rgb`: pedit.faces when installed, else OpenCV's Haar cascade."""
-    try:
-        from pedit.faces import get_detector
-    except ImportError:
-        from pedit.photos.photo import HaarFaceDetector
+    """(x0, y0, x1, y1) of the faces in `rgb` (pedit.faces' default: dlib HOG, or Haar without dlib)."""
+    from pedit.faces import get_detector
 
-        return [(b.x, b.y, b.x + b.w, b.y + b.h) for b in HaarFaceDetector().detect(rgb)]
     return [f.box for f in get_detector("default").detect(rgb)]
 
 
