@@ -163,7 +163,7 @@ def gen_pairs(output, n, source, direction_list, directions_file, resolution, se
     with _progress(console) as bar:
         task = bar.add_task("pairs", total=None, info="")
         generate_pairs(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    console.print(f"Wrote pairs to {output}")
+    console.print(f"Wrote pairs to {output}", soft_wrap=True)  # a path must survive copy-paste: never wrapped
 
 
 def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolution, seed, shard, sd):
@@ -211,7 +211,7 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
             bar.update(task, completed=done, total=total, info=f"{rate:.2f} pairs/s" if made else "")
 
         out = generate_sd_pairs(cfg, sample, make_scheduler, on_progress, log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
-    console.print(f"Wrote pairs to {out} (contact sheet: {out / 'contact_sheet.png'})")
+    console.print(f"Wrote pairs to {out} (contact sheet: {out / 'contact_sheet.png'})", soft_wrap=True)
 
 
 @cli.command()

@@ -465,3 +465,14 @@ def test_cli_writes_sd_pairs_with_a_custom_direction(tiny_base, tiny_controlnet,
     assert result.exit_code == 0, result.output
     assert [r["direction"] for r in _rows(out)] == ["pirate", "santa"]
     assert (out / "contact_sheet.png").exists()
+
+
+def test_each_rank_under_accelerate_takes_its_own_shard(monkeypatch):
+    from pedit.data.gen_pairs import shard_from_env
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert shard_from_env() == (0, 1)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert shard_from_env() == (2, 4)
