@@ -476,3 +476,47 @@ def test_each_rank_under_accelerate_takes_its_own_shard(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert shard_from_env() == (2, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_base, tmp_path_factory) -> Path:
+    """A tiny CLIPModel (both towers) + processor, on the tiny base's tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_base / "tokenizer")
+    vocab = tokenizer.get_vocab()
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16))
+    out = tmp_path_factory.mktemp("clip") / "clip"
+    model.save_pretrained(out)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def test_clip_direction_flips_sign_when_the_halves_swap(tiny_clip):
+    from pedit.data.pair_scores import ClipDirection
+
+    rng = np.random.default_rng(0)
+    a, b = ((rng.random((32, 32, 3)) * 255).astype(np.uint8) for _ in range(2))
+    score = ClipDirection(str(tiny_clip))
+    forward = score(a, b, "a person, everyday clothes", "a person, santa claus costume")
+    assert -1 <= forward <= 1 and abs(forward) > 1e-4
+    assert score(b, a, "a person, everyday clothes", "a person, santa claus costume") == pytest.approx(-forward, abs=1e-5)
+
+
+def test_min_clip_filters_on_the_recorded_clip_score(tiny_base, tiny_controlnet, tiny_clip, tmp_path):
+    kept = _run(_cfg(tmp_path / "kept", tiny_base, tiny_controlnet, n=2, clip=str(tiny_clip)))
+    scores = [r["scores"]["clip_direction"] for r in _rows(kept)]
+    assert all(isinstance(s, float) for s in scores)
+    out = _run(_cfg(tmp_path / "filtered", tiny_base, tiny_controlnet, n=2, clip=str(tiny_clip), min_clip=max(scores)))
+    rejected = {json.loads(line)["id"] for line in (out / "rejected.jsonl").read_text().splitlines()} \
+        if (out / "rejected.jsonl").exists() else set()
+    expected = {f"{i:06d}" for i, s in enumerate(scores) if s < max(scores)}
+    assert rejected == expected and len(_rows(out)) == 2 - len(expected)
