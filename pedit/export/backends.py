@@ -3,8 +3,8 @@ and the editing mask call (DESIGN.md, "Samplers and backends"). They differ in w
 
     torch    eager PyTorch, the model's own precision and device
     compile  torch.compile of the U-Net; on CUDA with CUDA graphs ("reduce-overhead"). Inductor's
-             caches live in one folder (default ~/.cache/pedit/compile) so a second process loads
-             compiled kernels instead of compiling them again
+             caches live in one folder ($PEDIT_CACHE/compile, default ~/.cache/pedit/compile) so a
+             second process loads compiled kernels instead of compiling them again
     onnx     ONNX Runtime on the exported U-Net graph (CUDA provider when onnxruntime-gpu is installed)
     trt      a TensorRT engine (pip install pedit[trt], NVIDIA GPU)
 
@@ -54,8 +54,9 @@ def compile_backend(model, cache_dir: Path | None = None) -> Callable:
 
     folder = Path(cache_dir or cache_root() / "compile")
     folder.mkdir(parents=True, exist_ok=True)
-    # Read by Inductor when it first compiles; a folder the user set themselves wins.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    # Inductor reads this when it compiles. Not setdefault: importing diffusers already ran Inductor's
+    # cache_dir(), which writes its /tmp default into the variable. PEDIT_CACHE moves the folder.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     unet = model.mcdm.unet

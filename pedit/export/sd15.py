@@ -25,12 +25,13 @@ def build_sd15(resolution: int = 512, device: str = "cpu", dtype=None, seed: int
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
     from pedit.data.directions import BUILTIN
-    from pedit.model.loading import LoadedModel, bundled_base_path
+    from pedit.model.loading import LoadedModel, _quiet_libraries, bundled_base_path
     from pedit.model.mcdm import MCDM, FrozenParts, ImageProjector
 
     if resolution % 64:
         raise ValueError(f"resolution must be a multiple of 64 (SD's U-Net downsamples the latent 8x), got {resolution}")
     dtype = dtype or torch.float32
+    _quiet_libraries()
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(bundled_base_path() / "tokenizer", local_files_only=True, model_max_length=77)
     with torch.device(device):  # initialise where it runs: a GPU builds 1.3 B random weights in seconds
