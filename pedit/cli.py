@@ -385,7 +385,7 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
     _show_config(console, cfg)
     report = run_bench(cfg, log=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))
     table = Table(*TABLE_HEAD, title=f"{report['model']} on {report['device']}, {report['precision']}, "
-                                     f"{report['resolution']} px, {steps} steps (medians of {repeats})")
+                                     f"{report['resolution']} px, {steps} steps: medians of {repeats}, ms")
     for row in table_rows(report):
         table.add_row(*(escape(c) for c in row))
     console.print(table)

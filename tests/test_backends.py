@@ -194,3 +194,21 @@ def test_export_command_prints_the_manifest_path_and_skips_the_second_time(rando
     assert first.stdout == f"{out / 'manifest.json'}\n" and "vae_decoder: ONNX written" in first.stderr
     second = _run("export", "-m", random_model, "-o", out, "--networks", "vae_decoder")
     assert "vae_decoder: ONNX skipped (inputs unchanged)" in second.stderr
+
+
+def test_sd15_arch_has_stable_diffusion_15_sizes():
+    """Built on the meta device (no memory, no arithmetic): parameter counts and FLOPs, not latency."""
+    from pedit.export.bench import unet_flops
+    from pedit.export.specs import dims_of
+    from pedit.export.sd15 import build_sd15
+
+    model = build_sd15(512, device="meta")
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    # SD1.5's U-Net has 859,520,964 parameters; conv_in widened to 8 channels adds 4 x 320 x 3 x 3.
+    assert count(model.mcdm.unet) == 859_520_964 + 4 * 320 * 9
+    assert count(model.parts.vae) == 83_653_863  # the SD VAE
+    assert count(model.parts.text_encoder) == 123_060_480  # CLIP ViT-L/14 text tower
+    assert count(model.parts.image_encoder) == 303_179_776  # CLIP ViT-L/14 vision tower
+    assert dims_of(model).context_length == 334 and dims_of(model).latent == 64
+    # The issue's figure for a 5-row step of this U-Net at 512 px: 4.13 TFLOP.
+    assert unet_flops(Editor(model)) == pytest.approx(4.125e12, rel=1e-3)

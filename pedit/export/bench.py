@@ -286,12 +286,12 @@ def table_rows(report: dict) -> list[list[str]]:
     """Rows of the summary table: one per backend (+ ip2p), in milliseconds."""
     rows = []
     for name, r in report["backends"].items():
-        rows.append([name, f"{r['load_s']:.2f} s", f"{r.get('encode_ms', 0):.1f}", f"{r.get('mask_ms', 0):.1f}",
+        rows.append([name, f"{r['load_s']:.2f}", f"{r.get('encode_ms', 0):.1f}", f"{r.get('mask_ms', 0):.1f}",
                      f"{r['step_ms']:.2f}", f"{r.get('decode_ms', 0):.1f}", f"{r['edit_ms']:.1f}",
                      f"{r['tflops_per_s']:.3f}", f"{r['speedup_vs_ip2p']:.2f}x" if "speedup_vs_ip2p" in r else "–"])
     if "ip2p" in report:
-        rows.append(["ip2p (diffusers)", "–", "–", "–", "–", "–", f"{report['ip2p']['edit_ms']:.1f}", "–", "1.00x"])
+        rows.append(["ip2p", "–", "–", "–", "–", "–", f"{report['ip2p']['edit_ms']:.1f}", "–", "1.00x"])
     return rows
 
 
-TABLE_HEAD = ("backend", "load", "encode ms", "mask ms", "step ms", "decode ms", "edit ms", "TFLOP/s", "vs ip2p")
+TABLE_HEAD = ("backend", "load s", "encode", "mask", "step", "decode", "edit", "TFLOP/s", "vs ip2p")  # times in ms
