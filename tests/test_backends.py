@@ -212,3 +212,18 @@ def test_sd15_arch_has_stable_diffusion_15_sizes():
     assert dims_of(model).context_length == 334 and dims_of(model).latent == 64
     # The figure for a 5-row step of this U-Net at 512 px: 4.13 TFLOP.
     assert unet_flops(Editor(model)) == pytest.approx(4.125e12, rel=1e-3)
+
+
+def test_engines_of_another_model_are_refused_not_overwritten(random_model, tmp_path):
+    from pedit.errors import ConfigError
+    from pedit.export.pipeline import ExportConfig, export_model
+
+    export_model(ExportConfig(model=str(random_model), output=str(tmp_path), networks=("unet",)))
+    before = (tmp_path / "unet.onnx").read_bytes()
+    with pytest.raises(ConfigError, match="was exported from another model"):
+        Editor.from_pretrained(None, device="cpu", backend="onnx", engines=tmp_path)
+    assert (tmp_path / "unet.onnx").read_bytes() == before
+    # The same model's folder is used as it is: nothing exported again.
+    log = []
+    Editor.from_pretrained(random_model, device="cpu", backend="onnx", engines=tmp_path, log=log.append)
+    assert log == ["unet: ONNX skipped (inputs unchanged)"]

@@ -16,6 +16,8 @@ cast in and out, so the sampler sees the dtype it passed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -75,10 +77,14 @@ def compile_backend(model, cache_dir: Path | None = None) -> Callable:
 
 def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str], None]) -> tuple[Path, dict]:
     """An engines folder holding the U-Net for `model` (exported there now if missing or stale)."""
-    from pedit.export.pipeline import ExportConfig, export_model, folder_hash, read_manifest
+    from pedit.export.pipeline import ExportConfig, export_model, read_manifest
 
     if engines is None:
-        key = folder_hash(model.path, ("unet",))[:16]
+        # One cache folder per model folder: keyed by its path and its U-Net files' sizes and times
+        # (cheap; the export itself then hashes the bytes, and re-exports if they changed).
+        unet_dir = Path(model.path) / "unet"
+        stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in unet_dir.iterdir() if p.is_file())
+        key = hashlib.sha256(json.dumps([str(Path(model.path).resolve()), stats]).encode()).hexdigest()[:16]
         engines = cache_root() / "engines" / key
     else:
         exported_from = read_manifest(Path(engines)).get("model")
@@ -115,7 +121,7 @@ def trt_backend(model, engines=None, log: Callable[[str], None] = lambda m: None
     from pedit.export import trt
     from pedit.export.specs import dims_of, network_specs
 
-    trt._tensorrt()  # fail with the install hint before any export work
+    trt.require()  # fail with the install hint before any export work
     folder, manifest = engines_for(model, engines, trt=True, log=log)
     spec = network_specs(dims_of(model))["unet"]
     runner = trt.TrtRunner(folder / manifest["networks"]["unet"]["trt"]["file"], spec)

@@ -46,13 +46,21 @@ def _tensorrt():
     return tensorrt
 
 
+def require():
+    """The tensorrt module, or a TensorRTError that says what is missing (the package, or a GPU)."""
+    import torch
+
+    module = _tensorrt()
+    if not torch.cuda.is_available():
+        raise TensorRTError("TensorRT builds and runs engines on an NVIDIA GPU; this torch sees none.")
+    return module
+
+
 def available() -> bool:
     try:
-        _tensorrt()
-        import torch
-
-        return torch.cuda.is_available()
-    except (TensorRTError, ImportError):
+        require()
+        return True
+    except TensorRTError:
         return False
 
 
@@ -73,7 +81,7 @@ def profile_shapes(spec: NetworkSpec) -> list[dict]:
 def build_engine(onnx_path: Path, engine_path: Path, spec: NetworkSpec, settings: BuildSettings,
                  timing_cache: Path | None = None) -> None:
     """Parse `onnx_path`, build a serialised engine with `spec`'s profiles, write it atomically."""
-    trt = _tensorrt()
+    trt = require()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -107,11 +115,7 @@ class TrtRunner:
     """One engine as a callable: runner(**inputs) → {output name: tensor}, on the current CUDA stream."""
 
     def __init__(self, engine_path: Path, spec: NetworkSpec):
-        import torch
-
-        trt = _tensorrt()
-        if not torch.cuda.is_available():
-            raise TensorRTError("TensorRT engines run on an NVIDIA GPU; this torch sees none.")
+        trt = require()
         self.spec = spec
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
