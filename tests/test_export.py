@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pedit.export import bindings, trt
+from pedit.export import trt
 from pedit.export.bindings import BindingError, OrtBoundRunner, choose_profile, plan_io
 from pedit.export.onnx_stage import ExportError, ort_session
 from pedit.export.pipeline import NETWORKS, ExportConfig, export_model, read_manifest
