@@ -53,11 +53,15 @@ class EvalConfig:
     imperfect_reference: bool = True  # also score imperfect targets like the training ones (§3.3 claim)
     device: str = "cpu"  # the published numbers are CPU fp32; a GPU is faster, not bit-identical
     allow_pickle: bool = False
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (the model's weights and activations)
+    backend: str = "torch"  # torch | compile | onnx | trt
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"Unknown method(s) {', '.join(unknown) or '(none)'}; available: {', '.join(METHODS)}.")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"Unknown precision {self.precision!r}; choose from fp32, fp16, bf16.")
 
 
 @dataclass
@@ -155,7 +159,8 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     def keep_source(z, t):
         prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
         source = cond.c_s if prev < 0 else ddpm.add_noise(cond.c_s, noise, prev.view(1))
-        return mask * z + (1 - mask) * source
+        m = mask.to(z.dtype)  # the float32 mask must not promote a reduced-precision latent
+        return m * z + (1 - m) * source
 
     z_0 = sample(editor.denoise, scheduler, noise, *rows, lambda e: guided_eps(e, scales), steps,
                  start=cond.c_s, strength=0.5, after_step=keep_source)
@@ -176,7 +181,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     pairs = read_pairs(cfg.pairs)
     if cfg.limit:
         pairs = pairs[: cfg.limit]
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle,
+                                    precision=cfg.precision, backend=cfg.backend)
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
     mask_cfg = editor.default_options().mask  # the model folder's own mask settings, if any

@@ -29,6 +29,9 @@ from pedit.model.mcdm import EditConditions
 from pedit.edit.sampler import make_scheduler, sample
 
 
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 @dataclass(frozen=True)
 class EditOptions:
     """How to edit; CLI flags map 1:1 to these fields."""
@@ -98,7 +101,14 @@ class Editor:
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False):
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
+                        backend: str = "torch", precision: str | None = None, engines: str | Path | None = None,
+                        log: Callable[[str], None] = lambda msg: None):
+        """Load a model folder (None: the bundled toon model) for editing.
+
+        backend: torch | compile | onnx | trt (pedit.export.backends); precision: fp32 | fp16 | bf16
+        (default fp16 on CUDA, fp32 on the CPU); engines: a `pedit export` folder for onnx/trt.
+        """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             kind = torch.device(device).type
@@ -106,8 +116,15 @@ class Editor:
             raise ConfigError(f"Unknown device {device!r}; use cpu, cuda or cuda:N.") from None
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"Device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu.")
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        return cls(load_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype))
+        precision = precision or ("fp16" if kind == "cuda" else "fp32")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"Unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}.")
+        model = load_model(path, allow_pickle=allow_pickle, device=device, dtype=PRECISIONS[precision])
+        if backend == "torch":
+            return cls(model)
+        from pedit.export.backends import make_denoise
+
+        return cls(model, make_denoise(model, backend, engines, log))
 
     @property
     def resolution(self) -> int:

@@ -51,6 +51,7 @@ def masked_two_branch(eps_b, eps_a, mask):
     eps_b, eps_a: (B, 4, h, w); mask: (B, 1, h, w) in [0, 1], 1 = edit. A mask of zeros returns
     the source branch exactly (no arithmetic on it), which keeps the identity test honest.
     """
+    mask = mask.to(eps_b.dtype)  # a float32 mask must not promote an fp16/bf16 prediction
     return torch.where(mask > 0, mask * eps_b + (1 - mask) * eps_a, eps_a)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pedit.edit.guidance import GuidanceScales, branch_eps
+from pedit.errors import ConfigError
 from pedit.model.mcdm import EditConditions
 
 
@@ -30,6 +31,11 @@ class MaskConfig:
     threshold: float = 0.5
     dilate: float = 1.0  # in latent cells, before feathering
     feather: float = 0.5  # Gaussian sigma in latent cells
+    batch: int = 0  # noise draws per U-Net call (5 rows each); 0 = all N in one call. Bounds memory, same mask
+
+    def __post_init__(self):
+        if self.n_noise < 1 or self.batch < 0:
+            raise ConfigError(f"Mask n_noise must be >= 1 and batch >= 0, got {self.n_noise} and {self.batch}.")
 
 
 def expand(cond: EditConditions, n: int) -> EditConditions:
@@ -49,15 +55,19 @@ def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: Guidanc
     z_A = cond.c_s if z_A is None else z_A
     b, _, h, w = z_A.shape
     n = cfg.n_noise
-    many = expand(cond, n)  # (NB, ...)
     noise = torch.randn((n * b, *z_A.shape[1:]), generator=generator, dtype=torch.float32).to(z_A)  # (NB, 4, h, w)
     t_index = int(cfg.strength * noise_scheduler.config.num_train_timesteps) - 1
     t = torch.full((n * b,), t_index, dtype=torch.long, device=z_A.device)
-    z_t = noise_scheduler.add_noise(z_A.repeat(n, 1, 1, 1), noise, t)  # (NB, 4, h, w), draw-major like `many`
-    c_s_rows, context = many.guidance_rows()  # (5NB, 4, h, w), (5NB, 77 + K, D)
-    z_in = torch.cat([z_t.repeat(5, 1, 1, 1), c_s_rows], dim=1)  # (5NB, 8, h, w)
-    eps_b, eps_a = branch_eps(denoise(z_in, t[0], context), scales)  # (NB, 4, h, w) each
-    diff = (eps_b - eps_a).float().abs().mean(dim=1).view(n, b, h, w).mean(dim=0)  # (B, h, w)
+    z_t = noise_scheduler.add_noise(z_A.repeat(n, 1, 1, 1), noise, t)  # (NB, 4, h, w), draw-major like `expand`
+    per_call = cfg.batch or n
+    diffs = []
+    for lo in range(0, n, per_call):  # draws lo..hi in one call: every row sees the noise it would in one batch
+        hi = min(n, lo + per_call)
+        c_s_rows, context = expand(cond, hi - lo).guidance_rows()  # (5kB, 4, h, w), (5kB, 77 + K, D)
+        z_in = torch.cat([z_t[lo * b: hi * b].repeat(5, 1, 1, 1), c_s_rows], dim=1)  # (5kB, 8, h, w)
+        eps_b, eps_a = branch_eps(denoise(z_in, t[0], context), scales)  # (kB, 4, h, w) each
+        diffs.append((eps_b - eps_a).float().abs().mean(dim=1))  # (kB, h, w)
+    diff = torch.cat(diffs).view(n, b, h, w).mean(dim=0)  # (B, h, w)
     cap = diff.mean(dim=(1, 2), keepdim=True) * cfg.ratio
     diff = torch.minimum(diff, cap)
     diff = diff / diff.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)

@@ -256,8 +256,9 @@ def load_model(path: str | Path | None = None, allow_pickle: bool = False, devic
         raise ModelError(f"{path / 'pedit.json'} is not a valid pedit model description ({e}).") from None
     model_directions(meta, path)
     mask = meta.get("mask", {})
-    if not isinstance(mask, dict) or set(mask) - set(MaskConfig.__dataclass_fields__):
-        raise ModelError(f"{path / 'pedit.json'}: \"mask\" may only set {', '.join(MaskConfig.__dataclass_fields__)}.")
+    settable = [f for f in MaskConfig.__dataclass_fields__ if f != "batch"]  # batch bounds memory: the runtime's choice
+    if not isinstance(mask, dict) or set(mask) - set(settable):
+        raise ModelError(f"{path / 'pedit.json'}: \"mask\" may only set {', '.join(settable)}.")
     parts = load_frozen_parts(path, allow_pickle)
     unet = _load(UNet2DConditionModel, path / "unet", allow_pickle, "U-Net")
     projector = _load(ImageProjector, path / "image_projector", allow_pickle, "Image projector")

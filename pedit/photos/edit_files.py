@@ -47,6 +47,10 @@ class EditFilesConfig:
     device: str | None = None
     detector: str = "default"  # face detector: haar | hog | cnn | default (pedit.faces)
     identity_check: bool = True  # identity distance input vs output when the face model is installed
+    backend: str = "torch"  # torch | compile | onnx | trt (pedit.export.backends)
+    precision: str | None = None  # fp32 | fp16 | bf16; default fp16 on CUDA, fp32 on the CPU
+    engines: str | None = None  # a `pedit export` folder for onnx / trt
+    mask_batch: int = 0  # noise draws per U-Net call of the editing mask; 0 = all in one call
 
     def __post_init__(self):
         if self.detector not in (*DETECTORS, "default"):
@@ -65,13 +69,15 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
 
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
     out = Path(cfg.output) if cfg.output else None
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
+                                    precision=cfg.precision, engines=cfg.engines,
+                                    log=lambda msg: on_event("note", msg))
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
     defaults = editor.default_options()
     options = EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
-        mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
+        mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises, batch=cfg.mask_batch), scheduler=cfg.scheduler,
     )
     detector = get_detector(cfg.detector)
     checker = identity_detector() if cfg.identity_check else None
