@@ -27,6 +27,15 @@ class PeditGroup(click.Group):
             if os.environ.get("PEDIT_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            # Anything else is a failure pedit did not foresee: still one line, never a traceback.
+            if os.environ.get("PEDIT_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(e).__name__}: {e} (run again with PEDIT_DEBUG=1 for the traceback)"
+            ) from None
 
 
 def _console(quiet: bool = False):
@@ -255,6 +264,8 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
                 # File names and messages are shown verbatim: escaped, or rich reads "[draft]" as markup.
                 if payload.error:
                     console.print(f"[red]failed[/red] {escape(str(payload.input))}: {escape(payload.error)}")
+                    if payload.traceback and os.environ.get("PEDIT_DEBUG"):
+                        click.echo(payload.traceback, err=True)
                 else:
                     console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} ({payload.seconds:.1f} s)")
                     click.echo(str(payload.output))

@@ -38,3 +38,7 @@ class DirectionError(PeditError):
 
 class ConfigError(PeditError):
     """A configuration whose values contradict each other or are out of range."""
+
+
+class NonFiniteError(PeditError):
+    """A model computation that produced NaN or infinite values (never written out as a result)."""
