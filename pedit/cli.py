@@ -163,6 +163,7 @@ def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact,
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--validate-every", type=click.IntRange(min=0), default=500, show_default=True, help="0: never.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Delete the training run already in the output folder first.")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--gradient-checkpointing", is_flag=True)
 @click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True)
@@ -170,7 +171,7 @@ def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact,
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
 @click.option("-q", "--quiet", is_flag=True)
 def train(data, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
-          learning_rate, warmup_steps, checkpoint_every, validate_every, resume, mixed_precision,
+          learning_rate, warmup_steps, checkpoint_every, validate_every, resume, overwrite, mixed_precision,
           gradient_checkpointing, ema_decay, seed, allow_pickle, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
 
@@ -184,6 +185,7 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
+        overwrite=overwrite,
     )
     # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).
     console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
@@ -300,14 +302,16 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
 @click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report in the -o folder.")
 @click.option("-q", "--quiet", is_flag=True)
-def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid_pairs, device, allow_pickle, quiet):
+def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid_pairs, device, allow_pickle, overwrite,
+             quiet):
     """Measure a model against ground truth: SSIM, PSNR in/outside the true mask, mask IoU, per direction."""
     from pedit.evaluate import EvalConfig, evaluate, markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                      steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
-                     allow_pickle=allow_pickle)
+                     allow_pickle=allow_pickle, overwrite=overwrite)
     console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:
