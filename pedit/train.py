@@ -28,6 +28,8 @@ from pedit.errors import ConfigError, PeditError
 from pedit.data.pairs import Pair, direction_of, load_rgb, read_pairs
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
+VALIDATION_STEPS = 20  # sampling steps of the validation grids' edits ...
+VALIDATION_MASK_NOISES = 10  # ... and noise draws of their editing masks
 
 
 @dataclass(frozen=True)
@@ -442,6 +444,7 @@ def _validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed)
 
     from pedit.data.directions import Direction
     from pedit.edit.editor import EditOptions, Editor
+    from pedit.edit.mask import MaskConfig
     from pedit.model.loading import LoadedModel
     from pedit.viz import image_grid
 
@@ -452,10 +455,11 @@ def _validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed)
         editor = Editor(LoadedModel(mcdm, parts, {"resolution": size, "directions": list(directions.values())}, out))
         names = sorted(directions)
         inputs = [pairs[i] for i in np.random.default_rng(seed).choice(len(pairs), size=min(3, len(pairs)), replace=False)]
+        options = EditOptions(steps=VALIDATION_STEPS, seed=seed, mask=MaskConfig(n_noise=VALIDATION_MASK_NOISES))
         rows = []
         for p in inputs:
             x = Image.fromarray(load_rgb(p.x_A, size))
-            rows.append([x] + [editor.edit(x, Direction(**directions[d]), EditOptions(steps=20, seed=seed)).image for d in names])
+            rows.append([x] + [editor.edit(x, Direction(**directions[d]), options).image for d in names])
         path = out / "validation" / f"step-{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         image_grid(rows, col_labels=["input"] + names).save(path)
