@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pedit.errors import PairFolderError
-from pedit.files import regular_file_problem
+from pedit.files import regular_file_problem, write_atomic
 
 METADATA = "metadata.jsonl"
 REQUIRED_FIELDS = ("id", "x_A", "x_B", "direction", "p_a", "p_b", "seed")
@@ -217,15 +216,8 @@ class PairWriter:
         return pair_id in self.done
 
     def _save_png(self, arr: np.ndarray, rel: str) -> None:
-        dest = self.root / rel
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                Image.fromarray(arr).save(f, format="PNG")
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Replacing is right here: an image without its row is what an interrupted run left behind.
+        write_atomic(self.root / rel, lambda f: Image.fromarray(arr).save(f, format="PNG"), overwrite=True)
 
     def write(self, row: dict, images: dict[str, np.ndarray]) -> None:
         """`images` maps a field (x_A, x_B, mask) to a uint8 array; paths go to images/<id>_<field>.png."""
