@@ -42,3 +42,7 @@ class ConfigError(PeditError):
 
 class NonFiniteError(PeditError):
     """A model computation that produced NaN or infinite values (never written out as a result)."""
+
+
+class FaceModelMissing(ModelError):
+    """dlib or its face model files are not installed (`pip install 'pedit[faces]'`)."""
