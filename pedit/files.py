@@ -33,7 +33,8 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (ours counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -56,7 +57,7 @@ def clean_stale_temps(folder: Path) -> list[Path]:
         return []
     for p in candidates:
         m = _TMP_NAME.fullmatch(p.name)
-        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+        if m and m["host"] == _HOST and not process_alive(int(m["pid"])):
             try:
                 p.unlink()
                 removed.append(p)

@@ -434,6 +434,8 @@ def _checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
         os.replace(tmp, path)
         for old in checkpoints(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        for stale in (out / "checkpoints").glob("step-*.tmp"):  # half checkpoints of a killed run (of this folder's run)
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 

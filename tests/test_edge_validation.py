@@ -209,6 +209,11 @@ def test_a_decoder_failure_fails_that_file_and_the_batch_goes_on(random_model, s
     assert one_error_line(result) == "Error: 1 of 3 inputs failed (see above)."
     assert "2 edited, 1 failed" in result.stderr and "Decompressed data too large" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_royal.png", "c_royal.png"]
+    # PEDIT_DEBUG=1: the traceback of the failed file, and the batch still goes on.
+    debug = run("edit", folder, "-d", "royal", "-m", random_model, "-o", tmp_path / "debug", *FAST,
+                env={**ENV, "PEDIT_DEBUG": "1"})
+    assert "Traceback (most recent call last)" in debug.stderr and "ValueError: Decompressed data" in debug.stderr
+    assert sorted(p.name for p in (tmp_path / "debug").iterdir()) == ["a_royal.png", "c_royal.png"]
 
 
 def test_any_leftover_exception_is_one_error_line_and_pedit_debug_shows_it(monkeypatch, tmp_path):

@@ -67,3 +67,19 @@ def test_the_cli_says_how_to_continue_or_restart(trained, tiny_pairs, tiny_base)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.startswith(f"Error: {trained} already holds a training run (")
     assert "--resume" in result.stderr and "--overwrite" in result.stderr
+
+
+def test_leftovers_of_a_killed_run_are_removed_when_it_is_resumed(trained, tiny_pairs, tiny_base):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    half_checkpoint = trained / "checkpoints" / "step-000007.tmp"
+    half_model = trained / f".model-tmp-{dead.pid}"
+    for folder in (half_checkpoint, half_model):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    train(_cfg(tiny_pairs, tiny_base, trained, max_steps=3, resume=True))
+    assert not half_checkpoint.exists() and not half_model.exists()
+    assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == ["step-000002", "step-000003"]

@@ -22,7 +22,7 @@ import torch
 from pedit import __version__
 from pedit.data.directions import model_directions
 from pedit.errors import ConfigError, ModelError, UnsafeModelError
-from pedit.files import regular_file_problem
+from pedit.files import process_alive, regular_file_problem
 from pedit.edit.mask import MaskConfig
 from pedit.model.mcdm import CLIP_MEAN, CLIP_STD, MCDM, FrozenParts, ImageProjector
 
@@ -316,8 +316,11 @@ def save_model(out: Path, mcdm: MCDM, parts: FrozenParts, meta: dict) -> Path:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".model-tmp-*"):  # left by a save that was killed
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out / f".model-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         mcdm.unet.save_pretrained(tmp / "unet", safe_serialization=True)

@@ -540,7 +540,7 @@ class BatchItem:
     output: Path | None
     error: str | None
     seconds: float
-    traceback: str | None = None  # for a failure that was not a PeditError (shown with PEDIT_DEBUG=1)
+    traceback: str | None = None  # of a failure, shown with PEDIT_DEBUG=1
 
 
 def run_batch(
@@ -551,7 +551,7 @@ def run_batch(
     """Run `process` on each path; any exception while processing one input fails that input only.
 
     A PeditError's message is the item's error; anything else (a decoder or library failure) is
-    named by its type, with its traceback kept for PEDIT_DEBUG=1. Ctrl-C still stops the batch.
+    named by its type. The traceback is kept for PEDIT_DEBUG=1. Ctrl-C still stops the batch.
     """
     items = []
     for path in paths:
@@ -560,7 +560,7 @@ def run_batch(
         try:
             output, error = process(path), None
         except PeditError as e:
-            output, error = None, str(e)
+            output, error, tb = None, str(e), traceback.format_exc()
         except Exception as e:
             output, error, tb = None, f"unexpected {type(e).__name__}: {e}", traceback.format_exc()
         item = BatchItem(input=path, output=output, error=error, seconds=time.perf_counter() - start, traceback=tb)
