@@ -308,24 +308,31 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
               help="Edit face N (0 = largest) instead of the largest.")
 @click.option("--require-face", is_flag=True, help="Fail when no face is found instead of editing the centred square.")
 @click.option("--margin", type=click.FloatRange(0, 5), default=1.0, show_default=True, help="Crop margin around the face, in face widths.")
+@click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
+              help="Face detector (default: dlib HOG with the face model installed, else Haar; cnn is slow on a CPU).")
+@click.option("--no-identity-check", is_flag=True, help="Skip the identity distance between input and output faces.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True, help="Refuse larger images (decompression bombs).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the model folder. Only for trusted files.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("-q", "--quiet", is_flag=True)
 def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, save_mask,
-         compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, quiet):
+         compare, face_index, require_face, margin, detector, no_identity_check, overwrite, max_pixels, allow_pickle,
+         device, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     from rich.markup import escape
 
+    from pedit.faces import face_model_available
     from pedit.photos.edit_files import EditFilesConfig, edit_files
 
     cfg = EditFilesConfig(
         inputs=tuple(inputs), direction=direction, model=model, output=output, steps=steps, seed=seed,
         scheduler=scheduler, s_s=s_s, s_im=s_im, s_p=s_p, use_mask=not no_mask, mask_noises=mask_noises,
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
-        overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device,
+        overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, detector=detector,
+        identity_check=not no_identity_check,
     )
+    check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = _console(quiet)
     with contextlib.ExitStack() as stack:
         live = {}  # the step bar, opened at the first step: an early error prints nothing but itself
@@ -350,7 +357,9 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
                     if payload.traceback and os.environ.get("PEDIT_DEBUG"):
                         click.echo(payload.traceback, err=True)
                 else:
-                    console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} ({payload.seconds:.1f} s)")
+                    identity = f", identity {_identity_cell(payload)}" if check_identity else ""
+                    console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} "
+                                  f"({payload.seconds:.1f} s{identity})")
                     click.echo(str(payload.output))
 
         items = edit_files(cfg, on_event)
@@ -358,10 +367,10 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
     if len(items) > 1:
         from rich.table import Table
 
-        table = Table("input", "result", "seconds")
+        table = Table("input", "result", "seconds", *(["identity distance"] if check_identity else []))
         for i in items:
             table.add_row(escape(str(i.input)), f"[red]{escape(i.error)}[/red]" if i.error else escape(str(i.output)),
-                          f"{i.seconds:.1f}")
+                          f"{i.seconds:.1f}", *([_identity_cell(i)] if check_identity else []))
         console.print(table)
         console.print(f"{len(items) - len(failed)} edited, {len(failed)} failed")
     if failed:
@@ -370,9 +379,22 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         raise PeditError(f"{len(failed)} of {len(items)} inputs failed (see above).")
 
 
+def _identity_cell(item) -> str:
+    """'0.23 (same person)', 'no face in the output', ..., or '–' for a failed item."""
+    if item.error or item.identity is None:
+        return "–"
+    if item.identity.distance is None:
+        return item.identity.verdict
+    return f"{item.identity.distance:.2f} ({item.identity.verdict})"
+
+
 @cli.command("eval")
+@click.argument("more_photos", nargs=-1, metavar="[PHOTOS]...")
 @click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
-@click.option("--pairs", required=True, type=click.Path(), help="Pair folder with exact targets (and masks).")
+@click.option("--pairs", type=click.Path(), help="Pair folder with exact targets (and masks).")
+@click.option("--photos", multiple=True, type=click.Path(),
+              help="Real photos (files or folders; more may follow as arguments): identity distance, pixels kept.")
+@click.option("-d", "--directions", "direction_list", help="With --photos: comma-separated directions to edit toward.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder: report.json, report.md, grid.png.")
 @click.option("--methods", default=",".join(["ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit"]),
               show_default=True, help="Comma-separated methods to score.")
@@ -381,13 +403,28 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs.")
 @click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
+@click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
+              help="With --photos: the face detector that places the crop.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report in -o.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier report in the -o folder.")
 @click.option("-q", "--quiet", is_flag=True)
-def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid_pairs, device, allow_pickle, overwrite,
-             quiet):
-    """Measure a model against ground truth: SSIM, PSNR in/outside the true mask, mask IoU, per direction."""
+def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit, grid_pairs,
+             detector, overwrite, device, allow_pickle, quiet):
+    """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
+
+    \b
+    pedit eval --pairs eval-pairs/ -o report/              SSIM, PSNR in/outside the true mask, mask IoU
+    pedit eval --photos a.jpg b.jpg -d royal,angry -o r/   identity distance, pixels kept, mask area
+    """
+    photos = (*photos, *more_photos)
+    if bool(pairs) == bool(photos):
+        raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
+    if photos:
+        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet)
+        return
+    if direction_list:
+        raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
     from pedit.evaluate import EvalConfig, evaluate, markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
@@ -405,6 +442,25 @@ def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid
 
         report = evaluate(cfg, on_progress)
     click.echo(markdown_report(report))
+
+
+def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet):
+    from rich.markup import escape
+
+    from pedit.photos.evaluate import PhotoEvalConfig, evaluate_photos, markdown_photo_report
+
+    if not direction_list:
+        raise click.UsageError("--photos needs -d/--directions, e.g. -d royal,laughing (see `pedit directions`).")
+    cfg = PhotoEvalConfig(photos=tuple(photos), directions=tuple(d.strip() for d in direction_list.split(",") if d.strip()),
+                          model=model, output=output, steps=steps, seed=seed, detector=detector, device=device,
+                          allow_pickle=allow_pickle, overwrite=overwrite)
+    console = _console(quiet)
+    _show_config(console, cfg)
+    with _progress(console) as bar:
+        task = bar.add_task("photos x directions", total=None, info="")
+        report = evaluate_photos(cfg, lambda done, total: bar.update(task, completed=done, total=total),
+                                 note=lambda text: console.print(escape(text)))
+    click.echo(markdown_photo_report(report))
 
 
 @cli.command("sticker-pack")

@@ -3,7 +3,9 @@
 Loads the model once, then for each input: decode and validate the photo (pedit.photos.photo), crop the
 portrait around the largest face (or the one asked for), edit it at the model's resolution
 (pedit.edit.editor), paste it back with a feathered seam, and write every output atomically. One bad
-file fails that file only; the caller gets one `BatchItem` per input.
+file fails that file only; the caller gets one `BatchItem` per input. With the face model installed,
+each item also carries the identity distance between the input's face and the output's
+(pedit.photos.identity); `identity_check=False` skips that cost.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from pedit.errors import ConfigError, OutputError
-from pedit.photos.photo import (BatchItem, HaarFaceDetector, check_output, default_output_path, edit_photo, find_images,
-                                load_photo, run_batch, save_image_atomic)
+from pedit.faces import DETECTORS, get_detector
+from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
+from pedit.photos.photo import (BatchItem, check_output, default_output_path, edit_photo, find_images, load_photo,
+                                run_batch, save_image_atomic)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class EditFilesConfig:
     max_pixels: int = 100_000_000
     allow_pickle: bool = False
     device: str | None = None
+    detector: str = "default"  # face detector: haar | hog | cnn | default (pedit.faces)
+    identity_check: bool = True  # identity distance input vs output when the face model is installed
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
@@ -61,6 +67,8 @@ class EditFilesConfig:
             check_int("face_index", self.face_index, 0)
         check_number("margin", self.margin, 0, 5)
         check_int("max_pixels", self.max_pixels, 1)
+        if self.detector not in (*DETECTORS, "default"):
+            raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -84,7 +92,11 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
     )
     editor.scheduler(options)  # --steps beyond the model's schedule fails once, before the batch
-    detector = HaarFaceDetector()
+    detector = get_detector(cfg.detector)
+    checker = identity_detector() if cfg.identity_check else None
+    if cfg.identity_check and checker is None:
+        on_event("note", MISSING_NOTE)
+    checks: dict[Path, IdentityCheck] = {}
 
     planned = _plan_outputs(paths, direction.name, out, cfg)
 
@@ -108,9 +120,15 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
             save_image_atomic(overlay_mask(photo.rgb, done.mask), extras["overlay"], overwrite=cfg.overwrite)
         if "compare" in extras:
             save_image_atomic(compare_sheet(photo.rgb, done.mask, done.image), extras["compare"], overwrite=cfg.overwrite)
+        if checker is not None:
+            checks[path] = check_identity(photo.rgb, done.image, done.crop, checker)
         return target
 
-    return run_batch(paths, process, on_item=lambda item: on_event("item", item))
+    def on_item(item: BatchItem) -> None:
+        item.identity = checks.get(item.input)
+        on_event("item", item)
+
+    return run_batch(paths, process, on_item=on_item)
 
 
 def _plan_outputs(paths: list[Path], direction: str, out: Path | None,
