@@ -29,6 +29,15 @@ class PeditGroup(click.Group):
             if os.environ.get("PEDIT_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            # Anything else is a failure pedit did not foresee: still one line, never a traceback.
+            if os.environ.get("PEDIT_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(e).__name__}: {e} (run again with PEDIT_DEBUG=1 for the traceback)"
+            ) from None
 
 
 def _console(quiet: bool = False):
@@ -237,6 +246,7 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--validate-every", type=click.IntRange(min=0), default=500, show_default=True, help="0: never.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Delete the training run already in the output folder first.")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--gradient-checkpointing", is_flag=True)
 @click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True)
@@ -244,7 +254,7 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
 @click.option("-q", "--quiet", is_flag=True)
 def train(data, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
-          learning_rate, warmup_steps, checkpoint_every, validate_every, resume, mixed_precision,
+          learning_rate, warmup_steps, checkpoint_every, validate_every, resume, overwrite, mixed_precision,
           gradient_checkpointing, ema_decay, seed, allow_pickle, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
 
@@ -258,6 +268,7 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
+        overwrite=overwrite,
     )
     # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).
     console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
@@ -352,6 +363,8 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
                 # File names and messages are shown verbatim: escaped, or rich reads "[draft]" as markup.
                 if payload.error:
                     console.print(f"[red]failed[/red] {escape(str(payload.input))}: {escape(payload.error)}")
+                    if payload.traceback and os.environ.get("PEDIT_DEBUG"):
+                        click.echo(payload.traceback, err=True)
                 else:
                     identity = f", identity {_identity_cell(payload)}" if check_identity else ""
                     console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} "
@@ -401,7 +414,7 @@ def _identity_cell(item) -> str:
 @click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
 @click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
               help="With --photos: the face detector that places the crop.")
-@click.option("--overwrite", is_flag=True, help="With --photos: replace an existing report in -o.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report in -o.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
@@ -427,7 +440,7 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                      steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
-                     allow_pickle=allow_pickle, precision=precision, backend=backend)
+                     allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite)
     console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:

@@ -26,7 +26,7 @@ from pedit.model.loading import LoadedModel, load_model
 from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
 from pedit.data.pairs import square_rgb
 from pedit.model.mcdm import EditConditions
-from pedit.edit.sampler import make_scheduler, sample
+from pedit.edit.sampler import check_steps, make_scheduler, sample
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -44,8 +44,15 @@ class EditOptions:
     scheduler: str = "ddim"
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError("steps must be at least 1")
+        from pedit.edit.sampler import SCHEDULERS
+        from pedit.validate import check_int, check_seed
+
+        check_int("steps", self.steps, 1)
+        check_seed("seed", self.seed)
+        if not isinstance(self.scales, GuidanceScales) or not isinstance(self.mask, MaskConfig):
+            raise ConfigError("scales must be a GuidanceScales and mask a MaskConfig")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
 
 
 @dataclass
@@ -114,6 +121,10 @@ class Editor:
             kind = torch.device(device).type
         except RuntimeError:
             raise ConfigError(f"Unknown device {device!r}; use cpu, cuda or cuda:N.") from None
+        if kind not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"Device {device!r} cannot run an edit; use cpu, cuda or cuda:N.")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"Device {device!r} asked for, but this torch has no MPS support; use --device cpu.")
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"Device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu.")
         precision = precision or ("fp16" if kind == "cuda" else "fp32")
@@ -137,6 +148,12 @@ class Editor:
     def default_options(self) -> EditOptions:
         """EditOptions, with the editing-mask settings a model folder may carry in pedit.json ("mask")."""
         return EditOptions(mask=MaskConfig(**self.model.meta.get("mask", {})))
+
+    def scheduler(self, options: EditOptions):
+        """The sampling scheduler for `options`; ConfigError when its steps do not fit the model's schedule."""
+        scheduler = make_scheduler(options.scheduler, self.model.parts.scheduler_config)
+        check_steps(options.steps, scheduler)
+        return scheduler
 
     def direction(self, direction: str | Direction) -> Direction:
         return direction if isinstance(direction, Direction) else resolve(direction, self.directions)
@@ -168,6 +185,7 @@ class Editor:
 
         options = dataclasses.replace(options or self.default_options(), **overrides)
         direction = self.direction(direction)
+        scheduler = self.scheduler(options)  # steps the schedule cannot give fail here, before any work
         parts, size = self.model.parts, self.resolution
         original = square_rgb(image, size)  # (R, R, 3) uint8
         x_A = uint8_to_tensor(original)
@@ -179,7 +197,6 @@ class Editor:
             noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
             mask_latent = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
 
-        scheduler = make_scheduler(options.scheduler, parts.scheduler_config)
         z_T = torch.randn(cond.c_s.shape, generator=generator, dtype=torch.float32).to(cond.c_s)
         c_s_rows, context = cond.guidance_rows()
         mask = None if mask_latent is None else mask_latent.to(cond.c_s)  # (1, 1, h, w)

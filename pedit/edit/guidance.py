@@ -30,6 +30,12 @@ class GuidanceScales:
     s_im: float = 1.0
     s_p: float = 4.0
 
+    def __post_init__(self):
+        from pedit.validate import check_number
+
+        for name in ("s_s", "s_im", "s_p"):  # any finite weight is a guidance choice; NaN/inf are not
+            check_number(name, getattr(self, name))
+
 
 def multi_cfg(e_none, e_s, e_s_im, e_full, scales: GuidanceScales):
     """Eq. 1 extended to three nested conditions.
