@@ -25,12 +25,15 @@ from pedit.edit.guidance import GuidanceScales, guided_eps
 from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
-from pedit.edit.sampler import make_scheduler, sample
+from pedit.edit.sampler import check_steps, make_scheduler, sample
 from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
 
 if TYPE_CHECKING:  # loading imports diffusers (seconds), which a cached model never needs
     from pedit.model.loading import LoadedModel
     from pedit.model.traced import TracedModel
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,15 @@ class EditOptions:
     scheduler: str = "ddim"
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError("steps must be at least 1")
+        from pedit.edit.sampler import SCHEDULERS
+        from pedit.validate import check_int, check_seed
+
+        check_int("steps", self.steps, 1)
+        check_seed("seed", self.seed)
+        if not isinstance(self.scales, GuidanceScales) or not isinstance(self.mask, MaskConfig):
+            raise ConfigError("scales must be a GuidanceScales and mask a MaskConfig")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
 
 
 @dataclass
@@ -105,26 +115,40 @@ class Editor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
-                        cache: bool = False):
-        """Load a model folder (None: the bundled toon model) for editing on `device` (default: cuda when available).
+                        backend: str = "torch", precision: str | None = None, engines: str | Path | None = None,
+                        log: Callable[[str], None] = lambda msg: None, cache: bool = False):
+        """Load a model folder (None: the bundled toon model) for editing.
 
-        cache=True on the CPU (what `pedit edit` passes): load the model from its TorchScript cache,
-        writing the cache first when there is none (pedit.model.traced). A new process then edits
-        without importing diffusers or transformers, with the same bytes out.
+        backend: torch | compile | onnx | trt (pedit.export.backends); precision: fp32 | fp16 | bf16
+        (default fp16 on CUDA, fp32 on the CPU); engines: a `pedit export` folder for onnx/trt.
+        cache=True (what `pedit edit` passes) with the torch backend, fp32, on the CPU: load the model
+        from its TorchScript cache, writing the cache first when there is none (pedit.model.traced).
+        A new process then edits without importing diffusers or transformers, with the same bytes out.
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             kind = torch.device(device).type
         except RuntimeError:
             raise ConfigError(f"Unknown device {device!r}; use cpu, cuda or cuda:N.") from None
+        if kind not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"Device {device!r} cannot run an edit; use cpu, cuda or cuda:N.")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"Device {device!r} asked for, but this torch has no MPS support; use --device cpu.")
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"Device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu.")
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        if cache and kind == "cpu":
+        precision = precision or ("fp16" if kind == "cuda" else "fp32")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"Unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}.")
+        if cache and kind == "cpu" and backend == "torch" and precision == "fp32":
             return cls._from_cache(path, allow_pickle)
         from pedit.model.loading import load_model
 
-        return cls(load_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype))
+        model = load_model(path, allow_pickle=allow_pickle, device=device, dtype=PRECISIONS[precision])
+        if backend == "torch":
+            return cls(model)
+        from pedit.export.backends import make_denoise
+
+        return cls(model, make_denoise(model, backend, engines, log))
 
     @classmethod
     def _from_cache(cls, path, allow_pickle: bool) -> "Editor":
@@ -160,6 +184,12 @@ class Editor:
         """EditOptions, with the editing-mask settings a model folder may carry in pedit.json ("mask")."""
         return EditOptions(mask=MaskConfig(**self.model.meta.get("mask", {})))
 
+    def scheduler(self, options: EditOptions):
+        """The sampling scheduler for `options`; ConfigError when its steps do not fit the model's schedule."""
+        scheduler = make_scheduler(options.scheduler, self.model.parts.scheduler_config)
+        check_steps(options.steps, scheduler)
+        return scheduler
+
     def direction(self, direction: str | Direction) -> Direction:
         return direction if isinstance(direction, Direction) else resolve(direction, self.directions)
 
@@ -188,6 +218,7 @@ class Editor:
         """
         options = dataclasses.replace(options or self.default_options(), **overrides)
         direction = self.direction(direction)
+        scheduler = self.scheduler(options)  # steps the schedule cannot give fail here, before any work
         parts, size = self.model.parts, self.resolution
         original = square_rgb(image, size)  # (R, R, 3) uint8
         x_A = uint8_to_tensor(original)
@@ -199,7 +230,6 @@ class Editor:
             noise_scheduler = make_noise_scheduler(parts.scheduler_config)
             mask_latent = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
 
-        scheduler = make_scheduler(options.scheduler, parts.scheduler_config)
         z_T = torch.randn(cond.c_s.shape, generator=generator, dtype=torch.float32).to(cond.c_s)
         c_s_rows, context = cond.guidance_rows()
         mask = None if mask_latent is None else mask_latent.to(cond.c_s)  # (1, 1, h, w)
