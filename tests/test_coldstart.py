@@ -186,10 +186,11 @@ def test_pickle_weights_are_refused_with_a_cache_too(random_model, tmp_path, cac
         Editor.from_pretrained(model, device="cpu", cache=True)  # the cache exists, the rule still holds
 
 
-def test_unreadable_cache_is_rebuilt(random_model, cache_root):
+@pytest.mark.parametrize("broken", ["model.pt", "prompts.pt"])
+def test_unreadable_cache_is_rebuilt(random_model, cache_root, broken):
     Editor.from_pretrained(random_model, device="cpu", cache=True)
     folder = cache_root / traced.model_key(random_model)
-    (folder / "model.pt").write_bytes(b"not a TorchScript archive")
+    (folder / broken).write_bytes(b"not what was written")
     again = Editor.from_pretrained(random_model, device="cpu", cache=True)
     assert again.cache_status.startswith("wrote")
     assert Editor.from_pretrained(random_model, device="cpu", cache=True).cache_status.startswith("loaded")

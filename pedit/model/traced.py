@@ -5,14 +5,14 @@ torch._dynamo, peft and transformers) for a sub-second edit of the toon model. T
 load with torch alone (docs/deployment.md, "CPU cold start").
 
 What is cached, per model folder, under `cache_dir()/<key>/` (CPU, float32 only):
-    denoise.pt         mcdm(z_in, t, context) -> eps            any batch (traced at 5 rows, checked at more);
-                       integer t only: fractional t (Euler) runs the model itself
-    image_projector.pt image_projector(c_s, clip_tokens) -> c_im
-    encode_latent.pt   FrozenParts.encode_latent(x) -> c_s
-    clip_tokens.pt     FrozenParts.clip_tokens(x) -> CLIP last hidden state (preprocessing included)
-    decode.pt          FrozenParts.decode(z) -> image
-    prompts.pt         c_p of every prompt the model's directions use, and of ""
-    meta.json          the key and what it was made from
+    model.pt              one TorchScript module (weights stored once), one method per editor call:
+                          forward = mcdm(z_in, t, context) -> eps, any batch (traced at 5 rows, checked
+                          at more), integer t only (fractional t, Euler's, runs the model itself);
+                          image_projector(c_s, clip_tokens); encode_latent(x); clip_tokens(x) with
+                          its preprocessing; decode(z)
+    prompts.pt            c_p of every prompt the model's directions use, and of ""
+    scheduler_config.json the model's noise schedule
+    meta.json             the key and what it was made from (written last: marks a complete cache)
 The traces record the very modules and methods the eager path calls, so they run the same kernels:
 a cache is written only when every trace reproduces its eager module bit for bit on test inputs,
 and tests/test_coldstart.py pins that an edit gives the same bytes either way.
@@ -43,7 +43,6 @@ from pedit.errors import PeditError
 
 CACHE_FORMAT = 1
 COMPONENTS = ("unet", "image_projector", "vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
-WEIGHTED = ("unet", "image_projector", "vae", "text_encoder", "image_encoder")  # folders with weight files
 CHECK_BATCHES = (5, 15, 50, 65)  # denoise rows checked against eager: the sampler's 5 and 5 x mask draws
 # (diffusers' Upsample2D branches on 64 rows; the branch only makes a copy contiguous, checked anyway)
 
@@ -286,9 +285,10 @@ def load_cached(path: Path, meta: dict, key: str, allow_pickle: bool = False, ro
         stored = torch.load(folder / "prompts.pt", weights_only=True)
         prompts = {p: stored["embeddings"][i:i + 1] for i, p in enumerate(stored["prompts"])}
         scheduler_config = json.loads((folder / "scheduler_config.json").read_text())
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError):
+    except Exception:  # noqa: BLE001 - whatever makes our own cache unreadable (truncated, foreign): rebuild it
         return None
     parts = TracedParts(module, prompts, scheduler_config, path, allow_pickle)
+
     def load_eager():
         from pedit.model.loading import load_model
 
