@@ -292,6 +292,7 @@ def load_model(path: str | Path | None = None, allow_pickle: bool = False, devic
     settable = [f for f in MaskConfig.__dataclass_fields__ if f != "batch"]  # batch bounds memory: the runtime's choice
     if not isinstance(mask, dict) or set(mask) - set(settable):
         raise ModelError(f"{path / 'pedit.json'}: \"mask\" may only set {', '.join(settable)}.")
+    try:
         MaskConfig(**mask)
     except ConfigError as e:
         raise ModelError(f"{path / 'pedit.json'}: \"mask\": {e}.") from None
