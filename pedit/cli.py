@@ -425,9 +425,14 @@ def _identity_cell(item) -> str:
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="What runs the U-Net.")
+@click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for --backend onnx/trt "
+              "(default: exported once into ~/.cache/pedit).")
+@click.option("--mask-batch", type=click.IntRange(min=0, max=1024),
+              help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call. "
+                   "Default: the model folder's setting.")
 @click.option("-q", "--quiet", is_flag=True)
 def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit, grid_pairs,
-             detector, overwrite, device, allow_pickle, precision, backend, quiet):
+             detector, overwrite, device, allow_pickle, precision, backend, engines, mask_batch, quiet):
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
 
     \b
@@ -446,7 +451,8 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                      steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
-                     allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite)
+                     allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite,
+                     engines=engines, mask_batch=mask_batch)
     console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:
@@ -522,9 +528,10 @@ def export_cmd(model, output, trt, force, networks, mask_noises, allow_pickle, q
 @click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True, help="Noise draws per mask call.")
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for onnx/trt.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
+@click.option("--overwrite", is_flag=True, help="Replace the -o file if it exists.")
 @click.option("-q", "--quiet", is_flag=True)
 def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device, precision, no_mask, mask_batch, engines,
-          output, quiet):
+          output, overwrite, quiet):
     """Time one edit stage by stage (load, encode, mask, steps, decode) per backend; JSON on stdout, a table on stderr."""
     import json
 
@@ -535,7 +542,8 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
 
     cfg = BenchConfig(model=model, arch=arch or "model", backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
                       steps=steps, repeats=repeats, warmup=warmup, vs_ip2p=vs == "ip2p", resolution=resolution,
-                      device=device, precision=precision, use_mask=not no_mask, mask_batch=mask_batch, engines=engines)
+                      device=device, precision=precision, use_mask=not no_mask, mask_batch=mask_batch, engines=engines,
+                      output=output, overwrite=overwrite)
     console = _console(quiet)
     _show_config(console, cfg)
     report = run_bench(cfg, log=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))
@@ -545,12 +553,7 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
         table.add_row(*(escape(c) for c in row))
     console.print(table)
     console.print(f"U-Net: {report['unet_flops_per_step'] / 1e12:.4f} TFLOP per 5-row step")
-    text = json.dumps(report, indent=2)
-    if output:
-        tmp = Path(output).with_name(f".{Path(output).name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, output)
-    click.echo(text)
+    click.echo(json.dumps(report, indent=2))
 
 
 @cli.command("sticker-pack")

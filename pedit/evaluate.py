@@ -56,10 +56,12 @@ class EvalConfig:
     precision: str = "fp32"  # fp32 | fp16 | bf16 (the model's weights and activations)
     backend: str = "torch"  # torch | compile | onnx | trt
     overwrite: bool = False  # replace an earlier report in `output`
+    engines: str | None = None  # a `pedit export` folder for onnx / trt
+    mask_batch: int | None = None  # noise draws per mask call (0 = all in one); None: the model folder's setting
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
-        from pedit.validate import check_int, check_seed
+        from pedit.validate import check_backend, check_device, check_int, check_precision, check_seed
 
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
@@ -70,8 +72,11 @@ class EvalConfig:
         if self.limit is not None:
             check_int("limit", self.limit, 1)
         check_int("grid_pairs", self.grid_pairs, 0)
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ConfigError(f"Unknown precision {self.precision!r}; choose from fp32, fp16, bf16.")
+        check_precision("precision", self.precision, optional=False)
+        check_backend("backend", self.backend)
+        check_device("device", self.device, optional=False)
+        if self.mask_batch is not None:
+            check_int("mask_batch", self.mask_batch, 0, 1024)
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
 
 
@@ -196,6 +201,16 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     return parts.decode(z_0), mask
 
 
+def eval_mask_config(cfg: EvalConfig):
+    """The model folder's own mask settings (pedit.json "mask", if any), with cfg.mask_batch."""
+    from pedit.edit.mask import MaskConfig
+    from pedit.model.loading import read_model_folder
+
+    _, meta = read_model_folder(cfg.model)
+    mask_cfg = MaskConfig(**meta.get("mask", {}))
+    return mask_cfg if cfg.mask_batch is None else dataclasses.replace(mask_cfg, batch=cfg.mask_batch)
+
+
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Score every method on the pair folder; writes report.json, report.md and grid.png to cfg.output."""
     from PIL import Image
@@ -204,17 +219,20 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     from pedit.data.directions import Direction
     from pedit.edit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
     from pedit.edit.guidance import GuidanceScales
+    from pedit.edit.mask import unet_rows
     from pedit.data.pairs import direction_of, load_rgb, read_pairs
 
     check_report_folder(cfg)
     pairs = read_pairs(cfg.pairs)
     if cfg.limit:
         pairs = pairs[: cfg.limit]
+    mask_cfg = eval_mask_config(cfg)
+    images = min(cfg.batch_size, len(pairs))  # run_method edits a batch of pairs in one U-Net call
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle,
-                                    precision=cfg.precision, backend=cfg.backend)
+                                    precision=cfg.precision, backend=cfg.backend, engines=cfg.engines,
+                                    unet_rows=unet_rows(mask_cfg, images))
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
-    mask_cfg = editor.default_options().mask  # the model folder's own mask settings, if any
     known = editor.directions
     for p in pairs:
         if p.direction not in known:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 from pedit.errors import ConfigError
 
@@ -42,3 +43,32 @@ def _check_range(name, value, lo, hi, lo_open=False, hi_open=False) -> None:
         right = ")" if hi_open else "]"
         span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
         raise ConfigError(f"{name} must be in {span}, got {value!r}")
+
+
+BACKENDS = ("torch", "compile", "onnx", "trt")  # what runs the U-Net (pedit.export.backends)
+PRECISIONS = ("fp32", "fp16", "bf16")  # pedit.edit.editor.PRECISIONS maps them to torch dtypes
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+
+
+def check_choice(name: str, value, choices: tuple, what: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"Unknown {what} {value!r} for {name}; choose from {', '.join(choices)}.")
+
+
+def check_backend(name: str, value) -> None:
+    check_choice(name, value, BACKENDS, "backend")
+
+
+def check_precision(name: str, value, optional: bool = True) -> None:
+    """fp32 | fp16 | bf16; None (where `optional`) means the device's default."""
+    check_choice(name, value, PRECISIONS, "precision", optional)
+
+
+def check_device(name: str, value, optional: bool = True) -> None:
+    """cpu, cuda, cuda:N, mps (whether this machine has one is checked when the model loads)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ConfigError(f"{name} must be cpu, cuda, cuda:N or mps, got {value!r}")

@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _traced_cache_dir(tmp_path_factory):
-    """`pedit edit` writes TorchScript caches (pedit.model.traced): into a temp folder, never ~/.cache."""
-    os.environ["PEDIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("pedit-cache"))
+    """pedit's caches (pedit.cache: TorchScript copies, engines, LoRAs) go into a temp folder, never ~/.cache."""
+    os.environ["PEDIT_CACHE"] = str(tmp_path_factory.mktemp("pedit-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -115,9 +115,8 @@ def _portrait(size: int = 32) -> Image.Image:
 
 @pytest.fixture
 def cache_root(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("PEDIT_CACHE_DIR", str(root))
-    return root
+    monkeypatch.setenv("PEDIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "traced"
 
 
 def _same(a, b) -> None:

@@ -116,11 +116,15 @@ class Editor:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
                         backend: str = "torch", precision: str | None = None, engines: str | Path | None = None,
-                        log: Callable[[str], None] = lambda msg: None, cache: bool = False):
+                        log: Callable[[str], None] = lambda msg: None, cache: bool = False,
+                        unet_rows: int | None = None):
         """Load a model folder (None: the bundled toon model) for editing.
 
         backend: torch | compile | onnx | trt (pedit.export.backends); precision: fp32 | fp16 | bf16
         (default fp16 on CUDA, fp32 on the CPU); engines: a `pedit export` folder for onnx/trt.
+        unet_rows: the largest U-Net call the caller will make (pedit.edit.mask.unet_rows; default:
+        one image with the model's own mask settings); an onnx/trt engine is widened only if it
+        does not cover it.
         cache=True (what `pedit edit` passes) with the torch backend, fp32, on the CPU: load the model
         from its TorchScript cache, writing the cache first when there is none (pedit.model.traced).
         A new process then edits without importing diffusers or transformers, with the same bytes out.
@@ -146,9 +150,11 @@ class Editor:
         model = load_model(path, allow_pickle=allow_pickle, device=device, dtype=PRECISIONS[precision])
         if backend == "torch":
             return cls(model)
+        from pedit.edit.mask import unet_rows as rows_of
         from pedit.export.backends import make_denoise
 
-        return cls(model, make_denoise(model, backend, engines, log))
+        rows = unet_rows if unet_rows is not None else rows_of(MaskConfig(**model.meta.get("mask", {})))
+        return cls(model, make_denoise(model, backend, engines, log, rows))
 
     @classmethod
     def _from_cache(cls, path, allow_pickle: bool) -> "Editor":

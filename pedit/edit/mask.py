@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pedit.edit.guidance import GuidanceScales, branch_eps
+from pedit.edit.guidance import N_ROWS, GuidanceScales, branch_eps
 from pedit.errors import NonFiniteError
 from pedit.model.conditions import EditConditions
 
@@ -43,6 +43,14 @@ class MaskConfig:
         check_number("threshold", self.threshold, 0, 1, hi_open=True)  # 1: nothing could pass
         check_number("dilate", self.dilate, 0, 64)
         check_number("feather", self.feather, 0, 64)
+
+
+def unet_rows(cfg: MaskConfig | None, images: int = 1) -> int:
+    """The largest U-Net batch an edit of `images` images makes: 5 rows x the draws of one mask call
+    (`editing_mask`) per image, or the 5-row sampling step alone without a mask (cfg None).
+    An exported engine must cover it (pedit.export.backends.engines_for)."""
+    draws = 1 if cfg is None else (cfg.batch or cfg.n_noise)
+    return N_ROWS * min(draws, cfg.n_noise if cfg else 1) * images
 
 
 def expand(cond: EditConditions, n: int) -> EditConditions:

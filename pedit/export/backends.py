@@ -3,14 +3,16 @@ and the editing mask call (DESIGN.md, "Samplers and backends"). They differ in w
 
     torch    eager PyTorch, the model's own precision and device
     compile  torch.compile of the U-Net; on CUDA with CUDA graphs ("reduce-overhead"). Inductor's
-             caches live in one folder ($PEDIT_CACHE/compile, default ~/.cache/pedit/compile) so a
-             second process loads compiled kernels instead of compiling them again
+             caches live in one folder (pedit.cache: $PEDIT_CACHE/compile, default ~/.cache/pedit/compile)
+             so a second process loads compiled kernels instead of compiling them again
     onnx     ONNX Runtime on the exported U-Net graph (CUDA provider when onnxruntime-gpu is installed)
     trt      a TensorRT engine (pip install pedit[trt], NVIDIA GPU)
 
 onnx and trt find their graph/engine in an engines folder (`pedit export`'s output) when its
 manifest matches the model, else export it once into ~/.cache/pedit/engines/<model hash>/ (the
-export stage is skipped in later processes). ONNX graphs are fp32; inputs in another precision are
+export stage is skipped in later processes). The caller says how many U-Net rows it will send in
+one call (`rows`, pedit.edit.mask.unet_rows); the folder's recorded profiles are kept when they
+cover that, else widened: the ONNX graph (dynamic batch) stays, a TensorRT engine is rebuilt. ONNX graphs are fp32; inputs in another precision are
 cast in and out, so the sampler sees the dtype it passed.
 """
 
@@ -22,13 +24,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from pedit.cache import cache_root
 from pedit.errors import ConfigError
-
-BACKENDS = ("torch", "compile", "onnx", "trt")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PEDIT_CACHE", Path.home() / ".cache" / "pedit")).expanduser()
+from pedit.edit.guidance import N_ROWS
+from pedit.validate import BACKENDS  # noqa: F401 (the names live with the shared check)
 
 
 def _t_tensor(t, device):
@@ -38,23 +37,11 @@ def _t_tensor(t, device):
     return torch.as_tensor(t, device=device).reshape(-1)[:1].to(torch.float32)
 
 
-def torch_backend(model) -> Callable:
-    import torch
-
-    mcdm = model.mcdm
-
-    @torch.no_grad()
-    def denoise(z_in, t, context):  # (N, 8, h, w), scalar, (N, 77 + K, D) → (N, 4, h, w)
-        return mcdm(z_in, t, context)
-
-    return denoise
-
-
 def compile_backend(model, cache_dir: Path | None = None) -> Callable:
     """torch.compile of the U-Net with Inductor's on-disk caches in `cache_dir`."""
     import torch
 
-    folder = Path(cache_dir or cache_root() / "compile")
+    folder = Path(cache_dir or cache_root("compile"))
     folder.mkdir(parents=True, exist_ok=True)
     # Inductor reads this when it compiles. Not setdefault: importing diffusers already ran Inductor's
     # cache_dir(), which writes its /tmp default into the variable. PEDIT_CACHE moves the folder.
@@ -75,9 +62,25 @@ def compile_backend(model, cache_dir: Path | None = None) -> Callable:
     return denoise
 
 
-def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str], None]) -> tuple[Path, dict]:
-    """An engines folder holding the U-Net for `model` (exported there now if missing or stale)."""
+DEFAULT_DRAWS = 10  # mask draws an engine is sized for when the caller needs fewer (pedit export's default)
+MAX_DRAWS = 1024  # as MaskConfig.n_noise: ExportConfig's bound
+
+
+def _covered_draws(manifest: dict, base_spec) -> int:
+    """Draws (mask profile max / 5) the folder's recorded U-Net profiles cover; 0 when none are recorded."""
+    try:
+        spec = base_spec.with_profiles(manifest["networks"]["unet"]["spec"])
+    except (KeyError, TypeError, ValueError):
+        return 0  # no U-Net yet, or a hand-edited manifest: exported afresh
+    return spec.max_batch("mask") // N_ROWS
+
+
+def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str], None],
+                rows: int = N_ROWS * DEFAULT_DRAWS) -> tuple[Path, dict]:
+    """An engines folder holding the U-Net for `model` whose profiles take `rows` rows in one call
+    (exported or rebuilt there now if missing, stale or too small)."""
     from pedit.export.pipeline import ExportConfig, export_model, read_manifest
+    from pedit.export.specs import dims_of, network_specs
 
     if engines is None:
         # One cache folder per model folder: keyed by its path and its U-Net files' sizes and times
@@ -85,27 +88,39 @@ def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str
         unet_dir = Path(model.path) / "unet"
         stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in unet_dir.iterdir() if p.is_file())
         key = hashlib.sha256(json.dumps([str(Path(model.path).resolve()), stats]).encode()).hexdigest()[:16]
-        engines = cache_root() / "engines" / key
-    else:
-        exported_from = read_manifest(Path(engines)).get("model")
-        if exported_from and exported_from != str(Path(model.path).resolve()):
-            raise ConfigError(f"Engines folder {engines} was exported from another model ({exported_from}). "
-                              f"Export this one there with `pedit export -m {model.path} -o {engines}`, or pick another folder.")
-    cfg = ExportConfig(model=str(model.path), output=str(engines), networks=("unet",), trt=trt)
+        engines = cache_root("engines") / key
+    manifest = read_manifest(Path(engines))
+    exported_from = manifest.get("model")
+    if exported_from and exported_from != str(Path(model.path).resolve()):
+        raise ConfigError(f"Engines folder {engines} was exported from another model ({exported_from}). "
+                          f"Export this one there with `pedit export -m {model.path} -o {engines}`, or pick another folder.")
+    needed = -(-rows // N_ROWS)  # draws (5-row groups) one call sends
+    if needed > MAX_DRAWS:
+        raise ConfigError(f"One U-Net call of {rows} rows is more than an engine takes ({N_ROWS * MAX_DRAWS}); "
+                          "split the editing mask's call with --mask-batch.")
+    have = _covered_draws(manifest, network_specs(dims_of(model))["unet"])
+    # The recorded profiles when they cover the call (nothing redone); else wide enough for it.
+    draws = have if have >= needed else max(needed, DEFAULT_DRAWS)
+    cfg = ExportConfig(model=str(model.path), output=str(engines), networks=("unet",), trt=trt, n_noise=draws)
     return Path(engines), export_model(cfg, log, model=model)
 
 
-def onnx_backend(model, engines=None, log: Callable[[str], None] = lambda m: None) -> Callable:
+def _unet_spec(model, manifest: dict):
+    """The U-Net spec with the profiles the folder's graph/engine was made with (its manifest)."""
+    from pedit.export.specs import dims_of, network_specs
+
+    return network_specs(dims_of(model))["unet"].with_profiles(manifest["networks"]["unet"]["spec"])
+
+
+def onnx_backend(model, engines=None, log: Callable[[str], None] = lambda m: None, rows: int = N_ROWS * DEFAULT_DRAWS) -> Callable:
     import torch
 
     from pedit.export.bindings import OrtBoundRunner
     from pedit.export.onnx_stage import ort_session
-    from pedit.export.specs import dims_of, network_specs
 
-    folder, manifest = engines_for(model, engines, trt=False, log=log)
-    spec = network_specs(dims_of(model))["unet"]
+    folder, manifest = engines_for(model, engines, trt=False, log=log, rows=rows)
     session = ort_session(folder / manifest["networks"]["unet"]["onnx"]["file"])
-    runner = OrtBoundRunner(session, spec, torch.float32)
+    runner = OrtBoundRunner(session, _unet_spec(model, manifest), torch.float32)
 
     @torch.no_grad()
     def denoise(z_in, t, context):
@@ -115,16 +130,14 @@ def onnx_backend(model, engines=None, log: Callable[[str], None] = lambda m: Non
     return denoise
 
 
-def trt_backend(model, engines=None, log: Callable[[str], None] = lambda m: None) -> Callable:
+def trt_backend(model, engines=None, log: Callable[[str], None] = lambda m: None, rows: int = N_ROWS * DEFAULT_DRAWS) -> Callable:
     import torch
 
     from pedit.export import trt
-    from pedit.export.specs import dims_of, network_specs
 
     trt.require()  # fail with the install hint before any export work
-    folder, manifest = engines_for(model, engines, trt=True, log=log)
-    spec = network_specs(dims_of(model))["unet"]
-    runner = trt.TrtRunner(folder / manifest["networks"]["unet"]["trt"]["file"], spec)
+    folder, manifest = engines_for(model, engines, trt=True, log=log, rows=rows)
+    runner = trt.TrtRunner(folder / manifest["networks"]["unet"]["trt"]["file"], _unet_spec(model, manifest))
 
     @torch.no_grad()
     def denoise(z_in, t, context):
@@ -134,14 +147,18 @@ def trt_backend(model, engines=None, log: Callable[[str], None] = lambda m: None
     return denoise
 
 
-def make_denoise(model, backend: str = "torch", engines=None, log: Callable[[str], None] = lambda m: None) -> Callable:
-    """The `denoise` callable of `backend` for a LoadedModel."""
+def make_denoise(model, backend: str = "torch", engines=None, log: Callable[[str], None] = lambda m: None,
+                 rows: int = N_ROWS * DEFAULT_DRAWS) -> Callable:
+    """The `denoise` callable of `backend` for a LoadedModel; `rows`: the largest batch it will get
+    (pedit.edit.mask.unet_rows), which an onnx/trt engine's profiles must cover."""
     if backend == "torch":
-        return torch_backend(model)
+        from pedit.edit.editor import torch_denoise
+
+        return torch_denoise(model.mcdm)
     if backend == "compile":
         return compile_backend(model)
     if backend == "onnx":
-        return onnx_backend(model, engines, log)
+        return onnx_backend(model, engines, log, rows)
     if backend == "trt":
-        return trt_backend(model, engines, log)
+        return trt_backend(model, engines, log, rows)
     raise ConfigError(f"Unknown backend {backend!r}; choose from {', '.join(BACKENDS)}.")

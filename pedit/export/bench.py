@@ -17,13 +17,15 @@ scheduler, steps and resolution in the same process, and reports our edit's spee
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
-from pedit.errors import ConfigError
+from pedit.errors import ConfigError, OutputError
 
 STAGES = ("encode", "mask", "steps", "decode", "edit")
 
@@ -47,8 +49,11 @@ class BenchConfig:
     engines: str | None = None
     seed: int = 0
 
+    output: str | None = None  # also write the JSON report here
+    overwrite: bool = False  # replace an existing `output`
+
     def __post_init__(self):
-        from pedit.export.backends import BACKENDS
+        from pedit.validate import BACKENDS, check_device, check_int, check_precision, check_seed
 
         if self.arch not in ("model", "sd15"):
             raise ConfigError(f"arch must be 'model' or 'sd15', got {self.arch!r}.")
@@ -60,8 +65,16 @@ class BenchConfig:
         if self.arch == "sd15" and any(b in ("onnx", "trt") for b in self.backends):
             raise ConfigError("--arch sd15 benches the torch and compile backends (random weights, no model folder "
                               "to export); for onnx/trt export a model folder and pass -m.")
-        if self.steps < 1 or self.repeats < 1 or self.warmup < 0 or self.mask_noises < 1 or self.mask_batch < 0:
-            raise ConfigError("steps, repeats and mask_noises must be >= 1; warmup and mask_batch >= 0.")
+        check_int("steps", self.steps, 1)
+        check_int("repeats", self.repeats, 1)
+        check_int("warmup", self.warmup, 0)
+        check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
+        check_int("mask_batch", self.mask_batch, 0, 1024)
+        check_seed("seed", self.seed)
+        check_device("device", self.device)
+        check_precision("precision", self.precision)
+        if not isinstance(self.direction, str) or not self.direction:
+            raise ConfigError(f"direction must be a direction name, got {self.direction!r}")
         if self.resolution is not None and (self.arch != "sd15" or self.resolution < 64 or self.resolution % 64):
             raise ConfigError("--resolution applies to --arch sd15 and must be a multiple of 64.")
 
@@ -103,6 +116,7 @@ def _load(cfg: BenchConfig, backend: str, log):
     import torch
 
     from pedit.edit.editor import PRECISIONS, Editor
+    from pedit.edit.mask import unet_rows
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.arch == "sd15":
@@ -113,7 +127,26 @@ def _load(cfg: BenchConfig, backend: str, log):
         model = build_sd15(cfg.resolution or 512, device, PRECISIONS[precision], cfg.seed)
         return Editor(model, make_denoise(model, backend))
     return Editor.from_pretrained(cfg.model, device=device, backend=backend, precision=cfg.precision,
-                                  engines=cfg.engines, log=log)
+                                  engines=cfg.engines, log=log, unet_rows=unet_rows(mask_config(cfg) if cfg.use_mask else None))
+
+
+def mask_config(cfg: BenchConfig):
+    from pedit.edit.mask import MaskConfig
+
+    return MaskConfig(n_noise=cfg.mask_noises, batch=cfg.mask_batch)
+
+
+def check_direction(cfg: BenchConfig) -> None:
+    """cfg.direction is one the benched model has: checked before any model is loaded."""
+    from pedit.data.directions import BUILTIN, model_directions, resolve
+
+    if cfg.arch == "sd15":
+        resolve(cfg.direction, dict(BUILTIN))  # build_sd15's model carries the built-in directions
+        return
+    from pedit.model.loading import read_model_folder
+
+    folder, meta = read_model_folder(cfg.model)
+    resolve(cfg.direction, model_directions(meta, folder))
 
 
 def _portrait(size: int):
@@ -137,12 +170,12 @@ def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
 
     from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
     from pedit.edit.guidance import GuidanceScales, guided_eps
-    from pedit.edit.mask import MaskConfig, editing_mask
+    from pedit.edit.mask import editing_mask
     from pedit.edit.sampler import make_scheduler, sample
     from pedit.data.pairs import square_rgb
 
     parts, scales = editor.model.parts, GuidanceScales()
-    mask_cfg = MaskConfig(n_noise=cfg.mask_noises, batch=cfg.mask_batch)
+    mask_cfg = mask_config(cfg)
     direction = editor.direction(cfg.direction)
     image = _portrait(editor.resolution)
     with timer("edit"):
@@ -257,6 +290,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
 
     from pedit.export.pipeline import tool_versions
 
+    check_output(cfg)
+    check_direction(cfg)
     report = {"config": asdict(cfg), "tools": tool_versions(), "backends": {}}
     editor = None
     for backend in cfg.backends:
@@ -277,7 +312,26 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
         report["ip2p"] = time_ip2p(editor, cfg, log)
         for row in report["backends"].values():
             row["speedup_vs_ip2p"] = round(report["ip2p"]["edit_ms"] / row["edit_ms"], 3)
+    if cfg.output:
+        from pedit.files import write_text_atomic
+
+        write_text_atomic(Path(cfg.output), json.dumps(report, indent=2), overwrite=cfg.overwrite)
     return report
+
+
+def check_output(cfg: BenchConfig) -> None:
+    """Before any work: -o names a file that can be written, new unless `overwrite`."""
+    from pedit.files import exists_error
+
+    if not cfg.output:
+        return
+    path = Path(cfg.output)
+    if path.is_dir():
+        raise OutputError(f"-o {path} is a folder; bench writes one JSON file.")
+    if not path.parent.is_dir():
+        raise OutputError(f"Folder {path.parent} of -o {path} does not exist; create it first.")
+    if path.exists() and not cfg.overwrite:
+        raise exists_error(path)
 
 
 def table_rows(report: dict) -> list[list[str]]:

@@ -33,8 +33,8 @@ def choose_profile(spec: NetworkSpec, batch: int) -> int:
     fits = [(abs(opt - batch), i) for i, (lo, opt, hi) in enumerate(spec.profiles.values()) if lo <= batch <= hi]
     if not fits:
         ranges = ", ".join(f"{k} {lo}-{hi}" for k, (lo, _, hi) in spec.profiles.items())
-        raise BindingError(f"{spec.name}: batch {batch} fits no profile ({ranges}). Re-export with larger profiles, "
-                           "or split the call (--mask-batch).")
+        raise BindingError(f"{spec.name}: batch {batch} fits no profile ({ranges}). Re-export with larger profiles "
+                           "(`pedit export --mask-noises N`: 5 x N rows), or split the editing mask's call (--mask-batch).")
     return min(fits)[1]
 
 

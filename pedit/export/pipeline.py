@@ -2,15 +2,18 @@
 
 Stages per network: torch → ONNX (parity-checked against torch) → TensorRT engine (`--trt`).
 A stage is skipped when its output file is there, its bytes hash to what the manifest recorded,
-and the hash of its inputs (the network's weights and spec, the tool versions; for an engine the
-ONNX file and the build settings) equals the manifest's: the caller is told "skipped". `force`
+and the hash of its inputs (the network's weights and spec without profiles, the tool versions; for
+an engine the ONNX file, the spec with its profiles and the build settings) equals the manifest's:
+the caller is told "skipped". ONNX graphs keep the batch axis dynamic, so new profiles (another
+--mask-noises) reuse the graph and rebuild only the engine. `force`
 redoes every stage. The manifest is rewritten after each stage, atomically, so an interrupted
 export keeps what it finished.
 
 manifest.json:
     model, model_hash              the source folder and the hash of every weight/config file used
     tools                          versions of pedit, torch, diffusers, transformers, onnx, onnxruntime(, tensorrt)
-    networks.<name>.spec           input/output names and shapes ("B" = batch), profiles
+    networks.<name>.spec           input/output names and shapes ("B" = batch), profiles (what the
+                                   engine was built for and what the runners accept)
     networks.<name>.onnx           file, sha256, input_hash, precision, opset, parity {max_abs, max_rel, batches, seed}
     networks.<name>.trt            file, sha256, input_hash, precision, device (with --trt)
 max_rel is max |onnx − torch| / max |torch| over the checked batches.
@@ -40,18 +43,18 @@ class ExportConfig:
     trt: bool = False
     force: bool = False
     networks: tuple[str, ...] = NETWORKS
-    n_noise: int = 10  # sizes the U-Net's mask profile: 5 rows x N draws
+    n_noise: int = 10  # sizes the U-Net's mask profile: 5 rows x N draws (1..1024, as MaskConfig)
     tolerance: float = 1e-3  # largest max_rel an fp32 ONNX graph may show against torch
     allow_pickle: bool = False
 
     def __post_init__(self):
+        from pedit.validate import check_int, check_number
+
         unknown = [n for n in self.networks if n not in NETWORKS]
         if unknown or not self.networks:
             raise ConfigError(f"Unknown network(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(NETWORKS)}.")
-        if self.n_noise < 1:
-            raise ConfigError(f"n_noise must be at least 1, got {self.n_noise}.")
-        if not 0 < self.tolerance < 1:
-            raise ConfigError(f"tolerance must be in (0, 1), got {self.tolerance}.")
+        check_int("n_noise", self.n_noise, 1, 1024)
+        check_number("tolerance", self.tolerance, 0, 1, lo_open=True, hi_open=True)
 
 
 def file_sha256(path: Path) -> str:
@@ -62,10 +65,19 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def stat_key(st) -> list:
+    """What says a file is unchanged since it was hashed: size, mtime, inode and ctime.
+
+    Size and mtime alone are not enough: `cp -p` and `rsync -a` write new bytes of the same size
+    under the old mtime. ctime cannot be set from user space, and every write or utime moves it; a
+    replaced file has a new inode. A file whose key differs is hashed again (its bytes decide)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
 def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -> str:
     """sha256 over the relative names and bytes of every file under root/part, in sorted order.
 
-    `known` (relative path → [size, mtime_ns, sha256], kept in the manifest) spares re-reading
+    `known` (relative path → [*stat_key, sha256], kept in the manifest) spares re-reading
     gigabytes of unchanged weights in every process; it is updated in place.
     """
     known = {} if known is None else known
@@ -77,10 +89,11 @@ def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -
             if not p.exists():
                 continue
             rel, st = str(p.relative_to(root)), p.stat()
-            seen = known.get(rel)
-            if not (isinstance(seen, list) and seen[:2] == [st.st_size, st.st_mtime_ns]):
-                known[rel] = seen = [st.st_size, st.st_mtime_ns, file_sha256(p)]
-            h.update(rel.encode() + b"\0" + seen[2].encode())
+            seen, key = known.get(rel), stat_key(st)
+            if not (isinstance(seen, list) and len(seen) == len(key) + 1 and seen[:-1] == key
+                    and isinstance(seen[-1], str)):
+                known[rel] = seen = [*key, file_sha256(p)]
+            h.update(rel.encode() + b"\0" + seen[-1].encode())
     return h.hexdigest()
 
 
@@ -126,15 +139,13 @@ def _fresh(entry: dict | None, out: Path, input_hash: str) -> bool:
     path = out / entry.get("file", "")
     if not path.is_file():
         return False
-    st = path.stat()
-    if entry.get("stat") == [st.st_size, st.st_mtime_ns]:
+    if entry.get("stat") == stat_key(path.stat()):
         return True  # unchanged since it was hashed (a multi-GB graph is not re-read in every process)
     return file_sha256(path) == entry.get("sha256")
 
 
 def _output_record(path: Path) -> dict:
-    st = path.stat()
-    return {"file": path.name, "sha256": file_sha256(path), "stat": [st.st_size, st.st_mtime_ns]}
+    return {"file": path.name, "sha256": file_sha256(path), "stat": stat_key(path.stat())}
 
 
 def export_model(cfg: ExportConfig, log: Callable[[str], None] = lambda msg: None, model=None) -> dict:
@@ -184,7 +195,8 @@ def export_model(cfg: ExportConfig, log: Callable[[str], None] = lambda msg: Non
         spec = specs[name]
         entry = dict(manifest["networks"].get(name, {}))
         entry["spec"] = spec.describe()
-        onnx_hash = _digest(folder_hash(model.path, spec.sources, known), spec.describe(), OPSET, versions)
+        # Profiles are left out: the graph's batch axis is dynamic, and the engine's hash has them.
+        onnx_hash = _digest(folder_hash(model.path, spec.sources, known), spec.describe(profiles=False), OPSET, versions)
         if not cfg.force and _fresh(entry.get("onnx"), out, onnx_hash):
             log(f"{name}: ONNX skipped (inputs unchanged)")
         else:

@@ -58,13 +58,35 @@ class NetworkSpec:
         """The batch the graph is traced at: the first profile's opt."""
         return next(iter(self.profiles.values()))[1] if self.profiles else 1
 
-    def describe(self) -> dict:
-        """A JSON-able description (stored in the manifest and hashed with the weights)."""
-        return {
+    def describe(self, profiles: bool = True) -> dict:
+        """A JSON-able description (stored in the manifest). An ONNX graph's hash leaves the profiles
+        out (its batch axis is dynamic: one graph serves any profile); an engine's keeps them."""
+        out = {
             "inputs": {t.name: {"shape": list(t.shape), "dtype": t.dtype} for t in self.inputs},
             "outputs": {t.name: {"shape": list(t.shape), "dtype": t.dtype} for t in self.outputs},
-            "profiles": {k: list(v) for k, v in self.profiles.items()},
         }
+        if profiles:
+            out["profiles"] = {k: list(v) for k, v in self.profiles.items()}
+        return out
+
+    def with_profiles(self, described: dict) -> "NetworkSpec":
+        """This spec with the profiles of `described` (a manifest's `spec`): what an engine was built with.
+
+        ValueError when they are not a name → (min, opt, max) mapping of positive batches."""
+        import dataclasses
+
+        raw = described.get("profiles") if isinstance(described, dict) else None
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError(f"{self.name}: no profiles recorded")
+        profiles = {}
+        for k, v in raw.items():
+            if not (isinstance(v, list) and len(v) == 3 and all(type(b) is int for b in v)):
+                raise ValueError(f"{self.name}: profile {k!r} is not [min, opt, max], got {v!r}")
+            profiles[k] = tuple(v)
+        return dataclasses.replace(self, profiles=profiles)  # __post_init__ checks 1 <= min <= opt <= max
+
+    def max_batch(self, profile: str) -> int:
+        return self.profiles[profile][2] if profile in self.profiles else 0
 
 
 @dataclass(frozen=True)
@@ -99,7 +121,8 @@ def dims_of(model) -> Dims:
 
 
 def network_specs(d: Dims, n_noise: int = 10) -> dict[str, NetworkSpec]:
-    """The five specs of an MCDM. `n_noise` sizes the mask profile (5 rows x N draws)."""
+    """The five specs of an MCDM. `n_noise` sizes the mask profile (5 rows x N draws): the largest
+    U-Net call is 5 x draws per mask call x images (pedit.edit.mask.unet_rows)."""
     c, h = d.latent_channels, d.latent
     return {
         "unet": NetworkSpec(

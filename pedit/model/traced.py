@@ -4,7 +4,7 @@ Why: on the CPU, `pedit edit` spent ~5 s importing diffusers and transformers (d
 torch._dynamo, peft and transformers) for a sub-second edit of the toon model. TorchScript files
 load with torch alone (docs/deployment.md, "CPU cold start").
 
-What is cached, per model folder, under `cache_dir()/<key>/` (CPU, float32 only):
+What is cached, per model folder, under `cache_dir()/<key>/` (pedit.cache; CPU, float32 only):
     model.pt              one TorchScript module (weights stored once), one method per editor call:
                           forward = mcdm(z_in, t, context) -> eps, any batch (traced at 5 rows, checked
                           at more), integer t only (fractional t, Euler's, runs the model itself);
@@ -18,7 +18,7 @@ a cache is written only when every trace reproduces its eager module bit for bit
 and tests/test_coldstart.py pins that an edit gives the same bytes either way.
 
 The key hashes the content of every file the model loads from (pedit.json and the component folders),
-the torch and pedit versions and this format's version: a changed weight, prompt or library gives
+the torch, diffusers, transformers and pedit versions and this format's version: a changed weight, prompt or library gives
 a new key, never a stale cache. Safety checks that do not depend on content (pickle-only weights
 need allow_pickle) run on every load, as for the eager path. A prompt outside the cache (a custom
 `Direction` in the Python API) is encoded by the real text encoder, loaded on first use.
@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from pedit import __version__
+from pedit.cache import cache_root
 from pedit.errors import PeditError
 
 CACHE_FORMAT = 1
@@ -52,15 +53,27 @@ class CacheError(PeditError):
 
 
 def cache_dir() -> Path:
-    """$PEDIT_CACHE_DIR, else $XDG_CACHE_HOME/pedit/traced, else ~/.cache/pedit/traced."""
-    if os.environ.get("PEDIT_CACHE_DIR"):
-        return Path(os.environ["PEDIT_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pedit" / "traced"
+    """The `traced` folder of pedit's cache root (pedit.cache: $PEDIT_CACHE, default ~/.cache/pedit)."""
+    return cache_root("traced")
+
+
+def _versions() -> str:
+    """Versions of the libraries whose code is in a trace (diffusers' U-Net and VAE, transformers' CLIP)
+    or made the cached prompt embeddings. Read from package metadata: importing them costs seconds."""
+    import importlib.metadata as md
+
+    out = [f"torch {torch.__version__}", f"pedit {__version__}"]
+    for pkg in ("diffusers", "transformers"):
+        try:
+            out.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            out.append(f"{pkg} none")
+    return " ".join(out)
 
 
 def model_key(path: Path) -> str:
     """Hash of everything the model loads from, plus the versions that shape a trace."""
-    h = hashlib.sha256(f"pedit-traced {CACHE_FORMAT} torch {torch.__version__} pedit {__version__}\n".encode())
+    h = hashlib.sha256(f"pedit-traced {CACHE_FORMAT} {_versions()}\n".encode())
     files = [path / "pedit.json"] + sorted(f for c in COMPONENTS for f in (path / c).rglob("*") if f.is_file())
     for f in files:
         h.update(f"{f.relative_to(path).as_posix()}\n{f.stat().st_size}\n".encode())

@@ -56,7 +56,7 @@ class EditFilesConfig:
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
         from pedit.edit.sampler import SCHEDULERS
-        from pedit.validate import check_int, check_number, check_seed
+        from pedit.validate import check_backend, check_device, check_int, check_number, check_precision, check_seed
 
         if not self.inputs or not all(isinstance(i, str) and i for i in self.inputs):
             raise ConfigError(f"inputs must be one or more file or folder names, got {self.inputs!r}")
@@ -67,7 +67,11 @@ class EditFilesConfig:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
-        check_int("mask_noises", self.mask_noises, 1)
+        check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
+        check_int("mask_batch", self.mask_batch, 0, 1024)
+        check_backend("backend", self.backend)
+        check_precision("precision", self.precision)
+        check_device("device", self.device)
         if self.face_index is not None:
             check_int("face_index", self.face_index, 0)
         check_number("margin", self.margin, 0, 5)
@@ -86,13 +90,16 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem)."""
     from pedit.edit.editor import EditOptions, Editor
     from pedit.edit.guidance import GuidanceScales
+    from pedit.edit.mask import MaskConfig, unet_rows
     from pedit.viz import compare_sheet, overlay_mask
 
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
     out = Path(cfg.output) if cfg.output else None
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                                     precision=cfg.precision, engines=cfg.engines,
-                                    log=lambda msg: on_event("note", msg), cache=cfg.cache)
+                                    log=lambda msg: on_event("note", msg), cache=cfg.cache,
+                                    unet_rows=unet_rows(MaskConfig(n_noise=cfg.mask_noises, batch=cfg.mask_batch)
+                                                        if cfg.use_mask else None))
     if editor.cache_failed:
         on_event("note", editor.cache_status)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work

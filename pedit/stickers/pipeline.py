@@ -97,8 +97,10 @@ Progress = Callable[[StageProgress], None]
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("PEDIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "pedit")
-    return Path(root).expanduser()
+    """pedit's cache root (pedit.cache); LoRAs go into its dreambooth/ folder."""
+    from pedit.cache import cache_root
+
+    return cache_root()
 
 
 def identity_scorer() -> tuple[Callable | None, str | None]:
