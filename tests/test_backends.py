@@ -227,3 +227,70 @@ def test_engines_of_another_model_are_refused_not_overwritten(random_model, tmp_
     log = []
     Editor.from_pretrained(random_model, device="cpu", backend="onnx", engines=tmp_path, log=log.append)
     assert log == ["unet: ONNX skipped (inputs unchanged)"]
+
+
+# ---------------------------------------------------------------- config gates and bench -o
+
+
+@pytest.mark.parametrize("kwargs, field", [({"seed": -1}, "seed"), ({"steps": 1.5}, "steps"),
+                                            ({"mask_noises": 10**6}, "mask_noises"), ({"mask_batch": -1}, "mask_batch"),
+                                            ({"device": "meta"}, "device"), ({"precision": "fp8"}, "precision")])
+def test_bench_config_validates_its_fields(kwargs, field):
+    from pedit.errors import ConfigError
+    from pedit.export.bench import BenchConfig
+
+    with pytest.raises(ConfigError, match=field):
+        BenchConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"precision": "fp8"}, "precision"),
+                                            ({"mask_batch": -3}, "mask_batch"), ({"mask_noises": 10**6}, "mask_noises"),
+                                            ({"device": "meta"}, "device")])
+def test_edit_files_config_validates_backend_precision_and_mask(kwargs, field):
+    from pedit.errors import ConfigError
+    from pedit.photos.edit_files import EditFilesConfig
+
+    with pytest.raises(ConfigError, match=field):
+        EditFilesConfig(inputs=("a.png",), direction="royal", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"device": "meta"}, "device"),
+                                            ({"precision": None}, "precision"), ({"mask_batch": 2000}, "mask_batch")])
+def test_eval_config_validates_backend_and_device(kwargs, field):
+    from pedit.errors import ConfigError
+    from pedit.evaluate import EvalConfig
+
+    with pytest.raises(ConfigError, match=field):
+        EvalConfig(pairs="p", **kwargs)
+
+
+def test_bench_direction_is_checked_before_any_model_loads(random_model, monkeypatch):
+    import pedit.export.bench as bench
+    from pedit.errors import DirectionError
+
+    monkeypatch.setattr(bench, "bench_backend", lambda *a: pytest.fail("benched before checking the direction"))
+    with pytest.raises(DirectionError, match="Unknown direction 'nope'"):
+        bench.run_bench(bench.BenchConfig(model=str(random_model), direction="nope"))
+
+
+def test_bench_output_is_checked_first_and_replaced_only_with_overwrite(random_model, tmp_path, monkeypatch):
+    import pedit.export.bench as bench
+
+    report = tmp_path / "bench.json"
+    report.write_text("earlier")
+    calls = []
+    real = bench.bench_backend
+    monkeypatch.setattr(bench, "bench_backend", lambda *a: calls.append(a) or real(*a))
+    args = ("bench", "-m", random_model, "--steps", "1", "--repeats", "1", "--warmup", "0", "--no-mask", "-o", report)
+    result = _run(*args)
+    assert result.exit_code == 1 and result.stderr.endswith(
+        f"Error: {report} already exists. Pass --overwrite to replace it, or choose another -o.\n")
+    assert report.read_text() == "earlier" and calls == []  # refused before any work
+    result = _run("bench", "-m", random_model, "-o", tmp_path / "no" / "such" / "r.json")
+    assert result.exit_code == 1 and "does not exist" in result.stderr and calls == []
+    result = _run(*args, "--overwrite")
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert json.loads(report.read_text()) == json.loads(result.stdout) and len(calls) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temp file left

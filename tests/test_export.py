@@ -180,3 +180,35 @@ def test_export_modules_import_no_cli_layer():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_same_size_rewrite_with_the_old_mtime_is_hashed_again(tmp_path):
+    """`cp -p` / `rsync -a` keep size and mtime: the memo must not serve the old bytes' hash."""
+    import os
+    import time
+
+    from pedit.export.pipeline import folder_hash
+
+    (tmp_path / "unet").mkdir()
+    weights = tmp_path / "unet" / "w.safetensors"
+    weights.write_bytes(b"a" * 64)
+    known = {}
+    first = folder_hash(tmp_path, ("unet",), known)
+    st = weights.stat()
+    time.sleep(0.02)  # past the filesystem clock's tick, as any real copy is
+    with open(weights, "r+b") as f:  # same inode, same size, new bytes, old mtime restored
+        f.write(b"b" * 64)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights.stat().st_size == st.st_size and weights.stat().st_mtime_ns == st.st_mtime_ns
+    second = folder_hash(tmp_path, ("unet",), known)
+    assert second != first
+    assert folder_hash(tmp_path, ("unet",), {}) == second  # what hashing the bytes afresh gives
+
+
+@pytest.mark.parametrize("kwargs, field", [({"n_noise": 10**6}, "n_noise"), ({"n_noise": 2.5}, "n_noise"),
+                                            ({"n_noise": True}, "n_noise"), ({"tolerance": float("nan")}, "tolerance")])
+def test_export_config_validates_its_numbers(kwargs, field):
+    from pedit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"^{field} must be"):
+        ExportConfig(**kwargs)
