@@ -87,8 +87,9 @@ def test_trt_engine_is_rebuilt_only_when_its_profiles_do_not_cover_the_call(mode
     log = []
     backends.engines_for(model, folder, trt=True, log=log.append, rows=100)
     assert built == [(5, 100, 100)] and log[-1] == "unet: TensorRT engine skipped (inputs unchanged)"
+    log.clear()
     backends.engines_for(model, folder, trt=True, log=log.append, rows=5 * 30)
-    assert built == [(5, 100, 100), (5, 150, 150)] and "unet: ONNX skipped (inputs unchanged)" in log
+    assert built == [(5, 100, 100), (5, 150, 150)] and log[0] == "unet: ONNX skipped (inputs unchanged)"
 
 
 def test_a_call_no_engine_can_take_asks_for_mask_batch(model, tmp_path):
