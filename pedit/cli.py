@@ -159,10 +159,13 @@ def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact,
 @click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
+@click.option("--no-cache", is_flag=True, help="Run the frozen VAE and encoders every step instead of once (the latent cache).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the latent cache lives. Default: DATA/.pedit-cache.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps between loss reports.")
 @click.option("-q", "--quiet", is_flag=True)
 def train(data, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
           learning_rate, warmup_steps, checkpoint_every, validate_every, resume, mixed_precision,
-          gradient_checkpointing, ema_decay, seed, allow_pickle, quiet):
+          gradient_checkpointing, ema_decay, seed, allow_pickle, no_cache, cache_dir, log_every, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
 
     Multi-GPU: accelerate launch -m pedit train --data DIR -o DIR ...
@@ -175,6 +178,7 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
+        cache=not no_cache, cache_dir=cache_dir, log_every=log_every,
     )
     # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).
     console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
@@ -192,6 +196,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
                 console.print(f"step {p.step}: validation grid {p.path}")
             elif p.event == "checkpoint":
                 console.print(f"[dim]step {p.step}: checkpoint {p.path}[/dim]")
+            elif p.event == "cache":  # building the latent cache: step = pairs encoded so far
+                bar.update(task, info=f"latent cache {p.step}/{p.max_steps} pairs")
 
         out = run_train(cfg, progress=on_progress, log=console.print)
     console.print(f"Model written to {out}")
