@@ -21,7 +21,10 @@ def make_scheduler(name: str, config: dict):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
     if name == "ddim":
-        return DDIMScheduler.from_config(config)
+        # A base's config may lack clip_sample, and DDIM's default (True) clips the predicted
+        # latent to [-1, 1]: right for pixels, wrong for VAE latents (diffusers' latent pipelines
+        # set it off too). Set explicitly, whatever the config says.
+        return DDIMScheduler.from_config(config, clip_sample=False)
     if name == "dpm":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
     if name == "euler":

@@ -68,7 +68,7 @@ def resolve_source(source: str | Path, what: str, required: tuple[str, ...]) -> 
         raise ModelError(f"{what} {source!r} is neither an existing folder nor a hub id like 'owner/name'.")
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+    patterns = hub_patterns(required)
     try:
         folder = Path(snapshot_download(str(source), allow_patterns=patterns, local_files_only=True))
     except Exception:
@@ -86,6 +86,29 @@ def resolve_source(source: str | Path, what: str, required: tuple[str, ...]) -> 
             ) from None
     _check_layout(folder, what, required)
     return folder
+
+
+# The files from_pretrained reads: configs, tokenizer files and the default (non-variant) weights,
+# single-file or sharded. Not fp16/ema/non_ema variants, not single-file checkpoints, not pickles.
+_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*-of-*.safetensors",
+            "diffusion_pytorch_model.safetensors.index.json", "model.safetensors", "model-*-of-*.safetensors",
+            "model.safetensors.index.json")
+_CONFIGS = ("config.json", "scheduler_config.json", "preprocessor_config.json", "tokenizer_config.json",
+            "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.json", "added_tokens.json")
+
+
+def hub_patterns(required: tuple[str, ...]) -> list[str]:
+    """allow_patterns for snapshot_download: only the subfolders in `required` (or the repo root for
+    files), and in them only what is loaded. A Stable Diffusion repo also holds multi-GB single-file
+    checkpoints and fp16/ema variants that pedit never reads."""
+    folders = [name for name in required if "." not in name] or [""]
+    patterns = ["model_index.json"]
+    for folder in folders:
+        prefix = f"{folder}/" if folder else ""
+        patterns += [prefix + name for name in _WEIGHTS + _CONFIGS]
+    if "image_encoder" not in folders and folders != [""]:  # a base may bring its own CLIP vision encoder
+        patterns += [f"image_encoder/{name}" for name in _WEIGHTS + _CONFIGS]
+    return patterns
 
 
 def _check_layout(folder: Path, what: str, required: tuple[str, ...]) -> None:
