@@ -216,6 +216,10 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
 @click.option("--no-mask", is_flag=True, help="Plain MCDM sampling, no editing mask (the paper's 'w/o mask').")
 @click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True, help="Noise draws for the editing mask.")
+@click.option("--mask", "mask_file", type=click.Path(dir_okay=False),
+              help="Your own mask: greyscale image, any size (stretched to the photo), white = may change.")
+@click.option("--mask-mode", type=click.Choice(["replace", "intersect", "union"]), default="replace", show_default=True,
+              help="How --mask combines with the model's own mask.")
 @click.option("--save-mask", is_flag=True, help="Also write the mask and a mask overlay PNG.")
 @click.option("--compare", is_flag=True, help="Also write input | mask overlay | output side by side.")
 @click.option("--face", "--face-index", "face_index", type=click.IntRange(min=0),
@@ -227,8 +231,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the model folder. Only for trusted files.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("-q", "--quiet", is_flag=True)
-def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, save_mask,
-         compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, quiet):
+def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, mask_file,
+         mask_mode, save_mask, compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     from rich.markup import escape
 
@@ -239,6 +243,7 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         scheduler=scheduler, s_s=s_s, s_im=s_im, s_p=s_p, use_mask=not no_mask, mask_noises=mask_noises,
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
         overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device,
+        mask=mask_file, mask_mode=mask_mode,
     )
     console = _console(quiet)
     with contextlib.ExitStack() as stack:

@@ -27,6 +27,7 @@ from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
 from pedit.data.pairs import square_rgb
 from pedit.model.mcdm import EditConditions
 from pedit.edit.sampler import make_scheduler, sample
+from pedit.edit.user_mask import check_user_mask, combine_latent, combine_weight, user_mask_at
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,13 @@ class EditOptions:
     use_mask: bool = True
     mask: MaskConfig = field(default_factory=MaskConfig)
     scheduler: str = "ddim"
+    user_mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) in [0, 1], any size; 1 = may change
+    mask_mode: str = "replace"  # how user_mask combines with the model's mask: replace, intersect, union
 
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError("steps must be at least 1")
+        check_user_mask(self.user_mask, self.mask_mode)
 
 
 @dataclass
@@ -145,7 +149,8 @@ class Editor:
         """Edit `image` (any size; resized to the model's square resolution) toward `direction`.
 
         `overrides` are EditOptions fields (`seed=3`, `steps=10`, ...). `callback(step, total)`
-        reports progress. Same seed → same bytes.
+        reports progress. Same seed → same bytes. `user_mask=` (an (H, W) array in [0, 1], see
+        pedit.edit.user_mask.load_user_mask) and `mask_mode=` restrict or widen the model's mask.
         """
         from diffusers import DDPMScheduler
 
@@ -157,10 +162,15 @@ class Editor:
         cond = self.conditions(x_A, direction)
         generator = torch.Generator().manual_seed(options.seed)
 
-        mask_latent = None
+        model_mask = None
         if options.use_mask:
             noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
-            mask_latent = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
+            model_mask = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
+        user = None
+        mask_latent = model_mask  # (1, 1, h, w) or None
+        if options.user_mask is not None:
+            user = user_mask_at(options.user_mask, size, cond.c_s.shape[-1])
+            mask_latent = combine_latent(model_mask, user.latent, options.mask_mode)
 
         scheduler = make_scheduler(options.scheduler, parts.scheduler_config)
         z_T = torch.randn(cond.c_s.shape, generator=generator, dtype=torch.float32).to(cond.c_s)
@@ -170,7 +180,12 @@ class Editor:
                      lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback)
         raw = tensor_to_uint8(parts.decode(z_0))
 
-        out, weight = keep_outside(original, raw, mask_latent, options.mask)
+        if user is None:
+            out, weight = keep_outside(original, raw, mask_latent, options.mask)
+        else:  # the user's mask blends at pixel precision
+            model_weight = None if model_mask is None else keep_outside(original, raw, model_mask, options.mask)[1]
+            weight = combine_weight(model_weight, user.pixels, options.mask_mode)
+            out = composite(original, raw, weight)
         return EditResult(
             image=Image.fromarray(out),
             mask=Image.fromarray(np.rint(weight * 255).astype(np.uint8)),

@@ -41,6 +41,13 @@ class EditFilesConfig:
     max_pixels: int = 100_000_000
     allow_pickle: bool = False
     device: str | None = None
+    mask: str | None = None  # a user's mask file: greyscale, any size, white = may change
+    mask_mode: str = "replace"  # replace, intersect or union with the model's mask
+
+    def __post_init__(self):
+        from pedit.edit.user_mask import check_user_mask
+
+        check_user_mask(None, self.mask_mode)
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -53,7 +60,10 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     from pedit.edit.guidance import GuidanceScales
     from pedit.viz import compare_sheet, overlay_mask
 
+    from pedit.edit.user_mask import load_user_mask
+
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
+    region = None if cfg.mask is None else load_user_mask(cfg.mask)  # an unreadable mask too
     out = Path(cfg.output) if cfg.output else None
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
@@ -62,6 +72,7 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     options = EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
         mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
+        mask_mode=cfg.mask_mode,
     )
     detector = HaarFaceDetector()
 
@@ -78,11 +89,13 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
                 raise OutputError(f"{p} already exists. Pass --overwrite to replace it, or choose another -o.")
         photo = load_photo(path, cfg.max_pixels)
 
-        def edit_fn(square):
-            result = editor.edit(square, direction, options, callback=lambda i, n: on_event("steps", (i, n)))
+        def edit_fn(square, user_mask=None):
+            result = editor.edit(square, direction, options, callback=lambda i, n: on_event("steps", (i, n)),
+                                 user_mask=user_mask)
             return result.image, result.mask
 
-        done = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, cfg.face_index, cfg.require_face, cfg.margin)
+        done = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, cfg.face_index, cfg.require_face, cfg.margin,
+                          region=region)
         if done.face is None:
             on_event("note", f"No face found in {path}; edited the centred square.")
         save_image_atomic(done.image, target, alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile,
