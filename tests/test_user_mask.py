@@ -43,7 +43,7 @@ def test_replace_keeps_the_input_exactly_where_the_user_mask_is_black(editor, po
     assert np.array_equal(out[:, 17:], src[:, 17:])
     assert (out[:, :16] != src[:, :16]).any()
     assert (weight[:, :15] == 1).all() and not weight[:, 17:].any()
-    assert r.mask_latent[0, 0, :, :2].all() and not r.mask_latent[0, 0, :, 2:].any()  # 4x4 latent: left 2 columns
+    assert r.mask_latent[0, 0, :, :2].all() and not r.mask_latent[0, 0, :, 3:].any()  # 4x4 latent cells of 8 px
 
 
 def test_intersect_with_all_white_and_union_with_all_black_are_the_models_mask(editor, portrait):
