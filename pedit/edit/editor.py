@@ -24,6 +24,7 @@ from pedit.errors import ConfigError
 from pedit.edit.guidance import GuidanceScales, guided_eps
 from pedit.model.loading import LoadedModel, load_model
 from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
+from pedit.edit.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
 from pedit.model.mcdm import EditConditions
 from pedit.edit.sampler import make_scheduler, sample
@@ -121,9 +122,11 @@ class Editor:
     def is_bundled(self) -> bool:
         return bool(self.model.meta.get("bundled", False))
 
-    def default_options(self) -> EditOptions:
-        """EditOptions, with the editing-mask settings a model folder may carry in pedit.json ("mask")."""
-        return EditOptions(mask=MaskConfig(**self.model.meta.get("mask", {})))
+    def default_options(self, direction: str | Direction | None = None) -> EditOptions:
+        """EditOptions, with the editing-mask settings the model folder carries in pedit.json for
+        `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.edit.mask_settings)."""
+        direction = None if direction is None else self.direction(direction)
+        return EditOptions(mask=mask_config_for(self.model.meta, direction))
 
     def direction(self, direction: str | Direction) -> Direction:
         return direction if isinstance(direction, Direction) else resolve(direction, self.directions)
@@ -154,8 +157,8 @@ class Editor:
         """
         from diffusers import DDPMScheduler
 
-        options = dataclasses.replace(options or self.default_options(), **overrides)
         direction = self.direction(direction)
+        options = dataclasses.replace(options or self.default_options(direction), **overrides)
         parts, size = self.model.parts, self.resolution
         original = square_rgb(image, size)  # (R, R, 3) uint8
         x_A = uint8_to_tensor(original)

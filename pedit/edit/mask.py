@@ -46,6 +46,14 @@ def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: Guidanc
     The noised latent is E(x_A): `cond.c_s`, or `z_A` (B, 4, h, w) when the conditions have c_s
     dropped (the ablation without c_s, the text-only DiffEdit baseline).
     """
+    diff = difference_map(denoise, noise_scheduler, cond, scales, cfg, generator, z_A)
+    return binarize(diff, cfg.ratio, cfg.threshold)
+
+
+@torch.no_grad()
+def difference_map(denoise, noise_scheduler, cond: EditConditions, scales: GuidanceScales, cfg: MaskConfig,
+                   generator: torch.Generator, z_A: torch.Tensor | None = None) -> torch.Tensor:
+    """|eps~(p_b) − eps~(p_a)| averaged over channels and cfg.n_noise draws at cfg.strength: (B, h, w)."""
     z_A = cond.c_s if z_A is None else z_A
     b, _, h, w = z_A.shape
     n = cfg.n_noise
@@ -57,11 +65,15 @@ def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: Guidanc
     c_s_rows, context = many.guidance_rows()  # (5NB, 4, h, w), (5NB, 77 + K, D)
     z_in = torch.cat([z_t.repeat(5, 1, 1, 1), c_s_rows], dim=1)  # (5NB, 8, h, w)
     eps_b, eps_a = branch_eps(denoise(z_in, t[0], context), scales)  # (NB, 4, h, w) each
-    diff = (eps_b - eps_a).float().abs().mean(dim=1).view(n, b, h, w).mean(dim=0)  # (B, h, w)
-    cap = diff.mean(dim=(1, 2), keepdim=True) * cfg.ratio
+    return (eps_b - eps_a).float().abs().mean(dim=1).view(n, b, h, w).mean(dim=0)  # (B, h, w)
+
+
+def binarize(diff: torch.Tensor, ratio: float, threshold: float) -> torch.Tensor:
+    """(B, h, w) difference map → (B, 1, h, w) binary mask: clamp at mean × ratio, scale to [0, 1], threshold."""
+    cap = diff.mean(dim=(1, 2), keepdim=True) * ratio
     diff = torch.minimum(diff, cap)
     diff = diff / diff.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    return (diff > cfg.threshold).float()[:, None]
+    return (diff > threshold).float()[:, None]
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ Modes (the model's mask is all ones with `use_mask=False`, the paper's "w/o mask
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +43,8 @@ def load_user_mask(source) -> np.ndarray:
     if isinstance(source, np.ndarray):
         arr = source.astype(np.float32)
         return arr / 255.0 if arr.max(initial=0) > 1 else arr
+    if not isinstance(source, Image.Image) and not Path(source).is_file():
+        raise InputImageError(f"Mask {source} does not exist (or is not a file).")
     try:
         image = source if isinstance(source, Image.Image) else Image.open(source)
         image.load()

@@ -21,8 +21,8 @@ import torch
 
 from pedit import __version__
 from pedit.data.directions import model_directions
-from pedit.errors import ModelError, UnsafeModelError
-from pedit.edit.mask import MaskConfig
+from pedit.errors import ModelError, PeditError, UnsafeModelError
+from pedit.edit.mask_settings import check_mask_settings
 from pedit.model.mcdm import CLIP_MEAN, CLIP_STD, MCDM, FrozenParts, ImageProjector
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -278,9 +278,10 @@ def load_model(path: str | Path | None = None, allow_pickle: bool = False, devic
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{path / 'pedit.json'} is not a valid pedit model description ({e}).") from None
     model_directions(meta, path)
-    mask = meta.get("mask", {})
-    if not isinstance(mask, dict) or set(mask) - set(MaskConfig.__dataclass_fields__):
-        raise ModelError(f"{path / 'pedit.json'}: \"mask\" may only set {', '.join(MaskConfig.__dataclass_fields__)}.")
+    try:
+        check_mask_settings(meta, path / "pedit.json")
+    except (ValueError, TypeError, PeditError) as e:
+        raise ModelError(str(e) if str(e).startswith(str(path)) else f"{path / 'pedit.json'}: {e}") from None
     parts = load_frozen_parts(path, allow_pickle)
     unet = _load(UNet2DConditionModel, path / "unet", allow_pickle, "U-Net")
     projector = _load(ImageProjector, path / "image_projector", allow_pickle, "Image projector")

@@ -68,7 +68,7 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
-    defaults = editor.default_options()
+    defaults = editor.default_options(direction)  # the model's mask settings for this direction
     options = EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
         mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
