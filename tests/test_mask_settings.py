@@ -93,3 +93,32 @@ def test_eval_reports_each_directions_ceiling_above_its_iou(random_model, tmp_pa
         for d, s in report["per_direction"][method].items():
             assert 0 < s["mask_iou_ceiling"] <= 1 and s["mask_iou"] <= s["mask_iou_ceiling"] + 1e-9
     assert "IoU ceiling" in markdown_report(report)
+
+
+def test_tuning_refuses_evaluation_identities(random_model, tmp_path):
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.errors import ConfigError
+    from pedit.mask_tuning import TuneConfig, tune_masks
+
+    pairs = generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=2, resolution=32, seed=999_999, exact=True))
+    with pytest.raises(ConfigError, match="evaluation identities"):
+        tune_masks(TuneConfig(pairs=str(pairs), model=str(random_model)))
+
+
+def test_tuning_picks_the_best_of_its_own_grid_per_task(random_model, tmp_path):
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.mask_tuning import TuneConfig, tune_masks
+
+    pairs = generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=8, resolution=32, seed=0, exact=True))
+    r = tune_masks(TuneConfig(pairs=str(pairs), model=str(random_model), strengths=(0.5, 0.8), ratios=(3.0,),
+                              thresholds=(0.3, 0.5, 0.7), dilates=(0.0, 1.0), feathers=(0.5,), n_noise=2, steps=2))
+    assert set(r["mask_by_task"]) == {"costume", "expression"} and r["per_task_pairs"] == {"costume": 4, "expression": 4}
+    for task, chosen in r["chosen"].items():
+        table = r["mask_iou"][task]
+        assert len(table) == 6 and chosen["iou"] == pytest.approx(max(table.values()))
+        key = f"strength {chosen['strength']}, ratio {chosen['ratio']}, threshold {chosen['threshold']}"
+        assert table[key] == pytest.approx(chosen["iou"])
+        blends = r["blend"][task]
+        best = max(blends, key=lambda k: blends[k]["psnr"])
+        assert best == f"dilate {chosen['dilate']}, feather {chosen['feather']}"
+    check_mask_settings({"mask_by_task": r["mask_by_task"]}, "tuned")
