@@ -75,6 +75,8 @@ class Scores:
     iou: float = 0.0
     n_iou: int = 0
     ceiling: float = 0.0  # best IoU any latent-grid mask reaches (pedit.mask_ceiling), summed like iou
+    precision: float = 0.0  # of the predicted mask: the share of it inside the true mask
+    recall: float = 0.0  # the share of the true mask it covers
 
     def add(self, out: np.ndarray, target: np.ndarray, true_mask: np.ndarray, pred_mask: np.ndarray | None,
             ceiling: float | None = None) -> None:
@@ -94,6 +96,9 @@ class Scores:
             self.iou += np.logical_and(pred_mask, true_mask).sum() / union if union else 1.0
             self.n_iou += 1
             self.ceiling += ceiling if ceiling is not None else float("nan")
+            inter = np.logical_and(pred_mask, true_mask).sum()
+            self.precision += inter / pred_mask.sum() if pred_mask.any() else 1.0
+            self.recall += inter / true_mask.sum() if true_mask.any() else 1.0
 
     @staticmethod
     def _psnr(sq: float, px: int) -> float | None:
@@ -111,6 +116,8 @@ class Scores:
             "psnr_outside_mask": self._psnr(self.sq_out, self.px_out),
             "mask_iou": self.iou / self.n_iou if self.n_iou else None,
             "mask_iou_ceiling": self.ceiling / self.n_iou if self.n_iou else None,
+            "mask_precision": self.precision / self.n_iou if self.n_iou else None,
+            "mask_recall": self.recall / self.n_iou if self.n_iou else None,
             "lpips": NA_OFFLINE,
             "fid": NA_OFFLINE,
         }
@@ -304,10 +311,11 @@ def markdown_report(report: dict) -> str:
     for m, by_dir in report["per_direction"].items():
         lines.append(f"\n**{m}** per direction\n")
         lines.append("| direction | pairs | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | IoU ceiling "
-                     "(latent grid) | IoU / ceiling |\n|---|---|---|---|---|---|---|---|---|")
+                     "(latent grid) | IoU / ceiling | mask precision | mask recall |\n|---|---|---|---|---|---|---|---|---|---|---|")
         for d, s in by_dir.items():
             iou, ceiling = s["mask_iou"], s.get("mask_iou_ceiling")
             share = f"{100 * iou / ceiling:.0f} %" if iou is not None and ceiling else "–"
             lines.append(f"| {d} | {s['pairs']} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
-                         f"{_fmt(s['psnr_outside_mask'])} | {_fmt(iou, 3)} | {_fmt(ceiling, 3)} | {share} |")
+                         f"{_fmt(s['psnr_outside_mask'])} | {_fmt(iou, 3)} | {_fmt(ceiling, 3)} | {share} | "
+                         f"{_fmt(s.get('mask_precision'), 3)} | {_fmt(s.get('mask_recall'), 3)} |")
     return "\n".join(lines) + "\n"

@@ -122,3 +122,29 @@ def test_tuning_picks_the_best_of_its_own_grid_per_task(random_model, tmp_path):
         best = max(blends, key=lambda k: blends[k]["psnr"])
         assert best == f"dilate {chosen['dilate']}, feather {chosen['feather']}"
     check_mask_settings({"mask_by_task": r["mask_by_task"]}, "tuned")
+
+
+def test_precision_and_recall_of_the_predicted_mask():
+    from pedit.evaluate import Scores
+
+    true = np.zeros((8, 8), bool)
+    true[:2, :2] = True  # 4 pixels
+    pred = np.zeros((8, 8), bool)
+    pred[:4, :4] = True  # 16 pixels, covering all of the true mask: too large
+    s = Scores()
+    img = np.zeros((8, 8, 3), np.uint8)
+    s.add(img, img, true, pred, ceiling=1.0)
+    summary = s.summary()
+    assert summary["mask_recall"] == 1.0 and summary["mask_precision"] == 0.25 and summary["mask_iou"] == 0.25
+
+
+def test_with_dilate_0_the_feather_halves_a_one_cell_region_and_dilate_1_keeps_it_whole():
+    import torch
+
+    from pedit.edit.mask import pixel_mask
+
+    one_cell = torch.zeros(1, 1, 16, 16)
+    one_cell[0, 0, 8, 8] = 1  # 8 px cells at 128 px
+    assert pixel_mask(one_cell, 128, 0, 4.0).max() < 0.5
+    whole = pixel_mask(one_cell, 128, 8, 4.0)[0, 0, 64:72, 64:72]
+    assert (whole > 1 - 1e-5).all()  # the whole edit (up to float rounding of the blur)

@@ -86,8 +86,12 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
 def pixel_mask(mask: torch.Tensor, size: int, dilate_px: int, feather_px: float) -> torch.Tensor:
     """Latent mask (B, 1, h, w) → soft pixel blend weight (B, 1, size, size) in [0, 1].
 
-    Dilated first so the feathered edge lies outside the edited region, not inside it; exactly
-    0 wherever no edited cell is within reach, so those pixels are copied untouched.
+    Dilated first so the feathered edge lies outside the edited region, not inside it: with
+    dilate_px at least the feather's reach (2 sigma) every edited cell keeps weight 1. With
+    dilate_px 0 the feather straddles the edge and eats into the region (a lone cell at feather
+    0.5 cells gets at most 0.47 of the edit). Exactly 0 wherever no edited cell is within reach,
+    so those pixels are copied untouched. Which blend a model uses is measured (MaskConfig,
+    pedit.mask_tuning), not assumed.
     """
     m = F.interpolate(mask.float().cpu(), size=(size, size), mode="nearest")
     if dilate_px > 0:
