@@ -210,8 +210,8 @@ TOON = BaseSpec(
 )
 
 # The same networks with a VAE of factor 4: 32×32 latents at 128 px. The editing mask lives on the
-# latent grid, and on 16×16 the best IoU any mask can reach on expression edits is 0.41–0.50
-# (docs/toon-model.md, "Resolution"); on 32×32 it is 0.58–0.69.
+# latent grid, and on 16×16 the best IoU any mask can reach on expression edits is 0.39–0.51
+# (docs/toon-model.md, "Resolution"); on 32×32 it is 0.56–0.69.
 TOON32 = dataclasses.replace(TOON, vae_channels=(16, 32, 64))
 
 
