@@ -31,9 +31,9 @@ EVAL_SEEDS_FROM = 1_000_000
 class TuneConfig:
     pairs: str
     model: str | None = None
-    strengths: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
-    ratios: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0)
-    thresholds: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7)
+    strengths: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    ratios: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0)
+    thresholds: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
     dilates: tuple[float, ...] = (0.0, 0.5, 1.0)
     feathers: tuple[float, ...] = (0.0, 0.5)
     n_noise: int = 10
