@@ -38,3 +38,7 @@ class DirectionError(PeditError):
 
 class ConfigError(PeditError):
     """A configuration whose values contradict each other or are out of range."""
+
+
+class FaceModelMissing(ModelError):
+    """dlib or its face model files are not installed (`pip install 'pedit[faces]'`)."""

@@ -1,0 +1,152 @@
+"""The cartoon portrait (paper §4): augment the selfie, fine-tune, draw candidates, keep the best.
+
+The prompt asks for a plain background (the sticker's background is keyed out without a model, see
+matte.py). Each candidate is scored and the score recorded: identity distance to the selfie through
+`pedit.faces` when the face model is installed (lower = more like the subject), and how plain the
+background is (matte.fit_background's share of border pixels on the fitted colour). A candidate with a
+busy background is only chosen when none is plain. `pick` overrides the choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pedit.errors import ConfigError
+from pedit.photos.photo import Box
+from pedit.stickers.matte import fit_background
+
+DEFAULT_STYLE = ("a cartoon sticker portrait of {subject}, flat colours, bold clean outlines, big expressive eyes, "
+                 "head and shoulders, centred, on a plain white background")
+NEGATIVE_PROMPT = "photo, realistic, busy background, scenery, text, watermark, cropped head, extra people"
+PLAIN_ENOUGH = 0.6  # plain_fraction a candidate needs to be chosen over others on identity alone
+
+
+def cartoon_prompt(style: str | None, subject: str) -> str:
+    """The style prompt with the subject put in: at {subject}, or in front when the style has no slot."""
+    style = (style or DEFAULT_STYLE).strip()
+    if not style:
+        raise ConfigError("--style is empty; give a style prompt, e.g. 'a flat cartoon of {subject}'.")
+    return style.replace("{subject}", subject) if "{subject}" in style else f"{subject}, {style}"
+
+
+def load_base_pipeline(base: str, allow_pickle: bool = False, device: str = "cpu"):
+    """The Stable Diffusion pipeline of a base (local diffusers folder or hub id), quiet, on `device`."""
+    from diffusers import StableDiffusionPipeline
+
+    from pedit.errors import ModelError
+    from pedit.model.loading import BASE_REQUIRED, _quiet_libraries, resolve_source, use_safetensors
+
+    import diffusers
+
+    _quiet_libraries()
+    diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components": pedit draws its own
+    root = resolve_source(base, "Base model", BASE_REQUIRED)
+    safe = use_safetensors(root / "unet", allow_pickle)  # a config-only U-Net (the toon base) fails here
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(root, safety_checker=None, requires_safety_checker=False,
+                                                       feature_extractor=None, image_encoder=None,
+                                                       local_files_only=True, use_safetensors=safe)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelError(f"Base model {root} could not be loaded as a Stable Diffusion pipeline: {first}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def draw_candidates(pipe, prompt: str, n: int, steps: int, seed: int,
+                    progress: Callable[[int, int], None] = lambda i, n: None) -> list[tuple[int, Image.Image]]:
+    """n portraits of `prompt`, candidate i from seed `seed + i` (so one can be redrawn alone)."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    out = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(seed + i)
+        image = pipe(prompt, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=steps, generator=g).images[0]
+        out.append((seed + i, image))
+        progress(i + 1, n)
+    return out
+
+
+def score_candidates(candidates, selfie: np.ndarray, scorer: Callable | None) -> list[dict]:
+    """Per candidate: seed, identity_distance (None without the face model or a face), plain_background.
+
+    `scorer` is pipeline.identity_scorer's (reference → distance function), or None.
+    """
+    to_selfie = scorer(selfie) if scorer is not None else (lambda rgb: None)
+    scores = []
+    for seed, image in candidates:
+        rgb = np.asarray(image.convert("RGB"))
+        distance = to_selfie(rgb)
+        scores.append({"seed": seed, "identity_distance": None if distance is None else round(float(distance), 4),
+                       "plain_background": round(fit_background(rgb).plain_fraction, 4)})
+    return scores
+
+
+def choose(scores: list[dict], pick: int | None = None) -> int:
+    """The candidate to keep: `pick`, else the most like the subject among plain ones, else the plainest."""
+    if pick is not None:
+        if not 0 <= pick < len(scores):
+            raise ConfigError(f"--pick {pick} is out of range: {len(scores)} candidates (0 to {len(scores) - 1}).")
+        return pick
+    plain = [i for i, s in enumerate(scores) if s["plain_background"] >= PLAIN_ENOUGH] or list(range(len(scores)))
+    with_identity = [i for i in plain if scores[i]["identity_distance"] is not None]
+    if with_identity:
+        return min(with_identity, key=lambda i: scores[i]["identity_distance"])
+    return max(plain, key=lambda i: scores[i]["plain_background"])
+
+
+def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image, scorer, progress,
+               cache_dir: Path) -> tuple[Image.Image, dict]:
+    """Augment → DreamBooth LoRA (cached) → candidates → the chosen cartoon at 512 px, and its record.
+
+    `cfg` is the pipeline's StickerConfig; `progress` takes pipeline.StageProgress events.
+    """
+    import hashlib
+
+    import torch
+
+    from pedit.stickers.augment import AugmentConfig, augment_views
+    from pedit.stickers.dreambooth import LORA_FILE, DreamBoothConfig, cache_key, train_lora
+    from pedit.stickers.pipeline import StageProgress
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_base_pipeline(cfg.base, cfg.allow_pickle, device)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    db = DreamBoothConfig(steps=cfg.train_steps, rank=cfg.lora_rank, prior_preservation=cfg.prior_preservation,
+                          seed=cfg.seed)
+    aug = AugmentConfig(n_views=cfg.views, size=size, seed=cfg.seed)
+    selfie_sha = hashlib.sha256(Path(cfg.selfie).read_bytes()).hexdigest()
+    key = cache_key(selfie_sha, str(cfg.base), db, {"augment": asdict(aug)})
+    folder = cache_dir / "dreambooth" / key
+
+    if (folder / "lora" / LORA_FILE).exists():
+        progress(StageProgress("augment", 0, 0, "skipped (LoRA cached)", skipped=True))
+        progress(StageProgress("fine-tune", 0, 0, f"skipped (cached {key})", skipped=True))
+        views = []
+    else:
+        views = []
+        for i, view in enumerate(augment_views(selfie, face, aug)):
+            views.append(view.image)
+            progress(StageProgress("augment", i + 1, aug.n_views, "views"))
+    lora = train_lora(pipe, views, db, folder,
+                      progress=lambda s, n, loss: progress(StageProgress("fine-tune", s, n, f"loss {loss:.4f}")))
+    pipe.load_lora_weights(lora)
+
+    prompt = cartoon_prompt(cfg.style, db.subject)
+    progress(StageProgress("cartoonize", 0, cfg.candidates, "candidates"))
+    candidates = draw_candidates(pipe, prompt, cfg.candidates, cfg.cartoon_steps, cfg.seed,
+                                 lambda i, n: progress(StageProgress("cartoonize", i, n, "candidates")))
+    scores = score_candidates(candidates, np.asarray(portrait.convert("RGB")), scorer)
+    chosen = choose(scores, cfg.pick)
+    record = {"prompt": prompt, "negative_prompt": NEGATIVE_PROMPT, "steps": cfg.cartoon_steps, "candidates": scores,
+              "picked": chosen, "picked_by": "--pick" if cfg.pick is not None else "score",
+              "lora": {"key": key, "folder": str(lora), "dreambooth": db.weights_key(), "augment": asdict(aug)}}
+    image = candidates[chosen][1].convert("RGB").resize((512, 512), Image.Resampling.LANCZOS)
+    return image, record

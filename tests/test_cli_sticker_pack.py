@@ -1,0 +1,234 @@
+"""`pedit sticker-pack` end to end through the command line.
+
+The offline path (the bundled toon model, a toon portrait: DreamBooth and cartoon skipped) runs once
+for the module and is checked the way an app would check the files; the full path (augment →
+DreamBooth LoRA → cartoon → edit → pack) runs on the tiny random models of conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pedit.cli import cli
+from pedit.stickers.matte import make_sticker
+
+ROOT = Path(__file__).resolve().parents[1]
+TOON = ROOT / "examples" / "toon.png"
+ASTRONAUT = ROOT / "examples" / "astronaut.png"
+EXPRESSIONS = ("angry", "shocked", "laughing", "crying")
+ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["sticker-pack", *map(str, args)], env=ENV)
+
+
+def assert_clean_failure(result, *needles: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output and result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def toon_pack(tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("toon") / "pack"
+    result = run(TOON, "-o", out, "--steps", "4", "--device", "cpu")
+    return out, result
+
+
+def test_offline_pack_has_every_file(toon_pack):
+    out, result = toon_pack
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    names = [f"{i + 1:02d}_{e}" for i, e in enumerate(EXPRESSIONS)]
+    expected = {"manifest.json", "config.json", "preview.png", "whatsapp/contents.json", "whatsapp/tray.png",
+                "telegram/thumb.png"}
+    for n in names:
+        expected |= {f"stickers/{n}.png", f"stickers/{n}.webp", f"whatsapp/{n}.webp", f"telegram/{n}.png"}
+    found = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert found == expected
+    assert leftovers(out.parent) == []  # no temporary folder left beside it
+
+
+def test_offline_stickers_are_512_rgba_keyed_and_outlined(toon_pack):
+    out, _ = toon_pack
+    for path in sorted((out / "stickers").iterdir()):
+        with Image.open(path) as im:
+            assert im.size == (512, 512) and im.mode == "RGBA", path
+            rgba = np.asarray(im)
+        alpha = rgba[..., 3]
+        assert alpha[0, 0] == 0 and alpha[0, -1] == 0 and alpha[256, 256] == 255
+        assert 0.3 < (alpha > 127).mean() < 0.9  # the subject, not the whole square, not nothing
+        soft = ((alpha > 0) & (alpha < 255)).mean()
+        assert 0 < soft < 0.05  # a soft edge, and only an edge
+        row = rgba[200]  # through the head: the first opaque pixels from the left are the white outline
+        first = int(np.argmax(row[:, 3] == 255))
+        assert row[first, :3].min() >= 250  # white (WebP is lossy)
+
+
+def test_offline_app_folders_keep_the_limits(toon_pack):
+    out, _ = toon_pack
+    contents = json.loads((out / "whatsapp" / "contents.json").read_text(encoding="utf-8"))
+    pack = contents["sticker_packs"][0]
+    assert 3 <= len(pack["stickers"]) <= 30 and pack["tray_image_file"] == "tray.png"
+    assert [s["emojis"] for s in pack["stickers"]] == [["😠"], ["😲"], ["😂"], ["😢"]]
+    for s in pack["stickers"]:
+        path = out / "whatsapp" / s["image_file"]
+        assert path.stat().st_size <= 100 * 1024
+        with Image.open(path) as im:
+            assert im.format == "WEBP" and im.size == (512, 512) and im.mode == "RGBA"
+    with Image.open(out / "whatsapp" / "tray.png") as im:
+        assert im.format == "PNG" and im.size == (96, 96)
+    assert (out / "whatsapp" / "tray.png").stat().st_size <= 50 * 1024
+    for path in (out / "telegram").glob("0*.png"):
+        with Image.open(path) as im:
+            assert 512 in im.size and max(im.size) == 512
+        assert path.stat().st_size <= 512 * 1024
+    with Image.open(out / "telegram" / "thumb.png") as im:
+        assert im.size == (100, 100)
+
+
+def test_offline_manifest_records_the_run(toon_pack):
+    out, _ = toon_pack
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert "skipped" in manifest["cartoon"]
+    assert manifest["model"] == "bundled toon model"
+    assert len(manifest["selfie"]["sha256"]) == 64
+    entries = manifest["files"]["stickers"]
+    assert [e["name"] for e in entries] == list(EXPRESSIONS)
+    for e in entries:
+        assert e["seed"] == 0 and e["steps"] == 4 and e["prompts"]["p_b"].endswith(f"{e['name']} expression")
+        assert 0 < e["edited_fraction"] < 0.6  # the mask-guided edit touched part of the portrait
+        assert e["whatsapp"]["bytes"] <= e["whatsapp"]["limit"]
+    if manifest["identity_note"]:  # no face model: scores are recorded as null, with the reason
+        assert all(e["identity_distance"] is None for e in entries)
+
+
+def test_offline_edits_change_the_face_and_keep_the_rest(toon_pack):
+    """Each sticker against the unedited portrait made into a sticker the same way."""
+    out, _ = toon_pack
+    with Image.open(TOON) as im:
+        neutral = np.asarray(make_sticker(im.convert("RGB").resize((512, 512), Image.Resampling.LANCZOS)), float)
+    for path in sorted((out / "stickers").glob("*.png")):
+        with Image.open(path) as im:
+            sticker = np.asarray(im, float)
+        face = np.abs(sticker - neutral)[180:330, 170:340].mean()  # eyes and mouth of examples/toon.png
+        body = np.abs(sticker - neutral)[440:500, 100:400].mean()  # the shirt, far from any expression
+        assert face > 8 and body < 2 and face > 5 * body, (path.name, face, body)
+
+
+# --- bad inputs: one Error line, nothing written -------------------------------------------------------
+
+
+def test_unreadable_selfie(tmp_path):
+    bad = tmp_path / "selfie.png"
+    bad.write_text("not an image")
+    assert_clean_failure(run(bad, "-o", tmp_path / "out"), "not an image pedit can read")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_missing_selfie(tmp_path):
+    assert_clean_failure(run(tmp_path / "nope.jpg", "-o", tmp_path / "out"), "No such file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert_clean_failure(run(TOON, "-o", out, "--steps", "1"), "already exists", "--overwrite")
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_output_under_a_file_fails_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert_clean_failure(run(TOON, "-o", tmp_path / "file" / "out"), "is a file")
+
+
+def test_a_style_with_brackets_is_shown_verbatim(tmp_path):
+    # The config line is rich markup: an unescaped "[/b]" in a prompt would crash it.
+    (tmp_path / "out").mkdir()
+    result = run(TOON, "-o", tmp_path / "out", "--style", "a [/b] cartoon of {subject}")
+    assert_clean_failure(result, "already exists")
+    assert "a [/b] cartoon" in result.stderr
+
+
+def test_overwrite_replaces_the_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = run(TOON, "-o", out, "--steps", "1", "--overwrite", "--expressions", "angry,shocked,crying")
+    assert result.exit_code == 0, result.output
+    assert not (out / "old.txt").exists() and (out / "stickers" / "03_crying.png").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_require_face_without_a_face(tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (200, 200), (90, 140, 200)).save(plain)
+    assert_clean_failure(run(plain, "-o", tmp_path / "out", "--require-face"), "No face found")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("expressions,needle", [("angry,shocked", "3 to 30"), ("angry,shocked,grumpy", "grumpy")])
+def test_bad_expression_lists(tmp_path, expressions, needle):
+    assert_clean_failure(run(TOON, "-o", tmp_path / "out", "--expressions", expressions), needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_photo_with_a_trained_model_needs_a_base(tmp_path, random_model):
+    assert_clean_failure(run(ASTRONAUT, "-o", tmp_path / "out", "-m", random_model, "--device", "cpu"),
+                         "--base", "--skip-cartoonize")
+
+
+def test_a_failure_while_packing_leaves_nothing(tmp_path, monkeypatch):
+    from pedit.errors import OutputError
+    from pedit.stickers import pipeline
+
+    def broken(*args, **kwargs):
+        raise OutputError("disk full (simulated)")
+
+    monkeypatch.setattr(pipeline, "write_pack", broken)
+    assert_clean_failure(run(TOON, "-o", tmp_path / "out", "--steps", "1"), "disk full")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+# --- the full path on tiny random models ---------------------------------------------------------------
+
+
+def test_full_path_trains_once_and_honours_pick(tmp_path, random_model, tiny_base):
+    common = ["-m", random_model, "--base", tiny_base, "--device", "cpu", "--steps", "2", "--views", "2",
+              "--train-steps", "2", "--candidates", "2", "--cartoon-steps", "2", "--cache-dir", tmp_path / "cache",
+              "--expressions", "angry,shocked,crying"]
+    first = run(ASTRONAUT, "-o", tmp_path / "a", *common)
+    assert first.exit_code == 0, first.output
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))
+    cartoon = manifest["cartoon"]
+    assert len(cartoon["candidates"]) == 2 and cartoon["picked_by"] == "score"
+    assert "sks person" in cartoon["prompt"]
+    lora = Path(cartoon["lora"]["folder"]) / "pytorch_lora_weights.safetensors"
+    stamp = lora.stat().st_mtime_ns
+    assert len(list((tmp_path / "a" / "stickers").glob("*.png"))) == 3
+
+    # Another style and a pick: the LoRA comes from the cache, untouched.
+    second = run(ASTRONAUT, "-o", tmp_path / "b", *common, "--style", "a flat cartoon of {subject}", "--pick", "1")
+    assert second.exit_code == 0, second.output
+    again = json.loads((tmp_path / "b" / "manifest.json").read_text(encoding="utf-8"))["cartoon"]
+    assert again["lora"]["key"] == cartoon["lora"]["key"] and lora.stat().st_mtime_ns == stamp
+    assert again["picked"] == 1 and again["picked_by"] == "--pick"
+    assert again["prompt"] == "a flat cartoon of sks person"
+    assert "cached" in second.stderr
