@@ -105,36 +105,115 @@ def directions(directions_file, model):
 @cli.command("gen-pairs")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Pair folder to write (resumable).")
 @click.option("-n", "n", required=True, type=click.IntRange(min=1), help="Number of pairs in the whole set.")
-@click.option("--source", type=click.Choice(["toon"]), default="toon", show_default=True,
-              help="Where pairs come from: the procedural toon world, with ground truth.")
-@click.option("--directions", "direction_list", default="all", show_default=True, help="Comma-separated directions.")
-@click.option("--resolution", type=click.IntRange(min=32), default=128, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Pair i uses identity seed SEED + i.")
-@click.option("--shard", default="0/1", show_default=True, help="I/N: write indices i with i % N == I.")
-@click.option("--exact", is_flag=True, help="Exact pairs (evaluation sets); default: imperfect like generated ones.")
-@click.option("--max-shift", type=click.IntRange(min=0), default=2, show_default=True, help="Imperfection: pixels of shift in x_B.")
-@click.option("--max-face-width", type=click.FloatRange(0, 0.5), default=0.06, show_default=True, help="Imperfection: relative face-width change.")
-@click.option("--max-color-drift", type=click.IntRange(0, 64), default=6, show_default=True, help="Imperfection: colour offset per channel.")
+@click.option("--source", type=click.Choice(["toon", "sd"]), default="toon", show_default=True,
+              help="toon: the procedural toon world, with ground truth. sd: Stable Diffusion side by side (paper §3.2).")
+@click.option("--directions", "direction_list", default="all", show_default=True,
+              help="Comma-separated directions (all: every built-in one; sd: the costumes).")
+@click.option("--directions-file", type=click.Path(dir_okay=False), help="sd: a TOML file of your own directions.")
+@click.option("--resolution", type=click.IntRange(min=32), help="Side of each half in pixels [toon: 128, sd: 512].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Pair i's randomness depends on SEED and i only.")
+@click.option("--shard", help="I/N: write indices i with i % N == I [default 0/1, or the rank under accelerate launch].")
+@click.option("--exact", is_flag=True, help="toon: exact pairs (evaluation sets); default: imperfect like generated ones.")
+@click.option("--max-shift", type=click.IntRange(min=0), default=2, show_default=True, help="toon imperfection: pixels of shift in x_B.")
+@click.option("--max-face-width", type=click.FloatRange(0, 0.5), default=0.06, show_default=True, help="toon imperfection: relative face-width change.")
+@click.option("--max-color-drift", type=click.IntRange(0, 64), default=6, show_default=True, help="toon imperfection: colour offset per channel.")
+@click.option("--base", help="sd: Stable Diffusion base, a local diffusers folder or a hub id.")
+@click.option("--controlnet", default="lllyasviel/sd-controlnet-openpose", show_default=True, help="sd: OpenPose ControlNet.")
+@click.option("--pose", default="builtin", show_default=True, help="sd: builtin, a keypoints .json, or a folder of photos.")
+@click.option("--pose-annotators", type=click.Path(file_okay=False), help="sd: folder with controlnet_aux's OpenPose weights.")
+@click.option("--no-pose", is_flag=True, help="sd: no pose condition (the paper's Figure 3b ablation).")
+@click.option("--identity-dir", type=click.Path(), help="sd: real portraits; identities cycle over the pairs.")
+@click.option("--no-identity", is_flag=True, help="sd: no identity condition (the paper's Figure 3c ablation).")
+@click.option("--ip-adapter", default="/".join(["h94/IP-Adapter", "models", "ip-adapter-full-face_sd15.safetensors"]),
+              show_default=True, help="sd: IP-Adapter as REPO_OR_FOLDER/SUBFOLDER/WEIGHT_FILE (image encoder in SUBFOLDER/image_encoder).")
+@click.option("--ip-adapter-scale", type=click.FloatRange(min=0), default=0.6, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="sd: denoising steps (DDIM).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="sd: pairs per U-Net call.")
+@click.option("--guidance-scale", type=click.FloatRange(min=0), default=7.5, show_default=True, help="sd: CFG of each Eq. 2 term.")
+@click.option("--s-d", type=click.FloatRange(min=0), default=0.3, show_default=True, help="sd: Eq. 2 strength of the shared prompt p.")
+@click.option("--s-a", type=click.FloatRange(min=0), default=0.7, show_default=True, help="sd: Eq. 2 strength of p_a (left half).")
+@click.option("--s-b", type=click.FloatRange(min=0), default=0.7, show_default=True, help="sd: Eq. 2 strength of p_b (right half).")
+@click.option("--controlnet-scale", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--min-score", type=click.FloatRange(0, 1), help="sd: drop pairs whose layout score is lower.")
+@click.option("--clip", "clip_model", help="sd: CLIP model for the directional score (InstructPix2Pix's filter).")
+@click.option("--min-clip", type=float, help="sd: drop pairs whose CLIP directional similarity is lower (needs --clip).")
+@click.option("--contact-sheet", type=click.IntRange(min=0), default=8, show_default=True, help="sd: pairs on contact_sheet.png.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
+@click.option("--device", help="sd: cpu, cuda, cuda:1 ... (default: cuda when available; the local rank under accelerate).")
+@click.option("--allow-pickle", is_flag=True, help="sd: allow pickle weights (.bin). Only for trusted files.")
 @click.option("-q", "--quiet", is_flag=True)
-def gen_pairs(output, n, source, direction_list, resolution, seed, shard, exact, max_shift, max_face_width,
-              max_color_drift, quiet):
+def gen_pairs(output, n, source, direction_list, directions_file, resolution, seed, shard, exact, max_shift,
+              max_face_width, max_color_drift, quiet, **sd):
     """Write a pair folder (metadata.jsonl + PNGs) for training or evaluation."""
     from pedit.data.directions import BUILTIN
-    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs, shard_from_env
 
-    try:
-        shard_i, shard_n = (int(v) for v in shard.split("/"))
-    except ValueError:
-        raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="--shard") from None
+    if shard is None:
+        shard_i, shard_n = shard_from_env()
+    else:
+        try:
+            shard_i, shard_n = (int(v) for v in shard.split("/"))
+        except ValueError:
+            raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="--shard") from None
+    console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
+    if source == "sd":
+        return _gen_sd_pairs(console, output, n, direction_list, directions_file, resolution, seed, (shard_i, shard_n), sd)
     names = tuple(BUILTIN) if direction_list == "all" else tuple(s.strip() for s in direction_list.split(",") if s.strip())
-    cfg = GenPairsConfig(output, n, source, names, resolution, seed, (shard_i, shard_n), exact, max_shift,
+    cfg = GenPairsConfig(output, n, source, names, resolution or 128, seed, (shard_i, shard_n), exact, max_shift,
                          max_face_width, max_color_drift)
-    console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:
         task = bar.add_task("pairs", total=None, info="")
         generate_pairs(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    console.print(f"Wrote pairs to {output}")
+    console.print(f"Wrote pairs to {output}", soft_wrap=True)  # a path must survive copy-paste: never wrapped
+
+
+def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolution, seed, shard, sd):
+    """`gen-pairs --source sd`: build the config, run it with the project's sampler, draw pairs/s."""
+    import time
+
+    from rich.markup import escape
+
+    from pedit.data.sd_pairs import SDPairsConfig, generate_sd_pairs
+
+    if not sd["base"]:
+        raise click.UsageError("--source sd needs --base (a Stable Diffusion folder or hub id).")
+    parts = sd["ip_adapter"].rsplit("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise click.BadParameter("expected REPO_OR_FOLDER/SUBFOLDER/WEIGHT_FILE", param_hint="--ip-adapter")
+    names = ("flower", "sheep", "santa", "royal") if direction_list == "all" else tuple(
+        s.strip() for s in direction_list.split(",") if s.strip())
+    device = sd["device"]
+    if device is None and "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    cfg = SDPairsConfig(
+        output=output, n=n, base=sd["base"], controlnet=None if sd["no_pose"] else sd["controlnet"], directions=names,
+        directions_file=directions_file, resolution=resolution or 512, steps=sd["steps"], seed=seed, shard=shard,
+        batch_size=sd["batch_size"], s_d=sd["s_d"], s_a=sd["s_a"], s_b=sd["s_b"], guidance_scale=sd["guidance_scale"],
+        pose=sd["pose"], pose_annotators=sd["pose_annotators"], use_pose=not sd["no_pose"],
+        controlnet_scale=sd["controlnet_scale"], identity_dir=sd["identity_dir"], use_identity=not sd["no_identity"],
+        ip_adapter=(*parts, "image_encoder"), ip_adapter_scale=sd["ip_adapter_scale"], min_score=sd["min_score"],
+        min_clip=sd["min_clip"], clip=sd["clip_model"], contact_sheet=sd["contact_sheet"], device=device,
+        precision=sd["precision"], allow_pickle=sd["allow_pickle"],
+    )
+    _show_config(console, cfg)
+    from pedit.edit.sampler import make_scheduler, sample
+
+    with _progress(console) as bar:
+        task = bar.add_task("pairs", total=None, info="")
+        started = {}
+
+        def on_progress(done, total, made):
+            if made == 0:
+                started["t"] = time.perf_counter()
+            rate = made / max(time.perf_counter() - started.get("t", time.perf_counter()), 1e-9)
+            bar.update(task, completed=done, total=total, info=f"{rate:.2f} pairs/s" if made else "")
+
+        out = generate_sd_pairs(cfg, sample, make_scheduler, on_progress, log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
+    console.print(f"Wrote pairs to {out} (contact sheet: {out / 'contact_sheet.png'})", soft_wrap=True)
 
 
 @cli.command()
@@ -228,25 +307,31 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
               help="Edit face N (0 = largest) instead of the largest.")
 @click.option("--require-face", is_flag=True, help="Fail when no face is found instead of editing the centred square.")
 @click.option("--margin", type=click.FloatRange(0, 5), default=1.0, show_default=True, help="Crop margin around the face, in face widths.")
+@click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
+              help="Face detector (default: dlib HOG with the face model installed, else Haar; cnn is slow on a CPU).")
+@click.option("--no-identity-check", is_flag=True, help="Skip the identity distance between input and output faces.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True, help="Refuse larger images (decompression bombs).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the model folder. Only for trusted files.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("-q", "--quiet", is_flag=True)
 def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, mask_file,
-         mask_mode, save_mask, compare, face_index, require_face, margin, overwrite, max_pixels, allow_pickle, device, quiet):
+         mask_mode, save_mask, compare, face_index, require_face, margin, detector, no_identity_check, overwrite,
+         max_pixels, allow_pickle, device, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     from rich.markup import escape
 
+    from pedit.faces import face_model_available
     from pedit.photos.edit_files import EditFilesConfig, edit_files
 
     cfg = EditFilesConfig(
         inputs=tuple(inputs), direction=direction, model=model, output=output, steps=steps, seed=seed,
         scheduler=scheduler, s_s=s_s, s_im=s_im, s_p=s_p, use_mask=not no_mask, mask_noises=mask_noises,
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
-        overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device,
-        mask=mask_file, mask_mode=mask_mode,
+        overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, detector=detector,
+        identity_check=not no_identity_check, mask=mask_file, mask_mode=mask_mode,
     )
+    check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = _console(quiet)
     with contextlib.ExitStack() as stack:
         live = {}  # the step bar, opened at the first step: an early error prints nothing but itself
@@ -269,7 +354,9 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
                 if payload.error:
                     console.print(f"[red]failed[/red] {escape(str(payload.input))}: {escape(payload.error)}")
                 else:
-                    console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} ({payload.seconds:.1f} s)")
+                    identity = f", identity {_identity_cell(payload)}" if check_identity else ""
+                    console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} "
+                                  f"({payload.seconds:.1f} s{identity})")
                     click.echo(str(payload.output))
 
         items = edit_files(cfg, on_event)
@@ -277,10 +364,10 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
     if len(items) > 1:
         from rich.table import Table
 
-        table = Table("input", "result", "seconds")
+        table = Table("input", "result", "seconds", *(["identity distance"] if check_identity else []))
         for i in items:
             table.add_row(escape(str(i.input)), f"[red]{escape(i.error)}[/red]" if i.error else escape(str(i.output)),
-                          f"{i.seconds:.1f}")
+                          f"{i.seconds:.1f}", *([_identity_cell(i)] if check_identity else []))
         console.print(table)
         console.print(f"{len(items) - len(failed)} edited, {len(failed)} failed")
     if failed:
@@ -289,9 +376,22 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         raise PeditError(f"{len(failed)} of {len(items)} inputs failed (see above).")
 
 
+def _identity_cell(item) -> str:
+    """'0.23 (same person)', 'no face in the output', ..., or '–' for a failed item."""
+    if item.error or item.identity is None:
+        return "–"
+    if item.identity.distance is None:
+        return item.identity.verdict
+    return f"{item.identity.distance:.2f} ({item.identity.verdict})"
+
+
 @cli.command("eval")
+@click.argument("more_photos", nargs=-1, metavar="[PHOTOS]...")
 @click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
-@click.option("--pairs", required=True, type=click.Path(), help="Pair folder with exact targets (and masks).")
+@click.option("--pairs", type=click.Path(), help="Pair folder with exact targets (and masks).")
+@click.option("--photos", multiple=True, type=click.Path(),
+              help="Real photos (files or folders; more may follow as arguments): identity distance, pixels kept.")
+@click.option("-d", "--directions", "direction_list", help="With --photos: comma-separated directions to edit toward.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder: report.json, report.md, grid.png.")
 @click.option("--methods", default=",".join(["ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit"]),
               show_default=True, help="Comma-separated methods to score.")
@@ -300,11 +400,28 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs.")
 @click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
+@click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
+              help="With --photos: the face detector that places the crop.")
+@click.option("--overwrite", is_flag=True, help="With --photos: replace an existing report in -o.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
 @click.option("-q", "--quiet", is_flag=True)
-def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid_pairs, device, allow_pickle, quiet):
-    """Measure a model against ground truth: SSIM, PSNR in/outside the true mask, mask IoU, per direction."""
+def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit, grid_pairs,
+             detector, overwrite, device, allow_pickle, quiet):
+    """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
+
+    \b
+    pedit eval --pairs eval-pairs/ -o report/              SSIM, PSNR in/outside the true mask, mask IoU
+    pedit eval --photos a.jpg b.jpg -d royal,angry -o r/   identity distance, pixels kept, mask area
+    """
+    photos = (*photos, *more_photos)
+    if bool(pairs) == bool(photos):
+        raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
+    if photos:
+        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet)
+        return
+    if direction_list:
+        raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
     from pedit.evaluate import EvalConfig, evaluate, markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
@@ -322,6 +439,25 @@ def eval_cmd(model, pairs, output, methods, steps, seed, batch_size, limit, grid
 
         report = evaluate(cfg, on_progress)
     click.echo(markdown_report(report))
+
+
+def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet):
+    from rich.markup import escape
+
+    from pedit.photos.evaluate import PhotoEvalConfig, evaluate_photos, markdown_photo_report
+
+    if not direction_list:
+        raise click.UsageError("--photos needs -d/--directions, e.g. -d royal,laughing (see `pedit directions`).")
+    cfg = PhotoEvalConfig(photos=tuple(photos), directions=tuple(d.strip() for d in direction_list.split(",") if d.strip()),
+                          model=model, output=output, steps=steps, seed=seed, detector=detector, device=device,
+                          allow_pickle=allow_pickle, overwrite=overwrite)
+    console = _console(quiet)
+    _show_config(console, cfg)
+    with _progress(console) as bar:
+        task = bar.add_task("photos x directions", total=None, info="")
+        report = evaluate_photos(cfg, lambda done, total: bar.update(task, completed=done, total=total),
+                                 note=lambda text: console.print(escape(text)))
+    click.echo(markdown_photo_report(report))
 
 
 @cli.command("sticker-pack")

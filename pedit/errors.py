@@ -42,3 +42,7 @@ class ConfigError(PeditError):
 
 class FaceModelMissing(ModelError):
     """dlib or its face model files are not installed (`pip install 'pedit[faces]'`)."""
+
+
+class PoseError(PeditError):
+    """A pose source for gen-pairs that cannot be used: malformed keypoints JSON, missing detector."""

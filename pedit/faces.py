@@ -3,10 +3,10 @@
 Identity is measured with dlib's face-recognition ResNet (the `face_recognition_models` package,
 CC0): a face, aligned by its 5 landmarks to a 150x150 chip, maps to a 128-d descriptor, and two
 faces whose descriptors lie less than SAME_PERSON_THRESHOLD (0.6, Euclidean) apart are the same
-person. That threshold is dlib's own: its network was trained so that, on the LFW benchmark, pairs
-closer than 0.6 are the same person 99.38% of the time (dlib's `dnn_face_recognition_ex.cpp` and
-its release notes). It is a decision threshold, not a calibrated probability: photos of one person
-typically lie 0.3-0.5 apart, a face and its mirror image about 0.2.
+person. That threshold is dlib's own (its `face_recognition.py` and `dnn_face_recognition_ex.cpp`
+examples): at 0.6 the network scores 99.38% on the LFW face-verification benchmark. It is a
+decision threshold, not a calibrated probability; docs/faces.md lists what it gives here (a face
+and its mirror image: 0.19; the same place with another person's face: 0.64 and more).
 
 Landmarks come from dlib's 5-point predictor (eye corners and the base of the nose), never the
 68-point one: that one was trained on iBUG 300-W, whose terms restrict use. The face model is an
@@ -31,15 +31,18 @@ from pedit.errors import ConfigError, FaceModelMissing, InputImageError, ModelEr
 
 __all__ = [
     "SAME_PERSON_THRESHOLD", "DETECTORS", "DEFAULT_DETECTOR", "Face", "FaceDetector", "HaarDetector", "HogDetector",
-    "CnnDetector", "FaceModelMissing", "get_detector", "face_model_available", "identity", "identity_distance",
+    "CnnDetector", "FallbackDetector", "FaceModelMissing", "get_detector", "face_model_available", "identity", "identity_distance",
     "image_identity_distance", "largest_face", "eye_centres", "same_person",
 ]
 
 SAME_PERSON_THRESHOLD = 0.6  # dlib's: Euclidean distance of 128-d descriptors below it = same person
 DETECTORS = ("haar", "hog", "cnn")
 # Chosen by measurement (docs/faces.md, scripts/bench_faces.py): the detector with the fewest misses
-# and false positives that stays under 1 s per 12 MP photo on 2 cores. Without dlib: "haar".
+# and false positives that stays under 1 s per 12 MP photo on 2 cores, with Haar as its fallback
+# where it finds nothing (HOG never fires on the toon world's cartoon faces; Haar does).
+# Without dlib: "haar" alone.
 DEFAULT_DETECTOR = "hog"
+DEFAULT_FALLBACK = "haar"
 
 # File names inside face_recognition_models/models/ (the package's own accessors import
 # pkg_resources, which recent setuptools no longer ship, so the files are found without importing it).
@@ -51,9 +54,9 @@ _MODEL_FILES = {
 _INSTALL_HINT = "Install the face model with: pip install 'pedit[faces]' (dlib-bin and face_recognition_models)."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Face:
-    """One detected face, in pixels of the image it was found in."""
+    """One detected face, in pixels of the image it was found in. Equal when every field is equal."""
 
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
     score: float  # detector-specific: Haar neighbour count, HOG SVM margin, CNN confidence
@@ -65,6 +68,17 @@ class Face:
             raise ValueError(f"Face box {self.box} is empty; expected x0 < x1 and y0 < y1")
         if self.landmarks is not None and np.shape(self.landmarks) != (5, 2):
             raise ValueError(f"Face landmarks have shape {np.shape(self.landmarks)}; expected (5, 2)")
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Face):
+            return NotImplemented
+        if (self.landmarks is None) != (other.landmarks is None):
+            return False
+        same_landmarks = self.landmarks is None or np.array_equal(self.landmarks, other.landmarks)
+        return self.box == other.box and self.score == other.score and same_landmarks
+
+    def __hash__(self) -> int:
+        return hash((self.box, self.score))
 
     @property
     def width(self) -> int:
@@ -255,12 +269,16 @@ class HogDetector:
     """dlib's HOG + linear SVM frontal-face detector, with 5-point landmarks.
 
     `upsample` doubles the copy's size that many times before scanning (its window is 80 pixels:
-    one upsample finds faces down to about 40). Detections scoring below `min_score` are dropped.
+    one upsample finds faces down to about 40). Detections scoring below `min_score` are dropped:
+    on the labelled set of scripts/bench_faces.py every false positive scored below 0.27 and every
+    true face above 0.5 (dlib's own default, 0, keeps the false positives: shoulder and suit patches
+    as large as the face, which "largest face first" would then pick). It costs some recall on
+    blurry faces (docs/faces.md), which the default detector's Haar fallback recovers.
     """
 
     name = "hog"
 
-    def __init__(self, max_side: int = 1024, upsample: int = 1, min_score: float = 0.0):
+    def __init__(self, max_side: int = 1024, upsample: int = 1, min_score: float = 0.4):
         _check_positive("max_side", max_side)
         if not isinstance(upsample, int) or not 0 <= upsample <= 3:
             raise ConfigError(f"upsample must be 0, 1, 2 or 3; got {upsample!r}")
@@ -309,10 +327,29 @@ class CnnDetector:
         return sorted(faces, key=lambda f: f.area, reverse=True)
 
 
+class FallbackDetector:
+    """`first`'s faces, or `second`'s where `first` finds none."""
+
+    def __init__(self, first: FaceDetector, second: FaceDetector):
+        self.first, self.second = first, second
+        self.name = f"{first.name}, else {second.name}"
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        return self.first.detect(rgb) or self.second.detect(rgb)
+
+
 def get_detector(name: str = "default", **options) -> FaceDetector:
-    """A detector by name: "haar", "hog", "cnn", or "default" (DEFAULT_DETECTOR; "haar" without dlib)."""
+    """A detector by name: "haar", "hog", "cnn", or "default".
+
+    "default" is DEFAULT_DETECTOR with DEFAULT_FALLBACK where it finds nothing, or "haar" alone
+    without the face model; `options` go to the named detector (not to "default").
+    """
     if name == "default":
-        name = DEFAULT_DETECTOR if face_model_available() else "haar"
+        if options:
+            raise ConfigError("Options need a named detector (haar, hog or cnn), not 'default'.")
+        if not face_model_available():
+            return HaarDetector()
+        return FallbackDetector(get_detector(DEFAULT_DETECTOR), get_detector(DEFAULT_FALLBACK))
     if name == "haar":
         return HaarDetector(**options)
     if name == "hog":
@@ -352,10 +389,11 @@ def identity_distance(a: np.ndarray, b: np.ndarray) -> float:
 def image_identity_distance(rgb_a: np.ndarray, rgb_b: np.ndarray, detector: FaceDetector | None = None) -> float | None:
     """Identity distance between the largest face of each image; None when either has no face.
 
-    Raises FaceModelMissing without the face model (Haar alone cannot identify anyone).
+    `detector` defaults to HOG alone (the detector dlib's identity network is paired with; no Haar
+    fallback, which would hand it cartoon faces). Raises FaceModelMissing without the face model.
     """
     _identity_network()  # fail on a missing model before any detection work
-    detector = detector if detector is not None else get_detector("default")
+    detector = detector if detector is not None else get_detector("hog")
     face_a = largest_face(detector.detect(rgb_a))
     if face_a is None:
         return None

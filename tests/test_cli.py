@@ -176,7 +176,7 @@ def test_gen_pairs_unknown_direction(tmp_path):
 
 
 @pytest.mark.parametrize("args, hint", [
-    (["-n", "0"], "'-n'"), (["-n", "2", "--resolution", "16"], "'--resolution'"), (["-n", "2", "--source", "sd"], "'--source'"),
+    (["-n", "0"], "'-n'"), (["-n", "2", "--resolution", "16"], "'--resolution'"), (["-n", "2", "--source", "dalle"], "'--source'"),
 ])
 def test_gen_pairs_bad_flags_are_usage_errors(tmp_path, args, hint):
     result = run("gen-pairs", "-o", tmp_path / "p", *args)

@@ -7,6 +7,8 @@ the CNN detector (~9 s a photo on a CPU) is left to scripts/bench_faces.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from pedit.errors import ConfigError, FaceModelMissing, InputImageError, PeditEr
 from pedit.faces import (SAME_PERSON_THRESHOLD, Face, HaarDetector, HogDetector, get_detector, identity,
                          identity_distance, image_identity_distance, largest_face)
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 needs_face_model = pytest.mark.skipif(not faces.face_model_available(), reason="needs pip install 'pedit[faces]'")
 
 ASTRONAUT_HOG = (175, 76, 266, 167)  # dlib HOG (one upsample) on the 512x512 astronaut
@@ -131,10 +134,25 @@ def test_get_detector_switches_by_name(monkeypatch):
     with pytest.raises(ConfigError, match="Unknown face detector 'mtcnn'"):
         get_detector("mtcnn")
     if faces.face_model_available():
-        assert isinstance(get_detector(), HogDetector) and faces.DEFAULT_DETECTOR == "hog"
+        default = get_detector()
+        assert default.name == "hog, else haar"
+        assert isinstance(default.first, HogDetector) and isinstance(default.second, HaarDetector)
         assert get_detector("hog").name == "hog" and get_detector("cnn").name == "cnn"
     monkeypatch.setattr(faces, "face_model_available", lambda: False)
     assert isinstance(get_detector(), HaarDetector)  # without dlib the default falls back to Haar
+
+
+@needs_face_model
+def test_default_detector_falls_back_to_haar_where_hog_finds_nothing(astronaut):
+    from PIL import Image
+
+    with Image.open(EXAMPLES / "toon.png") as im:
+        toon = np.asarray(im.convert("RGB"))  # a cartoon face: HOG is blind to it, Haar is not
+    assert HogDetector().detect(toon) == [] and len(HaarDetector().detect(toon)) == 1
+    assert get_detector().detect(toon) == HaarDetector().detect(toon)
+    hog_faces = HogDetector().detect(astronaut)
+    found = get_detector().detect(astronaut)
+    assert [f.box for f in found] == [f.box for f in hog_faces] and found[0].landmarks is not None
 
 
 def test_detector_options_are_validated():
@@ -144,6 +162,8 @@ def test_detector_options_are_validated():
         HaarDetector(scale_factor=1.0)
     with pytest.raises(ConfigError, match="upsample"):
         get_detector("hog", upsample=-1)
+    with pytest.raises(ConfigError, match="named detector"):
+        get_detector("default", max_side=512)
 
 
 def test_bad_images_and_descriptors_are_refused():
@@ -158,6 +178,14 @@ def test_bad_images_and_descriptors_are_refused():
     with pytest.raises(ValueError, match=r"\(5, 2\)"):
         Face((0, 0, 10, 10), 1.0, np.zeros((68, 2)))
     assert identity_distance(np.zeros(128), np.full(128, 0.5)) == pytest.approx(np.sqrt(128 * 0.25))
+
+
+def test_faces_compare_by_value_landmarks_included():
+    points = np.arange(10.0).reshape(5, 2)
+    a = Face((0, 0, 10, 10), 1.0, points)
+    assert a == Face((0, 0, 10, 10), 1.0, points.copy()) and a in [Face((0, 0, 10, 10), 1.0, points + 0)]
+    assert a != Face((0, 0, 10, 10), 1.0, points + 1) and a != Face((0, 0, 10, 10), 1.0)
+    assert a != Face((0, 0, 10, 11), 1.0, points) and len({a, Face((0, 0, 10, 10), 1.0, points.copy())}) == 1
 
 
 @pytest.fixture

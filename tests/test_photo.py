@@ -17,14 +17,16 @@ from PIL import Image, ImageCms
 
 from pedit.photos import photo as photo_module
 from pedit.errors import InputImageError, OutputError
+from pedit.faces import Face, HaarDetector
 from pedit.photos.photo import (
     IMAGE_EXTENSIONS,
     MIN_SIDE,
     BatchItem,
     Box,
-    HaarFaceDetector,
     default_output_path,
     edit_photo,
+    face_box,
+    face_crop_box,
     find_images,
     load_photo,
     portrait_crop_box,
@@ -42,8 +44,8 @@ def astronaut() -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def haar() -> HaarFaceDetector:
-    return HaarFaceDetector()
+def haar() -> HaarDetector:
+    return HaarDetector()
 
 
 # Built once: each createProfile call stamps a new creation time into the bytes.
@@ -74,11 +76,16 @@ def assert_identical_where_weight_is_zero(before: np.ndarray, after: np.ndarray,
 
 
 class FixedDetector:
-    def __init__(self, boxes: list[Box]):
-        self.boxes = boxes
+    """Reports the given boxes (no landmarks), in the given order."""
 
-    def detect(self, rgb: np.ndarray) -> list[Box]:
-        return list(self.boxes)
+    name = "fixed"
+
+    def __init__(self, boxes: list[Box], landmarks: list[np.ndarray | None] | None = None):
+        self.faces = [Face((b.x, b.y, b.x + b.w, b.y + b.h), 1.0, lm)
+                      for b, lm in zip(boxes, landmarks or [None] * len(boxes))]
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        return list(self.faces)
 
 
 def test_example_is_the_astronaut(astronaut):
@@ -409,24 +416,6 @@ def test_failing_save_leaves_nothing_behind(tmp_path, astronaut, monkeypatch, er
 # --- faces and crops -----------------------------------------------------------------------------
 
 
-def test_haar_finds_the_astronaut(astronaut, haar):
-    (face,) = haar.detect(np.asarray(astronaut))
-    for got, want in zip((face.x, face.y, face.w, face.h), (177, 66, 95, 95)):
-        assert abs(got - want) <= 4
-
-
-def test_haar_detects_on_a_downscaled_copy_and_scales_back(astronaut, haar):
-    canvas = Image.new("RGB", (4000, 3000), (90, 110, 130))
-    canvas.paste(astronaut.resize((1536, 1536), Image.Resampling.LANCZOS), (2000, 1000))
-    (face,) = haar.detect(np.asarray(canvas))
-    want = Box(2000 + 3 * 177, 1000 + 3 * 66, 3 * 95, 3 * 95)
-    assert abs(face.x - want.x) < 30 and abs(face.y - want.y) < 30 and abs(face.w - want.w) < 40
-
-
-def test_haar_finds_nothing_in_a_blank_image(haar):
-    assert haar.detect(np.full((300, 400, 3), 128, np.uint8)) == []
-
-
 def contains(outer: Box, inner: Box) -> bool:
     return (
         outer.x <= inner.x
@@ -470,6 +459,61 @@ def test_portrait_crop_box_face_in_a_corner_is_shifted_in():
     assert portrait_crop_box((400, 300), Box(100, 50, 200, 200)).w == 300
 
 
+# dlib-order landmarks (image-right eye corners, image-left eye corners, nose) of a face whose eye
+# centres are at (100, 100) and (140, 100): 40 px apart.
+EYES_40PX = np.array([[148.0, 100], [132, 100], [92, 100], [108, 100], [120, 125]])
+
+
+def test_face_crop_box_frames_from_the_eyes_not_the_detector_box():
+    size = (1000, 800)
+    boxes = [Box(280, 270, 84, 84), Box(270, 260, 110, 100), Box(290, 285, 60, 70)]  # three detectors' opinions
+    crops = {face_crop_box(size, Face((b.x, b.y, b.x + b.w, b.y + b.h), 1.0, EYES_40PX + 200)) for b in boxes}
+    assert len(crops) == 1
+    (crop,) = crops
+    # Face width 2.1 eye distances, plus one face width each side: 3 * 84 = 252 px, centred on the eyes.
+    assert crop.w == crop.h == 252 and abs(crop.x + crop.w / 2 - 320) <= 1
+    # Without landmarks each box gives its own crop (the box-based framing).
+    no_landmarks = [face_crop_box(size, Face((b.x, b.y, b.x + b.w, b.y + b.h), 1.0)) for b in boxes]
+    assert no_landmarks == [portrait_crop_box(size, b) for b in boxes] and len(set(no_landmarks)) == 3
+
+
+def test_face_crop_box_follows_the_face_when_the_photo_is_scaled_and_shifted():
+    small = face_crop_box((1000, 800), Face((80, 70, 164, 154), 1.0, EYES_40PX + 300))
+    for scale, shift in [(2.5, (700, 150)), (0.5, (13, 400)), (7.0, (0, 0))]:
+        moved = Face((0, 0, 1, 1), 1.0, (EYES_40PX + 300) * scale + shift)
+        big = face_crop_box((8000, 6000), moved)
+        want = (small.x * scale + shift[0], small.y * scale + shift[1], small.w * scale)
+        assert all(abs(a - b) <= 1 + scale for a, b in zip((big.x, big.y, big.w), want)), (scale, big, want)
+
+
+def test_a_tilted_head_keeps_its_crop_size():
+    angle = np.deg2rad(25)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    centre = EYES_40PX[:4].mean(axis=0)
+    tilted = (EYES_40PX - centre) @ rotation.T + centre
+    upright = face_crop_box((1000, 800), Face((80, 70, 164, 154), 1.0, EYES_40PX + 200))
+    assert abs(face_crop_box((1000, 800), Face((80, 70, 164, 154), 1.0, tilted + 200)).w - upright.w) <= 1
+
+
+def test_eye_framing_matches_the_detector_box_on_the_astronaut(astronaut):
+    from pedit import faces
+
+    if not faces.face_model_available():
+        pytest.skip("needs the face model")
+    face = faces.HogDetector().detect(np.asarray(astronaut))[0]
+    eye_framed = photo_module._eye_framed_box(face)
+    box = face_box(face)
+    assert all(abs(a - b) <= 6 for a, b in zip((eye_framed.x, eye_framed.y, eye_framed.w), (box.x, box.y, box.w)))
+
+
+def test_edit_photo_crops_from_the_landmarks(astronaut):
+    box = Box(200, 200, 30, 30)  # a poor box: far smaller than the eyes say
+    with_landmarks = edit_photo(astronaut, invert_with_disc, 64, FixedDetector([box], [EYES_40PX + 100]))
+    without = edit_photo(astronaut, invert_with_disc, 64, FixedDetector([box]))
+    assert with_landmarks.crop == face_crop_box((512, 512), with_landmarks.face) != without.crop
+    assert with_landmarks.crop.w == 252 and without.crop.w == 90
+
+
 # --- editing ------------------------------------------------------------------------------------
 
 
@@ -482,7 +526,7 @@ def test_edit_photo_keeps_untouched_pixels_byte_identical(astronaut, haar):
 
     result = edit_photo(astronaut, model, resolution=128, detector=haar)
     assert received == [(128, 128)]
-    assert result.faces_found == 1 and result.face is not None and contains(result.crop, result.face)
+    assert result.faces_found == 1 and result.face is not None and contains(result.crop, face_box(result.face))
     assert result.image.size == result.mask.size == astronaut.size and result.mask.mode == "L"
 
     before, after = np.asarray(astronaut), np.asarray(result.image)
@@ -539,8 +583,8 @@ def test_feathered_border_hides_the_seam():
 def test_face_index_chooses_by_size_and_checks_range(astronaut):
     small, large = Box(10, 10, 30, 30), Box(200, 200, 80, 80)
     detector = FixedDetector([small, large])
-    assert edit_photo(astronaut, invert_with_disc, 64, detector).face == large
-    assert edit_photo(astronaut, invert_with_disc, 64, detector, face_index=1).face == small
+    assert face_box(edit_photo(astronaut, invert_with_disc, 64, detector).face) == large
+    assert face_box(edit_photo(astronaut, invert_with_disc, 64, detector, face_index=1).face) == small
     with pytest.raises(InputImageError, match=r"--face-index 2 is out of range: found 2 faces \(valid: 0 to 1"):
         edit_photo(astronaut, invert_with_disc, 64, detector, face_index=2)
     with pytest.raises(InputImageError, match="found 0 faces"):
@@ -566,9 +610,10 @@ def test_large_photo_only_the_crop_goes_to_the_model(astronaut, haar):
 
     result = edit_photo(canvas, model, resolution=256, detector=haar)
     assert received == [("RGB", (256, 256))]
-    assert result.faces_found == 1 and contains(result.crop, result.face)
+    assert result.faces_found == 1 and contains(result.crop, face_box(result.face))
     want = Box(2500 + 6 * 177, 600 + 6 * 66, 6 * 95, 6 * 95)
-    assert abs(result.face.x - want.x) < 40 and abs(result.face.y - want.y) < 40 and result.crop.w < 2000
+    face = face_box(result.face)
+    assert abs(face.x - want.x) < 40 and abs(face.y - want.y) < 40 and result.crop.w < 2000
     before, after = np.asarray(canvas), np.asarray(result.image)
     assert_identical_where_weight_is_zero(before, after, np.asarray(result.mask))
     assert not np.array_equal(after, before)
@@ -626,3 +671,12 @@ def test_load_from_bytes_written_by_another_app(tmp_path, astronaut):
     with Image.open(out) as im:
         assert im.getexif()[0x010F] == "PeditPhone"
 
+
+
+def test_haar_face_detector_keeps_giving_boxes(astronaut):
+    # The pre-pedit.faces interface, still used by sticker-pack's selfie crop.
+    from pedit.photos.photo import HaarFaceDetector
+
+    (box,) = HaarFaceDetector().detect(np.asarray(astronaut))
+    (face,) = HaarDetector().detect(np.asarray(astronaut))
+    assert box == face_box(face) == Box(face.box[0], face.box[1], face.width, face.height)

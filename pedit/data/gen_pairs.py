@@ -10,6 +10,7 @@ index; ids already written are skipped) and shardable (`shard=(i, n)` takes indi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,26 +53,40 @@ class GenPairsConfig:
             raise ConfigError(f"resolution must be at least 32, got {self.resolution}")
 
 
+def claim_folder(out: Path, settings: dict, run_only: tuple[str, ...] = ("shard", "output"), write: bool = True) -> None:
+    """Refuse a run whose settings (all but `run_only`) differ from the folder's config.json: a
+    folder holds one kind of pair. With `write`, create config.json when the folder has none
+    (exclusively: of two shards starting at once, the second compares against the first's)."""
+    config_file = out / "config.json"
+    kept = {k: v for k, v in settings.items() if k not in run_only}
+    if config_file.exists():
+        try:
+            before = {k: v for k, v in json.loads(config_file.read_text()).items() if k not in run_only}
+        except ValueError:
+            before = None
+        if before != kept:
+            changed = sorted(k for k in kept if before is None or before.get(k) != kept[k])
+            raise ConfigError(f"{out} was written with other settings ({', '.join(changed) or 'unreadable config.json'} "
+                              "differ); use a new -o folder, or the same options to resume.")
+    elif write:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = config_file.with_name(f".config.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(settings, indent=2))
+        try:
+            os.link(tmp, config_file)  # exclusive: a shard that raced us keeps its file, then we compare
+        except FileExistsError:
+            tmp.unlink()
+            return claim_folder(out, settings, run_only)
+        tmp.unlink()
+
+
 def generate_pairs(cfg: GenPairsConfig, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write (this shard's share of) `cfg.n` pairs into `cfg.output`; returns the folder."""
     from pedit.toon import world as toon
 
     out = Path(cfg.output)
     writer = PairWriter(out)
-    config_file = out / "config.json"
-    settings = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ("shard", "output")}
-    if config_file.exists():
-        # Resuming (or another shard): the folder must hold one kind of pair, not a mix.
-        try:
-            before = {k: v for k, v in json.loads(config_file.read_text()).items() if k not in ("shard", "output")}
-        except ValueError:
-            before = None
-        if before != settings:
-            changed = sorted(k for k in settings if before is None or before.get(k) != settings[k])
-            raise ConfigError(f"{out} was written with other settings ({', '.join(changed)} differ); "
-                              "use a new -o folder, or the same options to resume.")
-    else:
-        config_file.write_text(json.dumps(asdict(cfg), indent=2))
+    claim_folder(out, json.loads(json.dumps(asdict(cfg))))
     mine = [i for i in range(cfg.n) if i % cfg.shard[1] == cfg.shard[0]]
     for done, index in enumerate(mine, start=1):
         pair_id = f"{index:06d}"
@@ -99,3 +114,12 @@ def generate_pairs(cfg: GenPairsConfig, progress: Callable[[int, int], None] | N
         if progress is not None:
             progress(done, len(mine))
     return out
+
+
+def shard_from_env() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1): each process takes its share."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)

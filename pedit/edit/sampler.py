@@ -36,7 +36,7 @@ def sample(
     denoise: Callable,
     scheduler,
     z: torch.Tensor,
-    c_s_rows: torch.Tensor,
+    c_s_rows: torch.Tensor | None,
     context: torch.Tensor,
     guide: Callable[[torch.Tensor], torch.Tensor],
     num_steps: int,
@@ -44,6 +44,7 @@ def sample(
     start: torch.Tensor | None = None,
     strength: float = 1.0,
     after_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    rows: int = N_ROWS,
 ) -> torch.Tensor:
     """Denoise `z` (B, 4, h, w), unit-variance noise, to a clean latent.
 
@@ -52,6 +53,8 @@ def sample(
     `strength` < 1 starts from the clean latent `start` noised with `z` to that level and runs
     the last `strength` of the schedule (SDEdit). `after_step(z, t)` may replace the latent after
     each step (DiffEdit-style blending); both serve the baselines of `pedit eval`.
+    `rows` guidance rows per latent (5 for the MCDM; gen-pairs' Eq. 2 uses 4) and `c_s_rows=None`
+    for a U-Net without the spatial condition (a plain Stable Diffusion base).
     """
     scheduler.set_timesteps(num_steps, device=z.device)
     timesteps = scheduler.timesteps[num_steps - max(1, round(num_steps * strength)):]
@@ -61,8 +64,10 @@ def sample(
         z = z * scheduler.init_noise_sigma
     for i, t in enumerate(timesteps):
         z_model = scheduler.scale_model_input(z, t)
-        z_in = torch.cat([z_model.repeat(N_ROWS, 1, 1, 1), c_s_rows], dim=1)  # (5B, 8, h, w)
-        eps = guide(denoise(z_in, t, context))  # (5B, 4, h, w) → (B, 4, h, w)
+        z_in = z_model.repeat(rows, 1, 1, 1)  # (rows·B, 4, h, w), block-wise like the guidance rows
+        if c_s_rows is not None:
+            z_in = torch.cat([z_in, c_s_rows], dim=1)  # (5B, 8, h, w)
+        eps = guide(denoise(z_in, t, context))  # (rows·B, 4, h, w) → (B, 4, h, w)
         z = scheduler.step(eps, t, z).prev_sample
         if after_step is not None:
             z = after_step(z, t)

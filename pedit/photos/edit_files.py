@@ -3,7 +3,9 @@
 Loads the model once, then for each input: decode and validate the photo (pedit.photos.photo), crop the
 portrait around the largest face (or the one asked for), edit it at the model's resolution
 (pedit.edit.editor), paste it back with a feathered seam, and write every output atomically. One bad
-file fails that file only; the caller gets one `BatchItem` per input.
+file fails that file only; the caller gets one `BatchItem` per input. With the face model installed,
+each item also carries the identity distance between the input's face and the output's
+(pedit.photos.identity); `identity_check=False` skips that cost.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pedit.errors import OutputError
-from pedit.photos.photo import (BatchItem, HaarFaceDetector, default_output_path, edit_photo, find_images, load_photo,
-                         run_batch, save_image_atomic)
+from pedit.errors import ConfigError, OutputError
+from pedit.faces import DETECTORS, get_detector
+from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
+from pedit.photos.photo import (BatchItem, default_output_path, edit_photo, find_images, load_photo, run_batch,
+                                save_image_atomic)
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,15 @@ class EditFilesConfig:
     device: str | None = None
     mask: str | None = None  # a user's mask file: greyscale, any size, white = may change
     mask_mode: str = "replace"  # replace, intersect or union with the model's mask
+    detector: str = "default"  # face detector: haar | hog | cnn | default (pedit.faces)
+    identity_check: bool = True  # identity distance input vs output when the face model is installed
 
     def __post_init__(self):
         from pedit.edit.user_mask import check_user_mask
 
         check_user_mask(None, self.mask_mode)
+        if self.detector not in (*DETECTORS, "default"):
+            raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -74,7 +82,11 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
         mask_mode=cfg.mask_mode,
     )
-    detector = HaarFaceDetector()
+    detector = get_detector(cfg.detector)
+    checker = identity_detector() if cfg.identity_check else None
+    if cfg.identity_check and checker is None:
+        on_event("note", MISSING_NOTE)
+    checks: dict[Path, IdentityCheck] = {}
 
     def process(path: Path) -> Path:
         target = default_output_path(path, direction.name, out, n_inputs=len(paths))
@@ -105,6 +117,12 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
             save_image_atomic(overlay_mask(photo.rgb, done.mask), extras["overlay"], overwrite=cfg.overwrite)
         if "compare" in extras:
             save_image_atomic(compare_sheet(photo.rgb, done.mask, done.image), extras["compare"], overwrite=cfg.overwrite)
+        if checker is not None:
+            checks[path] = check_identity(photo.rgb, done.image, done.crop, checker)
         return target
 
-    return run_batch(paths, process, on_item=lambda item: on_event("item", item))
+    def on_item(item: BatchItem) -> None:
+        item.identity = checks.get(item.input)
+        on_event("item", item)
+
+    return run_batch(paths, process, on_item=on_item)

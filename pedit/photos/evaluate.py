@@ -1,0 +1,231 @@
+"""`pedit eval --photos`: measure edits of real photos, where no ground truth exists.
+
+Per photo and direction, the photo is edited exactly as `pedit edit` does (face crop, model,
+paste-back) and scored on what "feature-preserving" promises:
+- identity distance: dlib's 128-d descriptor of the input's face vs the output's (pedit.faces),
+  the face-similarity score identity-preserving generators report; below 0.6 is the same person;
+- verdict: "same person", "different person", "no face in the input" or "no face in the output";
+- kept: the fraction of the photo's pixels that are byte-identical to the input (all 3 channels);
+- mask area: the fraction of the photo's pixels the edit was allowed to touch (blend weight > 0).
+Without the face model the identity columns are null and the report says why.
+Writes report.json, report.md and grid.png (input crop | each direction's output crop) to -o.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pedit.errors import ConfigError, OutputError
+from pedit.faces import DETECTORS, SAME_PERSON_THRESHOLD, face_model_available, get_detector
+from pedit.photos.identity import MISSING_NOTE, check_identity, identity_detector
+from pedit.photos.photo import DEFAULT_MAX_PIXELS, edit_photo, find_images, load_photo
+
+REPORT_FILES = ("report.json", "report.md", "grid.png")
+GRID_CELL = 192
+
+
+@dataclass(frozen=True)
+class PhotoEvalConfig:
+    photos: tuple[str, ...]  # files or folders
+    directions: tuple[str, ...]
+    model: str | None = None  # None → the bundled toon model
+    output: str | None = None  # report folder
+    steps: int = 20
+    seed: int = 0
+    s_s: float = 1.5
+    s_im: float = 1.0
+    s_p: float = 4.0
+    mask_noises: int = 10
+    margin: float = 1.0
+    detector: str = "default"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    device: str | None = "cpu"
+    allow_pickle: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if not self.photos:
+            raise ConfigError("No photos given; pass --photos PATH (files or folders).")
+        if not self.directions or not all(isinstance(d, str) and d for d in self.directions):
+            raise ConfigError(f"Directions must be a non-empty list of names; got {self.directions!r}.")
+        if self.detector not in (*DETECTORS, "default"):
+            raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
+        for name in ("steps", "mask_noises", "max_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}.")
+        for name in ("s_s", "s_im", "s_p", "margin"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number; got {getattr(self, name)!r}.")
+        if not 0 <= self.margin <= 5:
+            raise ConfigError(f"margin must be in [0, 5]; got {self.margin!r}.")
+
+
+def _check_output(cfg: PhotoEvalConfig) -> Path | None:
+    """The report folder, checked before any work: not a file, no report in it unless overwrite."""
+    if cfg.output is None:
+        return None
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"-o {out} is a file; the report needs a folder.")
+    existing = [out / name for name in REPORT_FILES if (out / name).exists()]
+    if existing and not cfg.overwrite:
+        raise OutputError(f"{existing[0]} already exists. Pass --overwrite to replace the report, or choose another -o.")
+    return out
+
+
+def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] | None = None,
+                    note: Callable[[str], None] = lambda text: None) -> dict:
+    """Edit every photo toward every direction and score each result; writes the report to cfg.output."""
+    from pedit.edit.editor import EditOptions, Editor
+    from pedit.edit.guidance import GuidanceScales
+
+    out = _check_output(cfg)
+    paths = find_images(cfg.photos)
+    for path in paths:  # every photo is decoded once up front: a broken one fails before any work
+        load_photo(path, cfg.max_pixels)
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    directions = [editor.direction(d) for d in cfg.directions]  # an unknown direction fails here
+    options = EditOptions(steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p),
+                          mask=dataclasses.replace(editor.default_options().mask, n_noise=cfg.mask_noises))
+    detector = get_detector(cfg.detector)
+    checker = identity_detector()
+    if checker is None:
+        note(MISSING_NOTE)
+
+    rows, grid_rows, done, total = [], [], 0, len(paths) * len(directions)
+    for path in paths:
+        photo = load_photo(path, cfg.max_pixels)
+        before = np.asarray(photo.rgb)
+        grid_row = []
+        for direction in directions:
+            start = time.perf_counter()
+
+            def edit_fn(square, direction=direction):
+                result = editor.edit(square, direction, options)
+                return result.image, result.mask
+
+            edited = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, margin=cfg.margin)
+            check = check_identity(photo.rgb, edited.image, edited.crop, checker) if checker else None
+            rows.append({
+                "photo": str(path), "direction": direction.name,
+                "identity_distance": check.distance if check else None,
+                "verdict": check.verdict if check else None,
+                "kept": float((np.asarray(edited.image) == before).all(axis=2).mean()),
+                "mask_area": float((np.asarray(edited.mask) > 0).mean()),
+                "face_found": edited.face is not None,
+                "crop": dataclasses.astuple(edited.crop),
+                "seconds": time.perf_counter() - start,
+            })
+            crop = edited.crop
+            xyxy = (crop.x, crop.y, crop.x + crop.w, crop.y + crop.h)
+            if not grid_row:
+                grid_row.append(_thumb(photo.rgb.crop(xyxy)))
+            grid_row.append(_thumb(edited.image.crop(xyxy)))
+            done += 1
+            if progress:
+                progress(done, total)
+        grid_rows.append(grid_row)
+
+    report = {
+        "config": dataclasses.asdict(cfg),
+        "model": str(editor.model.path),
+        "photos": len(paths),
+        "face_model": face_model_available(),
+        "identity_note": None if checker else MISSING_NOTE,
+        "same_person_threshold": SAME_PERSON_THRESHOLD,
+        "directions": {d.name: _summary([r for r in rows if r["direction"] == d.name]) for d in directions},
+        "results": rows,
+    }
+    if out is not None:
+        grid_labels = (["input", *(d.name for d in directions)], [p.name for p in paths])
+        _write_report(out, report, grid_rows, grid_labels, cfg.overwrite)
+    return report
+
+
+def _thumb(image):
+    from PIL import Image
+
+    return image.resize((GRID_CELL, GRID_CELL), Image.Resampling.LANCZOS)
+
+
+def _summary(rows: list[dict]) -> dict:
+    measured = [r["identity_distance"] for r in rows if r["identity_distance"] is not None]
+    return {
+        "photos": len(rows),
+        "identity_distance_mean": float(np.mean(measured)) if measured else None,
+        "same_person": sum(1 for r in rows if r["verdict"] == "same person"),
+        "no_face": sum(1 for r in rows if (r["verdict"] or "").startswith("no face")),
+        "kept_mean": float(np.mean([r["kept"] for r in rows])),
+        "mask_area_mean": float(np.mean([r["mask_area"] for r in rows])),
+    }
+
+
+def _write_report(out: Path, report: dict, grid_rows, grid_labels, overwrite: bool) -> None:
+    """report.json, report.md and grid.png: all three written to temporary files first, then renamed,
+    so a failure (disk full, a file that appeared meanwhile) leaves no partial report."""
+    import io
+    import os
+    import secrets
+
+    from pedit.viz import image_grid
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"Cannot create report folder {out}: {e.strerror or e}.") from e
+    col_labels, row_labels = grid_labels
+    png = io.BytesIO()
+    image_grid(grid_rows, col_labels=col_labels, row_labels=row_labels).save(png, format="PNG")
+    contents = {"report.json": json.dumps(report, indent=2).encode(), "report.md": markdown_photo_report(report).encode(),
+                "grid.png": png.getvalue()}
+    temporary = {name: out / f".{name}.{secrets.token_hex(6)}.tmp" for name in contents}
+    renamed = []
+    try:
+        for name, data in contents.items():
+            temporary[name].write_bytes(data)
+        for name in contents:
+            if (out / name).exists() and not overwrite:  # appeared while the evaluation ran
+                raise OutputError(f"{out / name} already exists. Pass --overwrite to replace it, or choose another -o.")
+        for name in contents:
+            os.replace(temporary[name], out / name)
+            renamed.append(out / name)
+    except BaseException as e:
+        for path in renamed:  # a report is whole or absent (with --overwrite the old one is gone too)
+            path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"Could not write the report into {out}: {e.strerror or e}.") from e
+        raise
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_photo_report(report: dict) -> str:
+    """One table a direction (summary), then one row a photo and direction."""
+    lines = [f"{report['photos']} photos, model `{report['model']}`; identity distance: dlib's 128-d face descriptor, "
+             f"below {report['same_person_threshold']} = same person.\n"]
+    if report["identity_note"]:
+        lines.append(f"**{report['identity_note']}**\n")
+    lines += ["| direction | photos | identity distance (mean) | same person | no face | kept | mask area |",
+              "|---|---|---|---|---|---|---|"]
+    for name, s in report["directions"].items():
+        lines.append(f"| {name} | {s['photos']} | {_fmt(s['identity_distance_mean'])} | {s['same_person']} | "
+                     f"{s['no_face']} | {s['kept_mean']:.1%} | {s['mask_area_mean']:.1%} |")
+    lines += ["", "| photo | direction | identity distance | verdict | kept | mask area | s |", "|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {Path(r['photo']).name} | {r['direction']} | {_fmt(r['identity_distance'])} | "
+                     f"{r['verdict'] or 'n/a'} | {r['kept']:.1%} | {r['mask_area']:.1%} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
