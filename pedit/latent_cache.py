@@ -127,6 +127,18 @@ def encode_pairs(parts, x_A: torch.Tensor, x_B: torch.Tensor) -> dict[str, torch
     return {"mean_A": mean_A, "std_A": std_A, "mean_B": mean_B, "std_B": std_B, "clip_A": parts.clip_tokens(x_A)}
 
 
+def check_writable(root: Path) -> None:
+    """Create the cache root now, so an unwritable one fails before any training output appears."""
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        probe = Path(root) / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"Cannot write the latent cache to {root} ({e.strerror or type(e).__name__}); pass "
+                          "--cache-dir with a writable folder, or --no-cache.") from None
+
+
 def cache_folder(root: Path, key: str) -> Path:
     return Path(root) / key[:16]
 

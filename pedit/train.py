@@ -1,8 +1,10 @@
 """`pedit train`: one readable accelerate loop for the MCDM (paper §3.3).
 
 Per step, visible below: identity samples (p = 0.05: target x_A, prompt p_a), condition dropout
-(p = 0.2, a uniformly drawn non-empty subset of {c_s, c_im, c_p}), the epsilon-prediction loss,
-EMA, checkpoints (`save_state`), validation grids. All randomness of a step comes from a generator
+(p = 0.2, a uniformly drawn non-empty subset of {c_s, c_im, c_p}), the loss on the base's
+prediction type (epsilon or v), EMA, checkpoints (`save_state`), validation grids. What the frozen
+VAE and encoders give for each pair comes from the latent cache (pedit.latent_cache; `--no-cache`
+computes it every step), and the loss is read back every `log_every` steps, not every step. All randomness of a step comes from a generator
 seeded by (seed, step, rank), and the data order from per-epoch permutations of the seed, so a
 resumed run continues exactly where the straight run would be (a test checks). Multi-GPU:
 `accelerate launch -m pedit train ...`; each rank takes its slice of the global batch.
@@ -168,6 +170,10 @@ def training_target(noise_scheduler, prediction_type: str, z_0, noise, t):
     return noise
 
 
+def cache_root(cfg: TrainConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.data) / ".pedit-cache"
+
+
 @dataclass
 class FrozenBatches:
     """Per step, the frozen parts' outputs for the step's pairs (dicts of device tensors), and the
@@ -201,7 +207,7 @@ def frozen_batches(cfg: TrainConfig, pairs: list[Pair], parts, size: int, sample
 
         return FrozenBatches(encoded(), encode_texts(parts, texts))
 
-    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.data) / ".pedit-cache"
+    root = cache_root(cfg)
     with accelerator.main_process_first():  # the first process builds, the others then load
         cache = build_or_load(root, pairs, Path(cfg.data), parts, size, workers=cfg.num_workers,
                               build=accelerator.is_main_process,
@@ -261,6 +267,10 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
     size = cfg.resolution or int(parts.vae.config.sample_size)
     check_prediction_type(parts.scheduler_config)
+    if cfg.cache and accelerator.is_main_process:
+        from pedit.latent_cache import check_writable
+
+        check_writable(cache_root(cfg))
     if cfg.resume and newest_checkpoint(out) is None:
         raise PeditError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.")
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")

@@ -110,6 +110,7 @@ def test_an_unwritable_cache_folder_is_a_clear_error(tiny_pairs, tiny_base, tmp_
     blocker.write_text("not a folder")
     with pytest.raises(OutputError, match="--cache-dir"):
         train(_cfg(tiny_pairs, tiny_base, tmp_path / "m", max_steps=1, cache_dir=str(blocker / "cache")))
+    assert not (tmp_path / "m").exists()  # failed before the output folder appeared
 
 
 # ---------------------------------------------------------------- prediction types
