@@ -18,6 +18,8 @@ import click
 from pedit import __version__
 from pedit.errors import PeditError
 
+BACKENDS = ("torch", "compile", "onnx", "trt")  # pedit.export.backends.BACKENDS (that module is not imported at start-up)
+
 
 class PeditGroup(click.Group):
     def invoke(self, ctx):
@@ -27,6 +29,15 @@ class PeditGroup(click.Group):
             if os.environ.get("PEDIT_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            # Anything else is a failure pedit did not foresee: still one line, never a traceback.
+            if os.environ.get("PEDIT_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(e).__name__}: {e} (run again with PEDIT_DEBUG=1 for the traceback)"
+            ) from None
 
 
 def _console(quiet: bool = False):
@@ -235,6 +246,7 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--validate-every", type=click.IntRange(min=0), default=500, show_default=True, help="0: never.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Delete the training run already in the output folder first.")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--gradient-checkpointing", is_flag=True)
 @click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True)
@@ -245,7 +257,7 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps between loss reports.")
 @click.option("-q", "--quiet", is_flag=True)
 def train(data, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
-          learning_rate, warmup_steps, checkpoint_every, validate_every, resume, mixed_precision,
+          learning_rate, warmup_steps, checkpoint_every, validate_every, resume, overwrite, mixed_precision,
           gradient_checkpointing, ema_decay, seed, allow_pickle, no_cache, cache_dir, log_every, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
 
@@ -259,7 +271,7 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
-        cache=not no_cache, cache_dir=cache_dir, log_every=log_every,
+        overwrite=overwrite, cache=not no_cache, cache_dir=cache_dir, log_every=log_every,
     )
     # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).
     console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
@@ -314,10 +326,17 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True, help="Refuse larger images (decompression bombs).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the model folder. Only for trusted files.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+              help="What runs the U-Net: eager torch, torch.compile, ONNX Runtime or TensorRT.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: fp16 on CUDA, fp32 on the CPU.")
+@click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for --backend onnx/trt "
+              "(default: exported once into ~/.cache/pedit).")
+@click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call.")
 @click.option("-q", "--quiet", is_flag=True)
 def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, mask_file,
          mask_mode, save_mask, compare, face_index, require_face, margin, detector, no_identity_check, overwrite,
-         max_pixels, allow_pickle, device, quiet):
+         max_pixels, allow_pickle, device, backend, precision, engines, mask_batch, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     from rich.markup import escape
 
@@ -329,7 +348,8 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         scheduler=scheduler, s_s=s_s, s_im=s_im, s_p=s_p, use_mask=not no_mask, mask_noises=mask_noises,
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
         overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, detector=detector,
-        identity_check=not no_identity_check, mask=mask_file, mask_mode=mask_mode,
+        identity_check=not no_identity_check, backend=backend, precision=precision, engines=engines, mask_batch=mask_batch,
+        mask=mask_file, mask_mode=mask_mode,
     )
     check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = _console(quiet)
@@ -353,6 +373,8 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
                 # File names and messages are shown verbatim: escaped, or rich reads "[draft]" as markup.
                 if payload.error:
                     console.print(f"[red]failed[/red] {escape(str(payload.input))}: {escape(payload.error)}")
+                    if payload.traceback and os.environ.get("PEDIT_DEBUG"):
+                        click.echo(payload.traceback, err=True)
                 else:
                     identity = f", identity {_identity_cell(payload)}" if check_identity else ""
                     console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} "
@@ -402,12 +424,14 @@ def _identity_cell(item) -> str:
 @click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
 @click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
               help="With --photos: the face detector that places the crop.")
-@click.option("--overwrite", is_flag=True, help="With --photos: replace an existing report in -o.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report in -o.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="What runs the U-Net.")
 @click.option("-q", "--quiet", is_flag=True)
 def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit, grid_pairs,
-             detector, overwrite, device, allow_pickle, quiet):
+             detector, overwrite, device, allow_pickle, precision, backend, quiet):
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
 
     \b
@@ -426,7 +450,7 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                      steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
-                     allow_pickle=allow_pickle)
+                     allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite)
     console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:
@@ -458,6 +482,79 @@ def _eval_photos(photos, direction_list, model, output, steps, seed, detector, o
         report = evaluate_photos(cfg, lambda done, total: bar.update(task, completed=done, total=total),
                                  note=lambda text: console.print(escape(text)))
     click.echo(markdown_photo_report(report))
+
+
+@cli.command("export")
+@click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
+@click.option("-o", "--output", type=click.Path(), default="engines", show_default=True, help="Engines folder.")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (fp16; needs pedit[trt] and an NVIDIA GPU).")
+@click.option("--force", is_flag=True, help="Redo every stage, even those whose inputs are unchanged.")
+@click.option("--networks", default=",".join(["unet", "image_projector", "text_encoder", "vae_encoder", "vae_decoder"]),
+              show_default=True, help="Comma-separated networks to export.")
+@click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Sizes the U-Net's mask profile (5 rows x N noise draws).")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
+@click.option("-q", "--quiet", is_flag=True)
+def export_cmd(model, output, trt, force, networks, mask_noises, allow_pickle, quiet):
+    """Export a model's networks to ONNX (parity-checked against torch) and TensorRT engines."""
+    from rich.markup import escape
+
+    from pedit.export.pipeline import ExportConfig, export_model
+
+    cfg = ExportConfig(model=model, output=output, trt=trt, force=force, n_noise=mask_noises, allow_pickle=allow_pickle,
+                       networks=tuple(n.strip() for n in networks.split(",") if n.strip()))
+    console = _console(quiet)
+    _show_config(console, cfg)
+    export_model(cfg, log=lambda msg: console.print(escape(msg)))
+    console.print(f"Engines and manifest.json in {output}")
+    click.echo(str(Path(output) / "manifest.json"))
+
+
+@cli.command()
+@click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
+@click.option("--arch", type=click.Choice(["sd15"]), help="Instead of -m: an MCDM of Stable Diffusion 1.5 size with random weights.")
+@click.option("--backend", "backends", default="torch", show_default=True,
+              help=f"Comma-separated backends to time: {', '.join(BACKENDS)}.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed edits; medians are reported.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--vs", "vs", type=click.Choice(["ip2p"]), help="Also time diffusers' InstructPix2Pix pipeline in this process.")
+@click.option("--resolution", type=click.IntRange(min=64), help="--arch sd15 only (default 512).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: fp16 on CUDA, fp32 on the CPU.")
+@click.option("--no-mask", is_flag=True, help="Time the edit without the editing mask.")
+@click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True, help="Noise draws per mask call.")
+@click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for onnx/trt.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
+@click.option("-q", "--quiet", is_flag=True)
+def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device, precision, no_mask, mask_batch, engines,
+          output, quiet):
+    """Time one edit stage by stage (load, encode, mask, steps, decode) per backend; JSON on stdout, a table on stderr."""
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pedit.export.bench import TABLE_HEAD, BenchConfig, run_bench, table_rows
+
+    cfg = BenchConfig(model=model, arch=arch or "model", backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+                      steps=steps, repeats=repeats, warmup=warmup, vs_ip2p=vs == "ip2p", resolution=resolution,
+                      device=device, precision=precision, use_mask=not no_mask, mask_batch=mask_batch, engines=engines)
+    console = _console(quiet)
+    _show_config(console, cfg)
+    report = run_bench(cfg, log=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))
+    table = Table(*TABLE_HEAD, title=f"{report['model']} on {report['device']}, {report['precision']}, "
+                                     f"{report['resolution']} px, {steps} steps: medians of {repeats}, ms")
+    for row in table_rows(report):
+        table.add_row(*(escape(c) for c in row))
+    console.print(table)
+    console.print(f"U-Net: {report['unet_flops_per_step'] / 1e12:.4f} TFLOP per 5-row step")
+    text = json.dumps(report, indent=2)
+    if output:
+        tmp = Path(output).with_name(f".{Path(output).name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, output)
+    click.echo(text)
 
 
 @cli.command("sticker-pack")

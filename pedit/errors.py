@@ -40,6 +40,10 @@ class ConfigError(PeditError):
     """A configuration whose values contradict each other or are out of range."""
 
 
+class NonFiniteError(PeditError):
+    """A model computation that produced NaN or infinite values (never written out as a result)."""
+
+
 class FaceModelMissing(ModelError):
     """dlib or its face model files are not installed (`pip install 'pedit[faces]'`)."""
 

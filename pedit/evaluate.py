@@ -53,11 +53,44 @@ class EvalConfig:
     imperfect_reference: bool = True  # also score imperfect targets like the training ones (§3.3 claim)
     device: str = "cpu"  # the published numbers are CPU fp32; a GPU is faster, not bit-identical
     allow_pickle: bool = False
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (the model's weights and activations)
+    backend: str = "torch"  # torch | compile | onnx | trt
+    overwrite: bool = False  # replace an earlier report in `output`
 
     def __post_init__(self):
+        from pedit.edit.guidance import GuidanceScales
+        from pedit.validate import check_int, check_seed
+
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"Unknown method(s) {', '.join(unknown) or '(none)'}; available: {', '.join(METHODS)}.")
+        check_int("steps", self.steps, 1)
+        check_seed("seed", self.seed)
+        check_int("batch_size", self.batch_size, 1)
+        if self.limit is not None:
+            check_int("limit", self.limit, 1)
+        check_int("grid_pairs", self.grid_pairs, 0)
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"Unknown precision {self.precision!r}; choose from fp32, fp16, bf16.")
+        GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
+
+
+REPORT_FILES = ("report.json", "report.md", "grid.png")
+
+
+def check_report_folder(cfg: EvalConfig) -> None:
+    """Before any work: the report folder can be written, and holds no earlier report unless --overwrite."""
+    from pedit.errors import OutputError
+    from pedit.files import exists_error
+
+    if cfg.output is None:
+        return
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"-o {out} is a file; eval writes a report folder ({', '.join(REPORT_FILES)}).")
+    for name in REPORT_FILES:
+        if (out / name).exists() and not cfg.overwrite:
+            raise exists_error(out / name)
 
 
 @dataclass
@@ -189,7 +222,8 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     def keep_source(z, t):
         prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
         source = cond.c_s if prev < 0 else ddpm.add_noise(cond.c_s, noise, prev.view(1))
-        return mask * z + (1 - mask) * source
+        m = mask.to(z.dtype)  # the float32 mask must not promote a reduced-precision latent
+        return m * z + (1 - m) * source
 
     z_0 = sample(editor.denoise, scheduler, noise, *rows, lambda e: guided_eps(e, scales), steps,
                  start=cond.c_s, strength=0.5, after_step=keep_source)
@@ -205,12 +239,13 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     from pedit.edit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
     from pedit.edit.guidance import GuidanceScales
     from pedit.data.pairs import direction_of, load_rgb, read_pairs
-    from pedit.viz import image_grid
 
+    check_report_folder(cfg)
     pairs = read_pairs(cfg.pairs)
     if cfg.limit:
         pairs = pairs[: cfg.limit]
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle,
+                                    precision=cfg.precision, backend=cfg.backend)
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
     from pedit.mask_ceiling import iou_ceiling
@@ -278,13 +313,26 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     if cfg.imperfect_reference:
         report["imperfect_targets"] = reference.summary()
     if cfg.output:
-        out = Path(cfg.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown_report(report))
-        if grid_rows:
-            image_grid(grid_rows, col_labels=["input", "ground truth", *cfg.methods]).save(out / "grid.png")
+        _write_report(Path(cfg.output), report, grid_rows, cfg)
     return report
+
+
+def _write_report(out: Path, report: dict, grid_rows: list, cfg: EvalConfig) -> None:
+    """The report files, each atomic and exclusive (the same overwrite rule as `pedit edit`)."""
+    from pedit.errors import OutputError
+    from pedit.files import write_atomic, write_text_atomic
+    from pedit.viz import image_grid
+
+    check_report_folder(cfg)  # again: another run may have written a report meanwhile
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"Cannot create report folder {out}: {e.strerror or e}.") from e
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2), cfg.overwrite)
+    write_text_atomic(out / "report.md", markdown_report(report), cfg.overwrite)
+    if grid_rows:
+        grid = image_grid(grid_rows, col_labels=["input", "ground truth", *cfg.methods])
+        write_atomic(out / "grid.png", lambda f: grid.save(f, format="PNG"), cfg.overwrite)
 
 
 def _fmt(v, digits=2) -> str:

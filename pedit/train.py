@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,6 +30,8 @@ from pedit.errors import ConfigError, PeditError
 from pedit.data.pairs import Pair, direction_of, load_rgb, read_pairs
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
+VALIDATION_STEPS = 20  # sampling steps of the validation grids' edits ...
+VALIDATION_MASK_NOISES = 10  # ... and noise draws of their editing masks
 
 
 @dataclass(frozen=True)
@@ -59,23 +61,107 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     allow_pickle: bool = False
+    overwrite: bool = False  # delete the run already in `output` first (else: refuse it, or --resume it)
     cache: bool = True  # frozen parts' outputs computed once (pedit.latent_cache); False: every step
     cache_dir: str | None = None  # None → <data>/.pedit-cache
     log_every: int = 10  # loss.csv rows and progress reports flushed every N steps (one host sync)
 
     def __post_init__(self):
-        if self.init not in ("base", "scratch"):
-            raise ConfigError(f"init must be 'base' or 'scratch', got {self.init!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size", "gradient_accumulation", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("identity_prob", "drop_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.resolution is not None and self.resolution % 8:
-            raise ConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
+        _check_train_config(self)
+
+
+def _check_train_config(cfg: TrainConfig) -> None:
+    """Every field's type and range (CONVENTIONS.md §16): nothing NaN or out of range reaches step 1."""
+    from pedit.validate import check_int, check_number, check_seed
+
+    for name in ("data", "output"):
+        if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name):
+            raise ConfigError(f"{name} must be a folder name, got {getattr(cfg, name)!r}")
+    if cfg.init not in ("base", "scratch"):
+        raise ConfigError(f"init must be 'base' or 'scratch', got {cfg.init!r}")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
+    for name in ("max_steps", "batch_size", "gradient_accumulation", "checkpoint_every", "keep_checkpoints", "log_every"):
+        check_int(name, getattr(cfg, name), 1)
+    if not isinstance(cfg.cache, bool):
+        raise ConfigError(f"cache must be true or false, got {cfg.cache!r}")
+    if cfg.cache_dir is not None and (not isinstance(cfg.cache_dir, str) or not cfg.cache_dir):
+        raise ConfigError(f"cache_dir must be a folder name or None, got {cfg.cache_dir!r}")
+    for name in ("warmup_steps", "validate_every", "num_workers"):
+        check_int(name, getattr(cfg, name), 0)
+    for name in ("identity_prob", "drop_prob", "ema_decay"):
+        check_number(name, getattr(cfg, name), 0, 1)
+    check_number("learning_rate", cfg.learning_rate, 0, 1, lo_open=True)
+    if cfg.max_minutes is not None:
+        check_number("max_minutes", cfg.max_minutes, 0, lo_open=True)
+    if cfg.resolution is not None:
+        check_int("resolution", cfg.resolution, 8, 4096)
+        if cfg.resolution % 8:
+            raise ConfigError(f"resolution must be a multiple of 8, got {cfg.resolution}")
+    check_seed("seed", cfg.seed, 2**32 - 1)  # accelerate's set_seed seeds numpy, which takes 32 bits
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume and overwrite contradict each other: --resume continues the run in the "
+                          "output folder, --overwrite deletes it.")
+
+
+# ---------------------------------------------------------------- the output folder belongs to one run
+
+# What `train` writes into its folder; any of them means the folder holds a run.
+RUN_ENTRIES = ("config.json", "loss.csv", "pedit.json", "checkpoints", "validation", "unet", "image_projector",
+               "vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
+# Settings a resumed run may change: they do not change what the remaining steps compute.
+RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "max_steps", "max_minutes", "num_workers", "checkpoint_every",
+                     "validate_every", "keep_checkpoints", "cache", "cache_dir", "log_every")
+
+
+def run_entries(out: Path) -> list[str]:
+    """The entries of a run in `out` (including a model save cut short)."""
+    if not out.is_dir():
+        return []
+    held = [name for name in RUN_ENTRIES if (out / name).exists() or (out / name).is_symlink()]
+    return held + sorted(p.name for p in out.glob(".model-tmp-*"))
+
+
+def check_output_folder(cfg: TrainConfig) -> None:
+    """A training folder belongs to one run: refuse a folder holding another run, unless `resume`
+    (with the same settings) or `overwrite` (it is cleared before the first step) is asked for.
+
+    Without this, a second run into one folder replaced the model, some checkpoints and not others,
+    and a later --resume continued the old run.
+    """
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out} is a file; train writes a model folder. Choose another -o.")
+    held = run_entries(out)
+    if not held or cfg.overwrite:
+        return
+    if not cfg.resume:
+        raise ConfigError(f"{out} already holds a training run ({', '.join(held)}). Pass --resume to continue it "
+                          "with the same settings, --overwrite to delete it and start again, or choose another -o.")
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: {out / 'config.json'} is missing or unreadable ({e}), so the run in {out} "
+                          "cannot be matched to these settings. Use --overwrite to start again.") from None
+    now = json.loads(json.dumps(asdict(cfg)))
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # fields older runs did not record yet
+    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k, defaults[k]) != now[k])
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k, defaults[k])!r} then, {now[k]!r} now" for k in changed)
+        raise ConfigError(f"--resume: the run in {out} was started with other settings ({shown}). Resume with the "
+                          "same settings, or use --overwrite (or another -o) to train anew.")
+
+
+def clear_output_folder(out: Path) -> None:
+    """Delete the run in `out` (--overwrite); files that are not pedit's are left alone."""
+    for name in run_entries(out):
+        entry = out / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 @dataclass
@@ -254,6 +340,8 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
 
     out = Path(cfg.output)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    check_output_folder(cfg)  # costs nothing: before the models load
+    accelerator.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes into it
     main = accelerator.is_main_process
     say = log if (log is not None and main) else (lambda _msg: None)
     report = progress if (progress is not None and main) else (lambda _p: None)
@@ -290,7 +378,9 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             num_tokens=parts.num_image_tokens,
         )
         mcdm = MCDM(unet, projector)
-    if main:  # every input has loaded: only now does the output folder appear
+    if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
+        if cfg.overwrite:
+            clear_output_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if cfg.gradient_checkpointing:
@@ -446,6 +536,8 @@ def _checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
         os.replace(tmp, path)
         for old in checkpoints(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        for stale in (out / "checkpoints").glob("step-*.tmp"):  # half checkpoints of a killed run (of this folder's run)
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
@@ -456,6 +548,7 @@ def _validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed)
 
     from pedit.data.directions import Direction
     from pedit.edit.editor import EditOptions, Editor
+    from pedit.edit.mask import MaskConfig
     from pedit.model.loading import LoadedModel
     from pedit.viz import image_grid
 
@@ -466,10 +559,11 @@ def _validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed)
         editor = Editor(LoadedModel(mcdm, parts, {"resolution": size, "directions": list(directions.values())}, out))
         names = sorted(directions)
         inputs = [pairs[i] for i in np.random.default_rng(seed).choice(len(pairs), size=min(3, len(pairs)), replace=False)]
+        options = EditOptions(steps=VALIDATION_STEPS, seed=seed, mask=MaskConfig(n_noise=VALIDATION_MASK_NOISES))
         rows = []
         for p in inputs:
             x = Image.fromarray(load_rgb(p.x_A, size))
-            rows.append([x] + [editor.edit(x, Direction(**directions[d]), EditOptions(steps=20, seed=seed)).image for d in names])
+            rows.append([x] + [editor.edit(x, Direction(**directions[d]), options).image for d in names])
         path = out / "validation" / f"step-{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         image_grid(rows, col_labels=["input"] + names).save(path)

@@ -29,7 +29,8 @@ if [ "$STAGE" = train ]; then
   # gen-pairs is resumable and deterministic: a rerun only fills in what is missing.
   $PY -m pedit gen-pairs -o "$RUN/pairs" -n "$PAIRS" --resolution 128 --seed 0 -q
   resume=""
-  if ls "$RUN"/model/checkpoints/step-* >/dev/null 2>&1; then resume="--resume"; fi
+  if ls "$RUN"/model/checkpoints/step-* >/dev/null 2>&1; then resume="--resume"
+  elif [ -e "$RUN/model/config.json" ]; then resume="--overwrite"; fi  # stopped before its first checkpoint
   $PY -m pedit train --data "$RUN/pairs" -o "$RUN/model" --base pedit/assets/toon-base --init scratch \
       --init-from pedit/assets/toon-model --max-steps "$STEPS" --batch-size "$BATCH" --learning-rate "$LR" \
       --warmup-steps 100 --checkpoint-every "$CHECKPOINT" --validate-every "$VALIDATE" --log-every 50 \

@@ -22,7 +22,8 @@ BUILTIN_LINES = [f"{d.name}\t{d.task}\t{d.p_a}\t{d.p_b}" for d in BUILTIN.values
 
 def run(*args, env=None):
     # click >= 8.2 keeps stderr apart: result.stdout, result.stderr, and result.output (both, as a user sees them).
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="pedit", env=env)
+    # A wide console: rich wraps stderr at 80 columns otherwise, splitting long temp paths.
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="pedit", env={"COLUMNS": "1000", **(env or {})})
 
 
 def assert_error(result, message: str, code: int = 1):

@@ -140,14 +140,16 @@ def test_edit_batch_summary_shows_identity_unless_skipped(tmp_path):
 def test_a_failed_report_write_leaves_no_partial_report(tmp_path, monkeypatch):
     import os
 
-    real_replace = os.replace
+    def failing_for_report_md(real):
+        def move(src, dst, *args, **kwargs):
+            if Path(dst).name == "report.md":
+                raise OSError(28, "No space left on device")
+            return real(src, dst, *args, **kwargs)
+        return move
 
-    def replace(src, dst):
-        if Path(dst).name == "report.md":
-            raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    # The final step is a link (exclusive) without --overwrite, a rename with it: fail both.
+    monkeypatch.setattr(os, "replace", failing_for_report_md(os.replace))
+    monkeypatch.setattr(os, "link", failing_for_report_md(os.link))
     result = run("eval", "--photos", EXAMPLES / "astronaut.png", "-d", "royal", "-o", tmp_path / "r", *FAST)
     assert_clean_failure(result, "No space left on device")
     assert list((tmp_path / "r").iterdir()) == []  # no report.json without its report.md, no temporary file

@@ -80,15 +80,28 @@ def test_a_component_without_any_weights_is_a_model_error(random_model, tmp_path
 
 @pytest.mark.parametrize("name", ["v1-5-pruned.ckpt", "model.pt", "model.safetensors"])
 def test_a_single_checkpoint_file_as_base_asks_for_a_diffusers_folder(tmp_path, name):
+    import pickle
+
     f = tmp_path / name
-    f.write_bytes(b"not a real checkpoint")
+    marker = tmp_path / "unpickled"
+    f.write_bytes(pickle.dumps(_CreatesAFileWhenUnpickled(str(marker))))  # what a hostile checkpoint does
     with pytest.raises(ModelError) as e:
         load_base(f)
     assert str(e.value) == (
         f"Base model {f} is a single checkpoint file; pedit needs a diffusers folder ({BASE_LAYOUT}). "
         "Convert it with diffusers' conversion scripts first."
     )
-    assert f.read_bytes() == b"not a real checkpoint"  # never opened as a pickle
+    assert not marker.exists()  # never unpickled
+    pickle.loads(f.read_bytes()).close()  # ... though the file is live: unpickling it does run code
+    assert marker.exists()
+
+
+class _CreatesAFileWhenUnpickled:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
 
 
 def test_another_file_as_base_is_a_model_error(tmp_path):

@@ -16,6 +16,7 @@ import skimage.data
 from PIL import Image, ImageCms
 
 from pedit.photos import photo as photo_module
+from pedit import files as files_module
 from pedit.errors import InputImageError, OutputError
 from pedit.faces import Face, HaarDetector
 from pedit.photos.photo import (
@@ -274,6 +275,7 @@ def test_above_max_pixels_checked_on_the_header(tmp_path, astronaut, monkeypatch
     path = tmp_path / "big.png"
     astronaut.save(path)
     decoded = []
+    pil_limit = Image.MAX_IMAGE_PIXELS
     monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1))
     # Just above the limit: pedit's own header check; far above: PIL's bomb error, same message.
     for limit, found in ((200_000, "512x512 = 262,144 pixels"), (10_000, "more than 20,000 pixels")):
@@ -282,7 +284,7 @@ def test_above_max_pixels_checked_on_the_header(tmp_path, astronaut, monkeypatch
         message = str(info.value)
         assert found in message and f"limit of {limit:,} pixels" in message and "--max-pixels" in message
     assert not decoded  # refused before any pixel was decoded
-    assert Image.MAX_IMAGE_PIXELS == photo_module.Image.MAX_IMAGE_PIXELS
+    assert Image.MAX_IMAGE_PIXELS == pil_limit  # PIL's global limit is back to what it was
 
 
 def test_our_limit_replaces_pils_and_pils_is_restored(tmp_path, astronaut, monkeypatch):
@@ -379,7 +381,7 @@ def test_save_permission_denied_message_names_the_folder(tmp_path, astronaut, mo
     def deny(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(photo_module.os, "open", deny)
+    monkeypatch.setattr(files_module.os, "open", deny)
     with pytest.raises(OutputError, match=f"Cannot write into folder {tmp_path}: permission denied"):
         save_image_atomic(astronaut, tmp_path / "a.png")
     assert os.listdir(tmp_path) == []
@@ -653,12 +655,19 @@ def test_run_batch_continues_after_a_broken_photo(tmp_path, astronaut):
     assert not (tmp_path / "b_royal.jpg").exists()
 
 
-def test_run_batch_lets_bugs_through(tmp_path):
+def test_run_batch_any_exception_fails_its_item_only_and_ctrl_c_stops(tmp_path):
     def process(path: Path) -> Path:
-        raise RuntimeError("a bug")
+        if path.name == "b.png":
+            raise ValueError("Decompressed Data Too Large")  # what PIL raises for a PNG text bomb
+        if path.name == "c.png":
+            raise KeyboardInterrupt
+        return path
 
-    with pytest.raises(RuntimeError, match="a bug"):
-        run_batch([tmp_path / "a.jpg"], process)
+    items = run_batch([tmp_path / "a.png", tmp_path / "b.png"], process)
+    assert [i.error for i in items] == [None, "unexpected ValueError: Decompressed Data Too Large"]
+    assert items[1].traceback and "Decompressed Data Too Large" in items[1].traceback and items[0].traceback is None
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([tmp_path / "c.png", tmp_path / "a.png"], process)
 
 
 def test_load_from_bytes_written_by_another_app(tmp_path, astronaut):

@@ -80,13 +80,24 @@ def test_a_missing_image_is_reported_before_training_starts(tiny_pairs_copy, tin
     assert not out.exists()
 
 
-def test_validation_grid_is_written(tiny_pairs, tiny_base, tmp_path):
-    out = train(_cfg(tiny_pairs, tiny_base, tmp_path / "m", max_steps=1, validate_every=1))
+def test_validation_grids_follow_the_model_and_leave_training_untouched(tiny_pairs, tiny_base, tmp_path, monkeypatch):
     from PIL import Image
 
-    grid = Image.open(out / "validation" / "step-000001.png")
-    assert grid.width > grid.height  # input + 8 directions per row
-    assert np.asarray(grid).std() > 0
+    import pedit.train as train_module
+
+    # What the grids show and what they leave behind, not their sampling quality: 2 steps, 2 mask draws.
+    monkeypatch.setattr(train_module, "VALIDATION_STEPS", 2)
+    monkeypatch.setattr(train_module, "VALIDATION_MASK_NOISES", 2)
+    shown = train(_cfg(tiny_pairs, tiny_base, tmp_path / "v", max_steps=2, checkpoint_every=2, validate_every=1))
+    plain = train(_cfg(tiny_pairs, tiny_base, tmp_path / "n", max_steps=2, checkpoint_every=2))
+    # Editing with the EMA weights in between must restore the trained ones exactly (and draw no randomness).
+    raw = [load_file(str(m / "checkpoints" / "step-000002" / "model.safetensors")) for m in (shown, plain)]
+    assert all(torch.equal(raw[0][k], raw[1][k]) for k in raw[0])
+    a, b = _unet_weights(shown), _unet_weights(plain)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    grids = [np.asarray(Image.open(shown / "validation" / f"step-00000{i}.png")) for i in (1, 2)]
+    assert grids[0].shape == grids[1].shape and grids[0].shape[1] > grids[0].shape[0]  # input + 8 directions a row
+    assert not np.array_equal(grids[0], grids[1])  # the edits come from the model being trained
 
 
 def test_gradient_checkpointing_trains_to_the_same_weights(tiny_pairs, tiny_base, tmp_path):

@@ -39,6 +39,18 @@ class GenPairsConfig:
     max_color_drift: int = 6
 
     def __post_init__(self):
+        from pedit.validate import check_int, check_number, check_seed
+
+        if not isinstance(self.output, str) or not self.output:
+            raise ConfigError(f"output must be a folder name, got {self.output!r}")
+        check_int("n", self.n, 1)
+        check_int("resolution", self.resolution, 32, 4096)
+        check_seed("seed", self.seed, 2**63 - 1)  # pair i gets identity seed seed + i, stored in metadata
+        check_int("max_shift", self.max_shift, 0, self.resolution // 4)
+        check_number("max_face_width", self.max_face_width, 0, 0.5)
+        check_int("max_color_drift", self.max_color_drift, 0, 64)
+        if not (isinstance(self.shard, tuple) and len(self.shard) == 2):
+            raise ConfigError(f"shard must be (I, N), got {self.shard!r}")
         if self.source not in SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.n < 1:

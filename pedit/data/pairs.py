@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,9 +19,12 @@ import numpy as np
 from PIL import Image
 
 from pedit.errors import PairFolderError
+from pedit.files import regular_file_problem, write_atomic
 
 METADATA = "metadata.jsonl"
 REQUIRED_FIELDS = ("id", "x_A", "x_B", "direction", "p_a", "p_b", "seed")
+TEXT_FIELDS = ("direction", "p_a", "p_b")  # and, when present, the optional "task" and "p"
+SEED_LIMIT = 2**63  # seeds are non-negative and fit numpy's and torch's generators
 IMAGE_FIELDS = ("x_A", "x_B", "mask")
 MAX_REPORTED = 10
 
@@ -60,17 +62,35 @@ def safe_path(root: Path, rel, what: str) -> Path:
     return full
 
 
-def _check_image(path: Path) -> str | None:
-    """None if `path` is a readable image, else what is wrong with it."""
-    if not path.exists():
-        return "is missing"
+def _check_image(path: Path) -> tuple[str | None, tuple[int, int] | None]:
+    """(None, size) if `path` is a readable image, else (what is wrong with it, None)."""
+    if (why := regular_file_problem(path)) is not None:  # a FIFO named like an image would hang the open
+        return why, None
     try:
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:
             im.load()  # verify() does not decode; a truncated PNG fails only here
+            size = im.size
     except Exception as e:  # PIL raises many types for broken files
-        return f"is not a readable image ({type(e).__name__})"
+        return f"is not a readable image ({type(e).__name__})", None
+    return None, size
+
+
+def _row_problem(rec: dict) -> str | None:
+    """What is wrong with the types of a row's fields (a list as direction, null as a prompt), or None."""
+    if isinstance(rec["id"], bool) or not isinstance(rec["id"], (str, int)) or rec["id"] == "":
+        return f"id must be a non-empty string or an integer, got {rec['id']!r}"
+    for f in TEXT_FIELDS + tuple(f for f in ("task", "p") if f in rec):
+        if not isinstance(rec[f], str):
+            return f"{f} must be a string, got {rec[f]!r}"
+    if not rec["direction"].strip():
+        return "direction must not be empty"
+    seed = rec["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"seed must be an integer, got {seed!r}"
+    if not 0 <= seed < SEED_LIMIT:
+        return f"seed must be from 0 to 2**63 - 1, got {seed!r}"
     return None
 
 
@@ -80,14 +100,22 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
     if not root.is_dir():
         raise PairFolderError(f"Pair folder {root} does not exist (make one with `pedit gen-pairs -o {root}`).")
     meta = root / METADATA
-    if not meta.is_file():
+    if not meta.exists():
         raise PairFolderError(f"{root} has no {METADATA}; a pair folder is what `pedit gen-pairs` writes.")
+    if (why := regular_file_problem(meta)) is not None:
+        raise PairFolderError(f"{meta} {why}; it must be a regular file.")
+    safe_path(root, METADATA, METADATA)  # a link to a file elsewhere is not this folder's metadata
     pairs, problems = [], []
-    lines = meta.read_text(encoding="utf-8", errors="replace").splitlines()
-    for row, line in enumerate(lines, start=1):
+    lines = meta.read_bytes().splitlines()
+    for row, raw in enumerate(lines, start=1):
+        where = f"row {row}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+            continue
         if not line.strip():
             continue
-        where = f"row {row}"
         try:
             rec = json.loads(line)
             if not isinstance(rec, dict):
@@ -102,24 +130,17 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
             continue
         try:
             paths = {f: safe_path(root, rec[f], f) for f in IMAGE_FIELDS if f in rec}
-            seed = int(rec["seed"])
         except PairFolderError as e:
             problems.append(f"{where}: {e}")
             continue
-        except (TypeError, ValueError):
-            problems.append(f"{where}: seed must be an integer, got {rec['seed']!r}")
+        if (why := _row_problem(rec)) is not None:
+            problems.append(f"{where}: {why}")
             continue
         extra = {k: v for k, v in rec.items() if k not in REQUIRED_FIELDS + IMAGE_FIELDS}
-        pairs.append(Pair(str(rec["id"]), paths["x_A"], paths["x_B"], str(rec["direction"]), str(rec["p_a"]),
-                          str(rec["p_b"]), seed, row, paths.get("mask"), extra))
+        pairs.append(Pair(str(rec["id"]), paths["x_A"], paths["x_B"], rec["direction"], rec["p_a"], rec["p_b"],
+                          rec["seed"], row, paths.get("mask"), extra))
     if check_images:
-        for i, pair in enumerate(pairs):
-            for f in IMAGE_FIELDS:
-                path = getattr(pair, f)
-                if path is not None and (why := _check_image(path)) is not None:
-                    problems.append(f"row {pair.row} (id {pair.id!r}): {f} '{path.relative_to(root.resolve())}' {why}")
-            if progress is not None:
-                progress(i + 1, len(pairs))
+        problems += _check_images(pairs, root, progress)
     if problems:
         shown = "\n  ".join(problems[:MAX_REPORTED])
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
@@ -127,6 +148,28 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
     if not pairs:
         raise PairFolderError(f"Pair folder {root} has no pairs ({METADATA} is empty).")
     return pairs
+
+
+def _check_images(pairs: list[Pair], root: Path, progress: Callable[[int, int], None] | None) -> list[str]:
+    """Every image readable, and all of one size: a pair folder holds one geometry (a stray image of
+    another size or aspect would be silently stretched into it by load_rgb)."""
+    problems, first = [], None
+    for i, pair in enumerate(pairs):
+        for f in IMAGE_FIELDS:
+            path = getattr(pair, f)
+            if path is None:
+                continue
+            where = f"row {pair.row} (id {pair.id!r}): {f} '{path.relative_to(root.resolve())}'"
+            why, size = _check_image(path)
+            if why is None and first is None:
+                first = (size, where)
+            elif why is None and size != first[0]:
+                why = f"is {size[0]}x{size[1]}, but {first[1]} is {first[0][0]}x{first[0][1]}; all images of a pair folder have one size"
+            if why is not None:
+                problems.append(f"{where} {why}")
+        if progress is not None:
+            progress(i + 1, len(pairs))
+    return problems
 
 
 def square_rgb(image: Image.Image, size: int) -> np.ndarray:
@@ -173,15 +216,8 @@ class PairWriter:
         return pair_id in self.done
 
     def _save_png(self, arr: np.ndarray, rel: str) -> None:
-        dest = self.root / rel
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                Image.fromarray(arr).save(f, format="PNG")
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Replacing is right here: an image without its row is what an interrupted run left behind.
+        write_atomic(self.root / rel, lambda f: Image.fromarray(arr).save(f, format="PNG"), overwrite=True)
 
     def write(self, row: dict, images: dict[str, np.ndarray]) -> None:
         """`images` maps a field (x_A, x_B, mask) to a uint8 array; paths go to images/<id>_<field>.png."""

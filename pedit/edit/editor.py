@@ -27,8 +27,11 @@ from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
 from pedit.edit.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
 from pedit.model.mcdm import EditConditions
-from pedit.edit.sampler import make_scheduler, sample
+from pedit.edit.sampler import check_steps, make_scheduler, sample
 from pedit.edit.user_mask import check_user_mask, combine_latent, combine_weight, user_mask_at
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,15 @@ class EditOptions:
     mask_mode: str = "replace"  # how user_mask combines with the model's mask: replace, intersect, union
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError("steps must be at least 1")
+        from pedit.edit.sampler import SCHEDULERS
+        from pedit.validate import check_int, check_seed
+
+        check_int("steps", self.steps, 1)
+        check_seed("seed", self.seed)
+        if not isinstance(self.scales, GuidanceScales) or not isinstance(self.mask, MaskConfig):
+            raise ConfigError("scales must be a GuidanceScales and mask a MaskConfig")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         check_user_mask(self.user_mask, self.mask_mode)
 
 
@@ -103,16 +113,34 @@ class Editor:
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False):
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
+                        backend: str = "torch", precision: str | None = None, engines: str | Path | None = None,
+                        log: Callable[[str], None] = lambda msg: None):
+        """Load a model folder (None: the bundled toon model) for editing.
+
+        backend: torch | compile | onnx | trt (pedit.export.backends); precision: fp32 | fp16 | bf16
+        (default fp16 on CUDA, fp32 on the CPU); engines: a `pedit export` folder for onnx/trt.
+        """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             kind = torch.device(device).type
         except RuntimeError:
             raise ConfigError(f"Unknown device {device!r}; use cpu, cuda or cuda:N.") from None
+        if kind not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"Device {device!r} cannot run an edit; use cpu, cuda or cuda:N.")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"Device {device!r} asked for, but this torch has no MPS support; use --device cpu.")
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"Device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu.")
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        return cls(load_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype))
+        precision = precision or ("fp16" if kind == "cuda" else "fp32")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"Unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}.")
+        model = load_model(path, allow_pickle=allow_pickle, device=device, dtype=PRECISIONS[precision])
+        if backend == "torch":
+            return cls(model)
+        from pedit.export.backends import make_denoise
+
+        return cls(model, make_denoise(model, backend, engines, log))
 
     @property
     def resolution(self) -> int:
@@ -127,6 +155,12 @@ class Editor:
         `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.edit.mask_settings)."""
         direction = None if direction is None else self.direction(direction)
         return EditOptions(mask=mask_config_for(self.model.meta, direction))
+
+    def scheduler(self, options: EditOptions):
+        """The sampling scheduler for `options`; ConfigError when its steps do not fit the model's schedule."""
+        scheduler = make_scheduler(options.scheduler, self.model.parts.scheduler_config)
+        check_steps(options.steps, scheduler)
+        return scheduler
 
     def direction(self, direction: str | Direction) -> Direction:
         return direction if isinstance(direction, Direction) else resolve(direction, self.directions)
@@ -159,6 +193,7 @@ class Editor:
 
         direction = self.direction(direction)
         options = dataclasses.replace(options or self.default_options(direction), **overrides)
+        scheduler = self.scheduler(options)  # steps the schedule cannot give fail here, before any work
         parts, size = self.model.parts, self.resolution
         original = square_rgb(image, size)  # (R, R, 3) uint8
         x_A = uint8_to_tensor(original)
@@ -175,7 +210,6 @@ class Editor:
             user = user_mask_at(options.user_mask, size, cond.c_s.shape[-1])
             mask_latent = combine_latent(model_mask, user.latent, options.mask_mode)
 
-        scheduler = make_scheduler(options.scheduler, parts.scheduler_config)
         z_T = torch.randn(cond.c_s.shape, generator=generator, dtype=torch.float32).to(cond.c_s)
         c_s_rows, context = cond.guidance_rows()
         mask = None if mask_latent is None else mask_latent.to(cond.c_s)  # (1, 1, h, w)

@@ -30,6 +30,12 @@ class GuidanceScales:
     s_im: float = 1.0
     s_p: float = 4.0
 
+    def __post_init__(self):
+        from pedit.validate import check_number
+
+        for name in ("s_s", "s_im", "s_p"):  # any finite weight is a guidance choice; NaN/inf are not
+            check_number(name, getattr(self, name))
+
 
 def multi_cfg(e_none, e_s, e_s_im, e_full, scales: GuidanceScales):
     """Eq. 1 extended to three nested conditions.
@@ -51,6 +57,7 @@ def masked_two_branch(eps_b, eps_a, mask):
     eps_b, eps_a: (B, 4, h, w); mask: (B, 1, h, w) in [0, 1], 1 = edit. A mask of zeros returns
     the source branch exactly (no arithmetic on it), which keeps the identity test honest.
     """
+    mask = mask.to(eps_b.dtype)  # a float32 mask must not promote an fp16/bf16 prediction
     return torch.where(mask > 0, mask * eps_b + (1 - mask) * eps_a, eps_a)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pedit.edit.guidance import GuidanceScales, branch_eps
+from pedit.errors import NonFiniteError
 from pedit.model.mcdm import EditConditions
 
 
@@ -30,6 +31,18 @@ class MaskConfig:
     threshold: float = 0.5
     dilate: float = 1.0  # in latent cells, before feathering
     feather: float = 0.5  # Gaussian sigma in latent cells
+    batch: int = 0  # noise draws per U-Net call (5 rows each); 0 = all N in one call. Bounds memory, same mask
+
+    def __post_init__(self):
+        from pedit.validate import check_int, check_number
+
+        check_int("n_noise", self.n_noise, 1, 1024)
+        check_int("batch", self.batch, 0, 1024)
+        check_number("strength", self.strength, 0, 1, lo_open=True)  # 0 noises nothing: no signal
+        check_number("ratio", self.ratio, 0, lo_open=True)
+        check_number("threshold", self.threshold, 0, 1, hi_open=True)  # 1: nothing could pass
+        check_number("dilate", self.dilate, 0, 64)
+        check_number("feather", self.feather, 0, 64)
 
 
 def expand(cond: EditConditions, n: int) -> EditConditions:
@@ -57,15 +70,24 @@ def difference_map(denoise, noise_scheduler, cond: EditConditions, scales: Guida
     z_A = cond.c_s if z_A is None else z_A
     b, _, h, w = z_A.shape
     n = cfg.n_noise
-    many = expand(cond, n)  # (NB, ...)
     noise = torch.randn((n * b, *z_A.shape[1:]), generator=generator, dtype=torch.float32).to(z_A)  # (NB, 4, h, w)
-    t_index = int(cfg.strength * noise_scheduler.config.num_train_timesteps) - 1
+    t_index = max(0, int(cfg.strength * noise_scheduler.config.num_train_timesteps) - 1)
     t = torch.full((n * b,), t_index, dtype=torch.long, device=z_A.device)
-    z_t = noise_scheduler.add_noise(z_A.repeat(n, 1, 1, 1), noise, t)  # (NB, 4, h, w), draw-major like `many`
-    c_s_rows, context = many.guidance_rows()  # (5NB, 4, h, w), (5NB, 77 + K, D)
-    z_in = torch.cat([z_t.repeat(5, 1, 1, 1), c_s_rows], dim=1)  # (5NB, 8, h, w)
-    eps_b, eps_a = branch_eps(denoise(z_in, t[0], context), scales)  # (NB, 4, h, w) each
-    return (eps_b - eps_a).float().abs().mean(dim=1).view(n, b, h, w).mean(dim=0)  # (B, h, w)
+    z_t = noise_scheduler.add_noise(z_A.repeat(n, 1, 1, 1), noise, t)  # (NB, 4, h, w), draw-major like `expand`
+    per_call = cfg.batch or n
+    diffs = []
+    for lo in range(0, n, per_call):  # draws lo..hi in one call: every row sees the noise it would in one batch
+        hi = min(n, lo + per_call)
+        c_s_rows, context = expand(cond, hi - lo).guidance_rows()  # (5kB, 4, h, w), (5kB, 77 + K, D)
+        z_in = torch.cat([z_t[lo * b: hi * b].repeat(5, 1, 1, 1), c_s_rows], dim=1)  # (5kB, 8, h, w)
+        eps_b, eps_a = branch_eps(denoise(z_in, t[0], context), scales)  # (kB, 4, h, w) each
+        diffs.append((eps_b - eps_a).float().abs().mean(dim=1))  # (kB, h, w)
+    diff = torch.cat(diffs).view(n, b, h, w).mean(dim=0)  # (B, h, w)
+    if not torch.isfinite(diff).all():
+        # NaN > threshold is False: without this the mask would be empty and the "edit" the input.
+        raise NonFiniteError("The editing mask came out NaN or infinite (the model's predictions are not finite); "
+                             "check the guidance scales and the model's weights.")
+    return diff
 
 
 def binarize(diff: torch.Tensor, ratio: float, threshold: float) -> torch.Tensor:

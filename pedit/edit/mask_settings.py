@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 
 from pedit.edit.mask import MaskConfig
+from pedit.errors import ConfigError
 
 LEVELS = ("mask", "mask_by_task", "mask_by_direction")
+SETTABLE = tuple(f for f in MaskConfig.__dataclass_fields__ if f != "batch")  # batch bounds memory: the runtime's choice
 
 
 def check_mask_settings(meta: dict, where) -> None:
     """ValueError naming the bad entry when pedit.json's mask settings are malformed."""
-    fields = set(MaskConfig.__dataclass_fields__)
     groups = [("mask", meta.get("mask", {}))]
     for level in LEVELS[1:]:
         by = meta.get(level, {})
@@ -27,9 +28,12 @@ def check_mask_settings(meta: dict, where) -> None:
             raise ValueError(f"{where}: \"{level}\" must map names to mask settings.")
         groups += [(f"{level}.{name}", v) for name, v in by.items()]
     for name, settings in groups:
-        if not isinstance(settings, dict) or set(settings) - fields:
-            raise ValueError(f"{where}: \"{name}\" may only set {', '.join(MaskConfig.__dataclass_fields__)}.")
-        MaskConfig(**settings)  # its own validation, where it has any
+        if not isinstance(settings, dict) or set(settings) - set(SETTABLE):
+            raise ValueError(f"{where}: \"{name}\" may only set {', '.join(SETTABLE)}.")
+        try:
+            MaskConfig(**settings)  # its own validation of each value
+        except ConfigError as e:
+            raise ValueError(f"{where}: \"{name}\": {e}.") from None
 
 
 def mask_config_for(meta: dict, direction=None, base: MaskConfig | None = None) -> MaskConfig:

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from pedit.edit.guidance import N_ROWS
+from pedit.errors import ConfigError, NonFiniteError
 
 SCHEDULERS = ("ddim", "dpm", "euler")
 
@@ -56,6 +57,7 @@ def sample(
     `rows` guidance rows per latent (5 for the MCDM; gen-pairs' Eq. 2 uses 4) and `c_s_rows=None`
     for a U-Net without the spatial condition (a plain Stable Diffusion base).
     """
+    check_steps(num_steps, scheduler)
     scheduler.set_timesteps(num_steps, device=z.device)
     timesteps = scheduler.timesteps[num_steps - max(1, round(num_steps * strength)):]
     if strength < 1.0:
@@ -73,4 +75,17 @@ def sample(
             z = after_step(z, t)
         if callback is not None:
             callback(i + 1, len(timesteps))
+    # NaN and inf survive every later step, so one check at the end catches any non-finite step
+    # without a device sync per step. A non-finite latent decodes to black or grey: never a result.
+    if not torch.isfinite(z).all():
+        raise NonFiniteError("Sampling produced NaN or infinite values; check the guidance scales, and for a "
+                             "half-precision GPU run try --device cpu (fp32).")
     return z
+
+
+def check_steps(num_steps: int, scheduler) -> None:
+    """Steps must fit the model's noise schedule (at most one per training timestep)."""
+    limit = int(scheduler.config.num_train_timesteps)
+    if not 1 <= num_steps <= limit:
+        raise ConfigError(f"steps must be between 1 and {limit} (this model's noise schedule has {limit} "
+                          f"timesteps), got {num_steps}")

@@ -21,7 +21,8 @@ import torch
 
 from pedit import __version__
 from pedit.data.directions import model_directions
-from pedit.errors import ModelError, PeditError, UnsafeModelError
+from pedit.errors import ModelError, UnsafeModelError
+from pedit.files import process_alive, regular_file_problem
 from pedit.edit.mask_settings import check_mask_settings
 from pedit.model.mcdm import CLIP_MEAN, CLIP_STD, MCDM, FrozenParts, ImageProjector
 
@@ -31,6 +32,7 @@ BASE_REQUIRED = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 MODEL_REQUIRED = ("pedit.json", "unet", "image_projector", *FROZEN)
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
 FORMAT_VERSION = 1
+MAX_RESOLUTION = 4096  # pixels a side; far above any Stable Diffusion model, far below a memory bomb
 
 
 def bundled_model_path() -> Path:
@@ -63,6 +65,7 @@ def resolve_source(source: str | Path, what: str, required: tuple[str, ...]) -> 
                 )
             raise ModelError(f"{what} {path} is a file; expected a folder with {', '.join(required)}.")
         _check_layout(path, what, required)
+        check_links(path, what)
         return path
     if str(source).count("/") != 1 or str(source).startswith((".", "/", "~")):
         raise ModelError(f"{what} {source!r} is neither an existing folder nor a hub id like 'owner/name'.")
@@ -85,6 +88,7 @@ def resolve_source(source: str | Path, what: str, required: tuple[str, ...]) -> 
                 "Check the id and your connection, or pass a local diffusers folder."
             ) from None
     _check_layout(folder, what, required)
+    check_links(folder, what)
     return folder
 
 
@@ -109,6 +113,30 @@ def hub_patterns(required: tuple[str, ...]) -> list[str]:
     if "image_encoder" not in folders and folders != [""]:  # a base may bring its own CLIP vision encoder
         patterns += [f"image_encoder/{name}" for name in _WEIGHTS + _CONFIGS]
     return patterns
+
+
+def check_links(folder: Path, what: str) -> None:
+    """Every entry of an untrusted folder must stay inside it and be a regular file or folder.
+
+    A link pointing outside (to ~/.ssh, to another model) would be followed and read; a FIFO would
+    block loading forever. The one allowed exception is the hub cache's own layout, where a
+    snapshot's files link into the same repository's `blobs/`.
+    """
+    root = Path(folder).resolve()
+    container = root
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        container = root.parent.parent
+    for dirpath, dirnames, filenames in os.walk(root):  # linked folders are listed here, not entered
+        for name in dirnames + filenames:
+            entry = Path(dirpath) / name
+            rel = entry.relative_to(root)
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.is_relative_to(container):
+                    raise ModelError(f"{what} {folder}: {rel} is a link to {target}, outside the folder. "
+                                     "pedit only reads files inside a model folder; copy the file in instead.")
+            if name in filenames and (why := regular_file_problem(entry)) not in (None, "is missing"):
+                raise ModelError(f"{what} {folder}: {rel} {why}; a model folder holds regular files only.")
 
 
 def _check_layout(folder: Path, what: str, required: tuple[str, ...]) -> None:
@@ -272,17 +300,25 @@ def load_model(path: str | Path | None = None, allow_pickle: bool = False, devic
             f"Model folder {path} is missing {', '.join(missing)}; a model folder holds {', '.join(MODEL_REQUIRED)} "
             "(what `pedit train` writes)."
         )
+    check_links(path, "Model folder")
     try:
         meta = json.loads((path / "pedit.json").read_text())
         int(meta["resolution"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{path / 'pedit.json'} is not a valid pedit model description ({e}).") from None
+    resolution = meta["resolution"]
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 8 <= resolution <= MAX_RESOLUTION:
+        raise ModelError(f"{path / 'pedit.json'}: resolution must be an integer from 8 to {MAX_RESOLUTION}, "
+                         f"got {resolution!r}.")
     model_directions(meta, path)
     try:
-        check_mask_settings(meta, path / "pedit.json")
-    except (ValueError, TypeError, PeditError) as e:
-        raise ModelError(str(e) if str(e).startswith(str(path)) else f"{path / 'pedit.json'}: {e}") from None
+        check_mask_settings(meta, path / "pedit.json")  # "mask", "mask_by_task", "mask_by_direction"
+    except ValueError as e:
+        raise ModelError(str(e)) from None
     parts = load_frozen_parts(path, allow_pickle)
+    if resolution % parts.latent_factor:
+        raise ModelError(f"{path / 'pedit.json'}: resolution {resolution} is not a multiple of the VAE's latent "
+                         f"factor {parts.latent_factor}.")
     unet = _load(UNet2DConditionModel, path / "unet", allow_pickle, "U-Net")
     projector = _load(ImageProjector, path / "image_projector", allow_pickle, "Image projector")
     mcdm = MCDM(unet, projector).eval().requires_grad_(False)
@@ -300,8 +336,11 @@ def save_model(out: Path, mcdm: MCDM, parts: FrozenParts, meta: dict) -> Path:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".model-tmp-*"):  # left by a save that was killed
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out / f".model-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         mcdm.unet.save_pretrained(tmp / "unet", safe_serialization=True)

@@ -146,8 +146,23 @@ class FrozenParts:
 
     @torch.no_grad()
     def decode(self, z):
-        """(B, 4, h, w) scaled latent → (B, 3, R, R) in [-1, 1]."""
-        return self.vae.decode(z.to(self.dtype) / self.scaling_factor).sample.clamp(-1, 1)
+        """(B, 4, h, w) scaled latent → (B, 3, R, R) in [-1, 1].
+
+        In fp16 the SD VAE decoder can overflow to inf/NaN (black or speckled images): then the
+        latent is decoded again by an fp32 copy of the VAE, made once, and the caller gets its dtype.
+        """
+        x = self.vae.decode(z.to(self.dtype) / self.scaling_factor).sample
+        if self.dtype != torch.float32 and not torch.isfinite(x).all():
+            x = self.vae_fp32().decode(z.float() / self.scaling_factor).sample.to(self.dtype)
+        return x.clamp(-1, 1)
+
+    def vae_fp32(self):
+        """An fp32 copy of the VAE on its device, for reduced-precision runs that overflowed."""
+        if getattr(self, "_vae32", None) is None:
+            import copy
+
+            self._vae32 = copy.deepcopy(self.vae).float()
+        return self._vae32
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]):

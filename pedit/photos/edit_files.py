@@ -18,8 +18,8 @@ from typing import Callable
 from pedit.errors import ConfigError, OutputError
 from pedit.faces import DETECTORS, get_detector
 from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
-from pedit.photos.photo import (BatchItem, default_output_path, edit_photo, find_images, load_photo, run_batch,
-                                save_image_atomic)
+from pedit.photos.photo import (BatchItem, check_output, default_output_path, edit_photo, find_images, load_photo,
+                                run_batch, save_image_atomic)
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,31 @@ class EditFilesConfig:
     mask_mode: str = "replace"  # replace, intersect or union with the model's mask
     detector: str = "default"  # face detector: haar | hog | cnn | default (pedit.faces)
     identity_check: bool = True  # identity distance input vs output when the face model is installed
+    backend: str = "torch"  # torch | compile | onnx | trt (pedit.export.backends)
+    precision: str | None = None  # fp32 | fp16 | bf16; default fp16 on CUDA, fp32 on the CPU
+    engines: str | None = None  # a `pedit export` folder for onnx / trt
+    mask_batch: int = 0  # noise draws per U-Net call of the editing mask; 0 = all in one call
 
     def __post_init__(self):
+        from pedit.edit.guidance import GuidanceScales
+        from pedit.edit.sampler import SCHEDULERS
         from pedit.edit.user_mask import check_user_mask
+        from pedit.validate import check_int, check_number, check_seed
 
+        if not self.inputs or not all(isinstance(i, str) and i for i in self.inputs):
+            raise ConfigError(f"inputs must be one or more file or folder names, got {self.inputs!r}")
+        if not isinstance(self.direction, str) or not self.direction:
+            raise ConfigError(f"direction must be a direction name, got {self.direction!r}")
+        check_int("steps", self.steps, 1)
+        check_seed("seed", self.seed)
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
+        check_int("mask_noises", self.mask_noises, 1)
+        if self.face_index is not None:
+            check_int("face_index", self.face_index, 0)
+        check_number("margin", self.margin, 0, 5)
+        check_int("max_pixels", self.max_pixels, 1)
         check_user_mask(None, self.mask_mode)
         if self.detector not in (*DETECTORS, "default"):
             raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
@@ -73,32 +94,30 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
     region = None if cfg.mask is None else load_user_mask(cfg.mask)  # an unreadable mask too
     out = Path(cfg.output) if cfg.output else None
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
+                                    precision=cfg.precision, engines=cfg.engines,
+                                    log=lambda msg: on_event("note", msg))
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
     defaults = editor.default_options(direction)  # the model's mask settings for this direction
     options = EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
-        mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises), scheduler=cfg.scheduler,
+        mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises, batch=cfg.mask_batch), scheduler=cfg.scheduler,
         mask_mode=cfg.mask_mode,
     )
+    editor.scheduler(options)  # --steps beyond the model's schedule fails once, before the batch
     detector = get_detector(cfg.detector)
     checker = identity_detector() if cfg.identity_check else None
     if cfg.identity_check and checker is None:
         on_event("note", MISSING_NOTE)
     checks: dict[Path, IdentityCheck] = {}
 
+    planned = _plan_outputs(paths, direction.name, out, cfg)
+
     def process(path: Path) -> Path:
-        target = default_output_path(path, direction.name, out, n_inputs=len(paths))
-        extras = {}
-        if cfg.save_mask:
-            extras["mask"] = _sibling(target, "mask")
-            extras["overlay"] = _sibling(target, "overlay")
-        if cfg.compare:
-            extras["compare"] = _sibling(target, "compare")
-        for p in [target, *extras.values()]:
-            if p.exists() and not cfg.overwrite:  # checked before the work, not after it
-                raise OutputError(f"{p} already exists. Pass --overwrite to replace it, or choose another -o.")
+        if isinstance(planned[path], OutputError):
+            raise planned[path]
+        target, extras = planned[path]
         photo = load_photo(path, cfg.max_pixels)
 
         def edit_fn(square, user_mask=None):
@@ -126,3 +145,36 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         on_event("item", item)
 
     return run_batch(paths, process, on_item=on_item)
+
+
+def _plan_outputs(paths: list[Path], direction: str, out: Path | None,
+                  cfg: EditFilesConfig) -> dict[Path, tuple[Path, dict[str, Path]] | OutputError]:
+    """Every input's output files, checked before any edit: extension known, folder there, name free
+    (unless --overwrite), and no two inputs of the batch writing one file (a/x.png and b/x.png into
+    one -o folder: with --overwrite the second would silently replace the first)."""
+    inputs = {p.resolve(): p for p in paths}
+    claimed: dict[Path, Path] = {}
+    planned: dict[Path, tuple[Path, dict[str, Path]] | OutputError] = {}
+    for path in paths:
+        try:
+            target = default_output_path(path, direction, out, n_inputs=len(paths))
+            extras = {}
+            if cfg.save_mask:
+                extras["mask"] = _sibling(target, "mask")
+                extras["overlay"] = _sibling(target, "overlay")
+            if cfg.compare:
+                extras["compare"] = _sibling(target, "compare")
+            files = [target, *extras.values()]
+            for f in files:
+                check_output(f, cfg.overwrite)
+                key = f.resolve()
+                if key in claimed:
+                    raise OutputError(f"{f} is also the output of {claimed[key]} in this batch; edit them into "
+                                      "separate -o folders or rename one input.")
+                if key in inputs and key != path.resolve():
+                    raise OutputError(f"{f} is also an input of this batch; choose another -o.")
+            claimed.update((f.resolve(), path) for f in files)
+            planned[path] = (target, extras)
+        except OutputError as e:
+            planned[path] = e
+    return planned

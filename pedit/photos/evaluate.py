@@ -67,6 +67,9 @@ class PhotoEvalConfig:
                 raise ConfigError(f"{name} must be a finite number; got {getattr(self, name)!r}.")
         if not 0 <= self.margin <= 5:
             raise ConfigError(f"margin must be in [0, 5]; got {self.margin!r}.")
+        from pedit.validate import check_seed
+
+        check_seed("seed", self.seed)
 
 
 def _check_output(cfg: PhotoEvalConfig) -> Path | None:
@@ -173,9 +176,8 @@ def _write_report(out: Path, report: dict, grid_rows, grid_labels, overwrite: bo
     """report.json, report.md and grid.png: all three written to temporary files first, then renamed,
     so a failure (disk full, a file that appeared meanwhile) leaves no partial report."""
     import io
-    import os
-    import secrets
 
+    from pedit.files import clean_stale_temps, commit, temp_path
     from pedit.viz import image_grid
 
     try:
@@ -187,7 +189,8 @@ def _write_report(out: Path, report: dict, grid_rows, grid_labels, overwrite: bo
     image_grid(grid_rows, col_labels=col_labels, row_labels=row_labels).save(png, format="PNG")
     contents = {"report.json": json.dumps(report, indent=2).encode(), "report.md": markdown_photo_report(report).encode(),
                 "grid.png": png.getvalue()}
-    temporary = {name: out / f".{name}.{secrets.token_hex(6)}.tmp" for name in contents}
+    clean_stale_temps(out)
+    temporary = {name: temp_path(out / name) for name in contents}
     renamed = []
     try:
         for name, data in contents.items():
@@ -196,7 +199,7 @@ def _write_report(out: Path, report: dict, grid_rows, grid_labels, overwrite: bo
             if (out / name).exists() and not overwrite:  # appeared while the evaluation ran
                 raise OutputError(f"{out / name} already exists. Pass --overwrite to replace it, or choose another -o.")
         for name in contents:
-            os.replace(temporary[name], out / name)
+            commit(temporary[name], out / name, overwrite)  # exclusive without overwrite: a racing report wins or loses whole
             renamed.append(out / name)
     except BaseException as e:
         for path in renamed:  # a report is whole or absent (with --overwrite the old one is gone too)

@@ -11,10 +11,9 @@ the paper"), and writes the result atomically. The model itself is a callable
 from __future__ import annotations
 
 import io
-import os
-import secrets
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pedit.errors import InputImageError, OutputError, PeditError
 from pedit.faces import Face, FaceDetector, HaarDetector, eye_centres
+from pedit.files import exists_error, regular_file_problem, write_atomic
 
 if TYPE_CHECKING:
     from pedit.photos.identity import IdentityCheck
@@ -75,13 +75,34 @@ def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
         raise InputImageError(f"No such file: {path}. Check the path and its spelling.")
     if path.is_dir():
         raise InputImageError(f"{path} is a folder, not an image file. Pass a photo (JPEG, PNG, ...).")
+    if (why := regular_file_problem(path)) is not None:  # a FIFO would block the open forever
+        raise InputImageError(f"{path} {why}; pedit reads image files only.")
     if path.stat().st_size == 0:
         raise InputImageError(f"{path} is empty (0 bytes). Copy or download the photo again.")
+    try:
+        return _decode(path, max_pixels)
+    except PeditError:
+        raise
+    except Exception as e:
+        # Decoders raise what they like (a PNG text chunk too large to decompress is a ValueError,
+        # a broken TIFF tag a KeyError): any of them means this file cannot be used.
+        raise InputImageError(
+            f"{path} could not be decoded ({type(e).__name__}: {e}). "
+            "Re-export it as PNG or JPEG from the app that made it."
+        ) from e
 
+
+def _decode(path: Path, max_pixels: int) -> Photo:
     with _open_image(path, max_pixels) as im:
         width, height = im.size
         if width * height > max_pixels:
             raise _too_large(path, max_pixels, f"{width}x{height} = {width * height:,} pixels")
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1 and im.format != "MPO":  # MPO: a phone JPEG's preview frames, not content
+            raise InputImageError(
+                f"{path} holds {frames} pages or frames ({im.format}); pedit edits one image and would "
+                f"drop the other {frames - 1} when writing it back. Save the page you want as its own file."
+            )
         if min(width, height) < MIN_SIDE:
             raise InputImageError(
                 f"{path} is only {width}x{height} pixels; pedit needs at least {MIN_SIDE} pixels on "
@@ -286,20 +307,7 @@ def save_image_atomic(
 ) -> Path:
     """Write `image` to `path` in the format its extension names; all or nothing."""
     path = Path(path)
-    fmt = _SAVE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise OutputError(
-            f"Cannot save {path}: unknown extension {path.suffix or '(none)'!r}. "
-            f"Use one of {', '.join(_SAVE_FORMATS)}."
-        )
-    folder = path.parent
-    if not folder.is_dir():
-        found = "is a file" if folder.exists() else "does not exist"
-        raise OutputError(f"Cannot save {path}: the folder {folder} {found}.")
-    if path.is_dir():
-        raise OutputError(f"Cannot save {path}: a folder of that name exists.")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} already exists. Pass --overwrite to replace it, or choose another -o.")
+    fmt = check_output(path, overwrite)
 
     # A copy, so putalpha below leaves the caller's image alone; a grey mask stays one channel.
     image = image.convert("L" if image.mode == "L" and alpha is None else "RGB")
@@ -317,28 +325,34 @@ def save_image_atomic(
     # TIFF stays uncompressed: compression goes through libtiff, which cannot write the EXIF
     # sub-IFDs (capture date, GPS) that PIL's own TIFF writer keeps.
 
-    # The temporary file lives in the target folder so os.replace is an atomic rename. os.open with
-    # mode 0o666 lets the umask set its permissions, as for any new file (mkstemp would give 0o600).
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # write_atomic: a temp file in the target folder, then an exclusive link (or, with overwrite, a
+    # rename) into place; whatever fails (disk full, an encoder limit, Ctrl-C), nothing half-written remains.
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except PermissionError as e:
-        raise OutputError(f"Cannot write into folder {folder}: permission denied.") from e
-    except OSError as e:
-        raise OutputError(f"Cannot write into folder {folder}: {e.strerror or e}.") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        # Whatever failed (disk full, an encoder limit, Ctrl-C), no half-written file remains.
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (OSError, ValueError)):
-            raise OutputError(f"Could not write {path} as {fmt}: {e}") from e
-        raise
+        write_atomic(path, lambda f: image.save(f, format=fmt, **options), overwrite)
+    except (OSError, ValueError) as e:
+        raise OutputError(f"Could not write {path} as {fmt}: {e}") from e
     return path
+
+
+def check_output(path: Path, overwrite: bool = False) -> str:
+    """The PIL format `path` will be written in, or OutputError: the checks that cost nothing, made
+    before any work (extension known, folder there, name free unless `overwrite`)."""
+    path = Path(path)
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise OutputError(
+            f"Cannot save {path}: unknown extension {path.suffix or '(none)'!r}. "
+            f"Use one of {', '.join(_SAVE_FORMATS)}."
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        found = "is a file" if folder.exists() else "does not exist"
+        raise OutputError(f"Cannot save {path}: the folder {folder} {found}.")
+    if path.is_dir():
+        raise OutputError(f"Cannot save {path}: a folder of that name exists.")
+    if path.exists() and not overwrite:
+        raise exists_error(path)
+    return fmt
 
 
 @dataclass(frozen=True)
@@ -539,6 +553,7 @@ class BatchItem:
     error: str | None
     seconds: float
     identity: IdentityCheck | None = None  # input face vs output face, when checked (pedit.photos.identity)
+    traceback: str | None = None  # of a failure, shown with PEDIT_DEBUG=1
 
 
 def run_batch(
@@ -546,15 +561,22 @@ def run_batch(
     process: Callable[[Path], Path],
     on_item: Callable[[BatchItem], None] | None = None,
 ) -> list[BatchItem]:
-    """Run `process` on each path; a PeditError fails that item only, anything else is a bug and raises."""
+    """Run `process` on each path; any exception while processing one input fails that input only.
+
+    A PeditError's message is the item's error; anything else (a decoder or library failure) is
+    named by its type. The traceback is kept for PEDIT_DEBUG=1. Ctrl-C still stops the batch.
+    """
     items = []
     for path in paths:
         start = time.perf_counter()
+        tb = None
         try:
             output, error = process(path), None
         except PeditError as e:
-            output, error = None, str(e)
-        item = BatchItem(input=path, output=output, error=error, seconds=time.perf_counter() - start)
+            output, error, tb = None, str(e), traceback.format_exc()
+        except Exception as e:
+            output, error, tb = None, f"unexpected {type(e).__name__}: {e}", traceback.format_exc()
+        item = BatchItem(input=path, output=output, error=error, seconds=time.perf_counter() - start, traceback=tb)
         items.append(item)
         if on_item is not None:
             on_item(item)

@@ -74,6 +74,10 @@ class StickerConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if not 0 <= self.margin <= 5:
             raise ConfigError(f"margin must be in [0, 5], got {self.margin}.")
+        from pedit.validate import check_int, check_seed
+
+        check_seed("seed", self.seed)  # a seed beyond 64 bits or negative: an Error line, not a torch traceback
+        check_int("max_pixels", self.max_pixels, 1)
         if not self.name.strip():
             raise ConfigError("The pack name must not be empty.")
         if self.style is not None and not self.style.strip():

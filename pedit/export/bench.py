@@ -1,0 +1,297 @@
+"""`pedit bench`: where the time of one edit goes, per backend, and how it compares with InstructPix2Pix.
+
+One edit is timed stage by stage, as `Editor.edit` runs it: encode (VAE encoder, CLIP image
+encoder + projector, the three prompts), mask (the one batched 5 x N-row U-Net call of §3.4),
+steps (the sampling loop, one 5-row call a step), decode (VAE decoder), and the whole edit
+end to end. Each figure is the median of `repeats` runs after `warmup` runs; on CUDA the stages
+are timed with CUDA events (the GPU's own clock, no host overhead counted twice). `load` is
+timed once: loading the model and building the backend (for onnx/trt this includes an export
+when no engines exist yet; for compile the compilation happens in the first, warm-up, edit,
+reported as `first_edit_s`).
+
+U-Net FLOPs per step come from torch.utils.flop_counter on the eager 5-row call; achieved TFLOP/s
+is that divided by the median step time. `--vs ip2p` times diffusers'
+StableDiffusionInstructPix2PixPipeline (3 U-Net rows a step) on the same U-Net weights, VAE,
+scheduler, steps and resolution in the same process, and reports our edit's speed-up over it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from pedit.errors import ConfigError
+
+STAGES = ("encode", "mask", "steps", "decode", "edit")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str | None = None  # a model folder; None with arch "model" → the bundled toon model
+    arch: str = "model"  # "model" (-m) or "sd15" (SD1.5 size, random weights)
+    backends: tuple[str, ...] = ("torch",)
+    steps: int = 20
+    repeats: int = 5
+    warmup: int = 1
+    vs_ip2p: bool = False
+    resolution: int | None = None  # sd15 only (default 512)
+    device: str | None = None  # default: cuda when available
+    precision: str | None = None  # default: fp16 on CUDA, fp32 on the CPU
+    use_mask: bool = True
+    mask_noises: int = 10
+    mask_batch: int = 0
+    direction: str = "laughing"
+    engines: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        from pedit.export.backends import BACKENDS
+
+        if self.arch not in ("model", "sd15"):
+            raise ConfigError(f"arch must be 'model' or 'sd15', got {self.arch!r}.")
+        if self.arch == "sd15" and self.model:
+            raise ConfigError("Give either -m MODEL or --arch sd15, not both.")
+        bad = [b for b in self.backends if b not in BACKENDS]
+        if bad or not self.backends:
+            raise ConfigError(f"Unknown backend(s) {', '.join(bad) or '(none)'}; choose from {', '.join(BACKENDS)}.")
+        if self.arch == "sd15" and any(b in ("onnx", "trt") for b in self.backends):
+            raise ConfigError("--arch sd15 benches the torch and compile backends (random weights, no model folder "
+                              "to export); for onnx/trt export a model folder and pass -m.")
+        if self.steps < 1 or self.repeats < 1 or self.warmup < 0 or self.mask_noises < 1 or self.mask_batch < 0:
+            raise ConfigError("steps, repeats and mask_noises must be >= 1; warmup and mask_batch >= 0.")
+        if self.resolution is not None and (self.arch != "sd15" or self.resolution < 64 or self.resolution % 64):
+            raise ConfigError("--resolution applies to --arch sd15 and must be a multiple of 64.")
+
+
+class Timer:
+    """Stage timings: CUDA events on a GPU (read after one synchronise), perf_counter on the CPU."""
+
+    def __init__(self, device):
+        import torch
+
+        self.cuda = torch.device(device).type == "cuda"
+        self.spans: dict[str, list] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        import torch
+
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.spans.setdefault(name, []).append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.spans.setdefault(name, []).append(time.perf_counter() - t0)
+
+    def seconds(self) -> dict[str, list[float]]:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {k: [s.elapsed_time(e) / 1000 for s, e in v] for k, v in self.spans.items()}
+        return dict(self.spans)
+
+
+def _load(cfg: BenchConfig, backend: str, log):
+    import torch
+
+    from pedit.edit.editor import PRECISIONS, Editor
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.arch == "sd15":
+        from pedit.export.backends import make_denoise
+        from pedit.export.sd15 import build_sd15
+
+        precision = cfg.precision or ("fp16" if device.startswith("cuda") else "fp32")
+        model = build_sd15(cfg.resolution or 512, device, PRECISIONS[precision], cfg.seed)
+        return Editor(model, make_denoise(model, backend))
+    return Editor.from_pretrained(cfg.model, device=device, backend=backend, precision=cfg.precision,
+                                  engines=cfg.engines, log=log)
+
+
+def _portrait(size: int):
+    """A fixed toon portrait (identity seed 3) at `size`, rendered once: drawing it is not part of an edit."""
+    from PIL import Image
+
+    from pedit.toon.world import render
+
+    if size not in _PORTRAITS:
+        _PORTRAITS[size] = Image.fromarray(render(3, size=size))
+    return _PORTRAITS[size]
+
+
+_PORTRAITS: dict = {}
+
+
+def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
+    """One edit, stage by stage (the code path of Editor.edit, with timers around each stage)."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.edit.guidance import GuidanceScales, guided_eps
+    from pedit.edit.mask import MaskConfig, editing_mask
+    from pedit.edit.sampler import make_scheduler, sample
+    from pedit.data.pairs import square_rgb
+
+    parts, scales = editor.model.parts, GuidanceScales()
+    mask_cfg = MaskConfig(n_noise=cfg.mask_noises, batch=cfg.mask_batch)
+    direction = editor.direction(cfg.direction)
+    image = _portrait(editor.resolution)
+    with timer("edit"):
+        original = square_rgb(image, editor.resolution)
+        editor._prompt_cache.clear()  # a new direction's prompts are part of the work
+        with timer("encode"):
+            cond = editor.conditions(uint8_to_tensor(original), direction)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        mask = None
+        if cfg.use_mask:
+            with timer("mask"):
+                ddpm = DDPMScheduler.from_config(parts.scheduler_config)
+                mask = editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, generator)
+        scheduler = make_scheduler("ddim", parts.scheduler_config)
+        z_T = torch.randn(cond.c_s.shape, generator=generator).to(cond.c_s)
+        rows = cond.guidance_rows()
+        m = None if mask is None else mask.to(cond.c_s)
+        with timer("steps"):
+            z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, m), cfg.steps)
+        with timer("decode"):
+            decoded = parts.decode(z_0)
+        raw = tensor_to_uint8(decoded)
+        keep_outside(original, raw, None if mask is None else mask.cpu(), mask_cfg)
+
+
+def unet_flops(editor) -> int:
+    """FLOPs of one eager 5-row U-Net call (one sampling step) at the model's shapes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pedit.export.specs import dims_of, network_specs, random_inputs
+
+    dims = dims_of(editor.model)
+    spec = network_specs(dims)["unet"]
+    unet = editor.model.mcdm.unet
+    x = random_inputs(spec, dims, 5, seed=0, dtype=unet.dtype)
+    x = {k: v.to(unet.device) for k, v in x.items()}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x["z_in"], x["t"], encoder_hidden_states=x["context"])
+    return int(counter.get_total_flops())
+
+
+def _median_ms(values: list[float]) -> float:
+    return 1000 * statistics.median(values)
+
+
+def bench_backend(cfg: BenchConfig, backend: str, log: Callable[[str], None]) -> tuple[dict, object]:
+    import torch
+
+    t0 = time.perf_counter()
+    editor = _load(cfg, backend, log)
+    load_s = time.perf_counter() - t0
+    device = editor.model.mcdm.unet.device
+    warm = Timer(device)
+    t0 = time.perf_counter()
+    time_edit(editor, cfg, warm)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    first_s = time.perf_counter() - t0
+    for _ in range(max(0, cfg.warmup - 1)):
+        time_edit(editor, cfg, Timer(device))
+    timer = Timer(device)
+    for i in range(cfg.repeats):
+        time_edit(editor, cfg, timer)
+        log(f"{backend}: run {i + 1}/{cfg.repeats}")
+    spans = timer.seconds()
+    row = {"load_s": round(load_s, 3), "first_edit_s": round(first_s, 3)}
+    for stage in STAGES:
+        if stage in spans:
+            row[f"{stage}_ms"] = round(_median_ms(spans[stage]), 3)
+    row["step_ms"] = round(row["steps_ms"] / cfg.steps, 3)
+    return row, editor
+
+
+def time_ip2p(editor, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
+    """diffusers' InstructPix2Pix pipeline on our U-Net weights, VAE and scheduler: same steps and resolution."""
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from pedit.edit.sampler import make_scheduler
+
+    parts, unet = editor.model.parts, editor.model.mcdm.unet
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=parts.vae, text_encoder=None, tokenizer=None, unet=unet,
+        scheduler=make_scheduler("ddim", parts.scheduler_config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    prompt = editor._prompt("a photo of a person laughing").to(unet.dtype)  # (1, 77, D), prompt_embeds skip the tokenizer
+    negative = editor._prompt("").to(unet.dtype)
+    image = _portrait(editor.resolution)
+    timer = Timer(unet.device)
+
+    def run():
+        with timer("ip2p"):
+            pipe(image=image, prompt_embeds=prompt, negative_prompt_embeds=negative, num_inference_steps=cfg.steps,
+                 guidance_scale=7.5, image_guidance_scale=1.5, output_type="np",
+                 generator=torch.Generator(unet.device).manual_seed(cfg.seed))
+
+    for _ in range(cfg.warmup):
+        run()
+    timer.spans.clear()
+    for i in range(cfg.repeats):
+        run()
+        log(f"ip2p: run {i + 1}/{cfg.repeats}")
+    return {"edit_ms": round(_median_ms(timer.seconds()["ip2p"]), 3), "unet_rows_per_step": 3, "mask": False}
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -> dict:
+    """Bench every backend of cfg (and InstructPix2Pix); returns the JSON-able report."""
+    import platform
+
+    import torch
+
+    from pedit.export.pipeline import tool_versions
+
+    report = {"config": asdict(cfg), "tools": tool_versions(), "backends": {}}
+    editor = None
+    for backend in cfg.backends:
+        log(f"{backend}: loading")
+        row, editor = bench_backend(cfg, backend, log)
+        report["backends"][backend] = row
+    device = editor.model.mcdm.unet.device
+    report["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    report["precision"] = str(editor.model.mcdm.unet.dtype).removeprefix("torch.")
+    report["resolution"] = editor.resolution
+    report["model"] = str(editor.model.path)
+    flops = unet_flops(editor)
+    report["unet_flops_per_step"] = flops
+    for row in report["backends"].values():
+        row["tflops_per_s"] = round(flops / (row["step_ms"] / 1000) / 1e12, 4)
+    if cfg.vs_ip2p:
+        log("ip2p: timing diffusers' InstructPix2Pix pipeline")
+        report["ip2p"] = time_ip2p(editor, cfg, log)
+        for row in report["backends"].values():
+            row["speedup_vs_ip2p"] = round(report["ip2p"]["edit_ms"] / row["edit_ms"], 3)
+    return report
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    """Rows of the summary table: one per backend (+ ip2p), in milliseconds."""
+    rows = []
+    for name, r in report["backends"].items():
+        rows.append([name, f"{r['load_s']:.2f}", f"{r.get('encode_ms', 0):.1f}", f"{r.get('mask_ms', 0):.1f}",
+                     f"{r['step_ms']:.2f}", f"{r.get('decode_ms', 0):.1f}", f"{r['edit_ms']:.1f}",
+                     f"{r['tflops_per_s']:.3f}", f"{r['speedup_vs_ip2p']:.2f}x" if "speedup_vs_ip2p" in r else "–"])
+    if "ip2p" in report:
+        rows.append(["ip2p", "–", "–", "–", "–", "–", f"{report['ip2p']['edit_ms']:.1f}", "–", "1.00x"])
+    return rows
+
+
+TABLE_HEAD = ("backend", "load s", "encode", "mask", "step", "decode", "edit", "TFLOP/s", "vs ip2p")  # times in ms
