@@ -333,11 +333,16 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
               "(default: exported once into ~/.cache/pedit).")
 @click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True,
               help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call.")
+@click.option("--no-cache", is_flag=True, help="On the CPU, load the model itself, not its TorchScript cache (same result, slower start).")
 @click.option("-q", "--quiet", is_flag=True)
 def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, mask_file,
          mask_mode, save_mask, compare, face_index, require_face, margin, detector, no_identity_check, overwrite,
-         max_pixels, allow_pickle, device, backend, precision, engines, mask_batch, quiet):
+         max_pixels, allow_pickle, device, backend, precision, engines, mask_batch, no_cache, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
+    # OpenMP threads that spin while they wait (libgomp's default) made the toon edit 3-8x slower on a
+    # 2-core machine busy with other work; sleeping waits did not (docs/deployment.md, "CPU cold start").
+    # Takes effect because torch is not loaded yet; a value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rich.markup import escape
 
     from pedit.faces import face_model_available
@@ -349,7 +354,7 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
         overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, detector=detector,
         identity_check=not no_identity_check, backend=backend, precision=precision, engines=engines, mask_batch=mask_batch,
-        mask=mask_file, mask_mode=mask_mode,
+        cache=not no_cache, mask=mask_file, mask_mode=mask_mode,
     )
     check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = _console(quiet)

@@ -11,6 +11,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _traced_cache_dir(tmp_path_factory):
+    """`pedit edit` writes TorchScript caches (pedit.model.traced): into a temp folder, never ~/.cache."""
+    os.environ["PEDIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("pedit-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A TINY Stable-Diffusion-layout base folder (32 px, 4x4x4 latents), built once per session."""

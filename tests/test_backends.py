@@ -94,7 +94,7 @@ def test_split_mask_call_gives_the_same_mask(random_model, portrait):
 def test_mask_config_rejects_a_negative_batch():
     from pedit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="batch >= 0"):
+    with pytest.raises(ConfigError, match=r"batch must be in \[0, 1024\], got -1"):
         MaskConfig(batch=-1)
 
 

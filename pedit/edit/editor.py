@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -22,13 +22,17 @@ from PIL import Image
 from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError
 from pedit.edit.guidance import GuidanceScales, guided_eps
-from pedit.model.loading import LoadedModel, load_model
 from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
 from pedit.edit.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
-from pedit.model.mcdm import EditConditions
+from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler, sample
 from pedit.edit.user_mask import check_user_mask, combine_latent, combine_weight, user_mask_at
+from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
+
+if TYPE_CHECKING:  # loading imports diffusers (seconds), which a cached model never needs
+    from pedit.model.loading import LoadedModel
+    from pedit.model.traced import TracedModel
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -106,8 +110,10 @@ def torch_denoise(mcdm) -> Callable:
 class Editor:
     """A loaded MCDM ready to edit square portraits at its resolution."""
 
-    def __init__(self, model: LoadedModel, denoise: Callable | None = None):
+    def __init__(self, model: LoadedModel | TracedModel, denoise: Callable | None = None):
         self.model = model
+        self.cache_status: str | None = None  # with from_pretrained(cache=True): what happened to the cache
+        self.cache_failed = False
         self.denoise = denoise or torch_denoise(model.mcdm)
         self.directions = model_directions(model.meta, model.path)
         self._prompt_cache: dict[str, torch.Tensor] = {}
@@ -115,11 +121,14 @@ class Editor:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
                         backend: str = "torch", precision: str | None = None, engines: str | Path | None = None,
-                        log: Callable[[str], None] = lambda msg: None):
+                        log: Callable[[str], None] = lambda msg: None, cache: bool = False):
         """Load a model folder (None: the bundled toon model) for editing.
 
         backend: torch | compile | onnx | trt (pedit.export.backends); precision: fp32 | fp16 | bf16
         (default fp16 on CUDA, fp32 on the CPU); engines: a `pedit export` folder for onnx/trt.
+        cache=True (what `pedit edit` passes) with the torch backend, fp32, on the CPU: load the model
+        from its TorchScript cache, writing the cache first when there is none (pedit.model.traced).
+        A new process then edits without importing diffusers or transformers, with the same bytes out.
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -135,12 +144,38 @@ class Editor:
         precision = precision or ("fp16" if kind == "cuda" else "fp32")
         if precision not in PRECISIONS:
             raise ConfigError(f"Unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}.")
+        if cache and kind == "cpu" and backend == "torch" and precision == "fp32":
+            return cls._from_cache(path, allow_pickle)
+        from pedit.model.loading import load_model
+
         model = load_model(path, allow_pickle=allow_pickle, device=device, dtype=PRECISIONS[precision])
         if backend == "torch":
             return cls(model)
         from pedit.export.backends import make_denoise
 
         return cls(model, make_denoise(model, backend, engines, log))
+
+    @classmethod
+    def _from_cache(cls, path, allow_pickle: bool) -> "Editor":
+        """The model's TorchScript cache (pedit.model.traced), written first when there is none."""
+        from pedit.model import traced
+        from pedit.model.loading import check_weights_allowed, load_model, read_model_folder
+
+        folder, meta = read_model_folder(path)  # the same checks, and errors, as load_model
+        check_weights_allowed(folder, allow_pickle)
+        key = traced.model_key(folder)
+        model = traced.load_cached(folder, meta, key, allow_pickle)
+        if model is not None:
+            editor = cls(model)
+            editor.cache_status = f"loaded from the TorchScript cache {traced.cache_dir() / key}"
+            return editor
+        editor = cls(load_model(folder, allow_pickle=allow_pickle))
+        try:
+            editor.cache_status = f"wrote the TorchScript cache {traced.build_cache(editor.model, key)}"
+        except (traced.CacheError, OSError) as e:
+            editor.cache_status = f"no TorchScript cache ({e}); editing without it"
+            editor.cache_failed = True
+        return editor
 
     @property
     def resolution(self) -> int:
@@ -174,7 +209,7 @@ class Editor:
     def conditions(self, x_A: torch.Tensor, direction: Direction) -> EditConditions:
         """c_s, c_im and the three prompt embeddings for one image x_A (1, 3, R, R) in [-1, 1]."""
         parts, mcdm = self.model.parts, self.model.mcdm
-        dtype = mcdm.unet.dtype  # the frozen parts may run in another precision (training validation)
+        dtype = mcdm.dtype  # the frozen parts may run in another precision (training validation)
         c_s = parts.encode_latent(x_A).to(dtype)  # (1, 4, h, w)
         c_im = mcdm.image_projector(c_s, parts.clip_tokens(x_A).to(dtype))  # (1, K, D)
         prompts = (self._prompt(t).to(dtype) for t in (direction.p_b, direction.p_a, ""))
@@ -189,8 +224,6 @@ class Editor:
         reports progress. Same seed → same bytes. `user_mask=` (an (H, W) array in [0, 1], see
         pedit.edit.user_mask.load_user_mask) and `mask_mode=` restrict or widen the model's mask.
         """
-        from diffusers import DDPMScheduler
-
         direction = self.direction(direction)
         options = dataclasses.replace(options or self.default_options(direction), **overrides)
         scheduler = self.scheduler(options)  # steps the schedule cannot give fail here, before any work
@@ -202,7 +235,7 @@ class Editor:
 
         model_mask = None
         if options.use_mask:
-            noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
+            noise_scheduler = make_noise_scheduler(parts.scheduler_config)
             model_mask = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
         user = None
         mask_latent = model_mask  # (1, 1, h, w) or None

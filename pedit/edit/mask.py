@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pedit.edit.guidance import GuidanceScales, branch_eps
 from pedit.errors import NonFiniteError
-from pedit.model.mcdm import EditConditions
+from pedit.model.conditions import EditConditions
 
 
 @dataclass(frozen=True)

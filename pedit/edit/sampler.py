@@ -18,14 +18,19 @@ SCHEDULERS = ("ddim", "dpm", "euler")
 
 
 def make_scheduler(name: str, config: dict):
-    """A diffusers scheduler from the model's noise-schedule config: DDIM default, DPM-Solver++ for few steps."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    """A scheduler from the model's noise-schedule config: DDIM default, DPM-Solver++ for few steps.
 
+    DDIM comes without importing diffusers where the config allows (pedit.edit.schedules).
+    """
     if name == "ddim":
+        from pedit.edit.schedules import ddim_scheduler
+
         # A base's config may lack clip_sample, and DDIM's default (True) clips the predicted
         # latent to [-1, 1]: right for pixels, wrong for VAE latents (diffusers' latent pipelines
         # set it off too). Set explicitly, whatever the config says.
-        return DDIMScheduler.from_config(config, clip_sample=False)
+        return ddim_scheduler({**config, "clip_sample": False})
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
     if name == "dpm":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
     if name == "euler":

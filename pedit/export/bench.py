@@ -220,14 +220,12 @@ def bench_backend(cfg: BenchConfig, backend: str, log: Callable[[str], None]) ->
 def time_ip2p(editor, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     """diffusers' InstructPix2Pix pipeline on our U-Net weights, VAE and scheduler: same steps and resolution."""
     import torch
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
-    from pedit.edit.sampler import make_scheduler
+    from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
 
     parts, unet = editor.model.parts, editor.model.mcdm.unet
-    pipe = StableDiffusionInstructPix2PixPipeline(
+    pipe = StableDiffusionInstructPix2PixPipeline(  # diffusers' own DDIM: the pipeline needs its whole interface
         vae=parts.vae, text_encoder=None, tokenizer=None, unet=unet,
-        scheduler=make_scheduler("ddim", parts.scheduler_config), safety_checker=None, feature_extractor=None,
+        scheduler=DDIMScheduler.from_config(parts.scheduler_config), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)

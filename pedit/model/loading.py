@@ -24,7 +24,9 @@ from pedit.data.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import process_alive, regular_file_problem
 from pedit.edit.mask_settings import check_mask_settings
-from pedit.model.mcdm import CLIP_MEAN, CLIP_STD, MCDM, FrozenParts, ImageProjector
+
+# pedit.model.mcdm imports diffusers (seconds): imported where a model is built, so that a cached
+# model (pedit.model.traced) can be checked with the functions here without it.
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 FROZEN = ("vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
@@ -192,6 +194,8 @@ def load_frozen_parts(root: Path, allow_pickle: bool = False, image_encoder: Pat
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
+    from pedit.model.mcdm import CLIP_MEAN, CLIP_STD, FrozenParts
+
     _quiet_libraries()
 
     image_dir = image_encoder or root / "image_encoder"
@@ -210,6 +214,24 @@ def load_frozen_parts(root: Path, allow_pickle: bool = False, image_encoder: Pat
     for m in (vae, text_encoder, vision):
         m.requires_grad_(False).eval()
     return FrozenParts(vae, text_encoder, tokenizer, vision, _read_json(sched_file, "Scheduler config"), mean, std)
+
+
+def load_text_encoder(root: Path, allow_pickle: bool = False):
+    """(tokenizer, text encoder) of a folder, for encoding prompts without the rest of the frozen parts."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    _quiet_libraries()
+    tokenizer = _load(CLIPTokenizer, root / "tokenizer", allow_pickle, "Tokenizer", model_max_length=77)
+    text_encoder = _load(CLIPTextModel, root / "text_encoder", allow_pickle, "Text encoder")
+    return tokenizer, text_encoder.requires_grad_(False).eval()
+
+
+def check_weights_allowed(root: Path, allow_pickle: bool) -> None:
+    """The pickle rule of `load_model` without loading: pickle-only weights need allow_pickle."""
+    for name in ("vae", "text_encoder", "image_encoder", "unet", "image_projector"):
+        if not (root / name).is_dir():
+            raise ModelError(f"{root / name} should be a folder of weights.")
+        use_safetensors(root / name, allow_pickle)
 
 
 def load_base(base: str | Path, allow_pickle: bool = False, image_encoder: str | None = None):
@@ -285,10 +307,8 @@ class LoadedModel:
         return int(self.meta["resolution"])
 
 
-def load_model(path: str | Path | None = None, allow_pickle: bool = False, device="cpu", dtype=torch.float32) -> LoadedModel:
-    """Load an MCDM model folder (default: the bundled toon model)."""
-    from diffusers import UNet2DConditionModel
-
+def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
+    """(folder, pedit.json) of an MCDM model folder (default: the bundled toon model), checked before any loading."""
     path = Path(path).expanduser() if path is not None else bundled_model_path()
     if not path.exists():
         raise ModelError(f"Model folder {path} does not exist. Pass a folder written by `pedit train` with -m.")
@@ -315,6 +335,17 @@ def load_model(path: str | Path | None = None, allow_pickle: bool = False, devic
         check_mask_settings(meta, path / "pedit.json")  # "mask", "mask_by_task", "mask_by_direction"
     except ValueError as e:
         raise ModelError(str(e)) from None
+    return path, meta
+
+
+def load_model(path: str | Path | None = None, allow_pickle: bool = False, device="cpu", dtype=torch.float32) -> LoadedModel:
+    """Load an MCDM model folder (default: the bundled toon model)."""
+    from diffusers import UNet2DConditionModel
+
+    from pedit.model.mcdm import MCDM, ImageProjector
+
+    path, meta = read_model_folder(path)
+    resolution = meta["resolution"]
     parts = load_frozen_parts(path, allow_pickle)
     if resolution % parts.latent_factor:
         raise ModelError(f"{path / 'pedit.json'}: resolution {resolution} is not a multiple of the VAE's latent "

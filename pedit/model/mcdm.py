@@ -20,6 +20,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from pedit.model.conditions import EditConditions  # noqa: F401  (its home before the cold-start split)
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROMPT_LENGTH = 77
@@ -85,6 +87,10 @@ class MCDM(nn.Module):
     def num_image_tokens(self) -> int:
         return self.image_projector.config.num_tokens
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
     def forward(self, z_in, t, context, image_inputs=None):
         """eps (N, 4, h, w) from z_in (N, 8, h, w) = cat([z_t, c_s]).
 
@@ -98,6 +104,15 @@ class MCDM(nn.Module):
             c_im = self.image_projector(c_s, clip_tokens) * keep_im  # (N, K, D); dropped → zeros
             context = torch.cat([context, c_im.to(context.dtype)], dim=1)
         return self.unet(z_in, t, encoder_hidden_states=context).sample
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device):
+    """c_p for each prompt: (B, 77, D), the text encoder's last hidden state over 77 padded tokens."""
+    ids = tokenizer(
+        list(prompts), padding="max_length", max_length=PROMPT_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+    return text_encoder(ids).last_hidden_state
 
 
 @dataclass
@@ -164,13 +179,9 @@ class FrozenParts:
             self._vae32 = copy.deepcopy(self.vae).float()
         return self._vae32
 
-    @torch.no_grad()
     def encode_prompts(self, prompts: list[str]):
         """c_p for each prompt: (B, 77, D). The empty prompt gives the null c_p."""
-        ids = self.tokenizer(
-            list(prompts), padding="max_length", max_length=PROMPT_LENGTH, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids).last_hidden_state
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.device)
 
     @torch.no_grad()
     def clip_tokens(self, x):
@@ -181,33 +192,3 @@ class FrozenParts:
         std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
         x = ((x + 1) / 2 - mean) / std
         return self.image_encoder(pixel_values=x.to(device=self.device, dtype=self.dtype)).last_hidden_state
-
-
-@dataclass
-class EditConditions:
-    """Everything one edit conditions on, for B images. Shapes in comments."""
-
-    c_s: torch.Tensor  # (B, 4, h, w)
-    c_im: torch.Tensor  # (B, K, D)
-    c_p_b: torch.Tensor  # (B, 77, D) target prompt
-    c_p_a: torch.Tensor  # (B, 77, D) source prompt
-    c_p_null: torch.Tensor  # (B, 77, D) empty prompt
-
-    def guidance_rows(self):
-        """The 5-row layout of pedit.edit.guidance: c_s rows (5B, 4, h, w) and contexts (5B, 77 + K, D).
-
-        Rows: [∅∅∅, s∅∅, s·im·∅, s·im·p_b, s·im·p_a], block-wise (5 blocks of B).
-        """
-        zeros_s = torch.zeros_like(self.c_s)
-        zeros_im = torch.zeros_like(self.c_im)
-        c_s_rows = torch.cat([zeros_s, self.c_s, self.c_s, self.c_s, self.c_s])
-        context = torch.cat(
-            [
-                torch.cat([self.c_p_null, zeros_im], dim=1),
-                torch.cat([self.c_p_null, zeros_im], dim=1),
-                torch.cat([self.c_p_null, self.c_im], dim=1),
-                torch.cat([self.c_p_b, self.c_im], dim=1),
-                torch.cat([self.c_p_a, self.c_im], dim=1),
-            ]
-        )
-        return c_s_rows, context

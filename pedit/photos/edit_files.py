@@ -53,6 +53,7 @@ class EditFilesConfig:
     precision: str | None = None  # fp32 | fp16 | bf16; default fp16 on CUDA, fp32 on the CPU
     engines: str | None = None  # a `pedit export` folder for onnx / trt
     mask_batch: int = 0  # noise draws per U-Net call of the editing mask; 0 = all in one call
+    cache: bool = True  # CPU, torch, fp32: run from the model's TorchScript cache (pedit.model.traced); same bytes
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
@@ -75,6 +76,8 @@ class EditFilesConfig:
         check_number("margin", self.margin, 0, 5)
         check_int("max_pixels", self.max_pixels, 1)
         check_user_mask(None, self.mask_mode)
+        if not isinstance(self.cache, bool):
+            raise ConfigError(f"cache must be True or False, got {self.cache!r}")
         if self.detector not in (*DETECTORS, "default"):
             raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
 
@@ -96,7 +99,9 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     out = Path(cfg.output) if cfg.output else None
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                                     precision=cfg.precision, engines=cfg.engines,
-                                    log=lambda msg: on_event("note", msg))
+                                    log=lambda msg: on_event("note", msg), cache=cfg.cache)
+    if editor.cache_failed:
+        on_event("note", editor.cache_status)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
     defaults = editor.default_options(direction)  # the model's mask settings for this direction

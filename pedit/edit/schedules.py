@@ -1,0 +1,141 @@
+"""DDIM sampling and DDPM noising without importing diffusers (which costs seconds: it pulls torch._dynamo).
+
+`pedit edit` on the CPU spends more time importing diffusers than editing (docs/deployment.md, "CPU cold
+start"). Its scheduler needs are small: DDIM with eta = 0 (the default sampler) and DDPM's `add_noise`
+(the editing mask). These classes repeat diffusers' arithmetic operation for operation, on the same
+0-dim float32 tensors, so their results are bit-identical to `diffusers.DDIMScheduler` /
+`DDPMScheduler` (tests/test_coldstart.py compares them over whole schedules). A config they do not
+cover (other beta schedules, v-prediction, clipping, thresholding, ...) gets the diffusers class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+# Config values under which the light classes match diffusers exactly; any other value → diffusers.
+# Noising reads only the beta schedule; sampling also the step rule.
+_NOISE_SUPPORTED = {"beta_schedule": ("linear", "scaled_linear"), "trained_betas": (None,), "rescale_betas_zero_snr": (False,)}
+_STEP_SUPPORTED = {
+    "timestep_spacing": ("leading", "trailing", "linspace"),
+    "prediction_type": ("epsilon",),
+    "thresholding": (False,),
+    "clip_sample": (False,),
+}
+_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+             "trained_betas": None, "set_alpha_to_one": True, "steps_offset": 0, "prediction_type": "epsilon",
+             "timestep_spacing": "leading", "rescale_betas_zero_snr": False, "thresholding": False,
+             "clip_sample": True}
+
+
+def _light_config(config: dict, sampling: bool) -> SimpleNamespace | None:
+    """The fields the light classes read, or None when `config` asks for anything they do not do."""
+    merged = {**_DEFAULTS, **{k: v for k, v in config.items() if k in _DEFAULTS}}
+    supported = {**_NOISE_SUPPORTED, **(_STEP_SUPPORTED if sampling else {})}
+    for key, allowed in supported.items():
+        if merged[key] not in allowed:
+            return None
+    if not isinstance(merged["num_train_timesteps"], int) or merged["num_train_timesteps"] < 1:
+        return None
+    return SimpleNamespace(**merged)
+
+
+def _alphas_cumprod(cfg: SimpleNamespace) -> torch.Tensor:
+    """(T,) float32, as diffusers' DDIM/DDPM __init__ computes it."""
+    if cfg.beta_schedule == "linear":
+        betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_train_timesteps, dtype=torch.float32)
+    else:  # scaled_linear, the Stable Diffusion schedule
+        betas = torch.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, cfg.num_train_timesteps, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+@dataclass
+class _Step:
+    prev_sample: torch.Tensor
+
+
+class LightDDPMNoise:
+    """DDPMScheduler's `add_noise` (all that the editing mask uses) and its `config.num_train_timesteps`."""
+
+    def __init__(self, cfg: SimpleNamespace):
+        self.config = cfg
+        self.alphas_cumprod = _alphas_cumprod(cfg)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        alphas_cumprod = self.alphas_cumprod.to(device=original_samples.device).to(dtype=original_samples.dtype)
+        timesteps = timesteps.to(original_samples.device)
+        shape = (-1,) + (1,) * (original_samples.dim() - 1)  # (B, 1, 1, 1): one level per sample
+        sqrt_alpha_prod = (alphas_cumprod[timesteps] ** 0.5).flatten().view(shape)
+        sqrt_one_minus_alpha_prod = ((1 - alphas_cumprod[timesteps]) ** 0.5).flatten().view(shape)
+        return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
+
+
+class LightDDIM(LightDDPMNoise):
+    """DDIMScheduler with eta = 0, epsilon prediction, no clipping: what `pedit edit` samples with."""
+
+    init_noise_sigma = 1.0
+
+    def __init__(self, cfg: SimpleNamespace):
+        super().__init__(cfg)
+        self.final_alpha_cumprod = torch.tensor(1.0) if cfg.set_alpha_to_one else self.alphas_cumprod[0]
+        self.num_inference_steps = None
+        self.timesteps = torch.from_numpy(np.arange(0, cfg.num_train_timesteps)[::-1].copy().astype(np.int64))
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        cfg = self.config
+        if num_inference_steps > cfg.num_train_timesteps:
+            raise ValueError(f"{num_inference_steps} steps is more than the {cfg.num_train_timesteps} training timesteps")
+        self.num_inference_steps = num_inference_steps
+        if cfg.timestep_spacing == "linspace":
+            timesteps = np.linspace(0, cfg.num_train_timesteps - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
+        elif cfg.timestep_spacing == "leading":
+            step_ratio = cfg.num_train_timesteps // num_inference_steps
+            timesteps = (np.arange(0, num_inference_steps) * step_ratio).round()[::-1].copy().astype(np.int64)
+            timesteps += cfg.steps_offset
+        else:  # trailing
+            step_ratio = cfg.num_train_timesteps / num_inference_steps
+            timesteps = np.round(np.arange(cfg.num_train_timesteps, 0, -step_ratio)).astype(np.int64)
+            timesteps -= 1
+        self.timesteps = torch.from_numpy(timesteps).to(device)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        return sample
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> _Step:
+        # The same expressions, in the same order, as DDIMScheduler.step with eta = 0 (std_dev_t = 0).
+        prev_timestep = timestep - self.config.num_train_timesteps // self.num_inference_steps
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        beta_prod_t = 1 - alpha_prod_t
+        pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
+        std_dev_t = 0.0 * self._variance(alpha_prod_t, alpha_prod_t_prev) ** (0.5)
+        pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** (0.5) * model_output
+        return _Step(alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction)
+
+    @staticmethod
+    def _variance(alpha_prod_t, alpha_prod_t_prev):
+        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+        return (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+
+
+def ddim_scheduler(config: dict):
+    """DDIM for `config` (a diffusers scheduler config): the light class when it covers it, else diffusers'."""
+    cfg = _light_config(config, sampling=True)
+    if cfg is not None:
+        return LightDDIM(cfg)
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(config)
+
+
+def noise_scheduler(config: dict):
+    """What `editing_mask` noises with: DDPM `add_noise` for `config`, light when it covers it."""
+    cfg = _light_config(config, sampling=False)
+    if cfg is not None:
+        return LightDDPMNoise(cfg)
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config)
