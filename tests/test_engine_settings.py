@@ -133,3 +133,18 @@ def test_onnx_graph_hash_leaves_profiles_out_and_the_spec_keeps_them(model, rand
     for bad in ({}, {"profiles": {"mask": [5, 50]}}, {"profiles": {"mask": [50, 5, 5]}}, {"profiles": {"mask": "x"}}):
         with pytest.raises(ValueError):
             spec.with_profiles(bad)
+
+
+def test_default_rows_cover_the_models_per_direction_mask_settings(random_model, tmp_path):
+    """A model folder may give one direction more draws (pedit.json "mask_by_direction"): the engine
+    must take that direction's mask call too."""
+    import json
+
+    from pedit.edit.editor import Editor
+
+    folder = Path(shutil.copytree(random_model, tmp_path / "model"))
+    meta = json.loads((folder / "pedit.json").read_text())
+    meta["mask_by_direction"] = {"royal": {"n_noise": 30}}
+    (folder / "pedit.json").write_text(json.dumps(meta))
+    Editor.from_pretrained(folder, device="cpu", backend="onnx", engines=tmp_path / "eng")
+    assert _mask_profile(tmp_path / "eng") == [5, 150, 150]
