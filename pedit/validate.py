@@ -70,5 +70,12 @@ def check_device(name: str, value, optional: bool = True) -> None:
     """cpu, cuda, cuda:N, mps (whether this machine has one is checked when the model loads)."""
     if optional and value is None:
         return
-    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
-        raise ConfigError(f"{name} must be cpu, cuda, cuda:N or mps, got {value!r}")
+    if isinstance(value, str) and _DEVICE.fullmatch(value):
+        return
+    import torch  # only on the way to an error: which message fits
+
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"Unknown device {value!r}; use cpu, cuda or cuda:N.") from None
+    raise ConfigError(f"Device {value!r} cannot run an edit; use cpu, cuda or cuda:N.")  # meta, xla, ...

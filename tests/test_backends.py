@@ -234,7 +234,7 @@ def test_engines_of_another_model_are_refused_not_overwritten(random_model, tmp_
 
 @pytest.mark.parametrize("kwargs, field", [({"seed": -1}, "seed"), ({"steps": 1.5}, "steps"),
                                             ({"mask_noises": 10**6}, "mask_noises"), ({"mask_batch": -1}, "mask_batch"),
-                                            ({"device": "meta"}, "device"), ({"precision": "fp8"}, "precision")])
+                                            ({"device": "meta"}, "Device .meta. cannot run an edit"), ({"precision": "fp8"}, "precision")])
 def test_bench_config_validates_its_fields(kwargs, field):
     from pedit.errors import ConfigError
     from pedit.export.bench import BenchConfig
@@ -245,7 +245,7 @@ def test_bench_config_validates_its_fields(kwargs, field):
 
 @pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"precision": "fp8"}, "precision"),
                                             ({"mask_batch": -3}, "mask_batch"), ({"mask_noises": 10**6}, "mask_noises"),
-                                            ({"device": "meta"}, "device")])
+                                            ({"device": "meta"}, "Device .meta. cannot run an edit")])
 def test_edit_files_config_validates_backend_precision_and_mask(kwargs, field):
     from pedit.errors import ConfigError
     from pedit.photos.edit_files import EditFilesConfig
@@ -254,7 +254,7 @@ def test_edit_files_config_validates_backend_precision_and_mask(kwargs, field):
         EditFilesConfig(inputs=("a.png",), direction="royal", **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"device": "meta"}, "device"),
+@pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"device": "meta"}, "Device .meta. cannot run an edit"),
                                             ({"precision": None}, "precision"), ({"mask_batch": 2000}, "mask_batch")])
 def test_eval_config_validates_backend_and_device(kwargs, field):
     from pedit.errors import ConfigError
