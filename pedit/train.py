@@ -349,8 +349,6 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
 
     from pedit.model.loading import bundled_base_path, load_base
 
@@ -364,9 +362,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
 
     # Everything that can fail on user input fails here, before the first step.
     pairs = read_pairs(cfg.data)
-    directions = {}
-    for p in pairs:
-        directions.setdefault(p.direction, direction_of(p))
+    directions = _directions(pairs)
     base = cfg.base or str(bundled_base_path())
     root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
     size = cfg.resolution or int(parts.vae.config.sample_size)
@@ -379,19 +375,8 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
 
     mcdm = _models(cfg, root, parts)
     if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
-        if cfg.overwrite:
-            clear_output_folder(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    mcdm.train()
-    ema = EMAModel(mcdm.parameters(), decay=cfg.ema_decay, foreach=True)
-    optimizer = torch.optim.AdamW(mcdm.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
-    # The prepared scheduler steps once per process per optimizer step (accelerate), hence the factor.
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
-                                 num_warmup_steps=cfg.warmup_steps * accelerator.num_processes)
-    mcdm, optimizer, lr_scheduler = accelerator.prepare(mcdm, optimizer, lr_scheduler)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
+        _claim_output(cfg, out)
+    mcdm, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, mcdm)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     parts.to(accelerator.device, weight_dtype)
     noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
@@ -451,6 +436,22 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     return out
 
 
+def _directions(pairs: list[Pair]) -> dict[str, dict]:
+    """Each direction of the pairs (name -> its record, as pedit.json lists them)."""
+    directions = {}
+    for p in pairs:
+        directions.setdefault(p.direction, direction_of(p))
+    return directions
+
+
+def _claim_output(cfg: TrainConfig, out: Path) -> None:
+    """The output folder, cleared first with --overwrite, with this run's config.json."""
+    if cfg.overwrite:
+        clear_output_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
 def _models(cfg: TrainConfig, root, parts):
     """The trainable MCDM: from a model folder (init_from), or the base's U-Net (pretrained, or its
     config with seeded random weights) widened to 8 input channels plus a fresh image projector."""
@@ -477,6 +478,24 @@ def _models(cfg: TrainConfig, root, parts):
     if cfg.gradient_checkpointing:
         mcdm.unet.enable_gradient_checkpointing()
     return mcdm
+
+
+def _optimization(cfg: TrainConfig, accelerator, mcdm):
+    """AdamW with a constant-after-warmup learning rate, and the EMA of the weights (saved in every
+    checkpoint), all prepared by accelerate. Returns (mcdm, ema, optimizer, lr_scheduler)."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    mcdm.train()
+    ema = EMAModel(mcdm.parameters(), decay=cfg.ema_decay, foreach=True)
+    optimizer = torch.optim.AdamW(mcdm.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
+    # The prepared scheduler steps once per process per optimizer step (accelerate), hence the factor.
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+                                 num_warmup_steps=cfg.warmup_steps * accelerator.num_processes)
+    mcdm, optimizer, lr_scheduler = accelerator.prepare(mcdm, optimizer, lr_scheduler)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    return mcdm, ema, optimizer, lr_scheduler
 
 
 def _resume(accelerator, out: Path, report, max_steps: int) -> int:
