@@ -7,9 +7,10 @@ VAE and encoders give for each pair comes from the latent cache (pedit.latent_ca
 computes it every step), and the loss is read back every `log_every` steps, not every step.
 A step is one optimizer step: with `gradient_accumulation` k it runs k micro-batches, and max_steps,
 checkpoints and loss.csv rows count optimizer steps. All randomness of a micro-batch comes from a
-generator seeded by (seed, micro-batch index, rank), and the data order from per-epoch permutations
-of the seed, so a resumed run continues exactly where the straight run would be (tests check). Multi-GPU:
-`accelerate launch -m pedit train ...`; each rank takes its slice of the global batch.
+generator seeded by (seed, micro-batch index, rank), and the data order from per-epoch
+permutations of the seed, so a resumed run continues exactly where the straight run would be
+(tests check). Multi-GPU: `accelerate launch -m pedit train ...`; each rank takes its slice of the
+global batch.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def check_output_folder(cfg: TrainConfig) -> None:
     held = run_entries(out)
     if cfg.resume and not held:
         raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.")
-    if cfg.resume and newest_checkpoint(out) is None:  # here, not after the models load: and not "start anew",
-        # which this folder would then refuse as holding a run
+    if cfg.resume and newest_checkpoint(out) is None:
+        # Before anything loads; and "start without --resume" would be refused: the folder holds a run.
         raise ConfigError(f"--resume: the run in {out} has no checkpoint in {out / 'checkpoints'} to continue from. "
                           "Use --overwrite to delete it and start again, or choose another -o.")
     if not held or cfg.overwrite:

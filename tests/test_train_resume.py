@@ -95,3 +95,16 @@ def test_resume_into_an_empty_folder_says_there_is_nothing_to_resume(tiny_pairs,
         check_output_folder(_cfg(tiny_pairs, tiny_base, out, resume=True))
     assert str(e.value) == f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume."
     check_output_folder(_cfg(tiny_pairs, tiny_base, out))  # which is accepted
+
+
+def test_a_time_stop_with_accumulation_resumes_exactly(tiny_pairs, tiny_base, tmp_path):
+    # --max-minutes is checked at log intervals, which fall after whole optimizer steps.
+    acc = dict(gradient_accumulation=2, checkpoint_every=10)
+    straight = train(_cfg(tiny_pairs, tiny_base, tmp_path / "straight", max_steps=3, **acc))
+    split = tmp_path / "split"
+    train(_cfg(tiny_pairs, tiny_base, split, max_steps=3, max_minutes=1e-9, **acc))  # out of time after step 1
+    assert sorted(p.name for p in (split / "checkpoints").iterdir()) == ["step-000001"]
+    train(_cfg(tiny_pairs, tiny_base, split, max_steps=3, resume=True, **acc))
+    a, b = _unet(straight), _unet(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _logged_steps(split) == ["1", "2", "3"]
