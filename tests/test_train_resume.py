@@ -108,3 +108,16 @@ def test_a_time_stop_with_accumulation_resumes_exactly(tiny_pairs, tiny_base, tm
     a, b = _unet(straight), _unet(split)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _logged_steps(split) == ["1", "2", "3"]
+
+
+def test_no_cache_feeds_the_same_micro_batches_with_accumulation(tiny_pairs, tiny_base, tmp_path):
+    # --no-cache decodes the micro-batches in a DataLoader driven by the same sampler: same pairs, same losses.
+    acc = dict(gradient_accumulation=2, max_steps=2)
+    cached = train(_cfg(tiny_pairs, tiny_base, tmp_path / "cached", **acc))
+    plain = train(_cfg(tiny_pairs, tiny_base, tmp_path / "plain", cache=False, **acc))
+
+    def losses(folder):
+        return [float(r.split(",")[1]) for r in (folder / "loss.csv").read_text().splitlines()[1:]]
+
+    assert len(losses(cached)) == 2
+    assert losses(cached) == pytest.approx(losses(plain), abs=1e-5)
