@@ -4,7 +4,6 @@ and the command line answers every hostile case with one `Error:` line (tracebac
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,10 +123,6 @@ def test_steps_beyond_the_schedule_are_a_config_error():
     with pytest.raises(ConfigError, match="steps must be between 1 and 10"):
         sample(lambda *a: None, _Scheduler(), torch.zeros(1, 4, 2, 2), None, None, lambda e: e, 11)
 
-
-@pytest.fixture(scope="module")
-def editor(random_model):
-    return Editor.from_pretrained(random_model, device="cpu")
 
 
 @pytest.mark.parametrize("use_mask", [True, False])
