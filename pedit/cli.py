@@ -564,7 +564,9 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
 @click.option("--pick", type=click.IntRange(min=0), help="Keep cartoon candidate N (0-based) instead of the best-scored.")
 @click.option("--skip-cartoonize", is_flag=True, help="The selfie is already a cartoon: no DreamBooth, no cartoon stage.")
 @click.option("--require-face", is_flag=True, help="Fail when no face is found instead of using the centred square.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
+              help="Face detector that places the crop, as in `pedit edit`.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous sticker pack in -o (never a folder holding other files).")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Expression edit steps.")
 @click.option("--cartoon-steps", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--train-steps", type=click.IntRange(min=1), default=400, show_default=True, help="DreamBooth LoRA steps.")
@@ -579,7 +581,7 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("-q", "--quiet", is_flag=True)
 def sticker_pack(selfie, output, model, base, expressions, style, candidates, pick, skip_cartoonize, require_face,
-                 overwrite, steps, cartoon_steps, train_steps, lora_rank, views, prior_preservation, seed, name,
+                 detector, overwrite, steps, cartoon_steps, train_steps, lora_rank, views, prior_preservation, seed, name,
                  cache_dir, max_pixels, allow_pickle, device, quiet):
     """Make a sticker pack from one selfie: an expression sticker each, WhatsApp and Telegram folders."""
     from rich.markup import escape
@@ -589,7 +591,8 @@ def sticker_pack(selfie, output, model, base, expressions, style, candidates, pi
     cfg = StickerConfig(
         selfie=selfie, output=output, model=model, base=base,
         expressions=tuple(s.strip() for s in expressions.split(",") if s.strip()), style=style, pick=pick,
-        candidates=candidates, skip_cartoonize=skip_cartoonize, require_face=require_face, overwrite=overwrite,
+        candidates=candidates, skip_cartoonize=skip_cartoonize, require_face=require_face, detector=detector,
+        overwrite=overwrite,
         steps=steps, cartoon_steps=cartoon_steps, train_steps=train_steps, lora_rank=lora_rank, views=views,
         prior_preservation=prior_preservation, seed=seed, name=name, cache_dir=cache_dir, max_pixels=max_pixels,
         allow_pickle=allow_pickle, device=device,

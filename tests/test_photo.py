@@ -679,13 +679,3 @@ def test_load_from_bytes_written_by_another_app(tmp_path, astronaut):
     out = save_image_atomic(loaded.rgb, tmp_path / "out.webp", exif=loaded.exif)
     with Image.open(out) as im:
         assert im.getexif()[0x010F] == "PeditPhone"
-
-
-
-def test_haar_face_detector_keeps_giving_boxes(astronaut):
-    # The pre-pedit.faces interface, still used by sticker-pack's selfie crop.
-    from pedit.photos.photo import HaarFaceDetector
-
-    (box,) = HaarFaceDetector().detect(np.asarray(astronaut))
-    (face,) = HaarDetector().detect(np.asarray(astronaut))
-    assert box == face_box(face) == Box(face.box[0], face.box[1], face.width, face.height)

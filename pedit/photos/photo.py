@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pedit.errors import InputImageError, OutputError, PeditError
-from pedit.faces import Face, FaceDetector, HaarDetector, eye_centres
+from pedit.faces import Face, FaceDetector, eye_centres
 from pedit.files import exists_error, regular_file_problem, write_atomic
 
 if TYPE_CHECKING:
@@ -405,19 +405,6 @@ def face_box(face: Face) -> Box:
     return Box(x0, y0, x1 - x0, y1 - y0)
 
 
-class HaarFaceDetector:
-    """pedit.faces.HaarDetector with its faces as Boxes, for code written before pedit.faces.
-
-    New code: `pedit.faces.get_detector()` and `face_crop_box` (landmark framing, dlib detectors).
-    """
-
-    def __init__(self, **options):
-        self._detector = HaarDetector(**options)
-
-    def detect(self, rgb: np.ndarray) -> list[Box]:
-        return [face_box(face) for face in self._detector.detect(rgb)]
-
-
 def _eye_framed_box(face: Face) -> Box | None:
     """A square face box centred and scaled from the eye centres; None without usable landmarks."""
     if face.landmarks is None:
@@ -458,10 +445,8 @@ def edit_photo(
     every pixel outside the crop, and inside it where the weight is 0, is byte-identical.
     """
     rgb = photo_rgb if photo_rgb.mode == "RGB" else photo_rgb.convert("RGB")
-    faces = []
-    if detector is not None:
-        faces = sorted(detector.detect(np.asarray(rgb)), key=lambda f: f.area, reverse=True)
-    face = _choose_face(faces, face_index, require_face)
+    faces = [] if detector is None else find_faces(rgb, detector)
+    face = choose_face(faces, face_index, require_face)
     crop = face_crop_box(rgb.size, face, margin)
     crop_xyxy = (crop.x, crop.y, crop.x + crop.w, crop.y + crop.h)
 
@@ -489,7 +474,14 @@ def edit_photo(
     return PhotoEdit(image=out, mask=full_mask, crop=crop, face=face, faces_found=len(faces))
 
 
-def _choose_face(faces: list[Face], face_index: int | None, require_face: bool) -> Face | None:
+def find_faces(rgb: Image.Image, detector: FaceDetector) -> list[Face]:
+    """The faces `detector` finds in an RGB image, largest first (index 0 is what --face-index 0 means)."""
+    return sorted(detector.detect(np.asarray(rgb)), key=lambda f: f.area, reverse=True)
+
+
+def choose_face(faces: list[Face], face_index: int | None, require_face: bool) -> Face | None:
+    """Face `face_index` of `faces` (largest first), else the largest; None when there is none and
+    `require_face` is off."""
     if face_index is not None:
         if not 0 <= face_index < len(faces):
             found = f"{len(faces)} face{'s' if len(faces) != 1 else ''}"
