@@ -303,7 +303,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--s-im", type=float, default=1.0, show_default=True, help="Guidance scale of the image condition c_im.")
 @click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
 @click.option("--no-mask", is_flag=True, help="Plain MCDM sampling, no editing mask (the paper's 'w/o mask').")
-@click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True, help="Noise draws for the editing mask.")
+@click.option("--mask-noises", type=click.IntRange(min=1),
+              help="Noise draws for the editing mask (default: the model's pedit.json, else 10).")
 @click.option("--save-mask", is_flag=True, help="Also write the mask and a mask overlay PNG.")
 @click.option("--compare", is_flag=True, help="Also write input | mask overlay | output side by side.")
 @click.option("--face", "--face-index", "face_index", type=click.IntRange(min=0),
