@@ -427,8 +427,9 @@ def _identity_cell(item) -> str:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="What runs the U-Net.")
 @click.option("-q", "--quiet", is_flag=True)
-def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit, grid_pairs,
-             detector, overwrite, device, allow_pickle, precision, backend, quiet):
+@click.pass_context
+def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit,
+             grid_pairs, detector, overwrite, device, allow_pickle, precision, backend, quiet):
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
 
     \b
@@ -438,11 +439,20 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
     photos = (*photos, *more_photos)
     if bool(pairs) == bool(photos):
         raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
+    # A flag that does not apply to the chosen mode is an error, never silently ignored.
+    given = {name for name in ("methods", "batch_size", "limit", "grid_pairs", "detector")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if photos:
-        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet)
+        if not_here := given & {"methods", "batch_size", "limit", "grid_pairs"}:
+            flags = ", ".join(_flag(ctx, name) for name in sorted(not_here))
+            raise click.UsageError(f"{flags} goes with --pairs; --photos edits every photo toward each -d direction.")
+        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle,
+                     precision, backend, quiet)
         return
     if direction_list:
         raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
+    if "detector" in given:
+        raise click.UsageError("--detector goes with --photos; --pairs scores each pair image whole, without a face crop.")
     from pedit.evaluate import EvalConfig, evaluate, markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
@@ -462,7 +472,14 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
     click.echo(markdown_report(report))
 
 
-def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet):
+def _flag(ctx, name: str) -> str:
+    """The command-line spelling of parameter `name` (--grid for grid_pairs)."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, precision,
+                 backend, quiet):
     from rich.markup import escape
 
     from pedit.photos.evaluate import PhotoEvalConfig, evaluate_photos, markdown_photo_report
@@ -471,7 +488,7 @@ def _eval_photos(photos, direction_list, model, output, steps, seed, detector, o
         raise click.UsageError("--photos needs -d/--directions, e.g. -d royal,laughing (see `pedit directions`).")
     cfg = PhotoEvalConfig(photos=tuple(photos), directions=tuple(d.strip() for d in direction_list.split(",") if d.strip()),
                           model=model, output=output, steps=steps, seed=seed, detector=detector, device=device,
-                          allow_pickle=allow_pickle, overwrite=overwrite)
+                          allow_pickle=allow_pickle, overwrite=overwrite, precision=precision, backend=backend)
     console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:
