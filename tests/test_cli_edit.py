@@ -20,7 +20,7 @@ from PIL import Image
 
 from pedit.cli import cli
 from pedit.faces import get_detector
-from pedit.photos.photo import Box, face_box, face_crop_box, portrait_crop_box
+from pedit.photos.portrait import Box, face_box, face_crop_box, portrait_crop_box
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 FAST = ["--steps", "2", "--mask-noises", "2", "--device", "cpu"]
@@ -210,7 +210,7 @@ def test_face_out_of_range_says_how_many_faces_were_found(model, tmp_path):
 
 
 def test_face_index_named_in_the_error_is_an_accepted_flag(model, tmp_path):
-    # The range error (pedit.photos.photo) names "--face-index"; the CLI must accept that spelling too.
+    # The range error (pedit.photos.portrait) names "--face-index"; the CLI must accept that spelling too.
     src = Path(shutil.copy(EXAMPLE, tmp_path / "astronaut.png"))
     assert_clean_failure(run_edit(model, src, "-d", "royal", "--face-index", "1"), "--face-index 1 is out of range")
     assert_ok(run_edit(model, src, "-d", "royal", "--face-index", "0"))

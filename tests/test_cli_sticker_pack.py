@@ -298,7 +298,7 @@ class _OneFace:
 
 def test_selfie_is_cropped_like_pedit_edit(tmp_path, monkeypatch):
     from pedit import faces
-    from pedit.photos.photo import edit_photo, portrait_crop_box, face_box
+    from pedit.photos.portrait import edit_photo, face_box, portrait_crop_box
     from pedit.stickers.pipeline import StickerConfig, _selfie_portrait
 
     asked = []

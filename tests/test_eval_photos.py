@@ -157,7 +157,7 @@ def test_a_failed_report_write_leaves_no_partial_report(tmp_path, monkeypatch):
 
 def test_detector_flag_places_the_crop(tmp_path):
     from pedit.faces import get_detector
-    from pedit.photos.photo import face_crop_box
+    from pedit.photos.portrait import face_crop_box
 
     rgb = pixels(EXAMPLES / "astronaut.png")
     crops = {}

@@ -1,7 +1,7 @@
 """`pedit edit` on files: photos in, edited photos (and masks, comparisons) out, nothing lost.
 
 Loads the model once, then for each input: decode and validate the photo (pedit.photos.photo), crop the
-portrait around the largest face (or the one asked for), edit it at the model's resolution
+portrait (pedit.photos.portrait) around the largest face (or the one asked for), edit it at the model's resolution
 (pedit.edit.editor), paste it back with a feathered seam, and write every output atomically. One bad
 file fails that file only; the caller gets one `BatchItem` per input. With the face model installed,
 each item also carries the identity distance between the input's face and the output's
@@ -20,8 +20,9 @@ from PIL import Image
 from pedit.errors import ConfigError, OutputError
 from pedit.faces import DETECTORS, get_detector
 from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
-from pedit.photos.photo import (BatchItem, check_output, default_output_path, edit_photo, find_images, load_photo,
-                                run_batch, save_image_atomic)
+from pedit.photos.photo import (BatchItem, check_output, default_output_path, find_images, load_photo, run_batch,
+                                save_image_atomic)
+from pedit.photos.portrait import edit_photo
 
 
 @dataclass(frozen=True)

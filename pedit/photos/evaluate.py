@@ -25,7 +25,8 @@ import numpy as np
 from pedit.errors import ConfigError, OutputError
 from pedit.faces import DETECTORS, SAME_PERSON_THRESHOLD, face_model_available, get_detector
 from pedit.photos.identity import MISSING_NOTE, check_identity, identity_detector
-from pedit.photos.photo import DEFAULT_MAX_PIXELS, edit_photo, find_images, load_photo
+from pedit.photos.photo import DEFAULT_MAX_PIXELS, find_images, load_photo
+from pedit.photos.portrait import edit_photo
 
 REPORT_FILES = ("report.json", "report.md", "grid.png")
 GRID_CELL = 192

@@ -206,7 +206,8 @@ def _selfie_portrait(cfg: StickerConfig):
     """The selfie decoded and cropped as `pedit edit` crops it: the same detector, the largest face,
     framed from its eyes where it has landmarks. (photo, face Box or None, square RGB at 512, record)"""
     from pedit.faces import get_detector
-    from pedit.photos.photo import choose_face, face_box, face_crop_box, find_faces, load_photo
+    from pedit.photos.photo import load_photo
+    from pedit.photos.portrait import choose_face, face_box, face_crop_box, find_faces
 
     photo = load_photo(cfg.selfie, cfg.max_pixels)
     try:
@@ -268,7 +269,7 @@ def _edit_expressions(cfg, editor, directions, portrait: Image.Image, progress: 
     """Each expression through the mask-guided Editor, pasted back into the 512-px portrait."""
     import dataclasses
 
-    from pedit.photos.photo import edit_photo
+    from pedit.photos.portrait import edit_photo
 
     options = dataclasses.replace(editor.default_options(), steps=cfg.steps, seed=cfg.seed)
     total = len(directions) * cfg.steps
