@@ -103,10 +103,15 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                                     precision=cfg.precision, log=note)
     directions = [editor.direction(d) for d in cfg.directions]  # an unknown direction fails here
-    mask = editor.default_options().mask  # the model's pedit.json settings stand unless mask_noises is given
-    if cfg.mask_noises is not None:
-        mask = dataclasses.replace(mask, n_noise=cfg.mask_noises)
-    options = EditOptions(steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), mask=mask)
+    options = EditOptions(steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p))
+    # Each direction edits with the model's mask settings for its task (pedit.edit.mask_settings), as in
+    # `pedit edit`; n_noise is theirs unless mask_noises is given.
+    direction_options = {}
+    for direction in directions:
+        mask = editor.default_options(direction).mask
+        if cfg.mask_noises is not None:
+            mask = dataclasses.replace(mask, n_noise=cfg.mask_noises)
+        direction_options[direction.name] = dataclasses.replace(options, mask=mask)
     detector = get_detector(cfg.detector)
     checker = identity_detector()
     if checker is None:
@@ -121,7 +126,7 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
             start = time.perf_counter()
 
             def edit_fn(square, direction=direction):
-                result = editor.edit(square, direction, options)
+                result = editor.edit(square, direction, direction_options[direction.name])
                 return result.image, result.mask
 
             edited = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, margin=cfg.margin)
