@@ -308,7 +308,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--s-im", type=float, default=1.0, show_default=True, help="Guidance scale of the image condition c_im.")
 @click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
 @click.option("--no-mask", is_flag=True, help="Plain MCDM sampling, no editing mask (the paper's 'w/o mask').")
-@click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True, help="Noise draws for the editing mask.")
+@click.option("--mask-noises", type=click.IntRange(min=1),
+              help="Noise draws for the editing mask (default: the model's pedit.json, else 10).")
 @click.option("--mask", "mask_file", type=click.Path(dir_okay=False),
               help="Your own mask: greyscale image, any size (stretched to the photo), white = may change.")
 @click.option("--mask-mode", type=click.Choice(["replace", "intersect", "union"]), default="replace", show_default=True,
@@ -435,8 +436,9 @@ def _identity_cell(item) -> str:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="What runs the U-Net.")
 @click.option("-q", "--quiet", is_flag=True)
-def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit, grid_pairs,
-             detector, overwrite, device, allow_pickle, precision, backend, quiet):
+@click.pass_context
+def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit,
+             grid_pairs, detector, overwrite, device, allow_pickle, precision, backend, quiet):
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
 
     \b
@@ -446,11 +448,20 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
     photos = (*photos, *more_photos)
     if bool(pairs) == bool(photos):
         raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
+    # A flag that does not apply to the chosen mode is an error, never silently ignored.
+    given = {name for name in ("methods", "batch_size", "limit", "grid_pairs", "detector")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if photos:
-        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet)
+        if not_here := given & {"methods", "batch_size", "limit", "grid_pairs"}:
+            flags = ", ".join(_flag(ctx, name) for name in sorted(not_here))
+            raise click.UsageError(f"{flags} goes with --pairs; --photos edits every photo toward each -d direction.")
+        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle,
+                     precision, backend, quiet)
         return
     if direction_list:
         raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
+    if "detector" in given:
+        raise click.UsageError("--detector goes with --photos; --pairs scores each pair image whole, without a face crop.")
     from pedit.evaluate import EvalConfig, evaluate, markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
@@ -470,7 +481,14 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
     click.echo(markdown_report(report))
 
 
-def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet):
+def _flag(ctx, name: str) -> str:
+    """The command-line spelling of parameter `name` (--grid for grid_pairs)."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, precision,
+                 backend, quiet):
     from rich.markup import escape
 
     from pedit.photos.evaluate import PhotoEvalConfig, evaluate_photos, markdown_photo_report
@@ -479,7 +497,7 @@ def _eval_photos(photos, direction_list, model, output, steps, seed, detector, o
         raise click.UsageError("--photos needs -d/--directions, e.g. -d royal,laughing (see `pedit directions`).")
     cfg = PhotoEvalConfig(photos=tuple(photos), directions=tuple(d.strip() for d in direction_list.split(",") if d.strip()),
                           model=model, output=output, steps=steps, seed=seed, detector=detector, device=device,
-                          allow_pickle=allow_pickle, overwrite=overwrite)
+                          allow_pickle=allow_pickle, overwrite=overwrite, precision=precision, backend=backend)
     console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:
@@ -573,7 +591,9 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
 @click.option("--pick", type=click.IntRange(min=0), help="Keep cartoon candidate N (0-based) instead of the best-scored.")
 @click.option("--skip-cartoonize", is_flag=True, help="The selfie is already a cartoon: no DreamBooth, no cartoon stage.")
 @click.option("--require-face", is_flag=True, help="Fail when no face is found instead of using the centred square.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
+              help="Face detector that places the crop, as in `pedit edit`.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous sticker pack in -o (never a folder holding other files).")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Expression edit steps.")
 @click.option("--cartoon-steps", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--train-steps", type=click.IntRange(min=1), default=400, show_default=True, help="DreamBooth LoRA steps.")
@@ -588,7 +608,7 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("-q", "--quiet", is_flag=True)
 def sticker_pack(selfie, output, model, base, expressions, style, candidates, pick, skip_cartoonize, require_face,
-                 overwrite, steps, cartoon_steps, train_steps, lora_rank, views, prior_preservation, seed, name,
+                 detector, overwrite, steps, cartoon_steps, train_steps, lora_rank, views, prior_preservation, seed, name,
                  cache_dir, max_pixels, allow_pickle, device, quiet):
     """Make a sticker pack from one selfie: an expression sticker each, WhatsApp and Telegram folders."""
     from rich.markup import escape
@@ -598,7 +618,8 @@ def sticker_pack(selfie, output, model, base, expressions, style, candidates, pi
     cfg = StickerConfig(
         selfie=selfie, output=output, model=model, base=base,
         expressions=tuple(s.strip() for s in expressions.split(",") if s.strip()), style=style, pick=pick,
-        candidates=candidates, skip_cartoonize=skip_cartoonize, require_face=require_face, overwrite=overwrite,
+        candidates=candidates, skip_cartoonize=skip_cartoonize, require_face=require_face, detector=detector,
+        overwrite=overwrite,
         steps=steps, cartoon_steps=cartoon_steps, train_steps=train_steps, lora_rank=lora_rank, views=views,
         prior_preservation=prior_preservation, seed=seed, name=name, cache_dir=cache_dir, max_pixels=max_pixels,
         allow_pickle=allow_pickle, device=device,
