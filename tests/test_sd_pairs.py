@@ -232,12 +232,18 @@ def _cfg(out, tiny_base, tiny_controlnet, **kw):
     return SDPairsConfig(**args)
 
 
+def _read_photo(path):
+    from pedit.photos.photo import load_photo
+
+    return np.asarray(load_photo(path).rgb)
+
+
 def _run(cfg, made_log=None):
     from pedit.data.sd_pairs import generate_sd_pairs
     from pedit.edit.sampler import make_scheduler, sample
 
     events = []
-    out = generate_sd_pairs(cfg, sample, make_scheduler, lambda d, t, m: events.append((d, t, m)))
+    out = generate_sd_pairs(cfg, sample, make_scheduler, lambda d, t, m: events.append((d, t, m)), read_photo=_read_photo)
     if made_log is not None:
         made_log.extend(events)
     return out
@@ -344,7 +350,7 @@ def test_an_elite_style_encoder_appends_identity_words_to_the_conditioned_rows(t
     from pedit.edit.sampler import make_scheduler, sample
 
     out = generate_sd_pairs(_cfg(tmp_path / "p", tiny_base, tiny_controlnet, n=1, identity_dir=str(identity_dir)),
-                            sample, make_scheduler, identity_encoder=FakeWords)
+                            sample, make_scheduler, identity_encoder=FakeWords, read_photo=_read_photo)
     ctx = contexts[0]  # (4, 77 + 2, 32): rows uncond, p, p_a, p_b
     assert ctx.shape == (4, 79, 32)
     assert torch.count_nonzero(ctx[0, 77:]) == 0 and bool((ctx[1:, 77:] > 1).all())

@@ -241,8 +241,6 @@ def detect_photo_poses(folder: str | Path, annotators: str | Path | None,
     folder = Path(folder)
     if not folder.is_dir():
         raise PoseError(f"--pose {folder}: not a folder, a keypoints .json file, or 'builtin'.")
-    if read_photo is None:
-        raise PoseError("Poses from photos need a photo reader (read_photo); the CLI passes pedit.photos' loader.")
     try:
         from controlnet_aux import OpenposeDetector
     except ImportError:
@@ -256,6 +254,8 @@ def detect_photo_poses(folder: str | Path, annotators: str | Path | None,
     if not allow_pickle:
         raise PoseError(f"{', '.join(ANNOTATOR_FILES)} in {annotators} is a pickle file, which can run code when "
                         "loaded: pass --allow-pickle if you trust it, or use --pose builtin or a keypoints JSON.")
+    if read_photo is None:
+        raise PoseError("Poses from photos need a photo reader (read_photo); the CLI passes pedit.photos' loader.")
     detector = OpenposeDetector.from_pretrained(str(annotators))
     poses = []
     for photo in image_files(folder):
