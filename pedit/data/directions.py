@@ -66,7 +66,9 @@ def load_directions_file(path: str | Path) -> dict[str, Direction]:
         p = "the same person on the left and right"   # optional
     """
     path = Path(path)
-    if (why := regular_file_problem(path)) is not None:  # a FIFO would block the read forever
+    if (why := regular_file_problem(path)) == "is missing":
+        raise DirectionError(f"Directions file {path} does not exist.")
+    if why is not None:  # a FIFO would block the read forever
         raise DirectionError(f"Directions file {path} {why}; it must be a TOML file.")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

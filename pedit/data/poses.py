@@ -187,7 +187,9 @@ def _pose_from_list(item, where: str) -> Pose:
 def load_keypoints_json(path: str | Path) -> list[Pose]:
     """Poses from a keypoints JSON (OpenPose output, or pedit's {"poses": [...]}), validated."""
     path = Path(path)
-    if (why := regular_file_problem(path)) is not None:  # a FIFO would block the read forever
+    if (why := regular_file_problem(path)) == "is missing":
+        raise PoseError(f"Keypoints file {path} does not exist.")
+    if why is not None:  # a FIFO would block the read forever
         raise PoseError(f"Keypoints file {path} {why}; it must be a JSON file.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
