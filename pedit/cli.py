@@ -265,10 +265,13 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
 @click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
+@click.option("--no-cache", is_flag=True, help="Run the frozen VAE and encoders every step instead of once (the latent cache).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the latent cache lives. Default: DATA/.pedit-cache.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps between loss reports.")
 @click.option("-q", "--quiet", is_flag=True)
 def train(data, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
           learning_rate, warmup_steps, checkpoint_every, validate_every, resume, overwrite, mixed_precision,
-          gradient_checkpointing, ema_decay, seed, allow_pickle, quiet):
+          gradient_checkpointing, ema_decay, seed, allow_pickle, no_cache, cache_dir, log_every, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
 
     Multi-GPU: accelerate launch -m pedit train --data DIR -o DIR ...
@@ -281,7 +284,7 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
-        overwrite=overwrite,
+        overwrite=overwrite, cache=not no_cache, cache_dir=cache_dir, log_every=log_every,
     )
     # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).
     console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
@@ -299,6 +302,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
                 console.print(f"step {p.step}: validation grid {p.path}")
             elif p.event == "checkpoint":
                 console.print(f"[dim]step {p.step}: checkpoint {p.path}[/dim]")
+            elif p.event == "cache":  # building the latent cache: step = pairs encoded so far
+                bar.update(task, info=f"latent cache {p.step}/{p.max_steps} pairs")
 
         out = run_train(cfg, progress=on_progress, log=console.print)
     console.print(f"Model written to {out}")
@@ -317,6 +322,10 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
 @click.option("--no-mask", is_flag=True, help="Plain MCDM sampling, no editing mask (the paper's 'w/o mask').")
 @click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True, help="Noise draws for the editing mask.")
+@click.option("--mask", "mask_file", type=click.Path(dir_okay=False),
+              help="Your own mask: greyscale image, any size (stretched to the photo), white = may change.")
+@click.option("--mask-mode", type=click.Choice(["replace", "intersect", "union"]), default="replace", show_default=True,
+              help="How --mask combines with the model's own mask.")
 @click.option("--save-mask", is_flag=True, help="Also write the mask and a mask overlay PNG.")
 @click.option("--compare", is_flag=True, help="Also write input | mask overlay | output side by side.")
 @click.option("--face", "--face-index", "face_index", type=click.IntRange(min=0),
@@ -339,9 +348,9 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
               help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call.")
 @click.option("--no-cache", is_flag=True, help="On the CPU, load the model itself, not its TorchScript cache (same result, slower start).")
 @click.option("-q", "--quiet", is_flag=True)
-def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, save_mask,
-         compare, face_index, require_face, margin, detector, no_identity_check, overwrite, max_pixels, allow_pickle,
-         device, backend, precision, engines, mask_batch, no_cache, quiet):
+def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, mask_file,
+         mask_mode, save_mask, compare, face_index, require_face, margin, detector, no_identity_check, overwrite,
+         max_pixels, allow_pickle, device, backend, precision, engines, mask_batch, no_cache, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     # OpenMP threads that spin while they wait (libgomp's default) made the toon edit 3-8x slower on a
     # 2-core machine busy with other work; sleeping waits did not (docs/deployment.md, "CPU cold start").
@@ -358,7 +367,7 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
         overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, detector=detector,
         identity_check=not no_identity_check, backend=backend, precision=precision, engines=engines, mask_batch=mask_batch,
-        cache=not no_cache,
+        cache=not no_cache, mask=mask_file, mask_mode=mask_mode,
     )
     check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = _console(quiet)

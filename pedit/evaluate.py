@@ -107,8 +107,12 @@ class Scores:
     px_out: int = 0
     iou: float = 0.0
     n_iou: int = 0
+    ceiling: float = 0.0  # best IoU any latent-grid mask reaches (pedit.mask_ceiling), summed like iou
+    precision: float = 0.0  # of the predicted mask: the share of it inside the true mask
+    recall: float = 0.0  # the share of the true mask it covers
 
-    def add(self, out: np.ndarray, target: np.ndarray, true_mask: np.ndarray, pred_mask: np.ndarray | None) -> None:
+    def add(self, out: np.ndarray, target: np.ndarray, true_mask: np.ndarray, pred_mask: np.ndarray | None,
+            ceiling: float | None = None) -> None:
         from skimage.metrics import structural_similarity
 
         err = (out.astype(np.float64) - target.astype(np.float64)) ** 2  # (H, W, 3)
@@ -124,6 +128,10 @@ class Scores:
             union = np.logical_or(pred_mask, true_mask).sum()
             self.iou += np.logical_and(pred_mask, true_mask).sum() / union if union else 1.0
             self.n_iou += 1
+            self.ceiling += ceiling if ceiling is not None else float("nan")
+            inter = np.logical_and(pred_mask, true_mask).sum()
+            self.precision += inter / pred_mask.sum() if pred_mask.any() else 1.0
+            self.recall += inter / true_mask.sum() if true_mask.any() else 1.0
 
     @staticmethod
     def _psnr(sq: float, px: int) -> float | None:
@@ -140,6 +148,9 @@ class Scores:
             "psnr_in_mask": self._psnr(self.sq_in, self.px_in),
             "psnr_outside_mask": self._psnr(self.sq_out, self.px_out),
             "mask_iou": self.iou / self.n_iou if self.n_iou else None,
+            "mask_iou_ceiling": self.ceiling / self.n_iou if self.n_iou else None,
+            "mask_precision": self.precision / self.n_iou if self.n_iou else None,
+            "mask_recall": self.recall / self.n_iou if self.n_iou else None,
             "lpips": NA_OFFLINE,
             "fid": NA_OFFLINE,
         }
@@ -154,12 +165,35 @@ def _drop(cond, c_s: bool = False, c_im: bool = False):
     )
 
 
+def _rows(cond, ix: list[int]):
+    return type(cond)(*(getattr(cond, f.name)[ix] for f in dataclasses.fields(cond)))
+
+
+def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A):
+    """Editing masks (B, 1, h, w) for a batch whose pairs may carry different mask settings (per task
+    or direction): one difference-map call per (n_noise, strength), thresholds applied per pair."""
+    from pedit.edit.mask import binarize, difference_map
+
+    if not isinstance(mask_cfgs, (list, tuple)):
+        mask_cfgs = [mask_cfgs] * len(z_A)
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(mask_cfgs):
+        groups.setdefault((c.n_noise, c.strength), []).append(i)
+    out = torch.zeros((len(z_A), 1, *z_A.shape[2:]), device=z_A.device)
+    for ix in groups.values():
+        diff = difference_map(denoise, ddpm, _rows(cond, ix), scales, mask_cfgs[ix[0]], g, z_A[ix])  # (b, h, w)
+        for j, i in enumerate(ix):
+            out[i] = binarize(diff[j: j + 1], mask_cfgs[i].ratio, mask_cfgs[i].threshold)[0]
+    return out
+
+
 def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cfg):
-    """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None)."""
+    """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None).
+
+    `mask_cfg`: one MaskConfig, or one per pair of the batch."""
     from diffusers import DDPMScheduler
 
     from pedit.edit.guidance import guided_eps
-    from pedit.edit.mask import editing_mask
     from pedit.edit.sampler import make_scheduler, sample
 
     parts = editor.model.parts
@@ -169,7 +203,7 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     z_A = cond.c_s  # E(x_A), what the mask noises even when the c_s condition is dropped
     if method in ("ours", "ours-no-mask", "no-c_s", "no-c_im"):
         cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
-        mask = None if method == "ours-no-mask" else editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A)
+        mask = None if method == "ours-no-mask" else batch_masks(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A)
         z_T = torch.randn(cond.c_s.shape, generator=g).to(cond.c_s)
         rows = cond.guidance_rows()
         z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, mask), steps)
@@ -183,7 +217,7 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
                      start=cond.c_s, strength=strength)
         return parts.decode(z_0), None
     # DiffEdit-style: text-only mask, then keep the (noised) source outside the mask at every step.
-    mask = editing_mask(editor.denoise, ddpm, text_only, scales, mask_cfg, g, z_A)
+    mask = batch_masks(editor.denoise, ddpm, text_only, scales, mask_cfg, g, z_A)
 
     def keep_source(z, t):
         prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
@@ -214,7 +248,9 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                                     precision=cfg.precision, backend=cfg.backend)
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
-    mask_cfg = editor.default_options().mask  # the model folder's own mask settings, if any
+    from pedit.mask_ceiling import iou_ceiling
+
+    cells = size // editor.model.parts.latent_factor  # the latent grid the editing mask lives on
     known = editor.directions
     for p in pairs:
         if p.direction not in known:
@@ -234,12 +270,15 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
             if p.mask is not None else np.any(s != t, axis=2)
             for p, s, t in zip(batch, src, tgt)
         ]
+        ceilings = [iou_ceiling(m, cells) for m in true_masks]
+        # the model folder's own mask settings for each pair's direction (pedit.edit.mask_settings)
+        mask_cfgs = [editor.default_options(p.direction).mask for p in batch]
         conds = [editor.conditions(uint8_to_tensor(s), editor.direction(p.direction)) for s, p in zip(src, batch)]
         cond = type(conds[0])(*(torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])))
         outs_for_grid = {}
         for m in cfg.methods:
             t0 = time.perf_counter()
-            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, cfg.seed + start, mask_cfg)
+            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, cfg.seed + start, mask_cfgs)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])
@@ -247,9 +286,9 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                 if mask is not None:
                     pred = np.kron(mask[i, 0].cpu().numpy(), np.ones((size // mask.shape[-1],) * 2)) > 0.5
                     if m != "diffedit":  # ours: pixels outside the dilated, feathered mask are the input's
-                        out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), mask_cfg)
-                totals[m].add(out, tgt[i], true_masks[i], pred)
-                per_direction[m].setdefault(p.direction, Scores()).add(out, tgt[i], true_masks[i], pred)
+                        out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), mask_cfgs[i])
+                totals[m].add(out, tgt[i], true_masks[i], pred, ceilings[i])
+                per_direction[m].setdefault(p.direction, Scores()).add(out, tgt[i], true_masks[i], pred, ceilings[i])
                 if start + i < cfg.grid_pairs:
                     outs_for_grid.setdefault(i, {})[m] = out
             if progress:
@@ -319,8 +358,12 @@ def markdown_report(report: dict) -> str:
     lines.append("\nLPIPS, FID: " + NA_OFFLINE + ".\n")
     for m, by_dir in report["per_direction"].items():
         lines.append(f"\n**{m}** per direction\n")
-        lines.append("| direction | pairs | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU |\n|---|---|---|---|---|---|---|")
+        lines.append("| direction | pairs | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | IoU ceiling "
+                     "(latent grid) | IoU / ceiling | mask precision | mask recall |\n|---|---|---|---|---|---|---|---|---|---|---|")
         for d, s in by_dir.items():
+            iou, ceiling = s["mask_iou"], s.get("mask_iou_ceiling")
+            share = f"{100 * iou / ceiling:.0f} %" if iou is not None and ceiling else "–"
             lines.append(f"| {d} | {s['pairs']} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
-                         f"{_fmt(s['psnr_outside_mask'])} | {_fmt(s['mask_iou'], 3)} |")
+                         f"{_fmt(s['psnr_outside_mask'])} | {_fmt(iou, 3)} | {_fmt(ceiling, 3)} | {share} | "
+                         f"{_fmt(s.get('mask_precision'), 3)} | {_fmt(s.get('mask_recall'), 3)} |")
     return "\n".join(lines) + "\n"

@@ -1,8 +1,10 @@
 """`pedit train`: one readable accelerate loop for the MCDM (paper §3.3).
 
 Per step, visible below: identity samples (p = 0.05: target x_A, prompt p_a), condition dropout
-(p = 0.2, a uniformly drawn non-empty subset of {c_s, c_im, c_p}), the epsilon-prediction loss,
-EMA, checkpoints (`save_state`), validation grids. All randomness of a step comes from a generator
+(p = 0.2, a uniformly drawn non-empty subset of {c_s, c_im, c_p}), the loss on the base's
+prediction type (epsilon or v), EMA, checkpoints (`save_state`), validation grids. What the frozen
+VAE and encoders give for each pair comes from the latent cache (pedit.latent_cache; `--no-cache`
+computes it every step), and the loss is read back every `log_every` steps, not every step. All randomness of a step comes from a generator
 seeded by (seed, step, rank), and the data order from per-epoch permutations of the seed, so a
 resumed run continues exactly where the straight run would be (a test checks). Multi-GPU:
 `accelerate launch -m pedit train ...`; each rank takes its slice of the global batch.
@@ -18,7 +20,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -60,6 +62,9 @@ class TrainConfig:
     num_workers: int = 0
     allow_pickle: bool = False
     overwrite: bool = False  # delete the run already in `output` first (else: refuse it, or --resume it)
+    cache: bool = True  # frozen parts' outputs computed once (pedit.latent_cache); False: every step
+    cache_dir: str | None = None  # None → <data>/.pedit-cache
+    log_every: int = 10  # loss.csv rows and progress reports flushed every N steps (one host sync)
 
     def __post_init__(self):
         _check_train_config(self)
@@ -76,8 +81,12 @@ def _check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"init must be 'base' or 'scratch', got {cfg.init!r}")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
-    for name in ("max_steps", "batch_size", "gradient_accumulation", "checkpoint_every", "keep_checkpoints"):
+    for name in ("max_steps", "batch_size", "gradient_accumulation", "checkpoint_every", "keep_checkpoints", "log_every"):
         check_int(name, getattr(cfg, name), 1)
+    if not isinstance(cfg.cache, bool):
+        raise ConfigError(f"cache must be true or false, got {cfg.cache!r}")
+    if cfg.cache_dir is not None and (not isinstance(cfg.cache_dir, str) or not cfg.cache_dir):
+        raise ConfigError(f"cache_dir must be a folder name or None, got {cfg.cache_dir!r}")
     for name in ("warmup_steps", "validate_every", "num_workers"):
         check_int(name, getattr(cfg, name), 0)
     for name in ("identity_prob", "drop_prob", "ema_decay"):
@@ -102,7 +111,7 @@ RUN_ENTRIES = ("config.json", "loss.csv", "pedit.json", "checkpoints", "validati
                "vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
 # Settings a resumed run may change: they do not change what the remaining steps compute.
 RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "max_steps", "max_minutes", "num_workers", "checkpoint_every",
-                     "validate_every", "keep_checkpoints")
+                     "validate_every", "keep_checkpoints", "cache", "cache_dir", "log_every")
 
 
 def run_entries(out: Path) -> list[str]:
@@ -161,7 +170,7 @@ class TrainProgress:
     max_steps: int
     loss: float
     steps_per_s: float
-    event: str = "step"  # "step", "checkpoint", "validation", "resumed"
+    event: str = "step"  # "step", "checkpoint", "validation", "resumed", "cache" (step = pairs encoded)
     path: str | None = None
 
 
@@ -221,6 +230,88 @@ def sample_dropout(batch: int, p: float, generator: torch.Generator) -> torch.Te
     return torch.where(drop, subset, torch.zeros_like(subset))
 
 
+# ---------------------------------------------------------------- targets and the frozen parts' outputs
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def check_prediction_type(scheduler_config) -> str:
+    """The base scheduler's prediction_type, if pedit can train it: epsilon or v_prediction."""
+    kind = scheduler_config.get("prediction_type", "epsilon") or "epsilon"
+    if kind not in PREDICTION_TYPES:
+        raise ConfigError(f"The base's scheduler predicts {kind!r}; pedit trains epsilon or v_prediction bases. "
+                          "Use another base, or set prediction_type in its scheduler/scheduler_config.json.")
+    return kind
+
+
+def training_target(noise_scheduler, prediction_type: str, z_0, noise, t):
+    """What the U-Net regresses: the noise (epsilon), or the velocity alpha_t * noise - sigma_t * z_0.
+
+    A v_prediction base (SD 2.x 768, many fine-tunes) samples with its scheduler reading the output
+    as v: training it on epsilon would teach it the wrong quantity.
+    """
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(z_0, noise, t)
+    return noise
+
+
+def cache_root(cfg: TrainConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.data) / ".pedit-cache"
+
+
+@dataclass
+class FrozenBatches:
+    """Per step, the frozen parts' outputs for the step's pairs (dicts of device tensors), and the
+    prompt table (n_prompts, 77, D) whose rows `p_a` and `p_b` index; row 0 is the empty prompt."""
+
+    batches: Iterable[dict]
+    prompts: torch.Tensor
+
+
+def frozen_batches(cfg: TrainConfig, pairs: list[Pair], parts, size: int, sampler, accelerator, report, say) -> FrozenBatches:
+    """The latent cache's tensors gathered per step (default), or --no-cache: images decoded in
+    DataLoader workers and encoded every step. Either way each batch holds mean_A, std_A, mean_B,
+    std_B (B, 4, h, w), clip_A (B, 1 + P, Dv) and p_a, p_b (B,) prompt rows."""
+    from pedit.latent_cache import build_or_load, encode_pairs, encode_texts, prompt_rows, prompt_texts
+
+    dev = accelerator.device
+    if not cfg.cache:
+        texts = prompt_texts(pairs)
+        p_a, p_b = (r.to(dev) for r in prompt_rows(pairs, texts))
+        loader = torch.utils.data.DataLoader(PairImages(pairs, size), batch_sampler=sampler, num_workers=cfg.num_workers,
+                                             pin_memory=torch.cuda.is_available())
+
+        def encoded():
+            for idx, (x_A, x_B) in zip(sampler, loader):
+                ix = torch.as_tensor(idx).to(dev)
+                # uint8 batches travel to the device before any arithmetic: the conversions and
+                # CLIP's resize then run there, not on the CPU.
+                x_A = x_A.to(dev, non_blocking=True).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
+                x_B = x_B.to(dev, non_blocking=True).float() / 127.5 - 1
+                yield {**encode_pairs(parts, x_A, x_B), "p_a": p_a[ix], "p_b": p_b[ix]}
+
+        return FrozenBatches(encoded(), encode_texts(parts, texts))
+
+    root = cache_root(cfg)
+    with accelerator.main_process_first():  # the first process builds, the others then load
+        cache = build_or_load(root, pairs, Path(cfg.data), parts, size, workers=cfg.num_workers,
+                              build=accelerator.is_main_process,
+                              progress=lambda n, total: report(TrainProgress(n, total, float("nan"), 0.0, "cache")))
+    where = dev
+    if dev.type == "cuda" and cache.nbytes() > torch.cuda.mem_get_info(dev)[0] // 2:
+        where = torch.device("cpu")  # too big to sit beside the model: gathered on the host, sent per step
+    cache.to(where)
+    say(f"latent cache {cache.folder}: {len(pairs)} pairs, {cache.nbytes() / 2**20:.1f} MiB on {where}")
+
+    def gathered():
+        for idx in sampler:
+            ix = torch.as_tensor(idx).to(where)
+            yield {name: t[ix].to(dev, non_blocking=True) for name, t in cache.tensors().items() if name != "prompts"}
+
+    return FrozenBatches(gathered(), cache.prompts.to(dev))
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -263,6 +354,11 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     base = cfg.base or str(bundled_base_path())
     root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
     size = cfg.resolution or int(parts.vae.config.sample_size)
+    check_prediction_type(parts.scheduler_config)
+    if cfg.cache and accelerator.is_main_process:
+        from pedit.latent_cache import check_writable
+
+        check_writable(cache_root(cfg))
     if cfg.resume and newest_checkpoint(out) is None:
         raise PeditError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.")
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")
@@ -301,10 +397,8 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     parts.to(accelerator.device, weight_dtype)
     noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
+    prediction_type = check_prediction_type(noise_scheduler.config)
     n_train_t = noise_scheduler.config.num_train_timesteps
-
-    prompts = sorted({p.p_a for p in pairs} | {p.p_b for p in pairs} | {""})
-    embeddings = dict(zip(prompts, parts.encode_prompts(prompts).float()))  # prompt → (77, D)
 
     start = 0
     if cfg.resume:
@@ -317,55 +411,54 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
         start = int(ckpt.name.split("-")[1])
         report(TrainProgress(start, cfg.max_steps, float("nan"), 0.0, "resumed", str(ckpt)))
 
+    dev = accelerator.device
+    sampler = StepBatches(cfg.seed, start, cfg.max_steps, accelerator.process_index, accelerator.num_processes,
+                          cfg.batch_size, len(pairs))
+    # What the frozen parts compute for each step's pairs: read from the latent cache (default), or
+    # recomputed from the images every step (--no-cache). Both give the same tensors.
+    frozen = frozen_batches(cfg, pairs, parts, size, sampler, accelerator, report, say)
     loss_log = out / "loss.csv"
     if main and not (cfg.resume and loss_log.exists()):
         loss_log.write_text("step,loss,lr,seconds\n")
-    t0, last = time.perf_counter(), time.perf_counter()
-    sampler = StepBatches(cfg.seed, start, cfg.max_steps, accelerator.process_index, accelerator.num_processes,
-                          cfg.batch_size, len(pairs))
-    loader = torch.utils.data.DataLoader(PairImages(pairs, size), batch_sampler=sampler, num_workers=cfg.num_workers,
-                                         pin_memory=torch.cuda.is_available())
+    t0 = last = time.perf_counter()
+    pending = []  # (step, loss tensor on the device, lr, seconds) until the next flush
     done = start
-    for step, idx, (x_A, x_B) in zip(range(start, cfg.max_steps), sampler, loader):
+    for step, idx, batch in zip(range(start, cfg.max_steps), sampler, frozen.batches):
         g = torch.Generator().manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
-        dev = accelerator.device
-        # uint8 batches travel to the device before any arithmetic: the conversions and CLIP's
-        # resize below then run there, not on the CPU.
-        x_A = x_A.to(dev, non_blocking=True).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
-        x_B = x_B.to(dev, non_blocking=True).float() / 127.5 - 1
         # §3.3 (1): identity samples teach reconstruction, which the editing mask relies on (§3.4).
         identity = torch.rand(len(idx), generator=g) < cfg.identity_prob
-        x_target = torch.where(identity[:, None, None, None].to(dev), x_A, x_B)
-        c_p = torch.stack([embeddings[pairs[i].p_a if ident else pairs[i].p_b] for i, ident in zip(idx, identity)])
         # §3.3 (2): drop any combination of c_s, c_im, c_p, or all of them, for multi-condition CFG.
         dropped = sample_dropout(len(idx), cfg.drop_prob, g)
-        latent_shape = (len(idx), parts.vae.config.latent_channels, size // parts.latent_factor, size // parts.latent_factor)
-        noise = torch.randn(latent_shape, generator=g)  # the diffusion noise the U-Net predicts
+        latent_shape = tuple(batch["mean_A"].shape)  # (B, 4, h, w)
+        noise = torch.randn(latent_shape, generator=g)  # the diffusion noise
         posterior_noise = torch.randn(latent_shape, generator=g)  # for the VAE posterior sample of the target
         t = torch.randint(0, n_train_t, (len(idx),), generator=g)
 
-        keep_s = ((dropped & DROP_S) == 0).float().view(-1, 1, 1, 1).to(dev)
-        keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev)
-        drop_p = ((dropped & DROP_P) != 0).view(-1, 1, 1).to(dev)
-        with torch.no_grad():
-            # One VAE call for x_A and the target: c_s is the posterior mode of x_A, z_0 a posterior
-            # sample of the target, both times the scaling factor (DESIGN.md convention).
-            posterior = parts.vae.encode(torch.cat([x_A, x_target]).to(dev, weight_dtype)).latent_dist
-            mean_A, mean_T = posterior.mean.float().chunk(2)
-            c_s = mean_A * parts.scaling_factor  # (B, 4, h, w)
-            std_T = posterior.std.float().chunk(2)[1]
-            z_0 = (mean_T + std_T * posterior_noise.to(dev)) * parts.scaling_factor
-            clip_tokens = parts.clip_tokens(x_A).float()  # (B, 1 + P, Dv)
-        c_p = torch.where(drop_p, embeddings[""].to(dev), c_p.to(dev))  # (B, 77, D)
-        z_t = noise_scheduler.add_noise(z_0, noise.to(dev), t.to(dev))
+        ident = identity.to(dev, non_blocking=True)
+        keep_s = ((dropped & DROP_S) == 0).float().view(-1, 1, 1, 1).to(dev, non_blocking=True)
+        keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev, non_blocking=True)
+        drop_p = ((dropped & DROP_P) != 0).to(dev, non_blocking=True)
+        noise, t = noise.to(dev, non_blocking=True), t.to(dev, non_blocking=True)
+        # c_s is the posterior mode of x_A, z_0 a posterior sample of the target (x_A for identity
+        # samples), both times the scaling factor (DESIGN.md convention).
+        c_s = batch["mean_A"].float() * parts.scaling_factor  # (B, 4, h, w)
+        pick = ident.view(-1, 1, 1, 1)
+        mean_T = torch.where(pick, batch["mean_A"], batch["mean_B"]).float()
+        std_T = torch.where(pick, batch["std_A"], batch["std_B"]).float()
+        z_0 = (mean_T + std_T * posterior_noise.to(dev, non_blocking=True)) * parts.scaling_factor
+        clip_tokens = batch["clip_A"].float()  # (B, 1 + P, Dv)
+        rows = torch.where(ident, batch["p_a"], batch["p_b"])  # prompt rows; row 0 is the empty prompt
+        c_p = frozen.prompts[torch.where(drop_p, torch.zeros_like(rows), rows)].float()  # (B, 77, D)
+        z_t = noise_scheduler.add_noise(z_0, noise, t)
         z_in = torch.cat([z_t, c_s * keep_s], dim=1)  # (B, 8, h, w)
+        target = training_target(noise_scheduler, prediction_type, z_0, noise, t)
 
         with accelerator.accumulate(mcdm):
             with accelerator.autocast():
                 # c_im is computed inside the forward from E(x_A), even when c_s is dropped: the
                 # conditions are dropped independently.
-                eps = mcdm(z_in, t.to(dev), c_p, image_inputs=(c_s, clip_tokens, keep_im))
-            loss = F.mse_loss(eps.float(), noise.to(dev))
+                pred = mcdm(z_in, t, c_p, image_inputs=(c_s, clip_tokens, keep_im))
+            loss = F.mse_loss(pred.float(), target)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(mcdm.parameters(), 1.0)
@@ -376,13 +469,21 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             ema.step(mcdm.parameters())
 
         done = step + 1
-        loss_value = accelerator.gather(loss.detach()[None]).mean().item()
+        pending.append((done, loss.detach(), lr_scheduler.get_last_lr()[0], time.perf_counter() - t0))
+        checkpoint_now = done % cfg.checkpoint_every == 0
+        validate_now = bool(cfg.validate_every) and done % cfg.validate_every == 0
+        if not (done % cfg.log_every == 0 or checkpoint_now or validate_now or done == cfg.max_steps):
+            continue
+        # The one host synchronisation of a log interval: the interval's losses, and the time check.
+        losses = accelerator.gather(torch.stack([p[1] for p in pending])[None]).mean(dim=0).tolist()
         now = time.perf_counter()
-        rate = 1.0 / max(now - last, 1e-9)
+        rate = len(pending) / max(now - last, 1e-9)
         last = now
         if main:
             with open(loss_log, "a") as fh:
-                fh.write(f"{done},{loss_value:.6f},{lr_scheduler.get_last_lr()[0]:.3e},{now - t0:.2f}\n")
+                fh.writelines(f"{s_},{l_:.6f},{lr_:.3e},{sec:.2f}\n" for (s_, _, lr_, sec), l_ in zip(pending, losses))
+        pending = []
+        loss_value = losses[-1]
         report(TrainProgress(done, cfg.max_steps, loss_value, rate))
         # A time budget ends the run early but cleanly: checkpoint, grid and model as at the last step.
         out_of_time = False
@@ -391,10 +492,10 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             out_of_time = bool(accelerator.gather(late).any())
         final = done == cfg.max_steps or out_of_time
 
-        if done % cfg.checkpoint_every == 0 or final:
+        if checkpoint_now or final:
             _checkpoint(accelerator, out, done, cfg.keep_checkpoints)
             report(TrainProgress(done, cfg.max_steps, loss_value, rate, "checkpoint", str(out / "checkpoints" / f"step-{done:06d}")))
-        if main and cfg.validate_every and (done % cfg.validate_every == 0 or final):
+        if main and cfg.validate_every and (validate_now or final):
             grid = _validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
             report(TrainProgress(done, cfg.max_steps, loss_value, rate, "validation", str(grid)))
         if out_of_time:
@@ -413,6 +514,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             "latent_factor": parts.latent_factor,
             "directions": [directions[k] for k in sorted(directions)],
             "steps_trained": done,
+            "prediction_type": prediction_type,
             "training": asdict(cfg),
         }
         if weight_dtype != torch.float32:

@@ -127,7 +127,16 @@ def test_edit_batch_summary_shows_identity_unless_skipped(tmp_path):
     assert "identity distance" in checked.stderr
     astronaut_line = next(line for line in checked.stderr.splitlines() if "astronaut.png" in line and "│" in line)
     distance = float(astronaut_line.split("│")[4].split()[0])
-    direct = image_identity_distance(pixels(photos[0]), pixels(tmp_path / "a" / "astronaut_royal.png"))
+    # The summary compares the faces found inside the edited square (pedit.photos.identity): the same
+    # square here, found as `pedit edit` finds it (largest face, margin 1), then the faces by hand.
+    from pedit.faces import get_detector
+    from pedit.photos.photo import face_crop_box
+
+    before, after = pixels(photos[0]), pixels(tmp_path / "a" / "astronaut_royal.png")
+    face = max(get_detector("default").detect(before), key=lambda f: f.area)
+    crop = face_crop_box((before.shape[1], before.shape[0]), face, 1.0)
+    x, y, w, h = crop.x, crop.y, crop.w, crop.h
+    direct = image_identity_distance(before[y:y + h, x:x + w], after[y:y + h, x:x + w], HogDetector(max_side=512))
     assert distance == pytest.approx(direct, abs=0.006) and "same person" in astronaut_line
     assert "no face in the input" in checked.stderr  # dlib sees no face in a cartoon
 

@@ -50,7 +50,7 @@ def _unet_weights(folder):
 
 def _cfg(tiny_pairs, tiny_base, out, **kw):
     base = dict(data=str(tiny_pairs), output=str(out), base=str(tiny_base), batch_size=2, checkpoint_every=3,
-                validate_every=0, ema_decay=0.9, learning_rate=1e-3)
+                validate_every=0, ema_decay=0.9, learning_rate=1e-3, cache_dir=str(out.parent / "cache"))
     return TrainConfig(**{**base, **kw})
 
 

@@ -23,9 +23,11 @@ from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError
 from pedit.edit.guidance import GuidanceScales, guided_eps
 from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
+from pedit.edit.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler, sample
+from pedit.edit.user_mask import check_user_mask, combine_latent, combine_weight, user_mask_at
 from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
 
 if TYPE_CHECKING:  # loading imports diffusers (seconds), which a cached model never needs
@@ -46,6 +48,8 @@ class EditOptions:
     use_mask: bool = True
     mask: MaskConfig = field(default_factory=MaskConfig)
     scheduler: str = "ddim"
+    user_mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) in [0, 1], any size; 1 = may change
+    mask_mode: str = "replace"  # how user_mask combines with the model's mask: replace, intersect, union
 
     def __post_init__(self):
         from pedit.edit.sampler import SCHEDULERS
@@ -57,6 +61,7 @@ class EditOptions:
             raise ConfigError("scales must be a GuidanceScales and mask a MaskConfig")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        check_user_mask(self.user_mask, self.mask_mode)
 
 
 @dataclass
@@ -180,9 +185,11 @@ class Editor:
     def is_bundled(self) -> bool:
         return bool(self.model.meta.get("bundled", False))
 
-    def default_options(self) -> EditOptions:
-        """EditOptions, with the editing-mask settings a model folder may carry in pedit.json ("mask")."""
-        return EditOptions(mask=MaskConfig(**self.model.meta.get("mask", {})))
+    def default_options(self, direction: str | Direction | None = None) -> EditOptions:
+        """EditOptions, with the editing-mask settings the model folder carries in pedit.json for
+        `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.edit.mask_settings)."""
+        direction = None if direction is None else self.direction(direction)
+        return EditOptions(mask=mask_config_for(self.model.meta, direction))
 
     def scheduler(self, options: EditOptions):
         """The sampling scheduler for `options`; ConfigError when its steps do not fit the model's schedule."""
@@ -214,10 +221,11 @@ class Editor:
         """Edit `image` (any size; resized to the model's square resolution) toward `direction`.
 
         `overrides` are EditOptions fields (`seed=3`, `steps=10`, ...). `callback(step, total)`
-        reports progress. Same seed → same bytes.
+        reports progress. Same seed → same bytes. `user_mask=` (an (H, W) array in [0, 1], see
+        pedit.edit.user_mask.load_user_mask) and `mask_mode=` restrict or widen the model's mask.
         """
-        options = dataclasses.replace(options or self.default_options(), **overrides)
         direction = self.direction(direction)
+        options = dataclasses.replace(options or self.default_options(direction), **overrides)
         scheduler = self.scheduler(options)  # steps the schedule cannot give fail here, before any work
         parts, size = self.model.parts, self.resolution
         original = square_rgb(image, size)  # (R, R, 3) uint8
@@ -225,10 +233,15 @@ class Editor:
         cond = self.conditions(x_A, direction)
         generator = torch.Generator().manual_seed(options.seed)
 
-        mask_latent = None
+        model_mask = None
         if options.use_mask:
             noise_scheduler = make_noise_scheduler(parts.scheduler_config)
-            mask_latent = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
+            model_mask = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
+        user = None
+        mask_latent = model_mask  # (1, 1, h, w) or None
+        if options.user_mask is not None:
+            user = user_mask_at(options.user_mask, size, cond.c_s.shape[-1])
+            mask_latent = combine_latent(model_mask, user.latent, options.mask_mode)
 
         z_T = torch.randn(cond.c_s.shape, generator=generator, dtype=torch.float32).to(cond.c_s)
         c_s_rows, context = cond.guidance_rows()
@@ -237,7 +250,12 @@ class Editor:
                      lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback)
         raw = tensor_to_uint8(parts.decode(z_0))
 
-        out, weight = keep_outside(original, raw, mask_latent, options.mask)
+        if user is None:
+            out, weight = keep_outside(original, raw, mask_latent, options.mask)
+        else:  # the user's mask blends at pixel precision
+            model_weight = None if model_mask is None else keep_outside(original, raw, model_mask, options.mask)[1]
+            weight = combine_weight(model_weight, user.pixels, options.mask_mode)
+            out = composite(original, raw, weight)
         return EditResult(
             image=Image.fromarray(out),
             mask=Image.fromarray(np.rint(weight * 255).astype(np.uint8)),

@@ -59,6 +59,14 @@ def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: Guidanc
     The noised latent is E(x_A): `cond.c_s`, or `z_A` (B, 4, h, w) when the conditions have c_s
     dropped (the ablation without c_s, the text-only DiffEdit baseline).
     """
+    diff = difference_map(denoise, noise_scheduler, cond, scales, cfg, generator, z_A)
+    return binarize(diff, cfg.ratio, cfg.threshold)
+
+
+@torch.no_grad()
+def difference_map(denoise, noise_scheduler, cond: EditConditions, scales: GuidanceScales, cfg: MaskConfig,
+                   generator: torch.Generator, z_A: torch.Tensor | None = None) -> torch.Tensor:
+    """|eps~(p_b) − eps~(p_a)| averaged over channels and cfg.n_noise draws at cfg.strength: (B, h, w)."""
     z_A = cond.c_s if z_A is None else z_A
     b, _, h, w = z_A.shape
     n = cfg.n_noise
@@ -79,10 +87,15 @@ def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: Guidanc
         # NaN > threshold is False: without this the mask would be empty and the "edit" the input.
         raise NonFiniteError("The editing mask came out NaN or infinite (the model's predictions are not finite); "
                              "check the guidance scales and the model's weights.")
-    cap = diff.mean(dim=(1, 2), keepdim=True) * cfg.ratio
+    return diff
+
+
+def binarize(diff: torch.Tensor, ratio: float, threshold: float) -> torch.Tensor:
+    """(B, h, w) difference map → (B, 1, h, w) binary mask: clamp at mean × ratio, scale to [0, 1], threshold."""
+    cap = diff.mean(dim=(1, 2), keepdim=True) * ratio
     diff = torch.minimum(diff, cap)
     diff = diff / diff.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    return (diff > cfg.threshold).float()[:, None]
+    return (diff > threshold).float()[:, None]
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -95,8 +108,12 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
 def pixel_mask(mask: torch.Tensor, size: int, dilate_px: int, feather_px: float) -> torch.Tensor:
     """Latent mask (B, 1, h, w) → soft pixel blend weight (B, 1, size, size) in [0, 1].
 
-    Dilated first so the feathered edge lies outside the edited region, not inside it; exactly
-    0 wherever no edited cell is within reach, so those pixels are copied untouched.
+    Dilated first so the feathered edge lies outside the edited region, not inside it: with
+    dilate_px at least the feather's reach (2 sigma) every edited cell keeps weight 1. With
+    dilate_px 0 the feather straddles the edge and eats into the region (a lone cell at feather
+    0.5 cells gets at most 0.47 of the edit). Exactly 0 wherever no edited cell is within reach,
+    so those pixels are copied untouched. Which blend a model uses is measured (MaskConfig,
+    pedit.mask_tuning), not assumed.
     """
     m = F.interpolate(mask.float().cpu(), size=(size, size), mode="nearest")
     if dilate_px > 0:

@@ -25,7 +25,10 @@ def make_scheduler(name: str, config: dict):
     if name == "ddim":
         from pedit.edit.schedules import ddim_scheduler
 
-        return ddim_scheduler(config)
+        # A base's config may lack clip_sample, and DDIM's default (True) clips the predicted
+        # latent to [-1, 1]: right for pixels, wrong for VAE latents (diffusers' latent pipelines
+        # set it off too). Set explicitly, whatever the config says.
+        return ddim_scheduler({**config, "clip_sample": False})
     from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
     if name == "dpm":

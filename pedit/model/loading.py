@@ -21,9 +21,9 @@ import torch
 
 from pedit import __version__
 from pedit.data.directions import model_directions
-from pedit.errors import ConfigError, ModelError, UnsafeModelError
+from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import process_alive, regular_file_problem
-from pedit.edit.mask import MaskConfig
+from pedit.edit.mask_settings import check_mask_settings
 
 # pedit.model.mcdm imports diffusers (seconds): imported where a model is built, so that a cached
 # model (pedit.model.traced) can be checked with the functions here without it.
@@ -73,7 +73,7 @@ def resolve_source(source: str | Path, what: str, required: tuple[str, ...]) -> 
         raise ModelError(f"{what} {source!r} is neither an existing folder nor a hub id like 'owner/name'.")
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+    patterns = hub_patterns(required)
     try:
         folder = Path(snapshot_download(str(source), allow_patterns=patterns, local_files_only=True))
     except Exception:
@@ -92,6 +92,29 @@ def resolve_source(source: str | Path, what: str, required: tuple[str, ...]) -> 
     _check_layout(folder, what, required)
     check_links(folder, what)
     return folder
+
+
+# The files from_pretrained reads: configs, tokenizer files and the default (non-variant) weights,
+# single-file or sharded. Not fp16/ema/non_ema variants, not single-file checkpoints, not pickles.
+_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*-of-*.safetensors",
+            "diffusion_pytorch_model.safetensors.index.json", "model.safetensors", "model-*-of-*.safetensors",
+            "model.safetensors.index.json")
+_CONFIGS = ("config.json", "scheduler_config.json", "preprocessor_config.json", "tokenizer_config.json",
+            "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.json", "added_tokens.json")
+
+
+def hub_patterns(required: tuple[str, ...]) -> list[str]:
+    """allow_patterns for snapshot_download: only the subfolders in `required` (or the repo root for
+    files), and in them only what is loaded. A Stable Diffusion repo also holds multi-GB single-file
+    checkpoints and fp16/ema variants that pedit never reads."""
+    folders = [name for name in required if "." not in name] or [""]
+    patterns = ["model_index.json"]
+    for folder in folders:
+        prefix = f"{folder}/" if folder else ""
+        patterns += [prefix + name for name in _WEIGHTS + _CONFIGS]
+    if "image_encoder" not in folders and folders != [""]:  # a base may bring its own CLIP vision encoder
+        patterns += [f"image_encoder/{name}" for name in _WEIGHTS + _CONFIGS]
+    return patterns
 
 
 def check_links(folder: Path, what: str) -> None:
@@ -308,14 +331,10 @@ def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
         raise ModelError(f"{path / 'pedit.json'}: resolution must be an integer from 8 to {MAX_RESOLUTION}, "
                          f"got {resolution!r}.")
     model_directions(meta, path)
-    mask = meta.get("mask", {})
-    settable = [f for f in MaskConfig.__dataclass_fields__ if f != "batch"]  # batch bounds memory: the runtime's choice
-    if not isinstance(mask, dict) or set(mask) - set(settable):
-        raise ModelError(f"{path / 'pedit.json'}: \"mask\" may only set {', '.join(settable)}.")
     try:
-        MaskConfig(**mask)
-    except ConfigError as e:
-        raise ModelError(f"{path / 'pedit.json'}: \"mask\": {e}.") from None
+        check_mask_settings(meta, path / "pedit.json")  # "mask", "mask_by_task", "mask_by_direction"
+    except ValueError as e:
+        raise ModelError(str(e)) from None
     return path, meta
 
 

@@ -45,6 +45,8 @@ class EditFilesConfig:
     max_pixels: int = 100_000_000
     allow_pickle: bool = False
     device: str | None = None
+    mask: str | None = None  # a user's mask file: greyscale, any size, white = may change
+    mask_mode: str = "replace"  # replace, intersect or union with the model's mask
     detector: str = "default"  # face detector: haar | hog | cnn | default (pedit.faces)
     identity_check: bool = True  # identity distance input vs output when the face model is installed
     backend: str = "torch"  # torch | compile | onnx | trt (pedit.export.backends)
@@ -56,6 +58,7 @@ class EditFilesConfig:
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
         from pedit.edit.sampler import SCHEDULERS
+        from pedit.edit.user_mask import check_user_mask
         from pedit.validate import check_int, check_number, check_seed
 
         if not self.inputs or not all(isinstance(i, str) and i for i in self.inputs):
@@ -72,6 +75,7 @@ class EditFilesConfig:
             check_int("face_index", self.face_index, 0)
         check_number("margin", self.margin, 0, 5)
         check_int("max_pixels", self.max_pixels, 1)
+        check_user_mask(None, self.mask_mode)
         if not isinstance(self.cache, bool):
             raise ConfigError(f"cache must be True or False, got {self.cache!r}")
         if self.detector not in (*DETECTORS, "default"):
@@ -88,7 +92,10 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     from pedit.edit.guidance import GuidanceScales
     from pedit.viz import compare_sheet, overlay_mask
 
+    from pedit.edit.user_mask import load_user_mask
+
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
+    region = None if cfg.mask is None else load_user_mask(cfg.mask)  # an unreadable mask too
     out = Path(cfg.output) if cfg.output else None
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                                     precision=cfg.precision, engines=cfg.engines,
@@ -97,10 +104,11 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         on_event("note", editor.cache_status)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
-    defaults = editor.default_options()
+    defaults = editor.default_options(direction)  # the model's mask settings for this direction
     options = EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
         mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises, batch=cfg.mask_batch), scheduler=cfg.scheduler,
+        mask_mode=cfg.mask_mode,
     )
     editor.scheduler(options)  # --steps beyond the model's schedule fails once, before the batch
     detector = get_detector(cfg.detector)
@@ -117,11 +125,13 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         target, extras = planned[path]
         photo = load_photo(path, cfg.max_pixels)
 
-        def edit_fn(square):
-            result = editor.edit(square, direction, options, callback=lambda i, n: on_event("steps", (i, n)))
+        def edit_fn(square, user_mask=None):
+            result = editor.edit(square, direction, options, callback=lambda i, n: on_event("steps", (i, n)),
+                                 user_mask=user_mask)
             return result.image, result.mask
 
-        done = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, cfg.face_index, cfg.require_face, cfg.margin)
+        done = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, cfg.face_index, cfg.require_face, cfg.margin,
+                          region=region)
         if done.face is None:
             on_event("note", f"No face found in {path}; edited the centred square.")
         save_image_atomic(done.image, target, alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile,

@@ -113,7 +113,9 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
             start = time.perf_counter()
 
             def edit_fn(square, direction=direction):
-                result = editor.edit(square, direction, options)
+                # the model's mask settings for this direction's task (pedit.edit.mask_settings), as `pedit edit`
+                mask = dataclasses.replace(editor.default_options(direction).mask, n_noise=cfg.mask_noises)
+                result = editor.edit(square, direction, dataclasses.replace(options, mask=mask))
                 return result.image, result.mask
 
             edited = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, margin=cfg.margin)

@@ -49,9 +49,9 @@ def build_toon_base(out: Path, spec_name: str = "toon", vae_steps: int = 3000, b
     import torch
     from diffusers import AutoencoderKL
 
-    from pedit.toon.parts import TINY, TOON, build_base, train_vae
+    from pedit.toon.parts import TINY, TOON, TOON32, build_base, train_vae
 
-    spec = {"toon": TOON, "tiny": TINY}[spec_name]
+    spec = {"toon": TOON, "toon32": TOON32, "tiny": TINY}[spec_name]
     out = Path(out)
     build_base(out, spec, seed)
     vae = AutoencoderKL.from_pretrained(out / "vae")
@@ -110,7 +110,8 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("base", help="build a toon base folder and train its VAE")
     b.add_argument("--out", required=True)
-    b.add_argument("--spec", choices=["toon", "tiny"], default="toon")
+    b.add_argument("--spec", choices=["toon", "toon32", "tiny"], default="toon",
+                   help="toon: 16x16 latents at 128 px; toon32: 32x32 (VAE factor 4); tiny: tests")
     b.add_argument("--vae-steps", type=int, default=3000)
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--pool-size", type=int, default=8192)
