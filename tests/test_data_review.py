@@ -70,7 +70,8 @@ def test_toon_seed_is_bounded_so_the_last_pair_seed_is_readable(tmp_path):
 
 
 def test_sd_seed_is_bounded_by_its_noise_seed_formula():
-    from pedit.data.sd_pairs import SDPairsConfig, max_seed, noise_seed
+    from pedit.data.sd_pairs import SDPairsConfig
+    from pedit.data.sd_plan import max_seed, noise_seed
 
     n = 5
     top = max_seed(n)
@@ -293,7 +294,7 @@ def test_fingerprint_changes_with_a_file_content_or_name(tmp_path):
     ("the same person on the left and right", "old man", "the same old man on the left and right"),
 ])
 def test_with_subject_fixes_the_article(prompt, subject, expected):
-    from pedit.data.sd_pairs import with_subject
+    from pedit.data.sd_plan import with_subject
 
     assert with_subject(prompt, subject) == expected
 

@@ -8,16 +8,16 @@ sampler (pedit.edit.sampler.sample), passed in by the caller: the data wing sits
 wing and does not import it.
 
 Folder guarantees as the toon source: a pair's seed, pose, identity and subject depend only on its
-index; a rerun skips ids already written or rejected; `shard=(i, n)` takes indices ≡ i mod n; a
-folder refuses to mix settings. Pairs scoring below `min_score` (layout) or `min_clip` go to
-`rejected.jsonl` with their scores, never to `metadata.jsonl`.
+index (pedit.data.sd_plan); a rerun skips ids already written or rejected; `shard=(i, n)` takes
+indices ≡ i mod n; a folder refuses to mix settings or changed input files. Pairs scoring below
+`min_score` (layout) or `min_clip`, or above `max_identity_distance`, go to `rejected.jsonl`
+with their scores, never to `metadata.jsonl`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,21 +27,18 @@ import torch
 
 from pedit.data import pair_scores
 from pedit.data.composable import N_TERMS, PairStrengths, pair_eps
-from pedit.data.directions import Direction, all_directions, resolve
+from pedit.data.directions import all_directions, resolve
 from pedit.data.gen_pairs import claim_folder
-from pedit.data.pairs import SEED_LIMIT, PairWriter, locked
-from pedit.data.poses import Pose, load_poses, pair_pose_image, sample_pose
+from pedit.data.pairs import PairWriter, locked
+from pedit.data.poses import load_poses, pair_pose_image
+from pedit.data.sd_plan import initial_latent, max_seed, noise_seed, plan_pair
 from pedit.errors import ConfigError
 from pedit.files import fingerprint
 from pedit.validate import check_int, check_number, check_seed
 
-# Subject words varied per pair (issue 7): "person" in a direction's prompts becomes one of these.
-SUBJECTS = ("woman", "man", "young woman", "young man", "old woman", "old man", "girl", "boy",
-            "middle-aged woman", "middle-aged man")
 REJECTED = "rejected.jsonl"
 # Settings that may differ between the runs and shards filling one folder.
 RUN_ONLY = ("output", "shard", "device", "batch_size", "contact_sheet", "precision")
-SEED_STRIDE = 1_000_003  # pair i of seed s starts from noise seed s · SEED_STRIDE + i (recorded)
 IP_ADAPTER_FACE = ("h94/IP-Adapter", "models", "ip-adapter-full-face_sd15.safetensors", "image_encoder")
 
 
@@ -121,63 +118,6 @@ class SDPairsConfig:
     @property
     def strengths(self) -> PairStrengths:
         return PairStrengths(self.s_d, self.s_a, self.s_b, self.guidance_scale)
-
-
-def max_seed(n: int) -> int:
-    """The largest seed whose n pairs all record a noise seed read_pairs accepts (< SEED_LIMIT,
-    which torch.Generator.manual_seed takes too)."""
-    return (SEED_LIMIT - n) // SEED_STRIDE
-
-
-def noise_seed(seed: int, index: int) -> int:
-    return seed * SEED_STRIDE + index
-
-
-def with_subject(prompt: str, subject: str) -> str:
-    """"a person, santa claus costume" → "a woman, santa claus costume", "an old man, ..." (the
-    article follows the subject's first letter; prompts without "person" unchanged)."""
-    def swap(m: re.Match) -> str:
-        if not m["article"]:
-            return subject
-        article = "an" if subject[:1].lower() in "aeiou" else "a"
-        return f"{article.capitalize() if m['article'][0] == 'A' else article} {subject}"
-
-    return re.sub(r"\b(?:(?P<article>[Aa]n?) )?person\b", swap, prompt)
-
-
-@dataclass(frozen=True)
-class PairPlan:
-    """Everything that decides pair `index`, drawn from (seed, index) alone."""
-
-    index: int
-    direction: Direction
-    subject: str
-    pose: Pose | None
-    pose_jitter: dict
-    identity: int | None  # index into the identity list
-
-    @property
-    def prompts(self) -> dict[str, str]:
-        d = self.direction
-        return {"p": with_subject(d.p, self.subject), "p_a": with_subject(d.p_a, self.subject),
-                "p_b": with_subject(d.p_b, self.subject)}
-
-
-def plan_pair(cfg: SDPairsConfig, index: int, directions: list[Direction], poses: list[Pose] | None,
-              n_identities: int) -> PairPlan:
-    rng = np.random.default_rng([cfg.seed, index, 7])
-    direction = directions[index % len(directions)]
-    subject = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
-    pose, jitter = (None, {}) if poses is None else sample_pose(poses, rng, cfg.pose_jitter)
-    # Identities cycle over pairs (diversity, paper §3.2 and Figure 4), offset by the seed.
-    identity = None if not n_identities else (cfg.seed + index) % n_identities
-    return PairPlan(index, direction, subject, pose, jitter, identity)
-
-
-def initial_latent(cfg: SDPairsConfig, index: int, h: int, w: int) -> torch.Tensor:
-    """z_T of pair `index`: (1, 4, h, 2w) unit noise from its own generator (resume-stable)."""
-    g = torch.Generator().manual_seed(noise_seed(cfg.seed, index))
-    return torch.randn((1, 4, h, 2 * w), generator=g)
 
 
 def _rejected_ids(out: Path) -> set[str]:
