@@ -148,6 +148,8 @@ def directions(directions_file, model):
 @click.option("--min-score", type=click.FloatRange(0, 1), help="sd: drop pairs whose layout score is lower.")
 @click.option("--clip", "clip_model", help="sd: CLIP model for the directional score (InstructPix2Pix's filter).")
 @click.option("--min-clip", type=float, help="sd: drop pairs whose CLIP directional similarity is lower (needs --clip).")
+@click.option("--max-identity-distance", type=click.FloatRange(min=0),
+              help="sd: drop pairs whose identity distance (recorded; < 0.6 = same person) is higher, or lacks a face.")
 @click.option("--contact-sheet", type=click.IntRange(min=0), default=8, show_default=True, help="sd: pairs on contact_sheet.png.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
 @click.option("--device", help="sd: cpu, cuda, cuda:1 ... (default: cuda when available; the local rank under accelerate).")
@@ -157,15 +159,16 @@ def gen_pairs(output, n, source, direction_list, directions_file, resolution, se
               max_face_width, max_color_drift, quiet, **sd):
     """Write a pair folder (metadata.jsonl + PNGs) for training or evaluation."""
     from pedit.data.directions import BUILTIN
-    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs, shard_from_env
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs, run_shard
 
-    if shard is None:
-        shard_i, shard_n = shard_from_env()
-    else:
+    if shard is not None:
         try:
-            shard_i, shard_n = (int(v) for v in shard.split("/"))
+            shard = tuple(int(v) for v in shard.split("/"))
         except ValueError:
             raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="--shard") from None
+        if len(shard) != 2:
+            raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="--shard")
+    shard_i, shard_n = run_shard(shard)
     console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
     if source == "sd":
         return _gen_sd_pairs(console, output, n, direction_list, directions_file, resolution, seed, (shard_i, shard_n), sd)
@@ -177,6 +180,15 @@ def gen_pairs(output, n, source, direction_list, directions_file, resolution, se
         task = bar.add_task("pairs", total=None, info="")
         generate_pairs(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"Wrote pairs to {output}", soft_wrap=True)  # a path must survive copy-paste: never wrapped
+
+
+def _read_photo_rgb(path):
+    """A photo as (H, W, 3) uint8, decoded by pedit.photos (EXIF turn, CMYK, limits): gen-pairs' reader."""
+    import numpy as np
+
+    from pedit.photos.photo import load_photo
+
+    return np.asarray(load_photo(path).rgb)
 
 
 def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolution, seed, shard, sd):
@@ -207,7 +219,7 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
         pose=sd["pose"], pose_annotators=sd["pose_annotators"], use_pose=not sd["no_pose"],
         controlnet_scale=sd["controlnet_scale"], identity_dir=sd["identity_dir"], use_identity=not sd["no_identity"],
         ip_adapter=(*parts, "image_encoder"), ip_adapter_scale=sd["ip_adapter_scale"], min_score=sd["min_score"],
-        min_clip=sd["min_clip"], clip=sd["clip_model"], contact_sheet=sd["contact_sheet"], device=device,
+        min_clip=sd["min_clip"], max_identity_distance=sd["max_identity_distance"], clip=sd["clip_model"], contact_sheet=sd["contact_sheet"], device=device,
         precision=sd["precision"], allow_pickle=sd["allow_pickle"],
     )
     _show_config(console, cfg)
@@ -223,7 +235,8 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
             rate = made / max(time.perf_counter() - started.get("t", time.perf_counter()), 1e-9)
             bar.update(task, completed=done, total=total, info=f"{rate:.2f} pairs/s" if made else "")
 
-        out = generate_sd_pairs(cfg, sample, make_scheduler, on_progress, log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
+        out = generate_sd_pairs(cfg, sample, make_scheduler, on_progress, log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"),
+                                read_photo=_read_photo_rgb)
     console.print(f"Wrote pairs to {out} (contact sheet: {out / 'contact_sheet.png'})", soft_wrap=True)
 
 

@@ -22,12 +22,12 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pedit.errors import InputImageError, OutputError, PeditError
-from pedit.files import exists_error, regular_file_problem, write_atomic
+from pedit.files import IMAGE_SUFFIXES, exists_error, regular_file_problem, write_atomic
 
 if TYPE_CHECKING:
     from pedit.photos.identity import IdentityCheck
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # one list for every wing (pedit.files)
 DEFAULT_MAX_PIXELS = 100_000_000
 MIN_SIDE = 16
 

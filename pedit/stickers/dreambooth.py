@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from pedit.errors import ConfigError
+from pedit.files import write_atomic
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name, found by load_lora_weights
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -122,9 +123,7 @@ def _class_images(pipe, cfg: DreamBoothConfig, folder: Path) -> list[Image.Image
         if not path.exists():
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + i)
             image = pipe(cfg.class_prompt, num_inference_steps=cfg.class_steps, generator=g).images[0]
-            tmp = path.with_suffix(".tmp.png")
-            image.save(tmp)
-            os.replace(tmp, path)
+            write_atomic(path, lambda f: image.save(f, format="PNG"), overwrite=True)  # temps of killed runs get cleaned
         with Image.open(path) as im:
             images.append(im.convert("RGB"))
     return images
