@@ -148,6 +148,8 @@ def directions(directions_file, model):
 @click.option("--min-score", type=click.FloatRange(0, 1), help="sd: drop pairs whose layout score is lower.")
 @click.option("--clip", "clip_model", help="sd: CLIP model for the directional score (InstructPix2Pix's filter).")
 @click.option("--min-clip", type=float, help="sd: drop pairs whose CLIP directional similarity is lower (needs --clip).")
+@click.option("--max-identity-distance", type=click.FloatRange(min=0),
+              help="sd: drop pairs whose identity distance (recorded; < 0.6 = same person) is higher, or lacks a face.")
 @click.option("--contact-sheet", type=click.IntRange(min=0), default=8, show_default=True, help="sd: pairs on contact_sheet.png.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
 @click.option("--device", help="sd: cpu, cuda, cuda:1 ... (default: cuda when available; the local rank under accelerate).")
@@ -157,15 +159,16 @@ def gen_pairs(output, n, source, direction_list, directions_file, resolution, se
               max_face_width, max_color_drift, quiet, **sd):
     """Write a pair folder (metadata.jsonl + PNGs) for training or evaluation."""
     from pedit.data.directions import BUILTIN
-    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs, shard_from_env
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs, run_shard
 
-    if shard is None:
-        shard_i, shard_n = shard_from_env()
-    else:
+    if shard is not None:
         try:
-            shard_i, shard_n = (int(v) for v in shard.split("/"))
+            shard = tuple(int(v) for v in shard.split("/"))
         except ValueError:
             raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="--shard") from None
+        if len(shard) != 2:
+            raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="--shard")
+    shard_i, shard_n = run_shard(shard)
     console = _console(quiet or int(os.environ.get("RANK", "0")) != 0)
     if source == "sd":
         return _gen_sd_pairs(console, output, n, direction_list, directions_file, resolution, seed, (shard_i, shard_n), sd)
@@ -177,6 +180,15 @@ def gen_pairs(output, n, source, direction_list, directions_file, resolution, se
         task = bar.add_task("pairs", total=None, info="")
         generate_pairs(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"Wrote pairs to {output}", soft_wrap=True)  # a path must survive copy-paste: never wrapped
+
+
+def _read_photo_rgb(path):
+    """A photo as (H, W, 3) uint8, decoded by pedit.photos (EXIF turn, CMYK, limits): gen-pairs' reader."""
+    import numpy as np
+
+    from pedit.photos.photo import load_photo
+
+    return np.asarray(load_photo(path).rgb)
 
 
 def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolution, seed, shard, sd):
@@ -207,7 +219,7 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
         pose=sd["pose"], pose_annotators=sd["pose_annotators"], use_pose=not sd["no_pose"],
         controlnet_scale=sd["controlnet_scale"], identity_dir=sd["identity_dir"], use_identity=not sd["no_identity"],
         ip_adapter=(*parts, "image_encoder"), ip_adapter_scale=sd["ip_adapter_scale"], min_score=sd["min_score"],
-        min_clip=sd["min_clip"], clip=sd["clip_model"], contact_sheet=sd["contact_sheet"], device=device,
+        min_clip=sd["min_clip"], max_identity_distance=sd["max_identity_distance"], clip=sd["clip_model"], contact_sheet=sd["contact_sheet"], device=device,
         precision=sd["precision"], allow_pickle=sd["allow_pickle"],
     )
     _show_config(console, cfg)
@@ -223,7 +235,8 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
             rate = made / max(time.perf_counter() - started.get("t", time.perf_counter()), 1e-9)
             bar.update(task, completed=done, total=total, info=f"{rate:.2f} pairs/s" if made else "")
 
-        out = generate_sd_pairs(cfg, sample, make_scheduler, on_progress, log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
+        out = generate_sd_pairs(cfg, sample, make_scheduler, on_progress, log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"),
+                                read_photo=_read_photo_rgb)
     console.print(f"Wrote pairs to {out} (contact sheet: {out / 'contact_sheet.png'})", soft_wrap=True)
 
 
@@ -308,7 +321,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 @click.option("--s-im", type=float, default=1.0, show_default=True, help="Guidance scale of the image condition c_im.")
 @click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
 @click.option("--no-mask", is_flag=True, help="Plain MCDM sampling, no editing mask (the paper's 'w/o mask').")
-@click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True, help="Noise draws for the editing mask.")
+@click.option("--mask-noises", type=click.IntRange(min=1),
+              help="Noise draws for the editing mask (default: the model's pedit.json, else 10).")
 @click.option("--mask", "mask_file", type=click.Path(dir_okay=False),
               help="Your own mask: greyscale image, any size (stretched to the photo), white = may change.")
 @click.option("--mask-mode", type=click.Choice(["replace", "intersect", "union"]), default="replace", show_default=True,
@@ -440,8 +454,9 @@ def _identity_cell(item) -> str:
               help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call. "
                    "Default: the model folder's setting.")
 @click.option("-q", "--quiet", is_flag=True)
-def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit, grid_pairs,
-             detector, overwrite, device, allow_pickle, precision, backend, engines, mask_batch, quiet):
+@click.pass_context
+def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit,
+             grid_pairs, detector, overwrite, device, allow_pickle, precision, backend, engines, mask_batch, quiet):
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
 
     \b
@@ -451,11 +466,20 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
     photos = (*photos, *more_photos)
     if bool(pairs) == bool(photos):
         raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
+    # A flag that does not apply to the chosen mode is an error, never silently ignored.
+    given = {name for name in ("methods", "batch_size", "limit", "grid_pairs", "detector", "engines", "mask_batch")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if photos:
-        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet)
+        if not_here := given & {"methods", "batch_size", "limit", "grid_pairs", "engines", "mask_batch"}:
+            flags = ", ".join(_flag(ctx, name) for name in sorted(not_here))
+            raise click.UsageError(f"{flags} goes with --pairs; --photos edits every photo toward each -d direction.")
+        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle,
+                     precision, backend, quiet)
         return
     if direction_list:
         raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
+    if "detector" in given:
+        raise click.UsageError("--detector goes with --photos; --pairs scores each pair image whole, without a face crop.")
     from pedit.evaluate import EvalConfig, evaluate, markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
@@ -476,7 +500,14 @@ def eval_cmd(more_photos, model, pairs, photos, direction_list, output, methods,
     click.echo(markdown_report(report))
 
 
-def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, quiet):
+def _flag(ctx, name: str) -> str:
+    """The command-line spelling of parameter `name` (--grid for grid_pairs)."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, precision,
+                 backend, quiet):
     from rich.markup import escape
 
     from pedit.photos.evaluate import PhotoEvalConfig, evaluate_photos, markdown_photo_report
@@ -485,7 +516,7 @@ def _eval_photos(photos, direction_list, model, output, steps, seed, detector, o
         raise click.UsageError("--photos needs -d/--directions, e.g. -d royal,laughing (see `pedit directions`).")
     cfg = PhotoEvalConfig(photos=tuple(photos), directions=tuple(d.strip() for d in direction_list.split(",") if d.strip()),
                           model=model, output=output, steps=steps, seed=seed, detector=detector, device=device,
-                          allow_pickle=allow_pickle, overwrite=overwrite)
+                          allow_pickle=allow_pickle, overwrite=overwrite, precision=precision, backend=backend)
     console = _console(quiet)
     _show_config(console, cfg)
     with _progress(console) as bar:
@@ -576,7 +607,9 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
 @click.option("--pick", type=click.IntRange(min=0), help="Keep cartoon candidate N (0-based) instead of the best-scored.")
 @click.option("--skip-cartoonize", is_flag=True, help="The selfie is already a cartoon: no DreamBooth, no cartoon stage.")
 @click.option("--require-face", is_flag=True, help="Fail when no face is found instead of using the centred square.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
+              help="Face detector that places the crop, as in `pedit edit`.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous sticker pack in -o (never a folder holding other files).")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Expression edit steps.")
 @click.option("--cartoon-steps", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--train-steps", type=click.IntRange(min=1), default=400, show_default=True, help="DreamBooth LoRA steps.")
@@ -591,7 +624,7 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("-q", "--quiet", is_flag=True)
 def sticker_pack(selfie, output, model, base, expressions, style, candidates, pick, skip_cartoonize, require_face,
-                 overwrite, steps, cartoon_steps, train_steps, lora_rank, views, prior_preservation, seed, name,
+                 detector, overwrite, steps, cartoon_steps, train_steps, lora_rank, views, prior_preservation, seed, name,
                  cache_dir, max_pixels, allow_pickle, device, quiet):
     """Make a sticker pack from one selfie: an expression sticker each, WhatsApp and Telegram folders."""
     from rich.markup import escape
@@ -601,7 +634,8 @@ def sticker_pack(selfie, output, model, base, expressions, style, candidates, pi
     cfg = StickerConfig(
         selfie=selfie, output=output, model=model, base=base,
         expressions=tuple(s.strip() for s in expressions.split(",") if s.strip()), style=style, pick=pick,
-        candidates=candidates, skip_cartoonize=skip_cartoonize, require_face=require_face, overwrite=overwrite,
+        candidates=candidates, skip_cartoonize=skip_cartoonize, require_face=require_face, detector=detector,
+        overwrite=overwrite,
         steps=steps, cartoon_steps=cartoon_steps, train_steps=train_steps, lora_rank=lora_rank, views=views,
         prior_preservation=prior_preservation, seed=seed, name=name, cache_dir=cache_dir, max_pixels=max_pixels,
         allow_pickle=allow_pickle, device=device,

@@ -192,6 +192,13 @@ def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A):
     return out
 
 
+def batch_seed(seed: int, start: int) -> int:
+    """The seed of the batch starting at pair `start`: seed + start, wrapped into the 0 .. 2**64 - 1
+    that torch.Generator.manual_seed takes (a seed near the top no longer fails on a later batch;
+    below it the seeds, and so the published numbers, are unchanged)."""
+    return (seed + start) % 2**64
+
+
 def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cfg):
     """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None).
 
@@ -306,7 +313,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         outs_for_grid = {}
         for m in cfg.methods:
             t0 = time.perf_counter()
-            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, cfg.seed + start, mask_cfgs)
+            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, batch_seed(cfg.seed, start), mask_cfgs)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])

@@ -4,13 +4,15 @@ Every final output pedit writes goes through `write_atomic`: the bytes go to a t
 target folder, then the finished file takes its name in one step. Without `overwrite` that step is
 a hard link, which fails when the name exists, so of two writers racing for one name exactly one
 wins and the other gets an `OutputError` (a rename would silently replace the winner's file,
-CONVENTIONS.md §17). Temp names carry the host and process id, so the next write into a folder
-removes the temps of processes that were killed on this host, and never those of a live writer.
+CONVENTIONS.md §17). Temp names carry the host and process id, so the first write of a process
+into a folder removes the temps of processes that were killed on this host, and never those of a
+live writer (once per folder and process: a scan per write would make filling a folder quadratic).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -24,6 +26,9 @@ from pedit.errors import OutputError
 TMP_SUFFIX = ".pedit-tmp"
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:24] or "host"
 _TMP_NAME = re.compile(rf"\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-[0-9a-f]+{re.escape(TMP_SUFFIX)}")
+# The image files pedit reads (photos, identity portraits, pose photos): one list for every wing.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_CLEANED: set[str] = set()  # folders this process has already cleaned of stale temps
 # Errors os.link gives where a filesystem has no hard links (FAT, some network and FUSE mounts).
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
 
@@ -99,7 +104,10 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], overwrite: bool
     """
     path = Path(path)
     folder = path.parent
-    clean_stale_temps(folder)
+    key = os.path.abspath(folder)
+    if key not in _CLEANED:
+        clean_stale_temps(folder)
+        _CLEANED.add(key)
     tmp = temp_path(path)
     try:
         # Mode 0o666 lets the umask set the permissions, as for any new file (mkstemp gives 0o600).
@@ -114,6 +122,9 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], overwrite: bool
             f.flush()
             os.fsync(f.fileno())
         commit(tmp, path, overwrite)
+    except OSError as e:  # a full disk while writing or committing: the same clear error
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"Could not write {path}: {e.strerror or e}.") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -121,10 +132,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], overwrite: bool
 
 
 def write_text_atomic(path: Path, text: str, overwrite: bool = False) -> Path:
-    try:
-        return write_atomic(path, lambda f: f.write(text.encode("utf-8")), overwrite)
-    except OSError as e:
-        raise OutputError(f"Could not write {path}: {e.strerror or e}.") from e
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")), overwrite)
 
 
 def regular_file_problem(path: Path) -> str | None:
@@ -141,3 +149,29 @@ def regular_file_problem(path: Path) -> str | None:
     if not stat.S_ISREG(mode):
         return "is not a regular file (a pipe, socket or device)"
     return None
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in `folder` (IMAGE_SUFFIXES), sorted by name: regular files only
+    (a FIFO named like a photo would block its reader), no dot files (macOS "._IMG.JPG" forks)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                  and regular_file_problem(p) is None)
+
+
+def fingerprint(path: str | Path) -> dict[str, str]:
+    """{file name: sha256} of a regular file, or of the regular files directly in a folder, sorted
+    by name: what a folder's settings record so that changed inputs are noticed, not mixed in."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if regular_file_problem(p) is None)
+    else:
+        files = [path] if regular_file_problem(path) is None else []
+    out = {}
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out[f.name] = digest.hexdigest()
+    return out

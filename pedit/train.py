@@ -4,14 +4,18 @@ Per step, visible below: identity samples (p = 0.05: target x_A, prompt p_a), co
 (p = 0.2, a uniformly drawn non-empty subset of {c_s, c_im, c_p}), the loss on the base's
 prediction type (epsilon or v), EMA, checkpoints (`save_state`), validation grids. What the frozen
 VAE and encoders give for each pair comes from the latent cache (pedit.latent_cache; `--no-cache`
-computes it every step), and the loss is read back every `log_every` steps, not every step. All randomness of a step comes from a generator
-seeded by (seed, step, rank), and the data order from per-epoch permutations of the seed, so a
-resumed run continues exactly where the straight run would be (a test checks). Multi-GPU:
-`accelerate launch -m pedit train ...`; each rank takes its slice of the global batch.
+computes it every step), and the loss is read back every `log_every` steps, not every step.
+A step is one optimizer step: with `gradient_accumulation` k it runs k micro-batches, and max_steps,
+checkpoints and loss.csv rows count optimizer steps. All randomness of a micro-batch comes from a
+generator seeded by (seed, micro-batch index, rank), and the data order from per-epoch
+permutations of the seed, so a resumed run continues exactly where the straight run would be
+(tests check). Multi-GPU: `accelerate launch -m pedit train ...`; each rank takes its slice of the
+global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pedit.errors import ConfigError, PeditError
+from pedit.files import write_text_atomic
 from pedit.data.pairs import Pair, direction_of, load_rgb, read_pairs
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
@@ -133,6 +138,12 @@ def check_output_folder(cfg: TrainConfig) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out} is a file; train writes a model folder. Choose another -o.")
     held = run_entries(out)
+    if cfg.resume and not held:
+        raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.")
+    if cfg.resume and newest_checkpoint(out) is None:
+        # Before anything loads; and "start without --resume" would be refused: the folder holds a run.
+        raise ConfigError(f"--resume: the run in {out} has no checkpoint in {out / 'checkpoints'} to continue from. "
+                          "Use --overwrite to delete it and start again, or choose another -o.")
     if not held or cfg.overwrite:
         return
     if not cfg.resume:
@@ -188,13 +199,15 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def batch_indices(seed: int, step: int, rank: int, world: int, batch_size: int, n: int) -> list[int]:
-    """This rank's indices at `step`: a slice of the global batch taken from per-epoch permutations."""
+    """This rank's indices for micro-batch `step` (the step itself without gradient accumulation):
+    a slice of the global batch taken from per-epoch permutations."""
     start = step * batch_size * world + rank * batch_size
     return [int(_epoch_order(seed, pos // n, n)[pos % n]) for pos in range(start, start + batch_size)]
 
 
 class StepBatches(torch.utils.data.Sampler):
-    """Yields batch_indices for steps start..stop-1: the data order depends on the step alone."""
+    """Yields batch_indices for micro-batches start..stop-1 (step s of a run with gradient
+    accumulation k takes micro-batches s*k .. s*k+k-1): the data order depends on the index alone."""
 
     def __init__(self, seed: int, start: int, stop: int, rank: int, world: int, batch_size: int, n: int):
         self.args = (seed, rank, world, batch_size, n)
@@ -328,18 +341,20 @@ def newest_checkpoint(out: Path) -> Path | None:
 
 def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
           log: Callable[[str], None] | None = None) -> Path:
-    """Train an MCDM on a pair folder; returns the model folder. Only rank 0 writes and reports."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
+    """Train an MCDM on a pair folder; returns the model folder. Only rank 0 writes and reports.
 
-    from pedit.model.loading import base_unet, bundled_base_path, check_shapes, load_base, load_model, save_model
-    from pedit.model.mcdm import MCDM, ImageProjector, widen_conv_in
+    A step is one optimizer step over `gradient_accumulation` micro-batches of `batch_size` pairs
+    per process: max_steps, checkpoints, validation and loss.csv rows all count optimizer steps, so
+    a checkpoint (or a --max-minutes stop) never falls between the micro-batches of a step, whose
+    accumulated gradients save_state does not keep.
+    """
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+
+    from pedit.model.loading import bundled_base_path, load_base
 
     out = Path(cfg.output)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)  # accumulation is the loop's own, below
     check_output_folder(cfg)  # costs nothing: before the models load
     accelerator.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes into it
     main = accelerator.is_main_process
@@ -348,20 +363,103 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
 
     # Everything that can fail on user input fails here, before the first step.
     pairs = read_pairs(cfg.data)
-    directions = {}
-    for p in pairs:
-        directions.setdefault(p.direction, direction_of(p))
+    directions = _directions(pairs)
     base = cfg.base or str(bundled_base_path())
     root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
     size = cfg.resolution or int(parts.vae.config.sample_size)
-    check_prediction_type(parts.scheduler_config)
-    if cfg.cache and accelerator.is_main_process:
+    prediction_type = check_prediction_type(parts.scheduler_config)
+    if cfg.cache and main:
         from pedit.latent_cache import check_writable
 
         check_writable(cache_root(cfg))
-    if cfg.resume and newest_checkpoint(out) is None:
-        raise PeditError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.")
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")
+
+    mcdm = _models(cfg, root, parts)
+    if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
+        _claim_output(cfg, out)
+    mcdm, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, mcdm)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    parts.to(accelerator.device, weight_dtype)
+    noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
+
+    start = _resume(accelerator, out, report, cfg.max_steps) if cfg.resume else 0
+    accum, rank = cfg.gradient_accumulation, accelerator.process_index
+    # The data order is one of micro-batches: step s takes micro-batches s * accum ... s * accum + accum - 1.
+    sampler = StepBatches(cfg.seed, start * accum, cfg.max_steps * accum, rank, accelerator.num_processes,
+                          cfg.batch_size, len(pairs))
+    # What the frozen parts compute for each micro-batch's pairs: read from the latent cache
+    # (default), or recomputed from the images every step (--no-cache). Both give the same tensors.
+    frozen = frozen_batches(cfg, pairs, parts, size, sampler, accelerator, report, say)
+    micro_batches = iter(frozen.batches)
+    loss_log = LossLog(out / "loss.csv", start, enabled=main)  # its clock starts now, after the cache
+    done = start
+    for step in range(start, cfg.max_steps):
+        # Gradient accumulation: the micro-batches' gradients add up (each loss / accum), synchronised
+        # across processes only on the last one; then one optimizer step.
+        losses = []
+        for k in range(accum):
+            g = torch.Generator().manual_seed(step_seed(cfg.seed, step * accum + k, rank))
+            inputs = _step_inputs(cfg, next(micro_batches), frozen.prompts, parts, noise_scheduler, prediction_type,
+                                  g, accelerator.device)
+            with contextlib.nullcontext() if k == accum - 1 else accelerator.no_sync(mcdm):
+                losses.append(_backward(accelerator, mcdm, inputs, accum))
+        accelerator.clip_grad_norm_(mcdm.parameters(), 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(mcdm.parameters())
+
+        done = step + 1
+        loss_log.add(done, torch.stack(losses).mean(), lr_scheduler.get_last_lr()[0])
+        checkpoint_now = done % cfg.checkpoint_every == 0
+        validate_now = bool(cfg.validate_every) and done % cfg.validate_every == 0
+        if not (done % cfg.log_every == 0 or checkpoint_now or validate_now or done == cfg.max_steps):
+            continue
+        # The one host synchronisation of a log interval: the interval's losses, and the time check.
+        loss_value, rate, out_of_time = loss_log.flush(accelerator, cfg.max_minutes)
+        report(TrainProgress(done, cfg.max_steps, loss_value, rate))
+        # A time budget ends the run early but cleanly: checkpoint, grid and model as at the last step.
+        final = done == cfg.max_steps or out_of_time
+        if checkpoint_now or final:
+            _checkpoint(accelerator, out, done, cfg.keep_checkpoints)
+            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "checkpoint", str(out / "checkpoints" / f"step-{done:06d}")))
+        if main and cfg.validate_every and (validate_now or final):
+            grid = _validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
+            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "validation", str(grid)))
+        if out_of_time:
+            say(f"--max-minutes {cfg.max_minutes} reached after {done} steps; saving the model.")
+            break
+
+    meta = {"base": str(base), "init": cfg.init, "resolution": size, "latent_factor": parts.latent_factor,
+            "directions": [directions[k] for k in sorted(directions)], "steps_trained": done,
+            "prediction_type": prediction_type, "training": asdict(cfg)}
+    _finish(accelerator, mcdm, ema, parts, weight_dtype, cfg, out, meta)
+    return out
+
+
+def _directions(pairs: list[Pair]) -> dict[str, dict]:
+    """Each direction of the pairs (name -> its record, as pedit.json lists them)."""
+    directions = {}
+    for p in pairs:
+        directions.setdefault(p.direction, direction_of(p))
+    return directions
+
+
+def _claim_output(cfg: TrainConfig, out: Path) -> None:
+    """The output folder, cleared first with --overwrite, with this run's config.json."""
+    if cfg.overwrite:
+        clear_output_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def _models(cfg: TrainConfig, root, parts):
+    """The trainable MCDM: from a model folder (init_from), or the base's U-Net (pretrained, or its
+    config with seeded random weights) widened to 8 input channels plus a fresh image projector."""
+    from accelerate.utils import set_seed
+
+    from pedit.model.loading import base_unet, check_shapes, load_model
+    from pedit.model.mcdm import MCDM, ImageProjector, widen_conv_in
 
     set_seed(cfg.seed)  # the fresh weights (projector, scratch U-Net) are a function of the seed
     if cfg.init_from:
@@ -378,13 +476,17 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
             num_tokens=parts.num_image_tokens,
         )
         mcdm = MCDM(unet, projector)
-    if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
-        if cfg.overwrite:
-            clear_output_folder(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if cfg.gradient_checkpointing:
         mcdm.unet.enable_gradient_checkpointing()
+    return mcdm
+
+
+def _optimization(cfg: TrainConfig, accelerator, mcdm):
+    """AdamW with a constant-after-warmup learning rate, and the EMA of the weights (saved in every
+    checkpoint), all prepared by accelerate. Returns (mcdm, ema, optimizer, lr_scheduler)."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
     mcdm.train()
     ema = EMAModel(mcdm.parameters(), decay=cfg.ema_decay, foreach=True)
     optimizer = torch.optim.AdamW(mcdm.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
@@ -394,135 +496,147 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     mcdm, optimizer, lr_scheduler = accelerator.prepare(mcdm, optimizer, lr_scheduler)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    parts.to(accelerator.device, weight_dtype)
-    noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
-    prediction_type = check_prediction_type(noise_scheduler.config)
-    n_train_t = noise_scheduler.config.num_train_timesteps
+    return mcdm, ema, optimizer, lr_scheduler
 
-    start = 0
-    if cfg.resume:
-        ckpt = newest_checkpoint(out)
-        try:
-            accelerator.load_state(str(ckpt))
-        except (OSError, RuntimeError, KeyError, ValueError) as e:
-            raise PeditError(f"--resume: checkpoint {ckpt} could not be loaded ({type(e).__name__}: {e}). "
-                             "Delete it to resume from an older one, or start without --resume.") from None
-        start = int(ckpt.name.split("-")[1])
-        report(TrainProgress(start, cfg.max_steps, float("nan"), 0.0, "resumed", str(ckpt)))
 
-    dev = accelerator.device
-    sampler = StepBatches(cfg.seed, start, cfg.max_steps, accelerator.process_index, accelerator.num_processes,
-                          cfg.batch_size, len(pairs))
-    # What the frozen parts compute for each step's pairs: read from the latent cache (default), or
-    # recomputed from the images every step (--no-cache). Both give the same tensors.
-    frozen = frozen_batches(cfg, pairs, parts, size, sampler, accelerator, report, say)
-    loss_log = out / "loss.csv"
-    if main and not (cfg.resume and loss_log.exists()):
-        loss_log.write_text("step,loss,lr,seconds\n")
-    t0 = last = time.perf_counter()
-    pending = []  # (step, loss tensor on the device, lr, seconds) until the next flush
-    done = start
-    for step, idx, batch in zip(range(start, cfg.max_steps), sampler, frozen.batches):
-        g = torch.Generator().manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
-        # §3.3 (1): identity samples teach reconstruction, which the editing mask relies on (§3.4).
-        identity = torch.rand(len(idx), generator=g) < cfg.identity_prob
-        # §3.3 (2): drop any combination of c_s, c_im, c_p, or all of them, for multi-condition CFG.
-        dropped = sample_dropout(len(idx), cfg.drop_prob, g)
-        latent_shape = tuple(batch["mean_A"].shape)  # (B, 4, h, w)
-        noise = torch.randn(latent_shape, generator=g)  # the diffusion noise
-        posterior_noise = torch.randn(latent_shape, generator=g)  # for the VAE posterior sample of the target
-        t = torch.randint(0, n_train_t, (len(idx),), generator=g)
+def _resume(accelerator, out: Path, report, max_steps: int) -> int:
+    """Load the newest checkpoint's state (model, optimizer, lr schedule, EMA, RNG); returns its step."""
+    ckpt = newest_checkpoint(out)  # check_output_folder made sure there is one
+    try:
+        accelerator.load_state(str(ckpt))
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        raise PeditError(f"--resume: checkpoint {ckpt} could not be loaded ({type(e).__name__}: {e}). "
+                         "Delete it to resume from an older one, or start without --resume.") from None
+    start = int(ckpt.name.split("-")[1])
+    report(TrainProgress(start, max_steps, float("nan"), 0.0, "resumed", str(ckpt)))
+    return start
 
-        ident = identity.to(dev, non_blocking=True)
-        keep_s = ((dropped & DROP_S) == 0).float().view(-1, 1, 1, 1).to(dev, non_blocking=True)
-        keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev, non_blocking=True)
-        drop_p = ((dropped & DROP_P) != 0).to(dev, non_blocking=True)
-        noise, t = noise.to(dev, non_blocking=True), t.to(dev, non_blocking=True)
-        # c_s is the posterior mode of x_A, z_0 a posterior sample of the target (x_A for identity
-        # samples), both times the scaling factor (DESIGN.md convention).
-        c_s = batch["mean_A"].float() * parts.scaling_factor  # (B, 4, h, w)
-        pick = ident.view(-1, 1, 1, 1)
-        mean_T = torch.where(pick, batch["mean_A"], batch["mean_B"]).float()
-        std_T = torch.where(pick, batch["std_A"], batch["std_B"]).float()
-        z_0 = (mean_T + std_T * posterior_noise.to(dev, non_blocking=True)) * parts.scaling_factor
-        clip_tokens = batch["clip_A"].float()  # (B, 1 + P, Dv)
-        rows = torch.where(ident, batch["p_a"], batch["p_b"])  # prompt rows; row 0 is the empty prompt
-        c_p = frozen.prompts[torch.where(drop_p, torch.zeros_like(rows), rows)].float()  # (B, 77, D)
-        z_t = noise_scheduler.add_noise(z_0, noise, t)
-        z_in = torch.cat([z_t, c_s * keep_s], dim=1)  # (B, 8, h, w)
-        target = training_target(noise_scheduler, prediction_type, z_0, noise, t)
 
-        with accelerator.accumulate(mcdm):
-            with accelerator.autocast():
-                # c_im is computed inside the forward from E(x_A), even when c_s is dropped: the
-                # conditions are dropped independently.
-                pred = mcdm(z_in, t, c_p, image_inputs=(c_s, clip_tokens, keep_im))
-            loss = F.mse_loss(pred.float(), target)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(mcdm.parameters(), 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
-            ema.step(mcdm.parameters())
+@dataclass
+class StepInputs:
+    """What the U-Net gets and regresses for one micro-batch (B pairs)."""
 
-        done = step + 1
-        pending.append((done, loss.detach(), lr_scheduler.get_last_lr()[0], time.perf_counter() - t0))
-        checkpoint_now = done % cfg.checkpoint_every == 0
-        validate_now = bool(cfg.validate_every) and done % cfg.validate_every == 0
-        if not (done % cfg.log_every == 0 or checkpoint_now or validate_now or done == cfg.max_steps):
-            continue
-        # The one host synchronisation of a log interval: the interval's losses, and the time check.
-        losses = accelerator.gather(torch.stack([p[1] for p in pending])[None]).mean(dim=0).tolist()
+    z_in: torch.Tensor  # (B, 8, h, w): the noised target z_t beside c_s (zeros where c_s is dropped)
+    t: torch.Tensor  # (B,) timesteps
+    c_p: torch.Tensor  # (B, 77, D): the prompt's text embeddings (the empty prompt's where c_p is dropped)
+    image_inputs: tuple  # (c_s, clip tokens (B, 1 + P, Dv), keep_im (B, 1, 1)) for c_im
+    target: torch.Tensor  # (B, 4, h, w): the noise, or the velocity for a v_prediction base
+
+
+def _step_inputs(cfg: TrainConfig, batch: dict, prompts, parts, noise_scheduler, prediction_type: str,
+                 g: torch.Generator, dev) -> StepInputs:
+    """§3.3 for one micro-batch: identity samples, condition dropout, the noised target. Every draw
+    comes from `g`, on the CPU in a fixed order, so a step's randomness depends on its seed alone."""
+    n = batch["mean_A"].shape[0]
+    # §3.3 (1): identity samples teach reconstruction, which the editing mask relies on (§3.4).
+    identity = torch.rand(n, generator=g) < cfg.identity_prob
+    # §3.3 (2): drop any combination of c_s, c_im, c_p, or all of them, for multi-condition CFG.
+    dropped = sample_dropout(n, cfg.drop_prob, g)
+    latent_shape = tuple(batch["mean_A"].shape)  # (B, 4, h, w)
+    noise = torch.randn(latent_shape, generator=g)  # the diffusion noise
+    posterior_noise = torch.randn(latent_shape, generator=g)  # for the VAE posterior sample of the target
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=g)
+
+    ident = identity.to(dev, non_blocking=True)
+    keep_s = ((dropped & DROP_S) == 0).float().view(-1, 1, 1, 1).to(dev, non_blocking=True)
+    keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev, non_blocking=True)
+    drop_p = ((dropped & DROP_P) != 0).to(dev, non_blocking=True)
+    noise, t = noise.to(dev, non_blocking=True), t.to(dev, non_blocking=True)
+    # c_s is the posterior mode of x_A, z_0 a posterior sample of the target (x_A for identity
+    # samples), both times the scaling factor (DESIGN.md convention).
+    c_s = batch["mean_A"].float() * parts.scaling_factor  # (B, 4, h, w)
+    pick = ident.view(-1, 1, 1, 1)
+    mean_T = torch.where(pick, batch["mean_A"], batch["mean_B"]).float()
+    std_T = torch.where(pick, batch["std_A"], batch["std_B"]).float()
+    z_0 = (mean_T + std_T * posterior_noise.to(dev, non_blocking=True)) * parts.scaling_factor
+    clip_tokens = batch["clip_A"].float()  # (B, 1 + P, Dv)
+    rows = torch.where(ident, batch["p_a"], batch["p_b"])  # prompt rows; row 0 is the empty prompt
+    c_p = prompts[torch.where(drop_p, torch.zeros_like(rows), rows)].float()  # (B, 77, D)
+    z_t = noise_scheduler.add_noise(z_0, noise, t)
+    return StepInputs(
+        z_in=torch.cat([z_t, c_s * keep_s], dim=1),
+        t=t,
+        c_p=c_p,
+        # c_im is computed inside the forward from E(x_A), even when c_s is dropped: the
+        # conditions are dropped independently.
+        image_inputs=(c_s, clip_tokens, keep_im),
+        target=training_target(noise_scheduler, prediction_type, z_0, noise, t),
+    )
+
+
+def _backward(accelerator, mcdm, inputs: StepInputs, accum: int) -> torch.Tensor:
+    """One micro-batch's forward and backward; its gradient is 1/accum of the step's. Returns the loss."""
+    with accelerator.autocast():
+        pred = mcdm(inputs.z_in, inputs.t, inputs.c_p, image_inputs=inputs.image_inputs)
+    loss = F.mse_loss(pred.float(), inputs.target)
+    accelerator.backward(loss / accum)
+    return loss.detach()
+
+
+class LossLog:
+    """loss.csv: one row per step, its loss kept on the device until a flush (one host sync per
+    log interval). A resumed run keeps the rows up to its checkpoint's step: a run killed after
+    logging steps its last checkpoint did not reach logs them again, once."""
+
+    HEADER = "step,loss,lr,seconds\n"
+
+    def __init__(self, path: Path, start: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.pending = []  # (step, loss tensor on the device, lr, seconds) until the next flush
+        self.t0 = self.last = time.perf_counter()
+        if enabled:
+            kept = _rows_up_to(path, start) if start else []
+            write_text_atomic(path, self.HEADER + "".join(kept), overwrite=True)
+
+    def add(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        self.pending.append((step, loss, lr, time.perf_counter() - self.t0))
+
+    def flush(self, accelerator, max_minutes: float | None) -> tuple[float, float, bool]:
+        """Writes the pending rows; returns the last loss (mean over processes), steps/s since the
+        last flush, and whether max_minutes of training have passed (all ranks agree)."""
+        losses = accelerator.gather(torch.stack([p[1] for p in self.pending])[None]).mean(dim=0).tolist()
         now = time.perf_counter()
-        rate = len(pending) / max(now - last, 1e-9)
-        last = now
-        if main:
-            with open(loss_log, "a") as fh:
-                fh.writelines(f"{s_},{l_:.6f},{lr_:.3e},{sec:.2f}\n" for (s_, _, lr_, sec), l_ in zip(pending, losses))
-        pending = []
-        loss_value = losses[-1]
-        report(TrainProgress(done, cfg.max_steps, loss_value, rate))
-        # A time budget ends the run early but cleanly: checkpoint, grid and model as at the last step.
+        rate = len(self.pending) / max(now - self.last, 1e-9)
+        self.last = now
+        if self.enabled:
+            with open(self.path, "a") as fh:
+                fh.writelines(f"{s},{l_:.6f},{lr:.3e},{sec:.2f}\n" for (s, _, lr, sec), l_ in zip(self.pending, losses))
+        self.pending = []
         out_of_time = False
-        if cfg.max_minutes is not None:  # all ranks must agree to stop at the same step
-            late = torch.tensor([now - t0 > 60 * cfg.max_minutes], device=dev)
+        if max_minutes is not None:  # all ranks must agree to stop at the same step
+            late = torch.tensor([now - self.t0 > 60 * max_minutes], device=accelerator.device)
             out_of_time = bool(accelerator.gather(late).any())
-        final = done == cfg.max_steps or out_of_time
+        return losses[-1], rate, out_of_time
 
-        if checkpoint_now or final:
-            _checkpoint(accelerator, out, done, cfg.keep_checkpoints)
-            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "checkpoint", str(out / "checkpoints" / f"step-{done:06d}")))
-        if main and cfg.validate_every and (validate_now or final):
-            grid = _validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
-            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "validation", str(grid)))
-        if out_of_time:
-            say(f"--max-minutes {cfg.max_minutes} reached after {done} steps; saving the model.")
-            break
+
+def _rows_up_to(path: Path, step: int) -> list[str]:
+    """The data rows of a loss.csv whose step is at most `step` (unreadable rows are dropped)."""
+    try:
+        lines = path.read_text().splitlines()[1:]
+    except (OSError, UnicodeDecodeError):
+        return []
+    kept = []
+    for line in lines:
+        head = line.split(",", 1)[0]
+        if head.isdigit() and int(head) <= step:
+            kept.append(line + "\n")
+    return kept
+
+
+def _finish(accelerator, mcdm, ema, parts, weight_dtype, cfg: TrainConfig, out: Path, meta: dict) -> None:
+    """Rank 0 saves the model folder with the EMA weights (in float32, beside the base's frozen parts)."""
+    from pedit.model.loading import load_base, save_model
 
     accelerator.wait_for_everyone()
-    if main:
+    if accelerator.is_main_process:
         model = accelerator.unwrap_model(mcdm)
         ema.store(model.parameters())
         ema.copy_to(model.parameters())  # the model folder holds the EMA weights
-        meta = {
-            "base": str(base),
-            "init": cfg.init,
-            "resolution": size,
-            "latent_factor": parts.latent_factor,
-            "directions": [directions[k] for k in sorted(directions)],
-            "steps_trained": done,
-            "prediction_type": prediction_type,
-            "training": asdict(cfg),
-        }
         if weight_dtype != torch.float32:
-            parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)[1]  # not the rounded training copies
+            parts = load_base(meta["base"], cfg.allow_pickle, cfg.image_encoder)[1]  # not the rounded training copies
         save_model(out, model.to("cpu", torch.float32), parts.to("cpu", torch.float32), meta)
         ema.restore(model.parameters())
     accelerator.wait_for_everyone()
-    return out
 
 
 def _checkpoint(accelerator, out: Path, step: int, keep: int) -> None:

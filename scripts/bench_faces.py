@@ -142,7 +142,7 @@ def time_identity_check(repeats: int) -> dict:
     from PIL import Image
 
     from pedit.photos.identity import check_identity, identity_detector
-    from pedit.photos.photo import edit_photo
+    from pedit.photos.portrait import edit_photo
 
     checker = identity_detector()
     photos = {"astronaut 512": skimage.data.astronaut()}

@@ -56,3 +56,21 @@ def random_model(tiny_base, tmp_path_factory) -> Path:
     mcdm = MCDM(widen_conv_in(base_unet(root)), proj)
     meta = {"base": str(tiny_base), "resolution": 32, "directions": [vars(d) for d in BUILTIN.values()]}
     return save_model(tmp_path_factory.mktemp("model") / "random-model", mcdm, parts, meta)
+
+
+@pytest.fixture(scope="module")
+def editor(random_model):
+    """The Editor over the untrained tiny model (one per test module)."""
+    from pedit.edit.editor import Editor
+
+    return Editor.from_pretrained(random_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    """A 32 px toon portrait (identity 3)."""
+    from PIL import Image
+
+    from pedit.toon.world import render
+
+    return Image.fromarray(render(3, size=32))

@@ -24,12 +24,6 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PEDIT_CACHE", str(tmp_path_factory.getbasetemp() / "pedit-cache"))
 
 
-@pytest.fixture(scope="module")
-def portrait():
-    from pedit.toon.world import render
-
-    return Image.fromarray(render(3, size=32))
-
 
 def _unet_inputs(model, batch=5, seed=0):
     d = dims_of(model)

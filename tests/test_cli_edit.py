@@ -9,6 +9,7 @@ size, format, alpha, EXIF, the bytes outside the edited crop, and exact exit cod
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from PIL import Image
 
 from pedit.cli import cli
 from pedit.faces import get_detector
-from pedit.photos.photo import Box, face_box, face_crop_box, portrait_crop_box
+from pedit.photos.portrait import Box, face_box, face_crop_box, portrait_crop_box
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 FAST = ["--steps", "2", "--mask-noises", "2", "--device", "cpu"]
@@ -209,7 +210,7 @@ def test_face_out_of_range_says_how_many_faces_were_found(model, tmp_path):
 
 
 def test_face_index_named_in_the_error_is_an_accepted_flag(model, tmp_path):
-    # The range error (pedit.photos.photo) names "--face-index"; the CLI must accept that spelling too.
+    # The range error (pedit.photos.portrait) names "--face-index"; the CLI must accept that spelling too.
     src = Path(shutil.copy(EXAMPLE, tmp_path / "astronaut.png"))
     assert_clean_failure(run_edit(model, src, "-d", "royal", "--face-index", "1"), "--face-index 1 is out of range")
     assert_ok(run_edit(model, src, "-d", "royal", "--face-index", "0"))
@@ -470,6 +471,44 @@ def test_overwrite_replaces_the_existing_output(model, tmp_path, small):
     assert files_in(tmp_path) == {"pic.png", "pic_royal.png"}
 
 
+def test_a_failed_sibling_write_removes_the_item_s_outputs_and_a_rerun_works(model, tmp_path, small, monkeypatch):
+    """The edit is written first, then mask and overlay: when the overlay fails, the item is reported
+    failed and nothing of it stays behind, so the same command run again does not say "already exists"."""
+    from pedit.errors import OutputError
+    from pedit.photos import edit_files
+
+    real_save = edit_files.save_image_atomic
+
+    def overlay_fails(image, path, **kwargs):
+        if path.name.endswith("_overlay.png"):
+            raise OutputError(f"Could not write {path}: disk full (simulated)")
+        return real_save(image, path, **kwargs)
+
+    monkeypatch.setattr(edit_files, "save_image_atomic", overlay_fails)
+    assert_clean_failure(run_edit(model, small, "-d", "royal", "--save-mask"), "disk full")
+    assert files_in(tmp_path) == {"pic.png"}
+    monkeypatch.setattr(edit_files, "save_image_atomic", real_save)
+    result = run_edit(model, small, "-d", "royal", "--save-mask")
+    assert_ok(result)
+    assert files_in(tmp_path) == {"pic.png", "pic_royal.png", "pic_royal_mask.png", "pic_royal_overlay.png"}
+
+
+def test_a_crashing_identity_check_is_its_verdict_not_a_failed_edit(model, tmp_path, small, monkeypatch):
+    from pedit.photos import edit_files
+
+    def broken_check(*args):
+        raise RuntimeError("dlib exploded (simulated)")
+
+    monkeypatch.setattr(edit_files, "identity_detector", lambda: object())
+    monkeypatch.setattr(edit_files, "check_identity", broken_check)
+    items = edit_files.edit_files(edit_files.EditFilesConfig(inputs=(str(small),), direction="royal", model=str(model),
+                                                             steps=2, mask_noises=2, device="cpu"))
+    (item,) = items
+    assert item.error is None and item.output == tmp_path / "pic_royal.png" and item.output.exists()
+    assert item.identity.distance is None and "identity check failed" in item.identity.verdict
+    assert "dlib exploded" in item.identity.verdict
+
+
 def test_output_folder_that_is_a_file_fails_and_writes_nothing(model, tmp_path, small):
     (tmp_path / "blocker").write_text("a file, not a folder")
     result = run_edit(model, small, "-d", "royal", "-o", tmp_path / "blocker" / "out.png")
@@ -611,3 +650,34 @@ def test_same_seed_gives_the_same_bytes(model, tmp_path, small):
     a, b, c = ((tmp_path / n).read_bytes() for n in ("a.png", "b.png", "c.png"))
     assert a == b
     assert a != c  # the seed does reach the sampler
+
+
+# --- the model's own mask settings ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_with_mask_settings(model, tmp_path) -> Path:
+    """A copy of the random model whose pedit.json asks for 3 noise draws for the editing mask."""
+    folder = Path(shutil.copytree(model, tmp_path / "model"))
+    meta = json.loads((folder / "pedit.json").read_text())
+    (folder / "pedit.json").write_text(json.dumps({**meta, "mask": {"n_noise": 3}}))
+    return folder
+
+
+@pytest.mark.parametrize("flag,expected", [([], 3), (["--mask-noises", "2"], 2)])
+def test_mask_noises_from_pedit_json_unless_the_flag_is_given(model_with_mask_settings, tmp_path, small, monkeypatch,
+                                                              flag, expected):
+    from pedit.edit.editor import Editor
+
+    seen = []
+    real_edit = Editor.edit
+
+    def spy(self, image, direction, options, **kwargs):
+        seen.append(options.mask.n_noise)
+        return real_edit(self, image, direction, options, **kwargs)
+
+    monkeypatch.setattr(Editor, "edit", spy)
+    args = ["edit", str(small), "-d", "royal", "-m", str(model_with_mask_settings), "--steps", "2", "--device", "cpu",
+            "-o", str(tmp_path / "out.png"), *flag]
+    assert_ok(CliRunner().invoke(cli, args, env=ENV))
+    assert seen == [expected]

@@ -167,13 +167,58 @@ def test_a_style_with_brackets_is_shown_verbatim(tmp_path):
     assert "a [/b] cartoon" in result.stderr
 
 
-def test_overwrite_replaces_the_folder(tmp_path):
+def test_overwrite_replaces_a_previous_pack(tmp_path, toon_pack):
+    import shutil
+
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    shutil.copytree(toon_pack[0], out)
     result = run(TOON, "-o", out, "--steps", "1", "--overwrite", "--expressions", "angry,shocked,crying")
     assert result.exit_code == 0, result.output
-    assert not (out / "old.txt").exists() and (out / "stickers" / "03_crying.png").exists()
+    assert (out / "stickers" / "03_crying.png").exists() and not (out / "stickers" / "04_crying.png").exists()
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["config"]["steps"] == 1
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("extra", ["notes.txt", "stickers/holiday.jpg"])
+def test_overwrite_refuses_a_pack_holding_other_files(tmp_path, toon_pack, extra):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(toon_pack[0], out)
+    (out / extra).write_text("keep me")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert_clean_failure(run(TOON, "-o", out, "--steps", "1", "--overwrite"), "not the previous sticker pack", extra)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    assert (out / extra).read_text() == "keep me" and leftovers(tmp_path) == []
+
+
+def test_overwrite_refuses_a_foreign_folder(tmp_path):
+    """`-o ~/Pictures --overwrite` must never delete the user's folder: it is refused, untouched."""
+    out = tmp_path / "Pictures"
+    (out / "2024").mkdir(parents=True)
+    (out / "2024" / "beach.jpg").write_text("a photo")
+    (out / "manifest.json").write_text('{"not": "a pack"}')  # even a manifest.json not written by pedit
+    assert_clean_failure(run(TOON, "-o", out, "--steps", "1", "--overwrite"), "not a previous sticker pack")
+    assert (out / "2024" / "beach.jpg").read_text() == "a photo"
+    assert sorted(p.name for p in out.iterdir()) == ["2024", "manifest.json"] and leftovers(tmp_path) == []
+
+
+def test_overwrite_refuses_files_put_there_while_the_pack_was_made(tmp_path, toon_pack, monkeypatch):
+    import shutil
+
+    from pedit.stickers import pipeline
+
+    out = tmp_path / "out"
+    shutil.copytree(toon_pack[0], out)
+    real_write = pipeline._write
+
+    def write_after_a_user_file(cfg, out_, *args):
+        (out / "added-meanwhile.txt").write_text("keep me")
+        return real_write(cfg, out_, *args)
+
+    monkeypatch.setattr(pipeline, "_write", write_after_a_user_file)
+    assert_clean_failure(run(TOON, "-o", out, "--steps", "1", "--overwrite"), "added-meanwhile.txt")
+    assert (out / "added-meanwhile.txt").read_text() == "keep me" and (out / "stickers" / "04_crying.png").exists()
     assert leftovers(tmp_path) == []
 
 
@@ -232,3 +277,44 @@ def test_full_path_trains_once_and_honours_pick(tmp_path, random_model, tiny_bas
     assert again["picked"] == 1 and again["picked_by"] == "--pick"
     assert again["prompt"] == "a flat cartoon of sks person"
     assert "cached" in second.stderr
+
+
+# --- the selfie is cropped exactly as `pedit edit` crops it --------------------------------------------
+
+
+class _OneFace:
+    """A detector that finds one face with landmarks, its eyes placed so that the eye-framed crop
+    differs from the box-framed one."""
+
+    def __init__(self):
+        from pedit.faces import Face
+
+        eyes = np.array([[262.0, 200.0], [250.0, 200.0], [190.0, 200.0], [202.0, 200.0], [226.0, 240.0]])
+        self.face = Face(box=(150, 120, 330, 330), score=1.0, landmarks=eyes)
+
+    def detect(self, rgb):
+        return [self.face]
+
+
+def test_selfie_is_cropped_like_pedit_edit(tmp_path, monkeypatch):
+    from pedit import faces
+    from pedit.photos.portrait import edit_photo, face_box, portrait_crop_box
+    from pedit.stickers.pipeline import StickerConfig, _selfie_portrait
+
+    asked = []
+    monkeypatch.setattr(faces, "get_detector", lambda name="default": asked.append(name) or _OneFace())
+    selfie = tmp_path / "selfie.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(selfie)
+    cfg = StickerConfig(selfie=str(selfie), output=str(tmp_path / "out"), detector="hog")
+    photo, box, square, record = _selfie_portrait(cfg)
+
+    edited = edit_photo(photo.rgb, lambda sq: (sq, Image.new("L", sq.size)), 64, _OneFace())
+    assert asked == ["hog"]  # --detector reaches the detector
+    assert record["crop"] == {"x": edited.crop.x, "y": edited.crop.y, "w": edited.crop.w, "h": edited.crop.h}
+    assert edited.crop != portrait_crop_box(photo.rgb.size, face_box(_OneFace().face))  # framed from the eyes
+    assert box == face_box(_OneFace().face) and square.size == (512, 512)
+
+
+def test_detector_option_is_validated(tmp_path):
+    result = run(TOON, "-o", tmp_path / "out", "--detector", "eyes")
+    assert result.exit_code == 2 and "eyes" in result.output

@@ -2,23 +2,12 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from pedit.edit.editor import EditOptions, Editor
+from pedit.edit.editor import EditOptions
 from pedit.errors import DirectionError
 from pedit.edit.mask import MaskConfig
 
 
-@pytest.fixture(scope="module")
-def editor(random_model):
-    return Editor.from_pretrained(random_model, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def portrait():
-    from pedit.toon.world import render
-
-    return Image.fromarray(render(3, size=32))
 
 
 def _count_calls(editor):

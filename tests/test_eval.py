@@ -64,3 +64,20 @@ def test_eval_rejects_an_unknown_method(exact_pairs):
     result = CliRunner().invoke(cli, ["eval", "--pairs", str(exact_pairs), "--methods", "ours,magic"])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: Unknown method(s) magic; available: ours, ours-no-mask")
+
+
+def test_batch_seeds_stay_in_the_generators_range_and_apart():
+    from pedit.evaluate import batch_seed
+
+    assert [batch_seed(7, s) for s in (0, 2, 4)] == [7, 9, 11]  # unchanged below the top: same published numbers
+    top = 2**64 - 1
+    assert [batch_seed(top, s) for s in (0, 1, 2)] == [top, 0, 1]  # wrapped, still one seed per batch
+
+
+def test_eval_with_the_largest_seed_runs_past_its_first_batch(random_model, exact_pairs):
+    from pedit.evaluate import EvalConfig, evaluate
+
+    # seed + 1 for the second batch overflowed manual_seed ("unexpected RuntimeError").
+    report = evaluate(EvalConfig(str(exact_pairs), model=str(random_model), methods=("ours-no-mask",), steps=1,
+                                 seed=2**64 - 1, batch_size=1, limit=2, grid_pairs=0, imperfect_reference=False))
+    assert report["pairs"] == 2 and report["methods"]["ours-no-mask"]["pairs"] == 2

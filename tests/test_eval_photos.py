@@ -130,7 +130,7 @@ def test_edit_batch_summary_shows_identity_unless_skipped(tmp_path):
     # The summary compares the faces found inside the edited square (pedit.photos.identity): the same
     # square here, found as `pedit edit` finds it (largest face, margin 1), then the faces by hand.
     from pedit.faces import get_detector
-    from pedit.photos.photo import face_crop_box
+    from pedit.photos.portrait import face_crop_box
 
     before, after = pixels(photos[0]), pixels(tmp_path / "a" / "astronaut_royal.png")
     face = max(get_detector("default").detect(before), key=lambda f: f.area)
@@ -166,7 +166,7 @@ def test_a_failed_report_write_leaves_no_partial_report(tmp_path, monkeypatch):
 
 def test_detector_flag_places_the_crop(tmp_path):
     from pedit.faces import get_detector
-    from pedit.photos.photo import face_crop_box
+    from pedit.photos.portrait import face_crop_box
 
     rgb = pixels(EXAMPLES / "astronaut.png")
     crops = {}

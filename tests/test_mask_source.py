@@ -1,20 +1,15 @@
 """The editing mask noises E(x_A) (paper §3.4) in every method, also where the c_s condition is dropped
 (no-c_s, the DiffEdit baseline): noising zeros there was a real bug of this project."""
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from pedit.edit.editor import Editor, uint8_to_tensor
+from pedit.edit.editor import uint8_to_tensor
 from pedit.edit.guidance import GuidanceScales
 from pedit.edit.mask import MaskConfig
 from pedit.evaluate import run_method
 
-
-@pytest.fixture(scope="module")
-def editor(random_model):
-    return Editor.from_pretrained(random_model, device="cpu")
 
 
 @pytest.mark.parametrize("method", ["ours", "no-c_s", "no-c_im", "diffedit"])

@@ -3,7 +3,8 @@
 import torch
 
 from pedit.model.loading import base_unet, load_base
-from pedit.model.mcdm import MCDM, EditConditions, ImageProjector, widen_conv_in
+from pedit.model.conditions import EditConditions
+from pedit.model.mcdm import MCDM, ImageProjector, widen_conv_in
 
 
 def test_widened_unet_with_zero_c_s_and_without_c_im_reproduces_the_base(tiny_base):

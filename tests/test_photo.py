@@ -1,4 +1,5 @@
-"""pedit.photos.photo: loading phone photos, finding the face, pasting the edit back, writing atomically.
+"""pedit.photos.photo (loading phone photos, writing atomically) and pedit.photos.portrait (finding the
+face, cropping, pasting the edit back).
 
 The portrait is skimage's astronaut (public domain, 512x512, also saved as examples/astronaut.png);
 every other image is drawn here. No torch, no network: the model is a plain function.
@@ -15,7 +16,7 @@ import pytest
 import skimage.data
 from PIL import Image, ImageCms
 
-from pedit.photos import photo as photo_module
+from pedit.photos import portrait as portrait_module
 from pedit import files as files_module
 from pedit.errors import InputImageError, OutputError
 from pedit.faces import Face, HaarDetector
@@ -23,17 +24,13 @@ from pedit.photos.photo import (
     IMAGE_EXTENSIONS,
     MIN_SIDE,
     BatchItem,
-    Box,
     default_output_path,
-    edit_photo,
-    face_box,
-    face_crop_box,
     find_images,
     load_photo,
-    portrait_crop_box,
     run_batch,
     save_image_atomic,
 )
+from pedit.photos.portrait import Box, edit_photo, face_box, face_crop_box, portrait_crop_box
 
 ASTRONAUT_FACE = Box(177, 66, 95, 95)
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
@@ -503,7 +500,7 @@ def test_eye_framing_matches_the_detector_box_on_the_astronaut(astronaut):
     if not faces.face_model_available():
         pytest.skip("needs the face model")
     face = faces.HogDetector().detect(np.asarray(astronaut))[0]
-    eye_framed = photo_module._eye_framed_box(face)
+    eye_framed = portrait_module._eye_framed_box(face)
     box = face_box(face)
     assert all(abs(a - b) <= 6 for a, b in zip((eye_framed.x, eye_framed.y, eye_framed.w), (box.x, box.y, box.w)))
 
@@ -679,13 +676,3 @@ def test_load_from_bytes_written_by_another_app(tmp_path, astronaut):
     out = save_image_atomic(loaded.rgb, tmp_path / "out.webp", exif=loaded.exif)
     with Image.open(out) as im:
         assert im.getexif()[0x010F] == "PeditPhone"
-
-
-
-def test_haar_face_detector_keeps_giving_boxes(astronaut):
-    # The pre-pedit.faces interface, still used by sticker-pack's selfie crop.
-    from pedit.photos.photo import HaarFaceDetector
-
-    (box,) = HaarFaceDetector().detect(np.asarray(astronaut))
-    (face,) = HaarDetector().detect(np.asarray(astronaut))
-    assert box == face_box(face) == Box(face.box[0], face.box[1], face.width, face.height)

@@ -232,12 +232,18 @@ def _cfg(out, tiny_base, tiny_controlnet, **kw):
     return SDPairsConfig(**args)
 
 
+def _read_photo(path):
+    from pedit.photos.photo import load_photo
+
+    return np.asarray(load_photo(path).rgb)
+
+
 def _run(cfg, made_log=None):
     from pedit.data.sd_pairs import generate_sd_pairs
     from pedit.edit.sampler import make_scheduler, sample
 
     events = []
-    out = generate_sd_pairs(cfg, sample, make_scheduler, lambda d, t, m: events.append((d, t, m)))
+    out = generate_sd_pairs(cfg, sample, make_scheduler, lambda d, t, m: events.append((d, t, m)), read_photo=_read_photo)
     if made_log is not None:
         made_log.extend(events)
     return out
@@ -344,7 +350,7 @@ def test_an_elite_style_encoder_appends_identity_words_to_the_conditioned_rows(t
     from pedit.edit.sampler import make_scheduler, sample
 
     out = generate_sd_pairs(_cfg(tmp_path / "p", tiny_base, tiny_controlnet, n=1, identity_dir=str(identity_dir)),
-                            sample, make_scheduler, identity_encoder=FakeWords)
+                            sample, make_scheduler, identity_encoder=FakeWords, read_photo=_read_photo)
     ctx = contexts[0]  # (4, 77 + 2, 32): rows uncond, p, p_a, p_b
     assert ctx.shape == (4, 79, 32)
     assert torch.count_nonzero(ctx[0, 77:]) == 0 and bool((ctx[1:, 77:] > 1).all())
@@ -520,3 +526,132 @@ def test_min_clip_filters_on_the_recorded_clip_score(tiny_base, tiny_controlnet,
         if (out / "rejected.jsonl").exists() else set()
     expected = {f"{i:06d}" for i, s in enumerate(scores) if s < max(scores)}
     assert rejected == expected and len(_rows(out)) == 2 - len(expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Review findings: refused runs write nothing, prompts reach their rows, inputs are fingerprinted
+
+
+def test_steps_beyond_the_schedule_are_refused_before_anything_is_written(tiny_base, tiny_controlnet, tmp_path):
+    out = tmp_path / "p"
+    args = ("gen-pairs", "--source", "sd", "--base", tiny_base, "--controlnet", tiny_controlnet, "-o", out, "-n", 1,
+            "--resolution", 32, "--device", "cpu", "-q")
+    result = _cli(*args, "--steps", 5000)
+    _assert_error(result, "steps must be between 1 and 1000", out)
+    assert not out.exists() or list(out.iterdir()) == []  # no config.json locking the folder, no images/
+    assert _cli(*args, "--steps", 1).exit_code == 0  # so the corrected rerun is not "other settings"
+    assert len(_rows(out)) == 1
+
+
+def test_a_negative_seed_is_a_clear_error(tiny_base, tmp_path):
+    out = tmp_path / "p"
+    _assert_error(_cli("gen-pairs", "--source", "sd", "--base", tiny_base, "--no-pose", "-o", out, "-n", 1,
+                       "--seed", -1, "-q"), "seed must be in [0, ", out)
+
+
+def _spy_unet(monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    seen = []
+    real_forward = UNet2DConditionModel.forward
+
+    def spy(self, sample, timestep, encoder_hidden_states=None, *args, **kwargs):
+        seen.append(encoder_hidden_states.detach().clone())
+        return real_forward(self, sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    return seen
+
+
+def test_each_prompt_reaches_its_own_row_block(tiny_base, tiny_controlnet, tmp_path, monkeypatch):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    seen = _spy_unet(monkeypatch)
+    out = _run(_cfg(tmp_path / "p", tiny_base, tiny_controlnet, n=2, batch_size=2, steps=1))
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_base / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(tiny_base / "text_encoder")
+
+    def encode(prompts):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        with torch.no_grad():
+            return text_encoder(ids)[0]
+
+    rows = _rows(out)
+    assert rows[0]["p_a"] != rows[0]["p_b"]
+    blocks = seen[0].chunk(4)  # (4B, 77, D) → uncond, p, p_a, p_b; B = 2 pairs each
+    expected = [[""] * 2, [r["p"] for r in rows], [r["p_a"] for r in rows], [r["p_b"] for r in rows]]
+    for block, prompts in zip(blocks, expected):
+        torch.testing.assert_close(block, encode(prompts), rtol=1e-4, atol=1e-5)
+
+
+def test_s_b_changes_only_the_right_half_of_the_first_step(tiny_base, tiny_controlnet, tmp_path):
+    """Eq. 2: s'_b multiplies M'_b only, so at step 1 (one z_T, one U-Net output for both runs)
+    the guided noise of the left half is identical and the right half's differs. Later steps
+    see a latent whose right half moved, and the U-Net's convolutions and attention mix the
+    halves, so x_A may change too (it is not asserted equal); x_B must change."""
+    from pedit.data.sd_pairs import generate_sd_pairs
+    from pedit.edit.sampler import make_scheduler, sample
+
+    def run(s_b, name):
+        first = []
+
+        def recording(denoise, scheduler, z, c, context, guide, steps, **kw):
+            def rec(eps):
+                out = guide(eps)
+                first.append(out) if not first else None
+                return out
+            return sample(denoise, scheduler, z, c, context, rec, steps, **kw)
+
+        out = generate_sd_pairs(_cfg(tmp_path / name, tiny_base, tiny_controlnet, n=1, s_b=s_b),
+                                recording, make_scheduler)
+        return first[0], out
+
+    eps_hi, out_hi = run(0.7, "hi")
+    eps_lo, out_lo = run(0.2, "lo")
+    w = eps_hi.shape[-1] // 2
+    assert torch.equal(eps_hi[..., :w], eps_lo[..., :w])
+    assert not torch.allclose(eps_hi[..., w:], eps_lo[..., w:])
+    b_hi, b_lo = (_image_bytes(o)["000000_x_B.png"] for o in (out_hi, out_lo))
+    assert b_hi != b_lo
+
+
+def test_a_changed_directions_file_is_other_settings(tiny_base, tiny_controlnet, tmp_path):
+    toml = tmp_path / "dirs.toml"
+    toml.write_text('[pirate]\np_a = "a person, everyday clothes"\np_b = "a person, pirate costume"\n')
+    out = tmp_path / "p"
+    _run(_cfg(out, tiny_base, tiny_controlnet, n=1, steps=1, directions=("pirate",), directions_file=str(toml)))
+    assert _rows(out)[0]["p_b"].endswith("pirate costume")
+    toml.write_text('[pirate]\np_a = "a person, everyday clothes"\np_b = "a person, parrot costume"\n')
+    with pytest.raises(ConfigError, match=r"other settings \(input_files differ\)"):
+        _run(_cfg(out, tiny_base, tiny_controlnet, n=1, steps=1, directions=("pirate",), directions_file=str(toml)))
+
+
+def test_a_changed_identity_folder_is_other_settings(tiny_base, tiny_controlnet, tiny_ip_adapter, identity_dir,
+                                                     tmp_path):
+    import shutil
+
+    ids = tmp_path / "ids"
+    shutil.copytree(identity_dir, ids)
+    out = tmp_path / "p"
+    ip = (str(tiny_ip_adapter), "models", "ip-face.safetensors", "image_encoder")
+    _run(_cfg(out, tiny_base, tiny_controlnet, n=1, steps=1, identity_dir=str(ids), ip_adapter=ip))
+    (ids / "astronaut-mirror.png").unlink()
+    with pytest.raises(ConfigError, match=r"input_files differ"):
+        _run(_cfg(out, tiny_base, tiny_controlnet, n=1, steps=1, identity_dir=str(ids), ip_adapter=ip))
+
+
+def test_max_identity_distance_rejects_pairs_without_a_same_person(tiny_base, tiny_controlnet, tmp_path):
+    from pedit import faces
+
+    if not faces.face_model_available():
+        pytest.skip("needs the face model (dlib + face_recognition_models)")
+    out = tmp_path / "p"
+    result = _cli("gen-pairs", "--source", "sd", "--base", tiny_base, "--controlnet", tiny_controlnet, "-o", out,
+                  "-n", 2, "--resolution", 32, "--steps", 1, "--device", "cpu", "--max-identity-distance", 0.6, "-q")
+    assert result.exit_code == 0, result.output
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    # A random tiny model draws no faces: nothing can be shown to be the same person.
+    assert [r["id"] for r in rejected] == ["000000", "000001"]
+    assert all("no face found" in r["why"] and r["scores"]["identity_distance"] is None for r in rejected)
+    assert not (out / "metadata.jsonl").exists() or _rows(out) == []

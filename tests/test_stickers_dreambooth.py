@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pedit.photos.photo import Box
+from pedit.photos.portrait import Box
 from pedit.stickers.augment import AugmentConfig, apply, augment_views
 from pedit.stickers.cartoon import cartoon_prompt, choose, draw_candidates, load_base_pipeline
 from pedit.stickers.dreambooth import LORA_FILE, DreamBoothConfig, cache_key, train_lora

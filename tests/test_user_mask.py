@@ -6,23 +6,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pedit.cli import cli
-from pedit.edit.editor import EditOptions, Editor
+from pedit.edit.editor import EditOptions
 from pedit.edit.user_mask import load_user_mask, user_mask_at
 from pedit.errors import ConfigError, InputImageError
 
 FAST = dict(steps=3)
 
 
-@pytest.fixture(scope="module")
-def editor(random_model):
-    return Editor.from_pretrained(random_model, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def portrait():
-    from pedit.toon.world import render
-
-    return Image.fromarray(render(3, size=32))
 
 
 def _left_half(size=64):

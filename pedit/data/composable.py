@@ -19,12 +19,12 @@ for Eq. 1 and 3; like it, these functions know no backend and no model.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from pedit.errors import ConfigError
+from pedit.validate import check_number
 
 N_TERMS = 4  # rows of the Eq. 2 batch per pair
 
@@ -44,9 +44,7 @@ class PairStrengths:
 
     def __post_init__(self):
         for name in ("s_d", "s_a", "s_b", "cfg"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+            check_number(name, getattr(self, name), 0)
         if self.s_d == self.s_a == self.s_b == 0:
             raise ConfigError("s_d, s_a and s_b are all 0: the prediction would be zero noise.")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pedit.errors import DirectionError, ModelError
+from pedit.files import regular_file_problem
 
 TASKS = ("costume", "expression", "custom")
 
@@ -65,10 +66,14 @@ def load_directions_file(path: str | Path) -> dict[str, Direction]:
         p = "the same person on the left and right"   # optional
     """
     path = Path(path)
+    if (why := regular_file_problem(path)) == "is missing":
+        raise DirectionError(f"Directions file {path} does not exist.")
+    if why is not None:  # a FIFO would block the read forever
+        raise DirectionError(f"Directions file {path} {why}; it must be a TOML file.")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DirectionError(f"Directions file {path} does not exist.") from None
+    except OSError as e:
+        raise DirectionError(f"Directions file {path} cannot be read ({e.strerror or e}).") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DirectionError(f"Directions file {path} is not valid TOML: {e}") from None
     out = {}

@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 
 from pedit.data.directions import BUILTIN
-from pedit.errors import ConfigError
-from pedit.data.pairs import PairWriter
+from pedit.errors import ConfigError, OutputError
+from pedit.files import write_text_atomic
+from pedit.data.pairs import SEED_LIMIT, PairWriter
 
 SOURCES = ("toon",)
 
@@ -45,7 +46,8 @@ class GenPairsConfig:
             raise ConfigError(f"output must be a folder name, got {self.output!r}")
         check_int("n", self.n, 1)
         check_int("resolution", self.resolution, 32, 4096)
-        check_seed("seed", self.seed, 2**63 - 1)  # pair i gets identity seed seed + i, stored in metadata
+        # Pair i records identity seed seed + i, which read_pairs accepts below SEED_LIMIT.
+        check_seed("seed", self.seed, SEED_LIMIT - self.n)
         check_int("max_shift", self.max_shift, 0, self.resolution // 4)
         check_number("max_face_width", self.max_face_width, 0, 0.5)
         check_int("max_color_drift", self.max_color_drift, 0, 64)
@@ -82,14 +84,12 @@ def claim_folder(out: Path, settings: dict, run_only: tuple[str, ...] = ("shard"
                               "differ); use a new -o folder, or the same options to resume.")
     elif write:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = config_file.with_name(f".config.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(settings, indent=2))
-        try:
-            os.link(tmp, config_file)  # exclusive: a shard that raced us keeps its file, then we compare
-        except FileExistsError:
-            tmp.unlink()
+        try:  # exclusive: a shard that raced us keeps its file, then we compare against it
+            write_text_atomic(config_file, json.dumps(settings, indent=2))
+        except OutputError:
+            if not config_file.exists():
+                raise  # not the race: the folder cannot be written
             return claim_folder(out, settings, run_only)
-        tmp.unlink()
 
 
 def generate_pairs(cfg: GenPairsConfig, progress: Callable[[int, int], None] | None = None) -> Path:
@@ -97,8 +97,8 @@ def generate_pairs(cfg: GenPairsConfig, progress: Callable[[int, int], None] | N
     from pedit.toon import world as toon
 
     out = Path(cfg.output)
+    claim_folder(out, json.loads(json.dumps(asdict(cfg))))  # first: a refused run must not touch the folder
     writer = PairWriter(out)
-    claim_folder(out, json.loads(json.dumps(asdict(cfg))))
     mine = [i for i in range(cfg.n) if i % cfg.shard[1] == cfg.shard[0]]
     for done, index in enumerate(mine, start=1):
         pair_id = f"{index:06d}"
@@ -135,3 +135,15 @@ def shard_from_env() -> tuple[int, int]:
     except ValueError:
         return 0, 1
     return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
+
+
+def run_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    """This process's shard: `shard` as given, else the rank's under a launcher. Both at once is
+    refused: every rank would take the one shard given and write the same pairs."""
+    if shard is None:
+        return shard_from_env()
+    if shard_from_env()[1] > 1:
+        raise ConfigError(f"--shard {shard[0]}/{shard[1]} under a launcher with WORLD_SIZE="
+                          f"{os.environ.get('WORLD_SIZE')}: every rank would write the same shard. Leave out "
+                          "--shard (each rank then takes its own), or run one process per --shard.")
+    return shard

@@ -10,19 +10,21 @@ goes the direction's way, and the person stays the same. One score for each, rec
   CLIP model's image and text towers; only when a CLIP model is given.
 - `identity_distance`: dlib's 128-d descriptor distance between the largest face of each half
   (pedit.faces; < 0.6 = same person); None when the face model is missing or a half has no face.
-  Faces are found with the Haar cascade here (milliseconds; HOG costs about a second per 512 px
-  half on a CPU, which would throttle a GPU run), then dlib's landmarks and descriptor.
+  Computed exactly as `pedit eval` and the editor's identity check compute it
+  (`faces.image_identity_distance`' default: HOG, the detector dlib's descriptor is paired with),
+  so a recorded distance and a threshold on it mean the same everywhere. HOG costs about a second
+  per 512 px half on a CPU.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pedit.data.pairs import METADATA
+from pedit.files import write_atomic
 
 CONTACT_SHEET = "contact_sheet.png"
 EDIT_FRACTION = 0.4  # the largest edit (a full costume) covers under 40 % of a portrait
@@ -46,16 +48,19 @@ def layout_score(x_A: np.ndarray, x_B: np.ndarray, edit_fraction: float = EDIT_F
 class ClipDirection:
     """CLIP directional similarity (InstructPix2Pix §3.1.2) with a transformers CLIPModel folder or id."""
 
-    def __init__(self, source: str, device="cpu"):
+    def __init__(self, source: str, device="cpu", allow_pickle: bool = False):
         from transformers import CLIPModel, CLIPProcessor
 
         from pedit.errors import ModelError
 
         try:
-            self.model = CLIPModel.from_pretrained(source).to(device).eval()
+            # Pickle weights (.bin) run code when loaded: only with --allow-pickle.
+            self.model = CLIPModel.from_pretrained(source, use_safetensors=None if allow_pickle else True).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(source)
         except (OSError, ValueError) as e:
-            raise ModelError(f"--clip {source}: not a CLIP model with image and text towers ({type(e).__name__}: {e})") from None
+            hint = "" if allow_pickle else " (weights only as .bin? pass --allow-pickle for trusted files)"
+            raise ModelError(f"--clip {source}: not a CLIP model with image and text towers with safetensors "
+                             f"weights{hint} ({type(e).__name__}: {e})") from None
         self.device = device
 
     def __call__(self, x_A: np.ndarray, x_B: np.ndarray, p_a: str, p_b: str) -> float:
@@ -72,19 +77,20 @@ class ClipDirection:
         return float(torch.nn.functional.cosine_similarity(d_image, d_text, dim=0))
 
 
-_SCORE_DETECTOR = []  # one Haar detector per process: HOG would cost ~1 s a half on the CPU at 512 px
+def identity_available() -> bool:
+    from pedit import faces
+
+    return faces.face_model_available()
 
 
 def identity_distance(x_A: np.ndarray, x_B: np.ndarray) -> float | None:
-    """Descriptor distance of the largest face in each half (pedit.faces), or None: no face model,
-    or a half without a face. Faces are found with Haar (fast); landmarks and descriptors are dlib's."""
+    """Descriptor distance of the largest face in each half, as eval and the editor measure it
+    (pedit.faces' default detector path), or None: no face model, or a half without a face."""
     from pedit import faces
 
     if not faces.face_model_available():
         return None
-    if not _SCORE_DETECTOR:
-        _SCORE_DETECTOR.append(faces.get_detector("haar"))
-    distance = faces.image_identity_distance(x_A, x_B, _SCORE_DETECTOR[0])
+    distance = faces.image_identity_distance(x_A, x_B)
     return None if distance is None else round(distance, 4)
 
 
@@ -133,11 +139,8 @@ def write_contact_sheet(out: Path, count: int) -> Path | None:
     if not rows:
         return None
     sheet = contact_sheet(out, rows, cell=min(192, max(64, _half_width(out, rows[0]))))
-    dest = out / CONTACT_SHEET
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, dest)  # a derived picture, rebuilt by every run: replacing it loses nothing
-    return dest
+    # A derived picture, rebuilt by every run: replacing it loses nothing.
+    return write_atomic(out / CONTACT_SHEET, lambda f: sheet.save(f, format="PNG"), overwrite=True)
 
 
 def _half_width(out: Path, row: dict) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,11 @@ from PIL import Image
 
 from pedit.errors import PairFolderError
 from pedit.files import regular_file_problem, write_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent writers to one folder are not supported there
+    fcntl = None
 
 METADATA = "metadata.jsonl"
 REQUIRED_FIELDS = ("id", "x_A", "x_B", "direction", "p_a", "p_b", "seed")
@@ -105,7 +111,7 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
     if (why := regular_file_problem(meta)) is not None:
         raise PairFolderError(f"{meta} {why}; it must be a regular file.")
     safe_path(root, METADATA, METADATA)  # a link to a file elsewhere is not this folder's metadata
-    pairs, problems = [], []
+    pairs, problems, first_row = [], [], {}
     lines = meta.read_bytes().splitlines()
     for row, raw in enumerate(lines, start=1):
         where = f"row {row}"
@@ -136,6 +142,10 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
         if (why := _row_problem(rec)) is not None:
             problems.append(f"{where}: {why}")
             continue
+        if str(rec["id"]) in first_row:  # two writers made one pair: train would see it twice
+            problems.append(f"{where}: duplicate id, first written in row {first_row[str(rec['id'])]}")
+            continue
+        first_row[str(rec["id"])] = row
         extra = {k: v for k, v in rec.items() if k not in REQUIRED_FIELDS + IMAGE_FIELDS}
         pairs.append(Pair(str(rec["id"]), paths["x_A"], paths["x_B"], rec["direction"], rec["p_a"], rec["p_b"],
                           rec["seed"], row, paths.get("mask"), extra))
@@ -186,12 +196,24 @@ def load_rgb(path: Path, size: int) -> np.ndarray:
         return square_rgb(im, size)
 
 
+@contextmanager
+def locked(path: Path):
+    """`path` opened for reading and appending, under an exclusive lock (fcntl.flock, where the
+    system has it): of the processes appending to one folder's jsonl, one at a time checks and writes."""
+    with open(path, "a+b") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        yield fh
+
+
 class PairWriter:
     """Writes a pair folder atomically and resumably.
 
     Images go to a temp file then are renamed; the metadata row is appended (one write, flushed)
     only after its images exist, so an interrupted run leaves no row without images, and a rerun
-    skips the ids already written. Several processes (`--shard I/N`) may append to one folder.
+    skips the ids already written. Several processes (`--shard I/N`, or two runs on one folder)
+    may append to one folder: each append happens under a lock on metadata.jsonl, after reading
+    the rows the others added since, so an id is written once however many processes make it.
     """
 
     def __init__(self, folder: str | Path):
@@ -199,18 +221,29 @@ class PairWriter:
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self.meta = self.root / METADATA
         self.done: set[str] = set()
+        self._read_to = 0  # metadata.jsonl up to this byte has been read into `done`
         if self.meta.exists():
-            data = self.meta.read_bytes()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):
-                # A row and its newline go out in one write, so an unterminated last line is a write
-                # cut by an interruption: drop it, or the row written again would be glued onto it.
-                os.truncate(self.meta, end)
-            for line in data[:end].decode("utf-8", errors="replace").splitlines():
-                try:
-                    self.done.add(str(json.loads(line)["id"]))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by an interruption: its pair is written again
+            with locked(self.meta) as fh:
+                self._catch_up(fh)
+
+    def _catch_up(self, fh) -> None:
+        """Read the rows appended since the last look (under the lock). A last line without its
+        newline is a write cut by an interruption (a row and its newline go out in one write, under
+        the lock): cut it off, or the next row would be glued onto it."""
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < self._read_to:  # replaced under us (not by a PairWriter): read it afresh
+            self._read_to = 0
+        fh.seek(self._read_to)
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].decode("utf-8", errors="replace").splitlines():
+            try:
+                self.done.add(str(json.loads(line)["id"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by an interruption: its pair is written again
+        self._read_to += end
+        if end < len(data):
+            fh.truncate(self._read_to)
 
     def has(self, pair_id: str) -> bool:
         return pair_id in self.done
@@ -219,16 +252,23 @@ class PairWriter:
         # Replacing is right here: an image without its row is what an interrupted run left behind.
         write_atomic(self.root / rel, lambda f: Image.fromarray(arr).save(f, format="PNG"), overwrite=True)
 
-    def write(self, row: dict, images: dict[str, np.ndarray]) -> None:
-        """`images` maps a field (x_A, x_B, mask) to a uint8 array; paths go to images/<id>_<field>.png."""
+    def write(self, row: dict, images: dict[str, np.ndarray]) -> bool:
+        """`images` maps a field (x_A, x_B, mask) to a uint8 array; paths go to images/<id>_<field>.png.
+        Returns False when another process wrote this id meanwhile (its row stays, ours is dropped)."""
         row = dict(row)
         for f, arr in images.items():
             rel = f"images/{row['id']}_{f}.png"
             self._save_png(arr, rel)
             row[f] = rel
-        line = json.dumps(row) + "\n"
-        with open(self.meta, "a", encoding="utf-8") as fh:
+        line = (json.dumps(row) + "\n").encode("utf-8")
+        with locked(self.meta) as fh:
+            self._catch_up(fh)
+            if str(row["id"]) in self.done:
+                return False
+            fh.seek(0, os.SEEK_END)
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+            self._read_to += len(line)
         self.done.add(str(row["id"]))
+        return True

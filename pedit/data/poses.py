@@ -19,10 +19,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from pedit.errors import PoseError
+from pedit.errors import PeditError, PoseError
+from pedit.files import image_files, regular_file_problem
 
 KEYPOINTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
              "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
@@ -39,6 +41,11 @@ LIMB_ALPHA = 0.6  # limbs are drawn at 60 % of their colour, keypoints at 100 %
 Point = tuple[float, float] | None
 
 
+def _finite_number(v) -> bool:
+    """A finite int or float; JSON's true/false are not coordinates."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class Pose:
     id: str
@@ -50,7 +57,7 @@ class Pose:
         for name, p in zip(KEYPOINTS, self.keypoints):
             if p is None:
                 continue
-            if len(p) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in p):
+            if len(p) != 2 or not all(_finite_number(v) for v in p):
                 raise PoseError(f"pose {self.id!r}: {name} must be [x, y] numbers or null, got {p!r}.")
         if sum(p is not None for p in self.keypoints) < 2:
             raise PoseError(f"pose {self.id!r} has fewer than 2 visible keypoints: nothing to draw.")
@@ -159,7 +166,7 @@ def _pose_from_openpose(flat, where: str, size: tuple[float, float] | None) -> P
     if not isinstance(flat, list) or len(flat) != 3 * N_KEYPOINTS:
         n = len(flat) if isinstance(flat, list) else type(flat).__name__
         raise PoseError(f"{where}: pose_keypoints_2d must be 54 numbers (18 × x, y, confidence), got {n}.")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in flat):
+    if not all(_finite_number(v) for v in flat):
         raise PoseError(f"{where}: pose_keypoints_2d holds a value that is not a finite number.")
     w, h = size or (1.0, 1.0)
     pts = [None if flat[3 * i + 2] <= 0 else (flat[3 * i] / w, flat[3 * i + 1] / h) for i in range(N_KEYPOINTS)]
@@ -180,10 +187,14 @@ def _pose_from_list(item, where: str) -> Pose:
 def load_keypoints_json(path: str | Path) -> list[Pose]:
     """Poses from a keypoints JSON (OpenPose output, or pedit's {"poses": [...]}), validated."""
     path = Path(path)
+    if (why := regular_file_problem(path)) == "is missing":
+        raise PoseError(f"Keypoints file {path} does not exist.")
+    if why is not None:  # a FIFO would block the read forever
+        raise PoseError(f"Keypoints file {path} {why}; it must be a JSON file.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PoseError(f"Keypoints file {path} does not exist.") from None
+    except OSError as e:
+        raise PoseError(f"Keypoints file {path} cannot be read ({e.strerror or e}).") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise PoseError(f"Keypoints file {path} is not valid JSON ({e}).") from None
     poses: list[Pose] = []
@@ -198,7 +209,7 @@ def load_keypoints_json(path: str | Path) -> list[Pose]:
         size = None
         if "canvas_width" in frame or "canvas_height" in frame:
             w, h = frame.get("canvas_width"), frame.get("canvas_height")
-            if not all(isinstance(v, (int, float)) and v > 0 for v in (w, h)):
+            if not all(_finite_number(v) and v > 0 for v in (w, h)):
                 raise PoseError(f"Keypoints file {path}: canvas_width and canvas_height must be positive numbers.")
             size = (float(w), float(h))
         people = frame["people"] if isinstance(frame["people"], list) else [None]
@@ -220,11 +231,14 @@ def load_keypoints_json(path: str | Path) -> list[Pose]:
 ANNOTATOR_FILES = ("body_pose_model.pth",)
 
 
-def detect_photo_poses(folder: str | Path, annotators: str | Path | None) -> list[Pose]:
+def detect_photo_poses(folder: str | Path, annotators: str | Path | None,
+                       read_photo: Callable[[Path], np.ndarray] | None, allow_pickle: bool = False) -> list[Pose]:
     """Poses of the photos in `folder` through controlnet_aux's OpenPose detector (optional path).
 
     Needs the controlnet_aux package and the annotator weights (lllyasviel/Annotators'
-    body_pose_model.pth) in the local folder `annotators`; says which is missing otherwise.
+    body_pose_model.pth) in the local folder `annotators`; says which is missing otherwise. Those
+    weights are a pickle (code runs when it loads): only with `allow_pickle`. `read_photo(path)`
+    decodes a photo to (H, W, 3) uint8 (the CLI passes pedit.photos' loader).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -239,13 +253,18 @@ def detect_photo_poses(folder: str | Path, annotators: str | Path | None) -> lis
         where = annotators or "(no --pose-annotators folder given)"
         raise PoseError(f"controlnet_aux's OpenPose detector needs {', '.join(missing)} in {where}: download "
                         "lllyasviel/Annotators on a machine with internet and pass --pose-annotators DIR.")
-    from PIL import Image
-
+    if not allow_pickle:
+        raise PoseError(f"{', '.join(ANNOTATOR_FILES)} in {annotators} is a pickle file, which can run code when "
+                        "loaded: pass --allow-pickle if you trust it, or use --pose builtin or a keypoints JSON.")
+    if read_photo is None:
+        raise PoseError("Poses from photos need a photo reader (read_photo); the CLI passes pedit.photos' loader.")
     detector = OpenposeDetector.from_pretrained(str(annotators))
     poses = []
-    for photo in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")):
-        with Image.open(photo) as im:
-            rgb = np.array(im.convert("RGB"))
+    for photo in image_files(folder):
+        try:
+            rgb = read_photo(photo)
+        except PeditError:
+            continue  # an unreadable photo is skipped; none usable at all is the error below
         for k, found in enumerate(detector.detect_poses(rgb)):
             pts = tuple(None if kp is None else (float(kp.x), float(kp.y)) for kp in found.body.keypoints)
             try:
@@ -257,10 +276,11 @@ def detect_photo_poses(folder: str | Path, annotators: str | Path | None) -> lis
     return poses
 
 
-def load_poses(source: str, annotators: str | Path | None = None) -> list[Pose]:
+def load_poses(source: str, annotators: str | Path | None = None,
+               read_photo: Callable[[Path], np.ndarray] | None = None, allow_pickle: bool = False) -> list[Pose]:
     """`builtin`, a keypoints .json file, or a folder of photos."""
     if source == "builtin":
         return list(BUILTIN_POSES.values())
     if source.lower().endswith(".json"):
         return load_keypoints_json(source)
-    return detect_photo_poses(source, annotators)
+    return detect_photo_poses(source, annotators, read_photo, allow_pickle)

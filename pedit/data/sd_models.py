@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from pedit.errors import ModelError, PeditError
+from pedit.files import IMAGE_SUFFIXES, image_files
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 class IdentityError(PeditError):
@@ -202,20 +202,22 @@ def face_crop(rgb: np.ndarray, box, size: int = 224, margin: float = 0.4) -> np.
     return np.array(crop.resize((size, size), Image.LANCZOS))
 
 
-def identity_faces(folder: str | Path, progress=None) -> list[tuple[str, np.ndarray]]:
-    """(file name, face crop) of each photo in `folder` with a face (the largest one), sorted by name."""
-    from pedit.photos.photo import load_photo
-
+def identity_faces(folder: str | Path, read_photo, progress=None) -> list[tuple[str, np.ndarray]]:
+    """(file name, face crop) of each photo in `folder` with a face (the largest one), sorted by name.
+    `read_photo(path) -> (H, W, 3) uint8` decodes a photo (the CLI passes pedit.photos' loader,
+    from the wing above this one)."""
     root = Path(folder)
     if not root.is_dir():
         raise IdentityError(f"Identity folder {root} does not exist.")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if read_photo is None:
+        raise IdentityError("Identity photos need a photo reader (read_photo); the CLI passes pedit.photos' loader.")
+    files = image_files(root)
     if not files:
         raise IdentityError(f"Identity folder {root} has no photos ({', '.join(IMAGE_SUFFIXES)}).")
     faces = []
     for i, path in enumerate(files):
         try:
-            rgb = np.asarray(load_photo(path).rgb)
+            rgb = np.asarray(read_photo(path))
         except PeditError:
             continue  # unreadable photos are skipped; none usable at all is the error below
         boxes = _face_boxes(rgb)

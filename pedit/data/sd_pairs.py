@@ -8,16 +8,16 @@ sampler (pedit.edit.sampler.sample), passed in by the caller: the data wing sits
 wing and does not import it.
 
 Folder guarantees as the toon source: a pair's seed, pose, identity and subject depend only on its
-index; a rerun skips ids already written or rejected; `shard=(i, n)` takes indices ≡ i mod n; a
-folder refuses to mix settings. Pairs scoring below `min_score` (layout) or `min_clip` go to
-`rejected.jsonl` with their scores, never to `metadata.jsonl`.
+index (pedit.data.sd_plan); a rerun skips ids already written or rejected; `shard=(i, n)` takes
+indices ≡ i mod n; a folder refuses to mix settings or changed input files. Pairs scoring below
+`min_score` (layout) or `min_clip`, or above `max_identity_distance`, go to `rejected.jsonl`
+with their scores, never to `metadata.jsonl`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,15 +27,15 @@ import torch
 
 from pedit.data import pair_scores
 from pedit.data.composable import N_TERMS, PairStrengths, pair_eps
-from pedit.data.directions import Direction, all_directions, resolve
+from pedit.data.directions import all_directions, resolve
 from pedit.data.gen_pairs import claim_folder
-from pedit.data.pairs import PairWriter
-from pedit.data.poses import Pose, load_poses, pair_pose_image, sample_pose
+from pedit.data.pairs import PairWriter, locked
+from pedit.data.poses import load_poses, pair_pose_image
+from pedit.data.sd_plan import initial_latent, max_seed, noise_seed, plan_pair
 from pedit.errors import ConfigError
+from pedit.files import fingerprint
+from pedit.validate import check_int, check_number, check_seed
 
-# Subject words varied per pair (issue 7): "person" in a direction's prompts becomes one of these.
-SUBJECTS = ("woman", "man", "young woman", "young man", "old woman", "old man", "girl", "boy",
-            "middle-aged woman", "middle-aged man")
 REJECTED = "rejected.jsonl"
 # Settings that may differ between the runs and shards filling one folder.
 RUN_ONLY = ("output", "shard", "device", "batch_size", "contact_sheet", "precision")
@@ -70,6 +70,8 @@ class SDPairsConfig:
     ip_adapter_scale: float = 0.6
     min_score: float | None = None  # layout score below it → rejected
     min_clip: float | None = None  # CLIP directional similarity below it → rejected (needs clip)
+
+    max_identity_distance: float | None = None  # identity distance above it (or no face) → rejected
     clip: str | None = None
     contact_sheet: int = 8  # pairs on the contact sheet
     device: str | None = None
@@ -77,25 +79,34 @@ class SDPairsConfig:
     allow_pickle: bool = False
 
     def __post_init__(self):
-        if self.n < 1:
-            raise ConfigError(f"n must be at least 1, got {self.n}")
-        if self.resolution < 8 or self.resolution % 8:
+        for name in ("output", "base"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        check_int("n", self.n, 1)
+        check_int("resolution", self.resolution, 8, 8192)
+        if self.resolution % 8:
             raise ConfigError(f"resolution must be a multiple of 8 (SD 1.x: of 64), got {self.resolution}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("steps and batch_size must be at least 1")
-        i, k = self.shard
-        if not (k >= 1 and 0 <= i < k):
-            raise ConfigError(f"shard must be I/N with 0 <= I < N, got {i}/{k}")
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("contact_sheet", self.contact_sheet, 0)
+        check_seed("seed", self.seed, max_seed(self.n))
+        if not (isinstance(self.shard, tuple) and len(self.shard) == 2):
+            raise ConfigError(f"shard must be (I, N), got {self.shard!r}")
+        check_int("shard count", self.shard[1], 1)
+        check_int("shard index", self.shard[0], 0, self.shard[1] - 1)
         PairStrengths(self.s_d, self.s_a, self.s_b, self.guidance_scale)  # validates them
-        for name in ("controlnet_scale", "ip_adapter_scale"):
-            if not (0 <= getattr(self, name) < float("inf")):
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_number("controlnet_scale", self.controlnet_scale, 0)
+        check_number("ip_adapter_scale", self.ip_adapter_scale, 0)
         if self.use_pose and not self.controlnet:
             raise ConfigError("poses need an OpenPose ControlNet: pass --controlnet MODEL, or --no-pose")
-        if self.min_score is not None and not 0 <= self.min_score <= 1:
-            raise ConfigError(f"min_score is a layout score in [0, 1], got {self.min_score}")
-        if self.min_clip is not None and self.clip is None:
-            raise ConfigError("min_clip needs a CLIP model (--clip MODEL)")
+        if self.min_score is not None:
+            check_number("min_score (a layout score)", self.min_score, 0, 1)
+        if self.min_clip is not None:
+            check_number("min_clip (a cosine similarity)", self.min_clip, -1, 1)
+            if self.clip is None:
+                raise ConfigError("min_clip needs a CLIP model (--clip MODEL)")
+        if self.max_identity_distance is not None:
+            check_number("max_identity_distance", self.max_identity_distance, 0)
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ConfigError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         available = all_directions(self.directions_file)
@@ -107,46 +118,6 @@ class SDPairsConfig:
     @property
     def strengths(self) -> PairStrengths:
         return PairStrengths(self.s_d, self.s_a, self.s_b, self.guidance_scale)
-
-
-def with_subject(prompt: str, subject: str) -> str:
-    """"a person, santa claus costume" → "a woman, santa claus costume" (prompts without "person" unchanged)."""
-    return re.sub(r"\bperson\b", subject, prompt)
-
-
-@dataclass(frozen=True)
-class PairPlan:
-    """Everything that decides pair `index`, drawn from (seed, index) alone."""
-
-    index: int
-    direction: Direction
-    subject: str
-    pose: Pose | None
-    pose_jitter: dict
-    identity: int | None  # index into the identity list
-
-    @property
-    def prompts(self) -> dict[str, str]:
-        d = self.direction
-        return {"p": with_subject(d.p, self.subject), "p_a": with_subject(d.p_a, self.subject),
-                "p_b": with_subject(d.p_b, self.subject)}
-
-
-def plan_pair(cfg: SDPairsConfig, index: int, directions: list[Direction], poses: list[Pose] | None,
-              n_identities: int) -> PairPlan:
-    rng = np.random.default_rng([cfg.seed, index, 7])
-    direction = directions[index % len(directions)]
-    subject = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
-    pose, jitter = (None, {}) if poses is None else sample_pose(poses, rng, cfg.pose_jitter)
-    # Identities cycle over pairs (diversity, paper §3.2 and Figure 4), offset by the seed.
-    identity = None if not n_identities else (cfg.seed + index) % n_identities
-    return PairPlan(index, direction, subject, pose, jitter, identity)
-
-
-def initial_latent(cfg: SDPairsConfig, index: int, h: int, w: int) -> torch.Tensor:
-    """z_T of pair `index`: (1, 4, h, 2w) unit noise from its own generator (resume-stable)."""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
-    return torch.randn((1, 4, h, 2 * w), generator=g)
 
 
 def _rejected_ids(out: Path) -> set[str]:
@@ -163,8 +134,8 @@ def _rejected_ids(out: Path) -> set[str]:
 
 
 def _append_line(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+    with locked(path) as fh:  # one row, one write, one writer at a time
+        fh.write((json.dumps(row) + "\n").encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -214,7 +185,14 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def _settings(cfg: SDPairsConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg)))
+    """The config, plus what the files it names hold: a pair depends on the identity photos, the
+    directions file and the pose file or photos, so changing them must not go unnoticed."""
+    settings = json.loads(json.dumps(asdict(cfg)))
+    named = {"directions_file": cfg.directions_file,
+             "pose": cfg.pose if cfg.use_pose and cfg.pose != "builtin" else None,
+             "identity_dir": cfg.identity_dir if cfg.use_identity else None}
+    settings["input_files"] = {k: fingerprint(v) for k, v in named.items() if v}
+    return settings
 
 
 def _device(cfg: SDPairsConfig) -> torch.device:
@@ -226,7 +204,8 @@ def _device(cfg: SDPairsConfig) -> torch.device:
 def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Callable,
                       progress: Callable[[int, int, int], None] | None = None,
                       log: Callable[[str], None] | None = None,
-                      identity_encoder: Callable | None = None) -> Path:
+                      identity_encoder: Callable | None = None,
+                      read_photo: Callable[[Path], np.ndarray] | None = None) -> Path:
     """Write (this shard's share of) `cfg.n` SD pairs into `cfg.output`; returns the folder.
 
     `sample` and `make_scheduler` are pedit.edit.sampler's (the one denoising loop, passed in).
@@ -234,6 +213,8 @@ def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Call
     of them `made` generated by this run. Every input is checked before anything is written.
     `identity_encoder(parts) -> IdentityEncoder` replaces the IP-Adapter (the ELITE seam: an
     encoder whose `IdentityTerms.tokens` are appended to the prompt embeddings).
+    `read_photo(path) -> (H, W, 3) uint8` decodes the identity and pose photos; the CLI passes
+    pedit.photos' loader (the photos wing sits above this one, so it is passed in, not imported).
     """
     from pedit.data.sd_models import IPAdapterIdentity, identity_faces, load_sd_parts
 
@@ -243,20 +224,26 @@ def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Call
     claim_folder(out, settings, RUN_ONLY, write=False)  # a mixed folder is refused before the expensive work
     available = all_directions(cfg.directions_file)
     directions = [resolve(name, available) for name in cfg.directions]
-    poses = load_poses(cfg.pose, cfg.pose_annotators) if cfg.use_pose else None
-    faces = identity_faces(cfg.identity_dir) if cfg.use_identity and cfg.identity_dir else []
+    poses = load_poses(cfg.pose, cfg.pose_annotators, read_photo, cfg.allow_pickle) if cfg.use_pose else None
+    faces = identity_faces(cfg.identity_dir, read_photo) if cfg.use_identity and cfg.identity_dir else []
+    if cfg.max_identity_distance is not None and not pair_scores.identity_available():
+        raise ConfigError(f"max_identity_distance needs the face model: {pair_scores.face_model_note()}")
     device = _device(cfg)
     dtype = _dtype(cfg, device)
     parts = load_sd_parts(cfg.base, cfg.controlnet if cfg.use_pose else None,
                           cfg.ip_adapter if faces and identity_encoder is None else None, cfg.ip_adapter_scale,
                           device, dtype, cfg.allow_pickle)
+    timesteps = int(parts.scheduler_config.get("num_train_timesteps", 1000))
+    if cfg.steps > timesteps:
+        raise ConfigError(f"steps must be between 1 and {timesteps} (this base's noise schedule has {timesteps} "
+                          f"timesteps), got {cfg.steps}")
     factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     h = w = cfg.resolution // factor
     unet_factor = 2 ** (len(parts.unet.config.block_out_channels) - 1)
     if w % unet_factor:
         raise ConfigError(f"resolution {cfg.resolution}: the latent side {w} must be a multiple of {unet_factor} "
                           f"for this U-Net (use a multiple of {factor * unet_factor}).")
-    clip = pair_scores.ClipDirection(cfg.clip, device) if cfg.clip else None
+    clip = pair_scores.ClipDirection(cfg.clip, device, cfg.allow_pickle) if cfg.clip else None
     encoder = None if not faces else identity_encoder(parts) if identity_encoder else IPAdapterIdentity(parts.pipe)
     for note in filter(None, [pair_scores.face_model_note(),
                               None if clip else "CLIP directional score skipped: no --clip model given"]):
@@ -352,13 +339,19 @@ def _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder)
         reasons.append(f"layout {scores['layout']} < {cfg.min_score}")
     if cfg.min_clip is not None and scores["clip_direction"] < cfg.min_clip:
         reasons.append(f"clip_direction {scores['clip_direction']} < {cfg.min_clip}")
+    if cfg.max_identity_distance is not None:
+        distance = scores["identity_distance"]
+        if distance is None:
+            reasons.append("identity_distance: no face found in a half")
+        elif distance > cfg.max_identity_distance:
+            reasons.append(f"identity_distance {distance} > {cfg.max_identity_distance}")
     if reasons:
         _append_line(out / REJECTED, {"id": pair_id, "scores": scores, "why": "; ".join(reasons)})
         return
     d = plan.direction
     row = {
         "id": pair_id, "direction": d.name, "task": d.task, **prompts, "subject": plan.subject,
-        "seed": cfg.seed * 1_000_003 + plan.index, "source": "sd", "base": cfg.base,
+        "seed": noise_seed(cfg.seed, plan.index), "source": "sd", "base": cfg.base,
         "controlnet": cfg.controlnet if cfg.use_pose else None,
         "pose": None if plan.pose is None else {"id": plan.pose.id, "source": cfg.pose, "jitter": plan.pose_jitter},
         "identity": None if plan.identity is None else {

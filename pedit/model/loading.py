@@ -16,6 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,8 @@ from pedit.edit.mask_settings import check_mask_settings
 
 # pedit.model.mcdm imports diffusers (seconds): imported where a model is built, so that a cached
 # model (pedit.model.traced) can be checked with the functions here without it.
+if TYPE_CHECKING:
+    from pedit.model.mcdm import MCDM, FrozenParts
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 FROZEN = ("vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")

@@ -1,7 +1,7 @@
 """`pedit edit` on files: photos in, edited photos (and masks, comparisons) out, nothing lost.
 
 Loads the model once, then for each input: decode and validate the photo (pedit.photos.photo), crop the
-portrait around the largest face (or the one asked for), edit it at the model's resolution
+portrait (pedit.photos.portrait) around the largest face (or the one asked for), edit it at the model's resolution
 (pedit.edit.editor), paste it back with a feathered seam, and write every output atomically. One bad
 file fails that file only; the caller gets one `BatchItem` per input. With the face model installed,
 each item also carries the identity distance between the input's face and the output's
@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from PIL import Image
+
 from pedit.errors import ConfigError, OutputError
 from pedit.faces import DETECTORS, get_detector
 from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
-from pedit.photos.photo import (BatchItem, check_output, default_output_path, edit_photo, find_images, load_photo,
-                                run_batch, save_image_atomic)
+from pedit.photos.photo import (BatchItem, check_output, default_output_path, find_images, load_photo, run_batch,
+                                save_image_atomic)
+from pedit.photos.portrait import edit_photo
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class EditFilesConfig:
     s_im: float = 1.0
     s_p: float = 4.0
     use_mask: bool = True
-    mask_noises: int = 10
+    mask_noises: int | None = None  # noise draws of the editing mask; None → the model's pedit.json, else 10
     save_mask: bool = False
     compare: bool = False
     face_index: int | None = None
@@ -70,7 +73,8 @@ class EditFilesConfig:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
-        check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
+        if self.mask_noises is not None:
+            check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
         check_int("mask_batch", self.mask_batch, 0, 1024)
         check_backend("backend", self.backend)
         check_precision("precision", self.precision)
@@ -90,11 +94,24 @@ def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f"{path.stem}_{tag}.png")
 
 
+def _planned_mask(cfg: EditFilesConfig):
+    """The mask settings the edit will use (as edit_files sets them below), read from the model
+    folder before it loads, so an onnx/trt engine is sized for the mask call (pedit.edit.mask.unet_rows)."""
+    from pedit.data.directions import model_directions
+    from pedit.edit.mask_settings import mask_config_for
+    from pedit.model.loading import read_model_folder
+
+    folder, meta = read_model_folder(cfg.model)
+    base = mask_config_for(meta, model_directions(meta, folder).get(cfg.direction))  # unknown: fails later, listing them
+    n_noise = base.n_noise if cfg.mask_noises is None else cfg.mask_noises
+    return dataclasses.replace(base, n_noise=n_noise, batch=cfg.mask_batch)
+
+
 def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None) -> list[BatchItem]:
     """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem)."""
     from pedit.edit.editor import EditOptions, Editor
     from pedit.edit.guidance import GuidanceScales
-    from pedit.edit.mask import MaskConfig, unet_rows
+    from pedit.edit.mask import unet_rows
     from pedit.viz import compare_sheet, overlay_mask
 
     from pedit.edit.user_mask import load_user_mask
@@ -105,16 +122,17 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                                     precision=cfg.precision, engines=cfg.engines,
                                     log=lambda msg: on_event("note", msg), cache=cfg.cache,
-                                    unet_rows=unet_rows(MaskConfig(n_noise=cfg.mask_noises, batch=cfg.mask_batch)
-                                                        if cfg.use_mask else None))
+                                    unet_rows=unet_rows(_planned_mask(cfg) if cfg.use_mask else None))
     if editor.cache_failed:
         on_event("note", editor.cache_status)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
     defaults = editor.default_options(direction)  # the model's mask settings for this direction
+    # They stand unless a flag overrides them (--mask-noises given).
+    n_noise = defaults.mask.n_noise if cfg.mask_noises is None else cfg.mask_noises
     options = EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
-        mask=dataclasses.replace(defaults.mask, n_noise=cfg.mask_noises, batch=cfg.mask_batch), scheduler=cfg.scheduler,
+        mask=dataclasses.replace(defaults.mask, n_noise=n_noise, batch=cfg.mask_batch), scheduler=cfg.scheduler,
         mask_mode=cfg.mask_mode,
     )
     editor.scheduler(options)  # --steps beyond the model's schedule fails once, before the batch
@@ -141,15 +159,17 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
                           region=region)
         if done.face is None:
             on_event("note", f"No face found in {path}; edited the centred square.")
-        save_image_atomic(done.image, target, alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile,
-                          overwrite=cfg.overwrite)
+        # The identity check runs before anything is written, and its own failure is its verdict, not
+        # the item's: an item reported failed must leave no output behind (a rerun would say "already exists").
+        check = _checked_identity(photo.rgb, done, checker) if checker is not None else None
+        writes = [(target, done.image, dict(alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile))]
         if "mask" in extras:
-            save_image_atomic(done.mask, extras["mask"], overwrite=cfg.overwrite)
-            save_image_atomic(overlay_mask(photo.rgb, done.mask), extras["overlay"], overwrite=cfg.overwrite)
+            writes += [(extras["mask"], done.mask, {}), (extras["overlay"], overlay_mask(photo.rgb, done.mask), {})]
         if "compare" in extras:
-            save_image_atomic(compare_sheet(photo.rgb, done.mask, done.image), extras["compare"], overwrite=cfg.overwrite)
-        if checker is not None:
-            checks[path] = check_identity(photo.rgb, done.image, done.crop, checker)
+            writes.append((extras["compare"], compare_sheet(photo.rgb, done.mask, done.image), {}))
+        _write_all(writes, cfg.overwrite)
+        if check is not None:
+            checks[path] = check
         return target
 
     def on_item(item: BatchItem) -> None:
@@ -157,6 +177,27 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         on_event("item", item)
 
     return run_batch(paths, process, on_item=on_item)
+
+
+def _checked_identity(before, done, checker) -> IdentityCheck:
+    """check_identity, with any failure of the check itself as the verdict (the edit is still good)."""
+    try:
+        return check_identity(before, done.image, done.crop, checker)
+    except Exception as e:
+        return IdentityCheck(None, f"identity check failed ({type(e).__name__}: {e})")
+
+
+def _write_all(writes: list[tuple[Path, Image.Image, dict]], overwrite: bool) -> None:
+    """Write one item's files (the edit first, then mask, overlay, comparison): all or none. When one
+    fails, the ones already written for this item are removed before the error goes on."""
+    written: list[Path] = []
+    try:
+        for path, image, options in writes:
+            written.append(save_image_atomic(image, path, overwrite=overwrite, **options))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _plan_outputs(paths: list[Path], direction: str, out: Path | None,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ import numpy as np
 from pedit.errors import ConfigError, OutputError
 from pedit.faces import DETECTORS, SAME_PERSON_THRESHOLD, face_model_available, get_detector
 from pedit.photos.identity import MISSING_NOTE, check_identity, identity_detector
-from pedit.photos.photo import DEFAULT_MAX_PIXELS, edit_photo, find_images, load_photo
+from pedit.photos.photo import DEFAULT_MAX_PIXELS, find_images, load_photo
+from pedit.photos.portrait import edit_photo
 
 REPORT_FILES = ("report.json", "report.md", "grid.png")
 GRID_CELL = 192
@@ -43,33 +43,38 @@ class PhotoEvalConfig:
     s_s: float = 1.5
     s_im: float = 1.0
     s_p: float = 4.0
-    mask_noises: int = 10
+    mask_noises: int | None = None  # None → the model's pedit.json ("mask"), else 10
     margin: float = 1.0
     detector: str = "default"
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str | None = "cpu"
     allow_pickle: bool = False
     overwrite: bool = False
+    backend: str = "torch"  # torch | compile | onnx | trt (pedit.export.backends)
+    precision: str | None = None  # fp32 | fp16 | bf16; None: fp16 on CUDA, fp32 on the CPU
 
     def __post_init__(self):
+        from pedit.edit.guidance import GuidanceScales
+        from pedit.export.backends import BACKENDS
+        from pedit.validate import check_int, check_number, check_seed
+
         if not self.photos:
             raise ConfigError("No photos given; pass --photos PATH (files or folders).")
         if not self.directions or not all(isinstance(d, str) and d for d in self.directions):
             raise ConfigError(f"Directions must be a non-empty list of names; got {self.directions!r}.")
         if self.detector not in (*DETECTORS, "default"):
             raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
-        for name in ("steps", "mask_noises", "max_pixels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer; got {value!r}.")
-        for name in ("s_s", "s_im", "s_p", "margin"):
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name} must be a finite number; got {getattr(self, name)!r}.")
-        if not 0 <= self.margin <= 5:
-            raise ConfigError(f"margin must be in [0, 5]; got {self.margin!r}.")
-        from pedit.validate import check_seed
-
+        check_int("steps", self.steps, 1)
         check_seed("seed", self.seed)
+        GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
+        if self.mask_noises is not None:
+            check_int("mask_noises", self.mask_noises, 1)
+        check_number("margin", self.margin, 0, 5)
+        check_int("max_pixels", self.max_pixels, 1)
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"Unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}.")
+        if self.precision not in (None, "fp32", "fp16", "bf16"):
+            raise ConfigError(f"Unknown precision {self.precision!r}; choose from fp32, fp16, bf16.")
 
 
 def _check_output(cfg: PhotoEvalConfig) -> Path | None:
@@ -95,10 +100,18 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
     paths = find_images(cfg.photos)
     for path in paths:  # every photo is decoded once up front: a broken one fails before any work
         load_photo(path, cfg.max_pixels)
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
+                                    precision=cfg.precision, log=note)
     directions = [editor.direction(d) for d in cfg.directions]  # an unknown direction fails here
-    options = EditOptions(steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p),
-                          mask=dataclasses.replace(editor.default_options().mask, n_noise=cfg.mask_noises))
+    options = EditOptions(steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p))
+    # Each direction edits with the model's mask settings for its task (pedit.edit.mask_settings), as in
+    # `pedit edit`; n_noise is theirs unless mask_noises is given.
+    direction_options = {}
+    for direction in directions:
+        mask = editor.default_options(direction).mask
+        if cfg.mask_noises is not None:
+            mask = dataclasses.replace(mask, n_noise=cfg.mask_noises)
+        direction_options[direction.name] = dataclasses.replace(options, mask=mask)
     detector = get_detector(cfg.detector)
     checker = identity_detector()
     if checker is None:
@@ -113,9 +126,7 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
             start = time.perf_counter()
 
             def edit_fn(square, direction=direction):
-                # the model's mask settings for this direction's task (pedit.edit.mask_settings), as `pedit edit`
-                mask = dataclasses.replace(editor.default_options(direction).mask, n_noise=cfg.mask_noises)
-                result = editor.edit(square, direction, dataclasses.replace(options, mask=mask))
+                result = editor.edit(square, direction, direction_options[direction.name])
                 return result.image, result.mask
 
             edited = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, margin=cfg.margin)

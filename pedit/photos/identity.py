@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pedit.faces import (SAME_PERSON_THRESHOLD, FaceDetector, HogDetector, face_model_available, identity,
-                         identity_distance, largest_face)
+from pedit.faces import (FaceDetector, HogDetector, face_model_available, identity, identity_distance, largest_face,
+                         same_person)
 
 MISSING_NOTE = "Identity check skipped: the face model is not installed (pip install 'pedit[faces]')."
 
@@ -45,4 +45,4 @@ def check_identity(before: Image.Image, after: Image.Image, crop, detector: Face
     if face_after is None:
         return IdentityCheck(None, "no face in the output")
     distance = identity_distance(identity(rgb_before, face_before), identity(rgb_after, face_after))
-    return IdentityCheck(distance, "same person" if distance < SAME_PERSON_THRESHOLD else "different person")
+    return IdentityCheck(distance, "same person" if same_person(distance) else "different person")

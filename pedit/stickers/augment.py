@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pedit.photos.photo import Box
+from pedit.photos.portrait import Box
 
 
 @dataclass(frozen=True)

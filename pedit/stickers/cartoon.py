@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pedit.errors import ConfigError
-from pedit.photos.photo import Box
+from pedit.photos.portrait import Box
 from pedit.stickers.matte import fit_background
 
 DEFAULT_STYLE = ("a cartoon sticker portrait of {subject}, flat colours, bold clean outlines, big expressive eyes, "

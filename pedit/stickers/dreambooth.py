@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pedit.errors import ConfigError
+from pedit.files import write_atomic
+
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name, found by load_lora_weights
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -46,15 +49,19 @@ class DreamBoothConfig:
     seed: int = 0
 
     def __post_init__(self):
+        from pedit.validate import check_int, check_number, check_seed
+
         for name in ("steps", "rank", "batch_size", "class_images", "class_steps", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate}")
-        if not (self.prior_weight >= 0 and np.isfinite(self.prior_weight)):
-            raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
-        if not self.token.strip() or not self.class_noun.strip():
-            raise ValueError("token and class_noun must not be empty")
+            check_int(name, getattr(self, name), 1)
+        check_number("learning_rate", self.learning_rate, 0, lo_open=True)
+        check_number("prior_weight", self.prior_weight, 0)
+        check_seed("seed", self.seed)
+        if not isinstance(self.prior_preservation, bool):
+            raise ConfigError(f"prior_preservation must be True or False, got {self.prior_preservation!r}")
+        for name in ("token", "class_noun"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name} must be a non-empty word, got {value!r}")
 
     @property
     def instance_prompt(self) -> str:
@@ -116,9 +123,7 @@ def _class_images(pipe, cfg: DreamBoothConfig, folder: Path) -> list[Image.Image
         if not path.exists():
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + i)
             image = pipe(cfg.class_prompt, num_inference_steps=cfg.class_steps, generator=g).images[0]
-            tmp = path.with_suffix(".tmp.png")
-            image.save(tmp)
-            os.replace(tmp, path)
+            write_atomic(path, lambda f: image.save(f, format="PNG"), overwrite=True)  # temps of killed runs get cleaned
         with Image.open(path) as im:
             images.append(im.convert("RGB"))
     return images

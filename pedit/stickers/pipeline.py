@@ -55,6 +55,7 @@ class StickerConfig:
     prior_preservation: bool = False
     seed: int = 0
     margin: float = 1.0  # face crop margin, in face widths (as `pedit edit`)
+    detector: str = "default"  # face detector: haar | hog | cnn | default (pedit.faces), as `pedit edit`
     cache_dir: str | None = None  # LoRA cache; None → $PEDIT_CACHE or ~/.cache/pedit
     name: str = "pedit stickers"  # the pack's name in the apps
     max_pixels: int = 100_000_000
@@ -66,18 +67,21 @@ class StickerConfig:
         if not self.expressions or len(set(self.expressions)) != len(self.expressions):
             raise ConfigError(f"expressions must be distinct and non-empty, got {self.expressions!r}.")
         check_sticker_count(len(self.expressions))
+        from pedit.faces import DETECTORS
+        from pedit.validate import check_int, check_number, check_seed
+
+        for name in ("candidates", "steps", "cartoon_steps", "train_steps", "lora_rank", "views"):
+            check_int(name, getattr(self, name), 1)
+        if self.pick is not None:
+            check_int("pick", self.pick, 0)
         if self.pick is not None and not 0 <= self.pick < self.candidates:
             raise ConfigError(f"--pick {self.pick} is out of range: there are {self.candidates} candidates (0 to "
                               f"{self.candidates - 1}).")
-        for name in ("candidates", "steps", "cartoon_steps", "train_steps", "lora_rank", "views"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if not 0 <= self.margin <= 5:
-            raise ConfigError(f"margin must be in [0, 5], got {self.margin}.")
-        from pedit.validate import check_int, check_seed
-
+        check_number("margin", self.margin, 0, 5)
         check_seed("seed", self.seed)  # a seed beyond 64 bits or negative: an Error line, not a torch traceback
         check_int("max_pixels", self.max_pixels, 1)
+        if self.detector not in (*DETECTORS, "default"):
+            raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
         if not self.name.strip():
             raise ConfigError("The pack name must not be empty.")
         if self.style is not None and not self.style.strip():
@@ -132,12 +136,19 @@ def identity_scorer() -> tuple[Callable | None, str | None]:
     return scorer, None
 
 
+# What a pack folder holds at its top (_write); --overwrite replaces a folder only when it holds a
+# previous pack and nothing else, so `-o ~/Pictures --overwrite` can never delete a user's files.
+PACK_TOP = frozenset({"stickers", "whatsapp", "telegram", "preview.png", "manifest.json", "config.json"})
+
+
 def _check_output(out: Path, overwrite: bool) -> None:
-    """Fail before any work when `out` cannot be written (exists, a file, an unwritable parent)."""
+    """Fail before any work when `out` cannot be written (exists, a file, not a previous pack, an unwritable parent)."""
     if out.exists() and not overwrite:
         raise OutputError(f"{out} already exists. Pass --overwrite to replace it, or choose another -o.")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; sticker-pack writes a folder. Choose another -o.")
+    if out.exists():
+        _check_replaceable(out)
     ancestor = out.absolute().parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -147,22 +158,72 @@ def _check_output(out: Path, overwrite: bool) -> None:
         raise OutputError(f"Cannot create {out}: no permission to write in {ancestor}.")
 
 
+def _check_replaceable(out: Path) -> None:
+    """OutputError unless the folder `out` is empty or a previous pack: its manifest.json written by
+    pedit, and every file in it one that manifest lists (or the pack's own config.json, preview.png)."""
+    if out.is_symlink():
+        raise OutputError(f"{out} is a link; --overwrite replaces only a previous sticker pack. Choose another -o.")
+    if not any(out.iterdir()):
+        return
+    listed = _pack_files(out)
+    if listed is None:
+        raise OutputError(f"{out} is not a previous sticker pack (no manifest.json written by pedit); --overwrite "
+                          "replaces only a pack pedit wrote, never other files. Choose another -o.")
+    foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                     if p.is_symlink() or not (p.is_file() or p.is_dir())
+                     or (p.is_file() and p.relative_to(out).as_posix() not in listed)
+                     or (p.is_dir() and p.relative_to(out).parts[0] not in PACK_TOP))
+    if foreign:
+        more = f", and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise OutputError(f"{out} holds files that are not the previous sticker pack's ({', '.join(foreign[:3])}{more}); "
+                          "--overwrite replaces only a pack pedit wrote, never other files. Move them or choose another -o.")
+
+
+def _pack_files(out: Path) -> set[str] | None:
+    """The files a pack folder's manifest.json says pedit wrote (relative, posix); None without a pedit manifest."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or "pedit_version" not in manifest or not isinstance(manifest.get("files"), dict):
+        return None
+    listed = {"manifest.json", "config.json", "preview.png"}
+
+    def collect(value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("file", "contents") and isinstance(item, str):
+                    listed.add(item)
+                else:
+                    collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    collect(manifest["files"])
+    return {name for name in listed if Path(name).parts and Path(name).parts[0] in PACK_TOP}
+
+
 def _selfie_portrait(cfg: StickerConfig):
-    """The selfie decoded and cropped around its largest face: (square RGB at 512, record)."""
-    from pedit.photos.photo import HaarFaceDetector, load_photo, portrait_crop_box
+    """The selfie decoded and cropped as `pedit edit` crops it: the same detector, the largest face,
+    framed from its eyes where it has landmarks. (photo, face Box or None, square RGB at 512, record)"""
+    from pedit.faces import get_detector
+    from pedit.photos.photo import load_photo
+    from pedit.photos.portrait import choose_face, face_box, face_crop_box, find_faces
 
     photo = load_photo(cfg.selfie, cfg.max_pixels)
-    faces = sorted(HaarFaceDetector().detect(np.asarray(photo.rgb)), key=lambda b: b.w * b.h, reverse=True)
-    if not faces and cfg.require_face:
-        raise InputImageError(f"No face found in {cfg.selfie}; the detector sees frontal faces only. "
-                              "(drop --require-face to use the centred square)")
-    face = faces[0] if faces else None
-    crop = portrait_crop_box(photo.rgb.size, face, cfg.margin)
+    try:
+        face = choose_face(find_faces(photo.rgb, get_detector(cfg.detector)), None, cfg.require_face)
+    except InputImageError as e:
+        raise InputImageError(f"{cfg.selfie}: {e}") from None
+    crop = face_crop_box(photo.rgb.size, face, cfg.margin)
     square = photo.rgb.crop((crop.x, crop.y, crop.x + crop.w, crop.y + crop.h))
     square = square.resize((STICKER_SIDE, STICKER_SIDE), Image.Resampling.LANCZOS)
+    box = face_box(face) if face is not None else None
     record = {"file": str(cfg.selfie), "sha256": hashlib.sha256(Path(cfg.selfie).read_bytes()).hexdigest(),
-              "size": list(photo.rgb.size), "face": asdict(face) if face else None, "crop": asdict(crop)}
-    return photo, face, square, record
+              "size": list(photo.rgb.size), "detector": cfg.detector, "face": asdict(box) if box else None,
+              "crop": asdict(crop)}
+    return photo, box, square, record
 
 
 def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
@@ -210,7 +271,7 @@ def _edit_expressions(cfg, editor, directions, portrait: Image.Image, progress: 
     """Each expression through the mask-guided Editor, pasted back into the 512-px portrait."""
     import dataclasses
 
-    from pedit.photos.photo import edit_photo
+    from pedit.photos.portrait import edit_photo
 
     options = dataclasses.replace(editor.default_options(), steps=cfg.steps, seed=cfg.seed)
     total = len(directions) * cfg.steps
@@ -274,6 +335,7 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
         if not overwrite:  # appeared while we worked: never replace it silently
             raise OutputError(f"{out} appeared while the pack was being made; it was left alone. "
                               "Pass --overwrite to replace it, or choose another -o.")
+        _check_replaceable(out)  # again: files may have been put there while the pack was being made
         old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
         os.rename(out, old)
         os.rename(tmp, out)
