@@ -253,7 +253,8 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Stop cleanly after this much training time.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Per process.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers decoding images.")
-@click.option("--gradient-accumulation", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--gradient-accumulation", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Micro-batches per optimizer step; --max-steps and loss.csv count optimizer steps.")
 @click.option("--learning-rate", "--lr", type=float, default=1e-4, show_default=True)
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
