@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from pedit.errors import PairFolderError
-from pedit.train import TrainConfig, batch_indices, sample_dropout, step_seed, train
+from pedit.train import TrainConfig, train
+from pedit.train_batches import batch_indices, sample_dropout, step_seed
 
 
 def test_dropout_subsets_have_the_paper_frequencies():
