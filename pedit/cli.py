@@ -74,6 +74,8 @@ def cli():
     pedit train --data pairs/ -o my-model      train an MCDM on a pair folder
     pedit gen-pairs --source toon -o pairs/    make a pair folder
     pedit eval --pairs eval-pairs/             measure a model against ground truth
+    pedit sticker-pack selfie.jpg -o out/      four expression stickers, app-ready folders
+    pedit export -o engines/                   ONNX (and --trt TensorRT) engines; pedit bench times them
     """
 
 
