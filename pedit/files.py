@@ -151,6 +151,20 @@ def regular_file_problem(path: Path) -> str | None:
     return None
 
 
+def read_user_text(path: Path, what: str, kind: str, error: type[Exception]) -> str:
+    """The UTF-8 text of a small file the user named (`what`, e.g. "Directions file"; `kind`, what
+    it must be, e.g. "TOML"): missing, unreadable or not a regular file (a FIFO would block the read
+    forever) → `error` with one line. A UnicodeDecodeError is the caller's: it is a parse error there."""
+    if (why := regular_file_problem(path)) == "is missing":
+        raise error(f"{what} {path} does not exist.")
+    if why is not None:
+        raise error(f"{what} {path} {why}; it must be a {kind} file.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror or e}).") from None
+
+
 def image_files(folder: Path) -> list[Path]:
     """The image files directly in `folder` (IMAGE_SUFFIXES), sorted by name: regular files only
     (a FIFO named like a photo would block its reader), no dot files (macOS "._IMG.JPG" forks)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pedit.errors import DirectionError, ModelError
-from pedit.files import regular_file_problem
+from pedit.files import read_user_text
 
 TASKS = ("costume", "expression", "custom")
 
@@ -66,14 +66,8 @@ def load_directions_file(path: str | Path) -> dict[str, Direction]:
         p = "the same person on the left and right"   # optional
     """
     path = Path(path)
-    if (why := regular_file_problem(path)) == "is missing":
-        raise DirectionError(f"Directions file {path} does not exist.")
-    if why is not None:  # a FIFO would block the read forever
-        raise DirectionError(f"Directions file {path} {why}; it must be a TOML file.")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DirectionError(f"Directions file {path} cannot be read ({e.strerror or e}).") from None
+        data = tomllib.loads(read_user_text(path, "Directions file", "TOML", DirectionError))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DirectionError(f"Directions file {path} is not valid TOML: {e}") from None
     out = {}

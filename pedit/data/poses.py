@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from pedit.errors import PeditError, PoseError
-from pedit.files import image_files, regular_file_problem
+from pedit.files import image_files, read_user_text
 
 KEYPOINTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
              "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
@@ -187,14 +187,8 @@ def _pose_from_list(item, where: str) -> Pose:
 def load_keypoints_json(path: str | Path) -> list[Pose]:
     """Poses from a keypoints JSON (OpenPose output, or pedit's {"poses": [...]}), validated."""
     path = Path(path)
-    if (why := regular_file_problem(path)) == "is missing":
-        raise PoseError(f"Keypoints file {path} does not exist.")
-    if why is not None:  # a FIFO would block the read forever
-        raise PoseError(f"Keypoints file {path} {why}; it must be a JSON file.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise PoseError(f"Keypoints file {path} cannot be read ({e.strerror or e}).") from None
+        data = json.loads(read_user_text(path, "Keypoints file", "JSON", PoseError))
     except (ValueError, UnicodeDecodeError) as e:
         raise PoseError(f"Keypoints file {path} is not valid JSON ({e}).") from None
     poses: list[Pose] = []
