@@ -1,4 +1,5 @@
-"""Where pedit keeps its caches: one root, one documented variable (docs/deployment.md, "Caches").
+"""Where pedit keeps its caches: one root, one documented variable (docs/deployment.md, "Caches"),
+and the content hashes that key cache entries.
 
     $PEDIT_CACHE, else $XDG_CACHE_HOME/pedit, else ~/.cache/pedit
         traced/<key>/       TorchScript copies of model folders (pedit.model.traced)
@@ -12,6 +13,7 @@ Every entry is rebuilt when missing, so deleting any folder (or the root) only c
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,3 +29,43 @@ def cache_root(sub: str = "") -> Path:
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "pedit"
     return base / sub if sub else base
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stat_key(st) -> list:
+    """What says a file is unchanged since it was hashed: size, mtime, inode and ctime.
+
+    Size and mtime alone are not enough: `cp -p` and `rsync -a` write new bytes of the same size
+    under the old mtime. ctime cannot be set from user space, and every write or utime moves it; a
+    replaced file has a new inode. A file whose key differs is hashed again (its bytes decide)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -> str:
+    """sha256 over the relative names and bytes of every file under root/part, in sorted order.
+
+    `known` (relative path → [*stat_key, sha256], kept in the manifest) spares re-reading
+    gigabytes of unchanged weights in every process; it is updated in place.
+    """
+    known = {} if known is None else known
+    h = hashlib.sha256()
+    for part in parts:
+        base = root / part
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        for p in files:
+            if not p.exists():
+                continue
+            rel, st = str(p.relative_to(root)), p.stat()
+            seen, key = known.get(rel), stat_key(st)
+            if not (isinstance(seen, list) and len(seen) == len(key) + 1 and seen[:-1] == key
+                    and isinstance(seen[-1], str)):
+                known[rel] = seen = [*key, file_sha256(p)]
+            h.update(rel.encode() + b"\0" + seen[-1].encode())
+    return h.hexdigest()

@@ -187,7 +187,7 @@ def test_a_same_size_rewrite_with_the_old_mtime_is_hashed_again(tmp_path):
     import os
     import time
 
-    from pedit.export.pipeline import folder_hash
+    from pedit.cache import folder_hash
 
     (tmp_path / "unet").mkdir()
     weights = tmp_path / "unet" / "w.safetensors"

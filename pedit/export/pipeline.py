@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pedit.cache import file_sha256, folder_hash, stat_key
 from pedit.errors import ConfigError, OutputError
 
 MANIFEST = "manifest.json"
@@ -55,46 +56,6 @@ class ExportConfig:
             raise ConfigError(f"Unknown network(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(NETWORKS)}.")
         check_int("n_noise", self.n_noise, 1, 1024)
         check_number("tolerance", self.tolerance, 0, 1, lo_open=True, hi_open=True)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def stat_key(st) -> list:
-    """What says a file is unchanged since it was hashed: size, mtime, inode and ctime.
-
-    Size and mtime alone are not enough: `cp -p` and `rsync -a` write new bytes of the same size
-    under the old mtime. ctime cannot be set from user space, and every write or utime moves it; a
-    replaced file has a new inode. A file whose key differs is hashed again (its bytes decide)."""
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-
-
-def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -> str:
-    """sha256 over the relative names and bytes of every file under root/part, in sorted order.
-
-    `known` (relative path → [*stat_key, sha256], kept in the manifest) spares re-reading
-    gigabytes of unchanged weights in every process; it is updated in place.
-    """
-    known = {} if known is None else known
-    h = hashlib.sha256()
-    for part in parts:
-        base = root / part
-        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
-        for p in files:
-            if not p.exists():
-                continue
-            rel, st = str(p.relative_to(root)), p.stat()
-            seen, key = known.get(rel), stat_key(st)
-            if not (isinstance(seen, list) and len(seen) == len(key) + 1 and seen[:-1] == key
-                    and isinstance(seen[-1], str)):
-                known[rel] = seen = [*key, file_sha256(p)]
-            h.update(rel.encode() + b"\0" + seen[-1].encode())
-    return h.hexdigest()
 
 
 def tool_versions() -> dict:
