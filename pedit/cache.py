@@ -3,6 +3,7 @@ and the content hashes that key cache entries.
 
     $PEDIT_CACHE, else $XDG_CACHE_HOME/pedit, else ~/.cache/pedit
         traced/<key>/       TorchScript copies of model folders (pedit.model.traced)
+        traced/hashes/      each model file's sha256 with its stat, so keys need not re-read weights
         engines/<key>/      ONNX graphs / TensorRT engines exported on first use (pedit.export.backends)
         compile/            torch.compile's Inductor kernels (pedit.export.backends)
         dreambooth/<key>/   sticker-pack LoRAs (pedit.stickers)

@@ -28,7 +28,7 @@ from pedit.data.directions import Direction
 from pedit.edit import editor as editor_module
 from pedit.edit.editor import Editor
 from pedit.edit.schedules import LightDDIM, LightDDPMNoise, ddim_scheduler, noise_scheduler
-from pedit.errors import UnsafeModelError
+from pedit.errors import OutputError, UnsafeModelError
 from pedit.model import traced
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +169,29 @@ def test_key_follows_content_not_location(random_model, tmp_path):
     meta["directions"][0]["p_b"] += " (changed)"  # a prompt the cache holds
     (copy / "pedit.json").write_text(json.dumps(meta))
     assert traced.model_key(copy) != key
+
+
+def test_key_reads_only_changed_files_again(random_model, tmp_path, cache_root, monkeypatch):
+    import pedit.cache
+
+    copy = Path(shutil.copytree(random_model, tmp_path / "copy"))
+    read = []
+    real = pedit.cache.file_sha256
+    monkeypatch.setattr(pedit.cache, "file_sha256", lambda p: read.append(p.name) or real(p))
+    key = traced.model_key(copy)
+    n_files = len(read)
+    assert n_files > 5 and (traced.cache_dir() / "hashes").is_dir()
+    read.clear()
+    assert traced.model_key(copy) == key and read == []  # a new process: nothing read again
+    (copy / "pedit.json").write_text((copy / "pedit.json").read_text() + " ")
+    assert traced.model_key(copy) != key and read == ["pedit.json"]
+
+    def unwritable(*args, **kwargs):
+        raise OutputError("Cannot write into folder: permission denied.")
+
+    monkeypatch.setattr(traced, "write_text_atomic", unwritable)  # a read-only cache costs time, not the key
+    (copy / "pedit.json").write_text((copy / "pedit.json").read_text().rstrip(" "))
+    assert traced.model_key(copy) == key
 
 
 def test_pickle_weights_are_refused_with_a_cache_too(random_model, tmp_path, cache_root):

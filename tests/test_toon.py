@@ -92,6 +92,18 @@ def test_render_accepts_a_seed_or_an_identity():
     assert toon.face_box(4) == toon.face_box(toon.sample_identity(4))
 
 
+def test_demo_input_is_a_held_out_toon_identity():
+    """examples/toon.png is what the README's demo picture compares against the world's own edit
+    (scripts/demo_figure.py): it must stay toon identity 1,000,007 (held out: training used 0-23,999)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    demo = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "examples" / "toon.png").convert("RGB"))
+    assert np.array_equal(demo, toon.render(1000007))
+    assert not np.array_equal(demo, toon.render(1000008))
+
+
 def test_identity_fields_are_valid():
     for seed in range(50):
         idn = toon.sample_identity(seed)

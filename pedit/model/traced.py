@@ -17,8 +17,8 @@ The traces record the very modules and methods the eager path calls, so they run
 a cache is written only when every trace reproduces its eager module bit for bit on test inputs,
 and tests/test_coldstart.py pins that an edit gives the same bytes either way.
 
-The key hashes the content of every file the model loads from (pedit.json and the component folders),
-the torch, diffusers, transformers and pedit versions and this format's version: a changed weight, prompt or library gives
+The key hashes the content of every file the model loads from (pedit.json and the component folders;
+each file's hash is reused while its stat is unchanged, see `model_key`), the torch, diffusers, transformers and pedit versions and this format's version: a changed weight, prompt or library gives
 a new key, never a stale cache. Safety checks that do not depend on content (pickle-only weights
 need allow_pickle) run on every load, as for the eager path. A prompt outside the cache (a custom
 `Direction` in the Python API) is encoded by the real text encoder, loaded on first use.
@@ -39,8 +39,9 @@ import torch
 from torch import nn
 
 from pedit import __version__
-from pedit.cache import cache_root
-from pedit.errors import PeditError
+from pedit.cache import cache_root, folder_hash
+from pedit.errors import OutputError, PeditError
+from pedit.files import write_text_atomic
 
 CACHE_FORMAT = 1
 COMPONENTS = ("unet", "image_projector", "vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
@@ -72,15 +73,32 @@ def _versions() -> str:
 
 
 def model_key(path: Path) -> str:
-    """Hash of everything the model loads from, plus the versions that shape a trace."""
-    h = hashlib.sha256(f"pedit-traced {CACHE_FORMAT} {_versions()}\n".encode())
-    files = [path / "pedit.json"] + sorted(f for c in COMPONENTS for f in (path / c).rglob("*") if f.is_file())
-    for f in files:
-        h.update(f"{f.relative_to(path).as_posix()}\n{f.stat().st_size}\n".encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:32]
+    """Hash of everything the model loads from, plus the versions that shape a trace.
+
+    Each file's sha256 is remembered in `cache_dir()/hashes/` with its stat (pedit.cache.stat_key:
+    size, mtime, inode, ctime), so a new process reads only the files that changed since, not every
+    weight again (gigabytes for a Stable Diffusion-size folder). Any write to a file moves its ctime.
+    """
+    path = Path(path)
+    known_file = cache_dir() / "hashes" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+    known = _read_known(known_file)
+    before = json.dumps(known, sort_keys=True)
+    content = folder_hash(path, ("pedit.json", *COMPONENTS), known)
+    if json.dumps(known, sort_keys=True) != before:
+        try:  # the record only saves time: a cache that cannot be written costs a re-read next time
+            known_file.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(known_file, json.dumps(known), overwrite=True)
+        except (OSError, OutputError):
+            pass
+    return hashlib.sha256(f"pedit-traced {CACHE_FORMAT} {_versions()}\n{content}".encode()).hexdigest()[:32]
+
+
+def _read_known(path: Path) -> dict:
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 @contextmanager
