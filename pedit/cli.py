@@ -360,8 +360,6 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
     # 2-core machine busy with other work; sleeping waits did not (docs/deployment.md, "CPU cold start").
     # Takes effect because torch is not loaded yet; a value the user set wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from rich.markup import escape
-
     from pedit.faces import face_model_available
     from pedit.photos.edit_files import EditFilesConfig, edit_files
 
@@ -376,48 +374,62 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
     check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = _console(quiet)
     with contextlib.ExitStack() as stack:
-        live = {}  # the step bar, opened at the first step: an early error prints nothing but itself
-
-        def on_event(kind, payload):
-            if kind == "model":
-                if payload.is_bundled:
-                    # Said even with --quiet: on a real photo it edits like the cartoon model it is.
-                    click.echo("Using the bundled toon model (a cartoon-world demo); pass -m MODEL_FOLDER to use your own.",
-                               err=True)
-            elif kind == "steps":
-                if not live:
-                    live["bar"] = stack.enter_context(_progress(console, transient=True))
-                    live["task"] = live["bar"].add_task("edit", total=payload[1], info="")
-                live["bar"].update(live["task"], completed=payload[0], total=payload[1])
-            elif kind == "note":
-                console.print(escape(payload))
-            elif kind == "item":
-                # File names and messages are shown verbatim: escaped, or rich reads "[draft]" as markup.
-                if payload.error:
-                    console.print(f"[red]failed[/red] {escape(str(payload.input))}: {escape(payload.error)}")
-                    if payload.traceback and os.environ.get("PEDIT_DEBUG"):
-                        click.echo(payload.traceback, err=True)
-                else:
-                    identity = f", identity {_identity_cell(payload)}" if check_identity else ""
-                    console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} "
-                                  f"({payload.seconds:.1f} s{identity})")
-                    click.echo(str(payload.output))
-
-        items = edit_files(cfg, on_event)
+        items = edit_files(cfg, _edit_events(console, stack, check_identity))
     failed = [i for i in items if i.error]
     if len(items) > 1:
-        from rich.table import Table
-
-        table = Table("input", "result", "seconds", *(["identity distance"] if check_identity else []))
-        for i in items:
-            table.add_row(escape(str(i.input)), f"[red]{escape(i.error)}[/red]" if i.error else escape(str(i.output)),
-                          f"{i.seconds:.1f}", *([_identity_cell(i)] if check_identity else []))
-        console.print(table)
-        console.print(f"{len(items) - len(failed)} edited, {len(failed)} failed")
+        _edit_summary(console, items, check_identity)
     if failed:
         if len(items) == 1:
             raise PeditError(failed[0].error)
         raise PeditError(f"{len(failed)} of {len(items)} inputs failed (see above).")
+
+
+def _edit_events(console, stack: contextlib.ExitStack, check_identity: bool):
+    """What `pedit edit` shows of edit_files' events: the bundled-model note, a step bar, one line per input."""
+    from rich.markup import escape
+
+    live = {}  # the step bar, opened at the first step: an early error prints nothing but itself
+
+    def on_event(kind, payload):
+        if kind == "model":
+            if payload.is_bundled:
+                # Said even with --quiet: on a real photo it edits like the cartoon model it is.
+                click.echo("Using the bundled toon model (a cartoon-world demo); pass -m MODEL_FOLDER to use your own.",
+                           err=True)
+        elif kind == "steps":
+            if not live:
+                live["bar"] = stack.enter_context(_progress(console, transient=True))
+                live["task"] = live["bar"].add_task("edit", total=payload[1], info="")
+            live["bar"].update(live["task"], completed=payload[0], total=payload[1])
+        elif kind == "note":
+            console.print(escape(payload))
+        elif kind == "item":
+            # File names and messages are shown verbatim: escaped, or rich reads "[draft]" as markup.
+            if payload.error:
+                console.print(f"[red]failed[/red] {escape(str(payload.input))}: {escape(payload.error)}")
+                if payload.traceback and os.environ.get("PEDIT_DEBUG"):
+                    click.echo(payload.traceback, err=True)
+            else:
+                identity = f", identity {_identity_cell(payload)}" if check_identity else ""
+                console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} "
+                              f"({payload.seconds:.1f} s{identity})")
+                click.echo(str(payload.output))
+
+    return on_event
+
+
+def _edit_summary(console, items, check_identity: bool) -> None:
+    """The table after a batch: each input's result, seconds (and identity), then the counts."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("input", "result", "seconds", *(["identity distance"] if check_identity else []))
+    for i in items:
+        table.add_row(escape(str(i.input)), f"[red]{escape(i.error)}[/red]" if i.error else escape(str(i.output)),
+                      f"{i.seconds:.1f}", *([_identity_cell(i)] if check_identity else []))
+    console.print(table)
+    failed = sum(1 for i in items if i.error)
+    console.print(f"{len(items) - failed} edited, {failed} failed")
 
 
 def _identity_cell(item) -> str:
