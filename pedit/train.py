@@ -228,6 +228,9 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     meta = {"base": str(base), "init": cfg.init, "resolution": size, "latent_factor": parts.latent_factor,
             "directions": [directions[k] for k in sorted(directions)], "steps_trained": done,
             "prediction_type": prediction_type, "training": asdict(cfg)}
+    if accelerator.device.type == "cuda":  # what a user sizing a card needs (docs/toon-model.md, "SD size")
+        meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2)
+        say(f"peak GPU memory {meta['peak_gpu_memory_gib']} GiB (torch's allocator, this process)")
     _finish(accelerator, mcdm, ema, parts, weight_dtype, cfg, out, meta)
     return out
 

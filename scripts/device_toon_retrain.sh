@@ -7,7 +7,8 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggingface_hub safetensors tokenizers \
 #     scikit-image click rich ...   (what KINDS.md's package list lacks)
-# and run with carry [".whl"]:   MINUTES=6 bash scripts/device_toon_retrain.sh
+# and run with carry [".whl"]:   MINUTES=6 bash scripts/device_toon_retrain.sh   (SD_TRAIN=1: then the SD-size
+# training table, scripts/bench_train_sd15.py, about 4 more minutes)
 #
 # What it does, by measurement (docs/toon-model.md): on the 16x16 latent grid the best IoU any mask
 # can reach on expression edits is 0.41-0.50, so the IoU target (>= 0.6 overall, each expression
@@ -93,5 +94,14 @@ $PY -m pedit.toon.recipe bundle --model "$RUN/model" --base "$base" --dest "$RUN
 cp "$RUN/model/loss.csv" "$OUT/loss.csv"; cp "$RUN/mask-tune/tuning.json" "$OUT/tuning.json"
 cp "$RUN/eval/report.json" "$OUT/eval-report.json"
 tar czf "$OUT/assets.tgz" -C "$RUN" assets
-log "done"
+log "toon model done"
+
+# 6. (SD_TRAIN=1) What training costs at Stable Diffusion 1.5 size: steps/s and peak memory at batch
+#    8 and 16, gradient checkpointing off and on, bf16 (docs/toon-model.md, "SD size"); ~4 min.
+if [ -n "${SD_TRAIN:-}" ]; then
+  sd_args=""; [ -n "${TINY:-}" ] && sd_args="--spec tiny --precision no --steps 4"
+  timeout "${SD_TRAIN_SECONDS:-300}" $PY scripts/bench_train_sd15.py -o "$OUT/train_sd15.json" --timeout 150 $sd_args \
+      2>&1 | grep -v "Loading weights\|Writing model" | tee -a "$OUT/log.txt"
+  log "SD-size training bench done"
+fi
 ls -la "$OUT"

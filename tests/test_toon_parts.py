@@ -117,6 +117,21 @@ def test_spec_checks_its_sizes():
         BaseSpec(**{**TINY.__dict__, "attention_head_dim": 5})
 
 
+def test_sd15_spec_has_stable_diffusion_15_sizes():
+    """The base scripts/bench_train_sd15.py trains: SD 1.5's U-Net exactly (859,520,964 parameters, as
+    in runwayml/stable-diffusion-v1-5's unet), built here on the meta device (no memory)."""
+    from diffusers import UNet2DConditionModel
+
+    from pedit.toon.parts import SD15, unet_config
+
+    assert (SD15.resolution, SD15.latent_size) == (512, 64)
+    config = unet_config(SD15)
+    assert config["attention_head_dim"] == 8 and config["cross_attention_dim"] == 768
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+
+
 def _rectangles(batch, generator, size=32):
     """Flat background plus three flat rectangles of random colours: (B, 3, size, size) in [-1, 1]."""
     x = (torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1).expand(batch, 3, size, size)

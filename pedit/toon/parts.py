@@ -155,12 +155,13 @@ class BaseSpec:
     attention_head_dim: int
     norm_groups: int  # GroupNorm groups in the VAE and the U-Net
     vae_layers_per_block: int = 1  # encoder resnets per level (the decoder has one more)
+    unet_heads: int | None = None  # heads at every U-Net level instead (SD 1.5: 8, head width 40-160)
 
     def __post_init__(self):
         widths = (*self.vae_channels, *self.unet_channels)
         if any(c % self.norm_groups for c in widths):
             raise ValueError(f"norm_groups={self.norm_groups} must divide every VAE and U-Net width {widths}.")
-        heads = (*self.unet_channels, self.text_width, self.vision_width)
+        heads = (*([] if self.unet_heads else self.unet_channels), self.text_width, self.vision_width)
         if any(c % self.attention_head_dim for c in heads):
             raise ValueError(f"attention_head_dim={self.attention_head_dim} must divide the widths {heads}.")
         if self.resolution % self.latent_factor or self.vision_image_size % self.vision_patch:
@@ -215,6 +216,29 @@ TOON = BaseSpec(
 TOON32 = dataclasses.replace(TOON, vae_channels=(16, 32, 64))
 
 
+# Stable Diffusion 1.5's sizes with random weights, for measuring what training costs at that size
+# (scripts/device_train_sd15.sh): the U-Net of 860M parameters, SD's VAE, CLIP ViT-L/14 widths for
+# text (768 x 12) and vision (1024 x 24, 224 px, 257 tokens). The vocabulary stays the toon one (382
+# rows instead of 49,408: 37M fewer text-embedding weights, which cost nothing per step). The same
+# networks as `pedit bench --arch sd15` (pedit.export.sd15), written as a base folder `pedit train` reads.
+SD15 = BaseSpec(
+    resolution=512,
+    vae_channels=(128, 256, 512, 512),
+    vae_layers_per_block=2,
+    unet_channels=(320, 640, 1280, 1280),
+    unet_layers_per_block=2,
+    unet_heads=8,
+    text_width=768,
+    text_layers=12,
+    vision_width=1024,
+    vision_layers=24,
+    vision_image_size=224,
+    vision_patch=14,
+    attention_head_dim=64,
+    norm_groups=32,
+)
+
+
 def _model_index() -> dict:
     import diffusers
 
@@ -249,6 +273,25 @@ def _save_quietly(model, folder: Path) -> None:
     finally:
         if was_enabled:
             logging.enable_progress_bar()
+
+
+def unet_config(spec: BaseSpec) -> dict:
+    """The base U-Net's diffusers config: SD's layout, cross-attention at every level but the deepest
+    (down), mirrored (up)."""
+    n = len(spec.unet_channels)
+    return dict(
+        sample_size=spec.latent_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        block_out_channels=spec.unet_channels,
+        layers_per_block=spec.unet_layers_per_block,
+        cross_attention_dim=spec.text_width,
+        # diffusers' name for the number of heads (see BaseSpec)
+        attention_head_dim=spec.unet_heads or tuple(c // spec.attention_head_dim for c in spec.unet_channels),
+        norm_num_groups=spec.norm_groups,
+    )
 
 
 def build_base(folder: Path, spec: BaseSpec = TINY, seed: int = 0) -> Path:
@@ -305,21 +348,8 @@ def build_base(folder: Path, spec: BaseSpec = TINY, seed: int = 0) -> Path:
     )
     vae.save_pretrained(folder / "vae", safe_serialization=True)
 
-    # SD's layout: cross-attention at every level but the deepest (down), mirrored (up).
-    n_unet = len(spec.unet_channels)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=spec.latent_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
-        block_out_channels=spec.unet_channels,
-        layers_per_block=spec.unet_layers_per_block,
-        cross_attention_dim=spec.text_width,
-        attention_head_dim=tuple(heads(c) for c in spec.unet_channels),  # = heads, see BaseSpec
-        norm_num_groups=spec.norm_groups,
-    )
+    unet = UNet2DConditionModel(**unet_config(spec))
     unet.save_pretrained(folder / "unet", safe_serialization=True)
 
     scheduler = DDPMScheduler(
