@@ -13,7 +13,9 @@ Methods (the paper's Table 1 and ablations in miniature, §4):
 Metrics against the exact target x_B: SSIM and PSNR on the whole image; PSNR inside the true mask
 (edit fidelity) and outside it (preservation), each from the squared error pooled over all pairs'
 pixels of that region (so a perfect region does not make an infinite mean); IoU of the predicted
-binary editing mask (upsampled latent mask) with the true one. LPIPS and FID need pretrained
+binary editing mask (upsampled latent mask) with the true one; the changed-pixels IoU: of the
+pixels the output changed at all (any channel differs from the input) with the true mask, for every
+method (what it actually touched, whatever its mask said). LPIPS and FID need pretrained
 networks that cannot be loaded offline: reported as "n/a: weights not available offline".
 """
 
@@ -115,9 +117,11 @@ class Scores:
     ceiling: float = 0.0  # best IoU any latent-grid mask reaches (pedit.mask_ceiling), summed like iou
     precision: float = 0.0  # of the predicted mask: the share of it inside the true mask
     recall: float = 0.0  # the share of the true mask it covers
+    changed_iou: float = 0.0  # IoU of the pixels the output changed (any channel != the input's) with the true mask
+    n_changed: int = 0
 
     def add(self, out: np.ndarray, target: np.ndarray, true_mask: np.ndarray, pred_mask: np.ndarray | None,
-            ceiling: float | None = None) -> None:
+            ceiling: float | None = None, source: np.ndarray | None = None) -> None:
         from skimage.metrics import structural_similarity
 
         err = (out.astype(np.float64) - target.astype(np.float64)) ** 2  # (H, W, 3)
@@ -129,6 +133,11 @@ class Scores:
         self.px_in += err[true_mask].size
         self.sq_out += err[~true_mask].sum()
         self.px_out += err[~true_mask].size
+        if source is not None:  # what the method actually changed, whatever its mask said
+            changed = np.any(out != source, axis=2)
+            union = np.logical_or(changed, true_mask).sum()
+            self.changed_iou += np.logical_and(changed, true_mask).sum() / union if union else 1.0
+            self.n_changed += 1
         if pred_mask is not None:
             union = np.logical_or(pred_mask, true_mask).sum()
             self.iou += np.logical_and(pred_mask, true_mask).sum() / union if union else 1.0
@@ -156,6 +165,7 @@ class Scores:
             "mask_iou_ceiling": self.ceiling / self.n_iou if self.n_iou else None,
             "mask_precision": self.precision / self.n_iou if self.n_iou else None,
             "mask_recall": self.recall / self.n_iou if self.n_iou else None,
+            "changed_pixels_iou": self.changed_iou / self.n_changed if self.n_changed else None,
             "lpips": NA_OFFLINE,
             "fid": NA_OFFLINE,
         }
@@ -322,8 +332,9 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                     pred = np.kron(mask[i, 0].cpu().numpy(), np.ones((size // mask.shape[-1],) * 2)) > 0.5
                     if m != "diffedit":  # ours: pixels outside the dilated, feathered mask are the input's
                         out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), mask_cfgs[i])
-                totals[m].add(out, tgt[i], true_masks[i], pred, ceilings[i])
-                per_direction[m].setdefault(p.direction, Scores()).add(out, tgt[i], true_masks[i], pred, ceilings[i])
+                totals[m].add(out, tgt[i], true_masks[i], pred, ceilings[i], src[i])
+                per_direction[m].setdefault(p.direction, Scores()).add(out, tgt[i], true_masks[i], pred, ceilings[i],
+                                                                      src[i])
                 if start + i < cfg.grid_pairs:
                     outs_for_grid.setdefault(i, {})[m] = out
             if progress:
@@ -380,7 +391,8 @@ def _fmt(v, digits=2) -> str:
 
 def markdown_report(report: dict) -> str:
     """The report as Markdown tables: one row a method, then per-direction rows of each method."""
-    head = "| method | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | LPIPS | FID | s/pair |\n|---|---|---|---|---|---|---|---|---|\n"
+    head = ("| method | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | changed-pixels IoU | LPIPS | FID | s/pair |"
+            "\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"{report['pairs']} pairs, model `{report['model']}`\n", head.rstrip("\n")]
     rows = list(report["methods"].items())
     if "imperfect_targets" in report:
@@ -388,17 +400,20 @@ def markdown_report(report: dict) -> str:
     for name, s in rows:
         lines.append(
             f"| {name} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
-            f"{_fmt(s['psnr_outside_mask'])} | {_fmt(s['mask_iou'], 3)} | n/a | n/a | {_fmt(s.get('seconds_per_pair'), 3)} |"
+            f"{_fmt(s['psnr_outside_mask'])} | {_fmt(s['mask_iou'], 3)} | {_fmt(s.get('changed_pixels_iou'), 3)} | n/a | "
+            f"n/a | {_fmt(s.get('seconds_per_pair'), 3)} |"
         )
     lines.append("\nLPIPS, FID: " + NA_OFFLINE + ".\n")
     for m, by_dir in report["per_direction"].items():
         lines.append(f"\n**{m}** per direction\n")
         lines.append("| direction | pairs | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | IoU ceiling "
-                     "(latent grid) | IoU / ceiling | mask precision | mask recall |\n|---|---|---|---|---|---|---|---|---|---|---|")
+                     "(latent grid) | IoU / ceiling | mask precision | mask recall | changed-pixels IoU |"
+                     "\n|---|---|---|---|---|---|---|---|---|---|---|---|")
         for d, s in by_dir.items():
             iou, ceiling = s["mask_iou"], s.get("mask_iou_ceiling")
             share = f"{100 * iou / ceiling:.0f} %" if iou is not None and ceiling else "–"
             lines.append(f"| {d} | {s['pairs']} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
                          f"{_fmt(s['psnr_outside_mask'])} | {_fmt(iou, 3)} | {_fmt(ceiling, 3)} | {share} | "
-                         f"{_fmt(s.get('mask_precision'), 3)} | {_fmt(s.get('mask_recall'), 3)} |")
+                         f"{_fmt(s.get('mask_precision'), 3)} | {_fmt(s.get('mask_recall'), 3)} | "
+                         f"{_fmt(s.get('changed_pixels_iou'), 3)} |")
     return "\n".join(lines) + "\n"

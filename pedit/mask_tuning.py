@@ -3,8 +3,8 @@
 Two stages, each a grid search scored against the exact ground truth of toon pairs:
 1. the latent mask (strength, ratio, threshold), per task: mean IoU of the binary mask with the
    true mask; one difference map per strength serves every (ratio, threshold);
-2. the pixel blend (dilate, feather), per task, with the stage-1 masks: one edit per pair, then each
-   blend scored by PSNR pooled over all pairs' pixels, on the whole image (the criterion), inside
+2. the pixel blend (dilate, feather, keep_below), per task, with the stage-1 masks: one edit per
+   pair, then each blend scored by PSNR pooled over all pairs' pixels, on the whole image (the criterion), inside
    and outside the true mask (reported).
 Evaluation identities (seeds 1,000,000 and up, docs/results.md) are refused: settings chosen on
 them would flatter the held-out numbers. The result goes into pedit.json as "mask_by_task"
@@ -25,6 +25,7 @@ import torch
 from pedit.errors import ConfigError
 
 EVAL_SEEDS_FROM = 1_000_000
+BLEND = ("dilate", "feather", "keep_below")  # the stage-2 MaskConfig fields
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TuneConfig:
     thresholds: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
     dilates: tuple[float, ...] = (0.0, 0.5, 1.0)
     feathers: tuple[float, ...] = (0.0, 0.5)
+    keeps: tuple[float, ...] = (0.0, 16.0, 32.0, 48.0, 64.0)  # MaskConfig.keep_below, in levels of 255
     n_noise: int = 10
     steps: int = 20
     batch_size: int = 16
@@ -49,6 +51,8 @@ class TuneConfig:
             raise ConfigError("ratios must be > 0 and thresholds in [0, 1)")
         if not all(d >= 0 for d in self.dilates) or not all(f >= 0 for f in self.feathers):
             raise ConfigError("dilates and feathers must be >= 0")
+        if not all(0 <= k <= 255 for k in self.keeps):
+            raise ConfigError("keeps must be in [0, 255]")
         if self.n_noise < 1 or self.steps < 1 or self.batch_size < 1:
             raise ConfigError("n_noise, steps and batch_size must be at least 1")
 
@@ -116,30 +120,30 @@ def tune_masks(cfg: TuneConfig, progress: Callable[[str, int, int], None] | None
         chosen[t] = {"strength": strength, "ratio": ratio, "threshold": threshold,
                      "iou": total / count[t], "iou_library_default": None if default is None else default / count[t]}
 
-    # Stage 2: one edit per pair with its task's mask, then every (dilate, feather) blend scored.
-    sums = {t: {} for t in tasks}  # task → (dilate, feather) → [sq_all, px_all, sq_in, px_in, sq_out, px_out]
+    # Stage 2: one edit per pair with its task's mask, then every (dilate, feather, keep_below) blend scored.
+    sums = {t: {} for t in tasks}  # task → (dilate, feather, keep) → [sq_all, px_all, sq_in, px_in, sq_out, px_out]
     for bi, (batch, src, tgt, true, cond) in enumerate(batches):
         mask_cfgs = [MaskConfig(n_noise=cfg.n_noise, **{k: chosen[task_of[p.id]][k] for k in ("strength", "ratio", "threshold")})
                      for p in batch]
         decoded, mask = run_method(editor, "ours", cond, cfg.steps, scales, cfg.seed + bi, mask_cfgs)
         for i, p in enumerate(batch):
             raw = tensor_to_uint8(decoded[i: i + 1])
-            for dilate, feather in itertools.product(cfg.dilates, cfg.feathers):
-                out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), MaskConfig(dilate=dilate, feather=feather))
+            for blend in itertools.product(cfg.dilates, cfg.feathers, cfg.keeps):
+                out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), MaskConfig(**dict(zip(BLEND, blend))))
                 err = (out.astype(np.float64) - tgt[i].astype(np.float64)) ** 2
-                acc = sums[task_of[p.id]].setdefault((dilate, feather), [0.0, 0, 0.0, 0, 0.0, 0])
+                acc = sums[task_of[p.id]].setdefault(blend, [0.0, 0, 0.0, 0, 0.0, 0])
                 for j, region in enumerate((np.ones_like(true[i]), true[i], ~true[i])):
                     acc[2 * j] += err[region].sum()
                     acc[2 * j + 1] += err[region].size
         if progress:
             progress("blend", bi + 1, len(batches))
-    blends = {t: {f"dilate {d}, feather {fe}": {"psnr": _psnr(*a[0:2]), "psnr_in_mask": _psnr(*a[2:4]),
-                                                 "psnr_outside_mask": _psnr(*a[4:6])}
-                  for (d, fe), a in sums[t].items()} for t in tasks}
+    blends = {t: {f"dilate {d}, feather {fe}, keep_below {k}": {
+        "psnr": _psnr(*a[0:2]), "psnr_in_mask": _psnr(*a[2:4]), "psnr_outside_mask": _psnr(*a[4:6])}
+        for (d, fe, k), a in sums[t].items()} for t in tasks}
     for t in tasks:
-        (dilate, feather), _ = max(sums[t].items(), key=lambda kv: _psnr(*kv[1][0:2]))
-        chosen[t].update(dilate=dilate, feather=feather)
-    mask_by_task = {t: {k: chosen[t][k] for k in ("strength", "ratio", "threshold", "dilate", "feather")} for t in tasks}
+        best, _ = max(sums[t].items(), key=lambda kv: _psnr(*kv[1][0:2]))
+        chosen[t].update(zip(BLEND, best))
+    mask_by_task = {t: {k: chosen[t][k] for k in ("strength", "ratio", "threshold", *BLEND)} for t in tasks}
     tables = {t: {f"strength {k[0]}, ratio {k[1]}, threshold {k[2]}": v / count[t] for k, v in iou[t].items()} for t in tasks}
     return {"pairs": len(pairs), "seeds": [min(p.seed for p in pairs), max(p.seed for p in pairs)],
             "per_task_pairs": count, "chosen": chosen, "mask_by_task": mask_by_task, "mask_iou": tables, "blend": blends,

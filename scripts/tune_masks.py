@@ -4,7 +4,7 @@
 
 Makes `n` exact toon pairs of training identities (seeds 0..n-1; evaluation uses 1,000,000+), runs
 pedit.mask_tuning.tune_masks (a grid over strength, ratio, threshold by mask IoU, then over the
-blend's dilate and feather by pooled PSNR) and saves everything measured to OUT/tuning.json. With
+blend's dilate, feather and keep_below by pooled PSNR) and saves everything measured to OUT/tuning.json. With
 --write, the chosen settings become the model's "mask_by_task" and the measurement is recorded
 beside them ("mask_tuning").
 """
@@ -46,7 +46,7 @@ def main() -> None:
         meta["mask_tuning"] = (
             f"Chosen per task on {result['pairs']} exact pairs of training identities (seeds {result['seeds'][0]}-"
             f"{result['seeds'][1]}), never on held-out ones (scripts/tune_masks.py): strength, ratio, threshold by mean "
-            f"mask IoU; the blend's dilate and feather by pooled whole-image PSNR. "
+            f"mask IoU; the blend's dilate, feather and keep_below by pooled whole-image PSNR. "
             + "; ".join(f"{t}: IoU {c['iou']:.3f} (library defaults {c['iou_library_default']:.3f})"
                         for t, c in result["chosen"].items()))
         (model / "pedit.json").write_text(json.dumps(meta, indent=2))

@@ -32,6 +32,19 @@ def test_region_psnr_pools_squared_error_and_iou_is_exact():
     assert s.summary()["mask_iou"] == pytest.approx(0.5)  # only pairs with a predicted mask count
 
 
+def test_changed_pixels_iou_counts_what_the_output_changed():
+    source = np.zeros((8, 8, 3), np.uint8)  # SSIM needs 7x7
+    true = np.zeros((8, 8), bool)
+    true[0, :4] = True  # 4 pixels should change
+    out = source.copy()
+    out[0, :2, 0] = 1  # 2 of them changed, by one level in one channel
+    out[7, 7] = 5  # and one pixel outside
+    s = Scores()
+    s.add(out, out, true, None, source=source)
+    assert s.summary()["changed_pixels_iou"] == pytest.approx(2 / 5)
+    assert Scores().summary()["changed_pixels_iou"] is None
+
+
 @pytest.fixture(scope="module")
 def exact_pairs(tmp_path_factory):
     from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
@@ -51,6 +64,7 @@ def test_eval_command_writes_a_report_for_every_method(random_model, exact_pairs
         assert m["pairs"] == 3 and 0 < m["ssim"] <= 1 and m["lpips"] == NA_OFFLINE
         has_mask = name in ("ours", "no-c_s", "no-c_im", "diffedit")
         assert (m["mask_iou"] is not None) == has_mask
+        assert 0 <= m["changed_pixels_iou"] <= 1
     assert set(report["per_direction"]["ours"]) == {"flower", "sheep", "santa"}
     assert report["imperfect_targets"]["pairs"] == 3
     assert "| ours |" in result.stdout and NA_OFFLINE in (out / "report.md").read_text()

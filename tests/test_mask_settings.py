@@ -111,7 +111,8 @@ def test_tuning_picks_the_best_of_its_own_grid_per_task(random_model, tmp_path):
 
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=8, resolution=32, seed=0, exact=True))
     r = tune_masks(TuneConfig(pairs=str(pairs), model=str(random_model), strengths=(0.5, 0.8), ratios=(3.0,),
-                              thresholds=(0.3, 0.5, 0.7), dilates=(0.0, 1.0), feathers=(0.5,), n_noise=2, steps=2))
+                              thresholds=(0.3, 0.5, 0.7), dilates=(0.0, 1.0), feathers=(0.5,), keeps=(0.0, 32.0),
+                              n_noise=2, steps=2))
     assert set(r["mask_by_task"]) == {"costume", "expression"} and r["per_task_pairs"] == {"costume": 4, "expression": 4}
     for task, chosen in r["chosen"].items():
         table = r["mask_iou"][task]
@@ -119,8 +120,10 @@ def test_tuning_picks_the_best_of_its_own_grid_per_task(random_model, tmp_path):
         key = f"strength {chosen['strength']}, ratio {chosen['ratio']}, threshold {chosen['threshold']}"
         assert table[key] == pytest.approx(chosen["iou"])
         blends = r["blend"][task]
+        assert len(blends) == 4
         best = max(blends, key=lambda k: blends[k]["psnr"])
-        assert best == f"dilate {chosen['dilate']}, feather {chosen['feather']}"
+        assert best == f"dilate {chosen['dilate']}, feather {chosen['feather']}, keep_below {chosen['keep_below']}"
+        assert r["mask_by_task"][task]["keep_below"] == chosen["keep_below"]
     check_mask_settings({"mask_by_task": r["mask_by_task"]}, "tuned")
 
 
@@ -148,3 +151,35 @@ def test_with_dilate_0_the_feather_halves_a_one_cell_region_and_dilate_1_keeps_i
     assert pixel_mask(one_cell, 128, 0, 4.0).max() < 0.5
     whole = pixel_mask(one_cell, 128, 8, 4.0)[0, 0, 64:72, 64:72]
     assert (whole > 1 - 1e-5).all()  # the whole edit (up to float rounding of the blur)
+
+
+def test_change_weight_ramps_from_half_keep_below_to_keep_below():
+    from pedit.edit.mask import change_weight
+
+    original = np.full((1, 5, 3), 100, np.uint8)
+    edited = original.copy()
+    edited[0, :, 1] = [100, 108, 116, 124, 200]  # one channel changed by 0, 8, 16, 24, 100 levels
+    assert change_weight(original, edited, 16.0).tolist() == [[0.0, 0.0, 1.0, 1.0, 1.0]]
+    assert change_weight(original, edited, 32.0).tolist() == [[0.0, 0.0, 0.0, 0.5, 1.0]]
+    assert change_weight(edited, original, 32.0).tolist() == [[0.0, 0.0, 0.0, 0.5, 1.0]]  # either direction
+
+
+def test_keep_below_keeps_unchanged_pixels_inside_the_mask_byte_for_byte():
+    import torch
+
+    from pedit.edit.editor import keep_outside
+
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    raw = np.clip(original.astype(int) + rng.integers(-5, 6, original.shape), 0, 255).astype(np.uint8)  # VAE-like error
+    raw[8:12, 8:12] = 255 - original[8:12, 8:12] // 2 + 0  # the edit proper: big changes
+    big = np.abs(raw.astype(int) - original.astype(int)).max(axis=2) >= 64
+    mask = torch.ones(1, 1, 4, 4)  # the whole image may change
+    out_off, w_off = keep_outside(original, raw, mask, MaskConfig(dilate=0, feather=0))
+    out_on, w_on = keep_outside(original, raw, mask, MaskConfig(dilate=0, feather=0, keep_below=32))
+    assert np.array_equal(out_off, raw) and (w_off == 1).all()
+    small = np.abs(raw.astype(int) - original.astype(int)).max(axis=2) < 16
+    assert small.sum() > 900 and np.array_equal(out_on[small], original[small])  # the input's bytes
+    assert np.array_equal(out_on[big], raw[big]) and (w_on[big] == 1).all()  # the edit itself untouched
+    with pytest.raises(Exception, match="keep_below"):
+        MaskConfig(keep_below=300)

@@ -22,7 +22,7 @@ from PIL import Image
 from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError
 from pedit.edit.guidance import GuidanceScales, guided_eps
-from pedit.edit.mask import MaskConfig, composite, editing_mask, pixel_mask
+from pedit.edit.mask import MaskConfig, change_weight, composite, editing_mask, pixel_mask
 from pedit.edit.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
@@ -83,7 +83,8 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tensor | None, cfg: MaskConfig):
-    """The final image: `raw` inside the dilated, feathered mask, `original`'s exact bytes outside.
+    """The final image: `raw` inside the dilated, feathered mask, `original`'s exact bytes outside
+    (and, with cfg.keep_below, inside it where `raw` hardly differs from `original`: change_weight).
 
     original, raw: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
     Returns (image (R, R, 3) uint8, blend weight (R, R) float in [0, 1]).
@@ -94,6 +95,8 @@ def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tenso
         size = original.shape[0]
         f = size // mask_latent.shape[-1]
         weight = pixel_mask(mask_latent, size, round(cfg.dilate * f), cfg.feather * f)[0, 0].numpy()
+        if cfg.keep_below > 0:
+            weight = weight * change_weight(original, raw, cfg.keep_below)
     return composite(original, raw, weight), weight
 
 

@@ -7,7 +7,11 @@ which is sharper because it learned to reconstruct x_A (identity samples, §3.3)
 [0, 1], threshold 0.5 → a binary latent mask.
 
 Beyond the paper, the final image keeps the input's pixels exactly outside a dilated, feathered,
-upsampled copy of the mask (`pixel_mask`, `composite`).
+upsampled copy of the mask (`pixel_mask`, `composite`), and, with `keep_below` > 0, also inside it
+wherever the edit changed no colour channel by `keep_below` / 2 levels or more (`change_weight`):
+a latent cell is 8x8 pixels, most of which an expression edit leaves alone, and there the decoded
+output differs from the input only by the VAE's reconstruction error. Chosen per model by
+measurement on training identities (pedit.mask_tuning); 0 (off) unless the model folder sets it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class MaskConfig:
     threshold: float = 0.5
     dilate: float = 1.0  # in latent cells, before feathering
     feather: float = 0.5  # Gaussian sigma in latent cells
+    keep_below: float = 0.0  # inside the mask, keep input pixels the edit changed by < keep_below / 2 levels (0: off)
     batch: int = 0  # noise draws per U-Net call (5 rows each); 0 = all N in one call. Bounds memory, same mask
 
     def __post_init__(self):
@@ -43,6 +48,7 @@ class MaskConfig:
         check_number("threshold", self.threshold, 0, 1, hi_open=True)  # 1: nothing could pass
         check_number("dilate", self.dilate, 0, 64)
         check_number("feather", self.feather, 0, 64)
+        check_number("keep_below", self.keep_below, 0, 255)
 
 
 def unet_rows(cfg: MaskConfig | None, images: int = 1) -> int:
@@ -141,3 +147,10 @@ def composite(original: np.ndarray, edited: np.ndarray, weight: np.ndarray) -> n
     w = weight[..., None].astype(np.float32)
     blend = np.rint(original.astype(np.float32) * (1 - w) + edited.astype(np.float32) * w).astype(np.uint8)
     return np.where(w > 0, blend, original)
+
+
+def change_weight(original: np.ndarray, edited: np.ndarray, keep_below: float) -> np.ndarray:
+    """(H, W) float32 in [0, 1] from two uint8 (H, W, 3) images: 0 where every channel changed by less
+    than keep_below / 2 levels, 1 where some channel changed by keep_below or more, linear between."""
+    change = np.abs(original.astype(np.int16) - edited.astype(np.int16)).max(axis=2).astype(np.float32)
+    return np.clip(2 * change / keep_below - 1, 0, 1)
