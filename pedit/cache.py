@@ -3,10 +3,10 @@ and the content hashes that key cache entries.
 
     $PEDIT_CACHE, else $XDG_CACHE_HOME/pedit, else ~/.cache/pedit
         traced/<key>/       TorchScript copies of model folders (pedit.model.traced)
-        traced/hashes/      each model file's sha256 with its stat, so keys need not re-read weights
         engines/<key>/      ONNX graphs / TensorRT engines exported on first use (pedit.export.backends)
         compile/            torch.compile's Inductor kernels (pedit.export.backends)
         dreambooth/<key>/   sticker-pack LoRAs (pedit.stickers)
+        hashes/             each model file's sha256 with its stat, so traced keys need not re-read weights
 
 Every entry is rebuilt when missing, so deleting any folder (or the root) only costs time.
 `PEDIT_CACHE_DIR` is read as an older name of `PEDIT_CACHE` when that is unset.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 VARIABLE = "PEDIT_CACHE"
@@ -40,13 +41,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+RACY_SECONDS = 2.0  # a file changed this recently may change again within one timestamp tick: not recorded
+
+
 def stat_key(st) -> list:
-    """What says a file is unchanged since it was hashed: size, mtime, inode and ctime.
+    """What says a file is unchanged since it was hashed: size, mtime, device, inode and ctime.
 
     Size and mtime alone are not enough: `cp -p` and `rsync -a` write new bytes of the same size
-    under the old mtime. ctime cannot be set from user space, and every write or utime moves it; a
-    replaced file has a new inode. A file whose key differs is hashed again (its bytes decide)."""
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+    under the old mtime. On POSIX ctime cannot be set from user space, and every write or utime
+    moves it; a replaced file has a new inode, another volume another device. A file whose key
+    differs is hashed again (its bytes decide). Like git's index, a hash taken within RACY_SECONDS
+    of the file's last change is not recorded (`folder_hash`): a rewrite within the same timestamp
+    tick would keep the key. On Windows ctime is the creation time: a tool that rewrites a file in
+    place and sets its mtime back defeats the key there."""
+    return [st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_ctime_ns]
 
 
 def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -> str:
@@ -67,6 +75,10 @@ def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -
             seen, key = known.get(rel), stat_key(st)
             if not (isinstance(seen, list) and len(seen) == len(key) + 1 and seen[:-1] == key
                     and isinstance(seen[-1], str)):
-                known[rel] = seen = [*key, file_sha256(p)]
+                seen = [*key, file_sha256(p)]
+                if time.time() - max(st.st_mtime, st.st_ctime) > RACY_SECONDS:
+                    known[rel] = seen
+                else:
+                    known.pop(rel, None)
             h.update(rel.encode() + b"\0" + seen[-1].encode())
     return h.hexdigest()

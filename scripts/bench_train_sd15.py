@@ -46,9 +46,14 @@ def measure(args, work: Path, batch: int, gc: bool) -> dict:
     cmd = [sys.executable, __file__, "--one", "--data", str(work / "pairs"), "--base", str(work / "base"),
            "--output", str(out), "--batch", str(batch), "--steps", str(args.steps), "--log-every",
            str(args.log_every), "--precision", args.precision] + (["--gc"] if gc else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    shutil.rmtree(out, ignore_errors=True)  # model + optimizer checkpoint: gigabytes at this size
     row = {"batch": batch, "gradient_checkpointing": gc}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        row["error"] = f"timeout ({args.timeout} s)"
+        return row
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # model + optimizer checkpoint: gigabytes at this size
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         row["error"] = "out of memory" if "out of memory" in proc.stderr.lower() else tail[0][:300]

@@ -64,6 +64,8 @@ def main() -> None:
 
     models = args.model or [None]
     labels = args.label or [Path(m).name if m else "bundled" for m in models]
+    if len(labels) != len(models):
+        raise SystemExit(f"Error: {len(models)} model(s) but {len(labels)} --label(s): give one per -m")
     rows, names = [], []
     for model, label in zip(models, labels):
         panels, scores = edit_row(model, source, truth, true_mask, args.scale)

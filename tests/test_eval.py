@@ -68,6 +68,7 @@ def test_eval_command_writes_a_report_for_every_method(random_model, exact_pairs
     assert set(report["per_direction"]["ours"]) == {"flower", "sheep", "santa"}
     assert report["imperfect_targets"]["pairs"] == 3
     assert "| ours |" in result.stdout and NA_OFFLINE in (out / "report.md").read_text()
+    assert result.stdout.count("changed-pixels IoU") == 1 + len(report["per_direction"])  # main + per-method tables
     from PIL import Image
 
     grid = Image.open(out / "grid.png")

@@ -182,13 +182,15 @@ def test_export_modules_import_no_cli_layer():
     assert done.stdout.strip() == "[]"
 
 
-def test_a_same_size_rewrite_with_the_old_mtime_is_hashed_again(tmp_path):
+def test_a_same_size_rewrite_with_the_old_mtime_is_hashed_again(tmp_path, monkeypatch):
     """`cp -p` / `rsync -a` keep size and mtime: the memo must not serve the old bytes' hash."""
     import os
     import time
 
+    import pedit.cache
     from pedit.cache import folder_hash
 
+    monkeypatch.setattr(pedit.cache, "RACY_SECONDS", -1.0)  # record even a just-written file: the key must still catch it
     (tmp_path / "unet").mkdir()
     weights = tmp_path / "unet" / "w.safetensors"
     weights.write_bytes(b"a" * 64)

@@ -115,6 +115,8 @@ def test_spec_checks_its_sizes():
         BaseSpec(**{**TINY.__dict__, "norm_groups": 3})
     with pytest.raises(ValueError, match="attention_head_dim"):
         BaseSpec(**{**TINY.__dict__, "attention_head_dim": 5})
+    with pytest.raises(ValueError, match="unet_heads"):
+        BaseSpec(**{**TINY.__dict__, "unet_heads": 3})
 
 
 def test_sd15_spec_has_stable_diffusion_15_sizes():

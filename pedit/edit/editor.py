@@ -85,6 +85,7 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
 def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tensor | None, cfg: MaskConfig):
     """The final image: `raw` inside the dilated, feathered mask, `original`'s exact bytes outside
     (and, with cfg.keep_below, inside it where `raw` hardly differs from `original`: change_weight).
+    A user's mask (`edit`'s user_mask) is taken as given: keep_below gates only the model's weight.
 
     original, raw: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
     Returns (image (R, R, 3) uint8, blend weight (R, R) float in [0, 1]).

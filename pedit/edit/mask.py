@@ -153,4 +153,6 @@ def change_weight(original: np.ndarray, edited: np.ndarray, keep_below: float) -
     """(H, W) float32 in [0, 1] from two uint8 (H, W, 3) images: 0 where every channel changed by less
     than keep_below / 2 levels, 1 where some channel changed by keep_below or more, linear between."""
     change = np.abs(original.astype(np.int16) - edited.astype(np.int16)).max(axis=2).astype(np.float32)
+    if keep_below <= 0:  # off: every pixel may change
+        return np.ones_like(change)
     return np.clip(2 * change / keep_below - 1, 0, 1)

@@ -75,15 +75,17 @@ def _versions() -> str:
 def model_key(path: Path) -> str:
     """Hash of everything the model loads from, plus the versions that shape a trace.
 
-    Each file's sha256 is remembered in `cache_dir()/hashes/` with its stat (pedit.cache.stat_key:
-    size, mtime, inode, ctime), so a new process reads only the files that changed since, not every
-    weight again (gigabytes for a Stable Diffusion-size folder). Any write to a file moves its ctime.
+    Each file's sha256 is remembered in the cache root's `hashes/` with its stat (pedit.cache.stat_key:
+    size, mtime, device, inode, ctime), so a new process reads only the files that changed since, not
+    every weight again (gigabytes for a Stable Diffusion-size folder). Any write to a file moves its ctime.
     """
     path = Path(path)
-    known_file = cache_dir() / "hashes" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+    known_file = cache_root("hashes") / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
     known = _read_known(known_file)
     before = json.dumps(known, sort_keys=True)
     content = folder_hash(path, ("pedit.json", *COMPONENTS), known)
+    for gone in [rel for rel in known if not (path / rel).is_file()]:  # files deleted since: forget them
+        del known[gone]
     if json.dumps(known, sort_keys=True) != before:
         try:  # the record only saves time: a cache that cannot be written costs a re-read next time
             known_file.parent.mkdir(parents=True, exist_ok=True)

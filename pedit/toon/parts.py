@@ -161,6 +161,8 @@ class BaseSpec:
         widths = (*self.vae_channels, *self.unet_channels)
         if any(c % self.norm_groups for c in widths):
             raise ValueError(f"norm_groups={self.norm_groups} must divide every VAE and U-Net width {widths}.")
+        if self.unet_heads is not None and (self.unet_heads < 1 or any(c % self.unet_heads for c in self.unet_channels)):
+            raise ValueError(f"unet_heads={self.unet_heads} must divide every U-Net width {self.unet_channels}.")
         heads = (*([] if self.unet_heads else self.unet_channels), self.text_width, self.vision_width)
         if any(c % self.attention_head_dim for c in heads):
             raise ValueError(f"attention_head_dim={self.attention_head_dim} must divide the widths {heads}.")
@@ -217,7 +219,7 @@ TOON32 = dataclasses.replace(TOON, vae_channels=(16, 32, 64))
 
 
 # Stable Diffusion 1.5's sizes with random weights, for measuring what training costs at that size
-# (scripts/device_train_sd15.sh): the U-Net of 860M parameters, SD's VAE, CLIP ViT-L/14 widths for
+# (scripts/bench_train_sd15.py): the U-Net of 860M parameters, SD's VAE, CLIP ViT-L/14 widths for
 # text (768 x 12) and vision (1024 x 24, 224 px, 257 tokens). The vocabulary stays the toon one (382
 # rows instead of 49,408: 37M fewer text-embedding weights, which cost nothing per step). The same
 # networks as `pedit bench --arch sd15` (pedit.export.sd15), written as a base folder `pedit train` reads.
