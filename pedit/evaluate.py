@@ -32,6 +32,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pedit.mask_ceiling import mask_iou
+
 from pedit.errors import ConfigError
 
 METHODS = ("ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit")
@@ -134,13 +136,10 @@ class Scores:
         self.sq_out += err[~true_mask].sum()
         self.px_out += err[~true_mask].size
         if source is not None:  # what the method actually changed, whatever its mask said
-            changed = np.any(out != source, axis=2)
-            union = np.logical_or(changed, true_mask).sum()
-            self.changed_iou += np.logical_and(changed, true_mask).sum() / union if union else 1.0
+            self.changed_iou += mask_iou(np.any(out != source, axis=2), true_mask)
             self.n_changed += 1
         if pred_mask is not None:
-            union = np.logical_or(pred_mask, true_mask).sum()
-            self.iou += np.logical_and(pred_mask, true_mask).sum() / union if union else 1.0
+            self.iou += mask_iou(pred_mask, true_mask)
             self.n_iou += 1
             self.ceiling += ceiling if ceiling is not None else float("nan")
             inter = np.logical_and(pred_mask, true_mask).sum()

@@ -13,6 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def mask_iou(pred: np.ndarray, true_mask: np.ndarray) -> float:
+    """IoU of two boolean masks of one shape; 1.0 when both are empty (the evaluation's convention)."""
+    union = np.logical_or(pred, true_mask).sum()
+    return float(np.logical_and(pred, true_mask).sum() / union) if union else 1.0
+
+
 def iou_ceiling(true_mask: np.ndarray, cells: int) -> float:
     """The best IoU any binary cells×cells mask (upsampled by nearest neighbour) reaches on `true_mask` (H, W)."""
     h, w = true_mask.shape

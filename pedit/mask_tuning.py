@@ -71,6 +71,7 @@ def tune_masks(cfg: TuneConfig, progress: Callable[[str, int, int], None] | None
     from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import MaskConfig, binarize, difference_map
     from pedit.evaluate import run_method
+    from pedit.mask_ceiling import mask_iou
 
     pairs = read_pairs(cfg.pairs)
     held_out = [p.id for p in pairs if p.seed >= EVAL_SEEDS_FROM]
@@ -107,10 +108,8 @@ def tune_masks(cfg: TuneConfig, progress: Callable[[str, int, int], None] | None
                 masks = binarize(diff, ratio, threshold)[:, 0].numpy()  # (B, h, w)
                 for p, m, t in zip(batch, masks, true):
                     pred = np.kron(m, np.ones((size // f, size // f))) > 0.5
-                    union = np.logical_or(pred, t).sum()
-                    score = np.logical_and(pred, t).sum() / union if union else 1.0
                     key = (strength, ratio, threshold)
-                    iou[task_of[p.id]][key] = iou[task_of[p.id]].get(key, 0.0) + score
+                    iou[task_of[p.id]][key] = iou[task_of[p.id]].get(key, 0.0) + mask_iou(pred, t)
         if progress:
             progress("mask", si + 1, len(cfg.strengths))
     chosen = {}

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pedit import Editor
+from pedit.mask_ceiling import mask_iou
 from pedit.toon import world
 from pedit.viz import image_grid, overlay_mask
 
@@ -38,7 +39,7 @@ def edit_row(model: str | None, source: np.ndarray, truth: np.ndarray, true_mask
     out = np.asarray(result.image.convert("RGB"))
     latent = result.mask_latent[0, 0].cpu().numpy()
     pred = np.kron(latent, np.ones((out.shape[0] // latent.shape[0],) * 2)) > 0.5
-    iou = np.logical_and(pred, true_mask).sum() / np.logical_or(pred, true_mask).sum()
+    iou = mask_iou(pred, true_mask)
     scores = (f"in {psnr(out, truth, true_mask):.1f} dB, out {psnr(out, truth, ~true_mask):.1f} dB, "
               f"IoU {iou:.2f}")
     big = lambda a: Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.Resampling.NEAREST)

@@ -35,7 +35,7 @@ def main() -> None:
     from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import MaskConfig
     from pedit.evaluate import batch_masks
-    from pedit.mask_ceiling import iou_ceiling
+    from pedit.mask_ceiling import iou_ceiling, mask_iou
 
     pairs = read_pairs(args.pairs)
     editor = Editor.from_pretrained(args.model, device="cpu")
@@ -56,8 +56,8 @@ def main() -> None:
         masks = batch_masks(editor.denoise, ddpm, cond, scales, cfgs, g, cond.c_s)[:, 0].numpy()
         for p, m, t in zip(batch, masks, true):
             pred = np.kron(m, np.ones((size // cells, size // cells))) > 0.5
-            inter, union = np.logical_and(pred, t).sum(), np.logical_or(pred, t).sum()
-            stats.setdefault(p.direction, []).append((inter / union if union else 1.0, inter / pred.sum() if pred.any() else 1.0,
+            inter = np.logical_and(pred, t).sum()
+            stats.setdefault(p.direction, []).append((mask_iou(pred, t), inter / pred.sum() if pred.any() else 1.0,
                                                       inter / t.sum() if t.any() else 1.0, iou_ceiling(t, cells)))
         print(f"{start + len(batch)}/{len(pairs)}", flush=True)
     print("| direction | pairs | IoU | precision | recall | ceiling | IoU / ceiling |\n|---|---|---|---|---|---|---|")
