@@ -279,7 +279,7 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
 
     Multi-GPU: accelerate launch -m pedit train --data DIR -o DIR ...
     """
-    from pedit.train import TrainConfig, train as run_train
+    from pedit.train.loop import TrainConfig, train as run_train
 
     cfg = TrainConfig(
         data=data, output=output, base=base, init=init, init_from=init_from, image_encoder=image_encoder, resolution=resolution,
@@ -495,7 +495,7 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
         raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
     if "detector" in given:
         raise click.UsageError("--detector goes with --photos; --pairs scores each pair image whole, without a face crop.")
-    from pedit.evaluate import EvalConfig, evaluate, markdown_report
+    from pedit.eval.ground_truth import EvalConfig, evaluate, markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                      steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
@@ -525,7 +525,7 @@ def _eval_photos(photos, direction_list, model, output, steps, seed, detector, o
                  backend, quiet):
     from rich.markup import escape
 
-    from pedit.photos.evaluate import PhotoEvalConfig, evaluate_photos, markdown_photo_report
+    from pedit.eval.photos import PhotoEvalConfig, evaluate_photos, markdown_photo_report
 
     if not direction_list:
         raise click.UsageError("--photos needs -d/--directions, e.g. -d royal,laughing (see `pedit directions`).")

@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
-    from pedit.train import TrainConfig, train
+    from pedit.train.loop import TrainConfig, train
 
     out = Path(args.out)
     pairs = generate_pairs(GenPairsConfig(str(out / "pairs"), n=args.pairs, resolution=128))

@@ -2,7 +2,7 @@
 
 A base folder of SD1.5-size random networks (pedit.toon.parts.SD15: the 860M-parameter U-Net, SD's
 VAE, CLIP ViT-L/14 widths; the same networks as `pedit bench --arch sd15`), 64 toon pairs at its
-resolution, then `pedit train`'s own loop (pedit.train.train: latent cache, --mixed-precision) once
+resolution, then `pedit train`'s own loop (pedit.train.loop.train: latent cache, --mixed-precision) once
 per batch size x gradient checkpointing, each in a fresh process (an out-of-memory run is recorded as
 such and the others go on). steps/s: the median of the rates between log flushes after the first
 (each flush waits for the device); peak memory: torch's allocator, as `pedit train` records it.
@@ -26,8 +26,8 @@ from pathlib import Path
 
 def run_one(args) -> None:
     """Child: one training run; prints one JSON line with its rates and peak memory."""
-    from pedit.train import train
-    from pedit.train_config import TrainConfig
+    from pedit.train.loop import train
+    from pedit.train.config import TrainConfig
 
     rates = []
     cfg = TrainConfig(data=args.data, output=args.output, base=args.base, max_steps=args.steps,

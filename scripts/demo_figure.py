@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pedit import Editor
-from pedit.mask_ceiling import mask_iou
+from pedit.eval.ceiling import mask_iou
 from pedit.toon import world
 from pedit.viz import image_grid, overlay_mask
 

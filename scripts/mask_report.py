@@ -34,8 +34,8 @@ def main() -> None:
     from pedit.edit.editor import Editor, uint8_to_tensor
     from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import MaskConfig
-    from pedit.evaluate import batch_masks
-    from pedit.mask_ceiling import iou_ceiling, mask_iou
+    from pedit.eval.ground_truth import batch_masks
+    from pedit.eval.ceiling import iou_ceiling, mask_iou
 
     pairs = read_pairs(args.pairs)
     editor = Editor.from_pretrained(args.model, device="cpu")

@@ -3,7 +3,7 @@
     python scripts/tune_masks.py -m pedit/assets/toon-model -n 64 -o runs/mask-tune --write
 
 Makes `n` exact toon pairs of training identities (seeds 0..n-1; evaluation uses 1,000,000+), runs
-pedit.mask_tuning.tune_masks (a grid over strength, ratio, threshold by mask IoU, then over the
+pedit.eval.mask_tuning.tune_masks (a grid over strength, ratio, threshold by mask IoU, then over the
 blend's dilate, feather and keep_below by pooled PSNR) and saves everything measured to OUT/tuning.json. With
 --write, the chosen settings become the model's "mask_by_task" and the measurement is recorded
 beside them ("mask_tuning").
@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
-    from pedit.mask_tuning import TuneConfig, tune_masks
+    from pedit.eval.mask_tuning import TuneConfig, tune_masks
     from pedit.model.loading import bundled_model_path
 
     model = Path(args.model) if args.model else bundled_model_path()

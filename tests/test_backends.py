@@ -106,7 +106,7 @@ def test_bf16_edit_runs_in_bf16_and_stays_close_to_fp32(random_model, portrait):
 
 
 def test_eval_runs_every_masked_method_in_bf16(random_model, tiny_pairs):
-    from pedit.evaluate import EvalConfig, evaluate
+    from pedit.eval.ground_truth import EvalConfig, evaluate
 
     cfg = EvalConfig(pairs=str(tiny_pairs), model=str(random_model), methods=("ours", "no-c_s", "diffedit"),
                      steps=2, limit=2, grid_pairs=0, precision="bf16", imperfect_reference=False)
@@ -252,7 +252,7 @@ def test_edit_files_config_validates_backend_precision_and_mask(kwargs, field):
                                             ({"precision": None}, "precision"), ({"mask_batch": 2000}, "mask_batch")])
 def test_eval_config_validates_backend_and_device(kwargs, field):
     from pedit.errors import ConfigError
-    from pedit.evaluate import EvalConfig
+    from pedit.eval.ground_truth import EvalConfig
 
     with pytest.raises(ConfigError, match=field):
         EvalConfig(pairs="p", **kwargs)

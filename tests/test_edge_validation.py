@@ -17,9 +17,9 @@ from pedit.edit.editor import EditOptions, Editor
 from pedit.edit.guidance import GuidanceScales
 from pedit.edit.mask import MaskConfig
 from pedit.errors import ConfigError, NonFiniteError
-from pedit.evaluate import EvalConfig
+from pedit.eval.ground_truth import EvalConfig
 from pedit.photos.edit_files import EditFilesConfig
-from pedit.train import TrainConfig
+from pedit.train.loop import TrainConfig
 
 NAN, INF = float("nan"), float("inf")
 ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
@@ -243,7 +243,7 @@ def test_eval_on_a_pair_with_a_negative_seed_is_an_error_line(random_model, tiny
 
 
 def test_eval_never_replaces_an_earlier_report_without_overwrite(random_model, tiny_pairs, tmp_path, monkeypatch):
-    import pedit.evaluate as evaluate
+    import pedit.eval.ground_truth as evaluate
 
     report = tmp_path / "report"
     report.mkdir()

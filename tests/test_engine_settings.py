@@ -115,7 +115,7 @@ def test_edit_command_keeps_the_users_engines(random_model, unet20, tmp_path):
 
 
 def test_eval_sizes_the_engine_for_its_batched_pairs(random_model, tiny_pairs, tmp_path):
-    from pedit.evaluate import EvalConfig, evaluate
+    from pedit.eval.ground_truth import EvalConfig, evaluate
 
     cfg = EvalConfig(pairs=str(tiny_pairs), model=str(random_model), methods=("ours",), steps=1, limit=3, batch_size=3,
                      grid_pairs=0, imperfect_reference=False, backend="onnx", engines=str(tmp_path / "eng"))

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from pedit.cli import cli
-from pedit.evaluate import METHODS, NA_OFFLINE, Scores
+from pedit.eval.ground_truth import METHODS, NA_OFFLINE, Scores
 
 
 def test_region_psnr_pools_squared_error_and_iou_is_exact():
@@ -82,7 +82,7 @@ def test_eval_rejects_an_unknown_method(exact_pairs):
 
 
 def test_batch_seeds_stay_in_the_generators_range_and_apart():
-    from pedit.evaluate import batch_seed
+    from pedit.eval.ground_truth import batch_seed
 
     assert [batch_seed(7, s) for s in (0, 2, 4)] == [7, 9, 11]  # unchanged below the top: same published numbers
     top = 2**64 - 1
@@ -90,7 +90,7 @@ def test_batch_seeds_stay_in_the_generators_range_and_apart():
 
 
 def test_eval_with_the_largest_seed_runs_past_its_first_batch(random_model, exact_pairs):
-    from pedit.evaluate import EvalConfig, evaluate
+    from pedit.eval.ground_truth import EvalConfig, evaluate
 
     # seed + 1 for the second batch overflowed manual_seed ("unexpected RuntimeError").
     report = evaluate(EvalConfig(str(exact_pairs), model=str(random_model), methods=("ours-no-mask",), steps=1,

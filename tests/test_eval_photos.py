@@ -184,7 +184,7 @@ def test_detector_flag_places_the_crop(tmp_path):
 def test_configs_refuse_unknown_detectors_and_empty_lists():
     from pedit.errors import ConfigError
     from pedit.photos.edit_files import EditFilesConfig
-    from pedit.photos.evaluate import PhotoEvalConfig
+    from pedit.eval.photos import PhotoEvalConfig
 
     with pytest.raises(ConfigError, match="Unknown face detector 'mtcnn'"):
         EditFilesConfig(inputs=("a.jpg",), direction="royal", detector="mtcnn")

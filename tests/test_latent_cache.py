@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pedit.errors import ConfigError
-from pedit.train import TrainConfig, check_prediction_type, train, training_target
+from pedit.train.loop import TrainConfig, check_prediction_type, train, training_target
 
 
 def _cfg(tiny_pairs, tiny_base, out, **kw):
@@ -144,7 +144,7 @@ def _base_with(tiny_base, tmp_path, prediction_type):
 
 
 def test_a_v_prediction_base_is_trained_on_the_velocity(tiny_pairs, tiny_base, tmp_path, monkeypatch):
-    import pedit.train as t
+    import pedit.train.loop as t
 
     seen = {}
     real_target, real_mse = t.training_target, t.F.mse_loss

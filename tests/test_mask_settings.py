@@ -10,7 +10,7 @@ import pytest
 from pedit.data.directions import BUILTIN
 from pedit.edit.mask import MaskConfig
 from pedit.edit.mask_settings import check_mask_settings, mask_config_for
-from pedit.mask_ceiling import iou_ceiling
+from pedit.eval.ceiling import iou_ceiling
 
 
 def _brute_force(mask, cells):
@@ -84,7 +84,7 @@ def test_the_editor_uses_each_directions_settings(random_model, tmp_path):
 
 def test_eval_reports_each_directions_ceiling_above_its_iou(random_model, tmp_path):
     from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
-    from pedit.evaluate import EvalConfig, evaluate, markdown_report
+    from pedit.eval.ground_truth import EvalConfig, evaluate, markdown_report
 
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=4, resolution=32, seed=1_000_000, exact=True))
     report = evaluate(EvalConfig(pairs=str(pairs), model=str(random_model), methods=("ours", "diffedit"), steps=2,
@@ -98,7 +98,7 @@ def test_eval_reports_each_directions_ceiling_above_its_iou(random_model, tmp_pa
 def test_tuning_refuses_evaluation_identities(random_model, tmp_path):
     from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
     from pedit.errors import ConfigError
-    from pedit.mask_tuning import TuneConfig, tune_masks
+    from pedit.eval.mask_tuning import TuneConfig, tune_masks
 
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=2, resolution=32, seed=999_999, exact=True))
     with pytest.raises(ConfigError, match="evaluation identities"):
@@ -107,7 +107,7 @@ def test_tuning_refuses_evaluation_identities(random_model, tmp_path):
 
 def test_tuning_picks_the_best_of_its_own_grid_per_task(random_model, tmp_path):
     from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
-    from pedit.mask_tuning import TuneConfig, tune_masks
+    from pedit.eval.mask_tuning import TuneConfig, tune_masks
 
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=8, resolution=32, seed=0, exact=True))
     r = tune_masks(TuneConfig(pairs=str(pairs), model=str(random_model), strengths=(0.5, 0.8), ratios=(3.0,),
@@ -128,7 +128,7 @@ def test_tuning_picks_the_best_of_its_own_grid_per_task(random_model, tmp_path):
 
 
 def test_precision_and_recall_of_the_predicted_mask():
-    from pedit.evaluate import Scores
+    from pedit.eval.ground_truth import Scores
 
     true = np.zeros((8, 8), bool)
     true[:2, :2] = True  # 4 pixels

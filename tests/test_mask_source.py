@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 from pedit.edit.editor import uint8_to_tensor
 from pedit.edit.guidance import GuidanceScales
 from pedit.edit.mask import MaskConfig
-from pedit.evaluate import run_method
+from pedit.eval.ground_truth import run_method
 
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from pedit.cli import cli
 from pedit.errors import ConfigError
-from pedit.photos.evaluate import PhotoEvalConfig
+from pedit.eval.photos import PhotoEvalConfig
 from pedit.stickers.dreambooth import DreamBoothConfig
 from pedit.stickers.pipeline import StickerConfig
 

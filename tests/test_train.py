@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from pedit.errors import PairFolderError
-from pedit.train import TrainConfig, train
-from pedit.train_batches import batch_indices, sample_dropout, step_seed
+from pedit.train.loop import TrainConfig, train
+from pedit.train.batches import batch_indices, sample_dropout, step_seed
 
 
 def test_dropout_subsets_have_the_paper_frequencies():
@@ -84,7 +84,7 @@ def test_a_missing_image_is_reported_before_training_starts(tiny_pairs_copy, tin
 def test_validation_grids_follow_the_model_and_leave_training_untouched(tiny_pairs, tiny_base, tmp_path, monkeypatch):
     from PIL import Image
 
-    import pedit.train as train_module
+    import pedit.train.loop as train_module
 
     # What the grids show and what they leave behind, not their sampling quality: 2 steps, 2 mask draws.
     monkeypatch.setattr(train_module, "VALIDATION_STEPS", 2)

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from pedit.cli import cli
 from pedit.errors import ConfigError
-from pedit.train import TrainConfig, train
+from pedit.train.loop import TrainConfig, train
 
 
 def _cfg(pairs, base, out, **kw):

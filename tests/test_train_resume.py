@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from pedit.errors import ConfigError
 from pedit.model.mcdm import MCDM
-from pedit.train import TrainConfig, train
-from pedit.train_config import check_output_folder
+from pedit.train.loop import TrainConfig, train
+from pedit.train.config import check_output_folder
 
 
 def _cfg(pairs, base, out, **kw):

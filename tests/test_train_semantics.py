@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pedit.model.mcdm import MCDM
-from pedit.train import TrainConfig, train
+from pedit.train.loop import TrainConfig, train
 
 
 def _cfg(pairs, base, out, **kw):

@@ -11,7 +11,7 @@ upsampled copy of the mask (`pixel_mask`, `composite`), and, with `keep_below` >
 wherever the edit changed no colour channel by `keep_below` / 2 levels or more (`change_weight`):
 a latent cell is 8x8 pixels, most of which an expression edit leaves alone, and there the decoded
 output differs from the input only by the VAE's reconstruction error. Chosen per model by
-measurement on training identities (pedit.mask_tuning); 0 (off) unless the model folder sets it.
+measurement on training identities (pedit.eval.mask_tuning); 0 (off) unless the model folder sets it.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def pixel_mask(mask: torch.Tensor, size: int, dilate_px: int, feather_px: float)
     dilate_px 0 the feather straddles the edge and eats into the region (a lone cell at feather
     0.5 cells gets at most 0.47 of the edit). Exactly 0 wherever no edited cell is within reach,
     so those pixels are copied untouched. Which blend a model uses is measured (MaskConfig,
-    pedit.mask_tuning), not assumed.
+    pedit.eval.mask_tuning), not assumed.
     """
     m = F.interpolate(mask.float().cpu(), size=(size, size), mode="nearest")
     if dilate_px > 0:

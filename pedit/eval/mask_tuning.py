@@ -70,8 +70,8 @@ def tune_masks(cfg: TuneConfig, progress: Callable[[str, int, int], None] | None
     from pedit.edit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
     from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import MaskConfig, binarize, difference_map
-    from pedit.evaluate import run_method
-    from pedit.mask_ceiling import mask_iou
+    from pedit.eval.ground_truth import run_method
+    from pedit.eval.ceiling import mask_iou
 
     pairs = read_pairs(cfg.pairs)
     held_out = [p.id for p in pairs if p.seed >= EVAL_SEEDS_FROM]

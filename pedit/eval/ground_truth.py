@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pedit.mask_ceiling import mask_iou
+from pedit.eval.ceiling import mask_iou
 
 from pedit.errors import ConfigError
 
@@ -116,7 +116,7 @@ class Scores:
     px_out: int = 0
     iou: float = 0.0
     n_iou: int = 0
-    ceiling: float = 0.0  # best IoU any latent-grid mask reaches (pedit.mask_ceiling), summed like iou
+    ceiling: float = 0.0  # best IoU any latent-grid mask reaches (pedit.eval.ceiling), summed like iou
     precision: float = 0.0  # of the predicted mask: the share of it inside the true mask
     recall: float = 0.0  # the share of the true mask it covers
     changed_iou: float = 0.0  # IoU of the pixels the output changed (any channel != the input's) with the true mask
@@ -292,7 +292,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                                     unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
-    from pedit.mask_ceiling import iou_ceiling
+    from pedit.eval.ceiling import iou_ceiling
 
     cells = size // editor.model.parts.latent_factor  # the latent grid the editing mask lives on
     known = editor.directions

@@ -3,7 +3,7 @@
 Per step, visible below: identity samples (p = 0.05: target x_A, prompt p_a), condition dropout
 (p = 0.2, a uniformly drawn non-empty subset of {c_s, c_im, c_p}), the loss on the base's
 prediction type (epsilon or v), EMA, checkpoints (`save_state`), validation grids. What the frozen
-VAE and encoders give for each pair comes from the latent cache (pedit.latent_cache; `--no-cache`
+VAE and encoders give for each pair comes from the latent cache (pedit.train.latent_cache; `--no-cache`
 computes it every step), and the loss is read back every `log_every` steps, not every step.
 A step is one optimizer step: with `gradient_accumulation` k it runs k micro-batches, and max_steps,
 checkpoints and loss.csv rows count optimizer steps. All randomness of a micro-batch comes from a
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from pedit.errors import ConfigError, PeditError
 from pedit.files import write_text_atomic
 from pedit.data.pairs import Pair, direction_of, load_rgb, read_pairs
-from pedit.train_batches import PairImages, StepBatches, sample_dropout, step_seed
-from pedit.train_config import TrainConfig, check_output_folder, checkpoints, clear_output_folder, newest_checkpoint
+from pedit.train.batches import PairImages, StepBatches, sample_dropout, step_seed
+from pedit.train.config import TrainConfig, check_output_folder, checkpoints, clear_output_folder, newest_checkpoint
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
 VALIDATION_STEPS = 20  # sampling steps of the validation grids' edits ...
@@ -92,7 +92,7 @@ def frozen_batches(cfg: TrainConfig, pairs: list[Pair], parts, size: int, sample
     """The latent cache's tensors gathered per step (default), or --no-cache: images decoded in
     DataLoader workers and encoded every step. Either way each batch holds mean_A, std_A, mean_B,
     std_B (B, 4, h, w), clip_A (B, 1 + P, Dv) and p_a, p_b (B,) prompt rows."""
-    from pedit.latent_cache import build_or_load, encode_pairs, encode_texts, prompt_rows, prompt_texts
+    from pedit.train.latent_cache import build_or_load, encode_pairs, encode_texts, prompt_rows, prompt_texts
 
     dev = accelerator.device
     if not cfg.cache:
@@ -164,7 +164,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     size = cfg.resolution or int(parts.vae.config.sample_size)
     prediction_type = check_prediction_type(parts.scheduler_config)
     if cfg.cache and main:
-        from pedit.latent_cache import check_writable
+        from pedit.train.latent_cache import check_writable
 
         check_writable(cache_root(cfg))
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")

@@ -39,7 +39,7 @@ class TrainConfig:
     num_workers: int = 0
     allow_pickle: bool = False
     overwrite: bool = False  # delete the run already in `output` first (else: refuse it, or --resume it)
-    cache: bool = True  # frozen parts' outputs computed once (pedit.latent_cache); False: every step
+    cache: bool = True  # frozen parts' outputs computed once (pedit.train.latent_cache); False: every step
     cache_dir: str | None = None  # None → <data>/.pedit-cache
     log_every: int = 10  # loss.csv rows and progress reports flushed every N steps (one host sync)
 
