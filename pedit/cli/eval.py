@@ -1,0 +1,109 @@
+"""`pedit eval`: a model against ground truth (--pairs) or on real photos (--photos)."""
+
+from __future__ import annotations
+
+import click
+
+from pedit.cli.choices import BACKENDS
+from pedit.cli.progress import make_console, make_progress, show_config
+
+
+@click.command("eval")
+@click.argument("more_photos", nargs=-1, metavar="[PHOTOS]...")
+@click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
+@click.option("--pairs", type=click.Path(), help="Pair folder with exact targets (and masks).")
+@click.option("--photos", multiple=True, type=click.Path(),
+              help="Real photos (files or folders; more may follow as arguments): identity distance, pixels kept.")
+@click.option("-d", "--directions", "direction_list", help="With --photos: comma-separated directions to edit toward.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder: report.json, report.md, grid.png.")
+@click.option("--methods", default=",".join(["ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit"]),
+              show_default=True, help="Comma-separated methods to score.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs.")
+@click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
+@click.option("--detector", type=click.Choice(["default", "haar", "hog", "cnn"]), default="default", show_default=True,
+              help="With --photos: the face detector that places the crop.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report in -o.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="What runs the U-Net.")
+@click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for --backend onnx/trt "
+              "(default: exported once into ~/.cache/pedit).")
+@click.option("--mask-batch", type=click.IntRange(min=0, max=1024),
+              help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call. "
+                   "Default: the model folder's setting.")
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_context
+def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit,
+             grid_pairs, detector, overwrite, device, allow_pickle, precision, backend, engines, mask_batch, quiet):
+    """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
+
+    \b
+    pedit eval --pairs eval-pairs/ -o report/              SSIM, PSNR in/outside the true mask, mask IoU
+    pedit eval --photos a.jpg b.jpg -d royal,angry -o r/   identity distance, pixels kept, mask area
+    """
+    photos = (*photos, *more_photos)
+    if bool(pairs) == bool(photos):
+        raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
+    # A flag that does not apply to the chosen mode is an error, never silently ignored.
+    given = {name for name in ("methods", "batch_size", "limit", "grid_pairs", "detector", "engines", "mask_batch")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if photos:
+        if not_here := given & {"methods", "batch_size", "limit", "grid_pairs", "engines", "mask_batch"}:
+            flags = ", ".join(_flag(ctx, name) for name in sorted(not_here))
+            raise click.UsageError(f"{flags} goes with --pairs; --photos edits every photo toward each -d direction.")
+        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle,
+                     precision, backend, quiet)
+        return
+    if direction_list:
+        raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
+    if "detector" in given:
+        raise click.UsageError("--detector goes with --photos; --pairs scores each pair image whole, without a face crop.")
+    from pedit.eval.ground_truth import EvalConfig, evaluate, markdown_report
+
+    cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                     steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
+                     allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite,
+                     engines=engines, mask_batch=mask_batch)
+    console = make_console(quiet)
+    show_config(console, cfg)
+    with make_progress(console) as bar:
+        tasks = {}
+
+        def on_progress(method, done, total):
+            if method not in tasks:
+                tasks[method] = bar.add_task(method, total=total, info="")
+            bar.update(tasks[method], completed=done)
+
+        report = evaluate(cfg, on_progress)
+    click.echo(markdown_report(report))
+
+
+def _flag(ctx, name: str) -> str:
+    """The command-line spelling of parameter `name` (--grid for grid_pairs)."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, precision,
+                 backend, quiet):
+    from rich.markup import escape
+
+    from pedit.eval.photos import PhotoEvalConfig, evaluate_photos, markdown_photo_report
+
+    if not direction_list:
+        raise click.UsageError("--photos needs -d/--directions, e.g. -d royal,laughing (see `pedit directions`).")
+    cfg = PhotoEvalConfig(photos=tuple(photos), directions=tuple(d.strip() for d in direction_list.split(",") if d.strip()),
+                          model=model, output=output, steps=steps, seed=seed, detector=detector, device=device,
+                          allow_pickle=allow_pickle, overwrite=overwrite, precision=precision, backend=backend)
+    console = make_console(quiet)
+    show_config(console, cfg)
+    with make_progress(console) as bar:
+        task = bar.add_task("photos x directions", total=None, info="")
+        report = evaluate_photos(cfg, lambda done, total: bar.update(task, completed=done, total=total),
+                                 note=lambda text: console.print(escape(text)))
+    click.echo(markdown_photo_report(report))
+

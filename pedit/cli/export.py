@@ -1,0 +1,81 @@
+"""`pedit export` and `pedit bench`: ONNX and TensorRT engines, and what they buy in milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pedit.cli.choices import BACKENDS
+from pedit.cli.progress import make_console, show_config
+
+
+@click.command("export")
+@click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
+@click.option("-o", "--output", type=click.Path(), default="engines", show_default=True, help="Engines folder.")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (fp16; needs pedit[trt] and an NVIDIA GPU).")
+@click.option("--force", is_flag=True, help="Redo every stage, even those whose inputs are unchanged.")
+@click.option("--networks", default=",".join(["unet", "image_projector", "text_encoder", "vae_encoder", "vae_decoder"]),
+              show_default=True, help="Comma-separated networks to export.")
+@click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Sizes the U-Net's mask profile (5 rows x N noise draws).")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
+@click.option("-q", "--quiet", is_flag=True)
+def export_cmd(model, output, trt, force, networks, mask_noises, allow_pickle, quiet):
+    """Export a model's networks to ONNX (parity-checked against torch) and TensorRT engines."""
+    from rich.markup import escape
+
+    from pedit.export.pipeline import ExportConfig, export_model
+
+    cfg = ExportConfig(model=model, output=output, trt=trt, force=force, n_noise=mask_noises, allow_pickle=allow_pickle,
+                       networks=tuple(n.strip() for n in networks.split(",") if n.strip()))
+    console = make_console(quiet)
+    show_config(console, cfg)
+    export_model(cfg, log=lambda msg: console.print(escape(msg)))
+    console.print(f"Engines and manifest.json in {output}")
+    click.echo(str(Path(output) / "manifest.json"))
+
+
+@click.command()
+@click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
+@click.option("--arch", type=click.Choice(["sd15"]), help="Instead of -m: an MCDM of Stable Diffusion 1.5 size with random weights.")
+@click.option("--backend", "backends", default="torch", show_default=True,
+              help=f"Comma-separated backends to time: {', '.join(BACKENDS)}.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed edits; medians are reported.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--vs", "vs", type=click.Choice(["ip2p"]), help="Also time diffusers' InstructPix2Pix pipeline in this process.")
+@click.option("--resolution", type=click.IntRange(min=64), help="--arch sd15 only (default 512).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: fp16 on CUDA, fp32 on the CPU.")
+@click.option("--no-mask", is_flag=True, help="Time the edit without the editing mask.")
+@click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True, help="Noise draws per mask call.")
+@click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for onnx/trt.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
+@click.option("--overwrite", is_flag=True, help="Replace the -o file if it exists.")
+@click.option("-q", "--quiet", is_flag=True)
+def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device, precision, no_mask, mask_batch, engines,
+          output, overwrite, quiet):
+    """Time one edit stage by stage (load, encode, mask, steps, decode) per backend; JSON on stdout, a table on stderr."""
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pedit.export.bench import TABLE_HEAD, BenchConfig, run_bench, table_rows
+
+    cfg = BenchConfig(model=model, arch=arch or "model", backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+                      steps=steps, repeats=repeats, warmup=warmup, vs_ip2p=vs == "ip2p", resolution=resolution,
+                      device=device, precision=precision, use_mask=not no_mask, mask_batch=mask_batch, engines=engines,
+                      output=output, overwrite=overwrite)
+    console = make_console(quiet)
+    show_config(console, cfg)
+    report = run_bench(cfg, log=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))
+    table = Table(*TABLE_HEAD, title=f"{report['model']} on {report['device']}, {report['precision']}, "
+                                     f"{report['resolution']} px, {steps} steps: medians of {repeats}, ms")
+    for row in table_rows(report):
+        table.add_row(*(escape(c) for c in row))
+    console.print(table)
+    console.print(f"U-Net: {report['unet_flops_per_step'] / 1e12:.4f} TFLOP per 5-row step")
+    click.echo(json.dumps(report, indent=2))
+

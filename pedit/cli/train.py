@@ -1,0 +1,80 @@
+"""`pedit train`: the MCDM training loop of stage 2 (paper §3.3)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from pedit.cli.progress import make_console, make_progress, show_config
+
+
+@click.command()
+@click.option("--data", required=True, type=click.Path(), help="Pair folder (metadata.jsonl).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@click.option("--base", help="Base model: a local diffusers folder or a hub id. Default: the bundled toon base.")
+@click.option("--init", type=click.Choice(["base", "scratch"]), default="base", show_default=True,
+              help="U-Net weights from the base, or its config with random weights.")
+@click.option("--init-from", type=click.Path(file_okay=False), help="Continue from this model folder's U-Net and projector.")
+@click.option("--image-encoder", help="CLIP vision model for c_im when the base has no image_encoder/.")
+@click.option("--resolution", type=click.IntRange(min=8), help="Training resolution (default: the base VAE's).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Stop cleanly after this much training time.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Per process.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers decoding images.")
+@click.option("--gradient-accumulation", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Micro-batches per optimizer step; --max-steps and loss.csv count optimizer steps.")
+@click.option("--learning-rate", "--lr", type=float, default=1e-4, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--validate-every", type=click.IntRange(min=0), default=500, show_default=True, help="0: never.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Delete the training run already in the output folder first.")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+@click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
+@click.option("--no-cache", is_flag=True, help="Run the frozen VAE and encoders every step instead of once (the latent cache).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the latent cache lives. Default: DATA/.pedit-cache.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps between loss reports.")
+@click.option("-q", "--quiet", is_flag=True)
+def train(data, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
+          learning_rate, warmup_steps, checkpoint_every, validate_every, resume, overwrite, mixed_precision,
+          gradient_checkpointing, ema_decay, seed, allow_pickle, no_cache, cache_dir, log_every, quiet):
+    """Train a Multi-Conditioned Diffusion Model on a pair folder.
+
+    Multi-GPU: accelerate launch -m pedit train --data DIR -o DIR ...
+    """
+    from pedit.train.loop import TrainConfig, train as run_train
+
+    cfg = TrainConfig(
+        data=data, output=output, base=base, init=init, init_from=init_from, image_encoder=image_encoder, resolution=resolution,
+        max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, num_workers=num_workers, gradient_accumulation=gradient_accumulation,
+        learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
+        validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
+        overwrite=overwrite, cache=not no_cache, cache_dir=cache_dir, log_every=log_every,
+    )
+    # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).
+    console = make_console(quiet or int(os.environ.get("RANK", "0")) != 0)
+    show_config(console, cfg)
+    with make_progress(console) as bar:
+        task = bar.add_task("train", total=max_steps, info="")
+
+        def on_progress(p):
+            if p.event == "step":
+                bar.update(task, completed=p.step, info=f"loss {p.loss:.4f}  {p.steps_per_s:.2f} it/s")
+            elif p.event == "resumed":
+                bar.update(task, completed=p.step)
+                console.print(f"Resumed from {p.path}")
+            elif p.event == "validation":
+                console.print(f"step {p.step}: validation grid {p.path}")
+            elif p.event == "checkpoint":
+                console.print(f"[dim]step {p.step}: checkpoint {p.path}[/dim]")
+            elif p.event == "cache":  # building the latent cache: step = pairs encoded so far
+                bar.update(task, info=f"latent cache {p.step}/{p.max_steps} pairs")
+
+        out = run_train(cfg, progress=on_progress, log=console.print)
+    console.print(f"Model written to {out}")
+
