@@ -82,7 +82,8 @@ def test_eval_identity_distance_matches_a_direct_computation(evaluated):
 
 
 def test_eval_without_the_face_model_reports_identity_as_missing(tmp_path, monkeypatch):
-    from pedit.photos import evaluate, identity
+    from pedit.eval import photos as evaluate
+    from pedit.photos import identity
 
     monkeypatch.setattr(identity, "face_model_available", lambda: False)
     monkeypatch.setattr(evaluate, "face_model_available", lambda: False)
