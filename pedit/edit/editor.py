@@ -23,7 +23,7 @@ from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError
 from pedit.edit.guidance import GuidanceScales, guided_eps
 from pedit.edit.mask import MaskConfig, change_weight, composite, editing_mask, pixel_mask
-from pedit.edit.mask_settings import mask_config_for
+from pedit.model.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler, sample
@@ -200,7 +200,7 @@ class Editor:
 
     def default_options(self, direction: str | Direction | None = None) -> EditOptions:
         """EditOptions, with the editing-mask settings the model folder carries in pedit.json for
-        `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.edit.mask_settings)."""
+        `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.model.mask_settings)."""
         direction = None if direction is None else self.direction(direction)
         return EditOptions(mask=mask_config_for(self.model.meta, direction))
 

@@ -104,7 +104,7 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
                                     precision=cfg.precision, log=note)
     directions = [editor.direction(d) for d in cfg.directions]  # an unknown direction fails here
     options = EditOptions(steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p))
-    # Each direction edits with the model's mask settings for its task (pedit.edit.mask_settings), as in
+    # Each direction edits with the model's mask settings for its task (pedit.model.mask_settings), as in
     # `pedit edit`; n_noise is theirs unless mask_noises is given.
     direction_options = {}
     for direction in directions:

@@ -98,7 +98,7 @@ def _planned_mask(cfg: EditFilesConfig):
     """The mask settings the edit will use (as edit_files sets them below), read from the model
     folder before it loads, so an onnx/trt engine is sized for the mask call (pedit.edit.mask.unet_rows)."""
     from pedit.data.directions import model_directions
-    from pedit.edit.mask_settings import mask_config_for
+    from pedit.model.mask_settings import mask_config_for
     from pedit.model.loading import read_model_folder
 
     folder, meta = read_model_folder(cfg.model)
