@@ -276,7 +276,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
 
     from pedit.toon import world as toon
     from pedit.data.directions import Direction
-    from pedit.edit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.export.backends import load_editor
     from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import unet_rows
     from pedit.data.pairs import direction_of, load_rgb, read_pairs
@@ -287,9 +288,9 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         pairs = pairs[: cfg.limit]
     mask_by_direction = eval_mask_configs(cfg, pairs)
     images = min(cfg.batch_size, len(pairs))  # run_method edits a batch of pairs in one U-Net call
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle,
-                                    precision=cfg.precision, backend=cfg.backend, engines=cfg.engines,
-                                    unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
+    editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle,
+                         precision=cfg.precision, backend=cfg.backend, engines=cfg.engines,
+                         unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
     from pedit.eval.ceiling import iou_ceiling
