@@ -12,6 +12,7 @@ from PIL import Image
 
 from pedit.cli import cli
 from pedit.edit.editor import EditOptions, Editor
+from pedit.export.backends import load_editor
 from pedit.edit.mask import MaskConfig
 from pedit.export.backends import make_denoise
 from pedit.export.specs import dims_of, network_specs, random_inputs
@@ -64,7 +65,7 @@ def test_onnx_edit_of_the_bundled_model_matches_torch():
     """The tolerance the docs state: the same editing mask and every pixel within 2/255."""
     image = Image.open("examples/toon.png")
     torch_edit = Editor.from_pretrained(None, device="cpu").edit(image, "laughing", steps=10, seed=0)
-    onnx_edit = Editor.from_pretrained(None, device="cpu", backend="onnx").edit(image, "laughing", steps=10, seed=0)
+    onnx_edit = load_editor(None, device="cpu", backend="onnx").edit(image, "laughing", steps=10, seed=0)
     assert torch.equal(onnx_edit.mask_latent, torch_edit.mask_latent) and onnx_edit.mask_latent.sum() > 0
     a, b = np.asarray(torch_edit.image, dtype=int), np.asarray(onnx_edit.image, dtype=int)
     assert np.abs(a - b).max() <= 2
@@ -215,11 +216,11 @@ def test_engines_of_another_model_are_refused_not_overwritten(random_model, tmp_
     export_model(ExportConfig(model=str(random_model), output=str(tmp_path), networks=("unet",)))
     before = (tmp_path / "unet.onnx").read_bytes()
     with pytest.raises(ConfigError, match="was exported from another model"):
-        Editor.from_pretrained(None, device="cpu", backend="onnx", engines=tmp_path)
+        load_editor(None, device="cpu", backend="onnx", engines=tmp_path)
     assert (tmp_path / "unet.onnx").read_bytes() == before
     # The same model's folder is used as it is: nothing exported again.
     log = []
-    Editor.from_pretrained(random_model, device="cpu", backend="onnx", engines=tmp_path, log=log.append)
+    load_editor(random_model, device="cpu", backend="onnx", engines=tmp_path, log=log.append)
     assert log == ["unet: ONNX skipped (inputs unchanged)"]
 
 

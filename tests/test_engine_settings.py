@@ -140,11 +140,9 @@ def test_default_rows_cover_the_models_per_direction_mask_settings(random_model,
     must take that direction's mask call too."""
     import json
 
-    from pedit.edit.editor import Editor
-
     folder = Path(shutil.copytree(random_model, tmp_path / "model"))
     meta = json.loads((folder / "pedit.json").read_text())
     meta["mask_by_direction"] = {"royal": {"n_noise": 30}}
     (folder / "pedit.json").write_text(json.dumps(meta))
-    Editor.from_pretrained(folder, device="cpu", backend="onnx", engines=tmp_path / "eng")
+    backends.load_editor(folder, device="cpu", backend="onnx", engines=tmp_path / "eng")
     assert _mask_profile(tmp_path / "eng") == [5, 150, 150]

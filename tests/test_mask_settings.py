@@ -9,7 +9,7 @@ import pytest
 
 from pedit.data.directions import BUILTIN
 from pedit.edit.mask import MaskConfig
-from pedit.edit.mask_settings import check_mask_settings, mask_config_for
+from pedit.model.mask_settings import check_mask_settings, mask_config_for
 from pedit.eval.ceiling import iou_ceiling
 
 

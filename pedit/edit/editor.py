@@ -23,7 +23,7 @@ from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError
 from pedit.edit.guidance import GuidanceScales, guided_eps
 from pedit.edit.mask import MaskConfig, change_weight, composite, editing_mask, pixel_mask
-from pedit.edit.mask_settings import mask_config_for
+from pedit.model.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler, sample
@@ -124,16 +124,12 @@ class Editor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
-                        backend: str = "torch", precision: str | None = None, engines: str | Path | None = None,
-                        log: Callable[[str], None] = lambda msg: None, cache: bool = False,
-                        unet_rows: int | None = None):
-        """Load a model folder (None: the bundled toon model) for editing.
+                        backend: str = "torch", precision: str | None = None, cache: bool = False):
+        """Load a model folder (None: the bundled toon model) for editing with eager PyTorch.
 
-        backend: torch | compile | onnx | trt (pedit.export.backends); precision: fp32 | fp16 | bf16
-        (default fp16 on CUDA, fp32 on the CPU); engines: a `pedit export` folder for onnx/trt.
-        unet_rows: the largest U-Net call the caller will make (pedit.edit.mask.unet_rows; default:
-        one image with the model's own mask settings, the largest over its directions); an onnx/trt
-        engine is widened only if it does not cover it.
+        precision: fp32 | fp16 | bf16 (default fp16 on CUDA, fp32 on the CPU). Another backend
+        (compile, onnx, trt) is handed to the editor by pedit.export.backends.load_editor, which
+        calls this first; backend is here only to say so.
         cache=True (what `pedit edit` passes) with the torch backend, fp32, on the CPU: load the model
         from its TorchScript cache, writing the cache first when there is none (pedit.model.traced).
         A new process then edits without importing diffusers or transformers, with the same bytes out.
@@ -152,21 +148,17 @@ class Editor:
         precision = precision or ("fp16" if kind == "cuda" else "fp32")
         if precision not in PRECISIONS:
             raise ConfigError(f"Unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}.")
-        if cache and kind == "cpu" and backend == "torch" and precision == "fp32":
+        if backend != "torch":
+            # The editor is handed its backend, never fetches one (DESIGN.md, "Layout"): the export wing
+            # sits above this one and builds engines on first use.
+            raise ConfigError(f"Editor.from_pretrained runs the eager torch backend; for {backend!r} use "
+                              "pedit.export.backends.load_editor(path, backend=...).")
+        if cache and kind == "cpu" and precision == "fp32":
             return cls._from_cache(path, allow_pickle)
         from pedit.model.loading import load_model
 
         model = load_model(path, allow_pickle=allow_pickle, device=device, dtype=PRECISIONS[precision])
-        if backend == "torch":
-            return cls(model)
-        from pedit.edit.mask import unet_rows as rows_of
-        from pedit.export.backends import make_denoise
-
-        if unet_rows is None:  # the largest mask call of the model's own settings, over its directions
-            directions = [None, *model_directions(model.meta, model.path).values()]
-            unet_rows = max(rows_of(mask_config_for(model.meta, d)) for d in directions)
-        rows = unet_rows
-        return cls(model, make_denoise(model, backend, engines, log, rows))
+        return cls(model)
 
     @classmethod
     def _from_cache(cls, path, allow_pickle: bool) -> "Editor":
@@ -200,7 +192,7 @@ class Editor:
 
     def default_options(self, direction: str | Direction | None = None) -> EditOptions:
         """EditOptions, with the editing-mask settings the model folder carries in pedit.json for
-        `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.edit.mask_settings)."""
+        `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.model.mask_settings)."""
         direction = None if direction is None else self.direction(direction)
         return EditOptions(mask=mask_config_for(self.model.meta, direction))
 

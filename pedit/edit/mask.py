@@ -16,8 +16,6 @@ measurement on training identities (pedit.eval.mask_tuning); 0 (off) unless the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,30 +23,7 @@ import torch.nn.functional as F
 from pedit.edit.guidance import N_ROWS, GuidanceScales, branch_eps
 from pedit.errors import NonFiniteError
 from pedit.model.conditions import EditConditions
-
-
-@dataclass(frozen=True)
-class MaskConfig:
-    n_noise: int = 10  # N noise draws, all in one U-Net call
-    strength: float = 0.5  # noise level as a fraction of the training timesteps
-    ratio: float = 3.0  # clamp the difference map at mean x ratio before normalising
-    threshold: float = 0.5
-    dilate: float = 1.0  # in latent cells, before feathering
-    feather: float = 0.5  # Gaussian sigma in latent cells
-    keep_below: float = 0.0  # inside the mask, keep input pixels the edit changed by < keep_below / 2 levels (0: off)
-    batch: int = 0  # noise draws per U-Net call (5 rows each); 0 = all N in one call. Bounds memory, same mask
-
-    def __post_init__(self):
-        from pedit.validate import check_int, check_number
-
-        check_int("n_noise", self.n_noise, 1, 1024)
-        check_int("batch", self.batch, 0, 1024)
-        check_number("strength", self.strength, 0, 1, lo_open=True)  # 0 noises nothing: no signal
-        check_number("ratio", self.ratio, 0, lo_open=True)
-        check_number("threshold", self.threshold, 0, 1, hi_open=True)  # 1: nothing could pass
-        check_number("dilate", self.dilate, 0, 64)
-        check_number("feather", self.feather, 0, 64)
-        check_number("keep_below", self.keep_below, 0, 255)
+from pedit.model.mask_settings import MaskConfig  # noqa: F401 (the settings live with the model folder's metadata)
 
 
 def unet_rows(cfg: MaskConfig | None, images: int = 1) -> int:

@@ -252,12 +252,12 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
 
 
 def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
-    """Direction name → the mask settings the model folder carries for it (pedit.edit.mask_settings,
+    """Direction name → the mask settings the model folder carries for it (pedit.model.mask_settings,
     as Editor.default_options gives them), with cfg.mask_batch; read before the model loads, so the
     backend knows the largest U-Net call (pedit.edit.mask.unet_rows)."""
     from pedit.data.directions import Direction, model_directions
     from pedit.data.pairs import direction_of
-    from pedit.edit.mask_settings import mask_config_for
+    from pedit.model.mask_settings import mask_config_for
     from pedit.model.loading import read_model_folder
 
     folder, meta = read_model_folder(cfg.model)
@@ -276,7 +276,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
 
     from pedit.toon import world as toon
     from pedit.data.directions import Direction
-    from pedit.edit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.export.backends import load_editor
     from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import unet_rows
     from pedit.data.pairs import direction_of, load_rgb, read_pairs
@@ -287,9 +288,9 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         pairs = pairs[: cfg.limit]
     mask_by_direction = eval_mask_configs(cfg, pairs)
     images = min(cfg.batch_size, len(pairs))  # run_method edits a batch of pairs in one U-Net call
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle,
-                                    precision=cfg.precision, backend=cfg.backend, engines=cfg.engines,
-                                    unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
+    editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle,
+                         precision=cfg.precision, backend=cfg.backend, engines=cfg.engines,
+                         unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
     from pedit.eval.ceiling import iou_ceiling
@@ -315,7 +316,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
             for p, s, t in zip(batch, src, tgt)
         ]
         ceilings = [iou_ceiling(m, cells) for m in true_masks]
-        # the model folder's own mask settings for each pair's direction (pedit.edit.mask_settings)
+        # the model folder's own mask settings for each pair's direction (pedit.model.mask_settings)
         mask_cfgs = [mask_by_direction[p.direction] for p in batch]
         conds = [editor.conditions(uint8_to_tensor(s), editor.direction(p.direction)) for s, p in zip(src, batch)]
         cond = type(conds[0])(*(torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])))

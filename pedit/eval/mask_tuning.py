@@ -8,7 +8,7 @@ Two stages, each a grid search scored against the exact ground truth of toon pai
    and outside the true mask (reported).
 Evaluation identities (seeds 1,000,000 and up, docs/results.md) are refused: settings chosen on
 them would flatter the held-out numbers. The result goes into pedit.json as "mask_by_task"
-(pedit.edit.mask_settings).
+(pedit.model.mask_settings).
 """
 
 from __future__ import annotations

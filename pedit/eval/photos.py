@@ -55,8 +55,7 @@ class PhotoEvalConfig:
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
-        from pedit.export.backends import BACKENDS
-        from pedit.validate import check_int, check_number, check_seed
+        from pedit.validate import BACKENDS, check_int, check_number, check_seed
 
         if not self.photos:
             raise ConfigError("No photos given; pass --photos PATH (files or folders).")
@@ -93,18 +92,19 @@ def _check_output(cfg: PhotoEvalConfig) -> Path | None:
 def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] | None = None,
                     note: Callable[[str], None] = lambda text: None) -> dict:
     """Edit every photo toward every direction and score each result; writes the report to cfg.output."""
-    from pedit.edit.editor import EditOptions, Editor
+    from pedit.edit.editor import EditOptions
+    from pedit.export.backends import load_editor
     from pedit.edit.guidance import GuidanceScales
 
     out = _check_output(cfg)
     paths = find_images(cfg.photos)
     for path in paths:  # every photo is decoded once up front: a broken one fails before any work
         load_photo(path, cfg.max_pixels)
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
-                                    precision=cfg.precision, log=note)
+    editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
+                         precision=cfg.precision, log=note)
     directions = [editor.direction(d) for d in cfg.directions]  # an unknown direction fails here
     options = EditOptions(steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p))
-    # Each direction edits with the model's mask settings for its task (pedit.edit.mask_settings), as in
+    # Each direction edits with the model's mask settings for its task (pedit.model.mask_settings), as in
     # `pedit edit`; n_noise is theirs unless mask_noises is given.
     direction_options = {}
     for direction in directions:

@@ -162,3 +162,31 @@ def make_denoise(model, backend: str = "torch", engines=None, log: Callable[[str
     if backend == "trt":
         return trt_backend(model, engines, log, rows)
     raise ConfigError(f"Unknown backend {backend!r}; choose from {', '.join(BACKENDS)}.")
+
+
+def load_editor(path=None, device: str | None = None, allow_pickle: bool = False, backend: str = "torch",
+                precision: str | None = None, engines: str | Path | None = None,
+                log: Callable[[str], None] = lambda msg: None, cache: bool = False,
+                unet_rows: int | None = None):
+    """An Editor of a model folder (None: the bundled toon model) whose U-Net runs on `backend`.
+
+    torch: Editor.from_pretrained itself (cache=True: the TorchScript cache on the CPU in fp32).
+    Others: the model loaded eagerly, then this backend's denoise handed to the editor.
+    unet_rows: the largest U-Net call the caller will make (pedit.edit.mask.unet_rows; default: one
+    image with the model's own mask settings, the largest over its directions); an onnx/trt engine
+    is widened only if it does not cover it. engines: a `pedit export` folder for onnx/trt.
+    """
+    from pedit.edit.editor import Editor
+
+    editor = Editor.from_pretrained(path, device=device, allow_pickle=allow_pickle, precision=precision,
+                                    cache=cache and backend == "torch")
+    if backend == "torch":
+        return editor
+    from pedit.edit.mask import unet_rows as rows_of
+    from pedit.model.mask_settings import mask_config_for
+
+    model = editor.model
+    if unet_rows is None:  # the largest mask call of the model's own settings, over its directions
+        unet_rows = max(rows_of(mask_config_for(model.meta, d)) for d in [None, *editor.directions.values()])
+    editor.denoise = make_denoise(model, backend, engines, log, unet_rows)
+    return editor

@@ -116,6 +116,7 @@ def _load(cfg: BenchConfig, backend: str, log):
     import torch
 
     from pedit.edit.editor import PRECISIONS, Editor
+    from pedit.export.backends import load_editor
     from pedit.edit.mask import unet_rows
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,8 +127,8 @@ def _load(cfg: BenchConfig, backend: str, log):
         precision = cfg.precision or ("fp16" if device.startswith("cuda") else "fp32")
         model = build_sd15(cfg.resolution or 512, device, PRECISIONS[precision], cfg.seed)
         return Editor(model, make_denoise(model, backend))
-    return Editor.from_pretrained(cfg.model, device=device, backend=backend, precision=cfg.precision,
-                                  engines=cfg.engines, log=log, unet_rows=unet_rows(mask_config(cfg) if cfg.use_mask else None))
+    return load_editor(cfg.model, device=device, backend=backend, precision=cfg.precision,
+                       engines=cfg.engines, log=log, unet_rows=unet_rows(mask_config(cfg) if cfg.use_mask else None))
 
 
 def mask_config(cfg: BenchConfig):

@@ -24,7 +24,7 @@ from pedit import __version__
 from pedit.data.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import process_alive, regular_file_problem
-from pedit.edit.mask_settings import check_mask_settings
+from pedit.model.mask_settings import check_mask_settings
 
 # pedit.model.mcdm imports diffusers (seconds): imported where a model is built, so that a cached
 # model (pedit.model.traced) can be checked with the functions here without it.

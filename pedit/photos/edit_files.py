@@ -98,7 +98,7 @@ def _planned_mask(cfg: EditFilesConfig):
     """The mask settings the edit will use (as edit_files sets them below), read from the model
     folder before it loads, so an onnx/trt engine is sized for the mask call (pedit.edit.mask.unet_rows)."""
     from pedit.data.directions import model_directions
-    from pedit.edit.mask_settings import mask_config_for
+    from pedit.model.mask_settings import mask_config_for
     from pedit.model.loading import read_model_folder
 
     folder, meta = read_model_folder(cfg.model)
@@ -109,7 +109,8 @@ def _planned_mask(cfg: EditFilesConfig):
 
 def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None) -> list[BatchItem]:
     """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem)."""
-    from pedit.edit.editor import EditOptions, Editor
+    from pedit.edit.editor import EditOptions
+    from pedit.export.backends import load_editor
     from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import unet_rows
     from pedit.viz import compare_sheet, overlay_mask
@@ -119,10 +120,10 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
     region = None if cfg.mask is None else load_user_mask(cfg.mask)  # an unreadable mask too
     out = Path(cfg.output) if cfg.output else None
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
-                                    precision=cfg.precision, engines=cfg.engines,
-                                    log=lambda msg: on_event("note", msg), cache=cfg.cache,
-                                    unet_rows=unet_rows(_planned_mask(cfg) if cfg.use_mask else None))
+    editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
+                         precision=cfg.precision, engines=cfg.engines,
+                         log=lambda msg: on_event("note", msg), cache=cfg.cache,
+                         unet_rows=unet_rows(_planned_mask(cfg) if cfg.use_mask else None))
     if editor.cache_failed:
         on_event("note", editor.cache_status)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work

@@ -106,7 +106,7 @@ def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image
                cache_dir: Path) -> tuple[Image.Image, dict]:
     """Augment → DreamBooth LoRA (cached) → candidates → the chosen cartoon at 512 px, and its record.
 
-    `cfg` is the pipeline's StickerConfig; `progress` takes pipeline.StageProgress events.
+    `cfg` is the pipeline's StickerConfig; `progress` takes pedit.stickers.progress.StageProgress events.
     """
     import hashlib
 
@@ -114,7 +114,7 @@ def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image
 
     from pedit.stickers.augment import AugmentConfig, augment_views
     from pedit.stickers.dreambooth import LORA_FILE, DreamBoothConfig, cache_key, train_lora
-    from pedit.stickers.pipeline import StageProgress
+    from pedit.stickers.progress import StageProgress
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_base_pipeline(cfg.base, cfg.allow_pickle, device)

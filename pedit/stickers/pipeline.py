@@ -27,8 +27,8 @@ from pedit import __version__
 from pedit.errors import ConfigError, InputImageError, OutputError
 from pedit.stickers.matte import MatteConfig, make_sticker
 from pedit.stickers.pack import STICKER_SIDE, check_sticker_count, preview_sheet, write_pack
+from pedit.stickers.progress import STAGES, Progress, StageProgress  # noqa: F401 (STAGES: the CLI's bars)
 
-STAGES = ("augment", "fine-tune", "cartoonize", "edit", "pack")
 DEFAULT_EXPRESSIONS = ("angry", "shocked", "laughing", "crying")
 
 
@@ -86,18 +86,6 @@ class StickerConfig:
             raise ConfigError("The pack name must not be empty.")
         if self.style is not None and not self.style.strip():
             raise ConfigError("--style is empty; give a style prompt, e.g. 'a flat cartoon of {subject}'.")
-
-
-@dataclass(frozen=True)
-class StageProgress:
-    stage: str  # one of STAGES
-    done: int
-    total: int
-    info: str = ""
-    skipped: bool = False
-
-
-Progress = Callable[[StageProgress], None]
 
 
 def default_cache_dir() -> Path:

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pedit.data.directions import BUILTIN
 
 if TYPE_CHECKING:
     import torch
@@ -37,24 +35,19 @@ END_OF_WORD = "</w>"
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_EXTRA_WORDS = """
+# The toon base's whole vocabulary, fixed: the bundled base's tokenizer is built from it, so it must
+# not shift when a direction is added (tests/test_toon_parts.py checks every built-in prompt's words
+# are here). The toon wing knows no direction: it sits below pedit.data.
+_WORDS = """
     a an the of on in with and photo portrait picture cartoon toon drawing person woman man girl boy
     face head hair eyes glasses hat smile smiling happy sad surprised costume expression clothes
     everyday neutral crown flowers wearing background left right same red blue green yellow pink
     purple orange brown black white grey
+    angry claus crying flower laughing royal santa sheep shocked
 """
 
 
-def _prompt_words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
-
-
-TOON_WORDS: tuple[str, ...] = tuple(
-    sorted(
-        {w for d in BUILTIN.values() for prompt in (d.p_a, d.p_b, d.p) for w in _prompt_words(prompt)}
-        | set(_EXTRA_WORDS.split())
-    )
-)
+TOON_WORDS: tuple[str, ...] = tuple(sorted(set(_WORDS.split())))
 
 
 # ----------------------------------------------------------------------------------------------

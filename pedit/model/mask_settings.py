@@ -5,15 +5,44 @@
     "mask_by_direction": {"laughing": {"threshold": 0.6}}     overrides for one direction
 
 Later levels override earlier ones field by field; anything unset is MaskConfig's default.
+MaskConfig lives here, below the editor (pedit.edit.mask uses it), because a model folder's
+pedit.json carries it: loading validates it without importing the editing wing.
 Settings are chosen on training identities only (docs/toon-model.md, scripts/tune_masks.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
-from pedit.edit.mask import MaskConfig
 from pedit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """How pedit.edit.mask draws the editing mask (paper §3.4) and blends the edit back in."""
+
+    n_noise: int = 10  # N noise draws, all in one U-Net call
+    strength: float = 0.5  # noise level as a fraction of the training timesteps
+    ratio: float = 3.0  # clamp the difference map at mean x ratio before normalising
+    threshold: float = 0.5
+    dilate: float = 1.0  # in latent cells, before feathering
+    feather: float = 0.5  # Gaussian sigma in latent cells
+    keep_below: float = 0.0  # inside the mask, keep input pixels the edit changed by < keep_below / 2 levels (0: off)
+    batch: int = 0  # noise draws per U-Net call (5 rows each); 0 = all N in one call. Bounds memory, same mask
+
+    def __post_init__(self):
+        from pedit.validate import check_int, check_number
+
+        check_int("n_noise", self.n_noise, 1, 1024)
+        check_int("batch", self.batch, 0, 1024)
+        check_number("strength", self.strength, 0, 1, lo_open=True)  # 0 noises nothing: no signal
+        check_number("ratio", self.ratio, 0, lo_open=True)
+        check_number("threshold", self.threshold, 0, 1, hi_open=True)  # 1: nothing could pass
+        check_number("dilate", self.dilate, 0, 64)
+        check_number("feather", self.feather, 0, 64)
+        check_number("keep_below", self.keep_below, 0, 255)
+
 
 LEVELS = ("mask", "mask_by_task", "mask_by_direction")
 SETTABLE = tuple(f for f in MaskConfig.__dataclass_fields__ if f != "batch")  # batch bounds memory: the runtime's choice
