@@ -6,7 +6,7 @@ per-pair scores. Each image path is also written as `x_A_file_name`, `x_B_file_n
 `mask_file_name` (after the plain keys): the keys Hugging Face `datasets`' imagefolder loader turns
 into image columns named `x_A`, `x_B`, `mask`, so `load_dataset("imagefolder", data_dir=DIR)` reads
 a pair folder as is. Rows with only the plain keys (folders written before) or only the
-`*_file_name` keys are read the same; a row whose two keys disagree is refused. Pair folders get shared, so they are untrusted: a path that leaves the folder
+`*_file_name` keys are read the same; where a row has both, pedit reads the plain key. Pair folders get shared, so they are untrusted: a path that leaves the folder
 (`../`, absolute, a link pointing outside) is rejected, and every image is checked before
 training starts, not at step 10,000.
 """
@@ -93,16 +93,10 @@ def row_path(rec: dict, field: str):
     return rec.get(field, rec.get(field + FILE_NAME))
 
 
-def _image_keys(rec: dict) -> tuple[dict, str | None]:
-    """(field → relative path for each image the row names, the problem when its keys disagree)."""
-    paths = {}
-    for f in IMAGE_FIELDS + ("pose_image",):
-        plain, named = rec.get(f), rec.get(f + FILE_NAME)
-        if f in rec and f + FILE_NAME in rec and plain != named:
-            return {}, f"{f} {plain!r} and {f}{FILE_NAME} {named!r} disagree; give one path"
-        if f in rec or f + FILE_NAME in rec:
-            paths[f] = row_path(rec, f)
-    return paths, None
+def _image_keys(rec: dict) -> dict:
+    """field → relative path for each image the row names: the plain key where it has one (what
+    pedit has always read, and what the path checks and messages name), else `field_file_name`."""
+    return {f: row_path(rec, f) for f in IMAGE_FIELDS if f in rec or f + FILE_NAME in rec}
 
 
 def _row_problem(rec: dict) -> str | None:
@@ -152,13 +146,10 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
             problems.append(f"{where}: not a JSON object ({e})")
             continue
         where = f"row {row} (id {rec.get('id')!r})"
-        given, why = _image_keys(rec)
+        given = _image_keys(rec)
         missing = [f for f in REQUIRED_FIELDS if f not in rec and f not in given]
         if missing:
             problems.append(f"{where}: missing {', '.join(missing)}")
-            continue
-        if why is not None:
-            problems.append(f"{where}: {why}")
             continue
         try:
             paths = {f: safe_path(root, given[f], f) for f in IMAGE_FIELDS if f in given}
