@@ -183,25 +183,27 @@ def _suffix(data: bytes) -> str:
     return ".img"  # read_pairs reports it when PIL cannot open it
 
 
-def materialize(ds, cmap: ColumnMap, folder: Path, progress=None) -> None:
-    """Write `ds` as a pair folder at `folder` (absent): images' bytes as stored, one row a pair."""
-    import datasets
+def materialize(ds, cmap: ColumnMap, folder: Path, progress=None, chunk: int = 256) -> None:
+    """Write `ds` as a pair folder at `folder` (absent): images' bytes as stored, one row a pair.
 
-    image_fields = [(f, v) for f, (kind, v) in cmap.fields if f in IMAGE_COLUMNS]
-    raw = ds.cast(datasets.Features({**ds.features, **{c: datasets.Image(decode=False) for _, c in image_fields}}))
+    Rows are read as Arrow slices of the mapped columns (an image is its stored struct {bytes,
+    path}): nothing is decoded, cast or copied into a new cache file."""
+    arrow = ds.with_format("arrow")
+    needed = sorted({v for _, (kind, v) in cmap.fields if kind == "column"})
     tmp = folder.parent / f".{folder.name}.tmp-{secrets.token_hex(4)}"
     (tmp / "images").mkdir(parents=True)
     problems = []
     try:
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as fh:
-            for i, rec in enumerate(raw):
-                row, why = _row(i, rec, cmap, tmp)
-                if why:
-                    problems.append(f"dataset row {i}: {why}")
-                    continue
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            for start in range(0, len(ds), chunk):
+                for i, rec in enumerate(arrow[start:start + chunk].select(needed).to_pylist(), start=start):
+                    row, why = _row(i, rec, cmap, tmp)
+                    if why:
+                        problems.append(f"dataset row {i}: {why}")
+                        continue
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 if progress is not None:
-                    progress(i + 1, len(raw))
+                    progress(min(start + chunk, len(ds)), len(ds))
         if problems:
             more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
             raise PairFolderError(f"The dataset has {len(problems)} problem(s):\n  " + "\n  ".join(problems[:10]) + more)
