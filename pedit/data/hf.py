@@ -146,7 +146,9 @@ def load_source(data: str, split: str):
     except PairFolderError:
         raise
     except Exception as e:  # datasets raises many types: not found, offline, bad files
-        raise PairFolderError(f"Could not load the dataset {data!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        where = "" if path.exists() else f" (there is no folder {data} here, so it was read as a hub id)"
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise PairFolderError(f"Could not load the dataset {data!r}{where}: {type(e).__name__}: {first}") from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise PairFolderError(f"The dataset {data!r} has no split {split!r}; its splits are {', '.join(ds)}. "
