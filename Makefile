@@ -7,7 +7,7 @@ PIP_FLAGS := -q -c constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test,faces,onnx,lora]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test,faces,onnx,lora,datasets]'
 	touch $@
 
 .PHONY: setup demo test

@@ -55,8 +55,9 @@ def test_offline_pack_has_every_file(toon_pack):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
     names = [f"{i + 1:02d}_{e}" for i, e in enumerate(EXPRESSIONS)]
-    expected = {"manifest.json", "config.json", "preview.png", "whatsapp/contents.json", "whatsapp/tray.png",
-                "telegram/thumb.png"}
+    expected = {"manifest.json", "config.json", "preview.png", "contents.json", "whatsapp.wastickers",
+                "whatsapp/cover.png", "whatsapp/title.txt", "whatsapp/author.txt", "whatsapp/emoji.txt",
+                "telegram/cover.png", "telegram/title.txt", "telegram/emoji.txt"}
     for n in names:
         expected |= {f"stickers/{n}.png", f"stickers/{n}.webp", f"whatsapp/{n}.webp", f"telegram/{n}.png"}
     found = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
@@ -82,24 +83,30 @@ def test_offline_stickers_are_512_rgba_keyed_and_outlined(toon_pack):
 
 def test_offline_app_folders_keep_the_limits(toon_pack):
     out, _ = toon_pack
-    contents = json.loads((out / "whatsapp" / "contents.json").read_text(encoding="utf-8"))
+    contents = json.loads((out / "contents.json").read_text(encoding="utf-8"))
     pack = contents["sticker_packs"][0]
-    assert 3 <= len(pack["stickers"]) <= 30 and pack["tray_image_file"] == "tray.png"
+    assert pack["identifier"] == "whatsapp" and pack["name"] == "pedit stickers" and pack["publisher"] == "pedit"
+    assert 3 <= len(pack["stickers"]) <= 30 and pack["tray_image_file"] == "cover.png"
     assert [s["emojis"] for s in pack["stickers"]] == [["😠"], ["😲"], ["😂"], ["😢"]]
     for s in pack["stickers"]:
         path = out / "whatsapp" / s["image_file"]
-        assert path.stat().st_size <= 100 * 1024
+        assert path.stat().st_size <= 100_000
         with Image.open(path) as im:
             assert im.format == "WEBP" and im.size == (512, 512) and im.mode == "RGBA"
-    with Image.open(out / "whatsapp" / "tray.png") as im:
+    with Image.open(out / "whatsapp" / "cover.png") as im:
         assert im.format == "PNG" and im.size == (96, 96)
-    assert (out / "whatsapp" / "tray.png").stat().st_size <= 50 * 1024
+    assert (out / "whatsapp" / "cover.png").stat().st_size <= 50_000
     for path in (out / "telegram").glob("0*.png"):
         with Image.open(path) as im:
             assert 512 in im.size and max(im.size) == 512
-        assert path.stat().st_size <= 512 * 1024
-    with Image.open(out / "telegram" / "thumb.png") as im:
+        assert path.stat().st_size <= 512_000
+    with Image.open(out / "telegram" / "cover.png") as im:
         assert im.size == (100, 100)
+    emoji = json.loads((out / "telegram" / "emoji.txt").read_text(encoding="utf-8"))
+    assert emoji == {f"{i + 1:02d}_{e}": s for i, (e, s) in enumerate(zip(EXPRESSIONS, "😠😲😂😢"))}
+    from pedit.stickers.formats import wastickers_problems
+
+    assert wastickers_problems(out / "whatsapp.wastickers") == []
 
 
 def test_offline_manifest_records_the_run(toon_pack):
@@ -229,7 +236,7 @@ def test_require_face_without_a_face(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("expressions,needle", [("angry,shocked", "3 to 30"), ("angry,shocked,grumpy", "grumpy")])
+@pytest.mark.parametrize("expressions,needle", [("angry,shocked", "3 to 120"), ("angry,shocked,grumpy", "grumpy")])
 def test_bad_expression_lists(tmp_path, expressions, needle):
     assert_clean_failure(run(TOON, "-o", tmp_path / "out", "--expressions", expressions), needle)
     assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pedit.errors import OutputError
+from pedit.errors import ConfigError, OutputError
 from pedit.stickers.matte import MatteConfig, add_outline, fit_background, key_out, make_sticker
 from pedit.stickers.pack import (EMOJI, PNG_STEPS, WEBP_STEPS, check_sticker_count, encode, preview_sheet,
                                  write_pack, write_within)
@@ -136,9 +136,9 @@ def test_a_file_that_cannot_fit_is_an_error_and_not_left_behind(tmp_path):
 
 def test_sticker_count_limits():
     check_sticker_count(3)
-    check_sticker_count(30)
-    for n in (2, 31):
-        with pytest.raises(OutputError, match="3 to 30"):
+    check_sticker_count(120)  # more than 30: split into WhatsApp packs; 120 is a Telegram set's limit
+    for n in (2, 121):
+        with pytest.raises(ConfigError, match="3 to 120"):
             check_sticker_count(n)
 
 
@@ -154,8 +154,8 @@ def test_write_pack_keeps_every_limit_when_forced_over(tmp_path):
         assert (tmp_path / wa["file"]).stat().st_size <= limits["whatsapp_sticker"]
         assert (tmp_path / tg["file"]).stat().st_size <= limits["telegram_sticker"]
         assert entry["png"]["quality_step"] == 0  # the plain sticker files have no limit: best quality
-        assert entry["emoji"] == EMOJI[entry["name"]]
-    assert (tmp_path / record["whatsapp"]["tray"]["file"]).stat().st_size <= 50 * 1024
+        assert entry["emoji"] == [EMOJI[entry["name"]]]
+    assert (tmp_path / record["whatsapp"]["packs"][0]["tray"]["file"]).stat().st_size <= 50_000
 
 
 def test_preview_sheet_has_a_tile_per_sticker_and_the_source():

@@ -30,18 +30,24 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("--views", type=click.IntRange(min=1), default=16, show_default=True, help="Augmented views of the selfie.")
 @click.option("--prior-preservation", is_flag=True, help="DreamBooth's class-prior loss (draws class images first).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--name", default="pedit stickers", show_default=True, help="The pack's name in the apps.")
+@click.option("--title", "--name", "title", default="pedit stickers", show_default=True,
+              help="The pack's title in the apps (1 to 64 characters).")
+@click.option("--author", default="pedit", show_default=True, help="The pack's author (publisher) in WhatsApp (1 to 128 characters).")
+@click.option("--emoji", "emoji", help="Emoji per expression, e.g. angry=😠,shocked=😲😮 (1 to 3 each; default: "
+              "angry 😠, shocked 😲, laughing 😂, crying 😢, others 🙂).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="LoRA cache (default: $PEDIT_CACHE or ~/.cache/pedit).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folders. Only for trusted files.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("-q", "--quiet", is_flag=True)
 def sticker_pack(selfie, output, model, base, expressions, style, candidates, pick, skip_cartoonize, require_face,
-                 detector, overwrite, steps, cartoon_steps, train_steps, lora_rank, views, prior_preservation, seed, name,
+                 detector, overwrite, steps, cartoon_steps, train_steps, lora_rank, views, prior_preservation, seed, title,
+                 author, emoji,
                  cache_dir, max_pixels, allow_pickle, device, quiet):
     """Make a sticker pack from one selfie: an expression sticker each, WhatsApp and Telegram folders."""
     from rich.markup import escape
 
+    from pedit.stickers.formats import parse_emoji_map
     from pedit.stickers.pipeline import STAGES, StickerConfig, make_sticker_pack
 
     cfg = StickerConfig(
@@ -50,7 +56,8 @@ def sticker_pack(selfie, output, model, base, expressions, style, candidates, pi
         candidates=candidates, skip_cartoonize=skip_cartoonize, require_face=require_face, detector=detector,
         overwrite=overwrite,
         steps=steps, cartoon_steps=cartoon_steps, train_steps=train_steps, lora_rank=lora_rank, views=views,
-        prior_preservation=prior_preservation, seed=seed, name=name, cache_dir=cache_dir, max_pixels=max_pixels,
+        prior_preservation=prior_preservation, seed=seed, title=title, author=author,
+        emoji=parse_emoji_map(emoji) if emoji is not None else {}, cache_dir=cache_dir, max_pixels=max_pixels,
         allow_pickle=allow_pickle, device=device,
     )
     console = make_console(quiet)

@@ -10,7 +10,11 @@ from pedit.cli.progress import make_console, make_progress, show_config
 
 
 @click.command()
-@click.option("--data", required=True, type=click.Path(), help="Pair folder (metadata.jsonl).")
+@click.option("--data", required=True, type=click.Path(),
+              help="Pair folder (metadata.jsonl), a saved datasets folder (save_to_disk) or a hub dataset id.")
+@click.option("--columns", help="For a datasets source: x_A=COL,x_B=COL,p_b=COL[,p_a=COL|\"text\"][,direction=COL|\"text\"]"
+              "[,mask=COL] (default: input_image, edited_image, edit_prompt, or a pair folder's own columns).")
+@click.option("--split", default="train", show_default=True, help="The split of a datasets source.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @click.option("--base", help="Base model: a local diffusers folder or a hub id. Default: the bundled toon base.")
 @click.option("--init", type=click.Choice(["base", "scratch"]), default="base", show_default=True,
@@ -39,7 +43,7 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the latent cache lives. Default: DATA/.pedit-cache.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps between loss reports.")
 @click.option("-q", "--quiet", is_flag=True)
-def train(data, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
+def train(data, columns, split, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
           learning_rate, warmup_steps, checkpoint_every, validate_every, resume, overwrite, mixed_precision,
           gradient_checkpointing, ema_decay, seed, allow_pickle, no_cache, cache_dir, log_every, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
@@ -49,7 +53,7 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
     from pedit.train.loop import TrainConfig, train as run_train
 
     cfg = TrainConfig(
-        data=data, output=output, base=base, init=init, init_from=init_from, image_encoder=image_encoder, resolution=resolution,
+        data=data, columns=columns, split=split, output=output, base=base, init=init, init_from=init_from, image_encoder=image_encoder, resolution=resolution,
         max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, num_workers=num_workers, gradient_accumulation=gradient_accumulation,
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
@@ -72,6 +76,8 @@ def train(data, output, base, init, init_from, image_encoder, resolution, max_st
                 console.print(f"step {p.step}: validation grid {p.path}")
             elif p.event == "checkpoint":
                 console.print(f"[dim]step {p.step}: checkpoint {p.path}[/dim]")
+            elif p.event == "dataset":  # a datasets source written to its pair folder: step = rows so far
+                bar.update(task, info=f"dataset {p.step}/{p.max_steps} rows")
             elif p.event == "cache":  # building the latent cache: step = pairs encoded so far
                 bar.update(task, info=f"latent cache {p.step}/{p.max_steps} pairs")
 

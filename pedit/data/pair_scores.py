@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pedit.data.pairs import METADATA
+from pedit.data.pairs import METADATA, row_path
 from pedit.files import write_atomic
 
 CONTACT_SHEET = "contact_sheet.png"
@@ -113,8 +113,8 @@ def contact_sheet(folder: Path, rows: list[dict], cell: int = 160):
     for row in rows:
         cells = []
         for field in ("x_A", "x_B", "pose_image"):
-            if row.get(field):
-                with Image.open(folder / row[field]) as im:
+            if row_path(row, field):
+                with Image.open(folder / row_path(row, field)) as im:
                     cells.append(im.convert("RGB"))
             else:
                 cells.append(None)
@@ -146,5 +146,5 @@ def write_contact_sheet(out: Path, count: int) -> Path | None:
 def _half_width(out: Path, row: dict) -> int:
     from PIL import Image
 
-    with Image.open(out / row["x_A"]) as im:
+    with Image.open(out / row_path(row, "x_A")) as im:
         return im.width

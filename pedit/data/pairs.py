@@ -2,7 +2,11 @@
 
 `metadata.jsonl`, one JSON object a line, with at least `id`, `x_A`, `x_B` (paths relative to
 the folder), `direction`, `p_a`, `p_b`, `seed`; optional `mask` (ground truth, toon only) and
-per-pair scores. Pair folders get shared, so they are untrusted: a path that leaves the folder
+per-pair scores. Each image path is also written as `x_A_file_name`, `x_B_file_name`,
+`mask_file_name` (after the plain keys): the keys Hugging Face `datasets`' imagefolder loader turns
+into image columns named `x_A`, `x_B`, `mask`, so `load_dataset("imagefolder", data_dir=DIR)` reads
+a pair folder as is. Rows with only the plain keys (folders written before) or only the
+`*_file_name` keys are read the same; where a row has both, pedit reads the plain key. Pair folders get shared, so they are untrusted: a path that leaves the folder
 (`../`, absolute, a link pointing outside) is rejected, and every image is checked before
 training starts, not at step 10,000.
 """
@@ -32,6 +36,7 @@ REQUIRED_FIELDS = ("id", "x_A", "x_B", "direction", "p_a", "p_b", "seed")
 TEXT_FIELDS = ("direction", "p_a", "p_b")  # and, when present, the optional "task" and "p"
 SEED_LIMIT = 2**63  # seeds are non-negative and fit numpy's and torch's generators
 IMAGE_FIELDS = ("x_A", "x_B", "mask")
+FILE_NAME = "_file_name"  # datasets' imagefolder: `<column>_file_name` → an image column <column>
 MAX_REPORTED = 10
 
 
@@ -83,6 +88,17 @@ def _check_image(path: Path) -> tuple[str | None, tuple[int, int] | None]:
     return None, size
 
 
+def row_path(rec: dict, field: str):
+    """The path a row gives for image `field`: `field`, else `field_file_name` (None when neither)."""
+    return rec.get(field, rec.get(field + FILE_NAME))
+
+
+def _image_keys(rec: dict) -> dict:
+    """field → relative path for each image the row names: the plain key where it has one (what
+    pedit has always read, and what the path checks and messages name), else `field_file_name`."""
+    return {f: row_path(rec, f) for f in IMAGE_FIELDS if f in rec or f + FILE_NAME in rec}
+
+
 def _row_problem(rec: dict) -> str | None:
     """What is wrong with the types of a row's fields (a list as direction, null as a prompt), or None."""
     if isinstance(rec["id"], bool) or not isinstance(rec["id"], (str, int)) or rec["id"] == "":
@@ -130,12 +146,13 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
             problems.append(f"{where}: not a JSON object ({e})")
             continue
         where = f"row {row} (id {rec.get('id')!r})"
-        missing = [f for f in REQUIRED_FIELDS if f not in rec]
+        given = _image_keys(rec)
+        missing = [f for f in REQUIRED_FIELDS if f not in rec and f not in given]
         if missing:
             problems.append(f"{where}: missing {', '.join(missing)}")
             continue
         try:
-            paths = {f: safe_path(root, rec[f], f) for f in IMAGE_FIELDS if f in rec}
+            paths = {f: safe_path(root, given[f], f) for f in IMAGE_FIELDS if f in given}
         except PairFolderError as e:
             problems.append(f"{where}: {e}")
             continue
@@ -146,7 +163,8 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
             problems.append(f"{where}: duplicate id, first written in row {first_row[str(rec['id'])]}")
             continue
         first_row[str(rec["id"])] = row
-        extra = {k: v for k, v in rec.items() if k not in REQUIRED_FIELDS + IMAGE_FIELDS}
+        extra = {k: v for k, v in rec.items()
+                 if k not in REQUIRED_FIELDS + IMAGE_FIELDS and k not in {f + FILE_NAME for f in IMAGE_FIELDS}}
         pairs.append(Pair(str(rec["id"]), paths["x_A"], paths["x_B"], rec["direction"], rec["p_a"], rec["p_b"],
                           rec["seed"], row, paths.get("mask"), extra))
     if check_images:
@@ -260,6 +278,8 @@ class PairWriter:
             rel = f"images/{row['id']}_{f}.png"
             self._save_png(arr, rel)
             row[f] = rel
+        for f in images:  # after every plain key: imagefolder lets the later key name the column's type
+            row[f + FILE_NAME] = row[f]
         line = (json.dumps(row) + "\n").encode("utf-8")
         with locked(self.meta) as fh:
             self._catch_up(fh)

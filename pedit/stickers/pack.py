@@ -1,11 +1,9 @@
-"""Sticker files people can import: per-sticker PNG + WebP, a WhatsApp folder, a Telegram folder.
+"""Sticker files people can import: per-sticker PNG + WebP, WhatsApp folders and `.wastickers`
+archives, a Telegram folder (the apps' rules and the archive: pedit.stickers.formats).
 
-The apps' rules (checked after every write; a file over a limit is re-encoded with the next quality
-step, never shipped over it, and an encoder that cannot get under a limit is an error):
-- WhatsApp: 512×512 WebP stickers ≤ 100 KB each, a 96×96 PNG tray icon ≤ 50 KB, 3 to 30 stickers a
-  pack, one to three emoji per sticker (the app's `contents.json` layout, one emoji here).
-- Telegram (static stickers): PNG or WebP with one side exactly 512 px, ≤ 512 KB each; a 100×100
-  set thumbnail (≤ 128 KB, the Bot API's setStickerSetThumbnail limit).
+Every size limit is checked on disk after each write; a file over a limit is re-encoded with the
+next quality step, never shipped over it, and an encoder that cannot get under a limit is an error.
+Each archive and the Telegram folder are read back and checked against every rule after writing.
 """
 
 from __future__ import annotations
@@ -13,21 +11,17 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from pedit.errors import OutputError
-
-KB = 1024
-STICKER_SIDE = 512
-WHATSAPP_STICKER_MAX = 100 * KB
-WHATSAPP_TRAY_SIDE, WHATSAPP_TRAY_MAX = 96, 50 * KB
-WHATSAPP_MIN_STICKERS, WHATSAPP_MAX_STICKERS = 3, 30
-TELEGRAM_STICKER_MAX = 512 * KB
-TELEGRAM_THUMB_SIDE, TELEGRAM_THUMB_MAX = 100, 128 * KB
+from pedit.stickers.formats import (COVER, STICKER_SIDE, TELEGRAM_STICKER_MAX, TELEGRAM_THUMB_MAX,  # noqa: F401
+                                    TELEGRAM_THUMB_SIDE, WHATSAPP_MAX_STICKERS, WHATSAPP_MIN_STICKERS,
+                                    WHATSAPP_STICKER_MAX, WHATSAPP_TRAY_MAX, WHATSAPP_TRAY_SIDE, check_sticker_count,
+                                    check_telegram, check_wastickers, pack_sizes, write_side_files, write_wastickers)
 
 # Quality steps, best first. WebP: lossy qualities (alpha stays lossless-sharp at alpha_quality 100
 # until the last steps). PNG: lossless, then palettes of fewer colours.
@@ -87,7 +81,7 @@ def write_within(image: Image.Image, path: Path, limit: int | None) -> Written:
             return Written(path, size, limit, step)
     path.unlink()
     raise OutputError(
-        f"{path.name} stays over its limit of {limit // KB} KB ({size:,} bytes at the lowest quality). "
+        f"{path.name} stays over its limit of {limit:,} bytes ({size:,} bytes at the lowest quality). "
         "A sticker this detailed cannot be packed; simplify the picture or report this as a bug."
     )
 
@@ -97,20 +91,19 @@ def tray_icon(sticker: Image.Image, side: int) -> Image.Image:
     return sticker.convert("RGBa").resize((side, side), Image.Resampling.LANCZOS).convert("RGBA")
 
 
-def check_sticker_count(n: int) -> None:
-    if not WHATSAPP_MIN_STICKERS <= n <= WHATSAPP_MAX_STICKERS:
-        raise OutputError(
-            f"A WhatsApp pack holds {WHATSAPP_MIN_STICKERS} to {WHATSAPP_MAX_STICKERS} stickers; "
-            f"{n} were asked for. Choose between {WHATSAPP_MIN_STICKERS} and {WHATSAPP_MAX_STICKERS} expressions."
-        )
+def sticker_emoji(label: str, emoji: Mapping[str, Sequence[str]] | None) -> list[str]:
+    """The emoji of sticker `label`: the user's (--emoji, already checked), else the built-in one."""
+    given = (emoji or {}).get(label)
+    return list(given) if given else [EMOJI.get(label, DEFAULT_EMOJI)]
 
 
-def write_pack(root: Path, stickers: Sequence[tuple[str, Image.Image]], name: str, publisher: str = "pedit",
-               limits: dict[str, int] | None = None) -> dict:
-    """Write stickers/, whatsapp/, telegram/ under `root` (existing, empty); return the files record.
+def write_pack(root: Path, stickers: Sequence[tuple[str, Image.Image]], title: str, author: str = "pedit",
+               emoji: Mapping[str, Sequence[str]] | None = None, limits: dict[str, int] | None = None) -> dict:
+    """Write stickers/, the WhatsApp folders and archives, telegram/ and contents.json under `root`
+    (existing, empty); return the files record (every file under a "file" key, for --overwrite).
 
-    `stickers`: (direction name, 512×512 RGBA) in pack order. `limits` overrides the app limits by
-    key (tests force the re-encoding path with small ones).
+    `stickers`: (direction name, 512×512 RGBA) in pack order. `emoji`: name → 1-3 emoji (checked by
+    the caller's config). `limits` overrides the app limits by key (tests force re-encoding with them).
     """
     limits = {"whatsapp_sticker": WHATSAPP_STICKER_MAX, "whatsapp_tray": WHATSAPP_TRAY_MAX,
               "telegram_sticker": TELEGRAM_STICKER_MAX, "telegram_thumb": TELEGRAM_THUMB_MAX, **(limits or {})}
@@ -118,39 +111,65 @@ def write_pack(root: Path, stickers: Sequence[tuple[str, Image.Image]], name: st
     for label, image in stickers:
         if image.size != (STICKER_SIDE, STICKER_SIDE) or image.mode != "RGBA":
             raise ValueError(f"sticker {label} is {image.mode} {image.size}; expected RGBA {STICKER_SIDE}²")
-    for sub in ("stickers", "whatsapp", "telegram"):
-        (root / sub).mkdir()
-
-    record: dict = {"stickers": [], "whatsapp": {}, "telegram": {}}
-    wa_entries = []
-    for i, (label, image) in enumerate(stickers):
-        stem = f"{i + 1:02d}_{label}"
-        emoji = EMOJI.get(label, DEFAULT_EMOJI)
+    stems = [f"{i + 1:02d}_{label}" for i, (label, _) in enumerate(stickers)]
+    emojis = [sticker_emoji(label, emoji) for label, _ in stickers]
+    (root / "stickers").mkdir()
+    record: dict = {"stickers": []}
+    for stem, (label, image), e in zip(stems, stickers, emojis):
         png = write_within(image, root / "stickers" / f"{stem}.png", None)
         webp = write_within(image, root / "stickers" / f"{stem}.webp", None)
-        wa = write_within(image, root / "whatsapp" / f"{stem}.webp", limits["whatsapp_sticker"])
-        tg = write_within(image, root / "telegram" / f"{stem}.png", limits["telegram_sticker"])
-        record["stickers"].append({"name": label, "emoji": emoji, "png": png.to_dict(root), "webp": webp.to_dict(root),
-                                   "whatsapp": wa.to_dict(root), "telegram": tg.to_dict(root)})
-        wa_entries.append({"image_file": wa.path.name, "emojis": [emoji]})
-
-    # The tray and thumbnail show the first sticker, the pack's face.
-    tray = write_within(tray_icon(stickers[0][1], WHATSAPP_TRAY_SIDE), root / "whatsapp" / "tray.png", limits["whatsapp_tray"])
-    thumb = write_within(tray_icon(stickers[0][1], TELEGRAM_THUMB_SIDE), root / "telegram" / "thumb.png",
-                         limits["telegram_thumb"])
-    contents = {  # the layout of WhatsApp's sample sticker app (contents.json)
-        "android_play_store_link": "", "ios_app_store_link": "",
-        "sticker_packs": [{"identifier": "pedit_stickers", "name": name, "publisher": publisher,
-                           "tray_image_file": tray.path.name, "image_data_version": "1",
-                           "avoid_cache": False, "animated_sticker_pack": False, "stickers": wa_entries}],
-    }
-    (root / "whatsapp" / "contents.json").write_text(json.dumps(contents, indent=2, ensure_ascii=False) + "\n",
-                                                     encoding="utf-8")
-    record["whatsapp"] = {"contents": "whatsapp/contents.json", "tray": tray.to_dict(root)}
-    record["telegram"] = {"thumbnail": thumb.to_dict(root),
-                          "emoji": {f"{i + 1:02d}_{label}.png": EMOJI.get(label, DEFAULT_EMOJI)
-                                    for i, (label, _) in enumerate(stickers)}}
+        record["stickers"].append({"name": label, "emoji": e, "png": png.to_dict(root), "webp": webp.to_dict(root)})
+    record["whatsapp"] = _write_whatsapp(root, stickers, stems, emojis, title, author, limits, record["stickers"])
+    record["telegram"] = _write_telegram(root, stickers, stems, emojis, title, limits, record["stickers"])
     return record
+
+
+def _write_whatsapp(root, stickers, stems, emojis, title, author, limits, entries) -> dict:
+    """One folder + `.wastickers` a pack of at most 30 (whatsapp/ and whatsapp.wastickers; with more,
+    whatsapp-1/, whatsapp-1.wastickers, ...), and one contents.json, WhatsApp's sample-app layout
+    (`contents.json` beside a folder per pack, named by the pack's identifier)."""
+    sizes = pack_sizes(len(stickers))
+    packs, contents_packs, first = [], [], 0
+    for k, size in enumerate(sizes):
+        ident = "whatsapp" if len(sizes) == 1 else f"whatsapp-{k + 1}"
+        name = title if len(sizes) == 1 else f"{title} ({k + 1}/{len(sizes)})"
+        folder = root / ident
+        folder.mkdir()
+        members = range(first, first + size)
+        first += size
+        for i in members:
+            wa = write_within(stickers[i][1], folder / f"{stems[i]}.webp", limits["whatsapp_sticker"])
+            entries[i]["whatsapp"] = wa.to_dict(root)
+        # The tray shows the pack's first sticker, its face.
+        tray = write_within(tray_icon(stickers[members[0]][1], WHATSAPP_TRAY_SIDE), folder / COVER, limits["whatsapp_tray"])
+        side = write_side_files(folder, name, author, {stems[i]: emojis[i] for i in members})
+        archive = root / f"{ident}.wastickers"
+        write_wastickers(archive, folder, [f"{stems[i]}.webp" for i in members])
+        check_wastickers(archive, sticker_max=limits["whatsapp_sticker"], tray_max=limits["whatsapp_tray"])
+        packs.append({"identifier": ident, "title": name, "stickers": [stems[i] for i in members],
+                      "tray": tray.to_dict(root), "side_files": [{"file": p.relative_to(root).as_posix()} for p in side],
+                      "archive": {"file": archive.name, "bytes": archive.stat().st_size}})
+        contents_packs.append({
+            "identifier": ident, "name": name, "publisher": author, "tray_image_file": COVER,
+            "image_data_version": "1", "avoid_cache": False, "animated_sticker_pack": False,
+            "stickers": [{"image_file": f"{stems[i]}.webp", "emojis": emojis[i]} for i in members]})
+    contents = {"android_play_store_link": "", "ios_app_store_link": "", "sticker_packs": contents_packs}
+    (root / "contents.json").write_text(json.dumps(contents, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {"contents": "contents.json", "packs": packs}
+
+
+def _write_telegram(root, stickers, stems, emojis, title, limits, entries) -> dict:
+    """telegram/: a PNG a sticker, the set thumbnail as cover.png, title.txt and emoji.txt; one set
+    takes up to 120 static stickers, so it is never split."""
+    folder = root / "telegram"
+    folder.mkdir()
+    for i, (_, image) in enumerate(stickers):
+        entries[i]["telegram"] = write_within(image, folder / f"{stems[i]}.png", limits["telegram_sticker"]).to_dict(root)
+    thumb = write_within(tray_icon(stickers[0][1], TELEGRAM_THUMB_SIDE), folder / COVER, limits["telegram_thumb"])
+    side = write_side_files(folder, title, None, dict(zip(stems, emojis)))
+    check_telegram(folder, stems, sticker_max=limits["telegram_sticker"], thumb_max=limits["telegram_thumb"])
+    return {"thumbnail": thumb.to_dict(root), "side_files": [{"file": p.relative_to(root).as_posix()} for p in side],
+            "emoji": {f"{stem}.png": "".join(e) for stem, e in zip(stems, emojis)}}
 
 
 def preview_sheet(stickers: Sequence[tuple[str, Image.Image]], source: Image.Image | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -26,7 +27,8 @@ from PIL import Image
 from pedit import __version__
 from pedit.errors import ConfigError, InputImageError, OutputError
 from pedit.stickers.matte import MatteConfig, make_sticker
-from pedit.stickers.pack import STICKER_SIDE, check_sticker_count, preview_sheet, write_pack
+from pedit.stickers.formats import check_pack_text, check_sticker_count, pack_emoji
+from pedit.stickers.pack import STICKER_SIDE, preview_sheet, write_pack
 from pedit.stickers.progress import STAGES, Progress, StageProgress  # noqa: F401 (STAGES: the CLI's bars)
 
 DEFAULT_EXPRESSIONS = ("angry", "shocked", "laughing", "crying")
@@ -57,7 +59,9 @@ class StickerConfig:
     margin: float = 1.0  # face crop margin, in face widths (as `pedit edit`)
     detector: str = "default"  # face detector: haar | hog | cnn | default (pedit.faces), as `pedit edit`
     cache_dir: str | None = None  # LoRA cache; None → $PEDIT_CACHE or ~/.cache/pedit
-    name: str = "pedit stickers"  # the pack's name in the apps
+    title: str = "pedit stickers"  # the pack's name in the apps (≤ 64 characters: Telegram's set title)
+    author: str = "pedit"  # the pack's publisher in WhatsApp (≤ 128 characters)
+    emoji: dict[str, str] = field(default_factory=dict)  # expression → 1-3 emoji; others get the built-in ones
     max_pixels: int = 100_000_000
     allow_pickle: bool = False
     device: str | None = None
@@ -82,8 +86,8 @@ class StickerConfig:
         check_int("max_pixels", self.max_pixels, 1)
         if self.detector not in (*DETECTORS, "default"):
             raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
-        if not self.name.strip():
-            raise ConfigError("The pack name must not be empty.")
+        check_pack_text(self.title, self.author)
+        pack_emoji(self.emoji, self.expressions)  # every entry an expression, 1-3 emoji each
         if self.style is not None and not self.style.strip():
             raise ConfigError("--style is empty; give a style prompt, e.g. 'a flat cartoon of {subject}'.")
 
@@ -126,7 +130,14 @@ def identity_scorer() -> tuple[Callable | None, str | None]:
 
 # What a pack folder holds at its top (_write); --overwrite replaces a folder only when it holds a
 # previous pack and nothing else, so `-o ~/Pictures --overwrite` can never delete a user's files.
-PACK_TOP = frozenset({"stickers", "whatsapp", "telegram", "preview.png", "manifest.json", "config.json"})
+# More than 30 stickers: whatsapp-1/, whatsapp-1.wastickers, whatsapp-2/, ... (pack.write_pack).
+PACK_TOP = frozenset({"stickers", "whatsapp", "whatsapp.wastickers", "telegram", "contents.json", "preview.png",
+                      "manifest.json", "config.json"})
+_SPLIT_PACK = re.compile(r"whatsapp-[1-9][0-9]?(\.wastickers)?")
+
+
+def _in_pack_top(name: str) -> bool:
+    return name in PACK_TOP or _SPLIT_PACK.fullmatch(name) is not None
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -160,7 +171,7 @@ def _check_replaceable(out: Path) -> None:
     foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                      if p.is_symlink() or not (p.is_file() or p.is_dir())
                      or (p.is_file() and p.relative_to(out).as_posix() not in listed)
-                     or (p.is_dir() and p.relative_to(out).parts[0] not in PACK_TOP))
+                     or (p.is_dir() and not _in_pack_top(p.relative_to(out).parts[0])))
     if foreign:
         more = f", and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         raise OutputError(f"{out} holds files that are not the previous sticker pack's ({', '.join(foreign[:3])}{more}); "
@@ -189,7 +200,7 @@ def _pack_files(out: Path) -> set[str] | None:
                 collect(item)
 
     collect(manifest["files"])
-    return {name for name in listed if Path(name).parts and Path(name).parts[0] in PACK_TOP}
+    return {name for name in listed if Path(name).parts and _in_pack_top(Path(name).parts[0])}
 
 
 def _selfie_portrait(cfg: StickerConfig):
@@ -294,7 +305,7 @@ def _write(cfg, out: Path, portrait, directions, edited, manifest, scorer, progr
             progress(StageProgress("pack", i, total, direction.name))
             stickers.append((direction.name, make_sticker(done.image, STICKER_SIDE, cfg.matte)))
         progress(StageProgress("pack", len(directions), total, "app folders"))
-        files = write_pack(tmp, stickers, cfg.name)
+        files = write_pack(tmp, stickers, cfg.title, cfg.author, pack_emoji(cfg.emoji, cfg.expressions))
         preview_sheet(stickers, source=portrait).save(tmp / "preview.png")
         progress(StageProgress("pack", len(directions) + 1, total, "manifest"))
 

@@ -42,6 +42,8 @@ class TrainConfig:
     cache: bool = True  # frozen parts' outputs computed once (pedit.train.latent_cache); False: every step
     cache_dir: str | None = None  # None → <data>/.pedit-cache
     log_every: int = 10  # loss.csv rows and progress reports flushed every N steps (one host sync)
+    columns: str | None = None  # --data a datasets folder or hub id: x_A=COL,x_B=COL,p_b=COL[,p_a=..,direction=..]
+    split: str = "train"  # the split of a datasets source
 
     def __post_init__(self):
         _check_train_config(self)
@@ -75,6 +77,14 @@ def _check_train_config(cfg: TrainConfig) -> None:
         check_int("resolution", cfg.resolution, 8, 4096)
         if cfg.resolution % 8:
             raise ConfigError(f"resolution must be a multiple of 8, got {cfg.resolution}")
+    if cfg.columns is not None:
+        from pedit.data.hf import parse_columns
+
+        if not isinstance(cfg.columns, str):
+            raise ConfigError(f"columns must be text like x_A=input_image,x_B=edited_image,p_b=edit_prompt, got {cfg.columns!r}")
+        parse_columns(cfg.columns)  # a malformed map fails here, before anything loads
+    if not isinstance(cfg.split, str) or not cfg.split.strip():
+        raise ConfigError(f"split must be a split name such as train, got {cfg.split!r}")
     check_seed("seed", cfg.seed, 2**32 - 1)  # accelerate's set_seed seeds numpy, which takes 32 bits
     if cfg.resume and cfg.overwrite:
         raise ConfigError("resume and overwrite contradict each other: --resume continues the run in the "

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from pedit.errors import ConfigError, PeditError
 from pedit.files import write_text_atomic
-from pedit.data.pairs import Pair, direction_of, load_rgb, read_pairs
+from pedit.data.pairs import METADATA, Pair, direction_of, load_rgb, read_pairs
 from pedit.train.batches import PairImages, StepBatches, sample_dropout, step_seed
 from pedit.train.config import TrainConfig, check_output_folder, checkpoints, clear_output_folder, newest_checkpoint
 
@@ -45,7 +45,8 @@ class TrainProgress:
     max_steps: int
     loss: float
     steps_per_s: float
-    event: str = "step"  # "step", "checkpoint", "validation", "resumed", "cache" (step = pairs encoded)
+    event: str = "step"  # "step", "checkpoint", "validation", "resumed", "cache" (step = pairs encoded),
+    # "dataset" (step = rows of a datasets source written to its pair folder)
     path: str | None = None
 
 
@@ -75,8 +76,27 @@ def training_target(noise_scheduler, prediction_type: str, z_0, noise, t):
     return noise
 
 
-def cache_root(cfg: TrainConfig) -> Path:
-    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.data) / ".pedit-cache"
+def cache_root(cfg: TrainConfig, data: Path) -> Path:
+    """The latent cache's root: --cache-dir, else inside the pair folder `data` (for a datasets
+    source, the pair folder it was written to)."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else data / ".pedit-cache"
+
+
+def data_folder(cfg: TrainConfig, say, report) -> Path:
+    """The pair folder to train on: --data itself, or the one a datasets folder or hub id becomes
+    (pedit.data.hf: written once under pedit's cache, then validated like any pair folder)."""
+    from pedit.data.hf import is_saved_dataset, looks_like_hub_id
+
+    path = Path(cfg.data)
+    if (path / METADATA).exists() or not (is_saved_dataset(path) or looks_like_hub_id(cfg.data)):
+        if cfg.columns is not None:
+            raise ConfigError(f"--columns maps a datasets folder or hub id; {cfg.data} is not one (a pair folder "
+                              "needs no map).")
+        return path
+    from pedit.data.hf import dataset_pair_folder
+
+    return dataset_pair_folder(cfg.data, cfg.columns, cfg.split, say,
+                               progress=lambda n, total: report(TrainProgress(n, total, float("nan"), 0.0, "dataset")))
 
 
 @dataclass
@@ -88,7 +108,8 @@ class FrozenBatches:
     prompts: torch.Tensor
 
 
-def frozen_batches(cfg: TrainConfig, pairs: list[Pair], parts, size: int, sampler, accelerator, report, say) -> FrozenBatches:
+def frozen_batches(cfg: TrainConfig, data: Path, pairs: list[Pair], parts, size: int, sampler, accelerator, report,
+                   say) -> FrozenBatches:
     """The latent cache's tensors gathered per step (default), or --no-cache: images decoded in
     DataLoader workers and encoded every step. Either way each batch holds mean_A, std_A, mean_B,
     std_B (B, 4, h, w), clip_A (B, 1 + P, Dv) and p_a, p_b (B,) prompt rows."""
@@ -112,9 +133,9 @@ def frozen_batches(cfg: TrainConfig, pairs: list[Pair], parts, size: int, sample
 
         return FrozenBatches(encoded(), encode_texts(parts, texts))
 
-    root = cache_root(cfg)
+    root = cache_root(cfg, data)
     with accelerator.main_process_first():  # the first process builds, the others then load
-        cache = build_or_load(root, pairs, Path(cfg.data), parts, size, workers=cfg.num_workers,
+        cache = build_or_load(root, pairs, data, parts, size, workers=cfg.num_workers,
                               build=accelerator.is_main_process,
                               progress=lambda n, total: report(TrainProgress(n, total, float("nan"), 0.0, "cache")))
     where = dev
@@ -157,7 +178,9 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     report = progress if (progress is not None and main) else (lambda _p: None)
 
     # Everything that can fail on user input fails here, before the first step.
-    pairs = read_pairs(cfg.data)
+    with accelerator.main_process_first():  # a datasets source is written to a pair folder once
+        data = data_folder(cfg, say, report)
+    pairs = read_pairs(data)
     directions = _directions(pairs)
     base = cfg.base or str(bundled_base_path())
     root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
@@ -166,7 +189,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     if cfg.cache and main:
         from pedit.train.latent_cache import check_writable
 
-        check_writable(cache_root(cfg))
+        check_writable(cache_root(cfg, data))
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")
 
     mcdm = _models(cfg, root, parts)
@@ -184,7 +207,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
                           cfg.batch_size, len(pairs))
     # What the frozen parts compute for each micro-batch's pairs: read from the latent cache
     # (default), or recomputed from the images every step (--no-cache). Both give the same tensors.
-    frozen = frozen_batches(cfg, pairs, parts, size, sampler, accelerator, report, say)
+    frozen = frozen_batches(cfg, data, pairs, parts, size, sampler, accelerator, report, say)
     micro_batches = iter(frozen.batches)
     loss_log = LossLog(out / "loss.csv", start, enabled=main)  # its clock starts now, after the cache
     done = start
