@@ -40,7 +40,7 @@ def _gen_pairs_with_photo_poses(tiny_base, tmp_path, *extra):
     from pedit.cli import cli
 
     return CliRunner().invoke(cli, ["gen-pairs", "--source", "sd", "--base", str(tiny_base), "-o", str(tmp_path / "p"),
-                                    "-n", "1", "--pose", str(photos), "-q", *extra])
+                                    "-n", "1", "--pose", str(photos), "-q", *map(str, extra)])
 
 
 def _one_error_line(result, out: Path) -> str:
