@@ -31,7 +31,9 @@ class PhotoUpload(gr.Image):
     """An image input that hands the uploaded file over untouched: pedit's load_photo judges it, with
     the CLI's checks and messages (type, size, pixel count), instead of Gradio decoding it first."""
 
-    is_template = True  # drawn by the frontend as the plain Image component
+    # Drawn by the frontend as the plain Image component. (Gradio writes a ui.pyi stub beside this
+    # module when the class is made; .gitignore keeps it out of the repository.)
+    is_template = True
 
     def preprocess(self, payload):
         return None if payload is None else payload.path
