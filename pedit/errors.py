@@ -50,3 +50,7 @@ class FaceModelMissing(ModelError):
 
 class PoseError(PeditError):
     """A pose source for gen-pairs that cannot be used: malformed keypoints JSON, missing detector."""
+
+
+class MissingPackageError(PeditError):
+    """An optional package (one of pedit's extras) that a command needs is not installed; says which extra."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from pedit import __version__
+from pedit.cli.app import app
 from pedit.cli.data import directions, gen_pairs
 from pedit.cli.edit import edit
 from pedit.cli.errors import PeditGroup
@@ -32,10 +33,11 @@ def cli():
     pedit eval --pairs eval-pairs/             measure a model against ground truth
     pedit sticker-pack selfie.jpg -o out/      four expression stickers, app-ready folders
     pedit export -o engines/                   ONNX (and --trt TensorRT) engines; pedit bench times them
+    pedit app                                  the web app (pip install 'pedit[app]')
     """
 
 
-for command in (directions, gen_pairs, train, edit, eval_cmd, export_cmd, bench, sticker_pack):
+for command in (directions, gen_pairs, train, edit, eval_cmd, export_cmd, bench, sticker_pack, app):
     cli.add_command(command)
 
 

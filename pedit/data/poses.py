@@ -240,8 +240,9 @@ def detect_photo_poses(folder: str | Path, annotators: str | Path | None,
     try:
         from controlnet_aux import OpenposeDetector
     except ImportError:
-        raise PoseError("Poses from photos need controlnet_aux, which is not installed (pip install controlnet_aux); "
-                        "or use --pose builtin, or a keypoints JSON.") from None
+        raise PoseError("Poses from photos need controlnet_aux, which is not installed: pip install 'pedit[pose]' "
+                        "(with your torch pins, e.g. -c constraints.txt); or use --pose builtin, or a keypoints JSON."
+                        ) from None
     missing = [f for f in ANNOTATOR_FILES if annotators is None or not (Path(annotators) / f).is_file()]
     if missing:
         where = annotators or "(no --pose-annotators folder given)"

@@ -107,8 +107,13 @@ def _planned_mask(cfg: EditFilesConfig):
     return dataclasses.replace(base, n_noise=n_noise, batch=cfg.mask_batch)
 
 
-def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None) -> list[BatchItem]:
-    """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem)."""
+def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None,
+               editor=None) -> list[BatchItem]:
+    """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem).
+
+    editor: an Editor already loaded from `cfg.model` (the web app loads one per process and edits
+    every request with it); None loads it here from cfg's model, device, backend and precision.
+    """
     from pedit.edit.editor import EditOptions
     from pedit.export.backends import load_editor
     from pedit.edit.guidance import GuidanceScales
@@ -120,10 +125,11 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
     region = None if cfg.mask is None else load_user_mask(cfg.mask)  # an unreadable mask too
     out = Path(cfg.output) if cfg.output else None
-    editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
-                         precision=cfg.precision, engines=cfg.engines,
-                         log=lambda msg: on_event("note", msg), cache=cfg.cache,
-                         unet_rows=unet_rows(_planned_mask(cfg) if cfg.use_mask else None))
+    if editor is None:
+        editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
+                             precision=cfg.precision, engines=cfg.engines,
+                             log=lambda msg: on_event("note", msg), cache=cfg.cache,
+                             unet_rows=unet_rows(_planned_mask(cfg) if cfg.use_mask else None))
     if editor.cache_failed:
         on_event("note", editor.cache_status)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work

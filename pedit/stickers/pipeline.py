@@ -226,8 +226,11 @@ def _selfie_portrait(cfg: StickerConfig):
 
 
 def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
-                      note: Callable[[str], None] = lambda s: None) -> Path:
-    """Run every stage and write the pack folder `cfg.output`; returns its path."""
+                      note: Callable[[str], None] = lambda s: None, editor=None) -> Path:
+    """Run every stage and write the pack folder `cfg.output`; returns its path.
+
+    editor: an Editor already loaded from `cfg.model` (the web app's, loaded once per process);
+    None loads it here."""
     from pedit.edit.editor import Editor
 
     out = Path(cfg.output)
@@ -235,7 +238,8 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
     photo, face, portrait, selfie_record = _selfie_portrait(cfg)
     if face is None:
         note(f"No face found in {cfg.selfie}; using the centred square.")
-    editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    if editor is None:
+        editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
     directions = [editor.direction(name) for name in cfg.expressions]  # unknown names fail before any work
     skip = cfg.skip_cartoonize or editor.is_bundled
     if skip and cfg.base is not None:

@@ -1,0 +1,238 @@
+"""What the web app does, with no web framework: edit a photo, make a sticker pack (pedit.app.ui draws it).
+
+`PeditApp` loads one Editor once per process (the TorchScript-cached model `pedit edit` uses, so the
+bytes out are the CLI's) and runs each request through the CLI's own library calls, in a folder
+of its own (pedit.app.folders):
+- `edit`: pedit.photos.edit_files with that Editor: the same photo checks and `Error:` messages,
+  face crop, mask-guided edit (paper §3.4), paste-back, identity distance, atomic writes.
+- `sticker_pack`: pedit.stickers.pipeline.make_sticker_pack (paper §4) with that Editor, then one
+  archive of the pack folder for download.
+A request holds the model's lock while it runs: one model, one request at a time, whatever front
+end calls it (Gradio's queue also lines requests up before they get here).
+"""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pedit.errors import ConfigError, InputImageError, PeditError
+from pedit.app.folders import RequestFolders
+from pedit.validate import check_int
+
+Progress = Callable[[int, int, str], None]  # (done, total, what): the page's progress bar
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """`pedit app` options; CLI flags map 1:1 to these fields."""
+
+    model: str | None = None  # MCDM folder; None → the bundled toon model
+    base: str | None = None  # Stable Diffusion base for the sticker pack's cartoon stages (photos only)
+    device: str | None = None  # cpu, cuda, cuda:N; None → cuda when available
+    allow_pickle: bool = False
+    max_pixels: int = 100_000_000  # as `pedit edit --max-pixels`
+    keep_s: float = 120.0  # how long a finished request's files stay for the server to hand them over
+
+    def __post_init__(self):
+        from pedit.validate import check_device, check_number
+
+        check_device("device", self.device)
+        check_int("max_pixels", self.max_pixels, 1)
+        check_number("keep_s", self.keep_s, 0, 86_400)
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit from the page: the `pedit edit` flags it exposes (other fields keep the CLI defaults)."""
+
+    photo: str  # the uploaded file, as received
+    direction: str
+    seed: int = 0
+    steps: int = 20
+    scheduler: str = "ddim"
+    s_s: float = 1.5
+    s_im: float = 1.0
+    s_p: float = 4.0
+    use_mask: bool = True
+    brush: np.ndarray | None = field(default=None, compare=False)  # (H, W) in [0, 1]: the painted region
+    mask_mode: str = "replace"  # how the brush combines with the model's mask, as --mask-mode
+
+    def __post_init__(self):
+        from pedit.edit.guidance import GuidanceScales
+        from pedit.edit.sampler import SCHEDULERS
+        from pedit.edit.user_mask import check_user_mask
+        from pedit.validate import check_seed
+
+        if not isinstance(self.photo, str) or not self.photo:
+            raise InputImageError("No photo was uploaded. Upload a photo (JPEG, PNG, ...) first.")
+        if not isinstance(self.direction, str) or not self.direction:
+            raise ConfigError(f"direction must be a direction name, got {self.direction!r}")
+        check_seed("seed", self.seed)
+        check_int("steps", self.steps, 1)
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
+        if not isinstance(self.use_mask, bool):
+            raise ConfigError(f"use_mask must be True or False, got {self.use_mask!r}")
+        check_user_mask(self.brush, self.mask_mode)
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    input: Path  # the photo as uploaded
+    result: Path  # the full-size result, written as `pedit edit` writes it
+    mask: Path
+    overlay: Path  # the photo with the edited region tinted
+    identity: str | None  # "0.23 (same person)", a verdict, or None without the face model
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StickerOutcome:
+    preview: Path
+    stickers: tuple[Path, ...]  # the 512-px PNG stickers, in pack order
+    archive: Path  # a zip of the whole pack folder
+    downloads: tuple[Path, ...]  # the archive, then any app archive the pack holds (e.g. .wastickers)
+    notes: tuple[str, ...]
+
+
+def brush_mask(layers: list[np.ndarray] | None) -> np.ndarray | None:
+    """The painted region of an image editor's layers: (H, W) in [0, 1], the strongest alpha over
+    the layers, or None when nothing was painted. layers: (H, W, 4) uint8 RGBA arrays."""
+    painted = None
+    for layer in layers or []:
+        layer = np.asarray(layer)
+        if layer.ndim != 3 or layer.shape[2] != 4:
+            raise InputImageError(f"A brush layer must be an RGBA image, got an array of shape {layer.shape}.")
+        alpha = layer[..., 3].astype(np.float32) / 255.0
+        painted = alpha if painted is None else np.maximum(painted, alpha)
+    if painted is None or not painted.any():
+        return None
+    return painted
+
+
+class PeditApp:
+    """The web app's work: one model for the process, one folder per request."""
+
+    def __init__(self, cfg: AppConfig, folders: RequestFolders | None = None):
+        from pedit.edit.editor import Editor
+
+        self.cfg = cfg
+        # cache=True as `pedit edit`: on the CPU the TorchScript copy, with the same bytes out.
+        self.editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, cache=True)
+        self.folders = folders or RequestFolders(keep_s=cfg.keep_s)
+        self._lock = threading.Lock()
+
+    @property
+    def directions(self) -> list[str]:
+        """The model's own directions (built-in and custom ones it was trained on), sorted."""
+        return sorted(self.editor.directions)
+
+    def close(self) -> None:
+        self.folders.close()
+
+    def edit(self, req: EditRequest, progress: Progress = lambda done, total, what: None) -> EditOutcome:
+        """Edit one uploaded photo toward one direction; PeditError with the CLI's message when it cannot.
+
+        Several directions: loop here over names, or, with the editor's batched edit of several
+        directions, hand it the list (one U-Net batch); the page asks for one today.
+        """
+        from pedit.photos.edit_files import EditFilesConfig, edit_files
+
+        photo = Path(req.photo)
+        if photo.is_dir():  # edit_files would edit every image in a folder; a request is one photo
+            raise InputImageError(f"{photo} is a folder, not an image file. Upload a photo (JPEG, PNG, ...).")
+        folder = self.folders.new()
+        try:
+            mask = None
+            if req.brush is not None:
+                mask = folder / "brush.png"
+                Image.fromarray(np.rint(np.clip(req.brush, 0, 1) * 255).astype(np.uint8), "L").save(mask)
+            out = folder / "out"
+            out.mkdir()
+            cfg = EditFilesConfig(
+                inputs=(str(photo),), direction=req.direction, model=self.cfg.model, output=str(out),
+                steps=req.steps, seed=req.seed, scheduler=req.scheduler, s_s=req.s_s, s_im=req.s_im, s_p=req.s_p,
+                use_mask=req.use_mask, save_mask=True, max_pixels=self.cfg.max_pixels,
+                allow_pickle=self.cfg.allow_pickle, device=self.cfg.device,
+                mask=None if mask is None else str(mask), mask_mode=req.mask_mode,
+            )
+            notes: list[str] = []
+
+            def on_event(kind, payload):
+                if kind == "steps":
+                    progress(payload[0], payload[1], "edit")
+                elif kind == "note":
+                    notes.append(payload)
+
+            with self._lock:
+                items = edit_files(cfg, on_event, editor=self.editor)
+            item = items[0]
+            if item.error:
+                raise PeditError(item.error)
+            result = Path(item.output)
+            outcome = EditOutcome(input=photo, result=result, mask=_sibling(result, "mask"),
+                                  overlay=_sibling(result, "overlay"), identity=_identity_text(item.identity),
+                                  notes=tuple(notes))
+        except BaseException:
+            self.folders.release(folder, failed=True)
+            raise
+        self.folders.release(folder)
+        return outcome
+
+    def sticker_pack(self, selfie: str, seed: int = 0, steps: int = 20, name: str = "pedit stickers",
+                     progress: Progress = lambda done, total, what: None) -> StickerOutcome:
+        """A sticker pack from one selfie, as `pedit sticker-pack` makes it; plus its archive for download."""
+        from pedit.stickers.pipeline import StickerConfig, make_sticker_pack
+
+        if Path(selfie).is_dir():
+            raise InputImageError(f"{selfie} is a folder, not an image file. Upload a selfie (JPEG, PNG, ...).")
+        folder = self.folders.new()
+        try:
+            cfg = StickerConfig(selfie=str(selfie), output=str(folder / "pack"), model=self.cfg.model,
+                                base=self.cfg.base, seed=seed, steps=steps, name=name,
+                                max_pixels=self.cfg.max_pixels, allow_pickle=self.cfg.allow_pickle,
+                                device=self.cfg.device)
+            notes: list[str] = []
+            with self._lock:
+                pack = make_sticker_pack(cfg, lambda p: progress(p.done, p.total, p.stage), notes.append,
+                                         editor=self.editor)
+            archive = zip_folder(pack, folder / "pedit-stickers.zip")
+            stickers = tuple(sorted((pack / "stickers").glob("*.png")))
+            outcome = StickerOutcome(preview=pack / "preview.png", stickers=stickers, archive=archive,
+                                     downloads=(archive, *sorted(pack.rglob("*.wastickers"))), notes=tuple(notes))
+        except BaseException:
+            self.folders.release(folder, failed=True)
+            raise
+        self.folders.release(folder)
+        return outcome
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    """Every file under `folder` into the zip `archive` (paths relative to the folder, sorted)."""
+    if archive.exists():
+        raise ConfigError(f"{archive} already exists")
+    with zipfile.ZipFile(archive, "x", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            z.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f"{path.stem}_{tag}.png")  # as edit_files names the mask and overlay
+
+
+def _identity_text(check) -> str | None:
+    """'0.23 (same person)', a verdict without a distance, or None when the check did not run."""
+    if check is None:
+        return None
+    if check.distance is None:
+        return check.verdict
+    return f"{check.distance:.2f} ({check.verdict})"
