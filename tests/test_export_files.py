@@ -46,7 +46,7 @@ def test_large_graphs_keep_their_weights_in_one_data_file_hashed_in_the_manifest
     rec = manifest["networks"]["unet"]["onnx"]
     assert rec["data"]["file"] == "unet.onnx.data"
     assert rec["data"]["sha256"] == graph_files.file_sha256(out / "unet.onnx.data")
-    assert (out / "unet.onnx").stat().st_size < 100_000 < (out / "unet.onnx.data").stat().st_size
+    assert (out / "unet.onnx").stat().st_size < (out / "unet.onnx.data").stat().st_size / 2  # the weights went
     onnx.checker.check_model(str(out / "unet.onnx"))  # the oracle: a valid graph with its external data
     # Large graphs are parity-checked at the smallest profile batch only (5 rows for the U-Net).
     assert rec["parity"]["batches"] == [5]

@@ -9,6 +9,7 @@
                     parity failures, Ctrl-C and errors remove it. What a killed export left (temp
                     folders, old-style `.x.onnx.PID.tmp` files) is removed by the next export there:
                     it holds the lock, so no live export can own them.
+    shapes          every graph declares the spec's input and output shapes (`finish_graph`).
     external data   a graph whose weights pass `external_bytes` is saved as `<name>.onnx` + one
                     `<name>.onnx.data` (protobuf cannot hold more than 2 GiB: the SD 1.5 U-Net is
                     about 3.4 GB in fp32). torch's exporter writes one file per tensor for such
@@ -93,21 +94,37 @@ def data_name(graph: str) -> str:
     return f"{graph}.data"
 
 
-def gather_external_data(graph: Path, external_bytes: int) -> bool:
-    """Rewrite `graph` (in its staging folder) with every weight in one `<graph>.data` beside it when
-    the weights pass `external_bytes` (or torch already wrote them apart); True when it did."""
+def finish_graph(graph: Path, spec, external_bytes: int) -> bool:
+    """Declare the spec's input/output shapes in `graph` (in its staging folder) and, when its weights
+    pass `external_bytes` (or torch already wrote them apart), put them all in one `<graph>.data`
+    beside it; True when it did.
+
+    The exporter declares some static dims symbolically (the VAE encoder's h and w: traced through
+    `.shape` reads); the spec's shapes ("B" the one dynamic axis) are what the graph computes, and
+    parity checks them against torch."""
     import onnx
 
     folder = graph.parent
     loose = [p for p in folder.iterdir() if p != graph]
-    if not loose and graph.stat().st_size <= external_bytes:
-        return False
-    model = onnx.load(str(graph), load_external_data=True)
+    large = bool(loose) or graph.stat().st_size > external_bytes
+    model = onnx.load(str(graph), load_external_data=large)
+    shapes = {t.name: t.shape for t in (*spec.inputs, *spec.outputs)}
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for dim, want in zip(dims, shapes.get(value.name, ())):
+            if isinstance(want, int):
+                dim.dim_value = want  # clears dim_param (a oneof)
+            else:
+                dim.dim_param = want
     for p in loose:
         p.unlink()
     graph.unlink()
+    if not large:
+        onnx.save_model(model, str(graph))
+        return False
+    # Small constants stay inline: ONNX Runtime needs shape-like ones (Unsqueeze axes) in the graph.
     onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name(graph.name), size_threshold=0)
+                    location=data_name(graph.name), size_threshold=1024, convert_attribute=True)
     return True
 
 

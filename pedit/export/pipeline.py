@@ -210,7 +210,7 @@ def _onnx_stage(cfg, out: Path, entry: dict, key: str, precision: str, spec, dim
         traced = module if precision == "fp32" else half_with_float_io(module)
         export_onnx(spec, traced, dims, staged, input_dtype=torch.float32)
         del traced
-        large = graph_files.gather_external_data(staged, int(cfg.external_mb * 2**20))
+        large = graph_files.finish_graph(staged, spec, int(cfg.external_mb * 2**20))
         seconds = time.perf_counter() - t0
         check = {**parity(spec, module, dims, staged, batches=parity_batches(spec, large)), "tolerance": tolerance}
         if not check["max_rel"] <= tolerance:
