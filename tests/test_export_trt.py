@@ -197,3 +197,32 @@ def test_trt_module_type_checks_against_tensorrt_stubs(tmp_path):
     assert len(errors) == 2 and "no_such_call" in errors[0] and "NO_SUCH_FLAG" in errors[1], errors
     target = Path("pedit") / "export" / "trt.py"
     assert _mypy_errors(tmp_path, stubs, target) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the runner's own stream")
+def test_runner_enqueues_on_its_own_stream_without_a_host_sync(tmp_path, monkeypatch):
+    """On CUDA the stand-in cannot read device memory: its enqueue records the stream and writes nothing."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    fake = _use(monkeypatch, "11")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "relu.onnx")
+    spec = NetworkSpec("relu", inputs=(TensorSpec("x", ("B", 4)),), outputs=(TensorSpec("y", ("B", 4)),),
+                       profiles={"p": (1, 2, 4)})
+    trt.build_engine(tmp_path / "relu.onnx", tmp_path / "relu.plan", spec, trt.BuildSettings())
+    runner = trt.TrtRunner(tmp_path / "relu.plan", spec)
+    runner.context.execute_async_v3 = lambda handle: fake.calls["streams"].append(int(handle)) or True
+    inp = torch.randn(2, 4, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = runner(x=inp)["y"]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    (handle,) = fake.calls["streams"]
+    assert handle == runner.stream.cuda_stream
+    assert handle not in (0, 1, 2, torch.cuda.default_stream().cuda_stream)  # 0: legacy default; 1, 2: per-thread
+    assert out.device.type == "cuda" and out.dtype == torch.float32
