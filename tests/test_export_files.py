@@ -136,10 +136,12 @@ def test_a_killed_exports_temp_graph_and_data_are_removed_by_the_next_export(ran
     (staged / "unet.onnx").write_bytes(b"half a graph")
     (staged / "unet.onnx.data").write_bytes(b"\0" * 4096)
     (tmp_path / f".unet.onnx.{pid}.tmp").write_bytes(b"an older pedit's temp graph")
+    live = temp_path(tmp_path / "photo.png")  # a live writer's temp (this process): `-o .` may share the folder
+    live.write_bytes(b"being written")
     log = []
     export_model(ExportConfig(model=str(random_model), output=str(tmp_path), networks=("vae_encoder",)), log.append, model=model)
     assert not staged.exists() and not (tmp_path / f".unet.onnx.{pid}.tmp").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "manifest.json", "vae_encoder.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".export.lock", "manifest.json", "vae_encoder.onnx", live.name])
     assert sum("left by an export that was killed" in m for m in log) == 2
 
 

@@ -8,7 +8,7 @@
                     (pedit.files.temp_path's naming), converted there and only then moved into place;
                     parity failures, Ctrl-C and errors remove it. What a killed export left (temp
                     folders, old-style `.x.onnx.PID.tmp` files) is removed by the next export there:
-                    it holds the lock, so no live export can own them.
+                    those of processes gone from this host (a live writer's temps stay).
     shapes          every graph declares the spec's input and output shapes (`finish_graph`).
     external data   a graph whose weights pass `external_bytes` is saved as `<name>.onnx` + one
                     `<name>.onnx.data` (protobuf cannot hold more than 2 GiB: the SD 1.5 U-Net is
@@ -27,11 +27,13 @@ from pathlib import Path
 
 from pedit.cache import file_sha256, stat_key
 from pedit.errors import OutputError, PeditError
-from pedit.files import TMP_SUFFIX, temp_path
+from pedit.files import TMP_SUFFIX, process_alive, temp_path
 
 LOCK = ".export.lock"
+_HOST = temp_path(Path("x")).name.split(".")[2].rsplit("-", 2)[0]  # this host, as temp_path writes it
+_TEMP = re.compile(rf"\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-[0-9a-f]+{re.escape(TMP_SUFFIX)}")
 # Old exports named their temps ".unet.onnx.1234.tmp", ".manifest.json.1234.tmp", "unet.plan.tmp".
-_OLD_TEMP = re.compile(r"(\..+\.\d+\.tmp|.+\.plan\.tmp)")
+_OLD_TEMP = re.compile(r"\..+\.(?P<pid>\d+)\.tmp|(unet|image_projector|text_encoder|vae_encoder|vae_decoder)\.plan\.tmp")
 
 
 class GraphFilesError(PeditError):
@@ -65,11 +67,15 @@ def exclusive(out: Path, wait: bool = False):
 
 
 def clean_debris(out: Path) -> list[Path]:
-    """Remove what killed exports left in `out`. Call only while holding `exclusive(out)`."""
+    """Remove what killed exports left in `out` (temp folders and files of dead processes on this
+    host: `-o .` may share a folder with other pedit writers, whose live temps stay)."""
     removed = []
     for p in Path(out).iterdir():
-        ours = p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
-        if not (ours or (p.is_file() and _OLD_TEMP.fullmatch(p.name))):
+        m = _TEMP.fullmatch(p.name) or _OLD_TEMP.fullmatch(p.name)
+        if m is None:
+            continue
+        pid = m.groupdict().get("pid")
+        if pid is not None and (m.groupdict().get("host", _HOST) != _HOST or process_alive(int(pid))):
             continue
         try:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
