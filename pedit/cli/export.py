@@ -13,7 +13,9 @@ from pedit.cli.progress import make_console, show_config
 @click.command("export")
 @click.option("-m", "--model", type=click.Path(), help="Model folder (default: the bundled toon model).")
 @click.option("-o", "--output", type=click.Path(), default="engines", show_default=True, help="Engines folder.")
-@click.option("--trt", is_flag=True, help="Also build TensorRT engines (fp16; needs pedit[trt] and an NVIDIA GPU).")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (strongly typed, from the fp16 graphs; needs pedit[trt] "
+              "and an NVIDIA GPU).")
+@click.option("--fp16", is_flag=True, help="Also write fp16 ONNX graphs (<name>.fp16.onnx, float32 inputs and outputs).")
 @click.option("--force", is_flag=True, help="Redo every stage, even those whose inputs are unchanged.")
 @click.option("--networks", default=",".join(["unet", "image_projector", "text_encoder", "vae_encoder", "vae_decoder"]),
               show_default=True, help="Comma-separated networks to export.")
@@ -21,13 +23,13 @@ from pedit.cli.progress import make_console, show_config
               help="Sizes the U-Net's mask profile (5 rows x N noise draws).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
 @click.option("-q", "--quiet", is_flag=True)
-def export_cmd(model, output, trt, force, networks, mask_noises, allow_pickle, quiet):
+def export_cmd(model, output, trt, fp16, force, networks, mask_noises, allow_pickle, quiet):
     """Export a model's networks to ONNX (parity-checked against torch) and TensorRT engines."""
     from rich.markup import escape
 
     from pedit.export.pipeline import ExportConfig, export_model
 
-    cfg = ExportConfig(model=model, output=output, trt=trt, force=force, n_noise=mask_noises, allow_pickle=allow_pickle,
+    cfg = ExportConfig(model=model, output=output, trt=trt, fp16=fp16, force=force, n_noise=mask_noises, allow_pickle=allow_pickle,
                        networks=tuple(n.strip() for n in networks.split(",") if n.strip()))
     console = make_console(quiet)
     show_config(console, cfg)

@@ -58,13 +58,18 @@ def sample(
     `EditConditions.guidance_rows`. One `denoise` call per step on the 5-row batch.
     `strength` < 1 starts from the clean latent `start` noised with `z` to that level and runs
     the last `strength` of the schedule (SDEdit). `after_step(z, t)` may replace the latent after
-    each step (DiffEdit-style blending); both serve the baselines of `pedit eval`.
+    each step (DiffEdit-style blending); both serve the baselines of `pedit eval`. The scheduler
+    and `after_step` see each timestep `t` as a 0-d int64 tensor on the host, `denoise` on z's device.
     `rows` guidance rows per latent (5 for the MCDM; gen-pairs' Eq. 2 uses 4) and `c_s_rows=None`
     for a U-Net without the spatial condition (a plain Stable Diffusion base).
     """
     check_steps(num_steps, scheduler)
-    scheduler.set_timesteps(num_steps, device=z.device)
-    timesteps = scheduler.timesteps[num_steps - max(1, round(num_steps * strength)):]
+    # The schedule stays on the host: the scheduler's table lookups and its branches on the timestep
+    # (`prev_timestep >= 0`) then never wait for the GPU. A timestep on the GPU made each step a
+    # device-to-host sync (issue 17, item 6). The U-Net gets its own copy, moved once, up front.
+    scheduler.set_timesteps(num_steps, device="cpu")
+    timesteps = scheduler.timesteps[num_steps - max(1, round(num_steps * strength)):]  # (S,) int64 on the host
+    unet_timesteps = timesteps.to(z.device)
     if strength < 1.0:
         z = scheduler.add_noise(start, z, timesteps[:1])
     else:
@@ -74,7 +79,7 @@ def sample(
         z_in = z_model.repeat(rows, 1, 1, 1)  # (rows·B, 4, h, w), block-wise like the guidance rows
         if c_s_rows is not None:
             z_in = torch.cat([z_in, c_s_rows], dim=1)  # (5B, 8, h, w)
-        eps = guide(denoise(z_in, t, context))  # (rows·B, 4, h, w) → (B, 4, h, w)
+        eps = guide(denoise(z_in, unet_timesteps[i], context))  # (rows·B, 4, h, w) → (B, 4, h, w)
         z = scheduler.step(eps, t, z).prev_sample
         if after_step is not None:
             z = after_step(z, t)

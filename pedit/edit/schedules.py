@@ -99,12 +99,17 @@ class LightDDIM(LightDDPMNoise):
             step_ratio = cfg.num_train_timesteps / num_inference_steps
             timesteps = np.round(np.arange(cfg.num_train_timesteps, 0, -step_ratio)).astype(np.int64)
             timesteps -= 1
-        self.timesteps = torch.from_numpy(timesteps).to(device)
+        # On the host whatever `device` says: `step` indexes the host table with it and branches on it,
+        # which for a GPU tensor would be a device-to-host sync every step. diffusers' DDIM gives
+        # the same values on the device asked for; the sampler asks for the host (pedit.edit.sampler).
+        self.timesteps = torch.from_numpy(timesteps)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> _Step:
+        # timestep: an int or a 0-d host tensor (set_timesteps keeps them on the host); the table's
+        # values are 0-d host tensors, which combine with a GPU sample without a sync.
         # The same expressions, in the same order, as DDIMScheduler.step with eta = 0 (std_dev_t = 0).
         prev_timestep = timestep - self.config.num_train_timesteps // self.num_inference_steps
         alpha_prod_t = self.alphas_cumprod[timestep]

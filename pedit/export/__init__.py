@@ -1,10 +1,11 @@
 """Deployment: one export spec per network, ONNX / TensorRT stages, runtime backends, `pedit bench`.
 
     specs.py      what each network looks like from outside: names, shapes, batch profiles
-    onnx_stage.py torch → ONNX with a parity check on fresh random inputs
+    onnx_stage.py torch → ONNX (fp32, and fp16 with fp32 I/O) with a parity check on fresh random inputs
+    graph_files.py the engines folder's files: one export at a time (a lock), temp folders, external data
     pipeline.py   `pedit export`: stages, input hashes, skipping, manifest.json
     bindings.py   shape/profile/buffer planning shared by the ONNX Runtime and TensorRT runners
-    trt.py        the thin TensorRT layer (optional extra `pedit[trt]`)
+    trt.py        the thin TensorRT layer, 10.x and 11.x, strongly typed (optional extra `pedit[trt]`)
     backends.py   `denoise(z_in, t, context) -> eps` callables: torch, compile, onnx, trt
     bench.py      `pedit bench`: latency breakdown, FLOPs, the InstructPix2Pix comparison
     sd15.py       an MCDM of Stable Diffusion 1.5 size with random weights (no download)

@@ -9,8 +9,8 @@ and the editing mask call (DESIGN.md, "Samplers and backends"). They differ in w
     trt      a TensorRT engine (pip install pedit[trt], NVIDIA GPU)
 
 onnx and trt find their graph/engine in an engines folder (`pedit export`'s output) when its
-manifest matches the model, else export it once into ~/.cache/pedit/engines/<model hash>/ (the
-export stage is skipped in later processes). The caller says how many U-Net rows it will send in
+manifest matches the model (checked: pedit.export.backends.engines_for), else export it once into
+~/.cache/pedit/engines/<model hash>/ (the export stage is skipped in later processes). The caller says how many U-Net rows it will send in
 one call (`rows`, pedit.edit.mask.unet_rows); the folder's recorded profiles are kept when they
 cover that, else widened: the ONNX graph (dynamic batch) stays, a TensorRT engine is rebuilt. ONNX graphs are fp32; inputs in another precision are
 cast in and out, so the sampler sees the dtype it passed.
@@ -78,10 +78,15 @@ def _covered_draws(manifest: dict, base_spec) -> int:
 def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str], None],
                 rows: int = N_ROWS * DEFAULT_DRAWS) -> tuple[Path, dict]:
     """An engines folder holding the U-Net for `model` whose profiles take `rows` rows in one call
-    (exported or rebuilt there now if missing, stale or too small)."""
+    (exported or rebuilt there now if missing, stale or too small).
+
+    A folder the user names (`engines`) must hold this model's U-Net: another model's, or one this
+    model's weights have changed since, or a graph or data file missing or altered, is an Error, not
+    silently exported over. The cache folder (engines=None) is simply brought up to date."""
     from pedit.export.pipeline import ExportConfig, export_model, read_manifest
     from pedit.export.specs import dims_of, network_specs
 
+    named = engines is not None
     if engines is None:
         # One cache folder per model folder: keyed by its path and its U-Net files' sizes and times
         # (cheap; the export itself then hashes the bytes, and re-exports if they changed).
@@ -90,10 +95,8 @@ def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str
         key = hashlib.sha256(json.dumps([str(Path(model.path).resolve()), stats]).encode()).hexdigest()[:16]
         engines = cache_root("engines") / key
     manifest = read_manifest(Path(engines))
-    exported_from = manifest.get("model")
-    if exported_from and exported_from != str(Path(model.path).resolve()):
-        raise ConfigError(f"Engines folder {engines} was exported from another model ({exported_from}). "
-                          f"Export this one there with `pedit export -m {model.path} -o {engines}`, or pick another folder.")
+    if named:
+        _check_named_folder(model, Path(engines), manifest)
     needed = -(-rows // N_ROWS)  # draws (5-row groups) one call sends
     if needed > MAX_DRAWS:
         raise ConfigError(f"One U-Net call of {rows} rows is more than an engine takes ({N_ROWS * MAX_DRAWS}); "
@@ -101,8 +104,29 @@ def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str
     have = _covered_draws(manifest, network_specs(dims_of(model))["unet"])
     # The recorded profiles when they cover the call (nothing redone); else wide enough for it.
     draws = have if have >= needed else max(needed, DEFAULT_DRAWS)
-    cfg = ExportConfig(model=str(model.path), output=str(engines), networks=("unet",), trt=trt, n_noise=draws)
+    cfg = ExportConfig(model=str(model.path), output=str(engines), networks=("unet",), trt=trt, n_noise=draws, wait=True)
     return Path(engines), export_model(cfg, log, model=model)
+
+
+def _check_named_folder(model, engines: Path, manifest: dict) -> None:
+    """ConfigError unless `engines` was exported from `model` as it is now, its graph files intact."""
+    from pedit.cache import folder_hash
+    from pedit.export.graph_files import problem
+
+    again = f"export this model there with `pedit export -m {model.path} -o {engines} --force`, or pick another folder"
+    exported_from = manifest.get("model")
+    if exported_from and exported_from != str(Path(model.path).resolve()):
+        raise ConfigError(f"Engines folder {engines} was exported from another model ({exported_from}); {again}.")
+    entry = manifest.get("networks", {}).get("unet", {})
+    for key in ("onnx", "onnx_fp16", "trt"):
+        rec = entry.get(key)
+        if not rec:
+            continue
+        if key != "trt" and rec.get("source_hash") not in (None, folder_hash(model.path, ("unet",), dict(manifest.get("file_hashes", {})))):
+            raise ConfigError(f"Engines folder {engines} was exported from another model, or from this one before its "
+                              f"U-Net weights changed; {again}.")
+        if (why := problem(engines, rec)) is not None:
+            raise ConfigError(f"Engines folder {engines} is damaged: {why}; {again}.")
 
 
 def _unet_spec(model, manifest: dict):
@@ -119,7 +143,7 @@ def onnx_backend(model, engines=None, log: Callable[[str], None] = lambda m: Non
     from pedit.export.onnx_stage import ort_session
 
     folder, manifest = engines_for(model, engines, trt=False, log=log, rows=rows)
-    session = ort_session(folder / manifest["networks"]["unet"]["onnx"]["file"])
+    session = ort_session(folder / manifest["networks"]["unet"]["onnx"]["file"])  # ExportError if it cannot load
     runner = OrtBoundRunner(session, _unet_spec(model, manifest), torch.float32)
 
     @torch.no_grad()

@@ -38,8 +38,11 @@ def choose_profile(spec: NetworkSpec, batch: int) -> int:
     return min(fits)[1]
 
 
-def plan_io(spec: NetworkSpec, inputs: dict, float_dtype, device=None) -> IOPlan:
-    """Check `inputs` (name → tensor) against `spec` and prepare the buffers of one call."""
+def plan_io(spec: NetworkSpec, inputs: dict, float_dtype, device=None, dtypes: dict | None = None) -> IOPlan:
+    """Check `inputs` (name → tensor) against `spec` and prepare the buffers of one call.
+
+    Buffers are `float_dtype` (float tensors) or int64, unless `dtypes` (tensor name → torch dtype,
+    what a TensorRT engine reports for each binding) says otherwise."""
     import torch
 
     names = [t.name for t in spec.inputs]
@@ -58,12 +61,13 @@ def plan_io(spec: NetworkSpec, inputs: dict, float_dtype, device=None) -> IOPlan
                 batch = got
             elif got != want:
                 raise BindingError(f"{spec.name}: input {t.name} has shape {tuple(x.shape)}, expected {t.shape}.")
-        dtype = torch.int64 if t.dtype == "int64" else float_dtype
+        dtype = (dtypes or {}).get(t.name) or (torch.int64 if t.dtype == "int64" else float_dtype)
         feeds[t.name] = x.to(device=device or x.device, dtype=dtype).contiguous()
     batch = batch or 1
     profile = choose_profile(spec, batch) if spec.profiles else 0
     device = device or next(iter(feeds.values())).device
-    outputs = {t.name: torch.empty(t.concrete(batch), dtype=float_dtype, device=device) for t in spec.outputs}
+    outputs = {t.name: torch.empty(t.concrete(batch), dtype=(dtypes or {}).get(t.name) or float_dtype, device=device)
+               for t in spec.outputs}
     return IOPlan(batch, profile, feeds, outputs)
 
 

@@ -192,6 +192,7 @@ def torch_module(name: str, model):
 
     mcdm, parts = model.mcdm, model.parts
     sf = parts.scaling_factor
+    c = int(parts.vae.config.latent_channels)
 
     class UNet(nn.Module):
         def __init__(self):
@@ -224,7 +225,13 @@ def torch_module(name: str, model):
             self.vae = parts.vae
 
         def forward(self, x):
-            return self.vae.encode(x).latent_dist.mode() * sf
+            # The posterior's mode is the first half of the moments' channels. Sliced with a constant
+            # (not DiagonalGaussianDistribution's chunk, which exports as Shape -> Slice), so ONNX
+            # shape inference gives the output (B, 4, h, w), as the spec says.
+            moments = self.vae.encoder(x)
+            if self.vae.quant_conv is not None:
+                moments = self.vae.quant_conv(moments)  # (B, 2c, h, w): mean, log-variance
+            return moments[:, :c] * sf
 
     class VaeDecoder(nn.Module):
         def __init__(self):
