@@ -6,11 +6,8 @@ import json
 import pytest
 import torch
 
-from pedit.toon.hub_folders import build_hub_folders
+from pedit.toon.hub_folders import TINY_VIT, build_hub_folders
 from pedit.toon.parts import TINY
-
-TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
-                patch_size=16, projection_dim=32, hidden_act="gelu")
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,9 @@ CLIP_VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32
 SD15_PNDM = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
              "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
              "clip_sample": False, "trained_betas": None}
+# The IP-Adapter image encoder of the tiny layout (tests; `SIZE=tiny scripts/sd15_dry_run.sh`, a quick path check).
+TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
+                patch_size=16, projection_dim=32, hidden_act="gelu")
 SD15_VAE_SCALE = 0.18215
 PLUS_FACE = dict(depth=4, dim_head=64, heads=12, num_queries=16, ff_mult=4)  # IP-Adapter's Resampler
 
