@@ -89,8 +89,8 @@ def markdown(settings: dict, records: list[dict]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
+def main(argv: list[str] | None = None) -> None:
+    out = Path((sys.argv[1:] if argv is None else argv)[0])
     settings = json.loads(_read(out / "settings.json", "{}") or "{}")
     stages = sorted((p for p in (out / "stages").iterdir() if p.is_dir()), key=lambda p: (ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name))
     records = [stage_record(p) for p in stages]
