@@ -287,7 +287,7 @@ def _optimization(cfg: TrainConfig, accelerator, mcdm):
     from pedit.train.optim import make_ema, make_optimizer
 
     mcdm.train()
-    ema = make_ema(mcdm.parameters(), cfg.ema_decay, accelerator.device.type)
+    ema = make_ema(mcdm.parameters(), cfg.ema_decay)
     optimizer = make_optimizer(cfg.optimizer, mcdm.parameters(), cfg.learning_rate)
     # The prepared scheduler steps once per process per optimizer step (accelerate), hence the factor.
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
