@@ -64,7 +64,7 @@ def saved_activations(unet, batch: int, latent: int, tokens: int, dtype) -> dict
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
     params = {id(p) for p in unet.parameters()}
-    seen, units, stack = set(), [], []
+    seen, units, stack = {}, [], []  # seen holds each tensor, so no id is reused while the pass runs
     total = [0]
 
     def pack(t):
@@ -72,7 +72,7 @@ def saved_activations(unet, batch: int, latent: int, tokens: int, dtype) -> dict
         key = id(base)
         if key in params or key in seen:
             return t
-        seen.add(key)
+        seen[key] = base
         n = base.numel() * base.element_size()
         total[0] += n
         if stack:
@@ -96,7 +96,8 @@ def saved_activations(unet, batch: int, latent: int, tokens: int, dtype) -> dict
             z = torch.empty(batch, 8, latent, latent, dtype=dtype, requires_grad=False)
             ctx = torch.empty(batch, tokens, 768, dtype=dtype, requires_grad=True)  # c_im comes from the projector
             t = torch.zeros(batch, dtype=torch.long)
-            unet(z, t, ctx).sample.float().pow(2).mean()
+            loss = unet(z, t, ctx).sample.float().pow(2).mean()
+        del loss  # the graph (and every tensor it saved) lived until here
     finally:
         torch.nn.functional.scaled_dot_product_attention = real_sdpa
         for h in hooks:
