@@ -30,7 +30,7 @@ def _files(target: Path) -> list[dict]:
         return []
     found = []
     for dirpath, dirnames, filenames in os.walk(target):
-        dirnames[:] = [d for d in dirnames if d != "pedit-cache"]
+        dirnames[:] = [d for d in dirnames if d not in ("pedit-cache", ".pedit-cache")]  # caches a later stage wrote
         for name in filenames:
             p = Path(dirpath) / name
             found.append({"path": str(p.relative_to(target)), "bytes": p.stat().st_size})

@@ -56,6 +56,8 @@ def build_hub_folders(root: str | Path, seed: int = 0, log=print, spec=None, ip_
     root.mkdir(parents=True, exist_ok=True)
     paths = {"base": root / "sd15", "clip": root / "clip-vit-large-patch14",
              "controlnet": root / "controlnet-openpose", "ip_adapter": root / "ip-adapter"}
+    if not (paths["clip"] / STAMP).exists():  # the CLIP folder comes out of the base's build
+        (paths["base"] / STAMP).unlink(missing_ok=True)
     _once(paths["base"], lambda tmp: _base_and_clip(tmp, root, seed, spec), log)
     _once(paths["controlnet"], lambda tmp: _controlnet(paths["base"], tmp, seed), log)
     _once(paths["ip_adapter"], lambda tmp: _ip_adapter(paths["base"], tmp, seed, ip_vision), log)
