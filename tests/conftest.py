@@ -1,14 +1,54 @@
 """Shared test fixtures. Tests never touch the network (CONVENTIONS.md §9): the hub is switched
-off before anything imports huggingface_hub, and models are built in-process from seeds."""
+off before anything imports huggingface_hub, and models are built in-process from seeds.
+
+`PEDIT_TEST_DEVICE=cuda make test` puts the tests' tiny models and inputs on that device (`TEST_DEVICE`,
+the `device` fixture), so one run on a GPU machine finds device bugs everywhere at once; tests that
+cannot run there are marked `cpu_only("why")` and skipped with that reason. Unset, everything runs on
+the CPU, training included (accelerate would otherwise pick a GPU it finds).
+"""
 
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+TEST_DEVICE = os.environ.get("PEDIT_TEST_DEVICE", "").strip() or "cpu"
+if TEST_DEVICE == "cpu":
+    os.environ["ACCELERATE_USE_CPU"] = "true"
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_only(reason): runs only when PEDIT_TEST_DEVICE is cpu (or unset)")
+    if TEST_DEVICE != "cpu":
+        import torch
+
+        try:
+            torch.empty(1, device=TEST_DEVICE)
+        except (RuntimeError, AssertionError) as e:  # no CUDA build, no GPU, or no such index
+            pytest.exit(f"PEDIT_TEST_DEVICE={TEST_DEVICE}: torch cannot use that device ({e}).", returncode=4)
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_DEVICE == "cpu":
+        return
+    for item in items:
+        marker = item.get_closest_marker("cpu_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"CPU only ({reason}); PEDIT_TEST_DEVICE={TEST_DEVICE}"))
+
+
+def pytest_report_header(config):
+    return f"pedit test device: {TEST_DEVICE} (PEDIT_TEST_DEVICE)"
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """Where a test puts its tiny models and inputs: PEDIT_TEST_DEVICE, default cpu."""
+    return TEST_DEVICE
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,7 +103,7 @@ def editor(random_model):
     """The Editor over the untrained tiny model (one per test module)."""
     from pedit.edit.editor import Editor
 
-    return Editor.from_pretrained(random_model, device="cpu")
+    return Editor.from_pretrained(random_model, device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="module")

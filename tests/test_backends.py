@@ -17,6 +17,7 @@ from pedit.edit.mask import MaskConfig
 from pedit.export.backends import make_denoise
 from pedit.export.specs import dims_of, network_specs, random_inputs
 from pedit.model.loading import load_model
+from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +74,7 @@ def test_onnx_edit_of_the_bundled_model_matches_torch():
 
 
 def test_split_mask_call_gives_the_same_mask(random_model, portrait):
-    editor = Editor.from_pretrained(random_model, device="cpu")
+    editor = Editor.from_pretrained(random_model, device=TEST_DEVICE)
     calls = []
     inner = editor.denoise
     editor.denoise = lambda z, t, c: calls.append(z.shape[0]) or inner(z, t, c)
@@ -94,8 +95,8 @@ def test_mask_config_rejects_a_negative_batch():
 
 
 def test_bf16_edit_runs_in_bf16_and_stays_close_to_fp32(random_model, portrait):
-    fp32 = Editor.from_pretrained(random_model, device="cpu").edit(portrait, "santa", steps=3, seed=2)
-    bf16_editor = Editor.from_pretrained(random_model, device="cpu", precision="bf16")
+    fp32 = Editor.from_pretrained(random_model, device=TEST_DEVICE).edit(portrait, "santa", steps=3, seed=2)
+    bf16_editor = Editor.from_pretrained(random_model, device=TEST_DEVICE, precision="bf16")
     assert bf16_editor.model.mcdm.unet.dtype == torch.bfloat16
     seen = []
     inner = bf16_editor.denoise
@@ -143,7 +144,7 @@ def test_bench_reports_each_stage_flops_and_the_ip2p_ratio(random_model):
         assert row["edit_ms"] >= row["steps_ms"] + row["mask_ms"]
         assert row["speedup_vs_ip2p"] == pytest.approx(report["ip2p"]["edit_ms"] / row["edit_ms"], rel=1e-2)
     # FLOPs of the 5-row step: five times one row's (the counter sees the batch, not one image).
-    editor = Editor.from_pretrained(random_model, device="cpu")
+    editor = Editor.from_pretrained(random_model, device=TEST_DEVICE)
     one_row = unet_flops(editor) // 5
     assert report["unet_flops_per_step"] == 5 * one_row > 0
 

@@ -21,9 +21,10 @@ from PIL import Image
 from pedit.cli import cli
 from pedit.faces import get_detector
 from pedit.photos.portrait import Box, face_box, face_crop_box, portrait_crop_box
+from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
-FAST = ["--steps", "2", "--mask-noises", "2", "--device", "cpu"]
+FAST = ["--steps", "2", "--mask-noises", "2", "--device", TEST_DEVICE]
 # Rich wraps stderr at 80 columns when it is not a terminal; a wide console keeps long tmp paths
 # on one line so the messages can be matched. PEDIT_DEBUG would turn errors into tracebacks.
 ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
@@ -502,7 +503,7 @@ def test_a_crashing_identity_check_is_its_verdict_not_a_failed_edit(model, tmp_p
     monkeypatch.setattr(edit_files, "identity_detector", lambda: object())
     monkeypatch.setattr(edit_files, "check_identity", broken_check)
     items = edit_files.edit_files(edit_files.EditFilesConfig(inputs=(str(small),), direction="royal", model=str(model),
-                                                             steps=2, mask_noises=2, device="cpu"))
+                                                             steps=2, mask_noises=2, device=TEST_DEVICE))
     (item,) = items
     assert item.error is None and item.output == tmp_path / "pic_royal.png" and item.output.exists()
     assert item.identity.distance is None and "identity check failed" in item.identity.verdict
@@ -677,7 +678,7 @@ def test_mask_noises_from_pedit_json_unless_the_flag_is_given(model_with_mask_se
         return real_edit(self, image, direction, options, **kwargs)
 
     monkeypatch.setattr(Editor, "edit", spy)
-    args = ["edit", str(small), "-d", "royal", "-m", str(model_with_mask_settings), "--steps", "2", "--device", "cpu",
+    args = ["edit", str(small), "-d", "royal", "-m", str(model_with_mask_settings), "--steps", "2", "--device", TEST_DEVICE,
             "-o", str(tmp_path / "out.png"), *flag]
     assert_ok(CliRunner().invoke(cli, args, env=ENV))
     assert seen == [expected]

@@ -17,6 +17,7 @@ from PIL import Image
 
 from pedit.cli import cli
 from pedit.stickers.matte import make_sticker
+from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 TOON = ROOT / "examples" / "toon.png"
@@ -46,7 +47,7 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def toon_pack(tmp_path_factory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("toon") / "pack"
-    result = run(TOON, "-o", out, "--steps", "4", "--device", "cpu")
+    result = run(TOON, "-o", out, "--steps", "4", "--device", TEST_DEVICE)
     return out, result
 
 
@@ -243,7 +244,7 @@ def test_bad_expression_lists(tmp_path, expressions, needle):
 
 
 def test_a_photo_with_a_trained_model_needs_a_base(tmp_path, random_model):
-    assert_clean_failure(run(ASTRONAUT, "-o", tmp_path / "out", "-m", random_model, "--device", "cpu"),
+    assert_clean_failure(run(ASTRONAUT, "-o", tmp_path / "out", "-m", random_model, "--device", TEST_DEVICE),
                          "--base", "--skip-cartoonize")
 
 
@@ -263,7 +264,7 @@ def test_a_failure_while_packing_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_full_path_trains_once_and_honours_pick(tmp_path, random_model, tiny_base):
-    common = ["-m", random_model, "--base", tiny_base, "--device", "cpu", "--steps", "2", "--views", "2",
+    common = ["-m", random_model, "--base", tiny_base, "--device", TEST_DEVICE, "--steps", "2", "--views", "2",
               "--train-steps", "2", "--candidates", "2", "--cartoon-steps", "2", "--cache-dir", tmp_path / "cache",
               "--expressions", "angry,shocked,crying"]
     first = run(ASTRONAUT, "-o", tmp_path / "a", *common)

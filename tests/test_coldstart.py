@@ -31,6 +31,8 @@ from pedit.edit.schedules import LightDDIM, LightDDPMNoise, ddim_scheduler, nois
 from pedit.errors import OutputError, UnsafeModelError
 from pedit.model import traced
 
+pytestmark = pytest.mark.cpu_only("the cold-start path and its TorchScript cache are the CPU's (Editor.from_pretrained cache=True)")
+
 ROOT = Path(__file__).resolve().parents[1]
 SD_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
              "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",

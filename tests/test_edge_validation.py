@@ -20,6 +20,7 @@ from pedit.errors import ConfigError, NonFiniteError
 from pedit.eval.ground_truth import EvalConfig
 from pedit.photos.edit_files import EditFilesConfig
 from pedit.train.loop import TrainConfig
+from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 NAN, INF = float("nan"), float("inf")
 ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
@@ -159,7 +160,7 @@ def small_photo(tmp_path_factory):
     return path
 
 
-FAST = ["--steps", "2", "--mask-noises", "2", "--device", "cpu"]
+FAST = ["--steps", "2", "--mask-noises", "2", "--device", TEST_DEVICE]
 
 
 @pytest.mark.parametrize("args, needle", [

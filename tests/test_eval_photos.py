@@ -21,11 +21,12 @@ from pedit import faces
 from pedit.cli import cli
 from pedit.faces import SAME_PERSON_THRESHOLD, HogDetector, image_identity_distance
 from pedit.photos.identity import MISSING_NOTE
+from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 pytestmark = pytest.mark.skipif(not faces.face_model_available(), reason="needs pip install 'pedit[faces]'")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-FAST = ["--steps", "2", "--device", "cpu"]
+FAST = ["--steps", "2", "--device", TEST_DEVICE]
 ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
 
 

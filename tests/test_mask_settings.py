@@ -11,6 +11,7 @@ from pedit.data.directions import BUILTIN
 from pedit.edit.mask import MaskConfig
 from pedit.model.mask_settings import check_mask_settings, mask_config_for
 from pedit.eval.ceiling import iou_ceiling
+from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 
 def _brute_force(mask, cells):
@@ -72,7 +73,7 @@ def test_the_editor_uses_each_directions_settings(random_model, tmp_path):
     meta = json.loads((model / "pedit.json").read_text())
     meta["mask_by_direction"] = {"laughing": {"threshold": 0.95}}
     (model / "pedit.json").write_text(json.dumps(meta))
-    tuned, plain = Editor.from_pretrained(model, device="cpu"), Editor.from_pretrained(random_model, device="cpu")
+    tuned, plain = Editor.from_pretrained(model, device=TEST_DEVICE), Editor.from_pretrained(random_model, device=TEST_DEVICE)
     assert tuned.default_options("laughing").mask.threshold == 0.95
     assert tuned.default_options("royal").mask.threshold == 0.5
     image = Image.fromarray(render(3, size=32))

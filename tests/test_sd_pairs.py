@@ -13,6 +13,7 @@ from PIL import Image
 
 from pedit.data.composable import PairStrengths, composable_eps, pair_eps, side_masks
 from pedit.errors import ConfigError
+from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 # ---------------------------------------------------------------------------------------------
 # Eq. 2
@@ -227,7 +228,7 @@ def _cfg(out, tiny_base, tiny_controlnet, **kw):
     from pedit.data.sd_pairs import SDPairsConfig
 
     args = dict(output=str(out), n=4, base=str(tiny_base), controlnet=str(tiny_controlnet), resolution=32, steps=2,
-                device="cpu", contact_sheet=4)
+                device=TEST_DEVICE, contact_sheet=4)
     args.update(kw)
     return SDPairsConfig(**args)
 
@@ -467,7 +468,7 @@ def test_cli_writes_sd_pairs_with_a_custom_direction(tiny_base, tiny_controlnet,
     out = tmp_path / "p"
     result = _cli("gen-pairs", "--source", "sd", "--base", tiny_base, "--controlnet", tiny_controlnet, "-o", out, "-n", 2,
                   "--resolution", 32, "--steps", 1, "--directions", "pirate,santa", "--directions-file", toml,
-                  "--device", "cpu", "-q")
+                  "--device", TEST_DEVICE, "-q")
     assert result.exit_code == 0, result.output
     assert [r["direction"] for r in _rows(out)] == ["pirate", "santa"]
     assert (out / "contact_sheet.png").exists()
@@ -535,7 +536,7 @@ def test_min_clip_filters_on_the_recorded_clip_score(tiny_base, tiny_controlnet,
 def test_steps_beyond_the_schedule_are_refused_before_anything_is_written(tiny_base, tiny_controlnet, tmp_path):
     out = tmp_path / "p"
     args = ("gen-pairs", "--source", "sd", "--base", tiny_base, "--controlnet", tiny_controlnet, "-o", out, "-n", 1,
-            "--resolution", 32, "--device", "cpu", "-q")
+            "--resolution", 32, "--device", TEST_DEVICE, "-q")
     result = _cli(*args, "--steps", 5000)
     _assert_error(result, "steps must be between 1 and 1000", out)
     assert not out.exists() or list(out.iterdir()) == []  # no config.json locking the folder, no images/
@@ -648,7 +649,7 @@ def test_max_identity_distance_rejects_pairs_without_a_same_person(tiny_base, ti
         pytest.skip("needs the face model (dlib + face_recognition_models)")
     out = tmp_path / "p"
     result = _cli("gen-pairs", "--source", "sd", "--base", tiny_base, "--controlnet", tiny_controlnet, "-o", out,
-                  "-n", 2, "--resolution", 32, "--steps", 1, "--device", "cpu", "--max-identity-distance", 0.6, "-q")
+                  "-n", 2, "--resolution", 32, "--steps", 1, "--device", TEST_DEVICE, "--max-identity-distance", 0.6, "-q")
     assert result.exit_code == 0, result.output
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     # A random tiny model draws no faces: nothing can be shown to be the same person.

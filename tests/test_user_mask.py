@@ -9,6 +9,7 @@ from pedit.cli import cli
 from pedit.edit.editor import EditOptions
 from pedit.edit.user_mask import load_user_mask, user_mask_at
 from pedit.errors import ConfigError, InputImageError
+from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 FAST = dict(steps=3)
 
@@ -102,7 +103,7 @@ def test_cli_mask_keeps_the_photo_outside_it(random_model, tmp_path):
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "out.png"
     args = ["edit", str(photo), "-d", "laughing", "-m", str(random_model), "--steps", "2", "--mask-noises", "2",
-            "--device", "cpu", "--mask", str(tmp_path / "mask.png"), "--mask-mode", "replace", "-o", str(out)]
+            "--device", TEST_DEVICE, "--mask", str(tmp_path / "mask.png"), "--mask-mode", "replace", "-o", str(out)]
     result = CliRunner().invoke(cli, args, env={"COLUMNS": "1000"})
     assert result.exit_code == 0, result.output
     src, edited = np.asarray(Image.open(photo)), np.asarray(Image.open(out))

@@ -36,7 +36,9 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("--overwrite", is_flag=True, help="Delete the training run already in the output folder first.")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--gradient-checkpointing", is_flag=True)
-@click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True)
+@click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, show_default=True, help="0: keep no EMA copy.")
+@click.option("--optimizer", type=click.Choice(["adamw", "adafactor"]), default="adamw", show_default=True,
+              help="adafactor: far less optimizer state (SD 1.5 size in 24 GB).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (.bin/.pt/.ckpt) in the base. Only for trusted files.")
 @click.option("--no-cache", is_flag=True, help="Run the frozen VAE and encoders every step instead of once (the latent cache).")
@@ -45,7 +47,7 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("-q", "--quiet", is_flag=True)
 def train(data, columns, split, output, base, init, init_from, image_encoder, resolution, max_steps, max_minutes, batch_size, num_workers, gradient_accumulation,
           learning_rate, warmup_steps, checkpoint_every, validate_every, resume, overwrite, mixed_precision,
-          gradient_checkpointing, ema_decay, seed, allow_pickle, no_cache, cache_dir, log_every, quiet):
+          gradient_checkpointing, ema_decay, optimizer, seed, allow_pickle, no_cache, cache_dir, log_every, quiet):
     """Train a Multi-Conditioned Diffusion Model on a pair folder.
 
     Multi-GPU: accelerate launch -m pedit train --data DIR -o DIR ...
@@ -57,7 +59,7 @@ def train(data, columns, split, output, base, init, init_from, image_encoder, re
         max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, num_workers=num_workers, gradient_accumulation=gradient_accumulation,
         learning_rate=learning_rate, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
         validate_every=validate_every, resume=resume, mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, seed=seed, allow_pickle=allow_pickle,
+        gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay, optimizer=optimizer, seed=seed, allow_pickle=allow_pickle,
         overwrite=overwrite, cache=not no_cache, cache_dir=cache_dir, log_every=log_every,
     )
     # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).

@@ -32,7 +32,8 @@ class TrainConfig:
     resume: bool = False
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # 0: no EMA copy is kept (pedit.train.optim.NoEMA)
+    optimizer: str = "adamw"  # or "adafactor": far less optimizer state (SD 1.5 size on a small machine)
     identity_prob: float = 0.05
     drop_prob: float = 0.2
     seed: int = 0
@@ -58,6 +59,8 @@ def _check_train_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be a folder name, got {getattr(cfg, name)!r}")
     if cfg.init not in ("base", "scratch"):
         raise ConfigError(f"init must be 'base' or 'scratch', got {cfg.init!r}")
+    if cfg.optimizer not in ("adamw", "adafactor"):
+        raise ConfigError(f"optimizer must be adamw or adafactor, got {cfg.optimizer!r}")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
     for name in ("max_steps", "batch_size", "gradient_accumulation", "checkpoint_every", "keep_checkpoints", "log_every"):

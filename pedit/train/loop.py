@@ -303,14 +303,15 @@ def _models(cfg: TrainConfig, root, parts):
 
 
 def _optimization(cfg: TrainConfig, accelerator, mcdm):
-    """AdamW with a constant-after-warmup learning rate, and the EMA of the weights (saved in every
-    checkpoint), all prepared by accelerate. Returns (mcdm, ema, optimizer, lr_scheduler)."""
+    """AdamW (or Adafactor) with a constant-after-warmup learning rate, and the EMA of the weights (saved in
+    every checkpoint), all prepared by accelerate. Returns (mcdm, ema, optimizer, lr_scheduler)."""
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
+
+    from pedit.train.optim import make_ema, make_optimizer
 
     mcdm.train()
-    ema = EMAModel(mcdm.parameters(), decay=cfg.ema_decay, foreach=True)
-    optimizer = torch.optim.AdamW(mcdm.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
+    ema = make_ema(mcdm.parameters(), cfg.ema_decay)
+    optimizer = make_optimizer(cfg.optimizer, mcdm.parameters(), cfg.learning_rate)
     # The prepared scheduler steps once per process per optimizer step (accelerate), hence the factor.
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
                                  num_warmup_steps=cfg.warmup_steps * accelerator.num_processes)
