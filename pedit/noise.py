@@ -21,6 +21,10 @@ import torch
 __all__ = ["randn", "rand", "randint"]
 
 
+def _shape(shape) -> tuple[int, ...]:
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
 def _target(like: torch.Tensor | None, device, dtype):
     if like is not None:
         return like.device if device is None else device, like.dtype if dtype is None else dtype
@@ -32,7 +36,7 @@ def randn(shape, generator: torch.Generator, *, like: torch.Tensor | None = None
     """Unit Gaussian noise of `shape`, drawn in float32 on the generator's device, returned on
     `device`/`dtype` (or those of `like`; unchanged where neither is given)."""
     device, dtype = _target(like, device, dtype)
-    x = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    x = torch.randn(_shape(shape), generator=generator, device=generator.device, dtype=torch.float32)
     return x.to(device=device, dtype=dtype)
 
 
@@ -40,11 +44,11 @@ def rand(shape, generator: torch.Generator, *, like: torch.Tensor | None = None,
          device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Uniform [0, 1) of `shape`, drawn like `randn`."""
     device, dtype = _target(like, device, dtype)
-    x = torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    x = torch.rand(_shape(shape), generator=generator, device=generator.device, dtype=torch.float32)
     return x.to(device=device, dtype=dtype)
 
 
 def randint(low: int, high: int, shape, generator: torch.Generator, *, device=None) -> torch.Tensor:
     """Integers in [low, high) of `shape` (int64), drawn on the generator's device, returned on `device`."""
-    x = torch.randint(low, high, tuple(shape), generator=generator, device=generator.device)
+    x = torch.randint(low, high, _shape(shape), generator=generator, device=generator.device)
     return x.to(device=device)

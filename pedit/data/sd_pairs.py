@@ -300,7 +300,7 @@ def _identity_rows(plans, faces, encoder, cache) -> tuple[torch.Tensor | None, t
 def _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cache, sample, make_scheduler, h, w, device):
     """Denoise one batch of pairs; returns the (B, H, 2W, 3) uint8 canvases and the pose halves."""
     B, H, W = len(plans), cfg.resolution, cfg.resolution
-    z = torch.cat([initial_latent(cfg, p.index, h, w) for p in plans]).to(device)  # (B, 4, h, 2w)
+    z = torch.cat([initial_latent(cfg, p.index, h, w, device) for p in plans])  # (B, 4, h, 2w)
     prompts = ([""] * B + [p.prompts["p"] for p in plans] + [p.prompts["p_a"] for p in plans]
                + [p.prompts["p_b"] for p in plans])
     context = encode_prompts(parts, prompts, text_cache)  # (4B, 77, D)
@@ -351,6 +351,9 @@ def _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder)
     d = plan.direction
     row = {
         "id": pair_id, "direction": d.name, "task": d.task, **prompts, "subject": plan.subject,
+        # the direction's own prompts, "person" where this pair names its subject: what a model
+        # trained on the folder records (pedit.data.pairs.direction_of), not this pair's subject
+        "template": {"p": d.p, "p_a": d.p_a, "p_b": d.p_b},
         "seed": noise_seed(cfg.seed, plan.index), "source": "sd", "base": cfg.base,
         "controlnet": cfg.controlnet if cfg.use_pose else None,
         "pose": None if plan.pose is None else {"id": plan.pose.id, "source": cfg.pose, "jitter": plan.pose_jitter},
