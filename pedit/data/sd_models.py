@@ -41,6 +41,14 @@ class SDParts:
     pipe: object | None  # the diffusers pipeline that owns the IP-Adapter (its image encoder), or None
     source: str  # the base id or folder
 
+    def vae_fp32(self):
+        """An fp32 copy of the VAE, made the first time an fp16 decode overflows (pedit.vae)."""
+        if getattr(self, "_vae32", None) is None:
+            from pedit.vae import fp32_copy
+
+            self._vae32 = fp32_copy(self.vae)
+        return self._vae32
+
 
 def _load(cls, source: str, what: str, allow_pickle: bool, **kwargs):
     try:

@@ -35,6 +35,7 @@ from pedit.data.sd_plan import initial_latent, max_seed, noise_seed, plan_pair
 from pedit.errors import ConfigError
 from pedit.files import fingerprint
 from pedit.validate import check_int, check_number, check_seed
+from pedit.vae import decode_latents
 
 REJECTED = "rejected.jsonl"
 # Settings that may differ between the runs and shards filling one folder.
@@ -261,10 +262,10 @@ def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Call
     identity_cache: dict = {}
     for start in range(0, len(todo), cfg.batch_size):
         plans = [plan_pair(cfg, i, directions, poses, len(faces)) for i in todo[start:start + cfg.batch_size]]
-        images, pose_halves = _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cache,
-                                              sample, make_scheduler, h, w, device)
-        for plan, image, pose_half in zip(plans, images, pose_halves):
-            _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder)
+        images, pose_halves, finite = _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cache,
+                                                      sample, make_scheduler, h, w, device)
+        for plan, image, pose_half, ok in zip(plans, images, pose_halves, finite):
+            _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder, ok)
             done, made = done + 1, made + 1
             if progress is not None:
                 progress(done, len(mine), made)
@@ -298,7 +299,8 @@ def _identity_rows(plans, faces, encoder, cache) -> tuple[torch.Tensor | None, t
 
 @torch.no_grad()
 def _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cache, sample, make_scheduler, h, w, device):
-    """Denoise one batch of pairs; returns the (B, H, 2W, 3) uint8 canvases and the pose halves."""
+    """Denoise one batch of pairs; returns the (B, H, 2W, 3) uint8 canvases, the pose halves, and
+    per pair whether its decode was finite (a NaN canvas is never a pair: pair_scores.canvas_problem)."""
     B, H, W = len(plans), cfg.resolution, cfg.resolution
     z = torch.cat([initial_latent(cfg, p.index, h, w, device) for p in plans])  # (B, 4, h, 2w)
     prompts = ([""] * B + [p.prompts["p"] for p in plans] + [p.prompts["p_a"] for p in plans]
@@ -320,20 +322,25 @@ def _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cach
     scheduler = make_scheduler("ddim", parts.scheduler_config)
     strengths = cfg.strengths
     z_0 = sample(denoise, scheduler, z, None, context, lambda eps: pair_eps(eps, strengths), cfg.steps, rows=N_TERMS)
-    vae = parts.vae
-    decoded = vae.decode(z_0.to(vae.dtype) / vae.config.scaling_factor).sample  # (B, 3, H, 2W)
-    return _to_uint8(decoded), pose_halves
+    # fp16 can overflow in the VAE decoder: decode_latents decodes again in fp32 (as editing does)
+    decoded = decode_latents(parts.vae, z_0, parts.vae_fp32)  # (B, 3, H, 2W) in [-1, 1]
+    finite = torch.isfinite(decoded).flatten(1).all(dim=1).tolist()  # (B,) one host sync per batch
+    return _to_uint8(torch.nan_to_num(decoded)), pose_halves, finite
 
 
-def _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder) -> None:
+def _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder, finite: bool = True) -> None:
     """Score one pair; write it (images, then its metadata row) or record it as rejected."""
     W = cfg.resolution
     x_A, x_B = np.ascontiguousarray(image[:, :W]), np.ascontiguousarray(image[:, W:])
+    pair_id = f"{plan.index:06d}"
+    broken = pair_scores.canvas_problem(x_A, x_B, finite)
+    if broken:  # a black or NaN canvas scores ≈ 1 on the layout score: never score it, never keep it
+        _append_line(out / REJECTED, {"id": pair_id, "scores": None, "why": broken})
+        return
     prompts = plan.prompts
     scores = {"layout": round(pair_scores.layout_score(x_A, x_B), 4),
               "clip_direction": None if clip is None else round(clip(x_A, x_B, prompts["p_a"], prompts["p_b"]), 4),
               "identity_distance": pair_scores.identity_distance(x_A, x_B)}
-    pair_id = f"{plan.index:06d}"
     reasons = []
     if cfg.min_score is not None and scores["layout"] < cfg.min_score:
         reasons.append(f"layout {scores['layout']} < {cfg.min_score}")
