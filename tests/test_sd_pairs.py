@@ -655,3 +655,68 @@ def test_max_identity_distance_rejects_pairs_without_a_same_person(tiny_base, ti
     assert [r["id"] for r in rejected] == ["000000", "000001"]
     assert all("no face found" in r["why"] and r["scores"]["identity_distance"] is None for r in rejected)
     assert not (out / "metadata.jsonl").exists() or _rows(out) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding (issue 17, item 7): fp16 overflow is decoded again in fp32; a NaN or flat canvas is no pair
+
+
+class _FakeVAE:
+    """decode gives NaN in reduced precision and a gradient in fp32, as an overflowing SD VAE."""
+
+    def __init__(self, dtype):
+        from types import SimpleNamespace
+
+        self.dtype, self.config, self.calls = dtype, SimpleNamespace(scaling_factor=0.5), []
+
+    def decode(self, z):
+        from types import SimpleNamespace
+
+        self.calls.append(z.dtype)
+        x = torch.linspace(-2, 2, z.numel()).view_as(z).to(z.dtype)
+        return SimpleNamespace(sample=x * float("nan") if z.dtype != torch.float32 else x)
+
+
+def test_decode_latents_decodes_an_overflowing_fp16_batch_again_in_fp32():
+    from pedit.vae import decode_latents
+
+    half, full = _FakeVAE(torch.float16), _FakeVAE(torch.float32)
+    z = torch.ones(1, 4, 2, 2)
+    x = decode_latents(half, z, lambda: full)
+    assert half.calls == [torch.float16] and full.calls == [torch.float32]
+    assert x.dtype == torch.float16 and torch.isfinite(x).all() and x.min() == -1 and x.max() == 1  # clamped
+    fp32_only = _FakeVAE(torch.float32)
+    decode_latents(fp32_only, z, lambda: pytest.fail("an fp32 decode needs no second pass"))
+    assert fp32_only.calls == [torch.float32]
+
+
+@pytest.mark.parametrize("fill, why", [(float("nan"), "non-finite decode"), (-1.0, "flat canvas: x_A"),
+                                       (0.3, "flat canvas: x_A")])
+def test_a_nan_or_flat_canvas_is_never_a_pair(tiny_base, tiny_controlnet, tmp_path, monkeypatch, fill, why):
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    def broken(self, z, *args, **kwargs):  # (B, 4, h, 2w) → (B, 3, H, 2W) of one value
+        f = 2 ** (len(self.config.block_out_channels) - 1)
+        return SimpleNamespace(sample=torch.full((z.shape[0], 3, z.shape[2] * f, z.shape[3] * f), fill))
+
+    monkeypatch.setattr(AutoencoderKL, "decode", broken)
+    out = tmp_path / "pairs"
+    _run(_cfg(out, tiny_base, tiny_controlnet, n=2))  # no --min-score: the layout score would pass them anyway
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejected] == ["000000", "000001"] and all(why in r["why"] for r in rejected)
+    assert not (out / "metadata.jsonl").exists() or _rows(out) == []
+    assert not list(out.glob("images/*.png"))  # no half of a broken canvas is kept
+
+
+def test_canvas_problem_passes_a_real_picture():
+    from skimage.data import astronaut
+
+    from pedit.data.pair_scores import canvas_problem
+
+    face = np.ascontiguousarray(astronaut()[:64, :64])
+    assert canvas_problem(face, face) is None
+    flat = np.full_like(face, 7)
+    assert canvas_problem(face, flat).startswith("flat canvas: x_B")
+    assert canvas_problem(face, face, finite=False).startswith("non-finite")
