@@ -162,7 +162,9 @@ class IdentityTerms:
     """What an identity adds to a U-Net call, per identity: IP-Adapter image embeddings (the
     maintained CLIP-based choice) or word embeddings appended to the prompt (ELITE, the paper's)."""
 
-    image_embeds: torch.Tensor | None = None  # (1, T, D) for the IP-Adapter's decoupled attention
+    # (1, 1, T, D), or (1, 1, D) for plain IP-Adapter: (batch, num_images, ...) as diffusers'
+    # prepare_ip_adapter_image_embeds gives them; the projection layers reshape by those two axes
+    image_embeds: torch.Tensor | None = None
     null_image_embeds: torch.Tensor | None = None  # the unconditional row's
     tokens: torch.Tensor | None = None  # (1, K, D_text): an ELITE-style encoder's words
 
@@ -189,7 +191,9 @@ class IPAdapterIdentity:
         layer = self.pipe.unet.encoder_hid_proj.image_projection_layers[0]
         hidden = not isinstance(layer, ImageProjection)  # the face variants read the penultimate hidden states
         pos, neg = self.pipe.encode_image(Image.fromarray(face_rgb), self.pipe.unet.device, 1, hidden)
-        return IdentityTerms(image_embeds=pos, null_image_embeds=neg)
+        # (1, T, D) or (1, D) → (1, num_images = 1, ...). Without the axis only the full-face MLP
+        # happened to work; the Resampler (plus-face) and ImageProjection (plain) need it.
+        return IdentityTerms(image_embeds=pos.unsqueeze(1), null_image_embeds=neg.unsqueeze(1))
 
 
 def _face_boxes(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:

@@ -275,7 +275,7 @@ def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Call
 
 def _identity_rows(plans, faces, encoder, cache) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The identity's share of the 4B rows, block-wise like the rows of Eq. 2: IP-Adapter
-    embeddings (4B, T, D) with the null identity in the unconditional block, and/or word
+    embeddings (4B, 1, T, D) with the null identity in the unconditional block, and/or word
     embeddings (4B, K, D_text) to append to the prompts, zeros in the unconditional block."""
     if encoder is None:
         return None, None
@@ -288,7 +288,7 @@ def _identity_rows(plans, faces, encoder, cache) -> tuple[torch.Tensor | None, t
         terms.append(cache[plan.identity])
     image_rows = token_rows = None
     if terms[0].image_embeds is not None:
-        null = torch.cat([t.null_image_embeds for t in terms])  # (B, T, D)
+        null = torch.cat([t.null_image_embeds for t in terms])  # (B, 1, T, D): one image per row
         cond = torch.cat([t.image_embeds for t in terms])
         image_rows = torch.cat([null, cond, cond, cond])
     if terms[0].tokens is not None:
