@@ -118,3 +118,63 @@ def test_each_projection_type_runs_a_gen_pairs_step(tiny_base, tiny_controlnet, 
     rows_in, rows_out = seen[0]
     assert rows_in[:2] == (4, 1) and rows_out[:2] == (4, 1)  # 4 rows of Eq. 2, one image each
     assert rows_out[-1] == parts.unet.config.cross_attention_dim
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input at SD scale (issue 17): parts that do not fit the base → one Error line, no traceback
+
+
+def _one_error(args, text):
+    from click.testing import CliRunner
+
+    from pedit.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], env={"COLUMNS": "1000", "PEDIT_DEBUG": None})
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and text in lines[0] and "unexpected" not in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _gen_pairs(tiny_base, out, identity_dir, weight):
+    return ["gen-pairs", "--source", "sd", "--base", tiny_base, "-o", out, "-n", 1, "--resolution", 32, "--steps", 1,
+            "--no-pose", "-q", "--identity-dir", identity_dir, "--ip-adapter", weight]
+
+
+def test_an_ip_adapter_for_another_cross_attention_width_is_one_error(tiny_base, identity_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    root, sub, name, _ = _adapter(tiny_base, tmp_path / "ip", "plus-face")
+    path = Path(root) / sub / name
+    state = {k: torch.zeros(v.shape[0], 48) if "_ip." in k else v for k, v in load_file(path).items()}  # an SDXL-like 48
+    save_file(state, str(path))
+    _one_error(_gen_pairs(tiny_base, tmp_path / "p", identity_dir, path), "Could not load the IP-Adapter")
+    assert not (tmp_path / "p" / "metadata.jsonl").exists()
+
+
+def test_an_ip_adapter_with_an_image_encoder_of_another_width_is_one_error(tiny_base, identity_dir, tmp_path):
+    import shutil
+
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    root, sub, name, enc = _adapter(tiny_base, tmp_path / "ip", "plus-face")
+    shutil.rmtree(Path(root) / sub / enc)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=2,
+        projection_dim=48)).save_pretrained(Path(root) / sub / enc)
+    _one_error(_gen_pairs(tiny_base, tmp_path / "p", identity_dir, Path(root) / sub / name),
+               "does not fit its image encoder (hidden size 48")
+    assert not (tmp_path / "p" / "metadata.jsonl").exists()
+
+
+@pytest.mark.parametrize("part", ["vae", "text_encoder", "unet"])
+def test_a_base_missing_a_part_is_one_error_in_gen_pairs_and_train(tiny_base, tiny_pairs, tmp_path, part):
+    import shutil
+
+    base = Path(shutil.copytree(tiny_base, tmp_path / "base"))
+    shutil.rmtree(base / part)
+    _one_error(["gen-pairs", "--source", "sd", "--base", base, "-o", tmp_path / "p", "-n", 1, "--resolution", 32,
+                "--no-pose", "-q"], f"{part} missing")
+    _one_error(["train", "--data", tiny_pairs, "--base", base, "-o", tmp_path / "m", "--max-steps", 1, "-q"],
+               f"is missing {part}")
+    assert not (tmp_path / "m" / "pedit.json").exists()

@@ -150,7 +150,23 @@ def _with_ip_adapter(unet, vae, text_encoder, tokenizer, ip_adapter, scale: floa
         raise ModelError(f"Could not load the IP-Adapter {repo}/{subfolder}/{weight_name}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0]}") from None
     pipe.set_ip_adapter_scale(scale)
+    _check_ip_adapter_fits(pipe, f"{repo}/{subfolder}/{weight_name}")
     return pipe
+
+
+@torch.no_grad()
+def _check_ip_adapter_fits(pipe, where: str) -> None:
+    """The adapter's image encoder must feed its projection: one grey image through both, so an
+    encoder of another width (ViT-bigG beside an SD 1.5 ViT-H adapter) is one Error line at load,
+    not a raw shape error in the first batch. The attention weights were checked by load_ip_adapter."""
+    try:
+        terms = IPAdapterIdentity(pipe).encode(np.full((64, 64, 3), 127, np.uint8))  # (1, 1, T, D) or (1, 1, D)
+        pipe.unet.encoder_hid_proj([terms.image_embeds.to(pipe.unet.dtype)])
+    except RuntimeError as e:
+        enc = pipe.image_encoder.config
+        raise ModelError(f"IP-Adapter {where} does not fit its image encoder (hidden size {enc.hidden_size}, "
+                         f"projection {enc.projection_dim}): {str(e).splitlines()[0]}. Use the image_encoder folder "
+                         "the adapter was trained with (SD 1.5 adapters: models/image_encoder).") from None
 
 
 # ---------------------------------------------------------------------------------------------
