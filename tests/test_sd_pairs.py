@@ -720,3 +720,47 @@ def test_canvas_problem_passes_a_real_picture():
     flat = np.full_like(face, 7)
     assert canvas_problem(face, flat).startswith("flat canvas: x_B")
     assert canvas_problem(face, face, finite=False).startswith("non-finite")
+
+
+# ---------------------------------------------------------------------------------------------
+# --nested-identity (issue 17, item 9): paper Eq. 1's nesting, one more row per pair
+
+
+def test_nested_identity_is_eq1_by_hand_and_reduces_to_one_cfg_when_s_id_equals_s():
+    g = torch.Generator().manual_seed(1)
+    e_0, e_id, e_p, e_pa, e_pb = (torch.randn(2, 4, 3, 6, generator=g) for _ in range(5))
+    st = PairStrengths(s_d=0.3, s_a=0.5, s_b=0.9, cfg=4.0)
+    rows = torch.cat([e_0, e_id, e_p, e_pa, e_pb])
+    got = pair_eps(rows, st, identity_guidance=1.5)
+    nested = [e_0 + 1.5 * (e_id - e_0) + 4.0 * (e - e_id) for e in (e_p, e_pa, e_pb)]
+    m_a, m_b = side_masks(6)
+    torch.testing.assert_close(got, 0.3 * nested[0] + 0.5 * m_a * nested[1] + 0.9 * m_b * nested[2])
+    # s_id = s: e(∅, id) cancels, the single CFG over text and identity together
+    torch.testing.assert_close(pair_eps(rows, st, identity_guidance=4.0), pair_eps(torch.cat([e_0, e_p, e_pa, e_pb]), st))
+
+
+def test_nested_identity_adds_the_empty_prompt_identity_row(tiny_base, tiny_controlnet, tiny_ip_adapter, identity_dir,
+                                                             tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    seen = []
+    real_forward = UNet2DConditionModel.forward
+
+    def spy(self, sample, timestep, encoder_hidden_states=None, *args, added_cond_kwargs=None, **kwargs):
+        seen.append((sample.shape[0], encoder_hidden_states.clone(), added_cond_kwargs["image_embeds"][0].clone()))
+        return real_forward(self, sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=added_cond_kwargs,
+                            **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    ip = (str(tiny_ip_adapter), "models", "ip-face.safetensors", "image_encoder")
+    common = dict(n=1, steps=1, identity_dir=str(identity_dir), ip_adapter=ip)
+    single = _image_bytes(_run(_cfg(tmp_path / "single", tiny_base, tiny_controlnet, **common)))
+    rows4, ctx4, ids4 = seen[-1]
+    nested = _image_bytes(_run(_cfg(tmp_path / "nested", tiny_base, tiny_controlnet, identity_guidance=2.0, **common)))
+    rows5, ctx5, ids5 = seen[-1]
+    assert (rows4, rows5) == (4, 5)
+    torch.testing.assert_close(ctx5[1], ctx5[0])  # block 1: the empty prompt ...
+    torch.testing.assert_close(ids5[1], ids5[2])  # ... with the pair's identity, not the null one
+    assert not torch.equal(ids5[1], ids5[0])
+    torch.testing.assert_close(ctx5[2:], ctx4[1:])
+    assert nested["000000_x_B.png"] != single["000000_x_B.png"]

@@ -69,6 +69,7 @@ class SDPairsConfig:
     use_identity: bool = True  # --no-identity: Figure 3(c)
     ip_adapter: tuple[str, str, str, str] = IP_ADAPTER_FACE  # repo, subfolder, weight file, image encoder folder
     ip_adapter_scale: float = 0.6
+    identity_guidance: float | None = None  # s_id of the nested form (docs/gen-pairs.md); None: one CFG, 4 rows
     min_score: float | None = None  # layout score below it → rejected
     min_clip: float | None = None  # CLIP directional similarity below it → rejected (needs clip)
 
@@ -98,6 +99,8 @@ class SDPairsConfig:
         PairStrengths(self.s_d, self.s_a, self.s_b, self.guidance_scale)  # validates them
         check_number("controlnet_scale", self.controlnet_scale, 0)
         check_number("ip_adapter_scale", self.ip_adapter_scale, 0)
+        if self.identity_guidance is not None:
+            check_number("identity_guidance (s_id of --nested-identity)", self.identity_guidance, 0)
         if self.use_pose and not self.controlnet:
             raise ConfigError("poses need an OpenPose ControlNet: pass --controlnet MODEL, or --no-pose")
         if self.min_score is not None:
@@ -273,7 +276,7 @@ def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Call
     return out
 
 
-def _identity_rows(plans, faces, encoder, cache) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _identity_rows(plans, faces, encoder, cache, nested: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The identity's share of the 4B rows, block-wise like the rows of Eq. 2: IP-Adapter
     embeddings (4B, 1, T, D) with the null identity in the unconditional block, and/or word
     embeddings (4B, K, D_text) to append to the prompts, zeros in the unconditional block."""
@@ -290,10 +293,10 @@ def _identity_rows(plans, faces, encoder, cache) -> tuple[torch.Tensor | None, t
     if terms[0].image_embeds is not None:
         null = torch.cat([t.null_image_embeds for t in terms])  # (B, 1, T, D): one image per row
         cond = torch.cat([t.image_embeds for t in terms])
-        image_rows = torch.cat([null, cond, cond, cond])
+        image_rows = torch.cat([null, cond, cond, cond] + [cond] * nested)
     if terms[0].tokens is not None:
         words = torch.cat([t.tokens for t in terms])  # (B, K, D_text)
-        token_rows = torch.cat([torch.zeros_like(words), words, words, words])
+        token_rows = torch.cat([torch.zeros_like(words), words, words, words] + [words] * nested)
     return image_rows, token_rows
 
 
@@ -303,17 +306,19 @@ def _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cach
     per pair whether its decode was finite (a NaN canvas is never a pair: pair_scores.canvas_problem)."""
     B, H, W = len(plans), cfg.resolution, cfg.resolution
     z = torch.cat([initial_latent(cfg, p.index, h, w, device) for p in plans])  # (B, 4, h, 2w)
-    prompts = ([""] * B + [p.prompts["p"] for p in plans] + [p.prompts["p_a"] for p in plans]
+    nested = cfg.identity_guidance is not None  # a 5th block e(∅, id) right after e(∅, ∅): [∅∅, ∅·id, p, p_a, p_b]
+    rows = N_TERMS + nested
+    prompts = ([""] * B * (1 + nested) + [p.prompts["p"] for p in plans] + [p.prompts["p_a"] for p in plans]
                + [p.prompts["p_b"] for p in plans])
-    context = encode_prompts(parts, prompts, text_cache)  # (4B, 77, D)
+    context = encode_prompts(parts, prompts, text_cache)  # (rows·B, 77, D)
     pose_halves = [None] * B
     pose_rows = None
     if cfg.use_pose:
         canvases = [pair_pose_image(p.pose, H, W) for p in plans]  # same skeleton in both halves
         pose_halves = [c[:, :W] for c in canvases]
         pose = torch.from_numpy(np.stack(canvases)).permute(0, 3, 1, 2).float().div(255)  # (B, 3, H, 2W) in [0, 1]
-        pose_rows = pose.repeat(N_TERMS, 1, 1, 1).to(device, parts.unet.dtype)  # (4B, 3, H, 2W)
-    image_rows, token_rows = _identity_rows(plans, faces, encoder, identity_cache)
+        pose_rows = pose.repeat(rows, 1, 1, 1).to(device, parts.unet.dtype)  # (rows·B, 3, H, 2W)
+    image_rows, token_rows = _identity_rows(plans, faces, encoder, identity_cache, nested)
     if image_rows is not None:
         image_rows = image_rows.to(device, parts.unet.dtype)
     if token_rows is not None:  # ELITE-style: identity words after the prompt's 77 tokens
@@ -321,7 +326,8 @@ def _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cach
     denoise = make_denoise(parts, pose_rows, image_rows, cfg.controlnet_scale)
     scheduler = make_scheduler("ddim", parts.scheduler_config)
     strengths = cfg.strengths
-    z_0 = sample(denoise, scheduler, z, None, context, lambda eps: pair_eps(eps, strengths), cfg.steps, rows=N_TERMS)
+    z_0 = sample(denoise, scheduler, z, None, context, lambda eps: pair_eps(eps, strengths, cfg.identity_guidance),
+                 cfg.steps, rows=rows)
     # fp16 can overflow in the VAE decoder: decode_latents decodes again in fp32 (as editing does)
     decoded = decode_latents(parts.vae, z_0, parts.vae_fp32)  # (B, 3, H, 2W) in [-1, 1]
     finite = torch.isfinite(decoded).flatten(1).all(dim=1).tolist()  # (B,) one host sync per batch
