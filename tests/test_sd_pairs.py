@@ -656,3 +656,112 @@ def test_max_identity_distance_rejects_pairs_without_a_same_person(tiny_base, ti
     assert [r["id"] for r in rejected] == ["000000", "000001"]
     assert all("no face found" in r["why"] and r["scores"]["identity_distance"] is None for r in rejected)
     assert not (out / "metadata.jsonl").exists() or _rows(out) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding (issue 17, item 7): fp16 overflow is decoded again in fp32; a NaN or flat canvas is no pair
+
+
+class _FakeVAE:
+    """decode gives NaN in reduced precision and a gradient in fp32, as an overflowing SD VAE."""
+
+    def __init__(self, dtype):
+        from types import SimpleNamespace
+
+        self.dtype, self.config, self.calls = dtype, SimpleNamespace(scaling_factor=0.5), []
+
+    def decode(self, z):
+        from types import SimpleNamespace
+
+        self.calls.append(z.dtype)
+        x = torch.linspace(-2, 2, z.numel()).view_as(z).to(z.dtype)
+        return SimpleNamespace(sample=x * float("nan") if z.dtype != torch.float32 else x)
+
+
+def test_decode_latents_decodes_an_overflowing_fp16_batch_again_in_fp32():
+    from pedit.vae import decode_latents
+
+    half, full = _FakeVAE(torch.float16), _FakeVAE(torch.float32)
+    z = torch.ones(1, 4, 2, 2)
+    x = decode_latents(half, z, lambda: full)
+    assert half.calls == [torch.float16] and full.calls == [torch.float32]
+    assert x.dtype == torch.float16 and torch.isfinite(x).all() and x.min() == -1 and x.max() == 1  # clamped
+    fp32_only = _FakeVAE(torch.float32)
+    decode_latents(fp32_only, z, lambda: pytest.fail("an fp32 decode needs no second pass"))
+    assert fp32_only.calls == [torch.float32]
+
+
+@pytest.mark.parametrize("fill, why", [(float("nan"), "non-finite decode"), (-1.0, "flat canvas: x_A"),
+                                       (0.3, "flat canvas: x_A")])
+def test_a_nan_or_flat_canvas_is_never_a_pair(tiny_base, tiny_controlnet, tmp_path, monkeypatch, fill, why):
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    def broken(self, z, *args, **kwargs):  # (B, 4, h, 2w) → (B, 3, H, 2W) of one value
+        f = 2 ** (len(self.config.block_out_channels) - 1)
+        return SimpleNamespace(sample=torch.full((z.shape[0], 3, z.shape[2] * f, z.shape[3] * f), fill))
+
+    monkeypatch.setattr(AutoencoderKL, "decode", broken)
+    out = tmp_path / "pairs"
+    _run(_cfg(out, tiny_base, tiny_controlnet, n=2))  # no --min-score: the layout score would pass them anyway
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejected] == ["000000", "000001"] and all(why in r["why"] for r in rejected)
+    assert not (out / "metadata.jsonl").exists() or _rows(out) == []
+    assert not list(out.glob("images/*.png"))  # no half of a broken canvas is kept
+
+
+def test_canvas_problem_passes_a_real_picture():
+    from skimage.data import astronaut
+
+    from pedit.data.pair_scores import canvas_problem
+
+    face = np.ascontiguousarray(astronaut()[:64, :64])
+    assert canvas_problem(face, face) is None
+    flat = np.full_like(face, 7)
+    assert canvas_problem(face, flat).startswith("flat canvas: x_B")
+    assert canvas_problem(face, face, finite=False).startswith("non-finite")
+
+
+# ---------------------------------------------------------------------------------------------
+# --nested-identity (issue 17, item 9): paper Eq. 1's nesting, one more row per pair
+
+
+def test_nested_identity_is_eq1_by_hand_and_reduces_to_one_cfg_when_s_id_equals_s():
+    g = torch.Generator().manual_seed(1)
+    e_0, e_id, e_p, e_pa, e_pb = (torch.randn(2, 4, 3, 6, generator=g) for _ in range(5))
+    st = PairStrengths(s_d=0.3, s_a=0.5, s_b=0.9, cfg=4.0)
+    rows = torch.cat([e_0, e_id, e_p, e_pa, e_pb])
+    got = pair_eps(rows, st, identity_guidance=1.5)
+    nested = [e_0 + 1.5 * (e_id - e_0) + 4.0 * (e - e_id) for e in (e_p, e_pa, e_pb)]
+    m_a, m_b = side_masks(6)
+    torch.testing.assert_close(got, 0.3 * nested[0] + 0.5 * m_a * nested[1] + 0.9 * m_b * nested[2])
+    # s_id = s: e(∅, id) cancels, the single CFG over text and identity together
+    torch.testing.assert_close(pair_eps(rows, st, identity_guidance=4.0), pair_eps(torch.cat([e_0, e_p, e_pa, e_pb]), st))
+
+
+def test_nested_identity_adds_the_empty_prompt_identity_row(tiny_base, tiny_controlnet, tiny_ip_adapter, identity_dir,
+                                                             tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    seen = []
+    real_forward = UNet2DConditionModel.forward
+
+    def spy(self, sample, timestep, encoder_hidden_states=None, *args, added_cond_kwargs=None, **kwargs):
+        seen.append((sample.shape[0], encoder_hidden_states.clone(), added_cond_kwargs["image_embeds"][0].clone()))
+        return real_forward(self, sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=added_cond_kwargs,
+                            **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    ip = (str(tiny_ip_adapter), "models", "ip-face.safetensors", "image_encoder")
+    common = dict(n=1, steps=1, identity_dir=str(identity_dir), ip_adapter=ip)
+    single = _image_bytes(_run(_cfg(tmp_path / "single", tiny_base, tiny_controlnet, **common)))
+    rows4, ctx4, ids4 = seen[-1]
+    nested = _image_bytes(_run(_cfg(tmp_path / "nested", tiny_base, tiny_controlnet, identity_guidance=2.0, **common)))
+    rows5, ctx5, ids5 = seen[-1]
+    assert (rows4, rows5) == (4, 5)
+    torch.testing.assert_close(ctx5[1], ctx5[0])  # block 1: the empty prompt ...
+    torch.testing.assert_close(ids5[1], ids5[2])  # ... with the pair's identity, not the null one
+    assert not torch.equal(ids5[1], ids5[0])
+    torch.testing.assert_close(ctx5[2:], ctx4[1:])
+    assert nested["000000_x_B.png"] != single["000000_x_B.png"]

@@ -177,3 +177,21 @@ def test_identity_scorer_measures_distance_to_the_reference_face():
     assert scores[1]["identity_distance"] is None  # no face, no score
     assert scores[1]["plain_background"] == 1.0 and scores[0]["plain_background"] < 0.6
     assert scorer(plain)(astronaut) is None  # a reference without a face scores nothing
+
+
+def test_the_loss_draws_its_noise_where_the_latents_are(pipe):
+    """Latents and U-Net on the `meta` device stand in for a GPU: a noise tensor or timestep left
+    on the CPU meets them in add_noise and fails here as it would on CUDA (issue 17, item 1)."""
+    import copy
+
+    from diffusers import DDPMScheduler
+
+    from pedit.stickers.dreambooth import _loss
+
+    unet = copy.deepcopy(pipe.unet).to("meta")
+    latents = torch.zeros(3, 4, 4, 4, device="meta")
+    embeds = torch.zeros(1, 77, pipe.text_encoder.config.hidden_size, device="meta")
+    for prediction_type in ("epsilon", "v_prediction"):
+        scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+        loss = _loss(unet, scheduler, latents, embeds, 2, torch.Generator().manual_seed(0))
+        assert loss.device.type == "meta" and loss.shape == ()

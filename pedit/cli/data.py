@@ -73,6 +73,9 @@ def directions(directions_file, model):
 @click.option("--ip-adapter", default="/".join(["h94/IP-Adapter", "models", "ip-adapter-full-face_sd15.safetensors"]),
               show_default=True, help="sd: IP-Adapter as REPO_OR_FOLDER/SUBFOLDER/WEIGHT_FILE (image encoder in SUBFOLDER/image_encoder).")
 @click.option("--ip-adapter-scale", type=click.FloatRange(min=0), default=0.6, show_default=True)
+@click.option("--nested-identity", "identity_guidance", type=click.FloatRange(min=0), metavar="S_ID",
+              help="sd: guide identity and text nested (paper Eq. 1's form) with identity scale S_ID: one more "
+                   "U-Net row per pair (5, not 4). Default: one CFG over text and identity together.")
 @click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="sd: denoising steps (DDIM).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="sd: pairs per U-Net call.")
 @click.option("--guidance-scale", type=click.FloatRange(min=0), default=7.5, show_default=True, help="sd: CFG of each Eq. 2 term.")
@@ -153,7 +156,8 @@ def _gen_sd_pairs(console, output, n, direction_list, directions_file, resolutio
         batch_size=sd["batch_size"], s_d=sd["s_d"], s_a=sd["s_a"], s_b=sd["s_b"], guidance_scale=sd["guidance_scale"],
         pose=sd["pose"], pose_annotators=sd["pose_annotators"], use_pose=not sd["no_pose"],
         controlnet_scale=sd["controlnet_scale"], identity_dir=sd["identity_dir"], use_identity=not sd["no_identity"],
-        ip_adapter=(*parts, "image_encoder"), ip_adapter_scale=sd["ip_adapter_scale"], min_score=sd["min_score"],
+        ip_adapter=(*parts, "image_encoder"), ip_adapter_scale=sd["ip_adapter_scale"],
+        identity_guidance=sd["identity_guidance"], min_score=sd["min_score"],
         min_clip=sd["min_clip"], max_identity_distance=sd["max_identity_distance"], clip=sd["clip_model"], contact_sheet=sd["contact_sheet"], device=device,
         precision=sd["precision"], allow_pickle=sd["allow_pickle"],
     )

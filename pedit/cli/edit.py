@@ -23,6 +23,8 @@ from pedit.errors import PeditError
 @click.option("--s-s", type=float, default=1.5, show_default=True, help="Guidance scale of the spatial condition c_s.")
 @click.option("--s-im", type=float, default=1.0, show_default=True, help="Guidance scale of the image condition c_im.")
 @click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
+@click.option("--subject", help="Who the photo shows, filled in for \"person\" in the direction's prompts "
+              "(e.g. woman, old man): for models trained on gen-pairs --source sd pairs.")
 @click.option("--no-mask", is_flag=True, help="Plain MCDM sampling, no editing mask (the paper's 'w/o mask').")
 @click.option("--mask-noises", type=click.IntRange(min=1),
               help="Noise draws for the editing mask (default: the model's pedit.json, else 10).")
@@ -52,7 +54,7 @@ from pedit.errors import PeditError
               help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call.")
 @click.option("--no-cache", is_flag=True, help="On the CPU, load the model itself, not its TorchScript cache (same result, slower start).")
 @click.option("-q", "--quiet", is_flag=True)
-def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, no_mask, mask_noises, mask_file,
+def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, subject, no_mask, mask_noises, mask_file,
          mask_mode, save_mask, compare, face_index, require_face, margin, detector, no_identity_check, overwrite,
          max_pixels, allow_pickle, device, backend, precision, engines, mask_batch, no_cache, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
@@ -69,7 +71,7 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
         overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, detector=detector,
         identity_check=not no_identity_check, backend=backend, precision=precision, engines=engines, mask_batch=mask_batch,
-        cache=not no_cache, mask=mask_file, mask_mode=mask_mode,
+        cache=not no_cache, mask=mask_file, mask_mode=mask_mode, subject=subject,
     )
     check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = make_console(quiet)

@@ -63,20 +63,22 @@ def cfg(e_uncond, e_cond, scale: float):
     return e_uncond + scale * (e_cond - e_uncond)
 
 
-def composable_eps(e_uncond, e_p, e_pa, e_pb, strengths: PairStrengths):
+def composable_eps(e_uncond, e_p, e_pa, e_pb, strengths: PairStrengths, guide=None):
     """Eq. 2 from the four named terms, each (B, 4, h, 2w). Returns (B, 4, h, 2w).
 
-    A strength of 0 drops its term without arithmetic on it (so only s'_a > 0 leaves the right
-    half exactly zero: it follows no prompt).
+    `guide(e_c)` guides one conditioned term; default one CFG against e_uncond (text and identity
+    together). A strength of 0 drops its term without arithmetic on it (so only s'_a > 0 leaves
+    the right half exactly zero: it follows no prompt).
     """
+    guide = guide or (lambda e_c: cfg(e_uncond, e_c, strengths.cfg))
     m_a, m_b = side_masks(e_p.shape[-1], e_p.device, e_p.dtype)  # (1, 1, 1, 2w)
     eps = torch.zeros_like(e_p)
     if strengths.s_d:
-        eps = eps + strengths.s_d * cfg(e_uncond, e_p, strengths.cfg)
+        eps = eps + strengths.s_d * guide(e_p)
     if strengths.s_a:
-        eps = eps + strengths.s_a * m_a * cfg(e_uncond, e_pa, strengths.cfg)
+        eps = eps + strengths.s_a * m_a * guide(e_pa)
     if strengths.s_b:
-        eps = eps + strengths.s_b * m_b * cfg(e_uncond, e_pb, strengths.cfg)
+        eps = eps + strengths.s_b * m_b * guide(e_pb)
     return eps
 
 
@@ -85,6 +87,17 @@ def split_terms(eps):
     return eps.chunk(N_TERMS, dim=0)
 
 
-def pair_eps(eps, strengths: PairStrengths):
-    """The noise of one step from the 4-row U-Net output: (4B, 4, h, 2w) → (B, 4, h, 2w)."""
-    return composable_eps(*split_terms(eps), strengths)
+def nested_cfg(e_0, e_id, e_c, s_id: float, scale: float):
+    """Paper Eq. 1's nesting for one term (identity first, then text), each (B, 4, h, 2w):
+    e_0 + s_id [e(∅, id) − e_0] + s [e(c, id) − e(∅, id)]; s_id = s is the single CFG."""
+    return e_0 + s_id * (e_id - e_0) + scale * (e_c - e_id)
+
+
+def pair_eps(eps, strengths: PairStrengths, identity_guidance: float | None = None):
+    """The noise of one step from the U-Net output: (4B, 4, h, 2w) → (B, 4, h, 2w); with
+    `identity_guidance` (the nested form, s_id), 5 row blocks [∅∅, ∅·id, p, p_a, p_b] → (B, 4, h, 2w)."""
+    if identity_guidance is None:
+        return composable_eps(*split_terms(eps), strengths)
+    e_0, e_id, e_p, e_pa, e_pb = eps.chunk(N_TERMS + 1, dim=0)
+    return composable_eps(e_0, e_p, e_pa, e_pb, strengths,
+                          guide=lambda e_c: nested_cfg(e_0, e_id, e_c, identity_guidance, strengths.cfg))

@@ -7,6 +7,8 @@ every direction of its training set: at inference the text prompt selects the di
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,49 @@ class Direction:
         for field in ("p_a", "p_b", "p"):
             if not isinstance(getattr(self, field), str) or not getattr(self, field).strip():
                 raise DirectionError(f"Direction {self.name!r}: {field} must be a non-empty prompt.")
+
+    def for_subject(self, subject: str | None) -> "Direction":
+        """This direction with "person" in its prompts replaced by `subject` ("old man"); None: unchanged.
+
+        A model folder records each direction's template prompts (DESIGN.md, "The command line");
+        `pedit edit --subject WORD` fills the subject in, as gen-pairs did for each pair."""
+        if subject is None:
+            return self
+        check_subject(subject)
+        return dataclasses.replace(self, **{f: with_subject(getattr(self, f), subject) for f in ("p_a", "p_b", "p")})
+
+
+_SUBJECT_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*(?: [A-Za-z][A-Za-z'-]*){0,3}")
+
+
+def check_subject(subject) -> None:
+    """A subject is one to four plain words ("woman", "old man"): it goes inside a prompt."""
+    if not isinstance(subject, str) or not _SUBJECT_WORD.fullmatch(subject):
+        raise DirectionError(f"subject must be one to four words of letters (e.g. 'woman', 'old man'), got {subject!r}.")
+
+
+def with_subject(prompt: str, subject: str) -> str:
+    """"a person, santa claus costume" → "a woman, santa claus costume", "an old man, ..." (the
+    article follows the subject's first letter; prompts without "person" unchanged)."""
+    def swap(m: re.Match) -> str:
+        if not m["article"]:
+            return subject
+        article = "an" if subject[:1].lower() in "aeiou" else "a"
+        return f"{article.capitalize() if m['article'][0] == 'A' else article} {subject}"
+
+    return re.sub(r"\b(?:(?P<article>[Aa]n?) )?person\b", swap, prompt)
+
+
+def without_subject(prompt: str, subject: str) -> str:
+    """The inverse of with_subject: "an old man, santa claus costume" → "a person, santa claus costume".
+
+    For pair folders written before gen-pairs recorded each row's template prompts."""
+    def swap(m: re.Match) -> str:
+        if not m["article"]:
+            return "person"
+        return f"{'A' if m['article'][0] == 'A' else 'a'} person"
+
+    return re.sub(rf"\b(?:(?P<article>[Aa]n?) )?{re.escape(subject)}\b", swap, prompt)
 
 
 _SHARED = "the same person on the left and right"

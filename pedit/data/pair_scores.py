@@ -45,6 +45,25 @@ def layout_score(x_A: np.ndarray, x_B: np.ndarray, edit_fraction: float = EDIT_F
     return float(1 - outside.mean())
 
 
+# A half whose grey levels spread less than this (std over its pixels, 0-255) shows nothing: a black,
+# grey or single-colour canvas (the fp16 overflow's look), which the layout score rates ≈ 1.
+FLAT_STD = 2.0
+
+
+def canvas_problem(x_A: np.ndarray, x_B: np.ndarray, finite: bool = True) -> str | None:
+    """Why a decoded canvas can never be a pair (its halves (H, W, 3) uint8), or None.
+
+    `finite`: whether the decode was finite (NaN/inf survived even the fp32 decode). Checked
+    before any score, whatever the thresholds: a flat pair "agrees" perfectly outside the edit."""
+    if not finite:
+        return "non-finite decode (NaN or inf in the VAE output, even in fp32)"
+    for name, half in (("x_A", x_A), ("x_B", x_B)):
+        spread = float(half.astype(np.float32).std())
+        if spread < FLAT_STD:
+            return f"flat canvas: {name} has one colour (pixel std {spread:.2f} < {FLAT_STD})"
+    return None
+
+
 class ClipDirection:
     """CLIP directional similarity (InstructPix2Pix §3.1.2) with a transformers CLIPModel folder or id."""
 

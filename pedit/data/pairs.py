@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from pedit.data.directions import without_subject
 from pedit.errors import PairFolderError
 from pedit.files import regular_file_problem, write_atomic
 
@@ -55,9 +56,20 @@ class Pair:
 
 
 def direction_of(pair: Pair) -> dict:
-    """The direction a pair was made for, as Direction fields (task and p from the row when present)."""
-    return {"name": pair.direction, "task": pair.extra.get("task", "custom"), "p_a": pair.p_a, "p_b": pair.p_b,
-            "p": pair.extra.get("p", pair.p_a)}
+    """The direction a pair was made for, as Direction fields (task and p from the row when present).
+
+    The prompts are the direction's template, with "person" where gen-pairs put this pair's subject
+    ("an old man, santa claus costume" was made from "a person, santa claus costume"): the row's
+    "template" when it has one; for an older SD folder, its prompts with the recorded "subject"
+    put back to "person"; else (toon pairs) the row's own prompts."""
+    p = pair.extra.get("p", pair.p_a)
+    prompts = {"p_a": pair.p_a, "p_b": pair.p_b, "p": p}
+    template, subject = pair.extra.get("template"), pair.extra.get("subject")
+    if isinstance(template, dict) and all(isinstance(template.get(k), str) and template[k] for k in prompts):
+        prompts = {k: template[k] for k in prompts}
+    elif isinstance(subject, str) and subject:
+        prompts = {k: without_subject(v, subject) for k, v in prompts.items()}
+    return {"name": pair.direction, "task": pair.extra.get("task", "custom"), **prompts}
 
 
 def safe_path(root: Path, rel, what: str) -> Path:

@@ -75,12 +75,39 @@ class Pose:
         return Pose(self.id, tuple(pts))
 
 
+# Pitch (nodding) of a head seen from the front, projected orthographically. Rotate the head back by
+# θ (chin up: θ > 0) about a horizontal axis: a point `h` above the nose tip and `d` behind it then
+# appears h·cos θ − d·sin θ above the nose tip. The nose tip is the most forward point, so as the
+# chin comes up every other keypoint moves down relative to it:
+#   eyes (h = g, the frontal eye–nose gap; d = EYE_DEPTH·g): gap(θ) = g·cos θ − EYE_DEPTH·g·sin θ.
+#        Chin up: the gap shrinks (the face foreshortens, the nose rises toward the eyes);
+#        chin down: it grows.
+#   ears (h = EAR_RISE, a little above the nose tip; d = EAR_DEPTH·g, far behind it):
+#        rise(θ) = EAR_RISE·cos θ − EAR_DEPTH·g·sin θ. Chin up: the ears drop below the nose;
+#        chin down: they rise to eye level: OpenPose's main pitch cue.
+# Depths from an adult head: the eyes sit ≈ 0.6 eye–nose gaps behind the nose tip, the ear
+# openings ≈ 2.2 gaps. At θ = 0 both give the frontal offsets exactly.
+EYE_DEPTH = 0.6
+EAR_DEPTH = 2.2
+EAR_RISE = 0.01  # the frontal ear keypoint sits this far above the nose tip (0-1 of the half)
+
+
+def pitch_offsets(eye_gap: float, pitch_deg: float) -> tuple[float, float]:
+    """(eyes, ears) heights above the nose tip (0-1 of the half; image y grows downward, so the
+    keypoints sit at nose_y − these) for a head pitched `pitch_deg` degrees (> 0: chin up)."""
+    t = math.radians(pitch_deg)
+    return (eye_gap * math.cos(t) - EYE_DEPTH * eye_gap * math.sin(t),
+            EAR_RISE * math.cos(t) - EAR_DEPTH * eye_gap * math.sin(t))
+
+
 def _portrait(pid: str, nose, eyes_dx=0.055, eyes_dy=-0.05, ears=(True, True), neck=(0.5, 0.66),
-              shoulder_dx=0.27, shoulder_tilt=0.0, elbows=False) -> Pose:
+              shoulder_dx=0.27, shoulder_tilt=0.0, elbows=False, pitch=0.0) -> Pose:
     """A head-and-shoulders pose from a few numbers (0-1 of the half): where the nose points, how
-    the head turns (an ear hidden), how the shoulders sit."""
+    the head turns (an ear hidden) and nods (`pitch` degrees, > 0 chin up: `pitch_offsets`), how
+    the shoulders sit. `eyes_dy` is the frontal eyes' offset from the nose (negative: above)."""
     nx, ny = nose
     turn = nx - neck[0]  # the face turns toward the side the nose moved to
+    eyes_up, ears_up = pitch_offsets(-eyes_dy, pitch)
     pts: list[Point] = [None] * N_KEYPOINTS
     pts[0] = (nx, ny)
     pts[1] = neck
@@ -89,12 +116,12 @@ def _portrait(pid: str, nose, eyes_dx=0.055, eyes_dy=-0.05, ears=(True, True), n
     if elbows:
         pts[3] = (pts[2][0] - 0.05, min(pts[2][1] + 0.3, 0.99))
         pts[6] = (pts[5][0] + 0.05, min(pts[5][1] + 0.3, 0.99))
-    pts[14] = (nx - eyes_dx + turn * 0.3, ny + eyes_dy)
-    pts[15] = (nx + eyes_dx + turn * 0.3, ny + eyes_dy)
+    pts[14] = (nx - eyes_dx + turn * 0.3, ny - eyes_up)
+    pts[15] = (nx + eyes_dx + turn * 0.3, ny - eyes_up)
     if ears[0]:
-        pts[16] = (nx - 0.12 + turn * 0.8, ny - 0.01)
+        pts[16] = (nx - 0.12 + turn * 0.8, ny - ears_up)
     if ears[1]:
-        pts[17] = (nx + 0.12 + turn * 0.8, ny - 0.01)
+        pts[17] = (nx + 0.12 + turn * 0.8, ny - ears_up)
     return Pose(pid, tuple(pts))
 
 
@@ -112,8 +139,8 @@ BUILTIN_POSES: dict[str, Pose] = {
         _portrait("three-quarter-right", (0.53, 0.43), shoulder_tilt=-0.02, ears=(True, True)),
         _portrait("tilt-left", (0.47, 0.42), eyes_dy=-0.04, shoulder_tilt=0.03),
         _portrait("tilt-right", (0.53, 0.42), eyes_dy=-0.04, shoulder_tilt=-0.03),
-        _portrait("chin-up", (0.5, 0.39), eyes_dy=-0.065),
-        _portrait("chin-down", (0.5, 0.46), eyes_dy=-0.035),
+        _portrait("chin-up", (0.5, 0.39), pitch=20.0),
+        _portrait("chin-down", (0.5, 0.46), pitch=-20.0),
         _portrait("shoulders-tilted", (0.51, 0.42), shoulder_tilt=0.06),
     ]
 }

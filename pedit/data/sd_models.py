@@ -41,6 +41,14 @@ class SDParts:
     pipe: object | None  # the diffusers pipeline that owns the IP-Adapter (its image encoder), or None
     source: str  # the base id or folder
 
+    def vae_fp32(self):
+        """An fp32 copy of the VAE, made the first time an fp16 decode overflows (pedit.vae)."""
+        if getattr(self, "_vae32", None) is None:
+            from pedit.vae import fp32_copy
+
+            self._vae32 = fp32_copy(self.vae)
+        return self._vae32
+
 
 def _load(cls, source: str, what: str, allow_pickle: bool, **kwargs):
     try:
@@ -142,7 +150,23 @@ def _with_ip_adapter(unet, vae, text_encoder, tokenizer, ip_adapter, scale: floa
         raise ModelError(f"Could not load the IP-Adapter {repo}/{subfolder}/{weight_name}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0]}") from None
     pipe.set_ip_adapter_scale(scale)
+    _check_ip_adapter_fits(pipe, f"{repo}/{subfolder}/{weight_name}")
     return pipe
+
+
+@torch.no_grad()
+def _check_ip_adapter_fits(pipe, where: str) -> None:
+    """The adapter's image encoder must feed its projection: one grey image through both, so an
+    encoder of another width (ViT-bigG beside an SD 1.5 ViT-H adapter) is one Error line at load,
+    not a raw shape error in the first batch. The attention weights were checked by load_ip_adapter."""
+    try:
+        terms = IPAdapterIdentity(pipe).encode(np.full((64, 64, 3), 127, np.uint8))  # (1, 1, T, D) or (1, 1, D)
+        pipe.unet.encoder_hid_proj([terms.image_embeds.to(pipe.unet.dtype)])
+    except RuntimeError as e:
+        enc = pipe.image_encoder.config
+        raise ModelError(f"IP-Adapter {where} does not fit its image encoder (hidden size {enc.hidden_size}, "
+                         f"projection {enc.projection_dim}): {str(e).splitlines()[0]}. Use the image_encoder folder "
+                         "the adapter was trained with (SD 1.5 adapters: models/image_encoder).") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +178,9 @@ class IdentityTerms:
     """What an identity adds to a U-Net call, per identity: IP-Adapter image embeddings (the
     maintained CLIP-based choice) or word embeddings appended to the prompt (ELITE, the paper's)."""
 
-    image_embeds: torch.Tensor | None = None  # (1, T, D) for the IP-Adapter's decoupled attention
+    # (1, 1, T, D), or (1, 1, D) for plain IP-Adapter: (batch, num_images, ...) as diffusers'
+    # prepare_ip_adapter_image_embeds gives them; the projection layers reshape by those two axes
+    image_embeds: torch.Tensor | None = None
     null_image_embeds: torch.Tensor | None = None  # the unconditional row's
     tokens: torch.Tensor | None = None  # (1, K, D_text): an ELITE-style encoder's words
 
@@ -181,7 +207,9 @@ class IPAdapterIdentity:
         layer = self.pipe.unet.encoder_hid_proj.image_projection_layers[0]
         hidden = not isinstance(layer, ImageProjection)  # the face variants read the penultimate hidden states
         pos, neg = self.pipe.encode_image(Image.fromarray(face_rgb), self.pipe.unet.device, 1, hidden)
-        return IdentityTerms(image_embeds=pos, null_image_embeds=neg)
+        # (1, T, D) or (1, D) → (1, num_images = 1, ...). Without the axis only the full-face MLP
+        # happened to work; the Resampler (plus-face) and ImageProjection (plain) need it.
+        return IdentityTerms(image_embeds=pos.unsqueeze(1), null_image_embeds=neg.unsqueeze(1))
 
 
 def _face_boxes(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:

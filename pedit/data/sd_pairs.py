@@ -35,6 +35,7 @@ from pedit.data.sd_plan import initial_latent, max_seed, noise_seed, plan_pair
 from pedit.errors import ConfigError
 from pedit.files import fingerprint
 from pedit.validate import check_int, check_number, check_seed
+from pedit.vae import decode_latents
 
 REJECTED = "rejected.jsonl"
 # Settings that may differ between the runs and shards filling one folder.
@@ -68,6 +69,7 @@ class SDPairsConfig:
     use_identity: bool = True  # --no-identity: Figure 3(c)
     ip_adapter: tuple[str, str, str, str] = IP_ADAPTER_FACE  # repo, subfolder, weight file, image encoder folder
     ip_adapter_scale: float = 0.6
+    identity_guidance: float | None = None  # s_id of the nested form (docs/gen-pairs.md); None: one CFG, 4 rows
     min_score: float | None = None  # layout score below it → rejected
     min_clip: float | None = None  # CLIP directional similarity below it → rejected (needs clip)
 
@@ -97,6 +99,8 @@ class SDPairsConfig:
         PairStrengths(self.s_d, self.s_a, self.s_b, self.guidance_scale)  # validates them
         check_number("controlnet_scale", self.controlnet_scale, 0)
         check_number("ip_adapter_scale", self.ip_adapter_scale, 0)
+        if self.identity_guidance is not None:
+            check_number("identity_guidance (s_id of --nested-identity)", self.identity_guidance, 0)
         if self.use_pose and not self.controlnet:
             raise ConfigError("poses need an OpenPose ControlNet: pass --controlnet MODEL, or --no-pose")
         if self.min_score is not None:
@@ -261,10 +265,10 @@ def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Call
     identity_cache: dict = {}
     for start in range(0, len(todo), cfg.batch_size):
         plans = [plan_pair(cfg, i, directions, poses, len(faces)) for i in todo[start:start + cfg.batch_size]]
-        images, pose_halves = _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cache,
-                                              sample, make_scheduler, h, w, device)
-        for plan, image, pose_half in zip(plans, images, pose_halves):
-            _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder)
+        images, pose_halves, finite = _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cache,
+                                                      sample, make_scheduler, h, w, device)
+        for plan, image, pose_half, ok in zip(plans, images, pose_halves, finite):
+            _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder, ok)
             done, made = done + 1, made + 1
             if progress is not None:
                 progress(done, len(mine), made)
@@ -272,9 +276,9 @@ def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Call
     return out
 
 
-def _identity_rows(plans, faces, encoder, cache) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _identity_rows(plans, faces, encoder, cache, nested: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The identity's share of the 4B rows, block-wise like the rows of Eq. 2: IP-Adapter
-    embeddings (4B, T, D) with the null identity in the unconditional block, and/or word
+    embeddings (4B, 1, T, D) with the null identity in the unconditional block, and/or word
     embeddings (4B, K, D_text) to append to the prompts, zeros in the unconditional block."""
     if encoder is None:
         return None, None
@@ -287,31 +291,34 @@ def _identity_rows(plans, faces, encoder, cache) -> tuple[torch.Tensor | None, t
         terms.append(cache[plan.identity])
     image_rows = token_rows = None
     if terms[0].image_embeds is not None:
-        null = torch.cat([t.null_image_embeds for t in terms])  # (B, T, D)
+        null = torch.cat([t.null_image_embeds for t in terms])  # (B, 1, T, D): one image per row
         cond = torch.cat([t.image_embeds for t in terms])
-        image_rows = torch.cat([null, cond, cond, cond])
+        image_rows = torch.cat([null, cond, cond, cond] + [cond] * nested)
     if terms[0].tokens is not None:
         words = torch.cat([t.tokens for t in terms])  # (B, K, D_text)
-        token_rows = torch.cat([torch.zeros_like(words), words, words, words])
+        token_rows = torch.cat([torch.zeros_like(words), words, words, words] + [words] * nested)
     return image_rows, token_rows
 
 
 @torch.no_grad()
 def _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cache, sample, make_scheduler, h, w, device):
-    """Denoise one batch of pairs; returns the (B, H, 2W, 3) uint8 canvases and the pose halves."""
+    """Denoise one batch of pairs; returns the (B, H, 2W, 3) uint8 canvases, the pose halves, and
+    per pair whether its decode was finite (a NaN canvas is never a pair: pair_scores.canvas_problem)."""
     B, H, W = len(plans), cfg.resolution, cfg.resolution
-    z = torch.cat([initial_latent(cfg, p.index, h, w) for p in plans]).to(device)  # (B, 4, h, 2w)
-    prompts = ([""] * B + [p.prompts["p"] for p in plans] + [p.prompts["p_a"] for p in plans]
+    z = torch.cat([initial_latent(cfg, p.index, h, w, device) for p in plans])  # (B, 4, h, 2w)
+    nested = cfg.identity_guidance is not None  # a 5th block e(∅, id) right after e(∅, ∅): [∅∅, ∅·id, p, p_a, p_b]
+    rows = N_TERMS + nested
+    prompts = ([""] * B * (1 + nested) + [p.prompts["p"] for p in plans] + [p.prompts["p_a"] for p in plans]
                + [p.prompts["p_b"] for p in plans])
-    context = encode_prompts(parts, prompts, text_cache)  # (4B, 77, D)
+    context = encode_prompts(parts, prompts, text_cache)  # (rows·B, 77, D)
     pose_halves = [None] * B
     pose_rows = None
     if cfg.use_pose:
         canvases = [pair_pose_image(p.pose, H, W) for p in plans]  # same skeleton in both halves
         pose_halves = [c[:, :W] for c in canvases]
         pose = torch.from_numpy(np.stack(canvases)).permute(0, 3, 1, 2).float().div(255)  # (B, 3, H, 2W) in [0, 1]
-        pose_rows = pose.repeat(N_TERMS, 1, 1, 1).to(device, parts.unet.dtype)  # (4B, 3, H, 2W)
-    image_rows, token_rows = _identity_rows(plans, faces, encoder, identity_cache)
+        pose_rows = pose.repeat(rows, 1, 1, 1).to(device, parts.unet.dtype)  # (rows·B, 3, H, 2W)
+    image_rows, token_rows = _identity_rows(plans, faces, encoder, identity_cache, nested)
     if image_rows is not None:
         image_rows = image_rows.to(device, parts.unet.dtype)
     if token_rows is not None:  # ELITE-style: identity words after the prompt's 77 tokens
@@ -319,21 +326,27 @@ def _generate_batch(cfg, parts, plans, faces, encoder, identity_cache, text_cach
     denoise = make_denoise(parts, pose_rows, image_rows, cfg.controlnet_scale)
     scheduler = make_scheduler("ddim", parts.scheduler_config)
     strengths = cfg.strengths
-    z_0 = sample(denoise, scheduler, z, None, context, lambda eps: pair_eps(eps, strengths), cfg.steps, rows=N_TERMS)
-    vae = parts.vae
-    decoded = vae.decode(z_0.to(vae.dtype) / vae.config.scaling_factor).sample  # (B, 3, H, 2W)
-    return _to_uint8(decoded), pose_halves
+    z_0 = sample(denoise, scheduler, z, None, context, lambda eps: pair_eps(eps, strengths, cfg.identity_guidance),
+                 cfg.steps, rows=rows)
+    # fp16 can overflow in the VAE decoder: decode_latents decodes again in fp32 (as editing does)
+    decoded = decode_latents(parts.vae, z_0, parts.vae_fp32)  # (B, 3, H, 2W) in [-1, 1]
+    finite = torch.isfinite(decoded).flatten(1).all(dim=1).tolist()  # (B,) one host sync per batch
+    return _to_uint8(torch.nan_to_num(decoded)), pose_halves, finite
 
 
-def _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder) -> None:
+def _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder, finite: bool = True) -> None:
     """Score one pair; write it (images, then its metadata row) or record it as rejected."""
     W = cfg.resolution
     x_A, x_B = np.ascontiguousarray(image[:, :W]), np.ascontiguousarray(image[:, W:])
+    pair_id = f"{plan.index:06d}"
+    broken = pair_scores.canvas_problem(x_A, x_B, finite)
+    if broken:  # a black or NaN canvas scores ≈ 1 on the layout score: never score it, never keep it
+        _append_line(out / REJECTED, {"id": pair_id, "scores": None, "why": broken})
+        return
     prompts = plan.prompts
     scores = {"layout": round(pair_scores.layout_score(x_A, x_B), 4),
               "clip_direction": None if clip is None else round(clip(x_A, x_B, prompts["p_a"], prompts["p_b"]), 4),
               "identity_distance": pair_scores.identity_distance(x_A, x_B)}
-    pair_id = f"{plan.index:06d}"
     reasons = []
     if cfg.min_score is not None and scores["layout"] < cfg.min_score:
         reasons.append(f"layout {scores['layout']} < {cfg.min_score}")
@@ -351,6 +364,9 @@ def _finish_pair(cfg, out, writer, plan, image, pose_half, faces, clip, encoder)
     d = plan.direction
     row = {
         "id": pair_id, "direction": d.name, "task": d.task, **prompts, "subject": plan.subject,
+        # the direction's own prompts, "person" where this pair names its subject: what a model
+        # trained on the folder records (pedit.data.pairs.direction_of), not this pair's subject
+        "template": {"p": d.p, "p_a": d.p_a, "p_b": d.p_b},
         "seed": noise_seed(cfg.seed, plan.index), "source": "sd", "base": cfg.base,
         "controlnet": cfg.controlnet if cfg.use_pose else None,
         "pose": None if plan.pose is None else {"id": plan.pose.id, "source": cfg.pose, "jitter": plan.pose_jitter},

@@ -5,15 +5,15 @@ shard or batch makes it. Every seed recorded here is one the pair-folder reader 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pedit.data.directions import Direction
+from pedit.data.directions import Direction, with_subject
 from pedit.data.pairs import SEED_LIMIT
 from pedit.data.poses import Pose, sample_pose
+from pedit.noise import randn
 
 # Subject words varied per pair (issue 7): "person" in a direction's prompts becomes one of these.
 SUBJECTS = ("woman", "man", "young woman", "young man", "old woman", "old man", "girl", "boy",
@@ -29,18 +29,6 @@ def max_seed(n: int) -> int:
 
 def noise_seed(seed: int, index: int) -> int:
     return seed * SEED_STRIDE + index
-
-
-def with_subject(prompt: str, subject: str) -> str:
-    """"a person, santa claus costume" → "a woman, santa claus costume", "an old man, ..." (the
-    article follows the subject's first letter; prompts without "person" unchanged)."""
-    def swap(m: re.Match) -> str:
-        if not m["article"]:
-            return subject
-        article = "an" if subject[:1].lower() in "aeiou" else "a"
-        return f"{article.capitalize() if m['article'][0] == 'A' else article} {subject}"
-
-    return re.sub(r"\b(?:(?P<article>[Aa]n?) )?person\b", swap, prompt)
 
 
 @dataclass(frozen=True)
@@ -72,7 +60,8 @@ def plan_pair(cfg, index: int, directions: list[Direction], poses: list[Pose] | 
     return PairPlan(index, direction, subject, pose, jitter, identity)
 
 
-def initial_latent(cfg, index: int, h: int, w: int) -> torch.Tensor:
-    """z_T of pair `index`: (1, 4, h, 2w) unit noise from its own generator (resume-stable)."""
+def initial_latent(cfg, index: int, h: int, w: int, device=None) -> torch.Tensor:
+    """z_T of pair `index`: (1, 4, h, 2w) unit noise from its own CPU generator (resume-stable, and the
+    same on any device), returned on `device`."""
     g = torch.Generator().manual_seed(noise_seed(cfg.seed, index))
-    return torch.randn((1, 4, h, 2 * w), generator=g)
+    return randn((1, 4, h, 2 * w), g, device=device)

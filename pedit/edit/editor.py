@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pedit.data.directions import Direction, model_directions, resolve
+from pedit.data.directions import Direction, check_subject, model_directions, resolve
 from pedit.errors import ConfigError
+from pedit.noise import randn
 from pedit.edit.guidance import GuidanceScales, guided_eps
 from pedit.edit.mask import MaskConfig, change_weight, composite, editing_mask, pixel_mask
 from pedit.model.mask_settings import mask_config_for
@@ -50,6 +51,7 @@ class EditOptions:
     scheduler: str = "ddim"
     user_mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) in [0, 1], any size; 1 = may change
     mask_mode: str = "replace"  # how user_mask combines with the model's mask: replace, intersect, union
+    subject: str | None = None  # fills "person" in the direction's template prompts ("old man"); None: as recorded
 
     def __post_init__(self):
         from pedit.edit.sampler import SCHEDULERS
@@ -62,6 +64,8 @@ class EditOptions:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         check_user_mask(self.user_mask, self.mask_mode)
+        if self.subject is not None:
+            check_subject(self.subject)
 
 
 @dataclass
@@ -231,6 +235,7 @@ class Editor:
         """
         direction = self.direction(direction)
         options = dataclasses.replace(options or self.default_options(direction), **overrides)
+        direction = direction.for_subject(options.subject)  # the prompts the text encoder sees
         scheduler = self.scheduler(options)  # steps the schedule cannot give fail here, before any work
         parts, size = self.model.parts, self.resolution
         original = square_rgb(image, size)  # (R, R, 3) uint8
@@ -248,7 +253,7 @@ class Editor:
             user = user_mask_at(options.user_mask, size, cond.c_s.shape[-1])
             mask_latent = combine_latent(model_mask, user.latent, options.mask_mode)
 
-        z_T = torch.randn(cond.c_s.shape, generator=generator, dtype=torch.float32).to(cond.c_s)
+        z_T = randn(cond.c_s.shape, generator, like=cond.c_s)
         c_s_rows, context = cond.guidance_rows()
         mask = None if mask_latent is None else mask_latent.to(cond.c_s)  # (1, 1, h, w)
         z_0 = sample(self.denoise, scheduler, z_T, c_s_rows, context,

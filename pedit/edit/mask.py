@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from pedit.edit.guidance import N_ROWS, GuidanceScales, branch_eps
 from pedit.errors import NonFiniteError
+from pedit.noise import randn
 from pedit.model.conditions import EditConditions
 from pedit.model.mask_settings import MaskConfig  # noqa: F401 (the settings live with the model folder's metadata)
 
@@ -59,7 +60,7 @@ def difference_map(denoise, noise_scheduler, cond: EditConditions, scales: Guida
     z_A = cond.c_s if z_A is None else z_A
     b, _, h, w = z_A.shape
     n = cfg.n_noise
-    noise = torch.randn((n * b, *z_A.shape[1:]), generator=generator, dtype=torch.float32).to(z_A)  # (NB, 4, h, w)
+    noise = randn((n * b, *z_A.shape[1:]), generator, like=z_A)  # (NB, 4, h, w)
     t_index = max(0, int(cfg.strength * noise_scheduler.config.num_train_timesteps) - 1)
     t = torch.full((n * b,), t_index, dtype=torch.long, device=z_A.device)
     z_t = noise_scheduler.add_noise(z_A.repeat(n, 1, 1, 1), noise, t)  # (NB, 4, h, w), draw-major like `expand`

@@ -35,6 +35,7 @@ import torch
 from pedit.eval.ceiling import mask_iou
 
 from pedit.errors import ConfigError
+from pedit.noise import randn
 
 METHODS = ("ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit")
 NA_OFFLINE = "n/a: weights not available offline"
@@ -225,13 +226,13 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     if method in ("ours", "ours-no-mask", "no-c_s", "no-c_im"):
         cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
         mask = None if method == "ours-no-mask" else batch_masks(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A)
-        z_T = torch.randn(cond.c_s.shape, generator=g).to(cond.c_s)
+        z_T = randn(cond.c_s.shape, g, like=cond.c_s)
         rows = cond.guidance_rows()
         z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, mask), steps)
         return parts.decode(z_0), mask
     text_only = _drop(cond, c_s=True, c_im=True)  # both image conditions dropped: a text-to-image model
     rows = text_only.guidance_rows()
-    noise = torch.randn(cond.c_s.shape, generator=g).to(cond.c_s)
+    noise = randn(cond.c_s.shape, g, like=cond.c_s)
     if method.startswith("sdedit"):
         strength = float(method.split("-")[1])
         z_0 = sample(editor.denoise, scheduler, noise, *rows, lambda e: guided_eps(e, scales), steps,

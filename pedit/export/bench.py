@@ -174,6 +174,7 @@ def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
     from pedit.edit.mask import editing_mask
     from pedit.edit.sampler import make_scheduler, sample
     from pedit.data.pairs import square_rgb
+    from pedit.noise import randn
 
     parts, scales = editor.model.parts, GuidanceScales()
     mask_cfg = mask_config(cfg)
@@ -191,7 +192,7 @@ def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
                 ddpm = DDPMScheduler.from_config(parts.scheduler_config)
                 mask = editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, generator)
         scheduler = make_scheduler("ddim", parts.scheduler_config)
-        z_T = torch.randn(cond.c_s.shape, generator=generator).to(cond.c_s)
+        z_T = randn(cond.c_s.shape, generator, like=cond.c_s)
         rows = cond.guidance_rows()
         m = None if mask is None else mask.to(cond.c_s)
         with timer("steps"):

@@ -168,18 +168,20 @@ def random_inputs(spec: NetworkSpec, d: Dims, batch: int, seed: int, dtype=None)
     """Fresh random inputs for a parity check: values in each input's working range."""
     import torch
 
+    from pedit.noise import rand, randint, randn
+
     g = torch.Generator().manual_seed(seed)
     out = {}
     for t in spec.inputs:
         shape = t.concrete(batch)
         if t.dtype == "int64":
-            out[t.name] = torch.randint(0, d.vocab_size, shape, generator=g)
+            out[t.name] = randint(0, d.vocab_size, shape, g)
         elif t.name == "t":
-            out[t.name] = torch.randint(0, 1000, shape, generator=g).float()
+            out[t.name] = randint(0, 1000, shape, g).float()
         elif t.name == "x":
-            out[t.name] = torch.rand(shape, generator=g) * 2 - 1
+            out[t.name] = rand(shape, g) * 2 - 1
         else:
-            out[t.name] = torch.randn(shape, generator=g)
+            out[t.name] = randn(shape, g)
         if dtype is not None and out[t.name].is_floating_point():
             out[t.name] = out[t.name].to(dtype)
     return out

@@ -165,17 +165,16 @@ class FrozenParts:
         In fp16 the SD VAE decoder can overflow to inf/NaN (black or speckled images): then the
         latent is decoded again by an fp32 copy of the VAE, made once, and the caller gets its dtype.
         """
-        x = self.vae.decode(z.to(self.dtype) / self.scaling_factor).sample
-        if self.dtype != torch.float32 and not torch.isfinite(x).all():
-            x = self.vae_fp32().decode(z.float() / self.scaling_factor).sample.to(self.dtype)
-        return x.clamp(-1, 1)
+        from pedit.vae import decode_latents
+
+        return decode_latents(self.vae, z, self.vae_fp32, self.dtype, self.scaling_factor)
 
     def vae_fp32(self):
         """An fp32 copy of the VAE on its device, for reduced-precision runs that overflowed."""
         if getattr(self, "_vae32", None) is None:
-            import copy
+            from pedit.vae import fp32_copy
 
-            self._vae32 = copy.deepcopy(self.vae).float()
+            self._vae32 = fp32_copy(self.vae)
         return self._vae32
 
     def encode_prompts(self, prompts: list[str]):

@@ -42,6 +42,7 @@ from pedit import __version__
 from pedit.cache import cache_root, folder_hash
 from pedit.errors import OutputError, PeditError
 from pedit.files import write_text_atomic
+from pedit.noise import rand, randn
 
 CACHE_FORMAT = 1
 COMPONENTS = ("unet", "image_projector", "vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
@@ -172,13 +173,13 @@ def build_cache(model, key: str, root: Path | None = None) -> Path:
     lat = res // parts.latent_factor
     d_text = parts.text_encoder.config.hidden_size
     n_ctx = PROMPT_LENGTH + mcdm.num_image_tokens
-    x = torch.rand((1, 3, res, res), generator=gen) * 2 - 1  # (1, 3, R, R) in [-1, 1]
-    c_s = torch.randn((1, 4, lat, lat), generator=gen)
-    clip = torch.randn((1, parts.num_image_tokens, parts.image_encoder.config.hidden_size), generator=gen)
+    x = rand((1, 3, res, res), gen) * 2 - 1  # (1, 3, R, R) in [-1, 1]
+    c_s = randn((1, 4, lat, lat), gen)
+    clip = randn((1, parts.num_image_tokens, parts.image_encoder.config.hidden_size), gen)
 
     eager = _Editable(mcdm, parts).eval()
     example = {
-        "forward": (torch.randn((5, 8, lat, lat), generator=gen), torch.tensor(981), torch.randn((5, n_ctx, d_text), generator=gen)),
+        "forward": (randn((5, 8, lat, lat), gen), torch.tensor(981), randn((5, n_ctx, d_text), gen)),
         "image_projector": (c_s, clip),
         "encode_latent": (x,),
         "clip_tokens": (x,),
@@ -191,7 +192,7 @@ def build_cache(model, key: str, root: Path | None = None) -> Path:
                 _check(name, getattr(traced, name), getattr(eager, name), *inputs)
             for rows in CHECK_BATCHES:  # the trace must not have frozen the batch size
                 for t in (torch.tensor(1), torch.tensor(499)):
-                    inputs = (torch.randn((rows, 8, lat, lat), generator=gen), t, torch.randn((rows, n_ctx, d_text), generator=gen))
+                    inputs = (randn((rows, 8, lat, lat), gen), t, randn((rows, n_ctx, d_text), gen))
                     _check(f"denoise at {rows} rows", traced, eager, *inputs)
     except CacheError:
         raise

@@ -57,6 +57,7 @@ class EditFilesConfig:
     engines: str | None = None  # a `pedit export` folder for onnx / trt
     mask_batch: int = 0  # noise draws per U-Net call of the editing mask; 0 = all in one call
     cache: bool = True  # CPU, torch, fp32: run from the model's TorchScript cache (pedit.model.traced); same bytes
+    subject: str | None = None  # "person" in the direction's template prompts becomes this ("old man")
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
@@ -84,6 +85,10 @@ class EditFilesConfig:
         check_number("margin", self.margin, 0, 5)
         check_int("max_pixels", self.max_pixels, 1)
         check_user_mask(None, self.mask_mode)
+        if self.subject is not None:
+            from pedit.data.directions import check_subject
+
+            check_subject(self.subject)
         if not isinstance(self.cache, bool):
             raise ConfigError(f"cache must be True or False, got {self.cache!r}")
         if self.detector not in (*DETECTORS, "default"):
@@ -134,13 +139,16 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         on_event("note", editor.cache_status)
     direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
     on_event("model", editor)
+    if cfg.subject is not None and direction.for_subject(cfg.subject) == direction:
+        on_event("note", f"--subject {cfg.subject}: the prompts of {direction.name!r} name no \"person\"; "
+                         "they are used as recorded")
     defaults = editor.default_options(direction)  # the model's mask settings for this direction
     # They stand unless a flag overrides them (--mask-noises given).
     n_noise = defaults.mask.n_noise if cfg.mask_noises is None else cfg.mask_noises
     options = EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
         mask=dataclasses.replace(defaults.mask, n_noise=n_noise, batch=cfg.mask_batch), scheduler=cfg.scheduler,
-        mask_mode=cfg.mask_mode,
+        mask_mode=cfg.mask_mode, subject=cfg.subject,
     )
     editor.scheduler(options)  # --steps beyond the model's schedule fails once, before the batch
     detector = get_detector(cfg.detector)

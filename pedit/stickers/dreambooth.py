@@ -13,6 +13,7 @@ checkpoints (LoRA, optimizer, step) and resumes from the newest; the noise of st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from PIL import Image
 
 from pedit.errors import ConfigError
 from pedit.files import write_atomic
+from pedit.noise import randint, randn
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name, found by load_lora_weights
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -237,16 +239,21 @@ def _loss(unet, noise_scheduler, latents: torch.Tensor, embeds: torch.Tensor, ba
     """The denoising loss on a random batch: eps (or v) prediction at a random timestep."""
     import torch.nn.functional as F
 
-    idx = torch.randint(len(latents), (batch,), generator=g)
-    z_0 = latents[idx]
-    noise = torch.randn(z_0.shape, generator=g)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=g)
+    # Every draw on g's device (the CPU) in a fixed order, then moved to the latents' device: the
+    # same seed trains the same LoRA on the CPU and on a GPU, and no CPU tensor meets a CUDA one.
+    dev = latents.device
+    idx = randint(0, len(latents), (batch,), g, device=dev)
+    z_0 = latents[idx]  # (B, 4, h, w)
+    noise = randn(z_0.shape, g, like=z_0)
+    t = randint(0, noise_scheduler.config.num_train_timesteps, (batch,), g, device=dev)
     z_t = noise_scheduler.add_noise(z_0, noise, t)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(z_0, noise, t)
     else:
         target = noise
     device, dtype = unet.device, unet.dtype
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    # bf16 autocast on CUDA only (autocast refuses device types such as `meta`, which the tests use)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    with amp:
         pred = unet(z_t.to(device, dtype), t.to(device), embeds.expand(batch, -1, -1).to(device, dtype)).sample
     return F.mse_loss(pred.float(), target.to(device).float())

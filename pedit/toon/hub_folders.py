@@ -114,6 +114,8 @@ def _controlnet(base: Path, tmp: Path, seed: int) -> None:
     """A ControlNet of the base U-Net's size (from_unet), its zero convolutions given small random weights
     so the pose condition reaches the U-Net (a trained ControlNet's are not zero)."""
     import torch
+
+    from pedit.noise import randn
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
@@ -123,7 +125,7 @@ def _controlnet(base: Path, tmp: Path, seed: int) -> None:
     with torch.no_grad():
         for name, p in cnet.named_parameters():
             if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
-                p.copy_(torch.randn(p.shape, generator=g) * 1e-3)
+                p.copy_(randn(p.shape, g) * 1e-3)
     cnet.save_pretrained(tmp, safe_serialization=True)
 
 
@@ -150,9 +152,9 @@ def _ip_adapter(base: Path, tmp: Path, seed: int, vision: dict) -> None:
 
 
 def _w(g, rows: int, cols: int):
-    import torch
+    from pedit.noise import randn
 
-    return torch.randn(rows, cols, generator=g) / cols**0.5
+    return randn((rows, cols), g) / cols**0.5
 
 
 def _ip_attention(unet_cfg: dict, g) -> dict:
@@ -174,10 +176,12 @@ def _resampler(g, width: int, out: int) -> dict:
     the U-Net's cross-attention width (768 at SD 1.5), its heads 64 wide as diffusers assumes."""
     import torch
 
+    from pedit.noise import randn
+
     d = out
     inner, q = PLUS_FACE["dim_head"] * PLUS_FACE["heads"], PLUS_FACE["num_queries"]
     ff = d * PLUS_FACE["ff_mult"]
-    s = {"latents": torch.randn(1, q, d, generator=g) / d**0.5, "proj_in.weight": _w(g, d, width),
+    s = {"latents": randn((1, q, d), g) / d**0.5, "proj_in.weight": _w(g, d, width),
          "proj_in.bias": torch.zeros(d), "proj_out.weight": _w(g, out, d), "proj_out.bias": torch.zeros(out),
          "norm_out.weight": torch.ones(out), "norm_out.bias": torch.zeros(out)}
     for i in range(PLUS_FACE["depth"]):

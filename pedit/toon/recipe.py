@@ -49,6 +49,7 @@ def build_toon_base(out: Path, spec_name: str = "toon", vae_steps: int = 3000, b
     import torch
     from diffusers import AutoencoderKL
 
+    from pedit.noise import randint
     from pedit.toon.parts import TINY, TOON, TOON32, build_base, train_vae
 
     spec = {"toon": TOON, "toon32": TOON32, "tiny": TINY}[spec_name]
@@ -60,7 +61,7 @@ def build_toon_base(out: Path, spec_name: str = "toon", vae_steps: int = 3000, b
     log(f"rendered {pool_size} toon portraits in {time.perf_counter() - t0:.1f} s")
 
     def sample_images(b, g):
-        idx = torch.randint(0, pool.shape[0], (b,), generator=g)
+        idx = randint(0, pool.shape[0], (b,), g)
         return pool[idx].float() / 127.5 - 1  # (B, 3, R, R)
 
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pedit.data.pairs import Pair, load_rgb
+from pedit.noise import rand, randint
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -60,6 +61,6 @@ class PairImages(torch.utils.data.Dataset):
 
 def sample_dropout(batch: int, p: float, generator: torch.Generator) -> torch.Tensor:
     """(B,) int subset masks: 0 = keep all; else one of the 7 non-empty subsets of {c_s, c_im, c_p}, uniformly."""
-    drop = torch.rand(batch, generator=generator) < p
-    subset = torch.randint(1, 8, (batch,), generator=generator)
+    drop = rand(batch, generator) < p
+    subset = randint(1, 8, (batch,), generator)
     return torch.where(drop, subset, torch.zeros_like(subset))

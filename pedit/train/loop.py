@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from pedit.errors import ConfigError, PeditError
 from pedit.files import write_text_atomic
+from pedit.noise import rand, randint, randn
 from pedit.data.pairs import METADATA, Pair, direction_of, load_rgb, read_pairs
 from pedit.train.batches import PairImages, StepBatches, sample_dropout, step_seed
 from pedit.train.config import TrainConfig, check_output_folder, checkpoints, clear_output_folder, newest_checkpoint
@@ -348,29 +349,29 @@ class StepInputs:
 def _step_inputs(cfg: TrainConfig, batch: dict, prompts, parts, noise_scheduler, prediction_type: str,
                  g: torch.Generator, dev) -> StepInputs:
     """§3.3 for one micro-batch: identity samples, condition dropout, the noised target. Every draw
-    comes from `g`, on the CPU in a fixed order, so a step's randomness depends on its seed alone."""
+    comes from `g`, on the CPU in a fixed order (pedit.noise), so a step's randomness depends on its
+    seed alone, on any device."""
     n = batch["mean_A"].shape[0]
     # §3.3 (1): identity samples teach reconstruction, which the editing mask relies on (§3.4).
-    identity = torch.rand(n, generator=g) < cfg.identity_prob
+    identity = rand(n, g, device=dev) < cfg.identity_prob
     # §3.3 (2): drop any combination of c_s, c_im, c_p, or all of them, for multi-condition CFG.
     dropped = sample_dropout(n, cfg.drop_prob, g)
     latent_shape = tuple(batch["mean_A"].shape)  # (B, 4, h, w)
-    noise = torch.randn(latent_shape, generator=g)  # the diffusion noise
-    posterior_noise = torch.randn(latent_shape, generator=g)  # for the VAE posterior sample of the target
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=g)
+    noise = randn(latent_shape, g, device=dev)  # the diffusion noise
+    posterior_noise = randn(latent_shape, g, device=dev)  # for the VAE posterior sample of the target
+    t = randint(0, noise_scheduler.config.num_train_timesteps, (n,), g, device=dev)
 
-    ident = identity.to(dev, non_blocking=True)
+    ident = identity
     keep_s = ((dropped & DROP_S) == 0).float().view(-1, 1, 1, 1).to(dev, non_blocking=True)
     keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev, non_blocking=True)
     drop_p = ((dropped & DROP_P) != 0).to(dev, non_blocking=True)
-    noise, t = noise.to(dev, non_blocking=True), t.to(dev, non_blocking=True)
     # c_s is the posterior mode of x_A, z_0 a posterior sample of the target (x_A for identity
     # samples), both times the scaling factor (DESIGN.md convention).
     c_s = batch["mean_A"].float() * parts.scaling_factor  # (B, 4, h, w)
     pick = ident.view(-1, 1, 1, 1)
     mean_T = torch.where(pick, batch["mean_A"], batch["mean_B"]).float()
     std_T = torch.where(pick, batch["std_A"], batch["std_B"]).float()
-    z_0 = (mean_T + std_T * posterior_noise.to(dev, non_blocking=True)) * parts.scaling_factor
+    z_0 = (mean_T + std_T * posterior_noise) * parts.scaling_factor
     clip_tokens = batch["clip_A"].float()  # (B, 1 + P, Dv)
     rows = torch.where(ident, batch["p_a"], batch["p_b"])  # prompt rows; row 0 is the empty prompt
     c_p = prompts[torch.where(drop_p, torch.zeros_like(rows), rows)].float()  # (B, 77, D)
