@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
-
 from pedit.errors import ConfigError, OutputError
 from pedit.faces import DETECTORS, get_detector
 from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
 from pedit.photos.photo import (BatchItem, check_output, default_output_path, find_images, load_photo, run_batch,
-                                save_image_atomic)
+                                save_images_atomic)
 from pedit.photos.portrait import edit_photo
 
 
@@ -162,12 +160,14 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         # The identity check runs before anything is written, and its own failure is its verdict, not
         # the item's: an item reported failed must leave no output behind (a rerun would say "already exists").
         check = _checked_identity(photo.rgb, done, checker) if checker is not None else None
-        writes = [(target, done.image, dict(alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile))]
+        writes = [(done.image, target, dict(alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile))]
         if "mask" in extras:
-            writes += [(extras["mask"], done.mask, {}), (extras["overlay"], overlay_mask(photo.rgb, done.mask), {})]
+            writes += [(done.mask, extras["mask"], {}), (overlay_mask(photo.rgb, done.mask), extras["overlay"], {})]
         if "compare" in extras:
-            writes.append((extras["compare"], compare_sheet(photo.rgb, done.mask, done.image), {}))
-        _write_all(writes, cfg.overwrite)
+            writes.append((compare_sheet(photo.rgb, done.mask, done.image), extras["compare"], {}))
+        # All or none: every file encoded first, then all take their names; with --overwrite the
+        # earlier results stay until the new ones are all ready (pedit.files.commit_all).
+        save_images_atomic(writes, cfg.overwrite)
         if check is not None:
             checks[path] = check
         return target
@@ -185,19 +185,6 @@ def _checked_identity(before, done, checker) -> IdentityCheck:
         return check_identity(before, done.image, done.crop, checker)
     except Exception as e:
         return IdentityCheck(None, f"identity check failed ({type(e).__name__}: {e})")
-
-
-def _write_all(writes: list[tuple[Path, Image.Image, dict]], overwrite: bool) -> None:
-    """Write one item's files (the edit first, then mask, overlay, comparison): all or none. When one
-    fails, the ones already written for this item are removed before the error goes on."""
-    written: list[Path] = []
-    try:
-        for path, image, options in writes:
-            written.append(save_image_atomic(image, path, overwrite=overwrite, **options))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
 
 
 def _plan_outputs(paths: list[Path], direction: str, out: Path | None,
