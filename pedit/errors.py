@@ -50,3 +50,7 @@ class FaceModelMissing(ModelError):
 
 class PoseError(PeditError):
     """A pose source for gen-pairs that cannot be used: malformed keypoints JSON, missing detector."""
+
+
+class NothingEditedError(PeditError):
+    """An edit that changed no pixel (an empty mask): written out, it would pass for a result."""

@@ -336,6 +336,202 @@ def _():
     return clean_error(r), desc(r)
 
 
+# ------------------------------------------------------------ issue 19: stopped, masks, settings, names
+def _photo_at(path, seed=0, size=(64, 64)):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+SIGTERM_CHILD = """
+import os, signal, sys
+from PIL import Image
+saves, real = [], Image.Image.save
+def save(self, fp, *a, **k):
+    saves.append(fp)
+    if len(saves) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, fp, *a, **k)
+Image.Image.save = save
+from pedit.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+@case("SIGTERM while an item's second file is written (batch edit, --save-mask)")
+def _():
+    folder = W / "term"
+    folder.mkdir()
+    ins = [_photo_at(folder / f"{n}.png", i) for i, n in enumerate("ab")]
+    out = W / "term-out"
+    env = {**os.environ, "COLUMNS": "1000"}
+    p = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, "edit", *map(str, ins), "-d", "royal", "-o", str(out),
+                        "--save-mask", *map(str, FAST)], env=env, capture_output=True, text=True, timeout=300)
+    left = sorted(os.listdir(out)) if out.exists() else []
+    return p.returncode != 0 and left == [], f"exit {p.returncode}, left {left}"
+
+
+@case("--overwrite, disk full on the item's last file: the earlier result stays")
+def _():
+    src = _photo_at(W / "ow.png")
+    args = ["edit", src, "-d", "royal", "--save-mask", *FAST]
+    assert run(*args).exit_code == 0
+    names = ["ow_royal.png", "ow_royal_mask.png", "ow_royal_overlay.png"]
+    before = [(W / n).read_bytes() for n in names]
+    real, saves = Image.Image.save, []
+
+    def full(self, fp, *a, **k):
+        saves.append(fp)
+        if len(saves) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, fp, *a, **k)
+    Image.Image.save = full
+    try:
+        r = run(*args, "--overwrite", "--seed", "3")
+    finally:
+        Image.Image.save = real
+    kept = [(W / n).read_bytes() if (W / n).exists() else None for n in names] == before
+    return r.exit_code == 1 and kept, f"{desc(r)}; earlier files {'kept' if kept else 'lost'}"
+
+
+def _mask_values(make):
+    from pedit.edit.user_mask import load_user_mask
+    return load_user_mask(make())
+
+
+@case("mask with EXIF orientation 6 (stored sideways)")
+def _():
+    stored = np.zeros((20, 40), np.uint8); stored[:, :10] = 255  # white left quarter as stored
+    exif = Image.Exif(); exif[0x0112] = 6
+    f = W / "rot.jpg"; Image.fromarray(stored).save(f, exif=exif.tobytes(), quality=100)
+    m = _mask_values(lambda: f)
+    want = np.rot90(stored, k=-1) / 255  # orientation 6: turn 90 degrees clockwise to view
+    return m.shape == want.shape and np.abs(m - want).mean() < 0.05, f"read as {m.shape}, upright is {want.shape}"
+
+
+@case("16-bit mask at half grey")
+def _():
+    f = W / "m16.png"; Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(f)
+    m = _mask_values(lambda: f)
+    return abs(float(m.mean()) - 0.5) < 0.01, f"read as {float(m.mean()):.3f}, want 0.500"
+
+
+@case("float mask in 0-1 (TIFF, mode F) at 0.5")
+def _():
+    f = W / "mf.tif"; Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(f)
+    m = _mask_values(lambda: f)
+    return abs(float(m.mean()) - 0.5) < 0.01, f"read as {float(m.mean()):.3f}, want 0.500"
+
+
+@case("multi-frame mask (animated PNG)")
+def _():
+    frames = [Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (0, 255)]
+    f = W / "manim.png"; frames[0].save(f, save_all=True, append_images=frames[1:])
+    r = run("edit", photo, "-d", "royal", "-o", W / "manim-out.png", "--mask", f, *FAST)
+    return clean_error(r) and "frames" in r.stderr and not (W / "manim-out.png").exists(), desc(r)
+
+
+@case("mask above --max-pixels (the photo below it)")
+def _():
+    f = W / "mbig.png"; Image.new("L", (1200, 1000), 255).save(f)
+    r = run("edit", photo, "-d", "royal", "-o", W / "mbig-out.png", "--mask", f, "--max-pixels", "1000000", *FAST)
+    return clean_error(r) and "--max-pixels" in r.stderr and not (W / "mbig-out.png").exists(), desc(r)
+
+
+@case("all-black mask with --mask-mode replace")
+def _():
+    f = W / "mblack.png"; Image.new("L", (16, 16), 0).save(f)
+    r = run("edit", photo, "-d", "royal", "-o", W / "mblack-out.png", "--mask", f, *FAST)
+    return clean_error(r) and not (W / "mblack-out.png").exists(), desc(r)
+
+
+@case("mask white only outside the edited square (the edit changes nothing)")
+def _():
+    wide = _photo_at(W / "wide.png", 1, (96, 48))
+    m = np.zeros((48, 96), np.uint8); m[:, :8] = 255
+    f = W / "mside.png"; Image.fromarray(m).save(f)
+    r = run("edit", wide, "-d", "royal", "-o", W / "mside-out.png", "--mask", f, *FAST)
+    return clean_error(r) and not (W / "mside-out.png").exists(), desc(r)
+
+
+@case("edit --s-p 0")
+def _():
+    r = run("edit", photo, "-d", "royal", "-o", W / "sp0.png", "--s-p", "0", *FAST)
+    return clean_error(r) and not (W / "sp0.png").exists(), desc(r)
+
+
+def _model_with(name, change):
+    m = model_copy(name)
+    change(m)
+    r = run("edit", photo, "-d", "laughing", "-o", W / f"{name}.png", "-m", m, *FAST[2:], "--no-cache", timeout=60)
+    one_line = len(r.stderr.strip().splitlines()) == 1
+    return clean_error(r) and one_line and not (W / f"{name}.png").exists(), desc(r)
+
+
+def _sched(key, value):
+    def change(m):
+        f = m / "scheduler" / "scheduler_config.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), key: value}))
+    return change
+
+
+@case("scheduler config num_train_timesteps 1.5")
+def _():
+    return _model_with("t15", _sched("num_train_timesteps", 1.5))
+
+
+@case('scheduler config prediction_type "sample"')
+def _():
+    return _model_with("psample", _sched("prediction_type", "sample"))
+
+
+@case("pedit.json listing a direction twice")
+def _():
+    def change(m):
+        meta = json.loads((m / "pedit.json").read_text())
+        d = {**next(x for x in meta["directions"] if x["name"] == "crying"), "name": "laughing"}
+        meta["directions"].append(d)
+        (m / "pedit.json").write_text(json.dumps(meta))
+    return _model_with("dup", change)
+
+
+@case("VAE decoder returning NaN (edit path)")
+def _():
+    from pedit.model.mcdm import FrozenParts
+    real = FrozenParts.decode
+    FrozenParts.decode = lambda self, z: real(self, z) * float("nan")
+    try:
+        r = run("edit", photo, "-d", "royal", "-o", W / "vnan.png", *FAST, "--no-cache")
+    finally:
+        FrozenParts.decode = real
+    return clean_error(r) and not (W / "vnan.png").exists(), desc(r)
+
+
+@case("output name of 249 bytes (legal; its temp name is longer)")
+def _():
+    out = W / ("n" * 245 + ".png")
+    r = run("edit", photo, "-d", "royal", "-o", out, *FAST)
+    return r.exit_code == 0 and out.exists(), desc(r)
+
+
+@case("batch where one input's output name is too long")
+def _():
+    folder = W / "longb"
+    folder.mkdir()
+    _photo_at(folder / "a.png"); _photo_at(folder / ("l" * 246 + ".png"), 2)
+    r = run("edit", folder, "-d", "royal", "-o", W / "longb-out", *FAST)
+    made = sorted(os.listdir(W / "longb-out")) if (W / "longb-out").exists() else []
+    return clean_error(r) and made == ["a_royal.png"], f"{desc(r)}; written {made}"
+
+
+@case("eval --photos of a photo whose name is not UTF-8")
+def _():
+    folder = W / "nonutf8"
+    folder.mkdir()
+    _photo_at(folder / os.fsdecode(b"caf\xe9.png"))
+    r = run("eval", "--photos", folder, "-d", "royal", "-o", W / "nonutf8-r", "--steps", "1", "--device", "cpu", "-q")
+    return r.exit_code == 0 and (W / "nonutf8-r" / "report.md").exists(), desc(r)
+
+
 kept = sum(ok for _, ok in results)
 print(f"\n{len(results)} cases: {kept} kept, {len(results) - kept} broken")
 shutil.rmtree(W, ignore_errors=True)

@@ -129,3 +129,22 @@ def test_ctrl_c_during_the_renames_waits_until_the_item_is_whole(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         commit_all(staged, overwrite=False)
     assert all(p.read_bytes() == b"x" for p in paths)  # the interrupt came after both, not between
+
+
+def test_eval_photos_overwrite_keeps_the_earlier_report_when_the_new_one_fails(tmp_path, monkeypatch):
+    args = ["eval", "--photos", str(ROOT / "examples" / "astronaut.png"), "-d", "royal", "-o", str(tmp_path / "r"),
+            "--steps", "1", "--device", "cpu", "-q"]
+    assert CliRunner().invoke(cli, args, env=ENV).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    real_replace = os.replace
+
+    def grid_rename_fails(src, dst):
+        if Path(dst).name == "grid.png" and "grid.png" in Path(src).name and TMP_SUFFIX in str(src) \
+                and Path(src).read_bytes() != before["grid.png"]:  # the new grid, not the backup put back
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", grid_rename_fails)
+    r = CliRunner().invoke(cli, [*args, "--overwrite", "--seed", "5"], env=ENV)
+    assert r.exit_code == 1 and "No space left on device" in r.stderr, r.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before  # whole, and no temp

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from pedit.data.directions import Direction, model_directions, resolve
-from pedit.errors import ConfigError
-from pedit.edit.guidance import GuidanceScales, guided_eps
+from pedit.errors import ConfigError, NonFiniteError
+from pedit.edit.guidance import GuidanceScales, check_edit_scale, guided_eps
 from pedit.edit.mask import MaskConfig, change_weight, composite, editing_mask, pixel_mask
 from pedit.edit.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
@@ -62,6 +62,7 @@ class EditOptions:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         check_user_mask(self.user_mask, self.mask_mode)
+        check_edit_scale(self.scales.s_p)
 
 
 @dataclass
@@ -261,7 +262,11 @@ class Editor:
         mask = None if mask_latent is None else mask_latent.to(cond.c_s)  # (1, 1, h, w)
         z_0 = sample(self.denoise, scheduler, z_T, c_s_rows, context,
                      lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback)
-        raw = tensor_to_uint8(parts.decode(z_0))
+        decoded = parts.decode(z_0)  # (1, 3, R, R)
+        if not torch.isfinite(decoded).all():  # NaN would become a grey region (clamp, then round)
+            raise NonFiniteError("The VAE decoder returned NaN or infinite values; nothing was written. In fp16 try "
+                                 "--precision fp32, and check the model folder's VAE weights.")
+        raw = tensor_to_uint8(decoded)
 
         if user is None:
             out, weight = keep_outside(original, raw, mask_latent, options.mask)

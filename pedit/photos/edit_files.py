@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pedit.errors import ConfigError, OutputError
+import numpy as np
+
+from pedit.errors import ConfigError, NothingEditedError, OutputError
 from pedit.faces import DETECTORS, get_detector
 from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
 from pedit.photos.photo import (BatchItem, check_output, default_output_path, find_images, load_photo, run_batch,
                                 save_images_atomic)
+from pedit.photos.mask_file import empty_mask_problem, load_mask_file
 from pedit.photos.portrait import edit_photo
 
 
@@ -57,7 +60,7 @@ class EditFilesConfig:
     cache: bool = True  # CPU, torch, fp32: run from the model's TorchScript cache (pedit.model.traced); same bytes
 
     def __post_init__(self):
-        from pedit.edit.guidance import GuidanceScales
+        from pedit.edit.guidance import GuidanceScales, check_edit_scale
         from pedit.edit.sampler import SCHEDULERS
         from pedit.edit.user_mask import check_user_mask
         from pedit.validate import check_backend, check_device, check_int, check_number, check_precision, check_seed
@@ -71,6 +74,7 @@ class EditFilesConfig:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
+        check_edit_scale(self.s_p)
         if self.mask_noises is not None:
             check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
         check_int("mask_batch", self.mask_batch, 0, 1024)
@@ -112,10 +116,12 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     from pedit.edit.mask import unet_rows
     from pedit.viz import compare_sheet, overlay_mask
 
-    from pedit.edit.user_mask import load_user_mask
-
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
-    region = None if cfg.mask is None else load_user_mask(cfg.mask)  # an unreadable mask too
+    region = None  # an unreadable or all-black mask fails before the model loads too
+    if cfg.mask is not None:
+        region = load_mask_file(cfg.mask, cfg.max_pixels)
+        if (why := empty_mask_problem(region, cfg.mask_mode, cfg.mask)) is not None:
+            raise ConfigError(why)
     out = Path(cfg.output) if cfg.output else None
     editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                                     precision=cfg.precision, engines=cfg.engines,
@@ -157,6 +163,10 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
                           region=region)
         if done.face is None:
             on_event("note", f"No face found in {path}; edited the centred square.")
+        if np.array_equal(np.asarray(done.image), np.asarray(photo.rgb)):
+            raise NothingEditedError(
+                f"The edit of {path} changed no pixel (its editing mask is empty{'' if region is None else ' in the crop'}), "
+                "so nothing was written. Try another --seed, a larger --s-p, or --no-mask.")
         # The identity check runs before anything is written, and its own failure is its verdict, not
         # the item's: an item reported failed must leave no output behind (a rerun would say "already exists").
         check = _checked_identity(photo.rgb, done, checker) if checker is not None else None

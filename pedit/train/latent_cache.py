@@ -50,7 +50,7 @@ def data_hash(folder: Path, pairs: list[Pair]) -> str:
     _hash_file(h, Path(folder) / METADATA)
     for p in pairs:
         for f in (p.x_A, p.x_B):
-            h.update(str(f.relative_to(Path(folder).resolve()) if f.is_absolute() else f).encode())
+            h.update(os.fsencode(str(f.relative_to(Path(folder).resolve()) if f.is_absolute() else f)))  # names need not be UTF-8
             _hash_file(h, f)
     return h.hexdigest()
 
