@@ -32,7 +32,8 @@ from pedit.errors import ConfigError, PeditError
 from pedit.files import write_text_atomic
 from pedit.data.pairs import Pair, direction_of, load_rgb, read_pairs
 from pedit.train.batches import PairImages, StepBatches, sample_dropout, step_seed
-from pedit.train.config import TrainConfig, check_output_folder, checkpoints, clear_output_folder, newest_checkpoint
+from pedit.train.config import (DATA_FINGERPRINT, TrainConfig, check_output_folder, check_resume_data, checkpoints,
+                                clear_output_folder, newest_checkpoint)
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
 VALIDATION_STEPS = 20  # sampling steps of the validation grids' edits ...
@@ -158,6 +159,11 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
 
     # Everything that can fail on user input fails here, before the first step.
     pairs = read_pairs(cfg.data)
+    from pedit.train.latent_cache import data_hash
+
+    data_fingerprint = data_hash(Path(cfg.data), pairs)  # metadata.jsonl and every image's bytes
+    if cfg.resume:
+        check_resume_data(cfg, data_fingerprint)  # the checkpoint learned from these pairs, not others
     directions = _directions(pairs)
     base = cfg.base or str(bundled_base_path())
     root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
@@ -171,7 +177,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
 
     mcdm = _models(cfg, root, parts)
     if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
-        _claim_output(cfg, out)
+        _claim_output(cfg, out, data_fingerprint)
     mcdm, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, mcdm)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     parts.to(accelerator.device, weight_dtype)
@@ -243,12 +249,13 @@ def _directions(pairs: list[Pair]) -> dict[str, dict]:
     return directions
 
 
-def _claim_output(cfg: TrainConfig, out: Path) -> None:
-    """The output folder, cleared first with --overwrite, with this run's config.json."""
+def _claim_output(cfg: TrainConfig, out: Path, data_fingerprint: str) -> None:
+    """The output folder, cleared first with --overwrite, with this run's config.json (and the data
+    fingerprint a later --resume compares: pedit.train.config.check_resume_data)."""
     if cfg.overwrite:
         clear_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), DATA_FINGERPRINT: data_fingerprint}, indent=2))
 
 
 def _models(cfg: TrainConfig, root, parts):
