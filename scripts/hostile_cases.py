@@ -1,7 +1,7 @@
 """Hostile cases for pedit's reliability promises (README, "Reliability"): one line a case, KEPT or BROKEN.
 
 Run from a checkout: PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python scripts/hostile_cases.py (about 1.5 min on
-2 cores). Uses the bundled toon model and a tiny base built in a temp folder; writes nothing else."""
+2 cores, more when they are busy); CASES=word,word runs only the cases whose names hold one of the words. Uses the bundled toon model and a tiny base built in a temp folder; writes nothing else."""
 import json, os, shutil, signal, subprocess, sys, tempfile
 from pathlib import Path
 
@@ -34,8 +34,13 @@ def clean_error(r):
             and sum(l.startswith("Error: ") for l in r.stderr.splitlines()) == 1)
 
 
+ONLY = [w for w in os.environ.get("CASES", "").split(",") if w]  # CASES=word,word: only the cases naming one
+
+
 def case(name):
     def deco(fn):
+        if ONLY and not any(w in name for w in ONLY):
+            return fn
         try:
             ok, note = fn()
         except Exception as e:
@@ -530,6 +535,44 @@ def _():
     _photo_at(folder / os.fsdecode(b"caf\xe9.png"))
     r = run("eval", "--photos", folder, "-d", "royal", "-o", W / "nonutf8-r", "--steps", "1", "--device", "cpu", "-q")
     return r.exit_code == 0 and (W / "nonutf8-r" / "report.md").exists(), desc(r)
+
+
+@case("train --resume after a pair image changed")
+def _():
+    f = pairs_copy("resume-data")
+    out = W / "resume-data-run"
+    assert run("train", *TRAIN[2:], "--data", f, "-o", out).exit_code == 0
+    x_B = f / rows(f)[0]["x_B"]
+    Image.fromarray(255 - np.asarray(Image.open(x_B))).save(x_B)
+    r = run("train", *TRAIN[2:], "--data", f, "-o", out, "--max-steps", "3", "--resume")
+    return clean_error(r) and not (out / "checkpoints" / "step-000003").exists(), desc(r)
+
+
+@case("two pair writers racing for one id (gen-pairs runs sharing a folder)")
+def _():
+    from pedit.data.pairs import PairWriter
+    folder = W / "shared-pairs"
+    a, b = PairWriter(folder), PairWriter(folder)
+    row = {"id": "000000", "direction": "royal", "p_a": "a", "p_b": "b", "seed": 0}
+    a.write({**row, "run": "a"}, {"x_A": np.zeros((8, 8, 3), np.uint8), "x_B": np.zeros((8, 8, 3), np.uint8)})
+    b.write({**row, "run": "b"}, {"x_A": np.full((8, 8, 3), 255, np.uint8), "x_B": np.full((8, 8, 3), 255, np.uint8)})
+    r0 = rows(folder)[0]
+    same = r0["run"] == "a" and np.asarray(Image.open(folder / r0["x_A"])).max() == 0
+    return same, f"row of run {r0['run']}, images of run {'a' if same else 'b'}"
+
+
+@case("gen-pairs sd folder claimed at fp32, then a run at fp16")
+def _():
+    from pedit.data.gen_pairs import claim_folder
+    from pedit.data.sd_pairs import RUN_ONLY
+    from pedit.errors import ConfigError
+    folder = W / "prec"
+    claim_folder(folder, {"output": str(folder), "precision": "fp32"}, RUN_ONLY)
+    try:
+        claim_folder(folder, {"output": str(folder), "precision": "fp16"}, RUN_ONLY)
+    except ConfigError as e:
+        return True, str(e)[:120]
+    return False, "accepted"
 
 
 kept = sum(ok for _, ok in results)

@@ -13,8 +13,8 @@ from pedit.train.loop import TrainConfig, train
 
 
 def _cfg(pairs, out, base, **kw):
-    return TrainConfig(data=str(pairs), output=str(out), base=str(base), batch_size=2, checkpoint_every=1,
-                       validate_every=0, max_steps=1, cache_dir=str(out.parent / "cache"), **kw)
+    return TrainConfig(**{**dict(data=str(pairs), output=str(out), base=str(base), batch_size=2, checkpoint_every=1,
+                                 validate_every=0, max_steps=1, cache_dir=str(out.parent / "cache")), **kw})
 
 
 def test_resume_over_a_changed_pair_image_is_refused_and_the_run_is_kept(tiny_pairs, tiny_base, tmp_path):
