@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -71,7 +72,8 @@ def process_alive(pid: int) -> bool:
 
 
 def clean_stale_temps(folder: Path) -> list[Path]:
-    """Remove temp files that processes killed on this host left in `folder`; returns what went."""
+    """Remove temp files (and temp folders) that processes killed on this host left in `folder`;
+    returns what went."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
         return []
     removed = []
@@ -83,7 +85,10 @@ def clean_stale_temps(folder: Path) -> list[Path]:
         m = _TMP_NAME.fullmatch(p.name)
         if m and m["host"] == _HOST and not process_alive(int(m["pid"])):
             try:
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # a temp folder (a sticker pack being made)
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
             except OSError:
                 pass  # gone meanwhile, or not ours to remove

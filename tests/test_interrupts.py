@@ -148,3 +148,17 @@ def test_eval_photos_overwrite_keeps_the_earlier_report_when_the_new_one_fails(t
     r = CliRunner().invoke(cli, [*args, "--overwrite", "--seed", "5"], env=ENV)
     assert r.exit_code == 1 and "No space left on device" in r.stderr, r.output
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before  # whole, and no temp
+
+
+def test_the_temp_folder_of_a_killed_sticker_pack_is_removed_by_the_next_run(tmp_path):
+    from pedit.files import clean_stale_temps, temp_path
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process that no longer exists, as a kill -9 leaves it
+    half = tmp_path / temp_path(tmp_path / "pack").name.replace(f"-{os.getpid()}-", f"-{child.pid}-")
+    (half / "stickers").mkdir(parents=True)
+    (half / "stickers" / "laughing.png").write_bytes(b"half a pack")
+    live = temp_path(tmp_path / "other-pack")  # this process's own: a live writer's, kept
+    live.mkdir()
+    assert clean_stale_temps(tmp_path) == [half]
+    assert not half.exists() and live.is_dir()
