@@ -575,6 +575,55 @@ def _():
     return False, "accepted"
 
 
+@case("latent cache shard with a NaN swapped in")
+def _():
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    cache = W / "lc"
+    assert run("train", *TRAIN, "-o", W / "lc-first", "--cache-dir", cache).exit_code == 0
+    (shard,) = cache.glob("*/pairs-00000.safetensors")
+    with safe_open(str(shard), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(shard)); t["mean_A"].view(-1)[0] = float("nan"); save_file(t, str(shard), metadata=meta)
+    r = run("train", *TRAIN, "-o", W / "lc-second", "--cache-dir", cache)
+    return clean_error(r) and not (W / "lc-second").exists(), desc(r)
+
+
+@case(".pedit-cache that links out of the pair folder")
+def _():
+    f = pairs_copy("cachelink")
+    (W / "cache-outside").mkdir()
+    (f / ".pedit-cache").symlink_to(W / "cache-outside")
+    r = run("train", *TRAIN[2:], "--data", f, "-o", W / "cachelink-run")
+    return clean_error(r) and not any((W / "cache-outside").iterdir()), desc(r)
+
+
+@case("latent cache build on a full disk (no half-made run left)")
+def _():
+    import safetensors.torch
+    real = safetensors.torch.save_file
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    safetensors.torch.save_file = full
+    try:
+        r = run("train", *TRAIN, "-o", W / "lc-full", "--cache-dir", W / "lc-full-cache")
+    finally:
+        safetensors.torch.save_file = real
+    return clean_error(r) and not (W / "lc-full").exists(), desc(r) + f"; run folder {'left' if (W / 'lc-full').exists() else 'absent'}"
+
+
+@case("temp folder of a killed sticker-pack, cleaned by the next write there")
+def _():
+    folder = W / "packs"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
+    from pedit.files import temp_path
+    half = folder / temp_path(folder / "pack").name.replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    (half / "stickers").mkdir(parents=True); (half / "stickers" / "x.png").write_bytes(b"half")
+    r = run("edit", photo, "-d", "royal", "-o", folder / "next.png", *FAST)
+    return r.exit_code == 0 and not half.exists(), f"half-written pack {'left' if half.exists() else 'removed'}"
+
+
 kept = sum(ok for _, ok in results)
 print(f"\n{len(results)} cases: {kept} kept, {len(results) - kept} broken")
 shutil.rmtree(W, ignore_errors=True)
