@@ -17,7 +17,7 @@ ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
 results = []
 
 
-def run(*args, timeout=120):
+def run(*args, timeout=600):  # a guard against hangs; busy machines need the room
     def alarm(*_):
         raise TimeoutError("hung")
     signal.signal(signal.SIGALRM, alarm)
@@ -183,7 +183,7 @@ def _():
     return clean_error(r) and not (W / "inf.png").exists(), desc(r)
 
 
-def train_on(folder, timeout=120):
+def train_on(folder, timeout=600):
     r = run("train", "--data", folder, "-o", W / f"m-{folder.name}", "--base", base, "--max-steps", "1",
             "--batch-size", "2", "--validate-every", "0", "-q", timeout=timeout)
     return clean_error(r) and not (W / f"m-{folder.name}").exists(), desc(r)
@@ -467,7 +467,7 @@ def _():
 def _model_with(name, change):
     m = model_copy(name)
     change(m)
-    r = run("edit", photo, "-d", "laughing", "-o", W / f"{name}.png", "-m", m, *FAST[2:], "--no-cache", timeout=60)
+    r = run("edit", photo, "-d", "laughing", "-o", W / f"{name}.png", "-m", m, *FAST[2:], "--no-cache", timeout=300)
     one_line = len(r.stderr.strip().splitlines()) == 1
     return clean_error(r) and one_line and not (W / f"{name}.png").exists(), desc(r)
 
