@@ -530,7 +530,7 @@ def _():
 
 @case("eval --photos of a photo whose name is not UTF-8")
 def _():
-    folder = W / "nonutf8"
+    folder = W / "evalnonutf8"
     folder.mkdir()
     _photo_at(folder / os.fsdecode(b"caf\xe9.png"))
     r = run("eval", "--photos", folder, "-d", "royal", "-o", W / "nonutf8-r", "--steps", "1", "--device", "cpu", "-q")
