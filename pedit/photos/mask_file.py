@@ -24,10 +24,14 @@ def load_mask_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
     if (why := regular_file_problem(path)) is not None:
         raise InputImageError(f"Mask {path} does not exist (or is not a file)." if why == "is missing"
                               else f"Mask {path} {why}; pass an image file.")
-    with _open_image(path, max_pixels) as im:
+    try:
+        im = _open_image(path, max_pixels)
+    except InputImageError as e:  # photo's words, said of the mask: "Mask m.png is not an image ..."
+        raise InputImageError(f"Mask {e}") from None
+    with im:
         width, height = im.size
         if width * height > max_pixels:
-            raise _too_large(path, max_pixels, f"{width}x{height} = {width * height:,} pixels")
+            raise InputImageError(f"Mask {_too_large(path, max_pixels, f'{width}x{height} = {width * height:,} pixels')}")
         try:
             return load_user_mask(im)
         except PeditError:
