@@ -54,3 +54,7 @@ class PoseError(PeditError):
 
 class MissingPackageError(PeditError):
     """An optional package (one of pedit's extras) that a command needs is not installed; says which extra."""
+
+
+class NothingEditedError(PeditError):
+    """An edit that changed no pixel (an empty mask): written out, it would pass for a result."""

@@ -16,10 +16,14 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
+import signal
 import socket
 import stat
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, IO
+from typing import Callable, IO, Iterator
 
 from pedit.errors import OutputError
 
@@ -31,11 +35,27 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _CLEANED: set[str] = set()  # folders this process has already cleaned of stale temps
 # Errors os.link gives where a filesystem has no hard links (FAT, some network and FUSE mounts).
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+NAME_MAX = 255  # bytes in one file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units) all stop there
+
+
+def name_problem(path: Path) -> str | None:
+    """None if the last part of `path` is a name the file system can hold, else what is wrong:
+    checked before the work, since open() only says ENAMETOOLONG when the result is ready."""
+    if len(os.fsencode(Path(path).name)) > NAME_MAX:
+        return f"its name is {len(os.fsencode(Path(path).name))} bytes long, more than the {NAME_MAX} a file system allows"
+    return None
 
 
 def temp_path(path: Path) -> Path:
-    """A hidden temp name beside `path`, naming this host and process (for `clean_stale_temps`)."""
-    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
+    """A hidden temp name beside `path`, naming this host and process (for `clean_stale_temps`).
+
+    The target's name is shortened inside the temp name so that the temp fits NAME_MAX whenever
+    the target does (a legal 249-byte name must not fail on the temp built from it)."""
+    tail = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    name = path.name
+    while name and len(os.fsencode(f".{name}{tail}")) > NAME_MAX:
+        name = name[:-1]  # characters, not bytes: a cut never splits a UTF-8 sequence
+    return path.with_name(f".{name or 'x'}{tail}")
 
 
 def process_alive(pid: int) -> bool:
@@ -52,7 +72,8 @@ def process_alive(pid: int) -> bool:
 
 
 def clean_stale_temps(folder: Path) -> list[Path]:
-    """Remove temp files that processes killed on this host left in `folder`; returns what went."""
+    """Remove temp files (and temp folders) that processes killed on this host left in `folder`;
+    returns what went."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
         return []
     removed = []
@@ -64,7 +85,10 @@ def clean_stale_temps(folder: Path) -> list[Path]:
         m = _TMP_NAME.fullmatch(p.name)
         if m and m["host"] == _HOST and not process_alive(int(m["pid"])):
             try:
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # a temp folder (a sticker pack being made)
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
             except OSError:
                 pass  # gone meanwhile, or not ours to remove
@@ -97,17 +121,99 @@ def commit(tmp: Path, path: Path, overwrite: bool) -> None:
         os.unlink(tmp)
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None], overwrite: bool = False) -> Path:
-    """Write `path` all or nothing: `write(f)` fills a temp file that then takes the name (`commit`).
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then act on them as they would have acted.
 
-    OSErrors become OutputError; on any failure (Ctrl-C included) no temp file remains.
-    """
+    For the few renames that put an item's finished files in place: stopped between two of them, an
+    item would keep some files and lose others. Only the main thread can set handlers; elsewhere
+    (a web app's worker) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, object]] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum, frame in caught[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)  # Python's own Ctrl-C handler raises KeyboardInterrupt here
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)  # what the signal would have done (SIGTERM: the process ends)
+
+
+def commit_all(staged: list[tuple[Path, Path]], overwrite: bool) -> None:
+    """Give each finished temp its name, all or none: an item's files (edit, mask, overlay) appear
+    together, and with `overwrite` the earlier files stay until every new one is in place.
+
+    `staged`: (temp, final path) pairs, the temps already written and fsynced. Without `overwrite`
+    each name is taken exclusively (`commit`); when one fails, the names taken are given back. With
+    `overwrite`, each earlier file is first kept under a temp name (a hard link: no copy), so that a
+    failure can put it back. Ctrl-C and SIGTERM wait until the renames are done."""
+    placed: list[tuple[Path, Path | None]] = []  # (final path, the earlier file's backup or None)
+    with interrupts_deferred():
+        try:
+            for tmp, path in staged:
+                backup = _keep_earlier(path) if overwrite else None
+                try:
+                    commit(tmp, path, overwrite)
+                except BaseException:
+                    _put_back(path, backup)
+                    raise  # without overwrite, a name that exists is someone else's: left alone
+                placed.append((path, backup))
+        except BaseException:
+            for path, backup in reversed(placed):
+                if backup is not None:
+                    _put_back(path, backup)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+    for _, backup in placed:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
+def _put_back(path: Path, backup: Path | None) -> None:
+    if backup is not None:
+        os.replace(backup, path)
+        # A rename onto another link of the same file does nothing (POSIX), leaving the backup.
+        backup.unlink(missing_ok=True)
+
+
+def _keep_earlier(path: Path) -> Path | None:
+    """A hard link to the file at `path` under a temp name, or None when there is none to keep."""
+    if not path.exists():
+        return None
+    backup = temp_path(path)
+    try:
+        os.link(path, backup)
+    except OSError as e:
+        if e.errno in _NO_LINKS:
+            return None  # no hard links here: the item is still all or none, the earlier file not kept
+        raise
+    return backup
+
+
+def stage(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """`write(f)` fills a new temp file beside `path`, flushed to disk; returns the temp's path, for
+    `commit` or `commit_all`. OSErrors become OutputError; on any failure no temp file remains."""
     path = Path(path)
     folder = path.parent
     key = os.path.abspath(folder)
     if key not in _CLEANED:
         clean_stale_temps(folder)
         _CLEANED.add(key)
+    if (why := name_problem(path)) is not None:
+        raise OutputError(f"Cannot write {path}: {why}. Choose a shorter name.")
     tmp = temp_path(path)
     try:
         # Mode 0o666 lets the umask set the permissions, as for any new file (mkstemp gives 0o600).
@@ -121,13 +227,28 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], overwrite: bool
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        commit(tmp, path, overwrite)
-    except OSError as e:  # a full disk while writing or committing: the same clear error
+    except OSError as e:  # a full disk while writing: the same clear error
         tmp.unlink(missing_ok=True)
         raise OutputError(f"Could not write {path}: {e.strerror or e}.") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None], overwrite: bool = False) -> Path:
+    """Write `path` all or nothing: `write(f)` fills a temp file that then takes the name (`commit`).
+
+    OSErrors become OutputError; on any failure (Ctrl-C included) no temp file remains.
+    """
+    path = Path(path)
+    tmp = stage(path, write)
+    try:
+        commit(tmp, path, overwrite)
+    except OSError as e:
+        raise OutputError(f"Could not write {path}: {e.strerror or e}.") from e
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -1,7 +1,7 @@
 """Hostile cases for pedit's reliability promises (README, "Reliability"): one line a case, KEPT or BROKEN.
 
 Run from a checkout: PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python scripts/hostile_cases.py (about 1.5 min on
-2 cores). Uses the bundled toon model and a tiny base built in a temp folder; writes nothing else."""
+2 cores, more when they are busy); CASES=word,word runs only the cases whose names hold one of the words. Uses the bundled toon model and a tiny base built in a temp folder; writes nothing else."""
 import json, os, shutil, signal, subprocess, sys, tempfile
 from pathlib import Path
 
@@ -17,7 +17,7 @@ ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
 results = []
 
 
-def run(*args, timeout=120):
+def run(*args, timeout=600):  # a guard against hangs; busy machines need the room
     def alarm(*_):
         raise TimeoutError("hung")
     signal.signal(signal.SIGALRM, alarm)
@@ -34,8 +34,13 @@ def clean_error(r):
             and sum(l.startswith("Error: ") for l in r.stderr.splitlines()) == 1)
 
 
+ONLY = [w for w in os.environ.get("CASES", "").split(",") if w]  # CASES=word,word: only the cases naming one
+
+
 def case(name):
     def deco(fn):
+        if ONLY and not any(w in name for w in ONLY):
+            return fn
         try:
             ok, note = fn()
         except Exception as e:
@@ -178,7 +183,7 @@ def _():
     return clean_error(r) and not (W / "inf.png").exists(), desc(r)
 
 
-def train_on(folder, timeout=120):
+def train_on(folder, timeout=600):
     r = run("train", "--data", folder, "-o", W / f"m-{folder.name}", "--base", base, "--max-steps", "1",
             "--batch-size", "2", "--validate-every", "0", "-q", timeout=timeout)
     return clean_error(r) and not (W / f"m-{folder.name}").exists(), desc(r)
@@ -334,6 +339,289 @@ def _():
     rs = rows(f); rs[0]["seed"] = 2**70; write_rows(f, rs)
     r = run("eval", "-m", model, "--pairs", f, "--methods", "ours", "--limit", "1", "--steps", "1", "--grid", "0", "-q")
     return clean_error(r), desc(r)
+
+
+# ------------------------------------------------------------ issue 19: stopped, masks, settings, names
+def _photo_at(path, seed=0, size=(64, 64)):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+SIGTERM_CHILD = """
+import os, signal, sys
+from PIL import Image
+saves, real = [], Image.Image.save
+def save(self, fp, *a, **k):
+    saves.append(fp)
+    if len(saves) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, fp, *a, **k)
+Image.Image.save = save
+from pedit.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+@case("SIGTERM while an item's second file is written (batch edit, --save-mask)")
+def _():
+    folder = W / "term"
+    folder.mkdir()
+    ins = [_photo_at(folder / f"{n}.png", i) for i, n in enumerate("ab")]
+    out = W / "term-out"
+    env = {**os.environ, "COLUMNS": "1000"}
+    p = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, "edit", *map(str, ins), "-d", "royal", "-o", str(out),
+                        "--save-mask", *map(str, FAST)], env=env, capture_output=True, text=True, timeout=300)
+    left = sorted(os.listdir(out)) if out.exists() else []
+    return p.returncode != 0 and left == [], f"exit {p.returncode}, left {left}"
+
+
+@case("--overwrite, disk full on the item's last file: the earlier result stays")
+def _():
+    src = _photo_at(W / "ow.png")
+    args = ["edit", src, "-d", "royal", "--save-mask", *FAST]
+    assert run(*args).exit_code == 0
+    names = ["ow_royal.png", "ow_royal_mask.png", "ow_royal_overlay.png"]
+    before = [(W / n).read_bytes() for n in names]
+    real, saves = Image.Image.save, []
+
+    def full(self, fp, *a, **k):
+        saves.append(fp)
+        if len(saves) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, fp, *a, **k)
+    Image.Image.save = full
+    try:
+        r = run(*args, "--overwrite", "--seed", "3")
+    finally:
+        Image.Image.save = real
+    kept = [(W / n).read_bytes() if (W / n).exists() else None for n in names] == before
+    return r.exit_code == 1 and kept, f"{desc(r)}; earlier files {'kept' if kept else 'lost'}"
+
+
+def _mask_values(make):
+    from pedit.edit.user_mask import load_user_mask
+    return load_user_mask(make())
+
+
+@case("mask with EXIF orientation 6 (stored sideways)")
+def _():
+    stored = np.zeros((20, 40), np.uint8); stored[:, :10] = 255  # white left quarter as stored
+    exif = Image.Exif(); exif[0x0112] = 6
+    f = W / "rot.jpg"; Image.fromarray(stored).save(f, exif=exif.tobytes(), quality=100)
+    m = _mask_values(lambda: f)
+    want = np.rot90(stored, k=-1) / 255  # orientation 6: turn 90 degrees clockwise to view
+    return m.shape == want.shape and np.abs(m - want).mean() < 0.05, f"read as {m.shape}, upright is {want.shape}"
+
+
+@case("16-bit mask at half grey")
+def _():
+    f = W / "m16.png"; Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(f)
+    m = _mask_values(lambda: f)
+    return abs(float(m.mean()) - 0.5) < 0.01, f"read as {float(m.mean()):.3f}, want 0.500"
+
+
+@case("float mask in 0-1 (TIFF, mode F) at 0.5")
+def _():
+    f = W / "mf.tif"; Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(f)
+    m = _mask_values(lambda: f)
+    return abs(float(m.mean()) - 0.5) < 0.01, f"read as {float(m.mean()):.3f}, want 0.500"
+
+
+@case("multi-frame mask (animated PNG)")
+def _():
+    frames = [Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (0, 255)]
+    f = W / "manim.png"; frames[0].save(f, save_all=True, append_images=frames[1:])
+    r = run("edit", photo, "-d", "royal", "-o", W / "manim-out.png", "--mask", f, *FAST)
+    return clean_error(r) and "frames" in r.stderr and not (W / "manim-out.png").exists(), desc(r)
+
+
+@case("mask above --max-pixels (the photo below it)")
+def _():
+    f = W / "mbig.png"; Image.new("L", (1200, 1000), 255).save(f)
+    r = run("edit", photo, "-d", "royal", "-o", W / "mbig-out.png", "--mask", f, "--max-pixels", "1000000", *FAST)
+    return clean_error(r) and "--max-pixels" in r.stderr and not (W / "mbig-out.png").exists(), desc(r)
+
+
+@case("all-black mask with --mask-mode replace")
+def _():
+    f = W / "mblack.png"; Image.new("L", (16, 16), 0).save(f)
+    r = run("edit", photo, "-d", "royal", "-o", W / "mblack-out.png", "--mask", f, *FAST)
+    return clean_error(r) and not (W / "mblack-out.png").exists(), desc(r)
+
+
+@case("mask white only outside the edited square (the edit changes nothing)")
+def _():
+    wide = _photo_at(W / "wide.png", 1, (96, 48))
+    m = np.zeros((48, 96), np.uint8); m[:, :8] = 255
+    f = W / "mside.png"; Image.fromarray(m).save(f)
+    r = run("edit", wide, "-d", "royal", "-o", W / "mside-out.png", "--mask", f, *FAST)
+    return clean_error(r) and not (W / "mside-out.png").exists(), desc(r)
+
+
+@case("edit --s-p 0")
+def _():
+    r = run("edit", photo, "-d", "royal", "-o", W / "sp0.png", "--s-p", "0", *FAST)
+    return clean_error(r) and not (W / "sp0.png").exists(), desc(r)
+
+
+def _model_with(name, change):
+    m = model_copy(name)
+    change(m)
+    r = run("edit", photo, "-d", "laughing", "-o", W / f"{name}.png", "-m", m, *FAST[2:], "--no-cache", timeout=300)
+    one_line = len(r.stderr.strip().splitlines()) == 1
+    return clean_error(r) and one_line and not (W / f"{name}.png").exists(), desc(r)
+
+
+def _sched(key, value):
+    def change(m):
+        f = m / "scheduler" / "scheduler_config.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), key: value}))
+    return change
+
+
+@case("scheduler config num_train_timesteps 1.5")
+def _():
+    return _model_with("t15", _sched("num_train_timesteps", 1.5))
+
+
+@case('scheduler config prediction_type "sample"')
+def _():
+    return _model_with("psample", _sched("prediction_type", "sample"))
+
+
+@case("pedit.json listing a direction twice")
+def _():
+    def change(m):
+        meta = json.loads((m / "pedit.json").read_text())
+        d = {**next(x for x in meta["directions"] if x["name"] == "crying"), "name": "laughing"}
+        meta["directions"].append(d)
+        (m / "pedit.json").write_text(json.dumps(meta))
+    return _model_with("dup", change)
+
+
+@case("VAE decoder returning NaN (edit path)")
+def _():
+    from pedit.model.mcdm import FrozenParts
+    real = FrozenParts.decode
+    FrozenParts.decode = lambda self, z: real(self, z) * float("nan")
+    try:
+        r = run("edit", photo, "-d", "royal", "-o", W / "vnan.png", *FAST, "--no-cache")
+    finally:
+        FrozenParts.decode = real
+    return clean_error(r) and not (W / "vnan.png").exists(), desc(r)
+
+
+@case("output name of 249 bytes (legal; its temp name is longer)")
+def _():
+    out = W / ("n" * 245 + ".png")
+    r = run("edit", photo, "-d", "royal", "-o", out, *FAST)
+    return r.exit_code == 0 and out.exists(), desc(r)
+
+
+@case("batch where one input's output name is too long")
+def _():
+    folder = W / "longb"
+    folder.mkdir()
+    _photo_at(folder / "a.png"); _photo_at(folder / ("l" * 246 + ".png"), 2)
+    r = run("edit", folder, "-d", "royal", "-o", W / "longb-out", *FAST)
+    made = sorted(os.listdir(W / "longb-out")) if (W / "longb-out").exists() else []
+    return clean_error(r) and made == ["a_royal.png"], f"{desc(r)}; written {made}"
+
+
+@case("eval --photos of a photo whose name is not UTF-8")
+def _():
+    folder = W / "evalnonutf8"
+    folder.mkdir()
+    _photo_at(folder / os.fsdecode(b"caf\xe9.png"))
+    r = run("eval", "--photos", folder, "-d", "royal", "-o", W / "nonutf8-r", "--steps", "1", "--device", "cpu", "-q")
+    return r.exit_code == 0 and (W / "nonutf8-r" / "report.md").exists(), desc(r)
+
+
+@case("train --resume after a pair image changed")
+def _():
+    f = pairs_copy("resume-data")
+    out = W / "resume-data-run"
+    assert run("train", *TRAIN[2:], "--data", f, "-o", out).exit_code == 0
+    x_B = f / rows(f)[0]["x_B"]
+    Image.fromarray(255 - np.asarray(Image.open(x_B))).save(x_B)
+    r = run("train", *TRAIN[2:], "--data", f, "-o", out, "--max-steps", "3", "--resume")
+    return clean_error(r) and not (out / "checkpoints" / "step-000003").exists(), desc(r)
+
+
+@case("two pair writers racing for one id (gen-pairs runs sharing a folder)")
+def _():
+    from pedit.data.pairs import PairWriter
+    folder = W / "shared-pairs"
+    a, b = PairWriter(folder), PairWriter(folder)
+    row = {"id": "000000", "direction": "royal", "p_a": "a", "p_b": "b", "seed": 0}
+    a.write({**row, "run": "a"}, {"x_A": np.zeros((8, 8, 3), np.uint8), "x_B": np.zeros((8, 8, 3), np.uint8)})
+    b.write({**row, "run": "b"}, {"x_A": np.full((8, 8, 3), 255, np.uint8), "x_B": np.full((8, 8, 3), 255, np.uint8)})
+    r0 = rows(folder)[0]
+    same = r0["run"] == "a" and np.asarray(Image.open(folder / r0["x_A"])).max() == 0
+    return same, f"row of run {r0['run']}, images of run {'a' if same else 'b'}"
+
+
+@case("gen-pairs sd folder claimed at fp32, then a run at fp16")
+def _():
+    from pedit.data.gen_pairs import claim_folder
+    from pedit.data.sd_pairs import RUN_ONLY
+    from pedit.errors import ConfigError
+    folder = W / "prec"
+    claim_folder(folder, {"output": str(folder), "precision": "fp32"}, RUN_ONLY)
+    try:
+        claim_folder(folder, {"output": str(folder), "precision": "fp16"}, RUN_ONLY)
+    except ConfigError as e:
+        return True, str(e)[:120]
+    return False, "accepted"
+
+
+@case("latent cache shard with a NaN swapped in")
+def _():
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    cache = W / "lc"
+    assert run("train", *TRAIN, "-o", W / "lc-first", "--cache-dir", cache).exit_code == 0
+    (shard,) = cache.glob("*/pairs-00000.safetensors")
+    with safe_open(str(shard), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(shard)); t["mean_A"].view(-1)[0] = float("nan"); save_file(t, str(shard), metadata=meta)
+    r = run("train", *TRAIN, "-o", W / "lc-second", "--cache-dir", cache)
+    return clean_error(r) and not (W / "lc-second").exists(), desc(r)
+
+
+@case(".pedit-cache that links out of the pair folder")
+def _():
+    f = pairs_copy("cachelink")
+    (W / "cache-outside").mkdir()
+    (f / ".pedit-cache").symlink_to(W / "cache-outside")
+    r = run("train", *TRAIN[2:], "--data", f, "-o", W / "cachelink-run")
+    return clean_error(r) and not any((W / "cache-outside").iterdir()), desc(r)
+
+
+@case("latent cache build on a full disk (no half-made run left)")
+def _():
+    import safetensors.torch
+    real = safetensors.torch.save_file
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    safetensors.torch.save_file = full
+    try:
+        r = run("train", *TRAIN, "-o", W / "lc-full", "--cache-dir", W / "lc-full-cache")
+    finally:
+        safetensors.torch.save_file = real
+    return clean_error(r) and not (W / "lc-full").exists(), desc(r) + f"; run folder {'left' if (W / 'lc-full').exists() else 'absent'}"
+
+
+@case("temp folder of a killed sticker-pack, cleaned by the next write there")
+def _():
+    folder = W / "packs"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
+    from pedit.files import temp_path
+    half = folder / temp_path(folder / "pack").name.replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    (half / "stickers").mkdir(parents=True); (half / "stickers" / "x.png").write_bytes(b"half")
+    r = run("edit", photo, "-d", "royal", "-o", folder / "next.png", *FAST)
+    return r.exit_code == 0 and not half.exists(), f"half-written pack {'left' if half.exists() else 'removed'}"
 
 
 kept = sum(ok for _, ok in results)

@@ -105,5 +105,6 @@ def _eval_photos(photos, direction_list, model, output, steps, seed, detector, o
         task = bar.add_task("photos x directions", total=None, info="")
         report = evaluate_photos(cfg, lambda done, total: bar.update(task, completed=done, total=total),
                                  note=lambda text: console.print(escape(text)))
-    click.echo(markdown_photo_report(report))
+    # A photo name that is not UTF-8 (surrogates in Python) shown with \x escapes, as in the report file.
+    click.echo(markdown_photo_report(report).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
 

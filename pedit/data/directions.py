@@ -147,8 +147,15 @@ def resolve(name: str, available: dict[str, Direction]) -> Direction:
 def model_directions(meta: dict, where: Path) -> dict[str, Direction]:
     """The directions a model folder was trained on, from its pedit.json (`meta`), validated."""
     try:
-        return {d["name"]: Direction(**d) for d in meta.get("directions", [])}
+        listed = [Direction(**d) for d in meta.get("directions", [])]
     except (KeyError, TypeError, AttributeError, DirectionError) as e:
         raise ModelError(
             f"{Path(where) / 'pedit.json'} does not list the model's directions properly ({type(e).__name__}: {e})."
         ) from None
+    out: dict[str, Direction] = {}
+    for d in listed:  # a name listed twice: the second would silently replace the first's prompts
+        if d.name in out:
+            raise ModelError(f"{Path(where) / 'pedit.json'} lists the direction {d.name!r} twice; each direction "
+                             "must be listed once, with the prompts the model was trained on.")
+        out[d.name] = d
+    return out

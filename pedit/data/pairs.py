@@ -239,8 +239,8 @@ def locked(path: Path):
 class PairWriter:
     """Writes a pair folder atomically and resumably.
 
-    Images go to a temp file then are renamed; the metadata row is appended (one write, flushed)
-    only after its images exist, so an interrupted run leaves no row without images, and a rerun
+    Under the lock, images go to a temp file then are renamed; the metadata row is appended (one
+    write, flushed) only after its images exist, so an interrupted run leaves no row without images, and a rerun
     skips the ids already written. Several processes (`--shard I/N`, or two runs on one folder)
     may append to one folder: each append happens under a lock on metadata.jsonl, after reading
     the rows the others added since, so an id is written once however many processes make it.
@@ -284,19 +284,22 @@ class PairWriter:
 
     def write(self, row: dict, images: dict[str, np.ndarray]) -> bool:
         """`images` maps a field (x_A, x_B, mask) to a uint8 array; paths go to images/<id>_<field>.png.
-        Returns False when another process wrote this id meanwhile (its row stays, ours is dropped)."""
+        Returns False when another process wrote this id meanwhile (its row and images stay, ours are dropped).
+
+        The lock is taken first: images written before it could replace those of a process whose row
+        for this id is already in (a row scored on one run's images, beside the other run's images)."""
         row = dict(row)
-        for f, arr in images.items():
-            rel = f"images/{row['id']}_{f}.png"
-            self._save_png(arr, rel)
-            row[f] = rel
-        for f in images:  # after every plain key: imagefolder lets the later key name the column's type
-            row[f + FILE_NAME] = row[f]
-        line = (json.dumps(row) + "\n").encode("utf-8")
         with locked(self.meta) as fh:
             self._catch_up(fh)
             if str(row["id"]) in self.done:
                 return False
+            for f, arr in images.items():
+                rel = f"images/{row['id']}_{f}.png"
+                self._save_png(arr, rel)  # under the lock: no row names it yet, so replacing is safe
+                row[f] = rel
+            for f in images:  # after every plain key: imagefolder lets the later key name the column's type
+                row[f + FILE_NAME] = row[f]
+            line = (json.dumps(row) + "\n").encode("utf-8")
             fh.seek(0, os.SEEK_END)
             fh.write(line)
             fh.flush()

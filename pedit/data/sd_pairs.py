@@ -38,8 +38,9 @@ from pedit.validate import check_int, check_number, check_seed
 from pedit.vae import decode_latents
 
 REJECTED = "rejected.jsonl"
-# Settings that may differ between the runs and shards filling one folder.
-RUN_ONLY = ("output", "shard", "device", "batch_size", "contact_sheet", "precision")
+# Settings that may differ between the runs and shards filling one folder. Not precision: fp16 and
+# fp32 give other images, and a folder holds one kind of pair (issue 19).
+RUN_ONLY = ("output", "shard", "device", "batch_size", "contact_sheet")
 IP_ADAPTER_FACE = ("h94/IP-Adapter", "models", "ip-adapter-full-face_sd15.safetensors", "image_encoder")
 
 

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from pedit.data.directions import Direction, check_subject, model_directions, resolve
-from pedit.errors import ConfigError
+from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
-from pedit.edit.guidance import GuidanceScales, guided_eps
+from pedit.edit.guidance import GuidanceScales, check_edit_scale, guided_eps
 from pedit.edit.mask import MaskConfig, change_weight, composite, editing_mask, pixel_mask
 from pedit.model.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
@@ -66,6 +66,7 @@ class EditOptions:
         check_user_mask(self.user_mask, self.mask_mode)
         if self.subject is not None:
             check_subject(self.subject)
+        check_edit_scale(self.scales.s_p)
 
 
 @dataclass
@@ -258,7 +259,11 @@ class Editor:
         mask = None if mask_latent is None else mask_latent.to(cond.c_s)  # (1, 1, h, w)
         z_0 = sample(self.denoise, scheduler, z_T, c_s_rows, context,
                      lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback)
-        raw = tensor_to_uint8(parts.decode(z_0))
+        decoded = parts.decode(z_0)  # (1, 3, R, R)
+        if not torch.isfinite(decoded).all():  # NaN would become a grey region (clamp, then round)
+            raise NonFiniteError("The VAE decoder returned NaN or infinite values; nothing was written. In fp16 try "
+                                 "--precision fp32, and check the model folder's VAE weights.")
+        raw = tensor_to_uint8(decoded)
 
         if user is None:
             out, weight = keep_outside(original, raw, mask_latent, options.mask)

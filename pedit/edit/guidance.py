@@ -37,6 +37,17 @@ class GuidanceScales:
             check_number(name, getattr(self, name))
 
 
+def check_edit_scale(s_p: float) -> None:
+    """An edit needs s_p != 0: the text term is the only one that differs between the two branches of
+    Eq. 3 (p_b and p_a), so at 0 the editing mask |eps~(p_b) - eps~(p_a)| is zero everywhere and the
+    edit returns the input unchanged."""
+    from pedit.errors import ConfigError
+
+    if s_p == 0:
+        raise ConfigError("s_p = 0 removes the text condition, the only one that names the direction: the editing "
+                          "mask comes out empty and the edit would change nothing. Use a non-zero --s-p (default 4.0).")
+
+
 def multi_cfg(e_none, e_s, e_s_im, e_full, scales: GuidanceScales):
     """Eq. 1 extended to three nested conditions.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pedit.errors import ConfigError, InputImageError
 
@@ -39,18 +39,42 @@ def check_user_mask(mask, mask_mode: str) -> None:
 
 
 def load_user_mask(source) -> np.ndarray:
-    """A mask file, PIL image or array → float32 (H, W) in [0, 1]; colour and alpha are made greyscale."""
+    """A mask file, PIL image or array → float32 (H, W) in [0, 1]; colour and alpha are made greyscale.
+
+    Read as photos are read (pedit.photos.photo): EXIF orientation applied, so the mask lands
+    where it was drawn; 16-bit masks scaled from 65535, float ones in [0, 1] taken as they are;
+    several pages or frames refused. A file read here has PIL's own pixel limit; `pedit edit`
+    opens it under --max-pixels first (pedit.photos.mask_file)."""
     if isinstance(source, np.ndarray):
         arr = source.astype(np.float32)
         return arr / 255.0 if arr.max(initial=0) > 1 else arr
+    name = getattr(source, "filename", None) or source
     if not isinstance(source, Image.Image) and not Path(source).is_file():
         raise InputImageError(f"Mask {source} does not exist (or is not a file).")
     try:
         image = source if isinstance(source, Image.Image) else Image.open(source)
         image.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise InputImageError(f"Mask {source} is not a readable image ({type(e).__name__}); "
+        if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":  # MPO: a phone JPEG's previews
+            raise InputImageError(f"Mask {name} holds {image.n_frames} pages or frames ({image.format}); pedit "
+                                  "reads one mask. Save the one you mean as its own file.")
+        image = ImageOps.exif_transpose(image)  # a phone's mask photo: upright, as the photo is made upright
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise InputImageError(f"Mask {name} is not a readable image ({type(e).__name__}); "
                               "pass a greyscale PNG, white where the edit may change the picture.") from None
+    return _grey(image, name)
+
+
+def _grey(image: Image.Image, name) -> np.ndarray:
+    """(H, W) float32 in [0, 1] from any PIL mode, by the mode's own range (no 8-bit clipping)."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min(initial=0) < 0:
+            raise InputImageError(f"Mask {name} holds negative or non-finite values; a mask runs from black "
+                                  "(keep) to white (may change).")
+        top = values.max(initial=0)
+        # Float data in [0, 1] is a weight already; integers (and larger floats) are 8 or 16 bit.
+        scale = 1.0 if image.mode == "F" and top <= 1 else 255.0 if image.mode == "F" and top <= 255 else 65535.0
+        return np.clip(values / scale, 0, 1).astype(np.float32)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         rgb = Image.new("RGBA", image.size, (0, 0, 0, 255))

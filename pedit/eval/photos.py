@@ -190,7 +190,7 @@ def _write_report(out: Path, report: dict, grid_rows, grid_labels, overwrite: bo
     so a failure (disk full, a file that appeared meanwhile) leaves no partial report."""
     import io
 
-    from pedit.files import clean_stale_temps, commit, temp_path
+    from pedit.files import commit_all, stage
     from pedit.viz import image_grid
 
     try:
@@ -200,29 +200,23 @@ def _write_report(out: Path, report: dict, grid_rows, grid_labels, overwrite: bo
     col_labels, row_labels = grid_labels
     png = io.BytesIO()
     image_grid(grid_rows, col_labels=col_labels, row_labels=row_labels).save(png, format="PNG")
-    contents = {"report.json": json.dumps(report, indent=2).encode(), "report.md": markdown_photo_report(report).encode(),
+    contents = {"report.json": json.dumps(report, indent=2).encode(), "report.md": _utf8(markdown_photo_report(report)),
                 "grid.png": png.getvalue()}
-    clean_stale_temps(out)
-    temporary = {name: temp_path(out / name) for name in contents}
-    renamed = []
+    staged: list[tuple[Path, Path]] = []
     try:
         for name, data in contents.items():
-            temporary[name].write_bytes(data)
-        for name in contents:
-            if (out / name).exists() and not overwrite:  # appeared while the evaluation ran
-                raise OutputError(f"{out / name} already exists. Pass --overwrite to replace it, or choose another -o.")
-        for name in contents:
-            commit(temporary[name], out / name, overwrite)  # exclusive without overwrite: a racing report wins or loses whole
-            renamed.append(out / name)
-    except BaseException as e:
-        for path in renamed:  # a report is whole or absent (with --overwrite the old one is gone too)
-            path.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OutputError(f"Could not write the report into {out}: {e.strerror or e}.") from e
-        raise
+            staged.append((stage(out / name, lambda f, data=data: f.write(data)), out / name))
+        for _, path in staged:
+            if path.exists() and not overwrite:  # appeared while the evaluation ran
+                raise OutputError(f"{path} already exists. Pass --overwrite to replace it, or choose another -o.")
+        # A report is whole or absent, and with --overwrite the earlier one stays until the new one
+        # is all in place; without it a racing report wins or loses whole (exclusive links).
+        commit_all(staged, overwrite)
+    except OSError as e:
+        raise OutputError(f"Could not write the report into {out}: {e.strerror or e}.") from e
     finally:
-        for path in temporary.values():
-            path.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -245,3 +239,9 @@ def markdown_photo_report(report: dict) -> str:
         lines.append(f"| {Path(r['photo']).name} | {r['direction']} | {_fmt(r['identity_distance'])} | "
                      f"{r['verdict'] or 'n/a'} | {r['kept']:.1%} | {r['mask_area']:.1%} | {r['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 of the report; a file name that is not UTF-8 (held by Python as surrogates, which
+    .encode() refuses after all the work) is written with \\x escapes, as `ls -b` shows it."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")

@@ -219,6 +219,34 @@ def load_frozen_parts(root: Path, allow_pickle: bool = False, image_encoder: Pat
     return FrozenParts(vae, text_encoder, tokenizer, vision, _read_json(sched_file, "Scheduler config"), mean, std)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what train learns and the samplers read (pedit.train.loop)
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def check_scheduler_config(config: dict, where: Path) -> dict:
+    """`config` if its noise schedule can work, else one ModelError line: diffusers would raise a
+    6-line TypeError on `num_train_timesteps: 1.5`, and sample garbage with `prediction_type: "sample"`."""
+    def bad(key, want):
+        return ModelError(f"{where}: {key} must be {want}, got {config.get(key)!r}. Restore the file from the base "
+                          "model it came from.")
+
+    for key, lo in (("num_train_timesteps", 1), ("steps_offset", 0)):
+        value = config.get(key, lo)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 100_000:
+            raise bad(key, f"an integer from {lo} to 100000")
+    if (config.get("prediction_type") or "epsilon") not in PREDICTION_TYPES:
+        raise bad("prediction_type", " or ".join(map(repr, PREDICTION_TYPES)))
+    if config.get("beta_schedule", "linear") not in _BETA_SCHEDULES:
+        raise bad("beta_schedule", "one of " + ", ".join(map(repr, _BETA_SCHEDULES)))
+    start, end = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
+    for key, value in (("beta_start", start), ("beta_end", end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise bad(key, "a number between 0 and 1")
+    if start >= end:
+        raise bad("beta_end", f"larger than beta_start ({start!r})")
+    return config
+
+
 def load_text_encoder(root: Path, allow_pickle: bool = False):
     """(tokenizer, text encoder) of a folder, for encoding prompts without the rest of the frozen parts."""
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -334,6 +362,10 @@ def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
         raise ModelError(f"{path / 'pedit.json'}: resolution must be an integer from 8 to {MAX_RESOLUTION}, "
                          f"got {resolution!r}.")
     model_directions(meta, path)
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    if (why := regular_file_problem(sched_file)) is not None:
+        raise ModelError(f"Scheduler config {sched_file} {why}.")
+    check_scheduler_config(_read_json(sched_file, "Scheduler config"), sched_file)
     try:
         check_mask_settings(meta, path / "pedit.json")  # "mask", "mask_by_task", "mask_by_direction"
     except ValueError as e:

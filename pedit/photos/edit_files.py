@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
+import numpy as np
 
-from pedit.errors import ConfigError, OutputError
+from pedit.errors import ConfigError, NothingEditedError, OutputError
 from pedit.faces import DETECTORS, get_detector
 from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
 from pedit.photos.photo import (BatchItem, check_output, default_output_path, find_images, load_photo, run_batch,
-                                save_image_atomic)
+                                save_images_atomic)
+from pedit.photos.mask_file import empty_mask_problem, load_mask_file
 from pedit.photos.portrait import edit_photo
 
 
@@ -60,7 +61,7 @@ class EditFilesConfig:
     subject: str | None = None  # "person" in the direction's template prompts becomes this ("old man")
 
     def __post_init__(self):
-        from pedit.edit.guidance import GuidanceScales
+        from pedit.edit.guidance import GuidanceScales, check_edit_scale
         from pedit.edit.sampler import SCHEDULERS
         from pedit.edit.user_mask import check_user_mask
         from pedit.validate import check_backend, check_device, check_int, check_number, check_precision, check_seed
@@ -74,6 +75,7 @@ class EditFilesConfig:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
+        check_edit_scale(self.s_p)
         if self.mask_noises is not None:
             check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
         check_int("mask_batch", self.mask_batch, 0, 1024)
@@ -125,10 +127,12 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     from pedit.edit.mask import unet_rows
     from pedit.viz import compare_sheet, overlay_mask
 
-    from pedit.edit.user_mask import load_user_mask
-
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
-    region = None if cfg.mask is None else load_user_mask(cfg.mask)  # an unreadable mask too
+    region = None  # an unreadable or all-black mask fails before the model loads too
+    if cfg.mask is not None:
+        region = load_mask_file(cfg.mask, cfg.max_pixels)
+        if (why := empty_mask_problem(region, cfg.mask_mode, cfg.mask)) is not None:
+            raise ConfigError(why)
     out = Path(cfg.output) if cfg.output else None
     if editor is None:
         editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
@@ -174,15 +178,21 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
                           region=region)
         if done.face is None:
             on_event("note", f"No face found in {path}; edited the centred square.")
+        if np.array_equal(np.asarray(done.image), np.asarray(photo.rgb)):
+            raise NothingEditedError(
+                f"The edit of {path} changed no pixel (its editing mask is empty{'' if region is None else ' in the crop'}), "
+                "so nothing was written. Try another --seed, a larger --s-p, or --no-mask.")
         # The identity check runs before anything is written, and its own failure is its verdict, not
         # the item's: an item reported failed must leave no output behind (a rerun would say "already exists").
         check = _checked_identity(photo.rgb, done, checker) if checker is not None else None
-        writes = [(target, done.image, dict(alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile))]
+        writes = [(done.image, target, dict(alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile))]
         if "mask" in extras:
-            writes += [(extras["mask"], done.mask, {}), (extras["overlay"], overlay_mask(photo.rgb, done.mask), {})]
+            writes += [(done.mask, extras["mask"], {}), (overlay_mask(photo.rgb, done.mask), extras["overlay"], {})]
         if "compare" in extras:
-            writes.append((extras["compare"], compare_sheet(photo.rgb, done.mask, done.image), {}))
-        _write_all(writes, cfg.overwrite)
+            writes.append((compare_sheet(photo.rgb, done.mask, done.image), extras["compare"], {}))
+        # All or none: every file encoded first, then all take their names; with --overwrite the
+        # earlier results stay until the new ones are all ready (pedit.files.commit_all).
+        save_images_atomic(writes, cfg.overwrite)
         if check is not None:
             checks[path] = check
         return target
@@ -200,19 +210,6 @@ def _checked_identity(before, done, checker) -> IdentityCheck:
         return check_identity(before, done.image, done.crop, checker)
     except Exception as e:
         return IdentityCheck(None, f"identity check failed ({type(e).__name__}: {e})")
-
-
-def _write_all(writes: list[tuple[Path, Image.Image, dict]], overwrite: bool) -> None:
-    """Write one item's files (the edit first, then mask, overlay, comparison): all or none. When one
-    fails, the ones already written for this item are removed before the error goes on."""
-    written: list[Path] = []
-    try:
-        for path, image, options in writes:
-            written.append(save_image_atomic(image, path, overwrite=overwrite, **options))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
 
 
 def _plan_outputs(paths: list[Path], direction: str, out: Path | None,

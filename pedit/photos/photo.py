@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pedit.errors import InputImageError, OutputError, PeditError
-from pedit.files import IMAGE_SUFFIXES, exists_error, regular_file_problem, write_atomic
+from pedit.files import IMAGE_SUFFIXES, commit_all, exists_error, name_problem, regular_file_problem, stage
 
 if TYPE_CHECKING:
     from pedit.photos.identity import IdentityCheck
@@ -303,9 +303,38 @@ def save_image_atomic(
     quality: int = 95,
 ) -> Path:
     """Write `image` to `path` in the format its extension names; all or nothing."""
-    path = Path(path)
-    fmt = check_output(path, overwrite)
+    save_images_atomic([(image, Path(path), dict(alpha=alpha, exif=exif, icc_profile=icc_profile, quality=quality))],
+                       overwrite)
+    return Path(path)
 
+
+def save_images_atomic(writes: Sequence[tuple[Image.Image, Path, dict]], overwrite: bool = False) -> list[Path]:
+    """Write one item's images (image, path, save_image_atomic's options), all or none: every file is
+    encoded into its temp first, and only when all are ready do they take their names (commit_all),
+    so a full disk on the last one keeps the earlier results, --overwrite included."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for image, path, options in writes:
+            fmt = check_output(path, overwrite)
+            # stage: a temp file in the target folder; whatever fails (disk full, an encoder limit,
+            # Ctrl-C), nothing half-written remains.
+            try:
+                staged.append((stage(path, _encoder(image, fmt, **options)), Path(path)))
+            except (OSError, ValueError) as e:
+                raise OutputError(f"Could not write {path} as {fmt}: {e}") from e
+        try:
+            commit_all(staged, overwrite)  # exclusive links, or with overwrite renames that can be undone
+        except OSError as e:
+            raise OutputError(f"Could not write {', '.join(str(p) for _, p in staged)}: {e.strerror or e}.") from e
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return [path for _, path in staged]
+
+
+def _encoder(image: Image.Image, fmt: str, alpha: Image.Image | None = None, exif: bytes | None = None,
+             icc_profile: bytes | None = None, quality: int = 95) -> Callable:
+    """write(f): `image` encoded as `fmt`, with the alpha and metadata the format can hold."""
     # A copy, so putalpha below leaves the caller's image alone; a grey mask stays one channel.
     image = image.convert("L" if image.mode == "L" and alpha is None else "RGB")
     if alpha is not None and fmt in _ALPHA_FORMATS:
@@ -321,14 +350,7 @@ def save_image_atomic(
         options.update(quality=quality)
     # TIFF stays uncompressed: compression goes through libtiff, which cannot write the EXIF
     # sub-IFDs (capture date, GPS) that PIL's own TIFF writer keeps.
-
-    # write_atomic: a temp file in the target folder, then an exclusive link (or, with overwrite, a
-    # rename) into place; whatever fails (disk full, an encoder limit, Ctrl-C), nothing half-written remains.
-    try:
-        write_atomic(path, lambda f: image.save(f, format=fmt, **options), overwrite)
-    except (OSError, ValueError) as e:
-        raise OutputError(f"Could not write {path} as {fmt}: {e}") from e
-    return path
+    return lambda f: image.save(f, format=fmt, **options)
 
 
 def check_output(path: Path, overwrite: bool = False) -> str:
@@ -345,6 +367,8 @@ def check_output(path: Path, overwrite: bool = False) -> str:
     if not folder.is_dir():
         found = "is a file" if folder.exists() else "does not exist"
         raise OutputError(f"Cannot save {path}: the folder {folder} {found}.")
+    if (why := name_problem(path)) is not None:  # before exists(), which raises ENAMETOOLONG
+        raise OutputError(f"Cannot save {path}: {why}. Choose a shorter name or another -o.")
     if path.is_dir():
         raise OutputError(f"Cannot save {path}: a folder of that name exists.")
     if path.exists() and not overwrite:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from PIL import Image
 
 from pedit import __version__
 from pedit.errors import ConfigError, InputImageError, OutputError
+from pedit.files import clean_stale_temps, temp_path
 from pedit.stickers.matte import MatteConfig, make_sticker
 from pedit.stickers.formats import check_pack_text, check_sticker_count, pack_emoji
 from pedit.stickers.pack import STICKER_SIDE, preview_sheet, write_pack
@@ -296,9 +296,10 @@ def _edit_expressions(cfg, editor, directions, portrait: Image.Image, progress: 
 def _write(cfg, out: Path, portrait, directions, edited, manifest, scorer, progress: Progress) -> Path:
     """Stickers, app folders, preview and manifest into a temporary folder, renamed to `out` at the end."""
     parent = out.parent
-    tmp = parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp = temp_path(out)  # names this host and process: a killed run's folder goes at the next run here
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(parent)
         tmp.mkdir()
     except OSError as e:
         raise OutputError(f"Cannot create {out}: {e.strerror or e}.") from e
@@ -339,7 +340,7 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
             raise OutputError(f"{out} appeared while the pack was being made; it was left alone. "
                               "Pass --overwrite to replace it, or choose another -o.")
         _check_replaceable(out)  # again: files may have been put there while the pack was being made
-        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+        old = temp_path(out)  # a kill between the two renames leaves it for clean_stale_temps
         os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)

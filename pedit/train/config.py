@@ -150,6 +150,26 @@ def check_output_folder(cfg: TrainConfig) -> None:
                           "same settings, or use --overwrite (or another -o) to train anew.")
 
 
+DATA_FINGERPRINT = "data_fingerprint"  # config.json's record of the pair folder's contents (not a TrainConfig field)
+
+
+def check_resume_data(cfg: TrainConfig, fingerprint: str) -> None:
+    """--resume only over the pairs the run started on: a checkpoint trained on other data, continued
+    on these, is neither run. `fingerprint`: pedit.train.latent_cache.data_hash of the pairs now."""
+    out = Path(cfg.output)
+    try:
+        saved = json.loads((out / "config.json").read_text()).get(DATA_FINGERPRINT)
+    except (OSError, ValueError, AttributeError):
+        saved = None  # check_output_folder has already refused an unreadable config.json
+    if saved is None:
+        raise ConfigError(f"--resume: the run in {out} did not record a fingerprint of its pair folder (an older "
+                          "pedit made it), so changed data could not be noticed. Use --overwrite to train anew.")
+    if saved != fingerprint:
+        raise ConfigError(f"--resume: the pair folder {cfg.data} changed since the run in {out} began (its "
+                          "metadata.jsonl or images hash differently). Resume on the same pairs, or use "
+                          "--overwrite (or another -o) to train on these.")
+
+
 def clear_output_folder(out: Path) -> None:
     """Delete the run in `out` (--overwrite); files that are not pedit's are left alone."""
     for name in run_entries(out):

@@ -50,7 +50,7 @@ def data_hash(folder: Path, pairs: list[Pair]) -> str:
     _hash_file(h, Path(folder) / METADATA)
     for p in pairs:
         for f in (p.x_A, p.x_B):
-            h.update(str(f.relative_to(Path(folder).resolve()) if f.is_absolute() else f).encode())
+            h.update(os.fsencode(str(f.relative_to(Path(folder).resolve()) if f.is_absolute() else f)))  # names need not be UTF-8
             _hash_file(h, f)
     return h.hexdigest()
 
@@ -237,15 +237,55 @@ def _image_loader(pairs: list[Pair], size: int, workers: int):
 
 
 def _load(folder: Path, key: str, pairs: list[Pair]) -> LatentCache:
+    """The cache in `folder`, checked as untrusted input: pedit wrote it, but anyone may have edited,
+    truncated or swapped its files since, and a wrong tensor would train silently."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    manifest = json.loads((folder / "manifest.json").read_text())
-    if manifest.get("key") != key or manifest.get("pairs") != len(pairs):
-        raise OutputError(f"Latent cache {folder} belongs to other data; delete the folder to rebuild it.")
-    shards = [load_file(str(_shard_path(folder, s))) for s in range(manifest["shards"])]
-    pair = {name: torch.cat([s[name] for s in shards]) for name in PAIR_TENSORS}
-    with safe_open(str(folder / "prompts.safetensors"), "pt") as f:
-        p_a, p_b = prompt_rows(pairs, json.loads(f.metadata()["texts"]))
-        prompts = f.get_tensor("prompts")
+    try:
+        manifest = json.loads(_cache_file(folder, "manifest.json").read_text())
+        if manifest.get("key") != key or manifest.get("pairs") != len(pairs):
+            raise OutputError(f"Latent cache {folder} belongs to other data; delete the folder to rebuild it.")
+        shards = [load_file(str(_cache_file(folder, _shard_path(folder, s).name))) for s in range(int(manifest["shards"]))]
+        pair = {name: torch.cat([s[name] for s in shards]) for name in PAIR_TENSORS}
+        with safe_open(str(_cache_file(folder, "prompts.safetensors")), "pt") as f:
+            texts = json.loads(f.metadata()["texts"])
+            prompts = f.get_tensor("prompts")
+    except OutputError:
+        raise
+    except Exception as e:  # a truncated shard, a missing tensor, a manifest edited by hand
+        raise _damaged(folder, f"{type(e).__name__}: {e}") from None
+    _check_tensors(folder, manifest, pair, prompts, len(pairs), texts, prompt_texts(pairs))
+    p_a, p_b = prompt_rows(pairs, texts)
     return LatentCache(**pair, prompts=prompts, p_a=p_a, p_b=p_b, folder=folder)
+
+
+def _damaged(folder: Path, why: str) -> OutputError:
+    return OutputError(f"Latent cache {folder} is damaged ({why}); delete the folder to rebuild it, or train "
+                       "with --no-cache.")
+
+
+def _cache_file(folder: Path, name: str) -> Path:
+    """`folder/name` if it is a regular file, not a link (which could lead out of the cache)."""
+    path = folder / name
+    if path.is_symlink() or not path.is_file():
+        raise _damaged(folder, f"{name} is {'a link' if path.is_symlink() else 'not a regular file'}")
+    return path
+
+
+def _check_tensors(folder: Path, manifest: dict, pair: dict, prompts: torch.Tensor, n: int, texts, want_texts) -> None:
+    """Shapes, dtypes and values as _build writes them: mean/std (N, 4, h, w) alike, clip_A (N, T, Dv),
+    prompts (len(texts), 77, D), all in the manifest's dtype and finite."""
+    dtype = manifest.get("dtype")
+    latent = pair["mean_A"].shape
+    for name, t in {**pair, "prompts": prompts}.items():
+        if str(t.dtype) != dtype:
+            raise _damaged(folder, f"{name} is {t.dtype}, the manifest says {dtype}")
+        if name != "prompts" and t.shape[0] != n:
+            raise _damaged(folder, f"{name} holds {t.shape[0]} pairs, the folder {n}")
+        if name in ("mean_A", "std_A", "mean_B", "std_B") and (t.shape != latent or t.dim() != 4):
+            raise _damaged(folder, f"{name} has shape {tuple(t.shape)}, mean_A {tuple(latent)}")
+        if not torch.isfinite(t).all():
+            raise _damaged(folder, f"{name} holds NaN or infinite values")
+    if texts != want_texts or prompts.dim() != 3 or prompts.shape[0] != len(texts):
+        raise _damaged(folder, "its prompt table does not match the pair folder's prompts")

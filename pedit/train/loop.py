@@ -28,12 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pedit.errors import ConfigError, PeditError
+from pedit.errors import ConfigError, OutputError, PairFolderError, PeditError
 from pedit.files import write_text_atomic
 from pedit.noise import rand, randint, randn
 from pedit.data.pairs import METADATA, Pair, direction_of, load_rgb, read_pairs
 from pedit.train.batches import PairImages, StepBatches, sample_dropout, step_seed
-from pedit.train.config import TrainConfig, check_output_folder, checkpoints, clear_output_folder, newest_checkpoint
+from pedit.train.config import (DATA_FINGERPRINT, TrainConfig, check_output_folder, check_resume_data, checkpoints,
+                                clear_output_folder, newest_checkpoint)
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
 VALIDATION_STEPS = 20  # sampling steps of the validation grids' edits ...
@@ -80,7 +81,13 @@ def training_target(noise_scheduler, prediction_type: str, z_0, noise, t):
 def cache_root(cfg: TrainConfig, data: Path) -> Path:
     """The latent cache's root: --cache-dir, else inside the pair folder `data` (for a datasets
     source, the pair folder it was written to)."""
-    return Path(cfg.cache_dir) if cfg.cache_dir else data / ".pedit-cache"
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    root = data / ".pedit-cache"
+    if root.is_symlink():  # like any link in a pair folder: it could lead the cache's writes out of it
+        raise PairFolderError(f"{root} is a link; pedit follows no link in a pair folder. Remove it, or pass "
+                              "--cache-dir to keep the latent cache elsewhere.")
+    return root
 
 
 def data_folder(cfg: TrainConfig, say, report) -> Path:
@@ -136,9 +143,13 @@ def frozen_batches(cfg: TrainConfig, data: Path, pairs: list[Pair], parts, size:
 
     root = cache_root(cfg, data)
     with accelerator.main_process_first():  # the first process builds, the others then load
-        cache = build_or_load(root, pairs, data, parts, size, workers=cfg.num_workers,
-                              build=accelerator.is_main_process,
-                              progress=lambda n, total: report(TrainProgress(n, total, float("nan"), 0.0, "cache")))
+        try:
+            cache = build_or_load(root, pairs, data, parts, size, workers=cfg.num_workers,
+                                  build=accelerator.is_main_process,
+                                  progress=lambda n, total: report(TrainProgress(n, total, float("nan"), 0.0, "cache")))
+        except OSError as e:  # a full disk while building: say it was the cache, in one line
+            raise OutputError(f"The latent cache could not be written to {root} ({e.strerror or e}); free space "
+                              "there, pass --cache-dir with another folder, or train with --no-cache.") from None
     where = dev
     if dev.type == "cuda" and cache.nbytes() > torch.cuda.mem_get_info(dev)[0] // 2:
         where = torch.device("cpu")  # too big to sit beside the model: gathered on the host, sent per step
@@ -182,6 +193,11 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     with accelerator.main_process_first():  # a datasets source is written to a pair folder once
         data = data_folder(cfg, say, report)
     pairs = read_pairs(data)
+    from pedit.train.latent_cache import data_hash
+
+    data_fingerprint = data_hash(data, pairs)  # metadata.jsonl and every image's bytes
+    if cfg.resume:
+        check_resume_data(cfg, data_fingerprint)  # the checkpoint learned from these pairs, not others
     directions = _directions(pairs)
     base = cfg.base or str(bundled_base_path())
     root, parts = load_base(base, cfg.allow_pickle, cfg.image_encoder)
@@ -194,8 +210,9 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     say(f"{len(pairs)} pairs, {len(directions)} direction(s): {', '.join(sorted(directions))}; resolution {size}")
 
     mcdm = _models(cfg, root, parts)
+    claimed = False
     if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
-        _claim_output(cfg, out)
+        claimed = _claim_output(cfg, out, data_fingerprint)
     mcdm, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, mcdm)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     parts.to(accelerator.device, weight_dtype)
@@ -208,7 +225,14 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
                           cfg.batch_size, len(pairs))
     # What the frozen parts compute for each micro-batch's pairs: read from the latent cache
     # (default), or recomputed from the images every step (--no-cache). Both give the same tensors.
-    frozen = frozen_batches(cfg, data, pairs, parts, size, sampler, accelerator, report, say)
+    try:
+        frozen = frozen_batches(cfg, data, pairs, parts, size, sampler, accelerator, report, say)
+    except BaseException:
+        if claimed and not cfg.resume:  # a run that fails before its first step leaves no run behind
+            clear_output_folder(out)
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if this run made it and nothing else is in it
+        raise
     micro_batches = iter(frozen.batches)
     loss_log = LossLog(out / "loss.csv", start, enabled=main)  # its clock starts now, after the cache
     done = start
@@ -267,12 +291,14 @@ def _directions(pairs: list[Pair]) -> dict[str, dict]:
     return directions
 
 
-def _claim_output(cfg: TrainConfig, out: Path) -> None:
-    """The output folder, cleared first with --overwrite, with this run's config.json."""
+def _claim_output(cfg: TrainConfig, out: Path, data_fingerprint: str) -> bool:
+    """The output folder, cleared first with --overwrite, with this run's config.json (and the data
+    fingerprint a later --resume compares: pedit.train.config.check_resume_data). True: claimed."""
     if cfg.overwrite:
         clear_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), DATA_FINGERPRINT: data_fingerprint}, indent=2))
+    return True
 
 
 def _models(cfg: TrainConfig, root, parts):
