@@ -77,10 +77,10 @@ def test_split_mask_call_gives_the_same_mask(random_model, portrait):
     inner = editor.denoise
     editor.denoise = lambda z, t, c: calls.append(z.shape[0]) or inner(z, t, c)
     whole = editor.edit(portrait, "royal", EditOptions(steps=1, mask=MaskConfig(n_noise=7)))
-    assert calls == [35, 5]
+    assert calls == [14, 5]  # mask: 2 rows (3-4) x 7 draws in one call; then the sampling step
     calls.clear()
     split = editor.edit(portrait, "royal", EditOptions(steps=1, mask=MaskConfig(n_noise=7, batch=3)))
-    assert calls == [15, 15, 5, 5]  # draws 3 + 3 + 1, then the sampling step
+    assert calls == [6, 6, 2, 5]  # draws 3 + 3 + 1 at 2 rows each, then the sampling step
     assert torch.equal(split.mask_latent, whole.mask_latent) and 0 < whole.mask_latent.mean() < 1
     assert split.image.tobytes() == whole.image.tobytes()
 

@@ -3,8 +3,15 @@
 DiffEdit asks a text-to-image model where two prompts disagree; here the MCDM itself answers,
 which is sharper because it learned to reconstruct x_A (identity samples, §3.3). Procedure
 (DESIGN.md): noise c_s = E(x_A) to strength 0.5 with N draws (one batched call), take
-|eps~(p_b) − eps~(p_a)| averaged over channels and draws, clamp at mean × ratio, normalise to
-[0, 1], threshold 0.5 → a binary latent mask.
+
+    D = mean over channels and draws of |eps~(p_b) − eps~(p_a)|,   eps~ the nested CFG of Eq. 1,
+
+clamp at mean × ratio, normalise to [0, 1], threshold 0.5 → a binary latent mask. The two
+branches share rows 0-2 of the guidance batch, so the difference is exactly
+s_p · (e(s, im, p_b) − e(s, im, p_a)) (pedit.edit.guidance.branch_difference): each draw needs rows
+3-4 only, 2 U-Net rows instead of 5 (20 rows for the default 10 draws instead of 50). The same
+mask up to floating-point rounding; on the bundled model the binary mask and the edit's bytes
+are identical (tests/test_mask_rows.py).
 
 Beyond the paper, the final image keeps the input's pixels exactly outside a dilated, feathered,
 upsampled copy of the mask (`pixel_mask`, `composite`), and, with `keep_below` > 0, also inside it
@@ -22,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pedit.edit.guidance import N_ROWS, GuidanceScales, branch_eps
+from pedit.edit.guidance import N_ROWS, PROMPT_ROWS, GuidanceScales, branch_difference
 from pedit.errors import NonFiniteError
 from pedit.model.conditions import EditConditions
 
@@ -36,7 +43,7 @@ class MaskConfig:
     dilate: float = 1.0  # in latent cells, before feathering
     feather: float = 0.5  # Gaussian sigma in latent cells
     keep_below: float = 0.0  # inside the mask, keep input pixels the edit changed by < keep_below / 2 levels (0: off)
-    batch: int = 0  # noise draws per U-Net call (5 rows each); 0 = all N in one call. Bounds memory, same mask
+    batch: int = 0  # noise draws per U-Net call (2 rows each); 0 = all N in one call. Bounds memory, same mask
 
     def __post_init__(self):
         from pedit.validate import check_int, check_number
@@ -52,11 +59,13 @@ class MaskConfig:
 
 
 def unet_rows(cfg: MaskConfig | None, images: int = 1) -> int:
-    """The largest U-Net batch an edit of `images` images makes: 5 rows x the draws of one mask call
-    (`editing_mask`) per image, or the 5-row sampling step alone without a mask (cfg None).
-    An exported engine must cover it (pedit.export.backends.engines_for)."""
-    draws = 1 if cfg is None else (cfg.batch or cfg.n_noise)
-    return N_ROWS * min(draws, cfg.n_noise if cfg else 1) * images
+    """The largest U-Net batch an edit of `images` images makes: the 5-row sampling step or one
+    mask call (`editing_mask`: 2 rows x its draws), whichever is larger, per image; the sampling
+    step alone without a mask (cfg None). An exported engine must cover it (pedit.export.backends)."""
+    if cfg is None:
+        return N_ROWS * images
+    draws = min(cfg.batch or cfg.n_noise, cfg.n_noise)
+    return max(N_ROWS, PROMPT_ROWS * draws) * images
 
 
 def expand(cond: EditConditions, n: int) -> EditConditions:
@@ -80,7 +89,10 @@ def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: Guidanc
 @torch.no_grad()
 def difference_map(denoise, noise_scheduler, cond: EditConditions, scales: GuidanceScales, cfg: MaskConfig,
                    generator: torch.Generator, z_A: torch.Tensor | None = None) -> torch.Tensor:
-    """|eps~(p_b) − eps~(p_a)| averaged over channels and cfg.n_noise draws at cfg.strength: (B, h, w)."""
+    """|eps~(p_b) − eps~(p_a)| averaged over channels and cfg.n_noise draws at cfg.strength: (B, h, w).
+
+    One U-Net call of 2 rows per draw (rows 3-4, `branch_difference`), cfg.batch draws a call.
+    """
     z_A = cond.c_s if z_A is None else z_A
     b, _, h, w = z_A.shape
     n = cfg.n_noise
@@ -92,10 +104,10 @@ def difference_map(denoise, noise_scheduler, cond: EditConditions, scales: Guida
     diffs = []
     for lo in range(0, n, per_call):  # draws lo..hi in one call: every row sees the noise it would in one batch
         hi = min(n, lo + per_call)
-        c_s_rows, context = expand(cond, hi - lo).guidance_rows()  # (5kB, 4, h, w), (5kB, 77 + K, D)
-        z_in = torch.cat([z_t[lo * b: hi * b].repeat(5, 1, 1, 1), c_s_rows], dim=1)  # (5kB, 8, h, w)
-        eps_b, eps_a = branch_eps(denoise(z_in, t[0], context), scales)  # (kB, 4, h, w) each
-        diffs.append((eps_b - eps_a).float().abs().mean(dim=1))  # (kB, h, w)
+        c_s_rows, context = expand(cond, hi - lo).prompt_rows()  # rows 3-4 only: (2kB, 4, h, w), (2kB, 77 + K, D)
+        z_in = torch.cat([z_t[lo * b: hi * b].repeat(PROMPT_ROWS, 1, 1, 1), c_s_rows], dim=1)  # (2kB, 8, h, w)
+        eps_diff = branch_difference(denoise(z_in, t[0], context), scales)  # eps~(p_b) − eps~(p_a), (kB, 4, h, w)
+        diffs.append(eps_diff.abs().mean(dim=1))  # (kB, h, w)
     diff = torch.cat(diffs).view(n, b, h, w).mean(dim=0)  # (B, h, w)
     if not torch.isfinite(diff).all():
         # NaN > threshold is False: without this the mask would be empty and the "edit" the input.
