@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pedit.edit.guidance import GuidanceScales, branch_difference, branch_eps
-from pedit.edit.mask import MaskConfig, binarize, expand
+from pedit.edit.mask import MaskConfig, expand
 
 
 def test_branch_difference_is_the_difference_of_the_guided_branches():
@@ -65,11 +65,11 @@ def test_the_bundled_model_gives_the_same_mask_and_bytes_as_the_five_row_formula
         two_rows = bundled.edit(image, direction, options, seed=3)
         assert calls[0] == 2 * options.mask.n_noise and set(calls[1:]) == {5}  # 20 rows for the 10 draws, not 50
 
-        def five_row_mask(denoise, noise_scheduler, cond, scales, cfg, generator, z_A=None):
-            return binarize(_five_row_difference(denoise, noise_scheduler, cond, scales, cfg, generator),
-                            cfg.ratio, cfg.threshold)
+        def five_row_maps(denoise, noise_scheduler, conds, scales, cfg, generator):
+            assert len(conds) == 1  # one direction: one difference map
+            return [_five_row_difference(denoise, noise_scheduler, conds[0], scales, cfg, generator)]
 
-        monkeypatch.setattr(editor_module, "editing_mask", five_row_mask)
+        monkeypatch.setattr(editor_module, "difference_maps", five_row_maps)
         five_rows = bundled.edit(image, direction, options, seed=3)
     finally:
         bundled.denoise = inner
