@@ -145,6 +145,14 @@ def test_bench_reports_each_stage_flops_and_the_ip2p_ratio(random_model):
     editor = Editor.from_pretrained(random_model, device="cpu")
     one_row = unet_flops(editor) // 5
     assert report["unet_flops_per_step"] == 5 * one_row > 0
+    # Rows and FLOPs per edit: 2 rows a mask draw + 5 a step; InstructPix2Pix 3 a step, no mask.
+    assert report["unet_rows_per_edit"] == 2 * 2 + 5 * 2 and report["ip2p"]["unet_rows_per_edit"] == 3 * 2
+    assert report["unet_flops_per_edit"] == pytest.approx(14 * one_row, rel=1e-6)
+    assert report["ip2p"]["unet_flops_per_edit"] == pytest.approx(6 * one_row, rel=1e-6)
+    from pedit.export.bench import TABLE_HEAD, table_rows
+
+    rows = table_rows(report)
+    assert all(len(r) == len(TABLE_HEAD) for r in rows) and [r[7] for r in rows] == ["14", "14", "6"]
 
 
 # ---------------------------------------------------------------- the command line
