@@ -79,10 +79,10 @@ def test_split_mask_call_gives_the_same_mask(random_model, portrait):
     inner = editor.denoise
     editor.denoise = lambda z, t, c: calls.append(z.shape[0]) or inner(z, t, c)
     whole = editor.edit(portrait, "royal", EditOptions(steps=1, mask=MaskConfig(n_noise=7)))
-    assert calls == [35, 5]
+    assert calls == [14, 5]  # mask: 2 rows (3-4) x 7 draws in one call; then the sampling step
     calls.clear()
     split = editor.edit(portrait, "royal", EditOptions(steps=1, mask=MaskConfig(n_noise=7, batch=3)))
-    assert calls == [15, 15, 5, 5]  # draws 3 + 3 + 1, then the sampling step
+    assert calls == [6, 6, 2, 5]  # draws 3 + 3 + 1 at 2 rows each, then the sampling step
     assert torch.equal(split.mask_latent, whole.mask_latent) and 0 < whole.mask_latent.mean() < 1
     assert split.image.tobytes() == whole.image.tobytes()
 
@@ -147,6 +147,14 @@ def test_bench_reports_each_stage_flops_and_the_ip2p_ratio(random_model):
     editor = Editor.from_pretrained(random_model, device=TEST_DEVICE)
     one_row = unet_flops(editor) // 5
     assert report["unet_flops_per_step"] == 5 * one_row > 0
+    # Rows and FLOPs per edit: 2 rows a mask draw + 5 a step; InstructPix2Pix 3 a step, no mask.
+    assert report["unet_rows_per_edit"] == 2 * 2 + 5 * 2 and report["ip2p"]["unet_rows_per_edit"] == 3 * 2
+    assert report["unet_flops_per_edit"] == pytest.approx(14 * one_row, rel=1e-6)
+    assert report["ip2p"]["unet_flops_per_edit"] == pytest.approx(6 * one_row, rel=1e-6)
+    from pedit.export.bench import TABLE_HEAD, table_rows
+
+    rows = table_rows(report)
+    assert all(len(r) == len(TABLE_HEAD) for r in rows) and [r[7] for r in rows] == ["14", "14", "6"]
 
 
 # ---------------------------------------------------------------- the command line

@@ -671,13 +671,13 @@ def test_mask_noises_from_pedit_json_unless_the_flag_is_given(model_with_mask_se
     from pedit.edit.editor import Editor
 
     seen = []
-    real_edit = Editor.edit
+    real_edit = Editor.edit_many  # what pedit edit calls, one or several directions
 
-    def spy(self, image, direction, options, **kwargs):
-        seen.append(options.mask.n_noise)
-        return real_edit(self, image, direction, options, **kwargs)
+    def spy(self, image, directions, options, **kwargs):
+        seen.extend(o.mask.n_noise for o in options)
+        return real_edit(self, image, directions, options, **kwargs)
 
-    monkeypatch.setattr(Editor, "edit", spy)
+    monkeypatch.setattr(Editor, "edit_many", spy)
     args = ["edit", str(small), "-d", "royal", "-m", str(model_with_mask_settings), "--steps", "2", "--device", TEST_DEVICE,
             "-o", str(tmp_path / "out.png"), *flag]
     assert_ok(CliRunner().invoke(cli, args, env=ENV))

@@ -22,11 +22,11 @@ def _count_calls(editor):
     return calls, inner
 
 
-def test_one_unet_call_per_step_on_five_rows_and_one_batched_mask_call(editor, portrait):
+def test_one_unet_call_per_step_on_five_rows_and_one_batched_two_row_mask_call(editor, portrait):
     calls, inner = _count_calls(editor)
     try:
         editor.edit(portrait, "royal", EditOptions(steps=4, mask=MaskConfig(n_noise=3)))
-        assert calls == [(15, 15)] + [(5, 5)] * 4  # mask: 5 rows x 3 draws in one call; then 5 rows a step
+        assert calls == [(6, 6)] + [(5, 5)] * 4  # mask: rows 3-4 x 3 draws in one call; then 5 rows a step
         calls.clear()
         editor.edit(portrait, "royal", EditOptions(steps=3, use_mask=False))
         assert calls == [(5, 5)] * 3

@@ -37,10 +37,11 @@ def _mask_profile(folder: Path) -> list:
 
 
 def test_unet_rows_is_the_largest_call_an_edit_makes():
-    assert unet_rows(MaskConfig(n_noise=20)) == 100  # 5 rows x 20 draws in one call
-    assert unet_rows(MaskConfig(n_noise=20, batch=4)) == 20  # split: 4 draws a call
-    assert unet_rows(MaskConfig(n_noise=3, batch=8)) == 15  # a batch beyond N is N
-    assert unet_rows(MaskConfig(n_noise=10), images=4) == 200  # eval's batched pairs
+    assert unet_rows(MaskConfig(n_noise=20)) == 40  # 2 rows (3-4) x 20 draws in one call
+    assert unet_rows(MaskConfig(n_noise=20, batch=4)) == 8  # split: 4 draws a call
+    assert unet_rows(MaskConfig(n_noise=30, batch=40)) == 60  # a batch beyond N is N
+    assert unet_rows(MaskConfig(n_noise=2)) == 5  # a mask call smaller than the 5-row sampling step
+    assert unet_rows(MaskConfig(n_noise=10), images=4) == 80  # eval's batched pairs
     assert unet_rows(None) == 5  # no mask: the sampling step
 
 
@@ -65,7 +66,7 @@ def test_a_call_larger_than_the_profiles_widens_them_and_keeps_the_graph(model, 
     log = []
     denoise = backends.make_denoise(model, "onnx", folder, log.append, rows=150)
     assert log == ["unet: ONNX skipped (inputs unchanged)"] and (folder / "unet.onnx").read_bytes() == onnx_bytes
-    assert _mask_profile(folder) == [5, 150, 150]
+    assert _mask_profile(folder) == [1, 60, 150]
     d = dims_of(model)
     x = random_inputs(network_specs(d)["unet"], d, 150, seed=1)
     assert denoise(x["z_in"], torch.tensor(3), x["context"]).shape[0] == 150
@@ -83,13 +84,13 @@ def test_trt_engine_is_rebuilt_only_when_its_profiles_do_not_cover_the_call(mode
     monkeypatch.setattr(trt, "build_engine", fake_build)
     folder = Path(shutil.copytree(unet20, tmp_path / "eng"))
     backends.engines_for(model, folder, trt=True, log=lambda m: None, rows=50)
-    assert built == [(5, 100, 100)]  # the engine gets the export's profiles, not the default 10 draws
+    assert built == [(1, 40, 100)]  # the engine gets the export's profiles, not the default 10 draws
     log = []
     backends.engines_for(model, folder, trt=True, log=log.append, rows=100)
-    assert built == [(5, 100, 100)] and log[-1] == "unet: TensorRT engine skipped (inputs unchanged)"
+    assert built == [(1, 40, 100)] and log[-1] == "unet: TensorRT engine skipped (inputs unchanged)"
     log.clear()
     backends.engines_for(model, folder, trt=True, log=log.append, rows=5 * 30)
-    assert built == [(5, 100, 100), (5, 150, 150)] and log[0] == "unet: ONNX skipped (inputs unchanged)"
+    assert built == [(1, 40, 100), (1, 60, 150)] and log[0] == "unet: ONNX skipped (inputs unchanged)"
 
 
 def test_a_call_no_engine_can_take_asks_for_mask_batch(model, tmp_path):
@@ -111,7 +112,7 @@ def test_edit_command_keeps_the_users_engines(random_model, unet20, tmp_path):
                                       "--steps", "1", "-o", str(tmp_path / "out.png")])
     assert result.exit_code == 0, result.output
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing re-exported, profiles kept
-    assert _mask_profile(folder) == [5, 100, 100]
+    assert _mask_profile(folder) == [1, 40, 100]
 
 
 def test_eval_sizes_the_engine_for_its_batched_pairs(random_model, tiny_pairs, tmp_path):
@@ -119,16 +120,16 @@ def test_eval_sizes_the_engine_for_its_batched_pairs(random_model, tiny_pairs, t
 
     cfg = EvalConfig(pairs=str(tiny_pairs), model=str(random_model), methods=("ours",), steps=1, limit=3, batch_size=3,
                      grid_pairs=0, imperfect_reference=False, backend="onnx", engines=str(tmp_path / "eng"))
-    report = evaluate(cfg)  # the mask call of 3 pairs x 10 draws: 150 rows in one call
-    assert report["methods"]["ours"]["pairs"] == 3 and _mask_profile(tmp_path / "eng") == [5, 150, 150]
+    report = evaluate(cfg)  # the mask call of 3 pairs x 10 draws x 2 rows: 60 rows in one call (12 five-row units)
+    assert report["methods"]["ours"]["pairs"] == 3 and _mask_profile(tmp_path / "eng") == [1, 24, 60]
     cfg2 = EvalConfig(**{**cfg.__dict__, "mask_batch": 2})
     evaluate(cfg2)  # 3 pairs x 2 draws a call fit the folder as it is
-    assert _mask_profile(tmp_path / "eng") == [5, 150, 150]
+    assert _mask_profile(tmp_path / "eng") == [1, 24, 60]
 
 
 def test_onnx_graph_hash_leaves_profiles_out_and_the_spec_keeps_them(model, random_model, tmp_path):
     spec = network_specs(dims_of(model), n_noise=4)["unet"]
-    assert "profiles" not in spec.describe(profiles=False) and spec.describe()["profiles"]["mask"] == [5, 20, 20]
+    assert "profiles" not in spec.describe(profiles=False) and spec.describe()["profiles"]["mask"] == [1, 8, 20]
     assert spec.with_profiles({"profiles": {"sampler": [5, 5, 5], "mask": [5, 40, 80]}}).profiles["mask"] == (5, 40, 80)
     for bad in ({}, {"profiles": {"mask": [5, 50]}}, {"profiles": {"mask": [50, 5, 5]}}, {"profiles": {"mask": "x"}}):
         with pytest.raises(ValueError):
@@ -145,4 +146,4 @@ def test_default_rows_cover_the_models_per_direction_mask_settings(random_model,
     meta["mask_by_direction"] = {"royal": {"n_noise": 30}}
     (folder / "pedit.json").write_text(json.dumps(meta))
     backends.load_editor(folder, device="cpu", backend="onnx", engines=tmp_path / "eng")
-    assert _mask_profile(tmp_path / "eng") == [5, 150, 150]
+    assert _mask_profile(tmp_path / "eng") == [1, 24, 60]  # 30 draws x 2 rows = 60 rows

@@ -39,9 +39,10 @@ def test_unet_spec_has_the_five_row_sampler_and_the_mask_profile(model):
     spec = network_specs(d, n_noise=10)["unet"]
     assert d.context_length == 77 + model.mcdm.num_image_tokens
     assert [t.concrete(5) for t in spec.inputs] == [(5, 8, d.latent, d.latent), (1,), (5, d.context_length, d.width)]
-    assert spec.profiles == {"sampler": (5, 5, 5), "mask": (5, 50, 50)}
-    assert network_specs(d, n_noise=3)["unet"].profiles["mask"] == (5, 15, 15)
-    assert trt.profile_shapes(spec)[1]["context"] == ((5, d.context_length, d.width), (50, d.context_length, d.width),
+    # mask: from 1 row (2 rows a draw; N = 1 sends 2), opt the 2 x N-row mask call, up to 5 x N rows
+    assert spec.profiles == {"sampler": (5, 5, 5), "mask": (1, 20, 50)}
+    assert network_specs(d, n_noise=3)["unet"].profiles["mask"] == (1, 6, 15)
+    assert trt.profile_shapes(spec)[1]["context"] == ((1, d.context_length, d.width), (20, d.context_length, d.width),
                                                       (50, d.context_length, d.width))
     assert "t" not in trt.profile_shapes(spec)[0]  # static inputs get no profile shapes
 
@@ -118,8 +119,8 @@ def test_export_config_rejects_unknown_networks():
 def test_profile_choice_covers_the_sampler_and_mask_batches(model):
     spec = network_specs(dims_of(model), n_noise=10)["unet"]
     assert choose_profile(spec, 5) == 0  # the sampler profile (opt 5), not the mask one
-    assert choose_profile(spec, 50) == 1 and choose_profile(spec, 15) == 1
-    for bad in (3, 51):
+    assert choose_profile(spec, 50) == 1 and choose_profile(spec, 15) == 1 and choose_profile(spec, 2) == 1
+    for bad in (51, 60):
         with pytest.raises(BindingError, match=f"batch {bad} fits no profile"):
             choose_profile(spec, bad)
 

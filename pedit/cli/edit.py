@@ -14,7 +14,8 @@ from pedit.errors import PeditError
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-d", "--direction", required=True, help="Editing direction (see `pedit directions`).")
+@click.option("-d", "--direction", required=True,
+              help="Editing direction (see `pedit directions`), or several: angry,shocked (one output each, edited together).")
 @click.option("-m", "--model", type=click.Path(), help="Model folder from `pedit train` (default: the bundled toon model).")
 @click.option("-o", "--output", type=click.Path(), help="Output file, or folder for several inputs. Default: next to the input.")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
@@ -113,9 +114,11 @@ def _edit_events(console, stack: contextlib.ExitStack, check_identity: bool):
                     click.echo(payload.traceback, err=True)
             else:
                 identity = f", identity {_identity_cell(payload)}" if check_identity else ""
-                console.print(f"{escape(str(payload.input))} → {escape(str(payload.output))} "
+                outputs = payload.outputs or (payload.output,)
+                console.print(f"{escape(str(payload.input))} → {escape(', '.join(map(str, outputs)))} "
                               f"({payload.seconds:.1f} s{identity})")
-                click.echo(str(payload.output))
+                for path in outputs:
+                    click.echo(str(path))
 
     return on_event
 

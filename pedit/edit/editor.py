@@ -23,7 +23,7 @@ from pedit.data.directions import Direction, check_subject, model_directions, re
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
 from pedit.edit.guidance import GuidanceScales, check_edit_scale, guided_eps
-from pedit.edit.mask import MaskConfig, change_weight, composite, editing_mask, pixel_mask
+from pedit.edit.mask import MaskConfig, binarize, change_weight, composite, difference_maps, pixel_mask
 from pedit.model.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
@@ -218,12 +218,20 @@ class Editor:
     @torch.no_grad()
     def conditions(self, x_A: torch.Tensor, direction: Direction) -> EditConditions:
         """c_s, c_im and the three prompt embeddings for one image x_A (1, 3, R, R) in [-1, 1]."""
+        return self._conditions_for(self._image_conditions(x_A), direction)
+
+    @torch.no_grad()
+    def _image_conditions(self, x_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_s (1, 4, h, w), c_im (1, K, D)) of x_A: what every direction of one photo shares."""
         parts, mcdm = self.model.parts, self.model.mcdm
         dtype = mcdm.dtype  # the frozen parts may run in another precision (training validation)
         c_s = parts.encode_latent(x_A).to(dtype)  # (1, 4, h, w)
-        c_im = mcdm.image_projector(c_s, parts.clip_tokens(x_A).to(dtype))  # (1, K, D)
+        return c_s, mcdm.image_projector(c_s, parts.clip_tokens(x_A).to(dtype))
+
+    def _conditions_for(self, image_conds: tuple[torch.Tensor, torch.Tensor], direction: Direction) -> EditConditions:
+        dtype = self.model.mcdm.dtype
         prompts = (self._prompt(t).to(dtype) for t in (direction.p_b, direction.p_a, ""))
-        return EditConditions(c_s, c_im, *prompts)
+        return EditConditions(*image_conds, *prompts)
 
     @torch.no_grad()
     def edit(self, image: Image.Image, direction: str | Direction, options: EditOptions | None = None,
@@ -234,37 +242,120 @@ class Editor:
         reports progress. Same seed → same bytes. `user_mask=` (an (H, W) array in [0, 1], see
         pedit.edit.user_mask.load_user_mask) and `mask_mode=` restrict or widen the model's mask.
         """
-        direction = self.direction(direction)
-        options = dataclasses.replace(options or self.default_options(direction), **overrides)
-        direction = direction.for_subject(options.subject)  # the prompts the text encoder sees
-        scheduler = self.scheduler(options)  # steps the schedule cannot give fail here, before any work
-        parts, size = self.model.parts, self.resolution
+        return self.edit_many(image, [direction], options, callback, **overrides)[0]
+
+    def plan_many(self, directions, options: EditOptions | list[EditOptions] | None = None, **overrides):
+        """[(Direction, EditOptions)] for `edit_many`, checked before any work: unknown or repeated
+        directions, and options the directions cannot share (all but the mask's settings).
+        `options`: one for all, one per direction, or None (each direction's `default_options`)."""
+        if isinstance(directions, (str, Direction)) or not directions:
+            raise ConfigError("edit_many takes a non-empty list of directions")
+        resolved = [self.direction(d) for d in directions]  # DirectionError for an unknown name
+        names = [d.name for d in resolved]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"Direction(s) {', '.join(repeated)} given more than once; list each direction once.")
+        if isinstance(options, (list, tuple)) and len(options) != len(resolved):
+            raise ConfigError(f"edit_many got {len(options)} options for {len(resolved)} directions")
+        per = options if isinstance(options, (list, tuple)) else [options] * len(resolved)
+        plans = [(d, dataclasses.replace(o or self.default_options(d), **overrides)) for d, o in zip(resolved, per)]
+        plans = [(d.for_subject(o.subject), o) for d, o in plans]  # the prompts the text encoder sees
+        shared = {(o.steps, o.seed, o.scales, o.use_mask, o.scheduler, o.mask_mode) for _, o in plans}
+        if len(shared) > 1:
+            raise ConfigError("edit_many's directions must share steps, seed, scales, scheduler and mask use; "
+                              "only the mask settings may differ (edit them one at a time otherwise).")
+        for _, o in plans:
+            self.scheduler(o)  # steps the schedule cannot give fail here, before any work
+        return plans
+
+    @torch.no_grad()
+    def edit_many(self, image: Image.Image, directions, options: EditOptions | list[EditOptions] | None = None,
+                  callback: Callable[[int, int], None] | None = None, batch_steps: bool = False,
+                  **overrides) -> list[EditResult]:
+        """Edit `image` toward each of `directions` (names or Direction), one result each.
+
+        `options`: one EditOptions for all, one per direction, or None (each direction's defaults).
+        Shared work: c_s and c_im are encoded once; directions whose masks draw the same noise
+        (same seed, n_noise, strength, batch) get their masks from one U-Net call per draw chunk
+        with each distinct prompt once (K p_b + the shared p_a: K + 1 rows a draw instead of 2K,
+        pedit.edit.mask.difference_maps). Rows 0-2 and 4 are not shared while sampling: each
+        direction's latent z_t is its own after the first step, and every row is evaluated at it,
+        so sampling costs 5 rows a step per direction whichever way it runs.
+        `batch_steps=False` (default): one 5-row loop per direction, the same bytes as K separate
+        `edit` calls with the same options and seed. True: the K loops as one, 5K rows a step in
+        one call (fewer, larger calls: what a GPU wants), equal to separate edits up to float
+        rounding only: the U-Net's CPU kernels round differently at another batch size.
+        """
+        plans = self.plan_many(directions, options, **overrides)
+        options = plans[0][1]
+        size = self.resolution
         original = square_rgb(image, size)  # (R, R, 3) uint8
-        x_A = uint8_to_tensor(original)
-        cond = self.conditions(x_A, direction)
-        generator = torch.Generator().manual_seed(options.seed)
-
-        model_mask = None
-        if options.use_mask:
-            noise_scheduler = make_noise_scheduler(parts.scheduler_config)
-            model_mask = editing_mask(self.denoise, noise_scheduler, cond, options.scales, options.mask, generator)
+        image_conds = self._image_conditions(uint8_to_tensor(original))
+        conds = [self._conditions_for(image_conds, d) for d, _ in plans]
+        masks, z_T = self._masks_and_noise(conds, [o for _, o in plans])
         user = None
-        mask_latent = model_mask  # (1, 1, h, w) or None
+        latents = masks
         if options.user_mask is not None:
-            user = user_mask_at(options.user_mask, size, cond.c_s.shape[-1])
-            mask_latent = combine_latent(model_mask, user.latent, options.mask_mode)
+            user = user_mask_at(options.user_mask, size, image_conds[0].shape[-1])
+            latents = [combine_latent(m, user.latent, options.mask_mode) for m in masks]
 
-        z_T = randn(cond.c_s.shape, generator, like=cond.c_s)
-        c_s_rows, context = cond.guidance_rows()
-        mask = None if mask_latent is None else mask_latent.to(cond.c_s)  # (1, 1, h, w)
-        z_0 = sample(self.denoise, scheduler, z_T, c_s_rows, context,
-                     lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback)
-        decoded = parts.decode(z_0)  # (1, 3, R, R)
+        groups = [list(range(len(plans)))] if batch_steps else [[i] for i in range(len(plans))]
+        z_0 = [None] * len(plans)
+        for n_done, members in enumerate(groups):
+            step_callback = callback if callback is None or len(groups) == 1 else (
+                lambda i, n, done=n_done * options.steps, total=len(groups) * options.steps: callback(done + i, total))
+            out = self._sample([conds[i] for i in members], [z_T[i] for i in members],
+                               [latents[i] for i in members], options, step_callback)  # (k, 4, h, w)
+            for j, i in enumerate(members):
+                z_0[i] = out[j:j + 1]
+        return [self._finish(original, self._decode(z_0[i]), masks[i], latents[i], user, o)
+                for i, (_, o) in enumerate(plans)]
+
+    def _decode(self, z_0: torch.Tensor) -> np.ndarray:
+        """(1, 4, h, w) latent → (R, R, 3) uint8; NaN or infinity is an error, never a grey region."""
+        decoded = self.model.parts.decode(z_0)  # (1, 3, R, R)
         if not torch.isfinite(decoded).all():  # NaN would become a grey region (clamp, then round)
             raise NonFiniteError("The VAE decoder returned NaN or infinite values; nothing was written. In fp16 try "
                                  "--precision fp32, and check the model folder's VAE weights.")
-        raw = tensor_to_uint8(decoded)
+        return tensor_to_uint8(decoded)
 
+    def _sample(self, conds: list[EditConditions], z_T: list[torch.Tensor], latents: list, options: EditOptions,
+                callback) -> torch.Tensor:
+        """One sampling loop over k directions' latents (k, 4, h, w) of one image: 5k rows a step."""
+        k = len(conds)
+        stacked = EditConditions(conds[0].c_s.repeat(k, 1, 1, 1), conds[0].c_im.repeat(k, 1, 1),
+                                 *(torch.cat([getattr(c, f) for c in conds]) for f in ("c_p_b", "c_p_a", "c_p_null")))
+        mask = None if latents[0] is None else torch.cat(latents).to(stacked.c_s)  # (k, 1, h, w)
+        return sample(self.denoise, self.scheduler(options), torch.cat(z_T), *stacked.guidance_rows(),
+                      lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback)
+
+    def _masks_and_noise(self, conds: list[EditConditions], options: list[EditOptions]):
+        """Each direction's model mask (1, 1, h, w) or None, and its z_T (1, 4, h, w): the generator
+        of its seed draws the mask noise first, then z_T (as a single edit does); directions with
+        the same noise settings share the draw and one mask call."""
+        groups: dict[tuple, list[int]] = {}
+        for i, o in enumerate(options):
+            key = (o.seed,) + ((o.mask.n_noise, o.mask.strength, o.mask.batch) if o.use_mask else ())
+            groups.setdefault(key, []).append(i)
+        masks, z_T = [None] * len(conds), [None] * len(conds)
+        shape, like = conds[0].c_s.shape, conds[0].c_s
+        for members in groups.values():
+            o = options[members[0]]
+            generator = torch.Generator().manual_seed(o.seed)
+            if o.use_mask:
+                noise_scheduler = make_noise_scheduler(self.model.parts.scheduler_config)
+                maps = difference_maps(self.denoise, noise_scheduler, [conds[i] for i in members], o.scales, o.mask,
+                                       generator)
+                for i, diff in zip(members, maps):
+                    masks[i] = binarize(diff, options[i].mask.ratio, options[i].mask.threshold)
+            noise = randn(shape, generator, like=like)
+            for i in members:
+                z_T[i] = noise
+        return masks, z_T
+
+    @staticmethod
+    def _finish(original, raw, model_mask, mask_latent, user, options: EditOptions) -> EditResult:
+        """The EditResult of one direction: `raw` composited onto `original` by its blend weight."""
         if user is None:
             out, weight = keep_outside(original, raw, mask_latent, options.mask)
         else:  # the user's mask blends at pixel precision

@@ -3,8 +3,15 @@
 DiffEdit asks a text-to-image model where two prompts disagree; here the MCDM itself answers,
 which is sharper because it learned to reconstruct x_A (identity samples, §3.3). Procedure
 (DESIGN.md): noise c_s = E(x_A) to strength 0.5 with N draws (one batched call), take
-|eps~(p_b) − eps~(p_a)| averaged over channels and draws, clamp at mean × ratio, normalise to
-[0, 1], threshold 0.5 → a binary latent mask.
+
+    D = mean over channels and draws of |eps~(p_b) − eps~(p_a)|,   eps~ the nested CFG of Eq. 1,
+
+clamp at mean × ratio, normalise to [0, 1], threshold 0.5 → a binary latent mask. The two
+branches share rows 0-2 of the guidance batch, so the difference is exactly
+s_p · (e(s, im, p_b) − e(s, im, p_a)) (pedit.edit.guidance.branch_difference): each draw needs rows
+3-4 only, 2 U-Net rows instead of 5 (20 rows for the default 10 draws instead of 50). The same
+mask up to floating-point rounding; on the bundled model the binary mask and the edit's bytes
+are identical (tests/test_mask_rows.py).
 
 Beyond the paper, the final image keeps the input's pixels exactly outside a dilated, feathered,
 upsampled copy of the mask (`pixel_mask`, `composite`), and, with `keep_below` > 0, also inside it
@@ -20,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pedit.edit.guidance import N_ROWS, GuidanceScales, branch_eps
+from pedit.edit.guidance import N_ROWS, PROMPT_ROWS, GuidanceScales, branch_difference
 from pedit.errors import NonFiniteError
 from pedit.noise import randn
 from pedit.model.conditions import EditConditions
@@ -28,11 +35,13 @@ from pedit.model.mask_settings import MaskConfig  # noqa: F401 (the settings liv
 
 
 def unet_rows(cfg: MaskConfig | None, images: int = 1) -> int:
-    """The largest U-Net batch an edit of `images` images makes: 5 rows x the draws of one mask call
-    (`editing_mask`) per image, or the 5-row sampling step alone without a mask (cfg None).
-    An exported engine must cover it (pedit.export.backends.engines_for)."""
-    draws = 1 if cfg is None else (cfg.batch or cfg.n_noise)
-    return N_ROWS * min(draws, cfg.n_noise if cfg else 1) * images
+    """The largest U-Net batch an edit of `images` images makes: the 5-row sampling step or one
+    mask call (`editing_mask`: 2 rows x its draws), whichever is larger, per image; the sampling
+    step alone without a mask (cfg None). An exported engine must cover it (pedit.export.backends)."""
+    if cfg is None:
+        return N_ROWS * images
+    draws = min(cfg.batch or cfg.n_noise, cfg.n_noise)
+    return max(N_ROWS, PROMPT_ROWS * draws) * images
 
 
 def expand(cond: EditConditions, n: int) -> EditConditions:
@@ -54,30 +63,70 @@ def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: Guidanc
 
 
 @torch.no_grad()
+def editing_masks(denoise, noise_scheduler, conds: list[EditConditions], scales: GuidanceScales, cfg: MaskConfig,
+                  generator: torch.Generator) -> list[torch.Tensor]:
+    """One binary mask (B, 1, h, w) per direction's conditions, all from one noise draw and one call
+    per draw chunk (`difference_maps`): what `Editor.edit_many` asks for directions sharing a seed."""
+    return [binarize(d, cfg.ratio, cfg.threshold) for d in difference_maps(denoise, noise_scheduler, conds, scales,
+                                                                             cfg, generator)]
+
+
+@torch.no_grad()
 def difference_map(denoise, noise_scheduler, cond: EditConditions, scales: GuidanceScales, cfg: MaskConfig,
                    generator: torch.Generator, z_A: torch.Tensor | None = None) -> torch.Tensor:
-    """|eps~(p_b) − eps~(p_a)| averaged over channels and cfg.n_noise draws at cfg.strength: (B, h, w)."""
-    z_A = cond.c_s if z_A is None else z_A
+    """|eps~(p_b) − eps~(p_a)| averaged over channels and cfg.n_noise draws at cfg.strength: (B, h, w).
+
+    One U-Net call of 2 rows per draw (rows 3-4, `branch_difference`), cfg.batch draws a call.
+    """
+    return difference_maps(denoise, noise_scheduler, [cond], scales, cfg, generator, z_A)[0]
+
+
+def _distinct(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """Distinct tensors in order of first use, and each input's index among them."""
+    kept, index = [], []
+    for x in tensors:
+        at = next((i for i, y in enumerate(kept) if y is x or torch.equal(y, x)), None)
+        if at is None:
+            kept.append(x)
+            at = len(kept) - 1
+        index.append(at)
+    return kept, index
+
+
+@torch.no_grad()
+def difference_maps(denoise, noise_scheduler, conds: list[EditConditions], scales: GuidanceScales, cfg: MaskConfig,
+                    generator: torch.Generator, z_A: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """`difference_map` for several directions of the same B images (same c_s, c_im; conds[0]'s are
+    used) and the same noise: each distinct prompt (every p_b, the p_a's once) is one row a draw,
+    so K directions with one p_a cost K + 1 rows a draw, not 2K. Rows block-wise, one block of
+    (draws x B) per prompt. Returns one (B, h, w) map per cond."""
+    first = conds[0]
+    z_A = first.c_s if z_A is None else z_A
     b, _, h, w = z_A.shape
     n = cfg.n_noise
     noise = randn((n * b, *z_A.shape[1:]), generator, like=z_A)  # (NB, 4, h, w)
     t_index = max(0, int(cfg.strength * noise_scheduler.config.num_train_timesteps) - 1)
     t = torch.full((n * b,), t_index, dtype=torch.long, device=z_A.device)
     z_t = noise_scheduler.add_noise(z_A.repeat(n, 1, 1, 1), noise, t)  # (NB, 4, h, w), draw-major like `expand`
+    prompts, index = _distinct([p for c in conds for p in (c.c_p_b, c.c_p_a)])  # each (B, 77, D)
     per_call = cfg.batch or n
-    diffs = []
+    diffs = [[] for _ in conds]
     for lo in range(0, n, per_call):  # draws lo..hi in one call: every row sees the noise it would in one batch
-        hi = min(n, lo + per_call)
-        c_s_rows, context = expand(cond, hi - lo).guidance_rows()  # (5kB, 4, h, w), (5kB, 77 + K, D)
-        z_in = torch.cat([z_t[lo * b: hi * b].repeat(5, 1, 1, 1), c_s_rows], dim=1)  # (5kB, 8, h, w)
-        eps_b, eps_a = branch_eps(denoise(z_in, t[0], context), scales)  # (kB, 4, h, w) each
-        diffs.append((eps_b - eps_a).float().abs().mean(dim=1))  # (kB, h, w)
-    diff = torch.cat(diffs).view(n, b, h, w).mean(dim=0)  # (B, h, w)
-    if not torch.isfinite(diff).all():
+        k = min(n, lo + per_call) - lo
+        c_im = first.c_im.repeat(k, 1, 1)  # (kB, K, D)
+        context = torch.cat([torch.cat([p.repeat(k, 1, 1), c_im], dim=1) for p in prompts])  # (PkB, 77 + K, D)
+        c_s_rows = first.c_s.repeat(len(prompts) * k, 1, 1, 1)  # (PkB, 4, h, w)
+        z_in = torch.cat([z_t[lo * b: (lo + k) * b].repeat(len(prompts), 1, 1, 1), c_s_rows], dim=1)  # (PkB, 8, h, w)
+        eps = denoise(z_in, t[0], context).chunk(len(prompts))  # P blocks of (kB, 4, h, w)
+        for i, out in enumerate(diffs):  # eps~(p_b) − eps~(p_a) from their two rows: (kB, 4, h, w)
+            e_diff = branch_difference(torch.cat([eps[index[2 * i]], eps[index[2 * i + 1]]]), scales)
+            out.append(e_diff.abs().mean(dim=1))  # (kB, h, w)
+    maps = [torch.cat(d).view(n, b, h, w).mean(dim=0) for d in diffs]  # (B, h, w) each
+    if not all(torch.isfinite(d).all() for d in maps):
         # NaN > threshold is False: without this the mask would be empty and the "edit" the input.
         raise NonFiniteError("The editing mask came out NaN or infinite (the model's predictions are not finite); "
                              "check the guidance scales and the model's weights.")
-    return diff
+    return maps
 
 
 def binarize(diff: torch.Tensor, ratio: float, threshold: float) -> torch.Tensor:

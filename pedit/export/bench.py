@@ -10,7 +10,9 @@ when no engines exist yet; for compile the compilation happens in the first, war
 reported as `first_edit_s`).
 
 U-Net FLOPs per step come from torch.utils.flop_counter on the eager 5-row call; achieved TFLOP/s
-is that divided by the median step time. `--vs ip2p` times diffusers'
+is that divided by the median step time. U-Net rows per edit (the mask call's 2 rows a draw plus 5
+a step, `edit_rows`) and FLOPs per edit (rows x the FLOPs of one row: a U-Net call's cost is linear
+in its batch) are reported for our edit and for InstructPix2Pix (3 rows a step, no mask). `--vs ip2p` times diffusers'
 StableDiffusionInstructPix2PixPipeline (3 U-Net rows a step) on the same U-Net weights, VAE,
 scheduler, steps and resolution in the same process, and reports our edit's speed-up over it.
 """
@@ -220,6 +222,16 @@ def unet_flops(editor) -> int:
     return int(counter.get_total_flops())
 
 
+def edit_rows(cfg: BenchConfig) -> int:
+    """U-Net rows one benched edit evaluates: 2 a mask draw (rows 3-4, pedit.edit.mask), 5 a step."""
+    from pedit.edit.guidance import N_ROWS, PROMPT_ROWS
+
+    return (PROMPT_ROWS * cfg.mask_noises if cfg.use_mask else 0) + N_ROWS * cfg.steps
+
+
+IP2P_ROWS_PER_STEP = 3  # text+image, image only, neither
+
+
 def _median_ms(values: list[float]) -> float:
     return 1000 * statistics.median(values)
 
@@ -281,7 +293,8 @@ def time_ip2p(editor, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     for i in range(cfg.repeats):
         run()
         log(f"ip2p: run {i + 1}/{cfg.repeats}")
-    return {"edit_ms": round(_median_ms(timer.seconds()["ip2p"]), 3), "unet_rows_per_step": 3, "mask": False}
+    return {"edit_ms": round(_median_ms(timer.seconds()["ip2p"]), 3), "unet_rows_per_step": IP2P_ROWS_PER_STEP,
+            "unet_rows_per_edit": IP2P_ROWS_PER_STEP * cfg.steps, "mask": False}
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -> dict:
@@ -307,11 +320,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
     report["model"] = str(editor.model.path)
     flops = unet_flops(editor)
     report["unet_flops_per_step"] = flops
+    per_row = flops / 5  # the 5-row call's FLOPs: linear in the batch
+    report["unet_rows_per_edit"] = edit_rows(cfg)
+    report["unet_flops_per_edit"] = round(per_row * edit_rows(cfg))
     for row in report["backends"].values():
         row["tflops_per_s"] = round(flops / (row["step_ms"] / 1000) / 1e12, 4)
+        row["unet_rows_per_edit"] = report["unet_rows_per_edit"]
+        row["unet_flops_per_edit"] = report["unet_flops_per_edit"]
     if cfg.vs_ip2p:
         log("ip2p: timing diffusers' InstructPix2Pix pipeline")
         report["ip2p"] = time_ip2p(editor, cfg, log)
+        report["ip2p"]["unet_flops_per_edit"] = round(per_row * report["ip2p"]["unet_rows_per_edit"])
         for row in report["backends"].values():
             row["speedup_vs_ip2p"] = round(report["ip2p"]["edit_ms"] / row["edit_ms"], 3)
     if cfg.output:
@@ -337,15 +356,23 @@ def check_output(cfg: BenchConfig) -> None:
 
 
 def table_rows(report: dict) -> list[list[str]]:
-    """Rows of the summary table: one per backend (+ ip2p), in milliseconds."""
+    """Rows of the summary table: one per backend (+ ip2p), in milliseconds, with rows and GFLOPs per edit."""
     rows = []
     for name, r in report["backends"].items():
         rows.append([name, f"{r['load_s']:.2f}", f"{r.get('encode_ms', 0):.1f}", f"{r.get('mask_ms', 0):.1f}",
                      f"{r['step_ms']:.2f}", f"{r.get('decode_ms', 0):.1f}", f"{r['edit_ms']:.1f}",
+                     str(r.get("unet_rows_per_edit", "–")), _gflops(r.get("unet_flops_per_edit")),
                      f"{r['tflops_per_s']:.3f}", f"{r['speedup_vs_ip2p']:.2f}x" if "speedup_vs_ip2p" in r else "–"])
     if "ip2p" in report:
-        rows.append(["ip2p", "–", "–", "–", "–", "–", f"{report['ip2p']['edit_ms']:.1f}", "–", "1.00x"])
+        ip = report["ip2p"]
+        rows.append(["ip2p", "–", "–", "–", "–", "–", f"{ip['edit_ms']:.1f}", str(ip.get("unet_rows_per_edit", "–")),
+                     _gflops(ip.get("unet_flops_per_edit")), "–", "1.00x"])
     return rows
 
 
-TABLE_HEAD = ("backend", "load s", "encode", "mask", "step", "decode", "edit", "TFLOP/s", "vs ip2p")  # times in ms
+def _gflops(flops) -> str:
+    return "–" if flops is None else f"{flops / 1e9:.2f}"
+
+
+TABLE_HEAD = ("backend", "load s", "encode", "mask", "step", "decode", "edit", "U-Net rows", "GFLOP/edit", "TFLOP/s",
+              "vs ip2p")  # times in ms

@@ -7,7 +7,8 @@ optimisation profile each, ONNX keeps the batch axis dynamic.
 
     unet             z_in (B, 8, h, w), t (1,), context (B, 77 + K, D) → eps (B, 4, h, w)
                      profiles: "sampler" = the 5-row guidance batch of one image (DESIGN.md,
-                     "Guidance"), "mask" = 5 rows x N noise draws of the editing mask (§3.4)
+                     "Guidance"), "mask" = up to 5 rows x N noise draws (the editing mask
+                     of §3.4 sends 2 rows a draw)
     image_projector  clip_pixels (B, 3, S, S) (CLIP-normalised), c_s (B, 4, h, w) → c_im (B, K, D):
                      the CLIP image encoder and the MCDM's projector as one network
     text_encoder     input_ids (B, 77) int64 → c_p (B, 77, D)
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pedit.edit.guidance import N_ROWS
+from pedit.edit.guidance import N_ROWS, PROMPT_ROWS
 
 BATCH = "B"
 PROMPT_LENGTH = 77  # CLIP's context length (pedit.model.mcdm.PROMPT_LENGTH, not imported: that pulls diffusers)
@@ -130,7 +131,9 @@ def network_specs(d: Dims, n_noise: int = 10) -> dict[str, NetworkSpec]:
             inputs=(TensorSpec("z_in", (BATCH, 2 * c, h, h)), TensorSpec("t", (1,)),
                     TensorSpec("context", (BATCH, d.context_length, d.width))),
             outputs=(TensorSpec("eps", (BATCH, c, h, h)),),
-            profiles={"sampler": (N_ROWS, N_ROWS, N_ROWS), "mask": (N_ROWS, N_ROWS * n_noise, N_ROWS * n_noise)},
+            # "mask" from 1 row: the mask call is 2 rows a draw (rows 3-4, pedit.edit.mask), so N = 1 or 2
+            # sends fewer than 5; its max stays 5 x N, the unit engines_for counts capacity in.
+            profiles={"sampler": (N_ROWS, N_ROWS, N_ROWS), "mask": (1, PROMPT_ROWS * n_noise, N_ROWS * n_noise)},
             sources=("unet",),
         ),
         "image_projector": NetworkSpec(

@@ -39,3 +39,10 @@ class EditConditions:
             ]
         )
         return c_s_rows, context
+
+    def prompt_rows(self):
+        """Rows 3-4 of the guidance layout alone, all the editing mask needs (pedit.edit.mask):
+        c_s rows (2B, 4, h, w) and contexts (2B, 77 + K, D), [s·im·p_b, s·im·p_a] block-wise."""
+        c_s_rows = torch.cat([self.c_s, self.c_s])
+        context = torch.cat([torch.cat([self.c_p_b, self.c_im], dim=1), torch.cat([self.c_p_a, self.c_im], dim=1)])
+        return c_s_rows, context

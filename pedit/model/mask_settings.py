@@ -29,7 +29,7 @@ class MaskConfig:
     dilate: float = 1.0  # in latent cells, before feathering
     feather: float = 0.5  # Gaussian sigma in latent cells
     keep_below: float = 0.0  # inside the mask, keep input pixels the edit changed by < keep_below / 2 levels (0: off)
-    batch: int = 0  # noise draws per U-Net call (5 rows each); 0 = all N in one call. Bounds memory, same mask
+    batch: int = 0  # noise draws per U-Net call (2 rows each); 0 = all N in one call. Bounds memory, same mask
 
     def __post_init__(self):
         from pedit.validate import check_int, check_number

@@ -23,13 +23,13 @@ from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, i
 from pedit.photos.photo import (BatchItem, check_output, default_output_path, find_images, load_photo, run_batch,
                                 save_images_atomic)
 from pedit.photos.mask_file import empty_mask_problem, load_mask_file
-from pedit.photos.portrait import edit_photo
+from pedit.photos.portrait import edit_photo_many
 
 
 @dataclass(frozen=True)
 class EditFilesConfig:
     inputs: tuple[str, ...]
-    direction: str
+    direction: str  # one name, or several "a,b,c": one output each, edited together (Editor.edit_many)
     model: str | None = None  # None → the bundled toon model
     output: str | None = None
     steps: int = 20
@@ -70,6 +70,12 @@ class EditFilesConfig:
             raise ConfigError(f"inputs must be one or more file or folder names, got {self.inputs!r}")
         if not isinstance(self.direction, str) or not self.direction:
             raise ConfigError(f"direction must be a direction name, got {self.direction!r}")
+        names = self.directions
+        if not all(names):
+            raise ConfigError(f"--direction {self.direction!r} has an empty name; give names separated by commas.")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"Direction(s) {', '.join(repeated)} given more than once in --direction; list each once.")
         check_int("steps", self.steps, 1)
         check_seed("seed", self.seed)
         if self.scheduler not in SCHEDULERS:
@@ -97,6 +103,11 @@ class EditFilesConfig:
             raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
 
 
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.direction.split(","))
+
+
 def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f"{path.stem}_{tag}.png")
 
@@ -109,21 +120,22 @@ def _planned_mask(cfg: EditFilesConfig):
     from pedit.model.loading import read_model_folder
 
     folder, meta = read_model_folder(cfg.model)
-    base = mask_config_for(meta, model_directions(meta, folder).get(cfg.direction))  # unknown: fails later, listing them
+    known = model_directions(meta, folder)
+    bases = [mask_config_for(meta, known.get(name)) for name in cfg.directions]  # unknown: fail later, listing them
+    base = max(bases, key=lambda b: b.n_noise)  # the largest mask call of the directions
     n_noise = base.n_noise if cfg.mask_noises is None else cfg.mask_noises
     return dataclasses.replace(base, n_noise=n_noise, batch=cfg.mask_batch)
 
 
 def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None,
                editor=None) -> list[BatchItem]:
-    """Edit every input; events: ("model", Editor), ("note", str), ("steps", (i, n)), ("item", BatchItem).
+    """Edit every input toward every direction; events: ("model", Editor), ("note", str), ("steps", (i, n)),
+    ("item", BatchItem).
 
     editor: an Editor already loaded from `cfg.model` (the web app loads one per process and edits
     every request with it); None loads it here from cfg's model, device, backend and precision.
     """
-    from pedit.edit.editor import EditOptions
     from pedit.export.backends import load_editor
-    from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import unet_rows
     from pedit.viz import compare_sheet, overlay_mask
 
@@ -138,70 +150,87 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                              precision=cfg.precision, engines=cfg.engines,
                              log=lambda msg: on_event("note", msg), cache=cfg.cache,
-                             unet_rows=unet_rows(_planned_mask(cfg) if cfg.use_mask else None))
+                             unet_rows=unet_rows(_planned_mask(cfg) if cfg.use_mask else None,
+                                                 images=len(cfg.directions)))
     if editor.cache_failed:
         on_event("note", editor.cache_status)
-    direction = editor.direction(cfg.direction)  # an unknown direction fails before any work
+    directions = [editor.direction(name) for name in cfg.directions]  # an unknown direction fails before any work
     on_event("model", editor)
-    if cfg.subject is not None and direction.for_subject(cfg.subject) == direction:
-        on_event("note", f"--subject {cfg.subject}: the prompts of {direction.name!r} name no \"person\"; "
-                         "they are used as recorded")
-    defaults = editor.default_options(direction)  # the model's mask settings for this direction
-    # They stand unless a flag overrides them (--mask-noises given).
-    n_noise = defaults.mask.n_noise if cfg.mask_noises is None else cfg.mask_noises
-    options = EditOptions(
-        steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
-        mask=dataclasses.replace(defaults.mask, n_noise=n_noise, batch=cfg.mask_batch), scheduler=cfg.scheduler,
-        mask_mode=cfg.mask_mode, subject=cfg.subject,
-    )
-    editor.scheduler(options)  # --steps beyond the model's schedule fails once, before the batch
+    for direction in directions:
+        if cfg.subject is not None and direction.for_subject(cfg.subject) == direction:
+            on_event("note", f"--subject {cfg.subject}: the prompts of {direction.name!r} name no \"person\"; "
+                             "they are used as recorded")
+    options = [_options(cfg, editor.default_options(d)) for d in directions]
+    editor.plan_many(directions, options)  # shared settings and the steps checked once, before the batch
     detector = get_detector(cfg.detector)
     checker = identity_detector() if cfg.identity_check else None
     if cfg.identity_check and checker is None:
         on_event("note", MISSING_NOTE)
     checks: dict[Path, IdentityCheck] = {}
 
-    planned = _plan_outputs(paths, direction.name, out, cfg)
+    planned = _plan_outputs(paths, [d.name for d in directions], out, cfg)
+    outputs: dict[Path, tuple[Path, ...]] = {}
 
     def process(path: Path) -> Path:
         if isinstance(planned[path], OutputError):
             raise planned[path]
-        target, extras = planned[path]
         photo = load_photo(path, cfg.max_pixels)
 
-        def edit_fn(square, user_mask=None):
-            result = editor.edit(square, direction, options, callback=lambda i, n: on_event("steps", (i, n)),
-                                 user_mask=user_mask)
-            return result.image, result.mask
+        def edit_fn(square, user_mask=None):  # all directions of the square in one edit_many call
+            results = editor.edit_many(square, directions, options, callback=lambda i, n: on_event("steps", (i, n)),
+                                       user_mask=user_mask)
+            return [(r.image, r.mask) for r in results]
 
-        done = edit_photo(photo.rgb, edit_fn, editor.resolution, detector, cfg.face_index, cfg.require_face, cfg.margin,
-                          region=region)
-        if done.face is None:
+        dones = edit_photo_many(photo.rgb, edit_fn, editor.resolution, detector, cfg.face_index, cfg.require_face,
+                                cfg.margin, region=region)
+        if dones[0].face is None:
             on_event("note", f"No face found in {path}; edited the centred square.")
-        if np.array_equal(np.asarray(done.image), np.asarray(photo.rgb)):
+        unchanged = [d.name for d, done in zip(directions, dones) if np.array_equal(np.asarray(done.image),
+                                                                                    np.asarray(photo.rgb))]
+        if unchanged:
+            toward = "" if len(directions) == 1 else f" toward {', '.join(unchanged)}"
             raise NothingEditedError(
-                f"The edit of {path} changed no pixel (its editing mask is empty{'' if region is None else ' in the crop'}), "
-                "so nothing was written. Try another --seed, a larger --s-p, or --no-mask.")
+                f"The edit of {path}{toward} changed no pixel (its editing mask is empty"
+                f"{'' if region is None else ' in the crop'}), so nothing was written. Try another --seed, a larger "
+                "--s-p, or --no-mask.")
         # The identity check runs before anything is written, and its own failure is its verdict, not
         # the item's: an item reported failed must leave no output behind (a rerun would say "already exists").
-        check = _checked_identity(photo.rgb, done, checker) if checker is not None else None
-        writes = [(done.image, target, dict(alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile))]
-        if "mask" in extras:
-            writes += [(done.mask, extras["mask"], {}), (overlay_mask(photo.rgb, done.mask), extras["overlay"], {})]
-        if "compare" in extras:
-            writes.append((compare_sheet(photo.rgb, done.mask, done.image), extras["compare"], {}))
+        found = [_checked_identity(photo.rgb, done, checker) for done in dones] if checker is not None else []
+        writes = []
+        for (target, extras), done in zip(planned[path], dones):
+            writes.append((done.image, target, dict(alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile)))
+            if "mask" in extras:
+                writes += [(done.mask, extras["mask"], {}), (overlay_mask(photo.rgb, done.mask), extras["overlay"], {})]
+            if "compare" in extras:
+                writes.append((compare_sheet(photo.rgb, done.mask, done.image), extras["compare"], {}))
         # All or none: every file encoded first, then all take their names; with --overwrite the
         # earlier results stay until the new ones are all ready (pedit.files.commit_all).
         save_images_atomic(writes, cfg.overwrite)
-        if check is not None:
-            checks[path] = check
-        return target
+        if found:  # several directions: the one farthest from the input's identity speaks for the item
+            checks[path] = max(found, key=lambda c: -1 if c.distance is None else c.distance)
+        outputs[path] = tuple(target for target, _ in planned[path])
+        return planned[path][0][0]
 
     def on_item(item: BatchItem) -> None:
         item.identity = checks.get(item.input)
+        item.outputs = outputs.get(item.input, ())
         on_event("item", item)
 
     return run_batch(paths, process, on_item=on_item)
+
+
+def _options(cfg: EditFilesConfig, defaults):
+    """EditOptions from the flags, over the model's mask settings for the direction (`defaults`):
+    they stand unless a flag overrides them (--mask-noises given)."""
+    from pedit.edit.editor import EditOptions
+    from pedit.edit.guidance import GuidanceScales
+
+    n_noise = defaults.mask.n_noise if cfg.mask_noises is None else cfg.mask_noises
+    return EditOptions(
+        steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
+        mask=dataclasses.replace(defaults.mask, n_noise=n_noise, batch=cfg.mask_batch), scheduler=cfg.scheduler,
+        mask_mode=cfg.mask_mode, subject=cfg.subject,
+    )
 
 
 def _checked_identity(before, done, checker) -> IdentityCheck:
@@ -212,24 +241,29 @@ def _checked_identity(before, done, checker) -> IdentityCheck:
         return IdentityCheck(None, f"identity check failed ({type(e).__name__}: {e})")
 
 
-def _plan_outputs(paths: list[Path], direction: str, out: Path | None,
-                  cfg: EditFilesConfig) -> dict[Path, tuple[Path, dict[str, Path]] | OutputError]:
-    """Every input's output files, checked before any edit: extension known, folder there, name free
-    (unless --overwrite), and no two inputs of the batch writing one file (a/x.png and b/x.png into
-    one -o folder: with --overwrite the second would silently replace the first)."""
+def _plan_outputs(paths: list[Path], directions: list[str], out: Path | None,
+                  cfg: EditFilesConfig) -> dict[Path, list[tuple[Path, dict[str, Path]]] | OutputError]:
+    """Every input's output files, one set per direction, checked before any edit: extension known,
+    folder there, name free (unless --overwrite), and no two inputs of the batch writing one file
+    (a/x.png and b/x.png into one -o folder: with --overwrite the second would silently replace the first)."""
     inputs = {p.resolve(): p for p in paths}
     claimed: dict[Path, Path] = {}
-    planned: dict[Path, tuple[Path, dict[str, Path]] | OutputError] = {}
+    planned: dict[Path, list[tuple[Path, dict[str, Path]]] | OutputError] = {}
     for path in paths:
         try:
-            target = default_output_path(path, direction, out, n_inputs=len(paths))
-            extras = {}
-            if cfg.save_mask:
-                extras["mask"] = _sibling(target, "mask")
-                extras["overlay"] = _sibling(target, "overlay")
-            if cfg.compare:
-                extras["compare"] = _sibling(target, "compare")
-            files = [target, *extras.values()]
+            sets = []
+            for direction in directions:  # several directions of one input need a folder, like several inputs
+                target = default_output_path(path, direction, out, n_inputs=len(paths) * len(directions))
+                extras = {}
+                if cfg.save_mask:
+                    extras["mask"] = _sibling(target, "mask")
+                    extras["overlay"] = _sibling(target, "overlay")
+                if cfg.compare:
+                    extras["compare"] = _sibling(target, "compare")
+                sets.append((target, extras))
+            files = [f for target, extras in sets for f in (target, *extras.values())]
+            if len({f.resolve() for f in files}) < len(files):
+                raise OutputError(f"Two of the directions {', '.join(directions)} write the same file name for {path}.")
             for f in files:
                 check_output(f, cfg.overwrite)
                 key = f.resolve()
@@ -239,7 +273,7 @@ def _plan_outputs(paths: list[Path], direction: str, out: Path | None,
                 if key in inputs and key != path.resolve():
                     raise OutputError(f"{f} is also an input of this batch; choose another -o.")
             claimed.update((f.resolve(), path) for f in files)
-            planned[path] = (target, extras)
+            planned[path] = sets
         except OutputError as e:
             planned[path] = e
     return planned

@@ -386,6 +386,7 @@ class BatchItem:
     seconds: float
     identity: IdentityCheck | None = None  # input face vs output face, when checked (pedit.photos.identity)
     traceback: str | None = None  # of a failure, shown with PEDIT_DEBUG=1
+    outputs: tuple[Path, ...] = ()  # every file written as the result: one per direction of `pedit edit -d a,b`
 
 
 def run_batch(

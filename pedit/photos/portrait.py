@@ -112,6 +112,25 @@ def edit_photo(
     same size. Only the crop is resized for the model; the blend is done at full resolution, so
     every pixel outside the crop, and inside it where the weight is 0, is byte-identical.
     """
+    def one(*args):
+        return [edit_fn(*args)]
+
+    return edit_photo_many(photo_rgb, one, resolution, detector, face_index, require_face, margin, region)[0]
+
+
+def edit_photo_many(
+    photo_rgb: Image.Image,
+    edit_fn: Callable[..., list[tuple[Image.Image, Image.Image]]],
+    resolution: int,
+    detector: FaceDetector | None = None,
+    face_index: int | None = None,
+    require_face: bool = False,
+    margin: float = 1.0,
+    region: np.ndarray | None = None,
+) -> list[PhotoEdit]:
+    """`edit_photo` for an `edit_fn` that returns several (edited, mask) results of one square (the
+    directions of `Editor.edit_many`): the face is found and the crop made once, each result is
+    blended back on its own."""
     rgb = photo_rgb if photo_rgb.mode == "RGB" else photo_rgb.convert("RGB")
     faces = [] if detector is None else find_faces(rgb, detector)
     face = choose_face(faces, face_index, require_face)
@@ -121,9 +140,16 @@ def edit_photo(
     # reducing_gap: a box pre-shrink then Lanczos; as sharp, and 6000 → 512 pixels takes a tenth of the time.
     square = rgb.crop(crop_xyxy).resize((resolution, resolution), Image.Resampling.LANCZOS, reducing_gap=3.0)
     if region is None:
-        edited, mask = edit_fn(square)
+        results = edit_fn(square)
     else:
-        edited, mask = edit_fn(square, _region_square(region, rgb.size, crop_xyxy, resolution))
+        results = edit_fn(square, _region_square(region, rgb.size, crop_xyxy, resolution))
+    return [_paste_back(rgb, crop, edited, mask, resolution, face, len(faces)) for edited, mask in results]
+
+
+def _paste_back(rgb: Image.Image, crop: Box, edited: Image.Image, mask: Image.Image, resolution: int,
+                face: Face | None, faces_found: int) -> PhotoEdit:
+    """One edited square blended into the full photo by its (feathered-at-the-border) mask."""
+    crop_xyxy = (crop.x, crop.y, crop.x + crop.w, crop.y + crop.h)
     if edited.size != (resolution, resolution) or mask.size != (resolution, resolution):
         raise ValueError(
             f"edit_fn returned image {edited.size} and mask {mask.size}; expected ({resolution}, {resolution})"
@@ -142,7 +168,7 @@ def edit_photo(
     out.paste(edited, crop_xyxy[:2], weight_image)
     full_mask = Image.new("L", rgb.size, 0)
     full_mask.paste(weight_image, crop_xyxy[:2])
-    return PhotoEdit(image=out, mask=full_mask, crop=crop, face=face, faces_found=len(faces))
+    return PhotoEdit(image=out, mask=full_mask, crop=crop, face=face, faces_found=faces_found)
 
 
 def _region_square(region: np.ndarray, photo_size: tuple[int, int], crop_xyxy, resolution: int) -> np.ndarray:

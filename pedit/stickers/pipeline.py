@@ -271,25 +271,25 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
 
 
 def _edit_expressions(cfg, editor, directions, portrait: Image.Image, progress: Progress) -> list:
-    """Each expression through the mask-guided Editor, pasted back into the 512-px portrait."""
+    """All expressions through the mask-guided Editor in one `edit_many` call (one mask call for the
+    shared p_a, the K sampling loops as one; the bytes of K separate edits), pasted back into the
+    512-px portrait."""
     import dataclasses
 
-    from pedit.photos.portrait import edit_photo
+    from pedit.photos.portrait import edit_photo_many
 
     options = dataclasses.replace(editor.default_options(), steps=cfg.steps, seed=cfg.seed)
-    total = len(directions) * cfg.steps
-    results = []
-    for i, direction in enumerate(directions):
-        def on_step(step, n, i=i, name=direction.name):
-            progress(StageProgress("edit", i * cfg.steps + step, total, name))
+    k, names = len(directions), ", ".join(d.name for d in directions)
+    total = k * cfg.steps
 
-        def edit_fn(square, direction=direction, on_step=on_step):
-            result = editor.edit(square, direction, options, callback=on_step)
-            return result.image, result.mask
+    def on_step(step, n):  # one loop edits all K: each step is K expressions' step
+        progress(StageProgress("edit", k * step, total, names))
 
-        done = edit_photo(portrait, edit_fn, editor.resolution)  # the whole square: no face search
-        results.append(done)
-        progress(StageProgress("edit", (i + 1) * cfg.steps, total, direction.name))
+    def edit_fn(square):
+        return [(r.image, r.mask) for r in editor.edit_many(square, directions, options, callback=on_step)]
+
+    results = edit_photo_many(portrait, edit_fn, editor.resolution)  # the whole square: no face search
+    progress(StageProgress("edit", total, total, names))
     return results
 
 
