@@ -476,19 +476,19 @@ def test_a_failed_sibling_write_removes_the_item_s_outputs_and_a_rerun_works(mod
     """The edit is written first, then mask and overlay: when the overlay fails, the item is reported
     failed and nothing of it stays behind, so the same command run again does not say "already exists"."""
     from pedit.errors import OutputError
-    from pedit.photos import edit_files
+    from pedit.photos import photo
 
-    real_save = edit_files.save_image_atomic
+    real_stage = photo.stage
 
-    def overlay_fails(image, path, **kwargs):
-        if path.name.endswith("_overlay.png"):
+    def overlay_fails(path, *args, **kwargs):  # each file of an item is staged before any takes its name
+        if Path(path).name.endswith("_overlay.png"):
             raise OutputError(f"Could not write {path}: disk full (simulated)")
-        return real_save(image, path, **kwargs)
+        return real_stage(path, *args, **kwargs)
 
-    monkeypatch.setattr(edit_files, "save_image_atomic", overlay_fails)
+    monkeypatch.setattr(photo, "stage", overlay_fails)
     assert_clean_failure(run_edit(model, small, "-d", "royal", "--save-mask"), "disk full")
     assert files_in(tmp_path) == {"pic.png"}
-    monkeypatch.setattr(edit_files, "save_image_atomic", real_save)
+    monkeypatch.setattr(photo, "stage", real_stage)
     result = run_edit(model, small, "-d", "royal", "--save-mask")
     assert_ok(result)
     assert files_in(tmp_path) == {"pic.png", "pic_royal.png", "pic_royal_mask.png", "pic_royal_overlay.png"}

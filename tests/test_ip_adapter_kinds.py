@@ -115,7 +115,9 @@ def test_each_projection_type_runs_a_gen_pairs_step(tiny_base, tiny_controlnet, 
                     ip_adapter=ip))
     (row,) = _rows(out)
     assert row["identity"]["adapter"] == f"{ip[0]}/models/ip-{kind}.safetensors"
-    rows_in, rows_out = seen[0]
+    # The first projection is the load-time fit check (one grey image); then the one sampling step.
+    assert len(seen) == 2 and seen[0][0][:2] == (1, 1)
+    rows_in, rows_out = seen[1]
     assert rows_in[:2] == (4, 1) and rows_out[:2] == (4, 1)  # 4 rows of Eq. 2, one image each
     assert rows_out[-1] == parts.unet.config.cross_attention_dim
 

@@ -69,7 +69,7 @@ def test_a_truncated_shard_or_a_link_inside_the_cache_is_refused(built, tiny_pai
 
 
 def test_a_pedit_cache_that_links_out_of_the_pair_folder_is_refused(tiny_pairs, tiny_base, tmp_path):
-    pairs = shutil.copytree(tiny_pairs, tmp_path / "pairs")
+    pairs = shutil.copytree(tiny_pairs, tmp_path / "pairs", ignore=shutil.ignore_patterns(".pedit-cache"))
     (tmp_path / "outside").mkdir()
     (pairs / ".pedit-cache").symlink_to(tmp_path / "outside")
     cfg = TrainConfig(data=str(pairs), output=str(tmp_path / "run"), base=str(tiny_base), batch_size=2, max_steps=1,

@@ -80,8 +80,8 @@ def test_eval_pairs_refuses_the_detector_flag(tmp_path):
 
 
 def test_eval_photos_passes_backend_and_precision_to_the_editor(monkeypatch, tmp_path):
-    from pedit.edit.editor import Editor
     from pedit.errors import PeditError
+    from pedit.export import backends
 
     seen = {}
 
@@ -89,7 +89,7 @@ def test_eval_photos_passes_backend_and_precision_to_the_editor(monkeypatch, tmp
         seen.update(kwargs)
         raise PeditError("stopped after loading (test)")
 
-    monkeypatch.setattr(Editor, "from_pretrained", staticmethod(fake_from_pretrained))
+    monkeypatch.setattr(backends, "load_editor", fake_from_pretrained)  # eval --photos is handed its backend
     result = run("eval", "--photos", ASTRONAUT, "-d", "royal", "--backend", "onnx", "--precision", "bf16",
                  "-o", tmp_path / "report")
     assert result.exit_code == 1 and "stopped after loading" in result.stderr, result.output

@@ -294,7 +294,7 @@ def test_one_unet_call_per_step_covers_all_terms_of_all_pairs(tiny_base, tiny_co
     assert poses[0].shape == (8, 3, 32, 64) and poses[0].amax() > 0
     assert torch.equal(poses[0][..., :32], poses[0][..., 32:])  # the same skeleton in both halves, pixel-exact
     embeds = calls[0][2]["image_embeds"][0]
-    assert embeds.shape[:2] == (8, 257)
+    assert embeds.shape[:3] == (8, 1, 257)  # (rows, num_images, tokens): diffusers' IP-Adapter layout
     assert not torch.equal(embeds[0], embeds[2]) and torch.equal(embeds[2], embeds[4])  # null id row 0, id rows 2, 4
     pairs = read_pairs(out)
     assert [p.id for p in pairs] == ["000000", "000001", "000002", "000003"]

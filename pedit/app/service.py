@@ -187,7 +187,7 @@ class PeditApp:
         self.folders.release(folder)
         return outcome
 
-    def sticker_pack(self, selfie: str, seed: int = 0, steps: int = 20, name: str = "pedit stickers",
+    def sticker_pack(self, selfie: str, seed: int = 0, steps: int = 20, title: str = "pedit stickers",
                      progress: Progress = lambda done, total, what: None) -> StickerOutcome:
         """A sticker pack from one selfie, as `pedit sticker-pack` makes it; plus its archive for download."""
         from pedit.stickers.pipeline import StickerConfig, make_sticker_pack
@@ -197,7 +197,7 @@ class PeditApp:
         folder = self.folders.new()
         try:
             cfg = StickerConfig(selfie=str(selfie), output=str(folder / "pack"), model=self.cfg.model,
-                                base=self.cfg.base, seed=seed, steps=steps, name=name,
+                                base=self.cfg.base, seed=seed, steps=steps, title=title,
                                 max_pixels=self.cfg.max_pixels, allow_pickle=self.cfg.allow_pickle,
                                 device=self.cfg.device)
             notes: list[str] = []

@@ -124,7 +124,7 @@ def _sticker_tab(app: PeditApp) -> None:
             raise gr.Error("Upload a selfie first (JPEG, PNG, WebP, BMP or TIFF).")
         try:
             out = app.sticker_pack(selfie_path, seed=_whole(seed_value), steps=_whole(steps_value),
-                                   name=pack_name, progress=lambda done, total, what: progress((done, total or None),
+                                   title=pack_name, progress=lambda done, total, what: progress((done, total or None),
                                                                                              desc=what))
         except PeditError as e:
             raise gr.Error(str(e)) from None
