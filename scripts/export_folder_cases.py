@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pedit.edit.editor import Editor
+from pedit.export.backends import load_editor
 from pedit.export.pipeline import ExportConfig, export_model
 from pedit.model.loading import load_model
 
@@ -39,7 +39,7 @@ def main() -> None:
     unet.save_pretrained(src / "unet", safe_serialization=True)
     before = (out / "unet.onnx").read_bytes()
     try:
-        Editor.from_pretrained(src, device="cpu", backend="onnx", engines=out)
+        load_editor(src, device="cpu", backend="onnx", engines=out)
         changed = (out / "unet.onnx").read_bytes() != before
         print("--engines with another U-Net refused:", "broken (exported over)" if changed else "broken (used)")
     except Exception as e:

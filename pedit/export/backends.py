@@ -165,7 +165,7 @@ def trt_backend(model, engines=None, log: Callable[[str], None] = lambda m: None
 
     @torch.no_grad()
     def denoise(z_in, t, context):
-        out = runner(z_in=z_in, t=_t_tensor(t, "cuda"), context=context)["eps"]
+        out = runner(z_in=z_in, t=_t_tensor(t, z_in.device), context=context)["eps"]
         return out.to(device=z_in.device, dtype=z_in.dtype)
 
     return denoise

@@ -16,6 +16,7 @@ global batch.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -213,27 +214,30 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     claimed = False
     if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
         claimed = _claim_output(cfg, out, data_fingerprint)
-    mcdm, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, mcdm)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    parts.to(accelerator.device, weight_dtype)
-    noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
+    try:  # a run that fails before its first step (out of memory moving the parts, an unreadable image
+        # of the first --no-cache batch, a cache build) leaves no run behind
+        mcdm, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, mcdm)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        parts.to(accelerator.device, weight_dtype)
+        noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
 
-    start = _resume(accelerator, out, report, cfg.max_steps) if cfg.resume else 0
-    accum, rank = cfg.gradient_accumulation, accelerator.process_index
-    # The data order is one of micro-batches: step s takes micro-batches s * accum ... s * accum + accum - 1.
-    sampler = StepBatches(cfg.seed, start * accum, cfg.max_steps * accum, rank, accelerator.num_processes,
-                          cfg.batch_size, len(pairs))
-    # What the frozen parts compute for each micro-batch's pairs: read from the latent cache
-    # (default), or recomputed from the images every step (--no-cache). Both give the same tensors.
-    try:
+        start = _resume(accelerator, out, report, cfg.max_steps) if cfg.resume else 0
+        accum, rank = cfg.gradient_accumulation, accelerator.process_index
+        # The data order is one of micro-batches: step s takes micro-batches s * accum ... s * accum + accum - 1.
+        sampler = StepBatches(cfg.seed, start * accum, cfg.max_steps * accum, rank, accelerator.num_processes,
+                              cfg.batch_size, len(pairs))
+        # What the frozen parts compute for each micro-batch's pairs: read from the latent cache
+        # (default), or recomputed from the images every step (--no-cache). Both give the same tensors.
         frozen = frozen_batches(cfg, data, pairs, parts, size, sampler, accelerator, report, say)
+        micro_batches = iter(frozen.batches)
+        if start < cfg.max_steps:  # --no-cache encodes lazily: its first micro-batch is part of the start
+            micro_batches = itertools.chain([next(micro_batches)], micro_batches)
     except BaseException:
-        if claimed and not cfg.resume:  # a run that fails before its first step leaves no run behind
+        if claimed and not cfg.resume:
             clear_output_folder(out)
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if this run made it and nothing else is in it
         raise
-    micro_batches = iter(frozen.batches)
     loss_log = LossLog(out / "loss.csv", start, enabled=main)  # its clock starts now, after the cache
     done = start
     for step in range(start, cfg.max_steps):
