@@ -117,7 +117,7 @@ if ok train; then
   stage eval "$OUT/eval" "${PEDIT[@]}" eval -m "$MODEL" --pairs "$OUT/toon-pairs" --limit 1 --steps "$STEPS" --batch-size 1 \
     --methods ours --grid 1 --device "$DEVICE" --precision "$PREC" -o "$OUT/eval" --overwrite -q
   EDIT=("${PEDIT[@]}" edit "$PHOTO" -d laughing -m "$MODEL" --steps "$STEPS" --mask-noises 2 --device "$DEVICE" --precision "$PREC"
-        --save-mask --overwrite -q ${EDIT_FLAGS:---no-cache})
+        --save-mask --overwrite -q ${EDIT_FLAGS---no-cache})
   stage edit-torch "$OUT/edit-torch" "${EDIT[@]}" --backend torch -o "$OUT/edit-torch/astronaut.png"
   stage export-fp32 "$OUT/engines-fp32" "${PEDIT[@]}" export -m "$MODEL" -o "$OUT/engines-fp32" --mask-noises 2 -q
   # shellcheck disable=SC2086
