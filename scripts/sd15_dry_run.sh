@@ -14,8 +14,8 @@
 # CACHE (runs/sd15-cache: the built folders, reused by a rerun), STAGES (all; or a space-separated subset),
 # MIN_FREE_GB (16: memory a stage waits for, up to WAIT_S=900 s, before it starts anyway), STAGE_TIMEOUT
 # (3600 s), PYTHON (the venv's python), EXPORT_FP16_FLAGS (how `pedit export` is asked for fp16 ONNX),
-# EDIT_FLAGS (--no-cache: on the CPU the first edit would build and check a TorchScript cache of the whole
-# SD-size model, over 10 min on 2 cores; set it empty to time that path).
+# EDIT_FLAGS (extra `pedit edit` flags; none by default: an SD-size model is never traced into the
+# TorchScript cache, pedit.model.traced.worth_tracing).
 set -u
 OUT=${1:?usage: scripts/sd15_dry_run.sh OUT_FOLDER}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -117,7 +117,7 @@ if ok train; then
   stage eval "$OUT/eval" "${PEDIT[@]}" eval -m "$MODEL" --pairs "$OUT/toon-pairs" --limit 1 --steps "$STEPS" --batch-size 1 \
     --methods ours --grid 1 --device "$DEVICE" --precision "$PREC" -o "$OUT/eval" --overwrite -q
   EDIT=("${PEDIT[@]}" edit "$PHOTO" -d laughing -m "$MODEL" --steps "$STEPS" --mask-noises 2 --device "$DEVICE" --precision "$PREC"
-        --save-mask --overwrite -q ${EDIT_FLAGS---no-cache})
+        --save-mask --overwrite -q ${EDIT_FLAGS-})
   stage edit-torch "$OUT/edit-torch" "${EDIT[@]}" --backend torch -o "$OUT/edit-torch/astronaut.png"
   stage export-fp32 "$OUT/engines-fp32" "${PEDIT[@]}" export -m "$MODEL" -o "$OUT/engines-fp32" --mask-noises 2 -q
   # shellcheck disable=SC2086

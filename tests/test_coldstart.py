@@ -245,6 +245,19 @@ def test_a_trace_that_differs_is_not_cached_and_the_edit_goes_on(random_model, c
     assert not cache_root.exists() or not any(cache_root.iterdir())
 
 
+def test_a_model_over_the_size_limit_is_never_traced(random_model, cache_root, monkeypatch):
+    """An SD-size folder (weights over MAX_TRACED_BYTES) edits from its folder: no trace, no hashing of gigabytes."""
+    assert traced.worth_tracing(random_model) is None  # the tiny model is traced
+    monkeypatch.setattr(traced, "MAX_TRACED_BYTES", traced.weights_bytes(random_model) - 1)
+    monkeypatch.setattr(traced, "model_key", lambda path: pytest.fail("hashed a model that is not traced"))
+    editor = Editor.from_pretrained(random_model, device="cpu", cache=True)
+    assert editor.cache_status.startswith("no TorchScript cache: the model's weights are")
+    assert not editor.cache_failed and not isinstance(editor.model, traced.TracedModel)
+    assert not cache_root.exists() or not any(cache_root.rglob("model.pt"))
+    eager = Editor.from_pretrained(random_model, device="cpu")
+    _same(editor.edit(_portrait(), "royal", seed=0, steps=2), eager.edit(_portrait(), "royal", seed=0, steps=2))
+
+
 def test_bundled_toon_edit_same_bytes_cached_or_not(tmp_path, cache_root):
     """The command of the cold-start target, on the bundled model: eager, cache writing, cache reading."""
     outs = []

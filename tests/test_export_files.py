@@ -47,6 +47,8 @@ def test_large_graphs_keep_their_weights_in_one_data_file_hashed_in_the_manifest
     assert rec["data"]["file"] == "unet.onnx.data"
     assert rec["data"]["sha256"] == graph_files.file_sha256(out / "unet.onnx.data")
     assert (out / "unet.onnx").stat().st_size < (out / "unet.onnx.data").stat().st_size / 2  # the weights went
+    for name in names[1:]:  # data files get the graphs' mode (the umask's), not onnx's 0600
+        assert (out / name).stat().st_mode & 0o777 == (out / "manifest.json").stat().st_mode & 0o777, name
     onnx.checker.check_model(str(out / "unet.onnx"))  # the oracle: a valid graph with its external data
     # Large graphs are parity-checked at the smallest profile batch only (1 row for the U-Net: the
     # smallest call of its mask profile, which takes 2 rows a draw).

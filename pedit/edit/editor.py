@@ -138,6 +138,7 @@ class Editor:
         cache=True (what `pedit edit` passes) with the torch backend, fp32, on the CPU: load the model
         from its TorchScript cache, writing the cache first when there is none (pedit.model.traced).
         A new process then edits without importing diffusers or transformers, with the same bytes out.
+        Models with over 1 GiB of weights (Stable Diffusion size) are never traced (traced.worth_tracing).
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -173,6 +174,10 @@ class Editor:
 
         folder, meta = read_model_folder(path)  # the same checks, and errors, as load_model
         check_weights_allowed(folder, allow_pickle)
+        if (why_not := traced.worth_tracing(folder)) is not None:
+            editor = cls(load_model(folder, allow_pickle=allow_pickle))
+            editor.cache_status = why_not
+            return editor
         key = traced.model_key(folder)
         model = traced.load_cached(folder, meta, key, allow_pickle)
         if model is not None:

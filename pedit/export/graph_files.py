@@ -131,6 +131,8 @@ def finish_graph(graph: Path, spec, external_bytes: int) -> bool:
     # Small constants stay inline: ONNX Runtime needs shape-like ones (Unsqueeze axes) in the graph.
     onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data_name(graph.name), size_threshold=1024, convert_attribute=True)
+    # onnx creates the data file with mode 0600; give it the graph's (the umask's) so both read alike
+    os.chmod(graph.with_name(data_name(graph.name)), graph.stat().st_mode & 0o777)
     return True
 
 

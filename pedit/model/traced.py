@@ -50,6 +50,9 @@ CHECK_BATCHES = (5, 15, 50, 65)  # denoise rows checked against eager: the sampl
 # (diffusers' Upsample2D branches on 64 rows; the branch only makes a copy contiguous, checked anyway)
 
 
+MAX_TRACED_BYTES = 1 << 30  # weights over 1 GiB (a Stable Diffusion-size folder) are not traced: see worth_tracing
+
+
 class CacheError(PeditError):
     """The model could not be traced faithfully; editing goes on without the cache."""
 
@@ -57,6 +60,31 @@ class CacheError(PeditError):
 def cache_dir() -> Path:
     """The `traced` folder of pedit's cache root (pedit.cache: $PEDIT_CACHE, default ~/.cache/pedit)."""
     return cache_root("traced")
+
+
+def weights_bytes(path: Path) -> int:
+    """Bytes of every file under the model folder's component folders (stat only, nothing read)."""
+    total = 0
+    for part in COMPONENTS:
+        base = Path(path) / part
+        if base.is_dir():
+            total += sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
+    return total
+
+
+def worth_tracing(path: Path) -> str | None:
+    """None when a TorchScript cache pays for the model folder at `path`, else why not.
+
+    The cache saves the seconds of importing diffusers and transformers, which dominate a small model's
+    edit. A Stable Diffusion-size folder (about 4 GB of weights) takes over 10 minutes on 2 CPU cores to
+    trace and check against eager, writes as many gigabytes again, and its edit is minutes of compute
+    either way: such a model edits from its own folder.
+    """
+    size = weights_bytes(path)
+    if size > MAX_TRACED_BYTES:
+        return (f"no TorchScript cache: the model's weights are {size / 1e9:.1f} GB (the cache is for models "
+                f"under {MAX_TRACED_BYTES / 1e9:.1f} GB, whose start-up it shortens); editing from the folder")
+    return None
 
 
 def _versions() -> str:
