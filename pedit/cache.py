@@ -6,7 +6,7 @@ and the content hashes that key cache entries.
         engines/<key>/      ONNX graphs / TensorRT engines exported on first use (pedit.export.backends)
         compile/            torch.compile's Inductor kernels (pedit.export.backends)
         dreambooth/<key>/   sticker-pack LoRAs (pedit.stickers)
-        hashes/             each model file's sha256 with its stat, so traced keys need not re-read weights
+        hashes/             each model file's sha256 with its stat, so content keys need not re-read weights
 
 Every entry is rebuilt when missing, so deleting any folder (or the root) only costs time.
 `PEDIT_CACHE_DIR` is read as an older name of `PEDIT_CACHE` when that is unset.
@@ -15,6 +15,7 @@ Every entry is rebuilt when missing, so deleting any folder (or the root) only c
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -82,3 +83,38 @@ def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -
                     known.pop(rel, None)
             h.update(rel.encode() + b"\0" + seen[-1].encode())
     return h.hexdigest()
+
+
+def content_hash(path: Path, parts: tuple[str, ...]) -> str:
+    """`folder_hash` of a model folder's `parts`, remembering each file's sha256 with its stat.
+
+    The record lives in the cache root's `hashes/` (one file per folder path), so a new process reads
+    only the files that changed since, not every weight again (gigabytes for a Stable Diffusion-size
+    folder). Any write to a file moves its ctime (`stat_key`). What keys the caches of model folders:
+    the TorchScript cache (pedit.model.traced) and sticker-pack's LoRAs (pedit.stickers.cartoon).
+    """
+    from pedit.errors import OutputError
+    from pedit.files import write_text_atomic
+
+    path = Path(path)
+    known_file = cache_root("hashes") / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+    known = _read_known(known_file)
+    before = json.dumps(known, sort_keys=True)
+    content = folder_hash(path, parts, known)
+    for gone in [rel for rel in known if not (path / rel).is_file()]:  # files deleted since: forget them
+        del known[gone]
+    if json.dumps(known, sort_keys=True) != before:
+        try:  # the record only saves time: a cache that cannot be written costs a re-read next time
+            known_file.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(known_file, json.dumps(known), overwrite=True)
+        except (OSError, OutputError):
+            pass
+    return content
+
+
+def _read_known(path: Path) -> dict:
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}

@@ -121,6 +121,44 @@ def commit(tmp: Path, path: Path, overwrite: bool) -> None:
         os.unlink(tmp)
 
 
+class LockBusy(Exception):
+    """Another process holds the lock (`holder`: the pid it wrote, or "?")."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+@contextmanager
+def held_lock(path: Path, wait: bool = False) -> Iterator[None]:
+    """An advisory exclusive lock (flock) on the file `path`, created if missing, for the block.
+
+    The holder's pid is written into the file, for the message of whoever finds it taken: LockBusy
+    unless `wait`, which blocks until the holder is done (or dead: the system drops a dead process's
+    locks, so a killed run never leaves a lock behind). OutputError when the file cannot be made.
+    Where the system has no flock (Windows) the block runs unguarded. The file stays after the block:
+    unlinking it would race with the next opener."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OutputError(f"Cannot write into folder {path.parent}: {e.strerror or e}.") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockBusy(os.pread(fd, 32, 0).decode(errors="replace").strip() or "?") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block ends, then act on them as they would have acted.

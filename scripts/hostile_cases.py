@@ -624,6 +624,52 @@ def _():
     return r.exit_code == 0 and not half.exists(), f"half-written pack {'left' if half.exists() else 'removed'}"
 
 
+STICKERS = ["--steps", "2", "--views", "2", "--train-steps", "2", "--candidates", "1", "--cartoon-steps", "2",
+            "--expressions", "angry,shocked,crying", "--device", "cpu", "-q"]
+SELFIE = ROOT / "examples" / "astronaut.png"
+
+
+def unbundled_model():
+    """The bundled model's copy, not marked bundled: sticker-pack then cartoonizes with --base."""
+    folder = W / "unbundled"
+    if not folder.exists():
+        model_copy("unbundled")
+        meta = json.loads((folder / "pedit.json").read_text())
+        meta.pop("bundled", None)
+        (folder / "pedit.json").write_text(json.dumps(meta))
+    return folder
+
+
+@case("sticker-pack LoRA cache after another base is put at the same --base path")
+def _():
+    here = build_base(W / "swapped-base", TINY, seed=0)
+    common = [*STICKERS, "-m", unbundled_model(), "--base", here, "--cache-dir", W / "swap-cache"]
+    first = run("sticker-pack", SELFIE, "-o", W / "swap-a", *common)
+    shutil.rmtree(here)
+    build_base(here, TINY, seed=1)  # another model, same path
+    second = run("sticker-pack", SELFIE, "-o", W / "swap-b", *common)
+    if first.exit_code or second.exit_code:
+        return False, f"{desc(first)}; {desc(second)}"
+    key = lambda out: json.loads((out / "manifest.json").read_text())["cartoon"]["lora"]["key"]
+    stale = key(W / "swap-a") == key(W / "swap-b")
+    return not stale, "the first base's LoRA reused" if stale else "a new LoRA trained for the new base"
+
+
+@case("two sticker-packs of one selfie at once, sharing the LoRA cache")
+def _():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    cmd = lambda out: [sys.executable, "-m", "pedit", "sticker-pack", str(SELFIE), "-o", str(W / out), "-m", str(unbundled_model()),
+                       "--base", str(base), "--cache-dir", str(W / "both-cache"), *STICKERS]
+    procs = [subprocess.Popen(cmd(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for out in ("both-a", "both-b")]
+    outs = [p.communicate(timeout=900) for p in procs]
+    codes = [p.returncode for p in procs]
+    loras = list((W / "both-cache" / "dreambooth").glob("*/lora/pytorch_lora_weights.safetensors"))
+    ok = codes == [0, 0] and len(loras) == 1 and all((W / o / "manifest.json").exists() for o in ("both-a", "both-b"))
+    errs = [e.strip().splitlines()[-1][:120] for _, e in outs if e.strip()]
+    return ok, f"exits {codes}, {len(loras)} LoRA(s){'; ' + ' | '.join(errs) if errs else ''}"
+
+
 kept = sum(ok for _, ok in results)
 print(f"\n{len(results)} cases: {kept} kept, {len(results) - kept} broken")
 shutil.rmtree(W, ignore_errors=True)

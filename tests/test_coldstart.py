@@ -196,7 +196,9 @@ def test_key_reads_only_changed_files_again(random_model, tmp_path, cache_root, 
     def unwritable(*args, **kwargs):
         raise OutputError("Cannot write into folder: permission denied.")
 
-    monkeypatch.setattr(traced, "write_text_atomic", unwritable)  # a read-only cache costs time, not the key
+    import pedit.files
+
+    monkeypatch.setattr(pedit.files, "write_text_atomic", unwritable)  # a read-only cache costs time, not the key
     (copy / "pedit.json").write_text((copy / "pedit.json").read_text().rstrip(" "))
     assert traced.model_key(copy) == key
 

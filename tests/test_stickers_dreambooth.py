@@ -195,3 +195,60 @@ def test_the_loss_draws_its_noise_where_the_latents_are(pipe):
         scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
         loss = _loss(unet, scheduler, latents, embeds, 2, torch.Generator().manual_seed(0))
         assert loss.device.type == "meta" and loss.shape == ()
+
+
+def test_the_lora_cache_is_keyed_by_the_base_content_not_its_path(tiny_base, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from pedit.stickers.cartoon import base_content
+
+    monkeypatch.setenv("PEDIT_CACHE", str(tmp_path / "cache"))  # the stat-keyed hash records go here
+    here = Path(shutil.copytree(tiny_base, tmp_path / "base"))
+    before = base_content(str(here))
+    assert base_content(str(shutil.copytree(here, tmp_path / "moved"))) == before  # content, not location
+    weights = next((here / "unet").glob("diffusion_pytorch_model.*"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # another model placed at the same path: one byte of the U-Net differs
+    weights.write_bytes(bytes(data))
+    changed = base_content(str(here))
+    assert changed != before
+    (here / "feature_extractor").mkdir(exist_ok=True)
+    (here / "feature_extractor" / "preprocessor_config.json").write_text("{}")  # not a part the LoRA depends on
+    assert base_content(str(here)) == changed
+
+
+def test_two_sticker_packs_of_one_selfie_fill_the_lora_cache_one_at_a_time(tmp_path):
+    import os
+    import threading
+
+    from pedit.files import held_lock
+    from pedit.stickers.cartoon import lora_filled_alone
+
+    folder = tmp_path / "dreambooth" / "key"
+    folder.mkdir(parents=True)
+    holding, release, order = threading.Event(), threading.Event(), []
+
+    def other_run():  # another process training this LoRA (flock: a second open file is another holder)
+        with held_lock(folder / ".lock"):
+            holding.set()
+            release.wait(10)
+            order.append("other done")
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    holding.wait(10)
+    notes = []
+
+    def note(detail):
+        notes.append(detail)
+        release.set()  # the other run finishes while this one waits
+
+    with lora_filled_alone(folder, note):
+        order.append("this one")
+    thread.join(10)
+    assert notes == [f"waiting for another sticker-pack (pid {os.getpid()}) training this LoRA"]
+    assert order == ["other done", "this one"]
+    with lora_filled_alone(folder, note):  # free again: no wait, no note
+        pass
+    assert len(notes) == 1

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pedit.cache import file_sha256, stat_key
 from pedit.errors import OutputError, PeditError
-from pedit.files import TMP_SUFFIX, process_alive, temp_path
+from pedit.files import TMP_SUFFIX, LockBusy, held_lock, process_alive, temp_path
 
 LOCK = ".export.lock"
 _HOST = temp_path(Path("x")).name.split(".")[2].rsplit("-", 2)[0]  # this host, as temp_path writes it
@@ -44,26 +44,11 @@ class GraphFilesError(PeditError):
 def exclusive(out: Path, wait: bool = False):
     """Hold `out`'s export lock for the block (OutputError when another export holds it and not `wait`)."""
     try:
-        import fcntl
-    except ImportError:  # Windows: no flock; exports there are not guarded against each other
-        yield
-        return
-    try:
-        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise OutputError(f"Cannot write into folder {out}: {e.strerror or e}.") from e
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise OutputError(f"Another pedit export (pid {holder}) is writing into {out}; wait for it to finish, "
-                              "or export into another folder.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the file stays (unlinking it would race with the next opener)
+        with held_lock(out / LOCK, wait):
+            yield
+    except LockBusy as busy:
+        raise OutputError(f"Another pedit export (pid {busy.holder}) is writing into {out}; wait for it to finish, "
+                          "or export into another folder.") from None
 
 
 def clean_debris(out: Path) -> list[Path]:

@@ -39,9 +39,8 @@ import torch
 from torch import nn
 
 from pedit import __version__
-from pedit.cache import cache_root, folder_hash
-from pedit.errors import OutputError, PeditError
-from pedit.files import write_text_atomic
+from pedit.cache import cache_root, content_hash
+from pedit.errors import PeditError
 from pedit.noise import rand, randn
 
 CACHE_FORMAT = 1
@@ -104,32 +103,11 @@ def _versions() -> str:
 def model_key(path: Path) -> str:
     """Hash of everything the model loads from, plus the versions that shape a trace.
 
-    Each file's sha256 is remembered in the cache root's `hashes/` with its stat (pedit.cache.stat_key:
-    size, mtime, device, inode, ctime), so a new process reads only the files that changed since, not
-    every weight again (gigabytes for a Stable Diffusion-size folder). Any write to a file moves its ctime.
+    File hashes are remembered with their stat (pedit.cache.content_hash), so a new process reads
+    only the files that changed since, not every weight again.
     """
-    path = Path(path)
-    known_file = cache_root("hashes") / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
-    known = _read_known(known_file)
-    before = json.dumps(known, sort_keys=True)
-    content = folder_hash(path, ("pedit.json", *COMPONENTS), known)
-    for gone in [rel for rel in known if not (path / rel).is_file()]:  # files deleted since: forget them
-        del known[gone]
-    if json.dumps(known, sort_keys=True) != before:
-        try:  # the record only saves time: a cache that cannot be written costs a re-read next time
-            known_file.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(known_file, json.dumps(known), overwrite=True)
-        except (OSError, OutputError):
-            pass
+    content = content_hash(Path(path), ("pedit.json", *COMPONENTS))
     return hashlib.sha256(f"pedit-traced {CACHE_FORMAT} {_versions()}\n{content}".encode()).hexdigest()[:32]
-
-
-def _read_known(path: Path) -> dict:
-    try:
-        known = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return known if isinstance(known, dict) else {}
 
 
 @contextmanager

@@ -10,6 +10,7 @@ busy background is only chosen when none is plain. `pick` overrides the choice.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -102,6 +103,36 @@ def choose(scores: list[dict], pick: int | None = None) -> int:
     return max(plain, key=lambda i: scores[i]["plain_background"])
 
 
+BASE_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what shapes a LoRA
+
+
+def base_content(base: str) -> str:
+    """The content hash of a base's files that shape its LoRA (pedit.cache.content_hash): what keys the
+    LoRA cache, so another model placed at the same path (or hub id) never reuses a stale LoRA."""
+    from pedit.cache import content_hash
+    from pedit.model.loading import BASE_REQUIRED, resolve_source
+
+    return content_hash(resolve_source(base, "Base model", BASE_REQUIRED), BASE_PARTS)
+
+
+@contextmanager
+def lora_filled_alone(folder: Path, note: Callable[[str], None]):
+    """Hold the LoRA cache folder's lock for the block: of two sticker-packs of one selfie at once,
+    one trains and the other waits, then finds the LoRA made (the lock dies with its process)."""
+    from pedit.files import LockBusy, held_lock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    try:
+        with held_lock(lock):
+            yield
+        return
+    except LockBusy as busy:
+        note(f"waiting for another sticker-pack (pid {busy.holder}) training this LoRA")
+    with held_lock(lock, wait=True):
+        yield
+
+
 def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image, scorer, progress,
                cache_dir: Path) -> tuple[Image.Image, dict]:
     """Augment → DreamBooth LoRA (cached) → candidates → the chosen cartoon at 512 px, and its record.
@@ -123,20 +154,20 @@ def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image
                           seed=cfg.seed)
     aug = AugmentConfig(n_views=cfg.views, size=size, seed=cfg.seed)
     selfie_sha = hashlib.sha256(Path(cfg.selfie).read_bytes()).hexdigest()
-    key = cache_key(selfie_sha, str(cfg.base), db, {"augment": asdict(aug)})
+    key = cache_key(selfie_sha, base_content(cfg.base), db, {"augment": asdict(aug)})
     folder = cache_dir / "dreambooth" / key
-
-    if (folder / "lora" / LORA_FILE).exists():
-        progress(StageProgress("augment", 0, 0, "skipped (LoRA cached)", skipped=True))
-        progress(StageProgress("fine-tune", 0, 0, f"skipped (cached {key})", skipped=True))
-        views = []
-    else:
-        views = []
-        for i, view in enumerate(augment_views(selfie, face, aug)):
-            views.append(view.image)
-            progress(StageProgress("augment", i + 1, aug.n_views, "views"))
-    lora = train_lora(pipe, views, db, folder,
-                      progress=lambda s, n, loss: progress(StageProgress("fine-tune", s, n, f"loss {loss:.4f}")))
+    with lora_filled_alone(folder, lambda detail: progress(StageProgress("fine-tune", 0, 0, detail))):
+        if (folder / "lora" / LORA_FILE).exists():
+            progress(StageProgress("augment", 0, 0, "skipped (LoRA cached)", skipped=True))
+            progress(StageProgress("fine-tune", 0, 0, f"skipped (cached {key})", skipped=True))
+            views = []
+        else:
+            views = []
+            for i, view in enumerate(augment_views(selfie, face, aug)):
+                views.append(view.image)
+                progress(StageProgress("augment", i + 1, aug.n_views, "views"))
+        lora = train_lora(pipe, views, db, folder,
+                          progress=lambda s, n, loss: progress(StageProgress("fine-tune", s, n, f"loss {loss:.4f}")))
     pipe.load_lora_weights(lora)
 
     prompt = cartoon_prompt(cfg.style, db.subject)

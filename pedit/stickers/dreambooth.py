@@ -90,7 +90,7 @@ class DreamBoothConfig:
 
 
 def cache_key(selfie_sha256: str, base: str, cfg: DreamBoothConfig, extra: dict | None = None) -> str:
-    """A short hash naming the LoRA of this selfie, base and settings."""
+    """A short hash naming the LoRA of this selfie, base (its content hash: cartoon.base_content) and settings."""
     blob = json.dumps({"selfie": selfie_sha256, "base": base, "dreambooth": cfg.weights_key(), **(extra or {})},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
