@@ -252,3 +252,31 @@ def test_two_sticker_packs_of_one_selfie_fill_the_lora_cache_one_at_a_time(tmp_p
     with lora_filled_alone(folder, note):  # free again: no wait, no note
         pass
     assert len(notes) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "nan", "link"])
+def test_a_damaged_cached_lora_is_trained_again(pipe, tmp_path, damage):
+    from safetensors.torch import save_file
+
+    from pedit.stickers.cartoon import cached_lora_problem, subject_lora
+
+    folder = tmp_path / "dreambooth" / "key"
+    first = train_lora(pipe, views(), FAST, folder)
+    good = lora_tensors(first)
+    assert cached_lora_problem(first) is None
+    path = first / LORA_FILE
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "nan":
+        save_file({k: torch.full_like(v, float("nan")) for k, v in good.items()}, path)
+    else:
+        outside = tmp_path / "elsewhere.safetensors"
+        path.rename(outside)
+        path.symlink_to(outside)
+    assert cached_lora_problem(first) is not None
+    events = []
+    aug = AugmentConfig(n_views=3, size=32, seed=0)
+    again = subject_lora(pipe, Image.fromarray(render(0, size=64)), None, aug, FAST, folder, events.append)
+    assert any("the cached LoRA is damaged" in e.info for e in events)
+    assert not (again / LORA_FILE).is_symlink() and cached_lora_problem(again) is None
+    assert all(torch.isfinite(t).all() for t in lora_tensors(again).values())

@@ -9,6 +9,7 @@ busy background is only chosen when none is plain. `pick` overrides the choice.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -133,6 +134,53 @@ def lora_filled_alone(folder: Path, note: Callable[[str], None]):
         yield
 
 
+def cached_lora_problem(lora_dir: Path) -> str | None:
+    """None when the cached LoRA file reads as a LoRA (safetensors, finite tensors), else what is wrong:
+    a cache is not trusted as if pedit had just written it."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from pedit.files import regular_file_problem
+    from pedit.stickers.dreambooth import LORA_FILE
+
+    path = lora_dir / LORA_FILE
+    if path.is_symlink() or lora_dir.is_symlink():
+        return f"{path} is a link (a cache holds only the files pedit wrote)"
+    if (why := regular_file_problem(path)) is not None:
+        return f"{path} {why}"
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as e:
+        return f"{path} does not read as safetensors ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+    if not tensors or not all(t.is_floating_point() and bool(torch.isfinite(t).all()) for t in tensors.values()):
+        return f"{path} holds no LoRA weights or non-finite ones"
+    return None
+
+
+def subject_lora(pipe, selfie: Image.Image, face: Box | None, aug, db, folder: Path, progress) -> Path:
+    """The subject's LoRA folder: the cached one when it is intact, else augmented views and DreamBooth
+    (under the cache folder's lock, so two runs of one selfie train once)."""
+    from pedit.stickers.augment import augment_views
+    from pedit.stickers.dreambooth import LORA_FILE, train_lora
+    from pedit.stickers.progress import StageProgress
+
+    with lora_filled_alone(folder, lambda detail: progress(StageProgress("fine-tune", 0, 0, detail))):
+        views = []
+        if (folder / "lora" / LORA_FILE).exists():
+            if (why := cached_lora_problem(folder / "lora")) is None:
+                progress(StageProgress("augment", 0, 0, "skipped (LoRA cached)", skipped=True))
+                progress(StageProgress("fine-tune", 0, 0, f"skipped (cached {folder.name})", skipped=True))
+                return folder / "lora"
+            progress(StageProgress("fine-tune", 0, 0, f"the cached LoRA is damaged ({why}); training it again"))
+            shutil.rmtree(folder / "lora")
+        for i, view in enumerate(augment_views(selfie, face, aug)):
+            views.append(view.image)
+            progress(StageProgress("augment", i + 1, aug.n_views, "views"))
+        return train_lora(pipe, views, db, folder,
+                          progress=lambda s, n, loss: progress(StageProgress("fine-tune", s, n, f"loss {loss:.4f}")))
+
+
 def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image, scorer, progress,
                cache_dir: Path) -> tuple[Image.Image, dict]:
     """Augment → DreamBooth LoRA (cached) → candidates → the chosen cartoon at 512 px, and its record.
@@ -143,8 +191,8 @@ def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image
 
     import torch
 
-    from pedit.stickers.augment import AugmentConfig, augment_views
-    from pedit.stickers.dreambooth import LORA_FILE, DreamBoothConfig, cache_key, train_lora
+    from pedit.stickers.augment import AugmentConfig
+    from pedit.stickers.dreambooth import DreamBoothConfig, cache_key
     from pedit.stickers.progress import StageProgress
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -156,18 +204,7 @@ def cartoonize(cfg, selfie: Image.Image, face: Box | None, portrait: Image.Image
     selfie_sha = hashlib.sha256(Path(cfg.selfie).read_bytes()).hexdigest()
     key = cache_key(selfie_sha, base_content(cfg.base), db, {"augment": asdict(aug)})
     folder = cache_dir / "dreambooth" / key
-    with lora_filled_alone(folder, lambda detail: progress(StageProgress("fine-tune", 0, 0, detail))):
-        if (folder / "lora" / LORA_FILE).exists():
-            progress(StageProgress("augment", 0, 0, "skipped (LoRA cached)", skipped=True))
-            progress(StageProgress("fine-tune", 0, 0, f"skipped (cached {key})", skipped=True))
-            views = []
-        else:
-            views = []
-            for i, view in enumerate(augment_views(selfie, face, aug)):
-                views.append(view.image)
-                progress(StageProgress("augment", i + 1, aug.n_views, "views"))
-        lora = train_lora(pipe, views, db, folder,
-                          progress=lambda s, n, loss: progress(StageProgress("fine-tune", s, n, f"loss {loss:.4f}")))
+    lora = subject_lora(pipe, selfie, face, aug, db, folder, progress)
     pipe.load_lora_weights(lora)
 
     prompt = cartoon_prompt(cfg.style, db.subject)
