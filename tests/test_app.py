@@ -93,6 +93,19 @@ def test_the_seed_and_the_direction_reach_the_edit(service, cli_laughing, tmp_pa
     assert other_seed != cli_laughing and crying != cli_laughing
 
 
+def test_several_directions_in_one_request_equal_one_request_each(service, cli_laughing, tmp_path):
+    from pedit.app.service import EditRequest
+
+    out = service.edit(EditRequest(photo=_upload(tmp_path), direction="laughing,crying"))
+    assert [e.direction for e in out.edits] == ["laughing", "crying"]
+    assert out.edits[0].result.read_bytes() == cli_laughing and out.result == out.edits[0].result
+    crying = service.edit(EditRequest(photo=_upload(tmp_path, "toon2.png"), direction="crying"))
+    assert out.edits[1].result.read_bytes() == crying.result.read_bytes()
+    assert out.edits[1].mask.read_bytes() == crying.mask.read_bytes()
+    with pytest.raises(Exception, match="more than once"):
+        service.edit(EditRequest(photo=_upload(tmp_path), direction="laughing,laughing"))
+
+
 def test_brush_mask_replace_keeps_every_pixel_outside_the_stroke(service, tmp_path):
     from pedit.app.service import EditRequest, brush_mask
 
@@ -226,7 +239,7 @@ def test_the_api_edits_as_pedit_edit_and_keeps_serving_after_a_bad_upload(server
     from pedit.photos.photo import load_photo
 
     client = gradio_client.Client(server, verbose=False, download_files=str(tmp_path / "downloads"))
-    args = ("laughing", None, "replace", 0, 20, "ddim", 1.5, 1.0, 4.0, True)
+    args = ("laughing", [], None, "replace", 0, 20, "ddim", 1.5, 1.0, 4.0, True)
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     with pytest.raises(Exception) as e:
@@ -236,11 +249,19 @@ def test_the_api_edits_as_pedit_edit_and_keeps_serving_after_a_bad_upload(server
     # The CLI's message (it starts with the file's name), for the name the server gave the upload.
     assert str(expected.value).startswith(str(bad))
     assert str(expected.value)[len(str(bad)):] in str(e.value)
-    (before, after), overlay, identity, download = client.predict(handle_file(str(TOON)), *args, api_name="/edit")
-    assert Path(download).read_bytes() == cli_laughing
+    (before, after), overlay, _, identity, downloads = client.predict(handle_file(str(TOON)), *args, api_name="/edit")
+    assert [Path(d).read_bytes() for d in downloads] == [cli_laughing]
     assert Path(after).read_bytes() == cli_laughing
     assert Path(before).read_bytes() == TOON.read_bytes()
     assert Image.open(overlay).size == (128, 128)
+    # Two directions in one request: the first's result as before, one download each.
+    both = ("laughing", ["crying"], *args[2:])
+    (_, after), _, gallery, _, downloads = client.predict(handle_file(str(TOON)), *both, api_name="/edit")
+    assert Path(after).read_bytes() == cli_laughing and len(downloads) == 2
+    assert [Path(d).name for d in downloads] == ["toon_laughing.png", "toon_crying.png"]
+    shown = gallery["value"]  # an update: the gallery is shown for several directions
+    assert gallery["visible"] and [item["caption"] for item in shown] == ["laughing", "crying"]
+    assert [Path(item["image"]).read_bytes() for item in shown] == [Path(d).read_bytes() for d in downloads]
 
 
 # ------------------------------------------------------------------------------------------ browser

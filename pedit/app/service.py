@@ -53,7 +53,7 @@ class EditRequest:
     """One edit from the page: the `pedit edit` flags it exposes (other fields keep the CLI defaults)."""
 
     photo: str  # the uploaded file, as received
-    direction: str
+    direction: str  # one name, or several "a,b,c": edited together (Editor.edit_many), one result each
     seed: int = 0
     steps: int = 20
     scheduler: str = "ddim"
@@ -85,13 +85,33 @@ class EditRequest:
 
 
 @dataclass(frozen=True)
-class EditOutcome:
-    input: Path  # the photo as uploaded
+class EditedImage:
+    """One direction's result of a request."""
+
+    direction: str
     result: Path  # the full-size result, written as `pedit edit` writes it
     mask: Path
     overlay: Path  # the photo with the edited region tinted
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    input: Path  # the photo as uploaded
+    edits: tuple[EditedImage, ...]  # one per direction, in the order asked
     identity: str | None  # "0.23 (same person)", a verdict, or None without the face model
     notes: tuple[str, ...]
+
+    @property
+    def result(self) -> Path:  # the first direction's: the whole outcome of a one-direction request
+        return self.edits[0].result
+
+    @property
+    def mask(self) -> Path:
+        return self.edits[0].mask
+
+    @property
+    def overlay(self) -> Path:
+        return self.edits[0].overlay
 
 
 @dataclass(frozen=True)
@@ -139,10 +159,10 @@ class PeditApp:
         self.folders.close()
 
     def edit(self, req: EditRequest, progress: Progress = lambda done, total, what: None) -> EditOutcome:
-        """Edit one uploaded photo toward one direction; PeditError with the CLI's message when it cannot.
+        """Edit one uploaded photo toward its direction(s); PeditError with the CLI's message when it cannot.
 
-        Several directions: loop here over names, or, with the editor's batched edit of several
-        directions, hand it the list (one U-Net batch); the page asks for one today.
+        Several directions ("a,b,c") are edited together as `pedit edit -d a,b,c` edits them
+        (Editor.edit_many: shared rows, one mask each), with the same bytes as one request each.
         """
         from pedit.photos.edit_files import EditFilesConfig, edit_files
 
@@ -177,9 +197,10 @@ class PeditApp:
             item = items[0]
             if item.error:
                 raise PeditError(item.error)
-            result = Path(item.output)
-            outcome = EditOutcome(input=photo, result=result, mask=_sibling(result, "mask"),
-                                  overlay=_sibling(result, "overlay"), identity=_identity_text(item.identity),
+            edits = tuple(EditedImage(name, Path(result), _sibling(Path(result), "mask"),
+                                      _sibling(Path(result), "overlay"))
+                          for name, result in zip(cfg.directions, item.outputs, strict=True))
+            outcome = EditOutcome(input=photo, edits=edits, identity=_identity_text(item.identity),
                                   notes=tuple(notes))
         except BaseException:
             self.folders.release(folder, failed=True)

@@ -59,6 +59,9 @@ def _edit_tab(app: PeditApp) -> None:
         with gr.Column():
             photo = PhotoUpload(label="Photo", type="filepath", sources=["upload", "webcam"], elem_id="photo")
             direction = gr.Dropdown(directions, value=directions[0], label="Direction", elem_id="direction")
+            more = gr.Dropdown(directions, value=[], multiselect=True, label="More directions (optional)",
+                               info="Edited together with the first, sharing its U-Net rows; one result each",
+                               elem_id="more-directions")
             with gr.Accordion("Brush mask (optional)", open=False):
                 brush = gr.ImageEditor(label="Paint where the photo may change", type="numpy", sources=(),
                                        layers=False, elem_id="brush",
@@ -77,19 +80,22 @@ def _edit_tab(app: PeditApp) -> None:
         with gr.Column():
             slider = gr.ImageSlider(label="Before / after", type="filepath", elem_id="before-after")
             overlay = gr.Image(label="Mask overlay", type="filepath", elem_id="overlay", interactive=False)
+            results = gr.Gallery(label="Every direction", columns=4, elem_id="results", visible=False)
             identity = gr.Markdown(elem_id="identity")
-            download = gr.File(label="Full-size result", elem_id="download", interactive=False)
+            download = gr.File(label="Full-size results", file_count="multiple", elem_id="download",
+                               interactive=False)
 
     # The brush paints over the photo itself; a new photo clears old strokes.
     photo.change(lambda p: {"background": p, "layers": [], "composite": p} if p else None, photo, brush,
                  queue=False, api_name=False)
 
-    def on_edit(photo_path, direction_name, editor_value, mode, seed_value, steps_value, scheduler_name, s_s_value,
-                s_im_value, s_p_value, mask_on, progress=gr.Progress()):
+    def on_edit(photo_path, direction_name, more_names, editor_value, mode, seed_value, steps_value, scheduler_name,
+                s_s_value, s_im_value, s_p_value, mask_on, progress=gr.Progress()):
         if not photo_path:
             raise gr.Error("Upload a photo first (JPEG, PNG, WebP, BMP or TIFF).")
+        names = [direction_name, *(more_names or [])]  # a repeated name is refused with the CLI's message
         try:
-            req = EditRequest(photo=photo_path, direction=direction_name, seed=_whole(seed_value),
+            req = EditRequest(photo=photo_path, direction=",".join(names), seed=_whole(seed_value),
                               steps=_whole(steps_value), scheduler=scheduler_name, s_s=s_s_value,
                               s_im=s_im_value, s_p=s_p_value, use_mask=bool(mask_on),
                               brush=brush_mask((editor_value or {}).get("layers")), mask_mode=mode)
@@ -99,10 +105,12 @@ def _edit_tab(app: PeditApp) -> None:
         for note in out.notes:
             gr.Info(note)
         shown = f"Identity distance, input vs output face: **{out.identity}**" if out.identity else ""
-        return (str(out.input), str(out.result)), str(out.overlay), shown, str(out.result)
+        every = gr.Gallery(value=[(str(e.result), e.direction) for e in out.edits], visible=len(out.edits) > 1)
+        return ((str(out.input), str(out.result)), str(out.overlay), every, shown,
+                [str(e.result) for e in out.edits])
 
-    run.click(on_edit, [photo, direction, brush, mask_mode, seed, steps, scheduler, s_s, s_im, s_p, use_mask],
-              [slider, overlay, identity, download], api_name="edit", concurrency_id="model")
+    run.click(on_edit, [photo, direction, more, brush, mask_mode, seed, steps, scheduler, s_s, s_im, s_p, use_mask],
+              [slider, overlay, results, identity, download], api_name="edit", concurrency_id="model")
 
 
 def _sticker_tab(app: PeditApp) -> None:
