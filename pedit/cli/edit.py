@@ -7,7 +7,7 @@ import os
 
 import click
 
-from pedit.cli.choices import BACKENDS
+from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_NAMES, interval_option
 from pedit.cli.progress import make_console, make_progress
 from pedit.errors import PeditError
 
@@ -20,7 +20,8 @@ from pedit.errors import PeditError
 @click.option("-o", "--output", type=click.Path(), help="Output file, or folder for several inputs. Default: next to the input.")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scheduler", type=click.Choice(["ddim", "dpm", "euler"]), default="ddim", show_default=True)
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default="ddim", show_default=True)
+@click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
 @click.option("--s-s", type=float, default=1.5, show_default=True, help="Guidance scale of the spatial condition c_s.")
 @click.option("--s-im", type=float, default=1.0, show_default=True, help="Guidance scale of the image condition c_im.")
 @click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
@@ -55,7 +56,7 @@ from pedit.errors import PeditError
               help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call.")
 @click.option("--no-cache", is_flag=True, help="On the CPU, load the model itself, not its TorchScript cache (same result, slower start).")
 @click.option("-q", "--quiet", is_flag=True)
-def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_p, subject, no_mask, mask_noises, mask_file,
+def edit(inputs, direction, model, output, steps, seed, scheduler, guidance_interval, s_s, s_im, s_p, subject, no_mask, mask_noises, mask_file,
          mask_mode, save_mask, compare, face_index, require_face, margin, detector, no_identity_check, overwrite,
          max_pixels, allow_pickle, device, backend, precision, engines, mask_batch, no_cache, quiet):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
@@ -72,7 +73,7 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, s_s, s_im, s_
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
         overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, detector=detector,
         identity_check=not no_identity_check, backend=backend, precision=precision, engines=engines, mask_batch=mask_batch,
-        cache=not no_cache, mask=mask_file, mask_mode=mask_mode, subject=subject,
+        cache=not no_cache, mask=mask_file, mask_mode=mask_mode, subject=subject, guidance_interval=guidance_interval,
     )
     check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = make_console(quiet)

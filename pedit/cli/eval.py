@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pedit.cli.choices import BACKENDS
+from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_NAMES, interval_option
 from pedit.cli.progress import make_console, make_progress, show_config
 
 
@@ -32,13 +32,19 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="What runs the U-Net.")
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for --backend onnx/trt "
               "(default: exported once into ~/.cache/pedit).")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default="ddim", show_default=True,
+              help="Sampler of ours and its ablations (the baselines keep DDIM).")
+@click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
+@click.option("--mask-noises", type=click.IntRange(min=1, max=1024),
+              help="Noise draws of the editing mask (default: the model folder's setting).")
 @click.option("--mask-batch", type=click.IntRange(min=0, max=1024),
               help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call. "
                    "Default: the model folder's setting.")
 @click.option("-q", "--quiet", is_flag=True)
 @click.pass_context
 def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit,
-             grid_pairs, detector, overwrite, device, allow_pickle, precision, backend, engines, mask_batch, quiet):
+             grid_pairs, detector, overwrite, device, allow_pickle, precision, backend, engines, scheduler, guidance_interval,
+             mask_noises, mask_batch, quiet):
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
 
     \b
@@ -49,10 +55,12 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
     if bool(pairs) == bool(photos):
         raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
     # A flag that does not apply to the chosen mode is an error, never silently ignored.
-    given = {name for name in ("methods", "batch_size", "limit", "grid_pairs", "detector", "engines", "mask_batch")
+    pairs_only = {"methods", "batch_size", "limit", "grid_pairs", "engines", "mask_batch", "scheduler",
+                  "guidance_interval", "mask_noises"}
+    given = {name for name in (*pairs_only, "detector")
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if photos:
-        if not_here := given & {"methods", "batch_size", "limit", "grid_pairs", "engines", "mask_batch"}:
+        if not_here := given & pairs_only:
             flags = ", ".join(_flag(ctx, name) for name in sorted(not_here))
             raise click.UsageError(f"{flags} goes with --pairs; --photos edits every photo toward each -d direction.")
         _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle,
@@ -67,7 +75,8 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                      steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
                      allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite,
-                     engines=engines, mask_batch=mask_batch)
+                     engines=engines, mask_batch=mask_batch, scheduler=scheduler, guidance_interval=guidance_interval,
+                     mask_noises=mask_noises)
     console = make_console(quiet)
     show_config(console, cfg)
     with make_progress(console) as bar:

@@ -22,12 +22,12 @@ from PIL import Image
 from pedit.data.directions import Direction, check_subject, model_directions, resolve
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
-from pedit.edit.guidance import GuidanceScales, check_edit_scale, guided_eps
+from pedit.edit.guidance import N_ROWS, PROMPT_ROWS, GuidanceScales, check_edit_scale, guided_eps, unguided_eps
 from pedit.edit.mask import MaskConfig, binarize, change_weight, composite, difference_maps, pixel_mask
 from pedit.model.mask_settings import mask_config_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
-from pedit.edit.sampler import check_steps, make_scheduler, sample
+from pedit.edit.sampler import PlainSteps, check_steps, make_scheduler, sample
 from pedit.edit.user_mask import check_user_mask, combine_latent, combine_weight, user_mask_at
 from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
 
@@ -52,6 +52,10 @@ class EditOptions:
     user_mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) in [0, 1], any size; 1 = may change
     mask_mode: str = "replace"  # how user_mask combines with the model's mask: replace, intersect, union
     subject: str | None = None  # fills "person" in the direction's template prompts ("old man"); None: as recorded
+    # Guidance only where it matters: (lo, hi) noise levels t / T (T the schedule's training timesteps);
+    # a step outside takes every scale at 1, 2 rows instead of 5 (pedit.edit.guidance.unguided_eps).
+    # None: every step guided (the paper's sampler).
+    guidance_interval: tuple[float, float] | None = None
 
     def __post_init__(self):
         from pedit.edit.sampler import SCHEDULERS
@@ -67,6 +71,20 @@ class EditOptions:
         if self.subject is not None:
             check_subject(self.subject)
         check_edit_scale(self.scales.s_p)
+        if self.guidance_interval is not None:
+            check_guidance_interval(self.guidance_interval)
+
+
+def check_guidance_interval(interval) -> None:
+    """(lo, hi) with 0 <= lo < hi <= 1: the noise levels t / T whose steps are guided."""
+    import math
+
+    ok = (isinstance(interval, (tuple, list)) and len(interval) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in interval)
+          and 0 <= interval[0] < interval[1] <= 1)
+    if not ok:
+        raise ConfigError(f"guidance_interval must be two noise levels lo,hi with 0 <= lo < hi <= 1 (t / T of the "
+                          f"steps that are guided), got {interval!r}")
 
 
 @dataclass
@@ -75,6 +93,34 @@ class EditResult:
     mask: Image.Image  # L: the blend weight actually used (0 = input pixel kept exactly)
     raw: Image.Image  # the decoded sample before compositing
     mask_latent: torch.Tensor | None  # (1, 1, h, w) binary editing mask, None with use_mask=False
+
+
+def plain_steps(cond: EditConditions, mask, interval, scheduler) -> PlainSteps | None:
+    """The steps outside `interval` (noise levels t / T): row 3, or rows 3-4 with a mask, at unit scales."""
+    if interval is None:
+        return None
+    lo, hi = interval
+    total = int(scheduler.config.num_train_timesteps)
+    c_s_rows, context = cond.prompt_rows()  # [p_b; p_a] block-wise
+    if mask is None:  # the p_a branch is only Eq. 3's: without a mask, row 3 alone
+        n = cond.c_s.shape[0]
+        c_s_rows, context = c_s_rows[:n], context[:n]
+    return PlainSteps(is_plain=lambda t: not lo <= t / total <= hi, c_s_rows=c_s_rows, context=context,
+                      rows=1 if mask is None else PROMPT_ROWS, guide=lambda eps: unguided_eps(eps, mask))
+
+
+def edit_rows(options: EditOptions, scheduler) -> int:
+    """U-Net rows one edit with `options` evaluates: 2 a mask draw (rows 3-4, pedit.edit.mask), then
+    5 a guided step, and outside the guidance interval 2 a step (1 without the mask)."""
+    from pedit.edit.sampler import check_steps
+
+    check_steps(options.steps, scheduler)
+    scheduler.set_timesteps(options.steps, device="cpu")
+    total = int(scheduler.config.num_train_timesteps)
+    lo, hi = options.guidance_interval or (0.0, 1.0)
+    plain = PROMPT_ROWS if options.use_mask else 1
+    steps = sum(N_ROWS if lo <= float(t) / total <= hi else plain for t in scheduler.timesteps)
+    return (PROMPT_ROWS * options.mask.n_noise if options.use_mask else 0) + steps
 
 
 def uint8_to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -265,9 +311,11 @@ class Editor:
         per = options if isinstance(options, (list, tuple)) else [options] * len(resolved)
         plans = [(d, dataclasses.replace(o or self.default_options(d), **overrides)) for d, o in zip(resolved, per)]
         plans = [(d.for_subject(o.subject), o) for d, o in plans]  # the prompts the text encoder sees
-        shared = {(o.steps, o.seed, o.scales, o.use_mask, o.scheduler, o.mask_mode) for _, o in plans}
+        shared = {(o.steps, o.seed, o.scales, o.use_mask, o.scheduler, o.mask_mode, o.guidance_interval)
+                  for _, o in plans}
         if len(shared) > 1:
-            raise ConfigError("edit_many's directions must share steps, seed, scales, scheduler and mask use; "
+            raise ConfigError("edit_many's directions must share steps, seed, scales, scheduler, guidance interval "
+                              "and mask use; "
                               "only the mask settings may differ (edit them one at a time otherwise).")
         for _, o in plans:
             self.scheduler(o)  # steps the schedule cannot give fail here, before any work
@@ -331,8 +379,10 @@ class Editor:
         stacked = EditConditions(conds[0].c_s.repeat(k, 1, 1, 1), conds[0].c_im.repeat(k, 1, 1),
                                  *(torch.cat([getattr(c, f) for c in conds]) for f in ("c_p_b", "c_p_a", "c_p_null")))
         mask = None if latents[0] is None else torch.cat(latents).to(stacked.c_s)  # (k, 1, h, w)
-        return sample(self.denoise, self.scheduler(options), torch.cat(z_T), *stacked.guidance_rows(),
-                      lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback)
+        scheduler = self.scheduler(options)
+        return sample(self.denoise, scheduler, torch.cat(z_T), *stacked.guidance_rows(),
+                      lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback,
+                      plain=plain_steps(stacked, mask, options.guidance_interval, scheduler))
 
     def _masks_and_noise(self, conds: list[EditConditions], options: list[EditOptions]):
         """Each direction's model mask (1, 1, h, w) or None, and its z_T (1, 4, h, w): the generator

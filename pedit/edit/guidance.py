@@ -92,6 +92,20 @@ def guided_eps(eps, scales: GuidanceScales, mask=None):
     return masked_two_branch(eps_b, eps_a, mask)
 
 
+def unguided_eps(eps, mask=None):
+    """The step's noise with every scale at 1, from the prompt rows alone.
+
+    With s_s = s_im = s_p = 1, `multi_cfg` telescopes to its fully conditioned term, so eps~(p) =
+    e(s, im, p): a step outside the guidance interval (EditOptions.guidance_interval) needs row 3
+    (mask None: eps (B, 4, h, w) = e(s,im,p_b)) or rows 3-4 ((2B, 4, h, w) [e(s,im,p_b); e(s,im,p_a)],
+    then Eq. 3 as in a guided step). Equal to `guided_eps` at unit scales up to float rounding.
+    """
+    if mask is None:
+        return eps
+    e_b, e_a = eps.chunk(PROMPT_ROWS, dim=0)
+    return masked_two_branch(e_b, e_a, mask)
+
+
 def branch_eps(eps, scales: GuidanceScales):
     """Both guided branches (eps~(p_b), eps~(p_a)) from the 5-row output; used for the editing mask."""
     e_none, e_s, e_s_im, e_full_b, e_full_a = split_rows(eps)

@@ -7,6 +7,7 @@ the (B, 4, h, w) noise the scheduler steps with (pedit.edit.guidance). DESIGN.md
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -38,6 +39,21 @@ def make_scheduler(name: str, config: dict):
     raise ValueError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
 
 
+@dataclass(frozen=True)
+class PlainSteps:
+    """Steps sampled with fewer rows (outside the guidance interval): which, and with what.
+
+    is_plain(t) for each host timestep t; at those steps the U-Net sees `rows` rows per latent,
+    c_s_rows / context in the same block-wise layout, and `guide` combines them (pedit.edit.guidance.unguided_eps).
+    """
+
+    is_plain: Callable[[int], bool]
+    c_s_rows: torch.Tensor | None
+    context: torch.Tensor
+    rows: int
+    guide: Callable[[torch.Tensor], torch.Tensor]
+
+
 def sample(
     denoise: Callable,
     scheduler,
@@ -51,6 +67,7 @@ def sample(
     strength: float = 1.0,
     after_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     rows: int = N_ROWS,
+    plain: PlainSteps | None = None,
 ) -> torch.Tensor:
     """Denoise `z` (B, 4, h, w), unit-variance noise, to a clean latent.
 
@@ -61,7 +78,8 @@ def sample(
     each step (DiffEdit-style blending); both serve the baselines of `pedit eval`. The scheduler
     and `after_step` see each timestep `t` as a 0-d int64 tensor on the host, `denoise` on z's device.
     `rows` guidance rows per latent (5 for the MCDM; gen-pairs' Eq. 2 uses 4) and `c_s_rows=None`
-    for a U-Net without the spatial condition (a plain Stable Diffusion base).
+    for a U-Net without the spatial condition (a plain Stable Diffusion base). `plain`: the steps
+    that take fewer rows and another guide (guidance on an interval of noise levels only).
     """
     check_steps(num_steps, scheduler)
     # The schedule stays on the host: the scheduler's table lookups and its branches on the timestep
@@ -74,12 +92,15 @@ def sample(
         z = scheduler.add_noise(start, z, timesteps[:1])
     else:
         z = z * scheduler.init_noise_sigma
+    full = (c_s_rows, context, rows, guide)
     for i, t in enumerate(timesteps):
+        step_c_s, step_context, step_rows, step_guide = (
+            full if plain is None or not plain.is_plain(int(t)) else (plain.c_s_rows, plain.context, plain.rows, plain.guide))
         z_model = scheduler.scale_model_input(z, t)
-        z_in = z_model.repeat(rows, 1, 1, 1)  # (rows·B, 4, h, w), block-wise like the guidance rows
-        if c_s_rows is not None:
-            z_in = torch.cat([z_in, c_s_rows], dim=1)  # (5B, 8, h, w)
-        eps = guide(denoise(z_in, unet_timesteps[i], context))  # (rows·B, 4, h, w) → (B, 4, h, w)
+        z_in = z_model.repeat(step_rows, 1, 1, 1)  # (rows·B, 4, h, w), block-wise like the guidance rows
+        if step_c_s is not None:
+            z_in = torch.cat([z_in, step_c_s], dim=1)  # (5B, 8, h, w)
+        eps = step_guide(denoise(z_in, unet_timesteps[i], step_context))  # (rows·B, 4, h, w) → (B, 4, h, w)
         z = scheduler.step(eps, t, z).prev_sample
         if after_step is not None:
             z = after_step(z, t)

@@ -63,6 +63,9 @@ class EvalConfig:
     overwrite: bool = False  # replace an earlier report in `output`
     engines: str | None = None  # a `pedit export` folder for onnx / trt
     mask_batch: int | None = None  # noise draws per mask call (0 = all in one); None: the model folder's setting
+    mask_noises: int | None = None  # noise draws of the editing mask; None: the model folder's setting
+    scheduler: str = "ddim"  # of ours and its ablations (the baselines keep DDIM)
+    guidance_interval: tuple[float, float] | None = None  # ours: guided noise levels (EditOptions)
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
@@ -82,6 +85,15 @@ class EvalConfig:
         check_device("device", self.device, optional=False)
         if self.mask_batch is not None:
             check_int("mask_batch", self.mask_batch, 0, 1024)
+        if self.mask_noises is not None:
+            check_int("mask_noises", self.mask_noises, 1, 1024)
+        from pedit.edit.editor import check_guidance_interval
+        from pedit.edit.sampler import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.guidance_interval is not None:
+            check_guidance_interval(self.guidance_interval)
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
 
 
@@ -209,27 +221,33 @@ def batch_seed(seed: int, start: int) -> int:
     return (seed + start) % 2**64
 
 
-def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cfg):
+def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cfg, scheduler_name: str = "ddim",
+               guidance_interval: tuple[float, float] | None = None):
     """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None).
 
-    `mask_cfg`: one MaskConfig, or one per pair of the batch."""
+    `mask_cfg`: one MaskConfig, or one per pair of the batch. `scheduler_name` and `guidance_interval`
+    (EditOptions') apply to ours and its ablations; the baselines keep DDIM with every step guided."""
     from diffusers import DDPMScheduler
 
+    from pedit.edit.editor import plain_steps
     from pedit.edit.guidance import guided_eps
     from pedit.edit.sampler import make_scheduler, sample
 
     parts = editor.model.parts
     g = torch.Generator().manual_seed(seed)
     ddpm = DDPMScheduler.from_config(parts.scheduler_config)
-    scheduler = make_scheduler("ddim", parts.scheduler_config)
     z_A = cond.c_s  # E(x_A), what the mask noises even when the c_s condition is dropped
     if method in ("ours", "ours-no-mask", "no-c_s", "no-c_im"):
+        scheduler = make_scheduler(scheduler_name, parts.scheduler_config)
         cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
         mask = None if method == "ours-no-mask" else batch_masks(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A)
         z_T = randn(cond.c_s.shape, g, like=cond.c_s)
         rows = cond.guidance_rows()
-        z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, mask), steps)
+        m = None if mask is None else mask.to(cond.c_s)
+        z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, mask), steps,
+                     plain=plain_steps(cond, m, guidance_interval, scheduler))
         return parts.decode(z_0), mask
+    scheduler = make_scheduler("ddim", parts.scheduler_config)
     text_only = _drop(cond, c_s=True, c_im=True)  # both image conditions dropped: a text-to-image model
     rows = text_only.guidance_rows()
     noise = randn(cond.c_s.shape, g, like=cond.c_s)
@@ -267,7 +285,11 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     for p in pairs:
         if p.direction not in out:
             mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)))
-            out[p.direction] = mask_cfg if cfg.mask_batch is None else dataclasses.replace(mask_cfg, batch=cfg.mask_batch)
+            if cfg.mask_batch is not None:
+                mask_cfg = dataclasses.replace(mask_cfg, batch=cfg.mask_batch)
+            if cfg.mask_noises is not None:
+                mask_cfg = dataclasses.replace(mask_cfg, n_noise=cfg.mask_noises)
+            out[p.direction] = mask_cfg
     return out
 
 
@@ -324,7 +346,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         outs_for_grid = {}
         for m in cfg.methods:
             t0 = time.perf_counter()
-            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, batch_seed(cfg.seed, start), mask_cfgs)
+            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, batch_seed(cfg.seed, start), mask_cfgs,
+                                       cfg.scheduler, cfg.guidance_interval)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])

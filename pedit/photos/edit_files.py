@@ -59,6 +59,7 @@ class EditFilesConfig:
     mask_batch: int = 0  # noise draws per U-Net call of the editing mask; 0 = all in one call
     cache: bool = True  # CPU, torch, fp32: run from the model's TorchScript cache (pedit.model.traced); same bytes
     subject: str | None = None  # "person" in the direction's template prompts becomes this ("old man")
+    guidance_interval: tuple[float, float] | None = None  # guided noise levels t / T (EditOptions); None: all
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales, check_edit_scale
@@ -97,6 +98,10 @@ class EditFilesConfig:
             from pedit.data.directions import check_subject
 
             check_subject(self.subject)
+        if self.guidance_interval is not None:
+            from pedit.edit.editor import check_guidance_interval
+
+            check_guidance_interval(self.guidance_interval)
         if not isinstance(self.cache, bool):
             raise ConfigError(f"cache must be True or False, got {self.cache!r}")
         if self.detector not in (*DETECTORS, "default"):
@@ -229,7 +234,7 @@ def _options(cfg: EditFilesConfig, defaults):
     return EditOptions(
         steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
         mask=dataclasses.replace(defaults.mask, n_noise=n_noise, batch=cfg.mask_batch), scheduler=cfg.scheduler,
-        mask_mode=cfg.mask_mode, subject=cfg.subject,
+        mask_mode=cfg.mask_mode, subject=cfg.subject, guidance_interval=cfg.guidance_interval,
     )
 
 

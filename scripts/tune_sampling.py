@@ -1,0 +1,91 @@
+"""Measure fewer U-Net rows per edit on training identities (issue 18, item 2): mask draws, scheduler,
+steps and the guidance interval, each configuration scored against exact ground truth.
+
+    python scripts/tune_sampling.py -n 64 -o runs/sampling-tune
+
+Makes `n` exact toon pairs of training identities (seeds 0..n-1; evaluation uses 1,000,000+; the
+same pairs as scripts/tune_masks.py), then runs `pedit eval`'s scoring (pedit.eval.ground_truth.evaluate,
+method "ours", the model folder's per-task mask settings) once per configuration. Writes
+OUT/sampling.json and prints a table: U-Net rows per edit (pedit.edit.editor.edit_rows), PSNR on the
+whole image, inside and outside the true mask, mask IoU, seconds per pair. Configurations: CONFIGS
+below, or --only NAME,NAME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+# name: (mask draws, scheduler, steps, guidance interval or None)
+CONFIGS = {
+    "today": (10, "ddim", 20, None),
+    "ddim-20-gi": (10, "ddim", 20, (0.2, 0.8)),
+    "dpm-10": (10, "dpm", 10, None),
+    "dpm-8": (10, "dpm", 8, None),
+    "dpm-6": (10, "dpm", 6, None),
+    "draws4-dpm-8": (4, "dpm", 8, None),
+    "draws2-dpm-8": (2, "dpm", 8, None),
+    "draws2-dpm-6": (2, "dpm", 6, None),
+    "draws2-dpm-8-gi": (2, "dpm", 8, (0.2, 0.8)),
+    "draws2-dpm-8-gi-hi": (2, "dpm", 8, (0.4, 1.0)),
+    "draws2-dpm-6-gi-hi": (2, "dpm", 6, (0.4, 1.0)),
+    "draws2-dpm-4": (2, "dpm", 4, None),
+    "draws2-euler-8": (2, "euler", 8, None),
+    "draws2-ddim-8": (2, "ddim", 8, None),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--model", default=None, help="model folder (default: the bundled toon model)")
+    ap.add_argument("-n", type=int, default=64, help="exact pairs of training identities (seeds 0..n-1)")
+    ap.add_argument("-o", "--out", default="runs/sampling-tune")
+    ap.add_argument("--only", help="comma-separated configuration names")
+    ap.add_argument("--pairs", help="an existing pair folder instead of making one (held-out checks)")
+    args = ap.parse_args()
+
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.edit.editor import EditOptions, edit_rows
+    from pedit.edit.mask import MaskConfig
+    from pedit.edit.sampler import make_scheduler
+    from pedit.eval.ground_truth import EvalConfig, evaluate
+    from pedit.model.loading import bundled_model_path
+
+    model = Path(args.model) if args.model else bundled_model_path()
+    meta = json.loads((model / "pedit.json").read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.pairs:
+        pairs = Path(args.pairs)
+    else:
+        pairs = out / "pairs"
+        if not (pairs / "metadata.jsonl").exists():
+            generate_pairs(GenPairsConfig(str(pairs), n=args.n, resolution=int(meta["resolution"]), seed=0, exact=True))
+    schedule = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    names = args.only.split(",") if args.only else list(CONFIGS)
+    results_file = out / "sampling.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    for name in names:
+        draws, scheduler, steps, interval = CONFIGS[name]
+        options = EditOptions(steps=steps, scheduler=scheduler, mask=MaskConfig(n_noise=draws), guidance_interval=interval)
+        rows = edit_rows(options, make_scheduler(scheduler, schedule))
+        t0 = time.perf_counter()
+        report = evaluate(EvalConfig(pairs=str(pairs), model=str(model), methods=("ours",), steps=steps,
+                                     scheduler=scheduler, guidance_interval=interval, mask_noises=draws,
+                                     batch_size=16, grid_pairs=0, imperfect_reference=False))
+        ours = report["methods"]["ours"]
+        results[name] = {"mask_draws": draws, "scheduler": scheduler, "steps": steps, "guidance_interval": interval,
+                         "unet_rows_per_edit": rows, "pairs": report["pairs"], "psnr": ours["psnr"],
+                         "psnr_in_mask": ours["psnr_in_mask"], "psnr_outside_mask": ours["psnr_outside_mask"],
+                         "mask_iou": ours["mask_iou"], "seconds_per_pair": ours["seconds_per_pair"],
+                         "wall_s": time.perf_counter() - t0}
+        results_file.write_text(json.dumps(results, indent=2))  # after every configuration: a cut run keeps what it had
+        r = results[name]
+        print(f"| {name} | {rows} | {r['psnr']:.2f} | {r['psnr_in_mask']:.2f} | {r['psnr_outside_mask']:.2f} | "
+              f"{r['mask_iou']:.3f} | {r['seconds_per_pair']:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

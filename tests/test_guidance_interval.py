@@ -1,0 +1,112 @@
+"""Guidance on an interval of noise levels (issue 18, item 2): outside it every scale is 1, where
+the nested CFG telescopes to the fully conditioned row, so those steps take rows 3-4 (row 3 without
+the mask) instead of 5."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pedit.edit.editor import EditOptions, edit_rows
+from pedit.edit.guidance import GuidanceScales, guided_eps, unguided_eps
+from pedit.edit.mask import MaskConfig
+from pedit.errors import ConfigError
+
+
+def _counting(editor):
+    """The editor's denoise wrapped to record each call's (rows, timestep)."""
+    calls, real = [], editor.denoise
+    editor.denoise = lambda z, t, c: (calls.append((z.shape[0], int(t))), real(z, t, c))[1]
+    return calls, real
+
+
+def test_unit_scales_from_the_prompt_rows_equal_the_guided_step():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(5 * 2, 4, 3, 3, generator=g)  # 5 blocks of B = 2
+    mask = (torch.rand(2, 1, 3, 3, generator=g) > 0.5).float()
+    unit = GuidanceScales(1.0, 1.0, 1.0)
+    torch.testing.assert_close(unguided_eps(rows[6:], mask), guided_eps(rows, unit, mask), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unguided_eps(rows[6:8]), guided_eps(rows, unit), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_steps_outside_the_interval_take_fewer_rows_and_edit_rows_counts_them(editor, portrait, use_mask):
+    calls, real = _counting(editor)
+    try:
+        options = EditOptions(steps=10, seed=0, use_mask=use_mask, mask=MaskConfig(n_noise=2),
+                              guidance_interval=(0.3, 0.7))
+        editor.edit(portrait, "royal", options)
+    finally:
+        editor.denoise = real
+    total = int(editor.scheduler(options).config.num_train_timesteps)
+    sampling = calls[1:] if use_mask else calls  # the mask's one call (2 draws x 2 rows) first
+    plain = 2 if use_mask else 1
+    assert [n for n, _ in sampling] == [5 if 0.3 <= t / total <= 0.7 else plain for _, t in sampling]
+    assert {n for n, _ in sampling} == {5, plain}  # both kinds of step occur
+    assert sum(n for n, _ in calls) == edit_rows(options, editor.scheduler(options))
+
+
+def test_the_whole_interval_is_todays_edit_and_unit_scales_match_without_guidance(editor, portrait):
+    today = editor.edit(portrait, "royal", seed=1, steps=4)
+    whole = editor.edit(portrait, "royal", seed=1, steps=4, guidance_interval=(0.0, 1.0))
+    assert np.array_equal(np.asarray(today.image), np.asarray(whole.image))
+    unit = GuidanceScales(1.0, 1.0, 1.0)
+    guided = editor.edit(portrait, "royal", seed=1, steps=4, scales=unit)
+    plain = editor.edit(portrait, "royal", seed=1, steps=4, scales=unit, guidance_interval=(0.0, 1e-6))
+    # the same arithmetic up to float rounding (the sum telescopes): at most one level of 255 apart
+    assert np.abs(np.asarray(guided.image, int) - np.asarray(plain.image, int)).max() <= 1
+
+
+def test_edit_rows_of_todays_bundled_edit():
+    from pedit.edit.sampler import make_scheduler
+    from pedit.model.loading import bundled_model_path
+    import json
+
+    schedule = json.loads((bundled_model_path() / "scheduler" / "scheduler_config.json").read_text())
+    assert edit_rows(EditOptions(mask=MaskConfig(n_noise=10)), make_scheduler("ddim", schedule)) == 120
+    assert edit_rows(EditOptions(use_mask=False), make_scheduler("ddim", schedule)) == 100
+
+
+@pytest.mark.parametrize("interval", [(0.8, 0.2), (-0.1, 0.5), (0.2, 1.5), (0.5, 0.5), (float("nan"), 1.0), (0.2,)])
+def test_an_interval_that_cannot_work_is_refused(interval):
+    with pytest.raises(ConfigError, match="guidance_interval"):
+        EditOptions(guidance_interval=interval)
+
+
+def test_the_cli_refuses_a_bad_interval_in_one_line(tmp_path):
+    from pedit.cli import cli
+
+    photo = tmp_path / "in.png"
+    from PIL import Image
+    from pedit.toon.world import render
+
+    Image.fromarray(render(0, size=64)).save(photo)
+    for value, needle in (("0.9,0.2", "0 <= lo < hi <= 1"), ("x", "is not two numbers")):
+        result = CliRunner().invoke(cli, ["edit", str(photo), "-d", "royal", "--guidance-interval", value],
+                                    env={"COLUMNS": "1000"})
+        assert result.exit_code != 0 and needle in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "in_royal.png").exists()
+
+
+def test_eval_takes_the_sampling_settings_of_ours(random_model, tmp_path):
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.eval.ground_truth import EvalConfig, evaluate
+
+    with pytest.raises(ConfigError, match="scheduler"):
+        EvalConfig(pairs="p", scheduler="heun")
+    with pytest.raises(ConfigError, match="guidance_interval"):
+        EvalConfig(pairs="p", guidance_interval=(0.5, 0.1))
+    pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=2, resolution=32, exact=True))
+    common = dict(pairs=str(pairs), model=str(random_model), methods=("ours",), steps=4, grid_pairs=0,
+                  imperfect_reference=False)
+    base = evaluate(EvalConfig(**common))["methods"]["ours"]
+    other = evaluate(EvalConfig(**common, scheduler="dpm", guidance_interval=(0.3, 0.7), mask_noises=1))["methods"]["ours"]
+    assert base["psnr"] != other["psnr"]  # the settings reached the sampler
+
+
+def test_eval_photos_refuses_the_pairs_only_sampling_flags(tmp_path):
+    from pedit.cli import cli
+
+    result = CliRunner().invoke(cli, ["eval", "--photos", str(tmp_path), "-d", "royal", "--guidance-interval", "0.2,0.8"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 2 and "--guidance-interval goes with --pairs" in result.output
