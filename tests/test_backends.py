@@ -157,6 +157,22 @@ def test_bench_reports_each_stage_flops_and_the_ip2p_ratio(random_model):
     assert all(len(r) == len(TABLE_HEAD) for r in rows) and [r[7] for r in rows] == ["14", "14", "6"]
 
 
+def test_bench_counts_the_rows_of_fewer_steps_and_a_guidance_interval(random_model):
+    from pedit.edit.editor import EditOptions, edit_rows
+    from pedit.edit.mask import MaskConfig
+    from pedit.export.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(model=str(random_model), steps=4, repeats=1, warmup=0, mask_noises=1, vs_ip2p=True,
+                      scheduler="dpm", guidance_interval=(0.5, 1.0), ip2p_steps=5)
+    report = run_bench(cfg)
+    editor = Editor.from_pretrained(random_model, device=TEST_DEVICE)
+    options = EditOptions(steps=4, scheduler="dpm", mask=MaskConfig(n_noise=1), guidance_interval=(0.5, 1.0))
+    rows = edit_rows(options, editor.scheduler(options))
+    assert 2 + 4 * 2 < rows < 2 + 4 * 5  # some steps guided (5 rows), some not (2)
+    assert report["unet_rows_per_edit"] == rows
+    assert report["ip2p"]["steps"] == 5 and report["ip2p"]["unet_rows_per_edit"] == 15
+
+
 # ---------------------------------------------------------------- the command line
 
 
@@ -238,7 +254,9 @@ def test_engines_of_another_model_are_refused_not_overwritten(random_model, tmp_
 
 @pytest.mark.parametrize("kwargs, field", [({"seed": -1}, "seed"), ({"steps": 1.5}, "steps"),
                                             ({"mask_noises": 10**6}, "mask_noises"), ({"mask_batch": -1}, "mask_batch"),
-                                            ({"device": "meta"}, "Device .meta. cannot run an edit"), ({"precision": "fp8"}, "precision")])
+                                            ({"device": "meta"}, "Device .meta. cannot run an edit"), ({"precision": "fp8"}, "precision"),
+                                            ({"scheduler": "heun"}, "scheduler"), ({"guidance_interval": (1, 0)}, "guidance_interval"),
+                                            ({"ip2p_steps": 0}, "ip2p_steps")])
 def test_bench_config_validates_its_fields(kwargs, field):
     from pedit.errors import ConfigError
     from pedit.export.bench import BenchConfig

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pedit.cli.choices import BACKENDS
+from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_NAMES, interval_option
 from pedit.cli.progress import make_console, show_config
 
 
@@ -50,14 +50,20 @@ def export_cmd(model, output, trt, fp16, force, networks, mask_noises, allow_pic
 @click.option("--resolution", type=click.IntRange(min=64), help="--arch sd15 only (default 512).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: fp16 on CUDA, fp32 on the CPU.")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default="ddim", show_default=True,
+              help="Our edit's sampler (InstructPix2Pix keeps its DDIM).")
+@click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
+@click.option("--ip2p-steps", type=click.IntRange(min=1), help="InstructPix2Pix's steps with --vs ip2p (default: --steps).")
 @click.option("--no-mask", is_flag=True, help="Time the edit without the editing mask.")
+@click.option("--mask-noises", type=click.IntRange(min=1, max=1024), default=10, show_default=True,
+              help="Noise draws of the editing mask.")
 @click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True, help="Noise draws per mask call.")
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for onnx/trt.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
 @click.option("--overwrite", is_flag=True, help="Replace the -o file if it exists.")
 @click.option("-q", "--quiet", is_flag=True)
-def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device, precision, no_mask, mask_batch, engines,
-          output, overwrite, quiet):
+def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device, precision, scheduler, guidance_interval,
+          ip2p_steps, no_mask, mask_noises, mask_batch, engines, output, overwrite, quiet):
     """Time one edit stage by stage (load, encode, mask, steps, decode) per backend; JSON on stdout, a table on stderr."""
     import json
 
@@ -69,7 +75,8 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
     cfg = BenchConfig(model=model, arch=arch or "model", backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
                       steps=steps, repeats=repeats, warmup=warmup, vs_ip2p=vs == "ip2p", resolution=resolution,
                       device=device, precision=precision, use_mask=not no_mask, mask_batch=mask_batch, engines=engines,
-                      output=output, overwrite=overwrite)
+                      output=output, overwrite=overwrite, scheduler=scheduler, guidance_interval=guidance_interval,
+                      ip2p_steps=ip2p_steps, mask_noises=mask_noises)
     console = make_console(quiet)
     show_config(console, cfg)
     report = run_bench(cfg, log=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))

@@ -50,6 +50,9 @@ class BenchConfig:
     direction: str = "laughing"
     engines: str | None = None
     seed: int = 0
+    scheduler: str = "ddim"  # our edit's sampler (InstructPix2Pix keeps its DDIM)
+    guidance_interval: tuple[float, float] | None = None  # guided noise levels t / T (EditOptions)
+    ip2p_steps: int | None = None  # InstructPix2Pix's steps; None: the same as `steps`
 
     output: str | None = None  # also write the JSON report here
     overwrite: bool = False  # replace an existing `output`
@@ -73,6 +76,15 @@ class BenchConfig:
         check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
         check_int("mask_batch", self.mask_batch, 0, 1024)
         check_seed("seed", self.seed)
+        from pedit.edit.editor import check_guidance_interval
+        from pedit.edit.sampler import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.guidance_interval is not None:
+            check_guidance_interval(self.guidance_interval)
+        if self.ip2p_steps is not None:
+            check_int("ip2p_steps", self.ip2p_steps, 1)
         check_device("device", self.device)
         check_precision("precision", self.precision)
         if not isinstance(self.direction, str) or not self.direction:
@@ -171,7 +183,7 @@ def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
     import torch
     from diffusers import DDPMScheduler
 
-    from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.edit.editor import keep_outside, plain_steps, tensor_to_uint8, uint8_to_tensor
     from pedit.edit.guidance import GuidanceScales, guided_eps
     from pedit.edit.mask import editing_mask
     from pedit.edit.sampler import make_scheduler, sample
@@ -193,12 +205,13 @@ def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
             with timer("mask"):
                 ddpm = DDPMScheduler.from_config(parts.scheduler_config)
                 mask = editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, generator)
-        scheduler = make_scheduler("ddim", parts.scheduler_config)
+        scheduler = make_scheduler(cfg.scheduler, parts.scheduler_config)
         z_T = randn(cond.c_s.shape, generator, like=cond.c_s)
         rows = cond.guidance_rows()
         m = None if mask is None else mask.to(cond.c_s)
         with timer("steps"):
-            z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, m), cfg.steps)
+            z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, m), cfg.steps,
+                         plain=plain_steps(cond, m, cfg.guidance_interval, scheduler))
         with timer("decode"):
             decoded = parts.decode(z_0)
         raw = tensor_to_uint8(decoded)
@@ -222,11 +235,17 @@ def unet_flops(editor) -> int:
     return int(counter.get_total_flops())
 
 
-def edit_rows(cfg: BenchConfig) -> int:
-    """U-Net rows one benched edit evaluates: 2 a mask draw (rows 3-4, pedit.edit.mask), 5 a step."""
-    from pedit.edit.guidance import N_ROWS, PROMPT_ROWS
+def edit_rows(cfg: BenchConfig, scheduler_config: dict) -> int:
+    """U-Net rows one benched edit evaluates (pedit.edit.editor.edit_rows): 2 a mask draw (rows 3-4),
+    5 a guided step, 2 a step outside the guidance interval."""
+    from pedit.edit.editor import EditOptions
+    from pedit.edit.editor import edit_rows as rows_of
+    from pedit.edit.mask import MaskConfig
+    from pedit.edit.sampler import make_scheduler
 
-    return (PROMPT_ROWS * cfg.mask_noises if cfg.use_mask else 0) + N_ROWS * cfg.steps
+    options = EditOptions(steps=cfg.steps, scheduler=cfg.scheduler, use_mask=cfg.use_mask,
+                          mask=MaskConfig(n_noise=cfg.mask_noises), guidance_interval=cfg.guidance_interval)
+    return rows_of(options, make_scheduler(cfg.scheduler, scheduler_config))
 
 
 IP2P_ROWS_PER_STEP = 3  # text+image, image only, neither
@@ -280,10 +299,11 @@ def time_ip2p(editor, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     negative = editor._prompt("").to(unet.dtype)
     image = _portrait(editor.resolution)
     timer = Timer(unet.device)
+    steps = cfg.ip2p_steps or cfg.steps
 
     def run():
         with timer("ip2p"):
-            pipe(image=image, prompt_embeds=prompt, negative_prompt_embeds=negative, num_inference_steps=cfg.steps,
+            pipe(image=image, prompt_embeds=prompt, negative_prompt_embeds=negative, num_inference_steps=steps,
                  guidance_scale=7.5, image_guidance_scale=1.5, output_type="np",
                  generator=torch.Generator(unet.device).manual_seed(cfg.seed))
 
@@ -294,7 +314,7 @@ def time_ip2p(editor, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         run()
         log(f"ip2p: run {i + 1}/{cfg.repeats}")
     return {"edit_ms": round(_median_ms(timer.seconds()["ip2p"]), 3), "unet_rows_per_step": IP2P_ROWS_PER_STEP,
-            "unet_rows_per_edit": IP2P_ROWS_PER_STEP * cfg.steps, "mask": False}
+            "unet_rows_per_edit": IP2P_ROWS_PER_STEP * steps, "steps": steps, "mask": False}
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -> dict:
@@ -321,8 +341,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
     flops = unet_flops(editor)
     report["unet_flops_per_step"] = flops
     per_row = flops / 5  # the 5-row call's FLOPs: linear in the batch
-    report["unet_rows_per_edit"] = edit_rows(cfg)
-    report["unet_flops_per_edit"] = round(per_row * edit_rows(cfg))
+    report["unet_rows_per_edit"] = edit_rows(cfg, editor.model.parts.scheduler_config)
+    report["unet_flops_per_edit"] = round(per_row * report["unet_rows_per_edit"])
     for row in report["backends"].values():
         row["tflops_per_s"] = round(flops / (row["step_ms"] / 1000) / 1e12, 4)
         row["unet_rows_per_edit"] = report["unet_rows_per_edit"]
