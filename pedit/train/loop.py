@@ -20,37 +20,27 @@ import itertools
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pedit.errors import ConfigError, OutputError, PairFolderError, PeditError
-from pedit.files import write_text_atomic
+from pedit.errors import ConfigError, PeditError
 from pedit.noise import rand, randint, randn
-from pedit.data.pairs import METADATA, Pair, direction_of, load_rgb, read_pairs
-from pedit.train.batches import PairImages, StepBatches, sample_dropout, step_seed
+from pedit.data.pairs import Pair, direction_of, load_rgb, read_pairs
+from pedit.train.batches import StepBatches, sample_dropout, step_seed
 from pedit.train.config import (DATA_FINGERPRINT, TrainConfig, check_output_folder, check_resume_data, checkpoints,
                                 clear_output_folder, newest_checkpoint)
+from pedit.train.data_source import cache_root, data_folder, frozen_batches
+from pedit.train.loss_log import LossLog
+from pedit.train.progress import TrainProgress
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
 VALIDATION_STEPS = 20  # sampling steps of the validation grids' edits ...
 VALIDATION_MASK_NOISES = 10  # ... and noise draws of their editing masks
-
-
-@dataclass
-class TrainProgress:
-    step: int
-    max_steps: int
-    loss: float
-    steps_per_s: float
-    event: str = "step"  # "step", "checkpoint", "validation", "resumed", "cache" (step = pairs encoded),
-    # "dataset" (step = rows of a datasets source written to its pair folder)
-    path: str | None = None
 
 
 # ---------------------------------------------------------------- targets and the frozen parts' outputs
@@ -77,92 +67,6 @@ def training_target(noise_scheduler, prediction_type: str, z_0, noise, t):
     if prediction_type == "v_prediction":
         return noise_scheduler.get_velocity(z_0, noise, t)
     return noise
-
-
-def cache_root(cfg: TrainConfig, data: Path) -> Path:
-    """The latent cache's root: --cache-dir, else inside the pair folder `data` (for a datasets
-    source, the pair folder it was written to)."""
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    root = data / ".pedit-cache"
-    if root.is_symlink():  # like any link in a pair folder: it could lead the cache's writes out of it
-        raise PairFolderError(f"{root} is a link; pedit follows no link in a pair folder. Remove it, or pass "
-                              "--cache-dir to keep the latent cache elsewhere.")
-    return root
-
-
-def data_folder(cfg: TrainConfig, say, report) -> Path:
-    """The pair folder to train on: --data itself, or the one a datasets folder or hub id becomes
-    (pedit.data.hf: written once under pedit's cache, then validated like any pair folder)."""
-    from pedit.data.hf import is_saved_dataset, looks_like_hub_id
-
-    path = Path(cfg.data)
-    if (path / METADATA).exists() or not (is_saved_dataset(path) or looks_like_hub_id(cfg.data)):
-        if cfg.columns is not None:
-            raise ConfigError(f"--columns maps a datasets folder or hub id; {cfg.data} is not one (a pair folder "
-                              "needs no map).")
-        return path
-    from pedit.data.hf import dataset_pair_folder
-
-    return dataset_pair_folder(cfg.data, cfg.columns, cfg.split, say,
-                               progress=lambda n, total: report(TrainProgress(n, total, float("nan"), 0.0, "dataset")))
-
-
-@dataclass
-class FrozenBatches:
-    """Per step, the frozen parts' outputs for the step's pairs (dicts of device tensors), and the
-    prompt table (n_prompts, 77, D) whose rows `p_a` and `p_b` index; row 0 is the empty prompt."""
-
-    batches: Iterable[dict]
-    prompts: torch.Tensor
-
-
-def frozen_batches(cfg: TrainConfig, data: Path, pairs: list[Pair], parts, size: int, sampler, accelerator, report,
-                   say) -> FrozenBatches:
-    """The latent cache's tensors gathered per step (default), or --no-cache: images decoded in
-    DataLoader workers and encoded every step. Either way each batch holds mean_A, std_A, mean_B,
-    std_B (B, 4, h, w), clip_A (B, 1 + P, Dv) and p_a, p_b (B,) prompt rows."""
-    from pedit.train.latent_cache import build_or_load, encode_pairs, encode_texts, prompt_rows, prompt_texts
-
-    dev = accelerator.device
-    if not cfg.cache:
-        texts = prompt_texts(pairs)
-        p_a, p_b = (r.to(dev) for r in prompt_rows(pairs, texts))
-        loader = torch.utils.data.DataLoader(PairImages(pairs, size), batch_sampler=sampler, num_workers=cfg.num_workers,
-                                             pin_memory=torch.cuda.is_available())
-
-        def encoded():
-            for idx, (x_A, x_B) in zip(sampler, loader):
-                ix = torch.as_tensor(idx).to(dev)
-                # uint8 batches travel to the device before any arithmetic: the conversions and
-                # CLIP's resize then run there, not on the CPU.
-                x_A = x_A.to(dev, non_blocking=True).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
-                x_B = x_B.to(dev, non_blocking=True).float() / 127.5 - 1
-                yield {**encode_pairs(parts, x_A, x_B), "p_a": p_a[ix], "p_b": p_b[ix]}
-
-        return FrozenBatches(encoded(), encode_texts(parts, texts))
-
-    root = cache_root(cfg, data)
-    with accelerator.main_process_first():  # the first process builds, the others then load
-        try:
-            cache = build_or_load(root, pairs, data, parts, size, workers=cfg.num_workers,
-                                  build=accelerator.is_main_process,
-                                  progress=lambda n, total: report(TrainProgress(n, total, float("nan"), 0.0, "cache")))
-        except OSError as e:  # a full disk while building: say it was the cache, in one line
-            raise OutputError(f"The latent cache could not be written to {root} ({e.strerror or e}); free space "
-                              "there, pass --cache-dir with another folder, or train with --no-cache.") from None
-    where = dev
-    if dev.type == "cuda" and cache.nbytes() > torch.cuda.mem_get_info(dev)[0] // 2:
-        where = torch.device("cpu")  # too big to sit beside the model: gathered on the host, sent per step
-    cache.to(where)
-    say(f"latent cache {cache.folder}: {len(pairs)} pairs, {cache.nbytes() / 2**20:.1f} MiB on {where}")
-
-    def gathered():
-        for idx in sampler:
-            ix = torch.as_tensor(idx).to(where)
-            yield {name: t[ix].to(dev, non_blocking=True) for name, t in cache.tensors().items() if name != "prompts"}
-
-    return FrozenBatches(gathered(), cache.prompts.to(dev))
 
 
 # ---------------------------------------------------------------- the loop
@@ -424,56 +328,6 @@ def _backward(accelerator, mcdm, inputs: StepInputs, accum: int) -> torch.Tensor
     loss = F.mse_loss(pred.float(), inputs.target)
     accelerator.backward(loss / accum)
     return loss.detach()
-
-
-class LossLog:
-    """loss.csv: one row per step, its loss kept on the device until a flush (one host sync per
-    log interval). A resumed run keeps the rows up to its checkpoint's step: a run killed after
-    logging steps its last checkpoint did not reach logs them again, once."""
-
-    HEADER = "step,loss,lr,seconds\n"
-
-    def __init__(self, path: Path, start: int, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.pending = []  # (step, loss tensor on the device, lr, seconds) until the next flush
-        self.t0 = self.last = time.perf_counter()
-        if enabled:
-            kept = _rows_up_to(path, start) if start else []
-            write_text_atomic(path, self.HEADER + "".join(kept), overwrite=True)
-
-    def add(self, step: int, loss: torch.Tensor, lr: float) -> None:
-        self.pending.append((step, loss, lr, time.perf_counter() - self.t0))
-
-    def flush(self, accelerator, max_minutes: float | None) -> tuple[float, float, bool]:
-        """Writes the pending rows; returns the last loss (mean over processes), steps/s since the
-        last flush, and whether max_minutes of training have passed (all ranks agree)."""
-        losses = accelerator.gather(torch.stack([p[1] for p in self.pending])[None]).mean(dim=0).tolist()
-        now = time.perf_counter()
-        rate = len(self.pending) / max(now - self.last, 1e-9)
-        self.last = now
-        if self.enabled:
-            with open(self.path, "a") as fh:
-                fh.writelines(f"{s},{l_:.6f},{lr:.3e},{sec:.2f}\n" for (s, _, lr, sec), l_ in zip(self.pending, losses))
-        self.pending = []
-        out_of_time = False
-        if max_minutes is not None:  # all ranks must agree to stop at the same step
-            late = torch.tensor([now - self.t0 > 60 * max_minutes], device=accelerator.device)
-            out_of_time = bool(accelerator.gather(late).any())
-        return losses[-1], rate, out_of_time
-
-
-def _rows_up_to(path: Path, step: int) -> list[str]:
-    """The data rows of a loss.csv whose step is at most `step` (unreadable rows are dropped)."""
-    try:
-        lines = path.read_text().splitlines()[1:]
-    except (OSError, UnicodeDecodeError):
-        return []
-    kept = []
-    for line in lines:
-        head = line.split(",", 1)[0]
-        if head.isdigit() and int(head) <= step:
-            kept.append(line + "\n")
-    return kept
 
 
 def _finish(accelerator, mcdm, ema, parts, weight_dtype, cfg: TrainConfig, out: Path, meta: dict) -> None:
