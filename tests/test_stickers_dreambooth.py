@@ -254,14 +254,25 @@ def test_two_sticker_packs_of_one_selfie_fill_the_lora_cache_one_at_a_time(tmp_p
     assert len(notes) == 1
 
 
+@pytest.fixture(scope="module")
+def trained_lora(tiny_base, tmp_path_factory):
+    """A LoRA folder trained once for the module (copy it before changing it)."""
+    folder = tmp_path_factory.mktemp("lora") / "key"
+    train_lora(load_base_pipeline(str(tiny_base)), views(), FAST, folder)
+    return folder
+
+
 @pytest.mark.parametrize("damage", ["truncated", "nan", "link"])
-def test_a_damaged_cached_lora_is_trained_again(pipe, tmp_path, damage):
+def test_a_damaged_cached_lora_is_trained_again(pipe, trained_lora, tmp_path, damage):
+    import shutil
+
     from safetensors.torch import save_file
 
     from pedit.stickers.cartoon import cached_lora_problem, subject_lora
 
     folder = tmp_path / "dreambooth" / "key"
-    first = train_lora(pipe, views(), FAST, folder)
+    shutil.copytree(trained_lora, folder)
+    first = folder / "lora"
     good = lora_tensors(first)
     assert cached_lora_problem(first) is None
     path = first / LORA_FILE
