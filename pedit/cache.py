@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -58,11 +59,12 @@ def stat_key(st) -> list:
     return [st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_ctime_ns]
 
 
-def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -> str:
+def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None, skip: str | None = None) -> str:
     """sha256 over the relative names and bytes of every file under root/part, in sorted order.
 
     `known` (relative path → [*stat_key, sha256], kept in the manifest) spares re-reading
-    gigabytes of unchanged weights in every process; it is updated in place.
+    gigabytes of unchanged weights in every process; it is updated in place. `skip`: a regular
+    expression of file names left out (weight variants a loader does not read).
     """
     known = {} if known is None else known
     h = hashlib.sha256()
@@ -70,7 +72,7 @@ def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -
         base = root / part
         files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
         for p in files:
-            if not p.exists():
+            if not p.exists() or (skip is not None and re.fullmatch(skip, p.name)):
                 continue
             rel, st = str(p.relative_to(root)), p.stat()
             seen, key = known.get(rel), stat_key(st)
@@ -85,7 +87,7 @@ def folder_hash(root: Path, parts: tuple[str, ...], known: dict | None = None) -
     return h.hexdigest()
 
 
-def content_hash(path: Path, parts: tuple[str, ...]) -> str:
+def content_hash(path: Path, parts: tuple[str, ...], skip: str | None = None) -> str:
     """`folder_hash` of a model folder's `parts`, remembering each file's sha256 with its stat.
 
     The record lives in the cache root's `hashes/` (one file per folder path), so a new process reads
@@ -100,7 +102,7 @@ def content_hash(path: Path, parts: tuple[str, ...]) -> str:
     known_file = cache_root("hashes") / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
     known = _read_known(known_file)
     before = json.dumps(known, sort_keys=True)
-    content = folder_hash(path, parts, known)
+    content = folder_hash(path, parts, known, skip)
     for gone in [rel for rel in known if not (path / rel).is_file()]:  # files deleted since: forget them
         del known[gone]
     if json.dumps(known, sort_keys=True) != before:

@@ -100,8 +100,10 @@ Image.fromarray(astronaut()).save('$PHOTO')  # a real portrait (public domain): 
 # gen-pairs fails.
 stage toon-pairs "$OUT/toon-pairs" "${PEDIT[@]}" gen-pairs --source toon --exact -n 4 --resolution "$RES" -o "$OUT/toon-pairs" -q
 SD_ARGS=(--source sd --base "$BASE" --controlnet "$CNET" --identity-dir "$IDS" --resolution "$RES" --steps "$STEPS"
-         --device "$DEVICE" --precision "$PREC" --directions santa,laughing --contact-sheet 2 -q)
-stage gen-pairs-full-face "$OUT/pairs-sd" "${PEDIT[@]}" gen-pairs "${SD_ARGS[@]}" -n 2 -o "$OUT/pairs-sd" \
+         --device "$DEVICE" --precision "$PREC" --directions laughing,angry,shocked --contact-sheet 2 -q)
+# Three expressions, one pair each: the trained model then knows the three that sticker-pack edits toward
+# (a pack holds at least 3 stickers).
+stage gen-pairs-full-face "$OUT/pairs-sd" "${PEDIT[@]}" gen-pairs "${SD_ARGS[@]}" -n 3 -o "$OUT/pairs-sd" \
   --ip-adapter "$IPA/models/ip-adapter-full-face_sd15.safetensors"
 stage gen-pairs-plus-face "$OUT/pairs-sd-plus" "${PEDIT[@]}" gen-pairs "${SD_ARGS[@]}" -n 1 -o "$OUT/pairs-sd-plus" \
   --ip-adapter "$IPA/models/ip-adapter-plus-face_sd15.safetensors"

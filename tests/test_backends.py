@@ -256,7 +256,7 @@ def test_engines_of_another_model_are_refused_not_overwritten(random_model, tmp_
                                             ({"mask_noises": 10**6}, "mask_noises"), ({"mask_batch": -1}, "mask_batch"),
                                             ({"device": "meta"}, "Device .meta. cannot run an edit"), ({"precision": "fp8"}, "precision"),
                                             ({"scheduler": "heun"}, "scheduler"), ({"guidance_interval": (1, 0)}, "guidance_interval"),
-                                            ({"ip2p_steps": 0}, "ip2p_steps")])
+                                            ({"ip2p_steps": 0}, "ip2p_steps"), ({"ip2p_steps": 5}, "goes with --vs ip2p")])
 def test_bench_config_validates_its_fields(kwargs, field):
     from pedit.errors import ConfigError
     from pedit.export.bench import BenchConfig

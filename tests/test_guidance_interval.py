@@ -29,19 +29,22 @@ def test_unit_scales_from_the_prompt_rows_equal_the_guided_step():
     torch.testing.assert_close(unguided_eps(rows[6:8]), guided_eps(rows, unit), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("use_mask", [True, False])
-def test_steps_outside_the_interval_take_fewer_rows_and_edit_rows_counts_them(editor, portrait, use_mask):
+@pytest.mark.parametrize("use_mask, scheduler", [(True, "ddim"), (False, "ddim"), (True, "euler")])
+def test_steps_outside_the_interval_take_fewer_rows_and_edit_rows_counts_them(editor, portrait, use_mask, scheduler):
     calls, real = _counting(editor)
     try:
-        options = EditOptions(steps=10, seed=0, use_mask=use_mask, mask=MaskConfig(n_noise=2),
-                              guidance_interval=(0.3, 0.7))
+        options = EditOptions(steps=10, seed=0, use_mask=use_mask, mask=MaskConfig(n_noise=2), scheduler=scheduler,
+                              guidance_interval=[0.3, 0.7])  # a list (JSON, the Python API) becomes a tuple
         editor.edit(portrait, "royal", options)
     finally:
         editor.denoise = real
-    total = int(editor.scheduler(options).config.num_train_timesteps)
+    assert options.guidance_interval == (0.3, 0.7) and hash(options)
     sampling = calls[1:] if use_mask else calls  # the mask's one call (2 draws x 2 rows) first
     plain = 2 if use_mask else 1
-    assert [n for n, _ in sampling] == [5 if 0.3 <= t / total <= 0.7 else plain for _, t in sampling]
+    scheduler_ = editor.scheduler(options)
+    scheduler_.set_timesteps(10)
+    total = int(scheduler_.config.num_train_timesteps)
+    assert [n for n, _ in sampling] == [5 if 0.3 <= float(t) / total <= 0.7 else plain for t in scheduler_.timesteps]
     assert {n for n, _ in sampling} == {5, plain}  # both kinds of step occur
     assert sum(n for n, _ in calls) == edit_rows(options, editor.scheduler(options))
 

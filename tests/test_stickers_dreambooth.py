@@ -262,7 +262,7 @@ def trained_lora(tiny_base, tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("damage", ["truncated", "nan", "link"])
+@pytest.mark.parametrize("damage", ["truncated", "nan", "link", "folder-link", "dangling-folder-link", "no-file"])
 def test_a_damaged_cached_lora_is_trained_again(pipe, trained_lora, tmp_path, damage):
     import shutil
 
@@ -280,10 +280,16 @@ def test_a_damaged_cached_lora_is_trained_again(pipe, trained_lora, tmp_path, da
         path.write_bytes(path.read_bytes()[:100])
     elif damage == "nan":
         save_file({k: torch.full_like(v, float("nan")) for k, v in good.items()}, path)
-    else:
+    elif damage == "link":
         outside = tmp_path / "elsewhere.safetensors"
         path.rename(outside)
         path.symlink_to(outside)
+    elif damage == "no-file":
+        path.unlink()
+    else:  # the lora folder itself a link out of the cache (to a copy, or to nothing)
+        outside = tmp_path / "elsewhere"
+        first.rename(outside)
+        first.symlink_to(outside if damage == "folder-link" else tmp_path / "gone", target_is_directory=True)
     assert cached_lora_problem(first) is not None
     events = []
     aug = AugmentConfig(n_views=3, size=32, seed=0)

@@ -27,6 +27,7 @@ from pedit.app.folders import RequestFolders
 from pedit.validate import check_int
 
 Progress = Callable[[int, int, str], None]  # (done, total, what): the page's progress bar
+MASK_ROWS_PER_CALL = 20  # U-Net rows of one mask call: the bundled model's one-direction call (10 draws x 2)
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,16 @@ class PeditApp:
                 Image.fromarray(np.rint(np.clip(req.brush, 0, 1) * 255).astype(np.uint8), "L").save(mask)
             out = folder / "out"
             out.mkdir()
+            names = [n.strip() for n in req.direction.split(",")]
+            # Several directions share each mask draw's call ((K + 1) rows a draw): keep a call near the
+            # one-direction size, whatever a page asks for (one direction: the CLI's own single call).
+            mask_batch = 0 if len(names) == 1 else max(1, MASK_ROWS_PER_CALL // (len(names) + 1))
             cfg = EditFilesConfig(
                 inputs=(str(photo),), direction=req.direction, model=self.cfg.model, output=str(out),
                 steps=req.steps, seed=req.seed, scheduler=req.scheduler, s_s=req.s_s, s_im=req.s_im, s_p=req.s_p,
                 use_mask=req.use_mask, save_mask=True, max_pixels=self.cfg.max_pixels,
                 allow_pickle=self.cfg.allow_pickle, device=self.cfg.device,
-                mask=None if mask is None else str(mask), mask_mode=req.mask_mode,
+                mask=None if mask is None else str(mask), mask_mode=req.mask_mode, mask_batch=mask_batch,
             )
             notes: list[str] = []
 
@@ -193,7 +198,7 @@ class PeditApp:
                     notes.append(payload)
 
             with self._lock:
-                items = edit_files(cfg, on_event, editor=self.editor)
+                items = _out_of_memory_said(lambda: edit_files(cfg, on_event, editor=self.editor), len(names))
             item = items[0]
             if item.error:
                 raise PeditError(item.error)
@@ -234,6 +239,18 @@ class PeditApp:
             raise
         self.folders.release(folder)
         return outcome
+
+
+def _out_of_memory_said(run: Callable, directions: int):
+    """run(), with the GPU running out of memory said as a message for the page (the server keeps serving)."""
+    import torch
+
+    try:
+        return run()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        more = f" with {directions} directions at once; ask for fewer" if directions > 1 else "; try fewer steps"
+        raise PeditError(f"The GPU ran out of memory{more}, or start `pedit app --device cpu`.") from None
 
 
 def zip_folder(folder: Path, archive: Path) -> Path:

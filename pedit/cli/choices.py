@@ -18,4 +18,4 @@ def interval_option(ctx, param, value):
 
 
 INTERVAL_HELP = ("Guide only the steps whose noise level t / T lies in LO,HI (e.g. 0.2,0.8); the others take "
-                 "every scale at 1: 2 U-Net rows instead of 5. Default: every step guided.")
+                 "every scale at 1: 2 U-Net rows instead of 5 (1 with no mask). Default: every step guided.")

@@ -72,11 +72,12 @@ class EditOptions:
             check_subject(self.subject)
         check_edit_scale(self.scales.s_p)
         if self.guidance_interval is not None:
-            check_guidance_interval(self.guidance_interval)
+            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
 
 
-def check_guidance_interval(interval) -> None:
-    """(lo, hi) with 0 <= lo < hi <= 1: the noise levels t / T whose steps are guided."""
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """(lo, hi) with 0 <= lo < hi <= 1: the noise levels t / T whose steps are guided; returned as a
+    tuple of floats (a list from JSON or the Python API becomes hashable like the rest of the options)."""
     import math
 
     ok = (isinstance(interval, (tuple, list)) and len(interval) == 2
@@ -85,6 +86,14 @@ def check_guidance_interval(interval) -> None:
     if not ok:
         raise ConfigError(f"guidance_interval must be two noise levels lo,hi with 0 <= lo < hi <= 1 (t / T of the "
                           f"steps that are guided), got {interval!r}")
+    return (float(interval[0]), float(interval[1]))
+
+
+def guided_at(t, interval: tuple[float, float] | None, num_train_timesteps: int) -> bool:
+    """Whether the step at timestep t (int, or Euler's float) is guided: its noise level t / T in `interval`."""
+    if interval is None:
+        return True
+    return interval[0] <= float(t) / num_train_timesteps <= interval[1]
 
 
 @dataclass
@@ -99,13 +108,12 @@ def plain_steps(cond: EditConditions, mask, interval, scheduler) -> PlainSteps |
     """The steps outside `interval` (noise levels t / T): row 3, or rows 3-4 with a mask, at unit scales."""
     if interval is None:
         return None
-    lo, hi = interval
     total = int(scheduler.config.num_train_timesteps)
     c_s_rows, context = cond.prompt_rows()  # [p_b; p_a] block-wise
     if mask is None:  # the p_a branch is only Eq. 3's: without a mask, row 3 alone
         n = cond.c_s.shape[0]
         c_s_rows, context = c_s_rows[:n], context[:n]
-    return PlainSteps(is_plain=lambda t: not lo <= t / total <= hi, c_s_rows=c_s_rows, context=context,
+    return PlainSteps(is_plain=lambda t: not guided_at(t, interval, total), c_s_rows=c_s_rows, context=context,
                       rows=1 if mask is None else PROMPT_ROWS, guide=lambda eps: unguided_eps(eps, mask))
 
 
@@ -117,9 +125,9 @@ def edit_rows(options: EditOptions, scheduler) -> int:
     check_steps(options.steps, scheduler)
     scheduler.set_timesteps(options.steps, device="cpu")
     total = int(scheduler.config.num_train_timesteps)
-    lo, hi = options.guidance_interval or (0.0, 1.0)
-    plain = PROMPT_ROWS if options.use_mask else 1
-    steps = sum(N_ROWS if lo <= float(t) / total <= hi else plain for t in scheduler.timesteps)
+    masked = options.use_mask or options.user_mask is not None  # either mask makes Eq. 3's two branches
+    plain = PROMPT_ROWS if masked else 1
+    steps = sum(N_ROWS if guided_at(t, options.guidance_interval, total) else plain for t in scheduler.timesteps)
     return (PROMPT_ROWS * options.mask.n_noise if options.use_mask else 0) + steps
 
 

@@ -43,7 +43,7 @@ def make_scheduler(name: str, config: dict):
 class PlainSteps:
     """Steps sampled with fewer rows (outside the guidance interval): which, and with what.
 
-    is_plain(t) for each host timestep t; at those steps the U-Net sees `rows` rows per latent,
+    is_plain(t) for each host timestep t (a 0-d tensor; Euler's are fractional); at those steps the U-Net sees `rows` rows per latent,
     c_s_rows / context in the same block-wise layout, and `guide` combines them (pedit.edit.guidance.unguided_eps).
     """
 
@@ -95,7 +95,7 @@ def sample(
     full = (c_s_rows, context, rows, guide)
     for i, t in enumerate(timesteps):
         step_c_s, step_context, step_rows, step_guide = (
-            full if plain is None or not plain.is_plain(int(t)) else (plain.c_s_rows, plain.context, plain.rows, plain.guide))
+            full if plain is None or not plain.is_plain(t) else (plain.c_s_rows, plain.context, plain.rows, plain.guide))
         z_model = scheduler.scale_model_input(z, t)
         z_in = z_model.repeat(step_rows, 1, 1, 1)  # (rows·B, 4, h, w), block-wise like the guidance rows
         if step_c_s is not None:

@@ -93,7 +93,7 @@ class EvalConfig:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.guidance_interval is not None:
-            check_guidance_interval(self.guidance_interval)
+            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
 
 

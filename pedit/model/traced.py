@@ -43,9 +43,10 @@ from pedit.cache import cache_root, content_hash
 from pedit.errors import PeditError
 from pedit.noise import rand, randn
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the 1- and 2-row calls of steps outside a guidance interval are checked too
 COMPONENTS = ("unet", "image_projector", "vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
-CHECK_BATCHES = (5, 15, 50, 65)  # denoise rows checked against eager: the sampler's 5 and 5 x mask draws
+CHECK_BATCHES = (1, 2, 5, 15, 50, 65)  # denoise rows checked against eager: a plain step's 1-2, the sampler's 5,
+# and mask calls
 # (diffusers' Upsample2D branches on 64 rows; the branch only makes a copy contiguous, checked anyway)
 
 
@@ -81,8 +82,8 @@ def worth_tracing(path: Path) -> str | None:
     """
     size = weights_bytes(path)
     if size > MAX_TRACED_BYTES:
-        return (f"no TorchScript cache: the model's weights are {size / 1e9:.1f} GB (the cache is for models "
-                f"under {MAX_TRACED_BYTES / 1e9:.1f} GB, whose start-up it shortens); editing from the folder")
+        return (f"no TorchScript cache: the model's weights are {size / 2**30:.1f} GiB (the cache is for models "
+                f"under {MAX_TRACED_BYTES / 2**30:.0f} GiB, whose start-up it shortens); editing from the folder")
     return None
 
 

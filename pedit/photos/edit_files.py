@@ -101,7 +101,7 @@ class EditFilesConfig:
         if self.guidance_interval is not None:
             from pedit.edit.editor import check_guidance_interval
 
-            check_guidance_interval(self.guidance_interval)
+            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         if not isinstance(self.cache, bool):
             raise ConfigError(f"cache must be True or False, got {self.cache!r}")
         if self.detector not in (*DETECTORS, "default"):

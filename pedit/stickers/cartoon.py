@@ -9,6 +9,7 @@ busy background is only chosen when none is plain. `pick` overrides the choice.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -105,6 +106,10 @@ def choose(scores: list[dict], pick: int | None = None) -> int:
 
 
 BASE_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what shapes a LoRA
+# Weight variants the pipeline does not load (a full hub snapshot holds fp16, EMA and .bin copies beside the
+# safetensors it reads): not hashed, so they neither cost a read nor make a cached LoRA stale.
+# (.bin weights stay: they are what a pickle-only base loads.)
+VARIANT_FILES = r".*\.(fp16|bf16|non_ema|ema)\..*|.*\.(msgpack|h5|onnx|onnx_data)"
 
 
 def base_content(base: str) -> str:
@@ -113,21 +118,25 @@ def base_content(base: str) -> str:
     from pedit.cache import content_hash
     from pedit.model.loading import BASE_REQUIRED, resolve_source
 
-    return content_hash(resolve_source(base, "Base model", BASE_REQUIRED), BASE_PARTS)
+    return content_hash(resolve_source(base, "Base model", BASE_REQUIRED), BASE_PARTS, skip=VARIANT_FILES)
 
 
 @contextmanager
 def lora_filled_alone(folder: Path, note: Callable[[str], None]):
     """Hold the LoRA cache folder's lock for the block: of two sticker-packs of one selfie at once,
     one trains and the other waits, then finds the LoRA made (the lock dies with its process)."""
+    from pedit.errors import OutputError
     from pedit.files import LockBusy, held_lock
 
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"Cannot write the LoRA cache folder {folder} ({e.strerror or e}); pass --cache-dir "
+                          "with a writable folder.") from None
     lock = folder / ".lock"
     try:
         with held_lock(lock):
-            yield
-        return
+            pass  # a probe: a lock another run holds is said before this one waits on it
     except LockBusy as busy:
         note(f"waiting for another sticker-pack (pid {busy.holder}) training this LoRA")
     with held_lock(lock, wait=True):
@@ -162,18 +171,22 @@ def subject_lora(pipe, selfie: Image.Image, face: Box | None, aug, db, folder: P
     """The subject's LoRA folder: the cached one when it is intact, else augmented views and DreamBooth
     (under the cache folder's lock, so two runs of one selfie train once)."""
     from pedit.stickers.augment import augment_views
-    from pedit.stickers.dreambooth import LORA_FILE, train_lora
+    from pedit.stickers.dreambooth import train_lora
     from pedit.stickers.progress import StageProgress
 
+    lora = folder / "lora"
     with lora_filled_alone(folder, lambda detail: progress(StageProgress("fine-tune", 0, 0, detail))):
         views = []
-        if (folder / "lora" / LORA_FILE).exists():
-            if (why := cached_lora_problem(folder / "lora")) is None:
+        if os.path.lexists(lora):  # anything there, a dangling link included, is checked before use
+            if (why := cached_lora_problem(lora)) is None:
                 progress(StageProgress("augment", 0, 0, "skipped (LoRA cached)", skipped=True))
                 progress(StageProgress("fine-tune", 0, 0, f"skipped (cached {folder.name})", skipped=True))
-                return folder / "lora"
+                return lora
             progress(StageProgress("fine-tune", 0, 0, f"the cached LoRA is damaged ({why}); training it again"))
-            shutil.rmtree(folder / "lora")
+            if lora.is_symlink() or not lora.is_dir():
+                lora.unlink()  # a link is removed, never followed (rmtree refuses links)
+            else:
+                shutil.rmtree(lora)
         for i, view in enumerate(augment_views(selfie, face, aug)):
             views.append(view.image)
             progress(StageProgress("augment", i + 1, aug.n_views, "views"))
