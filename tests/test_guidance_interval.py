@@ -2,6 +2,8 @@
 the nested CFG telescopes to the fully conditioned row, so those steps take rows 3-4 (row 3 without
 the mask) instead of 5."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,79 @@ def test_eval_photos_refuses_the_pairs_only_sampling_flags(tmp_path):
     result = CliRunner().invoke(cli, ["eval", "--photos", str(tmp_path), "-d", "royal", "--guidance-interval", "0.2,0.8"],
                                 env={"COLUMNS": "1000"})
     assert result.exit_code == 2 and "--guidance-interval goes with --pairs" in result.output
+
+
+# ---------------------------------------------------------------- a model folder's "sampling" settings
+
+
+@pytest.fixture(scope="module")
+def fast_model(random_model, tmp_path_factory):
+    """random_model with pedit.json "sampling": 4 DPM-Solver++ steps, guided on 0.3-0.9."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("fast") / "model"
+    shutil.copytree(random_model, folder)
+    meta = json.loads((folder / "pedit.json").read_text())
+    meta["sampling"] = {"scheduler": "dpm", "steps": 4, "guidance_interval": [0.3, 0.9], "chosen_by": "a test"}
+    (folder / "pedit.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_the_model_folders_sampling_settings_are_the_defaults_and_flags_win(fast_model, tmp_path, portrait):
+    from pedit.cli import cli
+    from pedit.edit.editor import Editor
+
+    editor = Editor.from_pretrained(fast_model, device="cpu")
+    options = editor.default_options("royal")
+    assert (options.steps, options.scheduler, options.guidance_interval) == (4, "dpm", (0.3, 0.9))
+    photo = tmp_path / "in.png"
+    portrait.save(photo)
+    runs = {}
+    for name, flags in [("default", []), ("explicit", ["--steps", "4", "--scheduler", "dpm", "--guidance-interval",
+                                                        "0.3,0.9"]), ("paper", ["--steps", "20", "--scheduler", "ddim",
+                                                                                 "--guidance-interval", "0,1"])]:
+        out = tmp_path / f"{name}.png"
+        result = CliRunner().invoke(cli, ["edit", str(photo), "-d", "royal", "-m", str(fast_model), "-o", str(out),
+                                          "--mask-noises", "2", "--device", "cpu", "-q", *flags])
+        assert result.exit_code == 0, result.output
+        runs[name] = out.read_bytes()
+    assert runs["default"] == runs["explicit"] and runs["default"] != runs["paper"]
+
+
+@pytest.mark.parametrize("sampling, needle", [({"steps": 0}, "steps"), ({"scheduler": "heun"}, "scheduler"),
+                                              ({"guidance_interval": [0.9, 0.1]}, "guidance_interval"),
+                                              ({"stepz": 8}, "may only set")])
+def test_a_malformed_sampling_setting_is_one_error_line(random_model, tmp_path, portrait, sampling, needle):
+    import json
+    import shutil
+
+    from pedit.cli import cli
+
+    folder = Path(shutil.copytree(random_model, tmp_path / "model"))
+    meta = json.loads((folder / "pedit.json").read_text())
+    meta["sampling"] = sampling
+    (folder / "pedit.json").write_text(json.dumps(meta))
+    portrait.save(tmp_path / "in.png")
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "in.png"), "-d", "royal", "-m", str(folder)],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and '"sampling"' in errors[0] and needle in errors[0]
+    assert not (tmp_path / "in_royal.png").exists()
+
+
+def test_eval_and_bench_take_the_model_folders_sampling(fast_model, tmp_path):
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.eval.ground_truth import EvalConfig, evaluate
+    from pedit.export.bench import BenchConfig, with_sampling
+
+    pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=1, resolution=32, exact=True))
+    report = evaluate(EvalConfig(pairs=str(pairs), model=str(fast_model), methods=("ours", "sdedit-0.5"), grid_pairs=0,
+                                 imperfect_reference=False, mask_noises=1))
+    assert report["sampling"] == {"ours": {"scheduler": "dpm", "steps": 4, "guidance_interval": (0.3, 0.9)},
+                                  "baselines": {"scheduler": "ddim", "steps": 20}}
+    cfg = with_sampling(BenchConfig(model=str(fast_model), vs_ip2p=True))
+    assert (cfg.steps, cfg.scheduler, cfg.guidance_interval, cfg.ip2p_steps) == (4, "dpm", (0.3, 0.9), 20)
+    cfg = with_sampling(BenchConfig(model=str(fast_model), steps=6, scheduler="euler", guidance_interval=(0.0, 1.0)))
+    assert (cfg.steps, cfg.scheduler, cfg.guidance_interval, cfg.ip2p_steps) == (6, "euler", (0.0, 1.0), None)

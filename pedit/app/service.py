@@ -56,8 +56,8 @@ class EditRequest:
     photo: str  # the uploaded file, as received
     direction: str  # one name, or several "a,b,c": edited together (Editor.edit_many), one result each
     seed: int = 0
-    steps: int = 20
-    scheduler: str = "ddim"
+    steps: int | None = None  # None: the model's pedit.json "sampling", else 20 (as `pedit edit`)
+    scheduler: str | None = None  # None: the model's, else ddim
     s_s: float = 1.5
     s_im: float = 1.0
     s_p: float = 4.0
@@ -67,7 +67,7 @@ class EditRequest:
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
-        from pedit.edit.sampler import SCHEDULERS
+        from pedit.model.sampling_settings import check_scheduler
         from pedit.edit.user_mask import check_user_mask
         from pedit.validate import check_seed
 
@@ -76,9 +76,10 @@ class EditRequest:
         if not isinstance(self.direction, str) or not self.direction:
             raise ConfigError(f"direction must be a direction name, got {self.direction!r}")
         check_seed("seed", self.seed)
-        check_int("steps", self.steps, 1)
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.steps is not None:
+            check_int("steps", self.steps, 1)
+        if self.scheduler is not None:
+            check_scheduler(self.scheduler)
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
         if not isinstance(self.use_mask, bool):
             raise ConfigError(f"use_mask must be True or False, got {self.use_mask!r}")

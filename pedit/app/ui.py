@@ -55,6 +55,7 @@ def build_ui(app: PeditApp) -> gr.Blocks:
 
 def _edit_tab(app: PeditApp) -> None:
     directions = app.directions
+    defaults = app.editor.default_options()  # the model's sampling settings (pedit.json "sampling")
     with gr.Row():
         with gr.Column():
             photo = PhotoUpload(label="Photo", type="filepath", sources=["upload", "webcam"], elem_id="photo")
@@ -70,8 +71,8 @@ def _edit_tab(app: PeditApp) -> None:
                                      info="replace: the brush alone; intersect / union with the model's own mask")
             with gr.Accordion("Advanced", open=False):
                 seed = gr.Number(0, precision=0, label="Seed", minimum=0)
-                steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-                scheduler = gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler")
+                steps = gr.Slider(1, 100, value=defaults.steps, step=1, label="Steps")
+                scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Scheduler")
                 s_s = gr.Number(1.5, label="s_s (spatial condition scale)")
                 s_im = gr.Number(1.0, label="s_im (image condition scale)")
                 s_p = gr.Number(4.0, label="s_p (text condition scale)")

@@ -18,4 +18,7 @@ def interval_option(ctx, param, value):
 
 
 INTERVAL_HELP = ("Guide only the steps whose noise level t / T lies in LO,HI (e.g. 0.2,0.8); the others take "
-                 "every scale at 1: 2 U-Net rows instead of 5 (1 with no mask). Default: every step guided.")
+                 "every scale at 1: 2 U-Net rows instead of 5 (1 with no mask). 0,1 guides every step. Default: the "
+                 "model's pedit.json \"sampling\", else every step guided.")
+STEPS_HELP = "Sampling steps. Default: the model's pedit.json \"sampling\", else 20."
+SCHEDULER_HELP = "Sampler. Default: the model's pedit.json \"sampling\", else ddim."

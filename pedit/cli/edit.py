@@ -7,7 +7,7 @@ import os
 
 import click
 
-from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_NAMES, interval_option
+from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_HELP, SCHEDULER_NAMES, STEPS_HELP, interval_option
 from pedit.cli.progress import make_console, make_progress
 from pedit.errors import PeditError
 
@@ -18,9 +18,9 @@ from pedit.errors import PeditError
               help="Editing direction (see `pedit directions`), or several: angry,shocked (one output each, edited together).")
 @click.option("-m", "--model", type=click.Path(), help="Model folder from `pedit train` (default: the bundled toon model).")
 @click.option("-o", "--output", type=click.Path(), help="Output file, or folder for several inputs. Default: next to the input.")
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), help=STEPS_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default="ddim", show_default=True)
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help=SCHEDULER_HELP)
 @click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
 @click.option("--s-s", type=float, default=1.5, show_default=True, help="Guidance scale of the spatial condition c_s.")
 @click.option("--s-im", type=float, default=1.0, show_default=True, help="Guidance scale of the image condition c_im.")

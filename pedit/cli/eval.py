@@ -18,7 +18,8 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder: report.json, report.md, grid.png.")
 @click.option("--methods", default=",".join(["ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit"]),
               show_default=True, help="Comma-separated methods to score.")
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), help="Ours' sampling steps (default: the model's pedit.json "
+              "\"sampling\", else 20); the baselines take it too, else 20.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs.")
@@ -32,8 +33,8 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="What runs the U-Net.")
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for --backend onnx/trt "
               "(default: exported once into ~/.cache/pedit).")
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default="ddim", show_default=True,
-              help="Sampler of ours and its ablations (the baselines keep DDIM).")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES),
+              help="Sampler of ours and its ablations (default: the model's, else ddim); the baselines keep DDIM.")
 @click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
 @click.option("--mask-noises", type=click.IntRange(min=1, max=1024),
               help="Noise draws of the editing mask (default: the model folder's setting).")

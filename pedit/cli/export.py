@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_NAMES, interval_option
+from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_NAMES, STEPS_HELP, interval_option
 from pedit.cli.progress import make_console, show_config
 
 
@@ -43,17 +43,17 @@ def export_cmd(model, output, trt, fp16, force, networks, mask_noises, allow_pic
 @click.option("--arch", type=click.Choice(["sd15"]), help="Instead of -m: an MCDM of Stable Diffusion 1.5 size with random weights.")
 @click.option("--backend", "backends", default="torch", show_default=True,
               help=f"Comma-separated backends to time: {', '.join(BACKENDS)}.")
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), help=STEPS_HELP)
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed edits; medians are reported.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--vs", "vs", type=click.Choice(["ip2p"]), help="Also time diffusers' InstructPix2Pix pipeline in this process.")
 @click.option("--resolution", type=click.IntRange(min=64), help="--arch sd15 only (default 512).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: fp16 on CUDA, fp32 on the CPU.")
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default="ddim", show_default=True,
-              help="Our edit's sampler (InstructPix2Pix keeps its DDIM).")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES),
+              help="Our edit's sampler (default: the model's, else ddim); InstructPix2Pix keeps its DDIM.")
 @click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
-@click.option("--ip2p-steps", type=click.IntRange(min=1), help="InstructPix2Pix's steps with --vs ip2p (default: --steps).")
+@click.option("--ip2p-steps", type=click.IntRange(min=1), help="InstructPix2Pix's steps with --vs ip2p (default: --steps, else 20).")
 @click.option("--no-mask", is_flag=True, help="Time the edit without the editing mask.")
 @click.option("--mask-noises", type=click.IntRange(min=1, max=1024), default=10, show_default=True,
               help="Noise draws of the editing mask.")
@@ -81,7 +81,7 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
     show_config(console, cfg)
     report = run_bench(cfg, log=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))
     table = Table(*TABLE_HEAD, title=f"{report['model']} on {report['device']}, {report['precision']}, "
-                                     f"{report['resolution']} px, {steps} steps: medians of {repeats}, ms")
+                                     f"{report['resolution']} px, {report['config']['steps']} steps: medians of {repeats}, ms")
     for row in table_rows(report):
         table.add_row(*(escape(c) for c in row))
     console.print(table)

@@ -25,6 +25,7 @@ from pedit.noise import randn
 from pedit.edit.guidance import N_ROWS, PROMPT_ROWS, GuidanceScales, check_edit_scale, guided_eps, unguided_eps
 from pedit.edit.mask import MaskConfig, binarize, change_weight, composite, difference_maps, pixel_mask
 from pedit.model.mask_settings import mask_config_for
+from pedit.model.sampling_settings import check_guidance_interval, guided_at, sampling_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import PlainSteps, check_steps, make_scheduler, sample
@@ -58,42 +59,20 @@ class EditOptions:
     guidance_interval: tuple[float, float] | None = None
 
     def __post_init__(self):
-        from pedit.edit.sampler import SCHEDULERS
+        from pedit.model.sampling_settings import check_scheduler
         from pedit.validate import check_int, check_seed
 
         check_int("steps", self.steps, 1)
         check_seed("seed", self.seed)
         if not isinstance(self.scales, GuidanceScales) or not isinstance(self.mask, MaskConfig):
             raise ConfigError("scales must be a GuidanceScales and mask a MaskConfig")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        check_scheduler(self.scheduler)
         check_user_mask(self.user_mask, self.mask_mode)
         if self.subject is not None:
             check_subject(self.subject)
         check_edit_scale(self.scales.s_p)
         if self.guidance_interval is not None:
             object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
-
-
-def check_guidance_interval(interval) -> tuple[float, float]:
-    """(lo, hi) with 0 <= lo < hi <= 1: the noise levels t / T whose steps are guided; returned as a
-    tuple of floats (a list from JSON or the Python API becomes hashable like the rest of the options)."""
-    import math
-
-    ok = (isinstance(interval, (tuple, list)) and len(interval) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in interval)
-          and 0 <= interval[0] < interval[1] <= 1)
-    if not ok:
-        raise ConfigError(f"guidance_interval must be two noise levels lo,hi with 0 <= lo < hi <= 1 (t / T of the "
-                          f"steps that are guided), got {interval!r}")
-    return (float(interval[0]), float(interval[1]))
-
-
-def guided_at(t, interval: tuple[float, float] | None, num_train_timesteps: int) -> bool:
-    """Whether the step at timestep t (int, or Euler's float) is guided: its noise level t / T in `interval`."""
-    if interval is None:
-        return True
-    return interval[0] <= float(t) / num_train_timesteps <= interval[1]
 
 
 @dataclass
@@ -256,9 +235,12 @@ class Editor:
 
     def default_options(self, direction: str | Direction | None = None) -> EditOptions:
         """EditOptions, with the editing-mask settings the model folder carries in pedit.json for
-        `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.model.mask_settings)."""
+        `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.model.mask_settings)
+        and its sampling settings ("sampling": steps, scheduler, guidance interval; pedit.model.sampling_settings)."""
         direction = None if direction is None else self.direction(direction)
-        return EditOptions(mask=mask_config_for(self.model.meta, direction))
+        sampling = sampling_for(self.model.meta)  # pedit.json "sampling": steps, scheduler, guidance interval
+        return EditOptions(mask=mask_config_for(self.model.meta, direction), steps=sampling.steps,
+                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval)
 
     def scheduler(self, options: EditOptions):
         """The sampling scheduler for `options`; ConfigError when its steps do not fit the model's schedule."""

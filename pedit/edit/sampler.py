@@ -15,7 +15,7 @@ import torch
 from pedit.edit.guidance import N_ROWS
 from pedit.errors import ConfigError, NonFiniteError
 
-SCHEDULERS = ("ddim", "dpm", "euler")
+from pedit.model.sampling_settings import SCHEDULERS  # noqa: E402  (listed with the model folder's settings)
 
 
 def make_scheduler(name: str, config: dict):

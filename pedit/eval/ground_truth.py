@@ -38,6 +38,8 @@ from pedit.errors import ConfigError
 from pedit.noise import randn
 
 METHODS = ("ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit")
+OURS = METHODS[:4]  # the MCDM's sampler: the model's sampling settings apply (the baselines keep 20 DDIM steps)
+BASELINE_STEPS = 20
 NA_OFFLINE = "n/a: weights not available offline"
 
 
@@ -47,7 +49,7 @@ class EvalConfig:
     model: str | None = None
     output: str | None = None
     methods: tuple[str, ...] = METHODS
-    steps: int = 20
+    steps: int | None = None  # None: ours at the model's pedit.json "sampling" steps, the baselines at 20
     seed: int = 0
     batch_size: int = 16
     limit: int | None = None
@@ -64,8 +66,8 @@ class EvalConfig:
     engines: str | None = None  # a `pedit export` folder for onnx / trt
     mask_batch: int | None = None  # noise draws per mask call (0 = all in one); None: the model folder's setting
     mask_noises: int | None = None  # noise draws of the editing mask; None: the model folder's setting
-    scheduler: str = "ddim"  # of ours and its ablations (the baselines keep DDIM)
-    guidance_interval: tuple[float, float] | None = None  # ours: guided noise levels (EditOptions)
+    scheduler: str | None = None  # of ours and its ablations (the baselines keep DDIM); None: the model's
+    guidance_interval: tuple[float, float] | None = None  # ours: guided noise levels (EditOptions); None: the model's
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
@@ -74,7 +76,8 @@ class EvalConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"Unknown method(s) {', '.join(unknown) or '(none)'}; available: {', '.join(METHODS)}.")
-        check_int("steps", self.steps, 1)
+        if self.steps is not None:
+            check_int("steps", self.steps, 1)
         check_seed("seed", self.seed)
         check_int("batch_size", self.batch_size, 1)
         if self.limit is not None:
@@ -87,11 +90,11 @@ class EvalConfig:
             check_int("mask_batch", self.mask_batch, 0, 1024)
         if self.mask_noises is not None:
             check_int("mask_noises", self.mask_noises, 1, 1024)
-        from pedit.edit.editor import check_guidance_interval
-        from pedit.edit.sampler import SCHEDULERS
+        from pedit.model.sampling_settings import check_guidance_interval
+        from pedit.model.sampling_settings import check_scheduler
 
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.scheduler is not None:
+            check_scheduler(self.scheduler)
         if self.guidance_interval is not None:
             object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
@@ -237,7 +240,7 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     g = torch.Generator().manual_seed(seed)
     ddpm = DDPMScheduler.from_config(parts.scheduler_config)
     z_A = cond.c_s  # E(x_A), what the mask noises even when the c_s condition is dropped
-    if method in ("ours", "ours-no-mask", "no-c_s", "no-c_im"):
+    if method in OURS:
         scheduler = make_scheduler(scheduler_name, parts.scheduler_config)
         cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
         mask = None if method == "ours-no-mask" else batch_masks(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A)
@@ -293,6 +296,16 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     return out
 
 
+def eval_sampling(cfg: EvalConfig, meta: dict):
+    """Ours' sampler: each of --steps, --scheduler, --guidance-interval given, else the model's setting
+    (pedit.model.sampling_settings)."""
+    from pedit.model.sampling_settings import Sampling, sampling_for
+
+    model = sampling_for(meta)
+    return Sampling(scheduler=cfg.scheduler or model.scheduler, steps=cfg.steps or model.steps,
+                    guidance_interval=model.guidance_interval if cfg.guidance_interval is None else cfg.guidance_interval)
+
+
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Score every method on the pair folder; writes report.json, report.md and grid.png to cfg.output."""
     from PIL import Image
@@ -316,6 +329,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                          unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
     size = editor.resolution
     scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
+    sampling = eval_sampling(cfg, editor.model.meta)  # ours: the flags over the model's pedit.json "sampling"
+    baseline_steps = cfg.steps or BASELINE_STEPS
     from pedit.eval.ceiling import iou_ceiling
 
     cells = size // editor.model.parts.latent_factor  # the latent grid the editing mask lives on
@@ -346,8 +361,9 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         outs_for_grid = {}
         for m in cfg.methods:
             t0 = time.perf_counter()
-            decoded, mask = run_method(editor, m, cond, cfg.steps, scales, batch_seed(cfg.seed, start), mask_cfgs,
-                                       cfg.scheduler, cfg.guidance_interval)
+            decoded, mask = run_method(editor, m, cond, sampling.steps if m in OURS else baseline_steps, scales,
+                                       batch_seed(cfg.seed, start), mask_cfgs, sampling.scheduler,
+                                       sampling.guidance_interval)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])
@@ -377,6 +393,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         "config": dataclasses.asdict(cfg),
         "model": str(editor.model.path),
         "pairs": len(pairs),
+        "sampling": {"ours": dataclasses.asdict(sampling), "baselines": {"scheduler": "ddim", "steps": baseline_steps}},
         "methods": {m: {**totals[m].summary(), "seconds_per_pair": seconds[m] / len(pairs)} for m in cfg.methods},
         "per_direction": {m: {d: s.summary() for d, s in sorted(per_direction[m].items())} for m in cfg.methods},
     }

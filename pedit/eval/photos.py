@@ -38,7 +38,7 @@ class PhotoEvalConfig:
     directions: tuple[str, ...]
     model: str | None = None  # None → the bundled toon model
     output: str | None = None  # report folder
-    steps: int = 20
+    steps: int | None = None  # None: the model's pedit.json "sampling" (its scheduler and interval apply too)
     seed: int = 0
     s_s: float = 1.5
     s_im: float = 1.0
@@ -63,7 +63,8 @@ class PhotoEvalConfig:
             raise ConfigError(f"Directions must be a non-empty list of names; got {self.directions!r}.")
         if self.detector not in (*DETECTORS, "default"):
             raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
-        check_int("steps", self.steps, 1)
+        if self.steps is not None:
+            check_int("steps", self.steps, 1)
         check_seed("seed", self.seed)
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
         if self.mask_noises is not None:
@@ -92,7 +93,6 @@ def _check_output(cfg: PhotoEvalConfig) -> Path | None:
 def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] | None = None,
                     note: Callable[[str], None] = lambda text: None) -> dict:
     """Edit every photo toward every direction and score each result; writes the report to cfg.output."""
-    from pedit.edit.editor import EditOptions
     from pedit.export.backends import load_editor
     from pedit.edit.guidance import GuidanceScales
 
@@ -103,15 +103,17 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
     editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                          precision=cfg.precision, log=note)
     directions = [editor.direction(d) for d in cfg.directions]  # an unknown direction fails here
-    options = EditOptions(steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p))
-    # Each direction edits with the model's mask settings for its task (pedit.model.mask_settings), as in
-    # `pedit edit`; n_noise is theirs unless mask_noises is given.
+    # Each direction edits with the model's mask and sampling settings (pedit.model.mask_settings,
+    # sampling_settings), as in `pedit edit`; n_noise and steps are theirs unless given.
     direction_options = {}
     for direction in directions:
-        mask = editor.default_options(direction).mask
+        options = dataclasses.replace(editor.default_options(direction), seed=cfg.seed,
+                                      scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p))
+        if cfg.steps is not None:
+            options = dataclasses.replace(options, steps=cfg.steps)
         if cfg.mask_noises is not None:
-            mask = dataclasses.replace(mask, n_noise=cfg.mask_noises)
-        direction_options[direction.name] = dataclasses.replace(options, mask=mask)
+            options = dataclasses.replace(options, mask=dataclasses.replace(options.mask, n_noise=cfg.mask_noises))
+        direction_options[direction.name] = options
     detector = get_detector(cfg.detector)
     checker = identity_detector()
     if checker is None:

@@ -37,7 +37,7 @@ class BenchConfig:
     model: str | None = None  # a model folder; None with arch "model" → the bundled toon model
     arch: str = "model"  # "model" (-m) or "sd15" (SD1.5 size, random weights)
     backends: tuple[str, ...] = ("torch",)
-    steps: int = 20
+    steps: int | None = None  # None: the model's pedit.json "sampling" (--arch sd15: 20)
     repeats: int = 5
     warmup: int = 1
     vs_ip2p: bool = False
@@ -50,9 +50,9 @@ class BenchConfig:
     direction: str = "laughing"
     engines: str | None = None
     seed: int = 0
-    scheduler: str = "ddim"  # our edit's sampler (InstructPix2Pix keeps its DDIM)
-    guidance_interval: tuple[float, float] | None = None  # guided noise levels t / T (EditOptions)
-    ip2p_steps: int | None = None  # InstructPix2Pix's steps; None: the same as `steps`
+    scheduler: str | None = None  # our edit's sampler (InstructPix2Pix keeps its DDIM); None: the model's
+    guidance_interval: tuple[float, float] | None = None  # guided noise levels t / T (EditOptions); None: the model's
+    ip2p_steps: int | None = None  # InstructPix2Pix's steps; None: `steps` when given, else 20 (its usual)
 
     output: str | None = None  # also write the JSON report here
     overwrite: bool = False  # replace an existing `output`
@@ -70,17 +70,18 @@ class BenchConfig:
         if self.arch == "sd15" and any(b in ("onnx", "trt") for b in self.backends):
             raise ConfigError("--arch sd15 benches the torch and compile backends (random weights, no model folder "
                               "to export); for onnx/trt export a model folder and pass -m.")
-        check_int("steps", self.steps, 1)
+        if self.steps is not None:
+            check_int("steps", self.steps, 1)
         check_int("repeats", self.repeats, 1)
         check_int("warmup", self.warmup, 0)
         check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
         check_int("mask_batch", self.mask_batch, 0, 1024)
         check_seed("seed", self.seed)
-        from pedit.edit.editor import check_guidance_interval
-        from pedit.edit.sampler import SCHEDULERS
+        from pedit.model.sampling_settings import check_guidance_interval
+        from pedit.model.sampling_settings import check_scheduler
 
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.scheduler is not None:
+            check_scheduler(self.scheduler)
         if self.guidance_interval is not None:
             object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         if self.ip2p_steps is not None:
@@ -330,6 +331,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
 
     check_output(cfg)
     check_direction(cfg)
+    cfg = with_sampling(cfg)  # steps, scheduler and interval as given, else the model folder's
     report = {"config": asdict(cfg), "tools": tool_versions(), "backends": {}}
     editor = None
     for backend in cfg.backends:
@@ -363,6 +365,24 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
 
         write_text_atomic(Path(cfg.output), json.dumps(report, indent=2), overwrite=cfg.overwrite)
     return report
+
+
+def with_sampling(cfg: BenchConfig) -> BenchConfig:
+    """cfg with each unset sampling field filled in: from the model folder's pedit.json "sampling"
+    (pedit.model.sampling_settings; --arch sd15 and folders without it: 20 DDIM steps, all guided), and
+    InstructPix2Pix's steps from --steps when given, else 20."""
+    from dataclasses import replace
+
+    from pedit.model.sampling_settings import Sampling, sampling_for
+
+    model = Sampling()
+    if cfg.arch == "model":
+        from pedit.model.loading import read_model_folder
+
+        model = sampling_for(read_model_folder(cfg.model)[1])
+    return replace(cfg, steps=cfg.steps or model.steps, scheduler=cfg.scheduler or model.scheduler,
+                   guidance_interval=model.guidance_interval if cfg.guidance_interval is None else cfg.guidance_interval,
+                   ip2p_steps=(cfg.ip2p_steps or cfg.steps or 20) if cfg.vs_ip2p else None)
 
 
 def check_output(cfg: BenchConfig) -> None:

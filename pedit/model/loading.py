@@ -25,6 +25,7 @@ from pedit.data.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import process_alive, regular_file_problem
 from pedit.model.mask_settings import check_mask_settings
+from pedit.model.sampling_settings import check_sampling_settings
 
 # pedit.model.mcdm imports diffusers (seconds): imported where a model is built, so that a cached
 # model (pedit.model.traced) can be checked with the functions here without it.
@@ -368,6 +369,7 @@ def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
     check_scheduler_config(_read_json(sched_file, "Scheduler config"), sched_file)
     try:
         check_mask_settings(meta, path / "pedit.json")  # "mask", "mask_by_task", "mask_by_direction"
+        check_sampling_settings(meta, path / "pedit.json")  # "sampling"
     except ValueError as e:
         raise ModelError(str(e)) from None
     return path, meta

@@ -32,9 +32,9 @@ class EditFilesConfig:
     direction: str  # one name, or several "a,b,c": one output each, edited together (Editor.edit_many)
     model: str | None = None  # None → the bundled toon model
     output: str | None = None
-    steps: int = 20
+    steps: int | None = None  # None → the model's pedit.json "sampling", else 20 (pedit.model.sampling_settings)
     seed: int = 0
-    scheduler: str = "ddim"
+    scheduler: str | None = None  # None → the model's, else ddim
     s_s: float = 1.5
     s_im: float = 1.0
     s_p: float = 4.0
@@ -59,11 +59,11 @@ class EditFilesConfig:
     mask_batch: int = 0  # noise draws per U-Net call of the editing mask; 0 = all in one call
     cache: bool = True  # CPU, torch, fp32: run from the model's TorchScript cache (pedit.model.traced); same bytes
     subject: str | None = None  # "person" in the direction's template prompts becomes this ("old man")
-    guidance_interval: tuple[float, float] | None = None  # guided noise levels t / T (EditOptions); None: all
+    guidance_interval: tuple[float, float] | None = None  # guided noise levels t / T (EditOptions); None: the model's
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales, check_edit_scale
-        from pedit.edit.sampler import SCHEDULERS
+        from pedit.model.sampling_settings import check_scheduler
         from pedit.edit.user_mask import check_user_mask
         from pedit.validate import check_backend, check_device, check_int, check_number, check_precision, check_seed
 
@@ -77,10 +77,11 @@ class EditFilesConfig:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ConfigError(f"Direction(s) {', '.join(repeated)} given more than once in --direction; list each once.")
-        check_int("steps", self.steps, 1)
+        if self.steps is not None:
+            check_int("steps", self.steps, 1)
         check_seed("seed", self.seed)
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.scheduler is not None:
+            check_scheduler(self.scheduler)
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
         check_edit_scale(self.s_p)
         if self.mask_noises is not None:
@@ -99,7 +100,7 @@ class EditFilesConfig:
 
             check_subject(self.subject)
         if self.guidance_interval is not None:
-            from pedit.edit.editor import check_guidance_interval
+            from pedit.model.sampling_settings import check_guidance_interval
 
             object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         if not isinstance(self.cache, bool):
@@ -225,16 +226,22 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
 
 
 def _options(cfg: EditFilesConfig, defaults):
-    """EditOptions from the flags, over the model's mask settings for the direction (`defaults`):
-    they stand unless a flag overrides them (--mask-noises given)."""
+    """EditOptions from the flags, over the model's mask and sampling settings for the direction
+    (`defaults`, Editor.default_options): they stand unless a flag overrides them (--mask-noises,
+    --steps, --scheduler, --guidance-interval given)."""
     from pedit.edit.editor import EditOptions
     from pedit.edit.guidance import GuidanceScales
 
     n_noise = defaults.mask.n_noise if cfg.mask_noises is None else cfg.mask_noises
+
+    def given(value, default):  # a flag given wins over the model folder's setting
+        return default if value is None else value
+
     return EditOptions(
-        steps=cfg.steps, seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), use_mask=cfg.use_mask,
-        mask=dataclasses.replace(defaults.mask, n_noise=n_noise, batch=cfg.mask_batch), scheduler=cfg.scheduler,
-        mask_mode=cfg.mask_mode, subject=cfg.subject, guidance_interval=cfg.guidance_interval,
+        steps=given(cfg.steps, defaults.steps), seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p),
+        use_mask=cfg.use_mask, mask=dataclasses.replace(defaults.mask, n_noise=n_noise, batch=cfg.mask_batch),
+        scheduler=given(cfg.scheduler, defaults.scheduler), mask_mode=cfg.mask_mode, subject=cfg.subject,
+        guidance_interval=given(cfg.guidance_interval, defaults.guidance_interval),
     )
 
 
