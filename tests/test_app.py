@@ -78,7 +78,8 @@ def test_edit_writes_what_pedit_edit_writes(service, cli_laughing, tmp_path):
     out = service.edit(EditRequest(photo=_upload(tmp_path), direction="laughing"), lambda i, n, what: seen.append((i, n)))
     assert out.result.read_bytes() == cli_laughing
     assert out.result.name == "toon_laughing.png"
-    assert seen[-1] == (20, 20)  # progress reaches the last of the 20 steps
+    steps = service.editor.default_options().steps  # the bundled model's pedit.json "sampling"
+    assert seen[-1] == (steps, steps)  # progress reaches the last step
     mask = np.asarray(Image.open(out.mask))
     assert mask.shape == (128, 128) and 0 < (mask > 0).mean() < 1  # a real editing mask, not all or nothing
     assert Image.open(out.overlay).size == (128, 128)
@@ -214,6 +215,12 @@ def test_sticker_pack_is_what_pedit_sticker_pack_writes(service, tmp_path):
 # ------------------------------------------------------------------------------------------ server
 
 
+def server_defaults():
+    from pedit.edit.editor import Editor
+
+    return Editor.from_pretrained(None, device="cpu").default_options()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -239,7 +246,8 @@ def test_the_api_edits_as_pedit_edit_and_keeps_serving_after_a_bad_upload(server
     from pedit.photos.photo import load_photo
 
     client = gradio_client.Client(server, verbose=False, download_files=str(tmp_path / "downloads"))
-    args = ("laughing", [], None, "replace", 0, 20, "ddim", 1.5, 1.0, 4.0, True)
+    defaults = server_defaults()  # what the page's fields start at: the model's sampling settings
+    args = ("laughing", [], None, "replace", 0, defaults.steps, defaults.scheduler, 1.5, 1.0, 4.0, True)
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     with pytest.raises(Exception) as e:

@@ -57,7 +57,9 @@ def test_the_bundled_model_gives_the_same_mask_and_bytes_as_the_five_row_formula
     from pedit.edit.mask import difference_map
 
     image = Image.open("examples/toon.png")
-    options = bundled.default_options(direction)
+    options = bundled.default_options(direction)  # the paper's sampler: 20 steps, all guided, 10 draws
+    options = dataclasses.replace(options, steps=20, guidance_interval=None,
+                                  mask=dataclasses.replace(options.mask, n_noise=10))
     calls = []
     inner = bundled.denoise
     bundled.denoise = lambda z, t, c: calls.append(z.shape[0]) or inner(z, t, c)

@@ -55,8 +55,8 @@ def export_cmd(model, output, trt, fp16, force, networks, mask_noises, allow_pic
 @click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
 @click.option("--ip2p-steps", type=click.IntRange(min=1), help="InstructPix2Pix's steps with --vs ip2p (default: --steps, else 20).")
 @click.option("--no-mask", is_flag=True, help="Time the edit without the editing mask.")
-@click.option("--mask-noises", type=click.IntRange(min=1, max=1024), default=10, show_default=True,
-              help="Noise draws of the editing mask.")
+@click.option("--mask-noises", type=click.IntRange(min=1, max=1024),
+              help="Noise draws of the editing mask (default: the model's mask settings, else 10).")
 @click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True, help="Noise draws per mask call.")
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for onnx/trt.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")

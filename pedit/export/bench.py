@@ -45,7 +45,7 @@ class BenchConfig:
     device: str | None = None  # default: cuda when available
     precision: str | None = None  # default: fp16 on CUDA, fp32 on the CPU
     use_mask: bool = True
-    mask_noises: int = 10
+    mask_noises: int | None = None  # None: the model's mask settings for `direction` (--arch sd15: 10)
     mask_batch: int = 0
     direction: str = "laughing"
     engines: str | None = None
@@ -74,7 +74,8 @@ class BenchConfig:
             check_int("steps", self.steps, 1)
         check_int("repeats", self.repeats, 1)
         check_int("warmup", self.warmup, 0)
-        check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
+        if self.mask_noises is not None:
+            check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
         check_int("mask_batch", self.mask_batch, 0, 1024)
         check_seed("seed", self.seed)
         from pedit.model.sampling_settings import check_guidance_interval
@@ -369,18 +370,24 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
 
 def with_sampling(cfg: BenchConfig) -> BenchConfig:
     """cfg with each unset sampling field filled in: from the model folder's pedit.json "sampling"
-    (pedit.model.sampling_settings; --arch sd15 and folders without it: 20 DDIM steps, all guided), and
-    InstructPix2Pix's steps from --steps when given, else 20."""
+    (pedit.model.sampling_settings; --arch sd15 and folders without it: 20 DDIM steps, all guided), the
+    mask's draws from its mask settings for cfg.direction (else 10), and InstructPix2Pix's steps from
+    --steps when given, else 20."""
     from dataclasses import replace
 
     from pedit.model.sampling_settings import Sampling, sampling_for
 
-    model = Sampling()
+    model, draws = Sampling(), 10
     if cfg.arch == "model":
+        from pedit.data.directions import model_directions, resolve
         from pedit.model.loading import read_model_folder
+        from pedit.model.mask_settings import mask_config_for
 
-        model = sampling_for(read_model_folder(cfg.model)[1])
+        folder, meta = read_model_folder(cfg.model)
+        model = sampling_for(meta)
+        draws = mask_config_for(meta, resolve(cfg.direction, model_directions(meta, folder))).n_noise
     return replace(cfg, steps=cfg.steps or model.steps, scheduler=cfg.scheduler or model.scheduler,
+                   mask_noises=cfg.mask_noises or draws,
                    guidance_interval=model.guidance_interval if cfg.guidance_interval is None else cfg.guidance_interval,
                    ip2p_steps=(cfg.ip2p_steps or cfg.steps or 20) if cfg.vs_ip2p else None)
 
