@@ -67,7 +67,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
-    from pedit.edit.editor import EditOptions, edit_rows
+    from pedit.edit.editor import EditOptions
+    from pedit.edit.rows import edit_rows
     from pedit.edit.mask import MaskConfig
     from pedit.edit.sampler import make_scheduler
     from pedit.eval.ground_truth import EvalConfig, evaluate

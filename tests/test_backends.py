@@ -158,7 +158,8 @@ def test_bench_reports_each_stage_flops_and_the_ip2p_ratio(random_model):
 
 
 def test_bench_counts_the_rows_of_fewer_steps_and_a_guidance_interval(random_model):
-    from pedit.edit.editor import EditOptions, edit_rows
+    from pedit.edit.editor import EditOptions
+    from pedit.edit.rows import edit_rows
     from pedit.edit.mask import MaskConfig
     from pedit.export.bench import BenchConfig, run_bench
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pedit.edit.editor import EditOptions, edit_rows
+from pedit.edit.editor import EditOptions
+from pedit.edit.rows import edit_rows
 from pedit.edit.guidance import GuidanceScales, guided_eps, unguided_eps
 from pedit.edit.mask import MaskConfig
 from pedit.errors import ConfigError

@@ -232,7 +232,7 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     (EditOptions') apply to ours and its ablations; the baselines keep DDIM with every step guided."""
     from diffusers import DDPMScheduler
 
-    from pedit.edit.editor import plain_steps
+    from pedit.edit.rows import plain_steps
     from pedit.edit.guidance import guided_eps
     from pedit.edit.sampler import make_scheduler, sample
 

@@ -187,7 +187,8 @@ def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
     import torch
     from diffusers import DDPMScheduler
 
-    from pedit.edit.editor import keep_outside, plain_steps, tensor_to_uint8, uint8_to_tensor
+    from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.edit.rows import plain_steps
     from pedit.edit.guidance import GuidanceScales, guided_eps
     from pedit.edit.mask import editing_mask
     from pedit.edit.sampler import make_scheduler, sample
@@ -243,7 +244,7 @@ def edit_rows(cfg: BenchConfig, scheduler_config: dict) -> int:
     """U-Net rows one benched edit evaluates (pedit.edit.editor.edit_rows): 2 a mask draw (rows 3-4),
     5 a guided step, 2 a step outside the guidance interval."""
     from pedit.edit.editor import EditOptions
-    from pedit.edit.editor import edit_rows as rows_of
+    from pedit.edit.rows import edit_rows as rows_of
     from pedit.edit.mask import MaskConfig
     from pedit.edit.sampler import make_scheduler
 
