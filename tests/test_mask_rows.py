@@ -67,8 +67,8 @@ def test_the_bundled_model_gives_the_same_mask_and_bytes_as_the_five_row_formula
         two_rows = bundled.edit(image, direction, options, seed=3)
         assert calls[0] == 2 * options.mask.n_noise and set(calls[1:]) == {5}  # 20 rows for the 10 draws, not 50
 
-        def five_row_maps(denoise, noise_scheduler, conds, scales, cfg, generator):
-            assert len(conds) == 1  # one direction: one difference map
+        def five_row_maps(denoise, noise_scheduler, conds, scales, cfg, generator, distilled=False):
+            assert len(conds) == 1 and not distilled  # one direction of the teacher: one difference map
             return [_five_row_difference(denoise, noise_scheduler, conds[0], scales, cfg, generator)]
 
         monkeypatch.setattr(editor_module, "difference_maps", five_row_maps)

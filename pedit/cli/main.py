@@ -18,7 +18,7 @@ from pedit.cli.errors import PeditGroup
 from pedit.cli.eval import eval_cmd
 from pedit.cli.export import bench, export_cmd
 from pedit.cli.stickers import sticker_pack
-from pedit.cli.train import train
+from pedit.cli.train import distill, train
 
 
 @click.group(cls=PeditGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +29,7 @@ def cli():
     \b
     pedit edit photo.jpg --direction royal     edit a portrait (bundled toon model by default)
     pedit train --data pairs/ -o my-model      train an MCDM on a pair folder
+    pedit distill --data pairs/ -o fast-model  a 2-row-a-step student of a trained MCDM
     pedit gen-pairs --source toon -o pairs/    make a pair folder
     pedit eval --pairs eval-pairs/             measure a model against ground truth
     pedit sticker-pack selfie.jpg -o out/      four expression stickers, app-ready folders
@@ -37,7 +38,7 @@ def cli():
     """
 
 
-for command in (directions, gen_pairs, train, edit, eval_cmd, export_cmd, bench, sticker_pack, app):
+for command in (directions, gen_pairs, train, distill, edit, eval_cmd, export_cmd, bench, sticker_pack, app):
     cli.add_command(command)
 
 

@@ -22,14 +22,15 @@ from PIL import Image
 from pedit.data.directions import Direction, check_subject, model_directions, resolve
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
-from pedit.edit.guidance import GuidanceScales, check_edit_scale, guided_eps
+from pedit.edit.guidance import GuidanceScales, check_edit_scale
 from pedit.edit.mask import MaskConfig, binarize, change_weight, composite, difference_maps, pixel_mask
 from pedit.model.mask_settings import mask_config_for
 from pedit.model.sampling_settings import check_guidance_interval, sampling_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
-from pedit.edit.sampler import check_steps, make_scheduler, sample
-from pedit.edit.rows import plain_steps
+from pedit.edit.sampler import check_steps, make_scheduler
+from pedit.edit.rows import sample_edit
+from pedit.model.distilled import distilled_for
 from pedit.edit.user_mask import check_user_mask, combine_latent, combine_weight, user_mask_at
 from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
 
@@ -132,7 +133,13 @@ class Editor:
         self.cache_failed = False
         self.denoise = denoise or torch_denoise(model.mcdm)
         self.directions = model_directions(model.meta, model.path)
+        self.distillation = distilled_for(model.meta)  # pedit.json "distilled": a student's scale range, else None
         self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def distilled(self) -> bool:
+        """A guidance-distilled student (pedit distill): 2 rows a step, scales inside its trained range."""
+        return self.distillation is not None
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
@@ -283,6 +290,10 @@ class Editor:
                               "only the mask settings may differ (edit them one at a time otherwise).")
         for _, o in plans:
             self.scheduler(o)  # steps the schedule cannot give fail here, before any work
+            if self.distilled:  # a student knows the scales it was distilled on, no others
+                self.distillation.check_scales(o.scales)
+                if o.guidance_interval is not None:
+                    self.distillation.check_unit_scales()
         return plans
 
     @torch.no_grad()
@@ -338,15 +349,13 @@ class Editor:
 
     def _sample(self, conds: list[EditConditions], z_T: list[torch.Tensor], latents: list, options: EditOptions,
                 callback) -> torch.Tensor:
-        """One sampling loop over k directions' latents (k, 4, h, w) of one image: 5k rows a step."""
+        """One sampling loop over k directions' latents (k, 4, h, w) of one image: 5k rows a step (2k distilled)."""
         k = len(conds)
         stacked = EditConditions(conds[0].c_s.repeat(k, 1, 1, 1), conds[0].c_im.repeat(k, 1, 1),
                                  *(torch.cat([getattr(c, f) for c in conds]) for f in ("c_p_b", "c_p_a", "c_p_null")))
         mask = None if latents[0] is None else torch.cat(latents).to(stacked.c_s)  # (k, 1, h, w)
-        scheduler = self.scheduler(options)
-        return sample(self.denoise, scheduler, torch.cat(z_T), *stacked.guidance_rows(),
-                      lambda eps: guided_eps(eps, options.scales, mask), options.steps, callback,
-                      plain=plain_steps(stacked, mask, options.guidance_interval, scheduler))
+        return sample_edit(self.denoise, self.scheduler(options), torch.cat(z_T), stacked, options.scales, mask,
+                           options.steps, options.guidance_interval, self.distilled, callback)
 
     def _masks_and_noise(self, conds: list[EditConditions], options: list[EditOptions]):
         """Each direction's model mask (1, 1, h, w) or None, and its z_T (1, 4, h, w): the generator
@@ -364,7 +373,7 @@ class Editor:
             if o.use_mask:
                 noise_scheduler = make_noise_scheduler(self.model.parts.scheduler_config)
                 maps = difference_maps(self.denoise, noise_scheduler, [conds[i] for i in members], o.scales, o.mask,
-                                       generator)
+                                       generator, distilled=self.distilled)
                 for i, diff in zip(members, maps):
                     masks[i] = binarize(diff, options[i].mask.ratio, options[i].mask.threshold)
             noise = randn(shape, generator, like=like)

@@ -112,13 +112,16 @@ def branch_eps(eps, scales: GuidanceScales):
     return multi_cfg(e_none, e_s, e_s_im, e_full_b, scales), multi_cfg(e_none, e_s, e_s_im, e_full_a, scales)
 
 
-def branch_difference(eps, scales: GuidanceScales):
+def branch_difference(eps, scales: GuidanceScales, guided: bool = False):
     """eps~(p_b) − eps~(p_a) from rows 3-4 alone: (2B, 4, h, w) [e(s,im,p_b); e(s,im,p_a)] → (B, 4, h, w) float32.
 
     Exact, not an approximation: the two branches of Eq. 3 share rows 0-2, and `multi_cfg` is
     linear with weight s_p on its last term, so in the difference everything but that term cancels:
         eps~(p_b) − eps~(p_a) = s_p [e(s,im,p_b) − e(s,im,p_a)].
     Computed in float32 (the 5-row form subtracted two guided sums in the model's precision).
+    guided=True: the two rows are already eps~(p_b), eps~(p_a) (a distilled student's, pedit.model.distilled),
+    and their difference is taken as it is.
     """
     e_b, e_a = eps.chunk(PROMPT_ROWS, dim=0)
-    return scales.s_p * (e_b.float() - e_a.float())
+    diff = e_b.float() - e_a.float()
+    return diff if guided else scales.s_p * diff

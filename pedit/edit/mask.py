@@ -52,33 +52,33 @@ def expand(cond: EditConditions, n: int) -> EditConditions:
 
 @torch.no_grad()
 def editing_mask(denoise, noise_scheduler, cond: EditConditions, scales: GuidanceScales, cfg: MaskConfig,
-                 generator: torch.Generator, z_A: torch.Tensor | None = None) -> torch.Tensor:
+                 generator: torch.Generator, z_A: torch.Tensor | None = None, distilled: bool = False) -> torch.Tensor:
     """Binary latent mask (B, 1, h, w), 1 = edit. `noise_scheduler` provides `add_noise` (DDPM).
 
     The noised latent is E(x_A): `cond.c_s`, or `z_A` (B, 4, h, w) when the conditions have c_s
     dropped (the ablation without c_s, the text-only DiffEdit baseline).
     """
-    diff = difference_map(denoise, noise_scheduler, cond, scales, cfg, generator, z_A)
+    diff = difference_map(denoise, noise_scheduler, cond, scales, cfg, generator, z_A, distilled)
     return binarize(diff, cfg.ratio, cfg.threshold)
 
 
 @torch.no_grad()
 def editing_masks(denoise, noise_scheduler, conds: list[EditConditions], scales: GuidanceScales, cfg: MaskConfig,
-                  generator: torch.Generator) -> list[torch.Tensor]:
+                  generator: torch.Generator, distilled: bool = False) -> list[torch.Tensor]:
     """One binary mask (B, 1, h, w) per direction's conditions, all from one noise draw and one call
     per draw chunk (`difference_maps`): what `Editor.edit_many` asks for directions sharing a seed."""
     return [binarize(d, cfg.ratio, cfg.threshold) for d in difference_maps(denoise, noise_scheduler, conds, scales,
-                                                                             cfg, generator)]
+                                                                             cfg, generator, distilled=distilled)]
 
 
 @torch.no_grad()
 def difference_map(denoise, noise_scheduler, cond: EditConditions, scales: GuidanceScales, cfg: MaskConfig,
-                   generator: torch.Generator, z_A: torch.Tensor | None = None) -> torch.Tensor:
+                   generator: torch.Generator, z_A: torch.Tensor | None = None, distilled: bool = False) -> torch.Tensor:
     """|eps~(p_b) − eps~(p_a)| averaged over channels and cfg.n_noise draws at cfg.strength: (B, h, w).
 
     One U-Net call of 2 rows per draw (rows 3-4, `branch_difference`), cfg.batch draws a call.
     """
-    return difference_maps(denoise, noise_scheduler, [cond], scales, cfg, generator, z_A)[0]
+    return difference_maps(denoise, noise_scheduler, [cond], scales, cfg, generator, z_A, distilled)[0]
 
 
 def _distinct(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
@@ -95,11 +95,17 @@ def _distinct(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int
 
 @torch.no_grad()
 def difference_maps(denoise, noise_scheduler, conds: list[EditConditions], scales: GuidanceScales, cfg: MaskConfig,
-                    generator: torch.Generator, z_A: torch.Tensor | None = None) -> list[torch.Tensor]:
+                    generator: torch.Generator, z_A: torch.Tensor | None = None,
+                    distilled: bool = False) -> list[torch.Tensor]:
     """`difference_map` for several directions of the same B images (same c_s, c_im; conds[0]'s are
     used) and the same noise: each distinct prompt (every p_b, the p_a's once) is one row a draw,
     so K directions with one p_a cost K + 1 rows a draw, not 2K. Rows block-wise, one block of
-    (draws x B) per prompt. Returns one (B, h, w) map per cond."""
+    (draws x B) per prompt. Returns one (B, h, w) map per cond. `distilled`: the denoiser is a
+    guidance-distilled student, whose two rows at `scales` (the scale token on c_im) are eps~ already."""
+    if distilled:
+        from pedit.model.distilled import with_scales
+
+        conds = [with_scales(c, scales) for c in conds]
     first = conds[0]
     z_A = first.c_s if z_A is None else z_A
     b, _, h, w = z_A.shape
@@ -119,7 +125,7 @@ def difference_maps(denoise, noise_scheduler, conds: list[EditConditions], scale
         z_in = torch.cat([z_t[lo * b: (lo + k) * b].repeat(len(prompts), 1, 1, 1), c_s_rows], dim=1)  # (PkB, 8, h, w)
         eps = denoise(z_in, t[0], context).chunk(len(prompts))  # P blocks of (kB, 4, h, w)
         for i, out in enumerate(diffs):  # eps~(p_b) − eps~(p_a) from their two rows: (kB, 4, h, w)
-            e_diff = branch_difference(torch.cat([eps[index[2 * i]], eps[index[2 * i + 1]]]), scales)
+            e_diff = branch_difference(torch.cat([eps[index[2 * i]], eps[index[2 * i + 1]]]), scales, distilled)
             out.append(e_diff.abs().mean(dim=1))  # (kB, h, w)
     maps = [torch.cat(d).view(n, b, h, w).mean(dim=0) for d in diffs]  # (B, h, w) each
     if not all(torch.isfinite(d).all() for d in maps):

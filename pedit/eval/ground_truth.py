@@ -199,9 +199,10 @@ def _rows(cond, ix: list[int]):
     return type(cond)(*(getattr(cond, f.name)[ix] for f in dataclasses.fields(cond)))
 
 
-def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A):
+def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A, distilled: bool = False):
     """Editing masks (B, 1, h, w) for a batch whose pairs may carry different mask settings (per task
-    or direction): one difference-map call per (n_noise, strength), thresholds applied per pair."""
+    or direction): one difference-map call per (n_noise, strength), thresholds applied per pair.
+    `distilled`: the denoiser is a guidance-distilled student (pedit.edit.mask.difference_maps)."""
     from pedit.edit.mask import binarize, difference_map
 
     if not isinstance(mask_cfgs, (list, tuple)):
@@ -211,7 +212,7 @@ def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A):
         groups.setdefault((c.n_noise, c.strength), []).append(i)
     out = torch.zeros((len(z_A), 1, *z_A.shape[2:]), device=z_A.device)
     for ix in groups.values():
-        diff = difference_map(denoise, ddpm, _rows(cond, ix), scales, mask_cfgs[ix[0]], g, z_A[ix])  # (b, h, w)
+        diff = difference_map(denoise, ddpm, _rows(cond, ix), scales, mask_cfgs[ix[0]], g, z_A[ix], distilled)  # (b, h, w)
         for j, i in enumerate(ix):
             out[i] = binarize(diff[j: j + 1], mask_cfgs[i].ratio, mask_cfgs[i].threshold)[0]
     return out
@@ -232,8 +233,8 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     (EditOptions') apply to ours and its ablations; the baselines keep DDIM with every step guided."""
     from diffusers import DDPMScheduler
 
-    from pedit.edit.rows import plain_steps
     from pedit.edit.guidance import guided_eps
+    from pedit.edit.rows import sample_edit
     from pedit.edit.sampler import make_scheduler, sample
 
     parts = editor.model.parts
@@ -243,12 +244,11 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     if method in OURS:
         scheduler = make_scheduler(scheduler_name, parts.scheduler_config)
         cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
-        mask = None if method == "ours-no-mask" else batch_masks(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A)
+        mask = None if method == "ours-no-mask" else batch_masks(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A,
+                                                                 editor.distilled)
         z_T = randn(cond.c_s.shape, g, like=cond.c_s)
-        rows = cond.guidance_rows()
         m = None if mask is None else mask.to(cond.c_s)
-        z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, mask), steps,
-                     plain=plain_steps(cond, m, guidance_interval, scheduler))
+        z_0 = sample_edit(editor.denoise, scheduler, z_T, cond, scales, m, steps, guidance_interval, editor.distilled)
         return parts.decode(z_0), mask
     scheduler = make_scheduler("ddim", parts.scheduler_config)
     text_only = _drop(cond, c_s=True, c_im=True)  # both image conditions dropped: a text-to-image model

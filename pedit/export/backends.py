@@ -52,10 +52,12 @@ def compile_backend(model, cache_dir: Path | None = None) -> Callable:
     cuda = unet.device.type == "cuda"
     compiled = torch.compile(unet, mode="reduce-overhead" if cuda else None, dynamic=False, fullgraph=False)
 
+    from pedit.model.distilled import unet_eps
+
     @torch.no_grad()
     def denoise(z_in, t, context):
         t = torch.as_tensor(t, device=z_in.device)
-        eps = compiled(z_in, t, encoder_hidden_states=context).sample
+        eps = unet_eps(compiled, z_in, t, context)  # a student's scale token is split off first
         # CUDA graphs reuse their output buffer on the next replay: hand the sampler its own copy.
         return eps.clone() if cuda else eps
 

@@ -188,10 +188,10 @@ def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
     from diffusers import DDPMScheduler
 
     from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
-    from pedit.edit.rows import plain_steps
-    from pedit.edit.guidance import GuidanceScales, guided_eps
+    from pedit.edit.rows import sample_edit
+    from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import editing_mask
-    from pedit.edit.sampler import make_scheduler, sample
+    from pedit.edit.sampler import make_scheduler
     from pedit.data.pairs import square_rgb
     from pedit.noise import randn
 
@@ -209,14 +209,13 @@ def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
         if cfg.use_mask:
             with timer("mask"):
                 ddpm = DDPMScheduler.from_config(parts.scheduler_config)
-                mask = editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, generator)
+                mask = editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, generator, distilled=editor.distilled)
         scheduler = make_scheduler(cfg.scheduler, parts.scheduler_config)
         z_T = randn(cond.c_s.shape, generator, like=cond.c_s)
-        rows = cond.guidance_rows()
         m = None if mask is None else mask.to(cond.c_s)
         with timer("steps"):
-            z_0 = sample(editor.denoise, scheduler, z_T, *rows, lambda e: guided_eps(e, scales, m), cfg.steps,
-                         plain=plain_steps(cond, m, cfg.guidance_interval, scheduler))
+            z_0 = sample_edit(editor.denoise, scheduler, z_T, cond, scales, m, cfg.steps, cfg.guidance_interval,
+                              editor.distilled)
         with timer("decode"):
             decoded = parts.decode(z_0)
         raw = tensor_to_uint8(decoded)
@@ -232,11 +231,11 @@ def unet_flops(editor) -> int:
 
     dims = dims_of(editor.model)
     spec = network_specs(dims)["unet"]
-    unet = editor.model.mcdm.unet
-    x = random_inputs(spec, dims, 5, seed=0, dtype=unet.dtype)
-    x = {k: v.to(unet.device) for k, v in x.items()}
+    mcdm = editor.model.mcdm
+    x = random_inputs(spec, dims, 5, seed=0, dtype=mcdm.dtype)
+    x = {k: v.to(mcdm.unet.device) for k, v in x.items()}
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x["z_in"], x["t"], encoder_hidden_states=x["context"])
+        mcdm(x["z_in"], x["t"], x["context"])  # a student's rows count its scale embedding too
     return int(counter.get_total_flops())
 
 
@@ -293,7 +292,11 @@ def time_ip2p(editor, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     import torch
     from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
 
+    from pedit.model.distilled import is_student, plain_unet
+
     parts, unet = editor.model.parts, editor.model.mcdm.unet
+    if is_student(unet):  # the pipeline cannot feed a scale embedding; the same U-Net without it
+        unet = plain_unet(unet)
     pipe = StableDiffusionInstructPix2PixPipeline(  # diffusers' own DDIM: the pipeline needs its whole interface
         vae=parts.vae, text_encoder=None, tokenizer=None, unet=unet,
         scheduler=DDIMScheduler.from_config(parts.scheduler_config), safety_checker=None, feature_extractor=None,

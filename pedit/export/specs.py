@@ -101,10 +101,11 @@ class Dims:
     image_tokens: int  # K = 1 + P
     clip_size: int  # S
     vocab_size: int
+    scale_token: int = 0  # 1 for a guidance-distilled student: its contexts end in the scale token
 
     @property
     def context_length(self) -> int:
-        return PROMPT_LENGTH + self.image_tokens
+        return PROMPT_LENGTH + self.image_tokens + self.scale_token
 
 
 def dims_of(model) -> Dims:
@@ -118,6 +119,7 @@ def dims_of(model) -> Dims:
         image_tokens=parts.num_image_tokens,
         clip_size=int(parts.image_encoder.config.image_size),
         vocab_size=int(parts.text_encoder.config.vocab_size),
+        scale_token=int(bool(getattr(model.mcdm, "distilled", False))),
     )
 
 
@@ -195,6 +197,8 @@ def torch_module(name: str, model):
     import torch
     from torch import nn
 
+    from pedit.model.distilled import unet_eps
+
     mcdm, parts = model.mcdm, model.parts
     sf = parts.scaling_factor
     c = int(parts.vae.config.latent_channels)
@@ -205,7 +209,7 @@ def torch_module(name: str, model):
             self.unet = mcdm.unet
 
         def forward(self, z_in, t, context):
-            return self.unet(z_in, t, encoder_hidden_states=context).sample
+            return unet_eps(self.unet, z_in, t, context)  # a student's scale token is split off inside
 
     class ImageProjector(nn.Module):
         def __init__(self):

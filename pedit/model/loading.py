@@ -26,6 +26,7 @@ from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import process_alive, regular_file_problem
 from pedit.model.mask_settings import check_mask_settings
 from pedit.model.sampling_settings import check_sampling_settings
+from pedit.model.distilled import FEATURES, check_distilled_settings, is_student
 
 # pedit.model.mcdm imports diffusers (seconds): imported where a model is built, so that a cached
 # model (pedit.model.traced) can be checked with the functions here without it.
@@ -313,6 +314,9 @@ def check_shapes(mcdm: MCDM, parts: FrozenParts, where: Path) -> None:
         )
     if proj.num_tokens != parts.num_image_tokens:
         problems.append(f"image_projector num_tokens {proj.num_tokens} != image encoder tokens {parts.num_image_tokens}")
+    if is_student(mcdm.unet) and unet.projection_class_embeddings_input_dim != FEATURES:
+        problems.append(f"unet scale embedding takes {unet.projection_class_embeddings_input_dim} features, pedit "
+                        f"gives {FEATURES} (pedit.model.distilled)")
     if problems:
         raise ModelError(f"Model folder {where} has mismatched shapes: " + "; ".join(problems) + ".")
 
@@ -370,6 +374,7 @@ def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
     try:
         check_mask_settings(meta, path / "pedit.json")  # "mask", "mask_by_task", "mask_by_direction"
         check_sampling_settings(meta, path / "pedit.json")  # "sampling"
+        check_distilled_settings(meta, path / "pedit.json")  # "distilled"
     except ValueError as e:
         raise ModelError(str(e)) from None
     return path, meta
@@ -391,6 +396,10 @@ def load_model(path: str | Path | None = None, allow_pickle: bool = False, devic
     projector = _load(ImageProjector, path / "image_projector", allow_pickle, "Image projector")
     mcdm = MCDM(unet, projector).eval().requires_grad_(False)
     check_shapes(mcdm, parts, path)
+    if mcdm.distilled != ("distilled" in meta):  # the rows an edit builds follow pedit.json; the U-Net must agree
+        raise ModelError(f"{path}: pedit.json {'says' if 'distilled' in meta else 'does not say'} the model is "
+                         f"distilled, but its U-Net {'has' if mcdm.distilled else 'has no'} scale embedding; the "
+                         "folder was altered after `pedit distill` or `pedit train` wrote it.")
     mcdm.to(device=device, dtype=dtype)
     parts.to(device, dtype)
     return LoadedModel(mcdm, parts, meta, path)

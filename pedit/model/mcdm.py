@@ -90,19 +90,37 @@ class MCDM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
-    def forward(self, z_in, t, context, image_inputs=None):
+    @property
+    def distilled(self) -> bool:
+        """A guidance-distilled student (pedit.model.distilled): its U-Net embeds the scales."""
+        from pedit.model.distilled import is_student
+
+        return is_student(self.unet)
+
+    @property
+    def context_length(self) -> int:
+        """Tokens of a row's context: 77 + K, and one more (the scale token) for a distilled student."""
+        return PROMPT_LENGTH + self.num_image_tokens + int(self.distilled)
+
+    def forward(self, z_in, t, context, image_inputs=None, scales=None):
         """eps (N, 4, h, w) from z_in (N, 8, h, w) = cat([z_t, c_s]).
 
-        Inference: `context` is the full (N, 77 + K, D) = cat([c_p, c_im]).
+        Inference: `context` is the full (N, 77 + K, D) = cat([c_p, c_im]) (a distilled student's:
+        (N, 77 + K + 1, D), the scale token last, pedit.model.distilled).
         Training: `context` is c_p (N, 77, D) and `image_inputs` = (c_s (N, 4, h, w),
         clip_tokens (N, 1 + P, Dv), keep_im (N, 1, 1)); c_im is computed here, so one forward
-        touches every trainable parameter (what DistributedDataParallel needs).
+        touches every trainable parameter (what DistributedDataParallel needs). A student in
+        training gets its rows' scales (N, 3) as `scales`.
         """
         if image_inputs is not None:
             c_s, clip_tokens, keep_im = image_inputs
             c_im = self.image_projector(c_s, clip_tokens) * keep_im  # (N, K, D); dropped → zeros
             context = torch.cat([context, c_im.to(context.dtype)], dim=1)
-        return self.unet(z_in, t, encoder_hidden_states=context).sample
+        from pedit.model.distilled import scale_token, unet_eps
+
+        if scales is not None:  # a student in training: its rows' scales become their scale token
+            context = torch.cat([context, scale_token(scales, context.shape[0], context.shape[-1], context)], dim=1)
+        return unet_eps(self.unet, z_in, t, context)
 
 
 @torch.no_grad()

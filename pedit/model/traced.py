@@ -171,15 +171,13 @@ def build_cache(model, key: str, root: Path | None = None) -> Path:
 
     Written to a temporary folder and renamed into place, so a half-written cache is never read.
     """
-    from pedit.model.mcdm import PROMPT_LENGTH
-
     mcdm, parts, res = model.mcdm, model.parts, model.resolution
     if parts.device.type != "cpu" or mcdm.dtype != torch.float32:
         raise CacheError("only a CPU float32 model is cached")
     gen = torch.Generator().manual_seed(0)
     lat = res // parts.latent_factor
     d_text = parts.text_encoder.config.hidden_size
-    n_ctx = PROMPT_LENGTH + mcdm.num_image_tokens
+    n_ctx = mcdm.context_length  # 77 + K (+ 1: a distilled student's scale token)
     x = rand((1, 3, res, res), gen) * 2 - 1  # (1, 3, R, R) in [-1, 1]
     c_s = randn((1, 4, lat, lat), gen)
     clip = randn((1, parts.num_image_tokens, parts.image_encoder.config.hidden_size), gen)

@@ -142,7 +142,7 @@ def check_output_folder(cfg: TrainConfig) -> None:
         raise ConfigError(f"--resume: {out / 'config.json'} is missing or unreadable ({e}), so the run in {out} "
                           "cannot be matched to these settings. Use --overwrite to start again.") from None
     now = json.loads(json.dumps(asdict(cfg)))
-    defaults = {f.name: f.default for f in fields(TrainConfig)}  # fields older runs did not record yet
+    defaults = {f.name: f.default for f in fields(type(cfg))}  # fields older runs did not record yet
     changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k, defaults[k]) != now[k])
     if changed:
         shown = ", ".join(f"{k}: {saved.get(k, defaults[k])!r} then, {now[k]!r} now" for k in changed)

@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     mcdm = _models(cfg, root, parts)
     claimed = False
     if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
-        claimed = _claim_output(cfg, out, data_fingerprint)
+        claimed = claim_output(cfg, out, data_fingerprint)
     try:  # a run that fails before its first step (out of memory moving the parts, an unreadable image
         # of the first --no-cache batch, a cache build) leaves no run behind
         mcdm, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, mcdm)
@@ -137,31 +137,69 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
         if start < cfg.max_steps:  # --no-cache encodes lazily: its first micro-batch is part of the start
             micro_batches = itertools.chain([next(micro_batches)], micro_batches)
     except BaseException:
-        if claimed and not cfg.resume:
-            clear_output_folder(out)
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only if this run made it and nothing else is in it
+        abandon_output(cfg, out, claimed)
         raise
-    loss_log = LossLog(out / "loss.csv", start, enabled=main)  # its clock starts now, after the cache
-    done = start
-    for step in range(start, cfg.max_steps):
+    def step_loss(step: int, k: int) -> torch.Tensor:  # micro-batch k of optimizer step `step`
+        g = torch.Generator().manual_seed(step_seed(cfg.seed, step * accum + k, rank))
+        inputs = _step_inputs(cfg, next(micro_batches), frozen.prompts, parts, noise_scheduler, prediction_type,
+                              g, accelerator.device)
+        return _backward(accelerator, mcdm, inputs, accum)
+
+    def validation(done: int) -> Path:
+        return validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
+
+    done = run_steps(cfg, Run(accelerator, mcdm, ema, optimizer, lr_scheduler, out, start), step_loss, report, say,
+                     validation)
+
+    meta = {"base": str(base), "init": cfg.init, "resolution": size, "latent_factor": parts.latent_factor,
+            "directions": [directions[k] for k in sorted(directions)], "steps_trained": done,
+            "prediction_type": prediction_type, "training": asdict(cfg)}
+    if accelerator.device.type == "cuda":  # what a user sizing a card needs (docs/toon-model.md, "SD size")
+        meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2)
+        say(f"peak GPU memory {meta['peak_gpu_memory_gib']} GiB (torch's allocator, this process)")
+    finish(accelerator, mcdm, ema, parts, weight_dtype, out, meta,
+           lambda: load_base(meta["base"], cfg.allow_pickle, cfg.image_encoder)[1])  # not the rounded training copies
+    return out
+
+
+@dataclass
+class Run:
+    """What the step loop drives: prepared by accelerate, resumed at `start` (optimizer steps done)."""
+
+    accelerator: object
+    model: torch.nn.Module
+    ema: object
+    optimizer: object
+    lr_scheduler: object
+    out: Path
+    start: int
+
+
+def run_steps(cfg, run: Run, step_loss: Callable[[int, int], torch.Tensor], report, say,
+              validation: Callable[[int], Path] | None = None) -> int:
+    """Optimizer steps run.start .. cfg.max_steps (or until cfg.max_minutes): `step_loss(step, k)` runs
+    micro-batch k's forward and backward and returns its loss; then clipping, the optimizer and lr
+    steps, EMA, loss.csv, checkpoints and `validation(step)` grids on their schedules (pedit train and
+    pedit distill share this loop). Returns the steps done."""
+    accelerator, model, ema = run.accelerator, run.model, run.ema
+    loss_log = LossLog(run.out / "loss.csv", run.start, enabled=accelerator.is_main_process)  # clock starts now
+    done = run.start
+    for step in range(run.start, cfg.max_steps):
         # Gradient accumulation: the micro-batches' gradients add up (each loss / accum), synchronised
         # across processes only on the last one; then one optimizer step.
         losses = []
-        for k in range(accum):
-            g = torch.Generator().manual_seed(step_seed(cfg.seed, step * accum + k, rank))
-            inputs = _step_inputs(cfg, next(micro_batches), frozen.prompts, parts, noise_scheduler, prediction_type,
-                                  g, accelerator.device)
-            with contextlib.nullcontext() if k == accum - 1 else accelerator.no_sync(mcdm):
-                losses.append(_backward(accelerator, mcdm, inputs, accum))
-        accelerator.clip_grad_norm_(mcdm.parameters(), 1.0)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(mcdm.parameters())
+        for k in range(cfg.gradient_accumulation):
+            last = k == cfg.gradient_accumulation - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                losses.append(step_loss(step, k))
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
 
         done = step + 1
-        loss_log.add(done, torch.stack(losses).mean(), lr_scheduler.get_last_lr()[0])
+        loss_log.add(done, torch.stack(losses).mean(), run.lr_scheduler.get_last_lr()[0])
         checkpoint_now = done % cfg.checkpoint_every == 0
         validate_now = bool(cfg.validate_every) and done % cfg.validate_every == 0
         if not (done % cfg.log_every == 0 or checkpoint_now or validate_now or done == cfg.max_steps):
@@ -172,23 +210,15 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
         # A time budget ends the run early but cleanly: checkpoint, grid and model as at the last step.
         final = done == cfg.max_steps or out_of_time
         if checkpoint_now or final:
-            _checkpoint(accelerator, out, done, cfg.keep_checkpoints)
-            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "checkpoint", str(out / "checkpoints" / f"step-{done:06d}")))
-        if main and cfg.validate_every and (validate_now or final):
-            grid = _validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
-            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "validation", str(grid)))
+            _checkpoint(accelerator, run.out, done, cfg.keep_checkpoints)
+            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "checkpoint",
+                                 str(run.out / "checkpoints" / f"step-{done:06d}")))
+        if accelerator.is_main_process and validation is not None and cfg.validate_every and (validate_now or final):
+            report(TrainProgress(done, cfg.max_steps, loss_value, rate, "validation", str(validation(done))))
         if out_of_time:
             say(f"--max-minutes {cfg.max_minutes} reached after {done} steps; saving the model.")
             break
-
-    meta = {"base": str(base), "init": cfg.init, "resolution": size, "latent_factor": parts.latent_factor,
-            "directions": [directions[k] for k in sorted(directions)], "steps_trained": done,
-            "prediction_type": prediction_type, "training": asdict(cfg)}
-    if accelerator.device.type == "cuda":  # what a user sizing a card needs (docs/toon-model.md, "SD size")
-        meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2)
-        say(f"peak GPU memory {meta['peak_gpu_memory_gib']} GiB (torch's allocator, this process)")
-    _finish(accelerator, mcdm, ema, parts, weight_dtype, cfg, out, meta)
-    return out
+    return done
 
 
 def _directions(pairs: list[Pair]) -> dict[str, dict]:
@@ -199,7 +229,15 @@ def _directions(pairs: list[Pair]) -> dict[str, dict]:
     return directions
 
 
-def _claim_output(cfg: TrainConfig, out: Path, data_fingerprint: str) -> bool:
+def abandon_output(cfg: TrainConfig, out: Path, claimed: bool) -> None:
+    """A run that failed before its first step leaves no run behind (a resumed one keeps its checkpoints)."""
+    if claimed and not cfg.resume:
+        clear_output_folder(out)
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only if this run made it and nothing else is in it
+
+
+def claim_output(cfg: TrainConfig, out: Path, data_fingerprint: str) -> bool:
     """The output folder, cleared first with --overwrite, with this run's config.json (and the data
     fingerprint a later --resume compares: pedit.train.config.check_resume_data). True: claimed."""
     if cfg.overwrite:
@@ -278,6 +316,7 @@ class StepInputs:
     c_p: torch.Tensor  # (B, 77, D): the prompt's text embeddings (the empty prompt's where c_p is dropped)
     image_inputs: tuple  # (c_s, clip tokens (B, 1 + P, Dv), keep_im (B, 1, 1)) for c_im
     target: torch.Tensor  # (B, 4, h, w): the noise, or the velocity for a v_prediction base
+    scales: torch.Tensor | None = None  # (B, 3): a distilled student's rows' guidance scales (pedit distill)
 
 
 def _step_inputs(cfg: TrainConfig, batch: dict, prompts, parts, noise_scheduler, prediction_type: str,
@@ -324,15 +363,16 @@ def _step_inputs(cfg: TrainConfig, batch: dict, prompts, parts, noise_scheduler,
 def _backward(accelerator, mcdm, inputs: StepInputs, accum: int) -> torch.Tensor:
     """One micro-batch's forward and backward; its gradient is 1/accum of the step's. Returns the loss."""
     with accelerator.autocast():
-        pred = mcdm(inputs.z_in, inputs.t, inputs.c_p, image_inputs=inputs.image_inputs)
+        pred = mcdm(inputs.z_in, inputs.t, inputs.c_p, image_inputs=inputs.image_inputs, scales=inputs.scales)
     loss = F.mse_loss(pred.float(), inputs.target)
     accelerator.backward(loss / accum)
     return loss.detach()
 
 
-def _finish(accelerator, mcdm, ema, parts, weight_dtype, cfg: TrainConfig, out: Path, meta: dict) -> None:
-    """Rank 0 saves the model folder with the EMA weights (in float32, beside the base's frozen parts)."""
-    from pedit.model.loading import load_base, save_model
+def finish(accelerator, mcdm, ema, parts, weight_dtype, out: Path, meta: dict, fp32_parts: Callable) -> None:
+    """Rank 0 saves the model folder with the EMA weights (in float32, beside the frozen parts; after a
+    reduced-precision run, beside `fp32_parts()`, a fresh float32 load of them)."""
+    from pedit.model.loading import save_model
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -340,7 +380,7 @@ def _finish(accelerator, mcdm, ema, parts, weight_dtype, cfg: TrainConfig, out: 
         ema.store(model.parameters())
         ema.copy_to(model.parameters())  # the model folder holds the EMA weights
         if weight_dtype != torch.float32:
-            parts = load_base(meta["base"], cfg.allow_pickle, cfg.image_encoder)[1]  # not the rounded training copies
+            parts = fp32_parts()
         save_model(out, model.to("cpu", torch.float32), parts.to("cpu", torch.float32), meta)
         ema.restore(model.parameters())
     accelerator.wait_for_everyone()
@@ -363,8 +403,9 @@ def _checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
 
 
 @torch.no_grad()
-def _validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed) -> Path:
-    """validation/step-N.png: for a few inputs, input | edit per direction (EMA weights, masked edit)."""
+def validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed, meta: dict | None = None) -> Path:
+    """validation/step-N.png: for a few inputs, input | edit per direction (EMA weights, masked edit).
+    `meta`: more of the model's pedit.json (a distilled student's "distilled")."""
     from PIL import Image
 
     from pedit.data.directions import Direction
@@ -377,7 +418,8 @@ def _validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed)
     ema.copy_to(mcdm.parameters())
     mcdm.eval()
     try:
-        editor = Editor(LoadedModel(mcdm, parts, {"resolution": size, "directions": list(directions.values())}, out))
+        editor = Editor(LoadedModel(mcdm, parts, {**(meta or {}), "resolution": size,
+                                                  "directions": list(directions.values())}, out))
         names = sorted(directions)
         inputs = [pairs[i] for i in np.random.default_rng(seed).choice(len(pairs), size=min(3, len(pairs)), replace=False)]
         options = EditOptions(steps=VALIDATION_STEPS, seed=seed, mask=MaskConfig(n_noise=VALIDATION_MASK_NOISES))

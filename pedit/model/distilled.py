@@ -1,0 +1,171 @@
+"""A guidance-distilled MCDM (issue 18, item 3; Meng et al., "On Distillation of Guided Diffusion Models",
+CVPR 2023): what its folder says, and how its rows carry the guidance scales.
+
+The student predicts the teacher's nested multi-condition eps~ (pedit.edit.guidance.multi_cfg, 4 teacher
+rows) in one row, for any scales (s_s, s_im, s_p) inside the range it was distilled on. The scales
+enter as Fourier features through a class embedding added to the U-Net's timestep embedding
+(diffusers' `class_embed_type="projection"`), whose last layer starts at zero: the untrained student
+computes exactly the teacher's fully conditioned row e(s, im, p).
+
+How the scales reach the U-Net without a new backend input: a distilled row's context holds one more
+token after cat([c_p, c_im]), whose first three entries are the row's (s_s, s_im, s_p) and the rest
+zeros. `MCDM.forward` splits it off before the cross-attention, so the attention sees the teacher's
+77 + K tokens, and every backend keeps its `denoise(z_in, t, context)` signature (the context is
+77 + K + 1 long). The token rides on c_im (`with_scales`): every place that builds rows from
+EditConditions builds them for a distilled model too.
+
+pedit.json of a distilled folder:
+
+    "distilled": {"kind": "guidance", "rows_per_branch": 1,
+                  "scale_range": {"s_s": [1.0, 2.5], "s_im": [1.0, 2.0], "s_p": [1.0, 7.5]},
+                  "teacher": "...", "steps_trained": N, "fidelity": "what was measured, on which pairs"}
+
+Torch only, no diffusers (the editing path imports this from the TorchScript cache too).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pedit.errors import ConfigError
+
+SCALE_NAMES = ("s_s", "s_im", "s_p")
+FREQUENCIES = 8  # Fourier frequencies per scale: periods 16, 8, ..., 0.125 scale units
+FEATURES = 2 * FREQUENCIES * len(SCALE_NAMES)  # the class embedding's input width
+DEFAULT_RANGE = {"s_s": (1.0, 2.5), "s_im": (1.0, 2.0), "s_p": (1.0, 7.5)}
+SETTABLE = ("kind", "rows_per_branch", "scale_range", "teacher", "steps_trained", "fidelity")
+
+
+def scale_features(scales: torch.Tensor) -> torch.Tensor:
+    """(N, 3) scales → (N, FEATURES) float32: sin and cos of each scale at FREQUENCIES octaves."""
+    freqs = 2 * math.pi * 2.0 ** torch.arange(FREQUENCIES, device=scales.device, dtype=torch.float32) / 16
+    angles = scales.float()[..., None] * freqs  # (N, 3, F)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)
+
+
+def scale_token(scales, rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """The context token of `rows` rows at `scales`, (s_s, s_im, s_p) for all or a (rows, 3) tensor:
+    (rows, 1, width), zeros but the first three entries."""
+    token = torch.zeros((rows, 1, width), dtype=like.dtype, device=like.device)
+    values = scales if isinstance(scales, torch.Tensor) else torch.tensor(list(scales))
+    token[:, 0, : len(SCALE_NAMES)] = values.to(dtype=like.dtype, device=like.device)
+    return token
+
+
+def split_scale_token(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A distilled row's context (N, 77 + K + 1, D) → (context (N, 77 + K, D), scales (N, 3))."""
+    return context[:, :-1], context[:, -1, : len(SCALE_NAMES)]
+
+
+def is_student(unet) -> bool:
+    """Whether a U-Net embeds guidance scales (a distilled student's: class_embed_type "projection")."""
+    return getattr(unet.config, "class_embed_type", None) == "projection"
+
+
+def unet_eps(unet, z_in, t, context):
+    """The U-Net's output (N, 4, h, w) for rows z_in (N, 8, h, w) and contexts (N, L, D): a teacher's
+    U-Net reads all L = 77 + K tokens; a student's splits the scale token off and embeds the scales.
+    Every backend calls the U-Net through this (eager MCDM, torch.compile, the ONNX export's wrapper)."""
+    if not is_student(unet):
+        return unet(z_in, t, encoder_hidden_states=context).sample
+    context, scales = split_scale_token(context)
+    return unet(z_in, t, encoder_hidden_states=context, class_labels=scale_features(scales).to(context.dtype)).sample
+
+
+def student_unet(unet):
+    """A student U-Net from a teacher's: the same weights plus a scale embedding whose output layer is
+    zero, so that it computes exactly the teacher's e(s, im, p) until it is trained."""
+    from diffusers import UNet2DConditionModel
+
+    config = {**unet.config, "class_embed_type": "projection", "projection_class_embeddings_input_dim": FEATURES}
+    student = UNet2DConditionModel.from_config(config).to(device=unet.device, dtype=unet.dtype)
+    missing, unexpected = student.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+        raise ValueError(f"student U-Net does not match its teacher: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        student.class_embedding.linear_2.weight.zero_()
+        student.class_embedding.linear_2.bias.zero_()
+    return student
+
+
+def plain_unet(unet):
+    """A student's U-Net without its scale embedding (what diffusers' own pipelines can call): the same
+    cost per row but for the embedding, for timing baselines such as InstructPix2Pix in `pedit bench`."""
+    from diffusers import UNet2DConditionModel
+
+    config = {**unet.config, "class_embed_type": None, "projection_class_embeddings_input_dim": None}
+    plain = UNet2DConditionModel.from_config(config).to(device=unet.device, dtype=unet.dtype)
+    kept = {k: v for k, v in unet.state_dict().items() if not k.startswith("class_embedding.")}
+    plain.load_state_dict(kept)
+    return plain
+
+
+def as_tuple(scales) -> tuple[float, float, float]:
+    """(s_s, s_im, s_p) of a GuidanceScales or a 3-sequence."""
+    if hasattr(scales, "s_p"):
+        return (float(scales.s_s), float(scales.s_im), float(scales.s_p))
+    return tuple(float(v) for v in scales)
+
+
+def with_scales(cond, scales):
+    """EditConditions whose c_im carries the scale token at its end: (B, K + 1, D). Rows built from it
+    (guidance_rows, prompt_rows, the mask's contexts) are a distilled model's rows at `scales`."""
+    from pedit.model.conditions import EditConditions
+
+    b, _, width = cond.c_im.shape
+    c_im = torch.cat([cond.c_im, scale_token(as_tuple(scales), b, width, cond.c_im)], dim=1)
+    return EditConditions(cond.c_s, c_im, cond.c_p_b, cond.c_p_a, cond.c_p_null)
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """What a distilled folder's pedit.json "distilled" says."""
+
+    scale_range: dict  # name -> (lo, hi)
+    rows_per_branch: int = 1
+
+    def check_scales(self, scales) -> None:
+        """ConfigError unless every scale lies inside the range the student was distilled on."""
+        for name, value in zip(SCALE_NAMES, as_tuple(scales)):
+            lo, hi = self.scale_range[name]
+            if not lo <= value <= hi:
+                raise ConfigError(
+                    f"{name} = {value:g} is outside the range this distilled model was trained for ({lo:g} to "
+                    f"{hi:g}); pass a value inside it, or edit with its teacher model.")
+
+    def check_unit_scales(self) -> None:
+        """A guidance interval runs its unguided steps at unit scales: they must be in range too."""
+        self.check_scales((1.0, 1.0, 1.0))
+
+
+def distilled_for(meta: dict) -> Distilled | None:
+    """The folder's distillation (pedit.json "distilled"), None for a teacher-style MCDM."""
+    settings = meta.get("distilled")
+    if settings is None:
+        return None
+    ranges = {name: tuple(float(v) for v in settings["scale_range"][name]) for name in SCALE_NAMES}
+    return Distilled(scale_range=ranges, rows_per_branch=int(settings.get("rows_per_branch", 1)))
+
+
+def check_distilled_settings(meta: dict, where) -> None:
+    """ValueError naming the bad entry when pedit.json's "distilled" is malformed."""
+    settings = meta.get("distilled")
+    if settings is None:
+        return
+    if not isinstance(settings, dict) or set(settings) - set(SETTABLE) or settings.get("kind") != "guidance":
+        raise ValueError(f"{where}: \"distilled\" must be an object with kind \"guidance\" and only "
+                         f"{', '.join(SETTABLE)}.")
+    if settings.get("rows_per_branch", 1) != 1:
+        raise ValueError(f"{where}: \"distilled\": rows_per_branch must be 1 (one row per branch a step), "
+                         f"got {settings.get('rows_per_branch')!r}.")
+    ranges = settings.get("scale_range")
+    ok = isinstance(ranges, dict) and set(ranges) == set(SCALE_NAMES) and all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    and math.isfinite(v) for v in r) and r[0] <= r[1]
+        for r in ranges.values())
+    if not ok:
+        raise ValueError(f"{where}: \"distilled\": scale_range must give [lo, hi] for each of "
+                         f"{', '.join(SCALE_NAMES)}, got {ranges!r}.")
