@@ -50,6 +50,11 @@ CONFIGS = {
     "draws2-ddim-5-gi": (2, "ddim", 5, (0.2, 0.8)),
     "draws2-ddim-4-gi": (2, "ddim", 4, (0.2, 0.8)),
     "draws2-ddim-8-gi": (2, "ddim", 8, (0.2, 0.8)),
+    # for a distilled student (pedit distill: 2 rows a step whatever the interval), more steps fit in 24 rows
+    "draws2-ddim-10-gi": (2, "ddim", 10, (0.2, 0.8)),
+    "draws2-ddim-10": (2, "ddim", 10, None),
+    "draws4-ddim-8-gi": (4, "ddim", 8, (0.2, 0.8)),
+    "draws4-ddim-8": (4, "ddim", 8, None),
 }
 
 
@@ -62,6 +67,9 @@ def main() -> None:
     ap.add_argument("--pairs", help="an existing pair folder instead of making one (held-out checks)")
     ap.add_argument("--choose", type=int, metavar="ROWS", help="choose the best configuration of at most ROWS rows")
     ap.add_argument("--write", action="store_true", help="with --choose: write it into the model's pedit.json")
+    ap.add_argument("--today-from", metavar="SAMPLING_JSON",
+                    help="with --choose: take \"today\" (the bar) from this results file, e.g. the teacher's sweep "
+                         "when choosing for its distilled student")
     ap.add_argument("--schedulers", default="ddim,dpm,euler",
                     help="with --choose: only these samplers (ddim alone keeps the CPU cold start free of diffusers)")
     args = ap.parse_args()
@@ -89,12 +97,15 @@ def main() -> None:
     results_file = out / "sampling.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     if args.choose is not None:  # from the measurements on file: no edit runs
-        choose(model, meta, json.loads(results_file.read_text()), args.choose, args.write, args.schedulers.split(","))
+        results = json.loads(results_file.read_text())
+        if args.today_from:
+            results["today"] = {**json.loads(Path(args.today_from).read_text())["today"], "from": args.today_from}
+        choose(model, meta, results, args.choose, args.write, args.schedulers.split(","))
         return
     for name in names:
         draws, scheduler, steps, interval = CONFIGS[name]
         options = EditOptions(steps=steps, scheduler=scheduler, mask=MaskConfig(n_noise=draws), guidance_interval=interval)
-        rows = edit_rows(options, make_scheduler(scheduler, schedule))
+        rows = edit_rows(options, make_scheduler(scheduler, schedule), distilled="distilled" in meta)
         t0 = time.perf_counter()
         report = evaluate(EvalConfig(pairs=str(pairs), model=str(model), methods=("ours",), steps=steps,
                                      scheduler=scheduler, guidance_interval=interval, mask_noises=draws,
@@ -137,7 +148,8 @@ def choose(model: Path, meta: dict, results: dict, max_rows: int, write: bool, s
                       f"of the paper's sampler "
                       f"inside and outside the true mask. {name}: {r['unet_rows_per_edit']} rows, PSNR {r['psnr']:.2f}, "
                       f"in mask {r['psnr_in_mask']:.2f}, outside {r['psnr_outside_mask']:.2f}, IoU {r['mask_iou']:.3f}; "
-                      f"the paper's sampler (20 DDIM steps, every step guided, 10 mask draws): "
+                      f"the paper's sampler (20 DDIM steps, every step guided, 10 mask draws"
+                      f"{', the teacher, ' + today['from'] if 'from' in today else ''}): "
                       f"{today['unet_rows_per_edit']} rows, {today['psnr']:.2f} / {today['psnr_in_mask']:.2f} / "
                       f"{today['psnr_outside_mask']:.2f} / {today['mask_iou']:.3f}. The mask's draws are \"mask\".n_noise."),
     }

@@ -201,3 +201,76 @@ def test_cli_distill_bad_input_is_one_error_line(tiny_pairs, tmp_path):
     assert result.exit_code == 1 and result.output.strip().startswith("Error:") and "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["distill", "--data", str(tmp_path / "none"), "-o", str(tmp_path / "s")])
     assert result.exit_code == 1 and "Error:" in result.output and not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------- a student on every backend, eval and bench
+
+
+@pytest.fixture(scope="module")
+def student_model(random_model, tmp_path_factory):
+    """A tiny student whose scale embedding is not zero (so the scales change what it computes)."""
+    from pedit.model.loading import save_model
+
+    teacher = load_model(random_model)
+    torch.manual_seed(1)
+    student = make_student(teacher.mcdm)
+    with torch.no_grad():
+        for p in student.unet.class_embedding.parameters():
+            p.normal_(0, 0.2)
+    meta = {**teacher.meta, "distilled": DISTILLED}
+    for key in ("format", "pedit_version", "conventions", "num_image_tokens", "frozen"):
+        meta.pop(key, None)
+    return save_model(tmp_path_factory.mktemp("student") / "student", student.eval(), teacher.parts, meta)
+
+
+def test_the_scales_reach_a_trained_students_rows(student_model, portrait):
+    student = Editor.from_pretrained(student_model, device="cpu")
+    a = student.edit(portrait, "laughing", steps=3, use_mask=False, scales=GuidanceScales(1.5, 1.0, 4.0))
+    b = student.edit(portrait, "laughing", steps=3, use_mask=False, scales=GuidanceScales(1.5, 1.0, 6.0))
+    assert a.image.tobytes() != b.image.tobytes()
+
+
+def test_a_student_exports_to_onnx_and_edits_like_torch(student_model, tmp_path, portrait):
+    from pedit.export.backends import load_editor
+    from pedit.export.pipeline import ExportConfig, export_model
+
+    manifest = export_model(ExportConfig(model=str(student_model), output=str(tmp_path / "engines"),
+                                         networks=("unet",)))
+    entry = manifest["networks"]["unet"]["onnx"]
+    assert entry["parity"]["max_abs"] < 1e-3
+    eager = Editor.from_pretrained(student_model, device="cpu")
+    onnx = load_editor(student_model, device="cpu", backend="onnx", engines=tmp_path / "engines")
+    options = EditOptions(steps=3, mask=MaskConfig(n_noise=2))
+    want, got = eager.edit(portrait, "laughing", options), onnx.edit(portrait, "laughing", options)
+    assert torch.equal(want.mask_latent, got.mask_latent)
+    assert np.abs(np.asarray(want.image, dtype=int) - np.asarray(got.image, dtype=int)).max() <= 2
+
+
+def test_a_students_torchscript_cache_gives_the_eager_bytes(student_model, portrait):
+    eager = Editor.from_pretrained(student_model, device="cpu")
+    cached = Editor.from_pretrained(student_model, device="cpu", cache=True)
+    again = Editor.from_pretrained(student_model, device="cpu", cache=True)
+    assert "TorchScript cache" in again.cache_status and again.cache_status.startswith("loaded")
+    options = EditOptions(steps=3, mask=MaskConfig(n_noise=2))
+    want = eager.edit(portrait, "royal", options).image.tobytes()
+    assert cached.edit(portrait, "royal", options).image.tobytes() == want
+    assert again.edit(portrait, "royal", options).image.tobytes() == want
+
+
+def test_eval_of_a_student_runs_its_two_methods_and_refuses_the_baselines(student_model, tiny_pairs):
+    from pedit.eval.ground_truth import STUDENT_METHODS, EvalConfig, evaluate
+
+    report = evaluate(EvalConfig(pairs=str(tiny_pairs), model=str(student_model), steps=2, limit=2, grid_pairs=0,
+                                 imperfect_reference=False))
+    assert tuple(report["methods"]) == STUDENT_METHODS
+    with pytest.raises(ConfigError, match="distilled student.*diffedit"):
+        evaluate(EvalConfig(pairs=str(tiny_pairs), model=str(student_model), methods=("ours", "diffedit")))
+
+
+def test_bench_of_a_student_counts_two_rows_a_step(student_model):
+    from pedit.export.bench import BenchConfig, run_bench
+
+    report = run_bench(BenchConfig(model=str(student_model), steps=3, repeats=1, warmup=0, mask_noises=2,
+                                   vs_ip2p=True))
+    assert report["distilled"] and report["unet_rows_per_edit"] == 2 * 2 + 2 * 3
+    assert report["ip2p"]["unet_rows_per_edit"] == 3 * 3

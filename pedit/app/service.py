@@ -67,7 +67,7 @@ class EditRequest:
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales
-        from pedit.model.sampling_settings import check_scheduler
+        from pedit.model.sampling_settings import check_sampling_fields
         from pedit.edit.user_mask import check_user_mask
         from pedit.validate import check_seed
 
@@ -78,8 +78,7 @@ class EditRequest:
         check_seed("seed", self.seed)
         if self.steps is not None:
             check_int("steps", self.steps, 1)
-        if self.scheduler is not None:
-            check_scheduler(self.scheduler)
+        check_sampling_fields(self)
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
         if not isinstance(self.use_mask, bool):
             raise ConfigError(f"use_mask must be True or False, got {self.use_mask!r}")

@@ -25,7 +25,7 @@ from pedit.noise import randn
 from pedit.edit.guidance import GuidanceScales, check_edit_scale
 from pedit.edit.mask import MaskConfig, binarize, change_weight, composite, difference_maps, pixel_mask
 from pedit.model.mask_settings import mask_config_for
-from pedit.model.sampling_settings import check_guidance_interval, sampling_for
+from pedit.model.sampling_settings import check_sampling_fields, check_scheduler, sampling_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler
@@ -61,20 +61,18 @@ class EditOptions:
     guidance_interval: tuple[float, float] | None = None
 
     def __post_init__(self):
-        from pedit.model.sampling_settings import check_scheduler
         from pedit.validate import check_int, check_seed
 
         check_int("steps", self.steps, 1)
         check_seed("seed", self.seed)
         if not isinstance(self.scales, GuidanceScales) or not isinstance(self.mask, MaskConfig):
             raise ConfigError("scales must be a GuidanceScales and mask a MaskConfig")
-        check_scheduler(self.scheduler)
+        check_scheduler(self.scheduler)  # never None here
         check_user_mask(self.user_mask, self.mask_mode)
         if self.subject is not None:
             check_subject(self.subject)
         check_edit_scale(self.scales.s_p)
-        if self.guidance_interval is not None:
-            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
+        check_sampling_fields(self)
 
 
 @dataclass

@@ -90,13 +90,9 @@ class EvalConfig:
             check_int("mask_batch", self.mask_batch, 0, 1024)
         if self.mask_noises is not None:
             check_int("mask_noises", self.mask_noises, 1, 1024)
-        from pedit.model.sampling_settings import check_guidance_interval
-        from pedit.model.sampling_settings import check_scheduler
+        from pedit.model.sampling_settings import check_sampling_fields
 
-        if self.scheduler is not None:
-            check_scheduler(self.scheduler)
-        if self.guidance_interval is not None:
-            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
+        check_sampling_fields(self)
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
 
 
@@ -273,6 +269,26 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     return parts.decode(z_0), mask
 
 
+STUDENT_METHODS = ("ours", "ours-no-mask")  # what a distilled student runs: fully conditioned rows only
+
+
+def student_methods(cfg: EvalConfig) -> EvalConfig:
+    """For a distilled model folder (pedit distill): the default methods become STUDENT_METHODS; asked
+    for by name, the ablations and baselines (rows with conditions dropped, which a student never
+    learned) are one ConfigError. Other folders: cfg as given."""
+    from pedit.model.loading import read_model_folder
+
+    if "distilled" not in read_model_folder(cfg.model)[1]:
+        return cfg
+    if cfg.methods == METHODS:
+        return dataclasses.replace(cfg, methods=STUDENT_METHODS)
+    other = [m for m in cfg.methods if m not in STUDENT_METHODS]
+    if other:
+        raise ConfigError(f"{cfg.model} is a distilled student: it runs {', '.join(STUDENT_METHODS)} only; "
+                          f"{', '.join(other)} need(s) rows with conditions dropped. Evaluate those with its teacher.")
+    return cfg
+
+
 def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     """Direction name → the mask settings the model folder carries for it (pedit.model.mask_settings,
     as Editor.default_options gives them), with cfg.mask_batch; read before the model loads, so the
@@ -319,6 +335,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     from pedit.data.pairs import direction_of, load_rgb, read_pairs
 
     check_report_folder(cfg)
+    cfg = student_methods(cfg)
     pairs = read_pairs(cfg.pairs)
     if cfg.limit:
         pairs = pairs[: cfg.limit]

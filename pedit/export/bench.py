@@ -78,13 +78,9 @@ class BenchConfig:
             check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
         check_int("mask_batch", self.mask_batch, 0, 1024)
         check_seed("seed", self.seed)
-        from pedit.model.sampling_settings import check_guidance_interval
-        from pedit.model.sampling_settings import check_scheduler
+        from pedit.model.sampling_settings import check_sampling_fields
 
-        if self.scheduler is not None:
-            check_scheduler(self.scheduler)
-        if self.guidance_interval is not None:
-            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
+        check_sampling_fields(self)
         if self.ip2p_steps is not None:
             check_int("ip2p_steps", self.ip2p_steps, 1)
             if not self.vs_ip2p:
@@ -239,9 +235,9 @@ def unet_flops(editor) -> int:
     return int(counter.get_total_flops())
 
 
-def edit_rows(cfg: BenchConfig, scheduler_config: dict) -> int:
-    """U-Net rows one benched edit evaluates (pedit.edit.editor.edit_rows): 2 a mask draw (rows 3-4),
-    5 a guided step, 2 a step outside the guidance interval."""
+def edit_rows(cfg: BenchConfig, scheduler_config: dict, distilled: bool = False) -> int:
+    """U-Net rows one benched edit evaluates (pedit.edit.rows.edit_rows): 2 a mask draw (rows 3-4),
+    5 a guided step (2 for a distilled student), 2 a step outside the guidance interval."""
     from pedit.edit.editor import EditOptions
     from pedit.edit.rows import edit_rows as rows_of
     from pedit.edit.mask import MaskConfig
@@ -249,7 +245,7 @@ def edit_rows(cfg: BenchConfig, scheduler_config: dict) -> int:
 
     options = EditOptions(steps=cfg.steps, scheduler=cfg.scheduler, use_mask=cfg.use_mask,
                           mask=MaskConfig(n_noise=cfg.mask_noises), guidance_interval=cfg.guidance_interval)
-    return rows_of(options, make_scheduler(cfg.scheduler, scheduler_config))
+    return rows_of(options, make_scheduler(cfg.scheduler, scheduler_config), distilled)
 
 
 IP2P_ROWS_PER_STEP = 3  # text+image, image only, neither
@@ -351,7 +347,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
     flops = unet_flops(editor)
     report["unet_flops_per_step"] = flops
     per_row = flops / 5  # the 5-row call's FLOPs: linear in the batch
-    report["unet_rows_per_edit"] = edit_rows(cfg, editor.model.parts.scheduler_config)
+    report["distilled"] = editor.distilled  # a student (pedit distill): 2 rows a step, not 5
+    report["unet_rows_per_edit"] = edit_rows(cfg, editor.model.parts.scheduler_config, editor.distilled)
     report["unet_flops_per_edit"] = round(per_row * report["unet_rows_per_edit"])
     # The steps' rows (a step outside the guidance interval takes 1-2 rows, not 5): what their time bought.
     step_rows = report["unet_rows_per_edit"] - (PROMPT_ROWS * cfg.mask_noises if cfg.use_mask else 0)

@@ -40,6 +40,16 @@ def check_guidance_interval(interval) -> tuple[float, float]:
     return (float(interval[0]), float(interval[1]))
 
 
+def check_sampling_fields(cfg) -> None:
+    """The sampling fields a config may carry, each optional (None: the model folder's own): `scheduler`
+    checked, `guidance_interval` checked and made a tuple in place (frozen dataclasses too). EditOptions,
+    Sampling, and the edit, eval, bench and app configs all check through this."""
+    if getattr(cfg, "scheduler", None) is not None:
+        check_scheduler(cfg.scheduler)
+    if getattr(cfg, "guidance_interval", None) is not None:
+        object.__setattr__(cfg, "guidance_interval", check_guidance_interval(cfg.guidance_interval))
+
+
 def guided_at(t, interval: tuple[float, float] | None, num_train_timesteps: int) -> bool:
     """Whether the step at timestep t (int, or Euler's float) is guided: its noise level t / T in `interval`."""
     if interval is None:
@@ -58,10 +68,9 @@ class Sampling:
     def __post_init__(self):
         from pedit.validate import check_int
 
-        check_scheduler(self.scheduler)
+        check_scheduler(self.scheduler)  # never None here
         check_int("steps", self.steps, 1, 1000)
-        if self.guidance_interval is not None:
-            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
+        check_sampling_fields(self)
 
 
 def sampling_for(meta: dict) -> Sampling:

@@ -63,7 +63,7 @@ class EditFilesConfig:
 
     def __post_init__(self):
         from pedit.edit.guidance import GuidanceScales, check_edit_scale
-        from pedit.model.sampling_settings import check_scheduler
+        from pedit.model.sampling_settings import check_sampling_fields
         from pedit.edit.user_mask import check_user_mask
         from pedit.validate import check_backend, check_device, check_int, check_number, check_precision, check_seed
 
@@ -80,8 +80,7 @@ class EditFilesConfig:
         if self.steps is not None:
             check_int("steps", self.steps, 1)
         check_seed("seed", self.seed)
-        if self.scheduler is not None:
-            check_scheduler(self.scheduler)
+        check_sampling_fields(self)  # scheduler, guidance_interval
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
         check_edit_scale(self.s_p)
         if self.mask_noises is not None:
@@ -99,10 +98,6 @@ class EditFilesConfig:
             from pedit.data.directions import check_subject
 
             check_subject(self.subject)
-        if self.guidance_interval is not None:
-            from pedit.model.sampling_settings import check_guidance_interval
-
-            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         if not isinstance(self.cache, bool):
             raise ConfigError(f"cache must be True or False, got {self.cache!r}")
         if self.detector not in (*DETECTORS, "default"):

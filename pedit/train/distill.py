@@ -212,7 +212,10 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
 
     done = run_steps(cfg, Run(accelerator, student, ema, optimizer, lr_scheduler, out, start), step_loss, report,
                      say, validation)
-    meta = {**{k: teacher.meta[k] for k in KEPT_FROM_TEACHER if k in teacher.meta},
+    kept = {k: teacher.meta[k] for k in KEPT_FROM_TEACHER if k in teacher.meta}
+    if "chosen_by" in kept.get("sampling", {}):  # measured on the teacher: say so, until measured on the student
+        kept["sampling"] = {**kept["sampling"], "chosen_by": "the teacher's: " + kept["sampling"]["chosen_by"]}
+    meta = {**kept,
             "distilled": {**distilled, "steps_trained": done}, "steps_trained": done, "training": asdict(cfg)}
     finish(accelerator, student, ema, parts, weight_dtype, out, meta,
            lambda: load_frozen_parts(teacher.path, cfg.allow_pickle))
