@@ -85,7 +85,8 @@ def test_the_editor_uses_each_directions_settings(random_model, tmp_path):
 
 def test_eval_reports_each_directions_ceiling_above_its_iou(random_model, tmp_path):
     from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
-    from pedit.eval.ground_truth import EvalConfig, evaluate, markdown_report
+    from pedit.eval.ground_truth import EvalConfig, evaluate
+    from pedit.eval.report import markdown_report
 
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=4, resolution=32, seed=1_000_000, exact=True))
     report = evaluate(EvalConfig(pairs=str(pairs), model=str(random_model), methods=("ours", "diffedit"), steps=2,

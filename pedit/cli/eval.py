@@ -71,7 +71,8 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
         raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
     if "detector" in given:
         raise click.UsageError("--detector goes with --photos; --pairs scores each pair image whole, without a face crop.")
-    from pedit.eval.ground_truth import EvalConfig, evaluate, markdown_report
+    from pedit.eval.ground_truth import EvalConfig, evaluate
+    from pedit.eval.report import markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                      steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,

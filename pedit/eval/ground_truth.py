@@ -22,7 +22,6 @@ networks that cannot be loaded offline: reported as "n/a: weights not available 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from pedit.eval.ceiling import mask_iou
+from pedit.eval.report import NA_OFFLINE, check_report_folder, write_report
 
 from pedit.errors import ConfigError
 from pedit.noise import randn
@@ -40,7 +40,6 @@ from pedit.noise import randn
 METHODS = ("ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit")
 OURS = METHODS[:4]  # the MCDM's sampler: the model's sampling settings apply (the baselines keep 20 DDIM steps)
 BASELINE_STEPS = 20
-NA_OFFLINE = "n/a: weights not available offline"
 
 
 @dataclass(frozen=True)
@@ -94,24 +93,6 @@ class EvalConfig:
 
         check_sampling_fields(self)
         GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
-
-
-REPORT_FILES = ("report.json", "report.md", "grid.png")
-
-
-def check_report_folder(cfg: EvalConfig) -> None:
-    """Before any work: the report folder can be written, and holds no earlier report unless --overwrite."""
-    from pedit.errors import OutputError
-    from pedit.files import exists_error
-
-    if cfg.output is None:
-        return
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"-o {out} is a file; eval writes a report folder ({', '.join(REPORT_FILES)}).")
-    for name in REPORT_FILES:
-        if (out / name).exists() and not cfg.overwrite:
-            raise exists_error(out / name)
 
 
 @dataclass
@@ -417,61 +398,5 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     if cfg.imperfect_reference:
         report["imperfect_targets"] = reference.summary()
     if cfg.output:
-        _write_report(Path(cfg.output), report, grid_rows, cfg)
+        write_report(Path(cfg.output), report, grid_rows, cfg)
     return report
-
-
-def _write_report(out: Path, report: dict, grid_rows: list, cfg: EvalConfig) -> None:
-    """The report files, each atomic and exclusive (the same overwrite rule as `pedit edit`)."""
-    from pedit.errors import OutputError
-    from pedit.files import write_atomic, write_text_atomic
-    from pedit.viz import image_grid
-
-    check_report_folder(cfg)  # again: another run may have written a report meanwhile
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"Cannot create report folder {out}: {e.strerror or e}.") from e
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2), cfg.overwrite)
-    write_text_atomic(out / "report.md", markdown_report(report), cfg.overwrite)
-    if grid_rows:
-        grid = image_grid(grid_rows, col_labels=["input", "ground truth", *cfg.methods])
-        write_atomic(out / "grid.png", lambda f: grid.save(f, format="PNG"), cfg.overwrite)
-
-
-def _fmt(v, digits=2) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, str):
-        return v
-    return "inf" if v == float("inf") else f"{v:.{digits}f}"
-
-
-def markdown_report(report: dict) -> str:
-    """The report as Markdown tables: one row a method, then per-direction rows of each method."""
-    head = ("| method | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | changed-pixels IoU | LPIPS | FID | s/pair |"
-            "\n|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"{report['pairs']} pairs, model `{report['model']}`\n", head.rstrip("\n")]
-    rows = list(report["methods"].items())
-    if "imperfect_targets" in report:
-        rows.append(("imperfect targets (reference)", report["imperfect_targets"]))
-    for name, s in rows:
-        lines.append(
-            f"| {name} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
-            f"{_fmt(s['psnr_outside_mask'])} | {_fmt(s['mask_iou'], 3)} | {_fmt(s.get('changed_pixels_iou'), 3)} | n/a | "
-            f"n/a | {_fmt(s.get('seconds_per_pair'), 3)} |"
-        )
-    lines.append("\nLPIPS, FID: " + NA_OFFLINE + ".\n")
-    for m, by_dir in report["per_direction"].items():
-        lines.append(f"\n**{m}** per direction\n")
-        lines.append("| direction | pairs | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | IoU ceiling "
-                     "(latent grid) | IoU / ceiling | mask precision | mask recall | changed-pixels IoU |"
-                     "\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for d, s in by_dir.items():
-            iou, ceiling = s["mask_iou"], s.get("mask_iou_ceiling")
-            share = f"{100 * iou / ceiling:.0f} %" if iou is not None and ceiling else "–"
-            lines.append(f"| {d} | {s['pairs']} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
-                         f"{_fmt(s['psnr_outside_mask'])} | {_fmt(iou, 3)} | {_fmt(ceiling, 3)} | {share} | "
-                         f"{_fmt(s.get('mask_precision'), 3)} | {_fmt(s.get('mask_recall'), 3)} | "
-                         f"{_fmt(s.get('changed_pixels_iou'), 3)} |")
-    return "\n".join(lines) + "\n"
