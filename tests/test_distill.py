@@ -182,6 +182,9 @@ def test_a_folder_whose_json_and_unet_disagree_is_refused(tiny_pairs, random_mod
     (folder / "pedit.json").write_text(json.dumps({**meta, "distilled": {**DISTILLED, "scale_range": {"s_p": [1, 2]}}}))
     with pytest.raises(ModelError, match="scale_range"):
         load_model(folder)
+    (folder / "pedit.json").write_text(json.dumps({**meta, "distilled": {**DISTILLED, "rows_per_step": 3}}))
+    with pytest.raises(ModelError, match="rows_per_step 3"):
+        load_model(folder)
 
 
 def test_scale_range_parsing_and_checks():

@@ -16,7 +16,7 @@ EditConditions builds them for a distilled model too.
 
 pedit.json of a distilled folder:
 
-    "distilled": {"kind": "guidance", "rows_per_branch": 1,
+    "distilled": {"kind": "guidance", "rows_per_branch": 1, "rows_per_step": 2,
                   "scale_range": {"s_s": [1.0, 2.5], "s_im": [1.0, 2.0], "s_p": [1.0, 7.5]},
                   "teacher": "...", "steps_trained": N, "fidelity": "what was measured, on which pairs"}
 
@@ -36,7 +36,8 @@ SCALE_NAMES = ("s_s", "s_im", "s_p")
 FREQUENCIES = 8  # Fourier frequencies per scale: periods 16, 8, ..., 0.125 scale units
 FEATURES = 2 * FREQUENCIES * len(SCALE_NAMES)  # the class embedding's input width
 DEFAULT_RANGE = {"s_s": (1.0, 2.5), "s_im": (1.0, 2.0), "s_p": (1.0, 7.5)}
-SETTABLE = ("kind", "rows_per_branch", "scale_range", "teacher", "steps_trained", "fidelity")
+SETTABLE = ("kind", "rows_per_branch", "rows_per_step", "scale_range", "teacher", "steps_trained", "fidelity")
+ROWS_PER_STEP = 2  # a masked edit's step: p_b and p_a, one row each (1 without the mask)
 
 
 def scale_features(scales: torch.Tensor) -> torch.Tensor:
@@ -158,9 +159,10 @@ def check_distilled_settings(meta: dict, where) -> None:
     if not isinstance(settings, dict) or set(settings) - set(SETTABLE) or settings.get("kind") != "guidance":
         raise ValueError(f"{where}: \"distilled\" must be an object with kind \"guidance\" and only "
                          f"{', '.join(SETTABLE)}.")
-    if settings.get("rows_per_branch", 1) != 1:
-        raise ValueError(f"{where}: \"distilled\": rows_per_branch must be 1 (one row per branch a step), "
-                         f"got {settings.get('rows_per_branch')!r}.")
+    if settings.get("rows_per_branch", 1) != 1 or settings.get("rows_per_step", ROWS_PER_STEP) != ROWS_PER_STEP:
+        raise ValueError(f"{where}: \"distilled\": this pedit runs guidance-distilled students of one row per branch, "
+                         f"{ROWS_PER_STEP} rows a masked step; the folder says rows_per_branch "
+                         f"{settings.get('rows_per_branch', 1)!r}, rows_per_step {settings.get('rows_per_step', ROWS_PER_STEP)!r}.")
     ranges = settings.get("scale_range")
     ok = isinstance(ranges, dict) and set(ranges) == set(SCALE_NAMES) and all(
         isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -196,7 +196,7 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
         abandon_output(cfg, out, claimed)
         raise
     scale_range = torch.tensor(cfg.scale_range)  # (3, 2)
-    distilled = {"kind": "guidance", "rows_per_branch": 1,
+    distilled = {"kind": "guidance", "rows_per_branch": 1, "rows_per_step": 2,
                  "scale_range": {n: list(r) for n, r in zip(SCALE_NAMES, cfg.scale_range)}, "teacher": str(teacher.path)}
 
     def step_loss(step: int, k: int) -> torch.Tensor:
