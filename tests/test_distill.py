@@ -277,3 +277,59 @@ def test_bench_of_a_student_counts_two_rows_a_step(student_model):
                                    vs_ip2p=True))
     assert report["distilled"] and report["unet_rows_per_edit"] == 2 * 2 + 2 * 3
     assert report["ip2p"]["unet_rows_per_edit"] == 3 * 3
+
+
+# ---------------------------------------------------------------- the review's findings, each pinned
+
+
+def test_a_scale_range_without_the_defaults_validates_inside_it_and_drops_an_unreachable_interval(
+        tiny_pairs, random_model, tmp_path):
+    teacher = shutil.copytree(random_model, tmp_path / "teacher")
+    meta = json.loads((teacher / "pedit.json").read_text())
+    meta["sampling"] = {"scheduler": "ddim", "steps": 4, "guidance_interval": [0.2, 0.8], "chosen_by": "a test"}
+    (teacher / "pedit.json").write_text(json.dumps(meta))
+    out = distill(_distill_cfg(tiny_pairs, teacher, tmp_path / "s", max_steps=1, validate_every=1,
+                               scale_range=((1.2, 2.0), (1.0, 2.0), (5.0, 7.0))))
+    assert (out / "validation" / "step-000001.png").is_file()  # the grid edited at s_p 5, s_s 1.5: in range
+    sampling = json.loads((out / "pedit.json").read_text())["sampling"]
+    assert "guidance_interval" not in sampling and sampling["chosen_by"].startswith("the teacher's")
+    Editor.from_pretrained(out, device="cpu").plan_many(["laughing"], scales=GuidanceScales(1.5, 1.0, 6.0))
+
+
+def test_gradient_checkpointing_reaches_the_student(random_model):
+    student = make_student(load_model(random_model).mcdm, gradient_checkpointing=True)
+    assert student.unet.is_gradient_checkpointing
+
+
+def test_scale_ranges_past_the_features_period_are_refused():
+    with pytest.raises(ConfigError, match="s_p high"):
+        DistillConfig(data="d", output="o", scale_range=((1, 2), (1, 2), (1, 20)))
+
+
+def test_rows_of_the_wrong_length_fail_loudly(random_model):
+    teacher = load_model(random_model).mcdm
+    student = make_student(teacher).eval()
+    z_in = torch.zeros(2, 8, 4, 4)
+    with torch.no_grad(), pytest.raises(ValueError, match="scale token"):
+        student(z_in, torch.tensor(10), torch.zeros(2, teacher.context_length, 32))  # a teacher's rows
+    with torch.no_grad(), pytest.raises(ValueError, match="77 \\+ K"):
+        teacher(z_in, torch.tensor(10), torch.zeros(2, student.context_length, 32))
+
+
+def test_eval_refuses_a_students_out_of_range_scales_before_loading(student_model, tiny_pairs):
+    from pedit.eval.ground_truth import EvalConfig, evaluate
+
+    with pytest.raises(ConfigError, match="s_p = 9"):
+        evaluate(EvalConfig(pairs=str(tiny_pairs), model=str(student_model), s_p=9.0))
+
+
+def test_resume_refuses_a_teacher_changed_in_place(tiny_pairs, random_model, tmp_path):
+    teacher = shutil.copytree(random_model, tmp_path / "teacher")
+    distill(_distill_cfg(tiny_pairs, teacher, tmp_path / "s", max_steps=1))
+    weights = teacher / "image_projector" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    from safetensors.torch import save_file
+
+    save_file({k: v + 1 for k, v in tensors.items()}, str(weights))
+    with pytest.raises(ConfigError, match="not the one the run"):
+        distill(_distill_cfg(tiny_pairs, teacher, tmp_path / "s", max_steps=2, resume=True))

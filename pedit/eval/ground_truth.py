@@ -256,11 +256,16 @@ STUDENT_METHODS = ("ours", "ours-no-mask")  # what a distilled student runs: ful
 def student_methods(cfg: EvalConfig) -> EvalConfig:
     """For a distilled model folder (pedit distill): the default methods become STUDENT_METHODS; asked
     for by name, the ablations and baselines (rows with conditions dropped, which a student never
-    learned) are one ConfigError. Other folders: cfg as given."""
+    learned) are one ConfigError, as are scales outside the student's range. Other folders: cfg as given."""
     from pedit.model.loading import read_model_folder
 
-    if "distilled" not in read_model_folder(cfg.model)[1]:
+    from pedit.edit.guidance import GuidanceScales
+    from pedit.model.distilled import check_meta_scales
+
+    meta = read_model_folder(cfg.model)[1]
+    if "distilled" not in meta:
         return cfg
+    check_meta_scales(meta, GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), eval_sampling(cfg, meta).guidance_interval)
     if cfg.methods == METHODS:
         return dataclasses.replace(cfg, methods=STUDENT_METHODS)
     other = [m for m in cfg.methods if m not in STUDENT_METHODS]

@@ -384,9 +384,14 @@ def with_sampling(cfg: BenchConfig) -> BenchConfig:
         from pedit.model.loading import read_model_folder
         from pedit.model.mask_settings import mask_config_for
 
+        from pedit.edit.guidance import GuidanceScales
+        from pedit.model.distilled import check_meta_scales
+
         folder, meta = read_model_folder(cfg.model)
         model = sampling_for(meta)
         draws = mask_config_for(meta, resolve(cfg.direction, model_directions(meta, folder))).n_noise
+        interval = model.guidance_interval if cfg.guidance_interval is None else cfg.guidance_interval
+        check_meta_scales(meta, GuidanceScales(), interval)  # a student: the scales time_edit edits at, in range
     return replace(cfg, steps=cfg.steps or model.steps, scheduler=cfg.scheduler or model.scheduler,
                    mask_noises=cfg.mask_noises or draws,
                    guidance_interval=model.guidance_interval if cfg.guidance_interval is None else cfg.guidance_interval,

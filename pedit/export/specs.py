@@ -135,7 +135,9 @@ def network_specs(d: Dims, n_noise: int = 10) -> dict[str, NetworkSpec]:
             outputs=(TensorSpec("eps", (BATCH, c, h, h)),),
             # "mask" from 1 row: the mask call is 2 rows a draw (rows 3-4, pedit.edit.mask), so N = 1 or 2
             # sends fewer than 5; its max stays 5 x N, the unit engines_for counts capacity in.
-            profiles={"sampler": (N_ROWS, N_ROWS, N_ROWS), "mask": (1, PROMPT_ROWS * n_noise, N_ROWS * n_noise)},
+            # a distilled student's step is 2 rows (1 without the mask): its sampler profile is (1, 2, 2)
+            profiles={"sampler": (1, PROMPT_ROWS, PROMPT_ROWS) if d.scale_token else (N_ROWS, N_ROWS, N_ROWS),
+                      "mask": (1, PROMPT_ROWS * n_noise, N_ROWS * n_noise)},
             sources=("unet",),
         ),
         "image_projector": NetworkSpec(

@@ -34,6 +34,7 @@ from pedit.errors import ConfigError
 
 SCALE_NAMES = ("s_s", "s_im", "s_p")
 FREQUENCIES = 8  # Fourier frequencies per scale: periods 16, 8, ..., 0.125 scale units
+MAX_SCALE = 15.0  # below the longest period: scales s and s + 16 would give the same features
 FEATURES = 2 * FREQUENCIES * len(SCALE_NAMES)  # the class embedding's input width
 DEFAULT_RANGE = {"s_s": (1.0, 2.5), "s_im": (1.0, 2.0), "s_p": (1.0, 7.5)}
 SETTABLE = ("kind", "rows_per_branch", "rows_per_step", "scale_range", "teacher", "steps_trained", "fidelity")
@@ -142,6 +143,16 @@ class Distilled:
         self.check_scales((1.0, 1.0, 1.0))
 
 
+def check_meta_scales(meta: dict, scales, interval) -> None:
+    """For a distilled folder's pedit.json (else nothing): `scales`, and with a guidance interval the unit
+    scales, inside its range; what `pedit eval` and `pedit bench` check before any work."""
+    distilled = distilled_for(meta)
+    if distilled is not None:
+        distilled.check_scales(scales)
+        if interval is not None:
+            distilled.check_unit_scales()
+
+
 def distilled_for(meta: dict) -> Distilled | None:
     """The folder's distillation (pedit.json "distilled"), None for a teacher-style MCDM."""
     settings = meta.get("distilled")
@@ -166,8 +177,8 @@ def check_distilled_settings(meta: dict, where) -> None:
     ranges = settings.get("scale_range")
     ok = isinstance(ranges, dict) and set(ranges) == set(SCALE_NAMES) and all(
         isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                    and math.isfinite(v) for v in r) and r[0] <= r[1]
+                                                    and math.isfinite(v) for v in r) and 0 <= r[0] <= r[1] <= MAX_SCALE
         for r in ranges.values())
     if not ok:
-        raise ValueError(f"{where}: \"distilled\": scale_range must give [lo, hi] for each of "
-                         f"{', '.join(SCALE_NAMES)}, got {ranges!r}.")
+        raise ValueError(f"{where}: \"distilled\": scale_range must give [lo, hi] with 0 <= lo <= hi <= {MAX_SCALE:g} "
+                         f"for each of {', '.join(SCALE_NAMES)}, got {ranges!r}.")

@@ -116,6 +116,10 @@ class MCDM(nn.Module):
             c_s, clip_tokens, keep_im = image_inputs
             c_im = self.image_projector(c_s, clip_tokens) * keep_im  # (N, K, D); dropped → zeros
             context = torch.cat([context, c_im.to(context.dtype)], dim=1)
+        elif context.shape[1] != self.context_length:  # a student's rows without their scale token, or a
+            # teacher's with one: the U-Net would read a CLIP token as the scales, or the scales as a token
+            raise ValueError(f"context of {context.shape[1]} tokens for an MCDM that reads {self.context_length} "
+                             f"({'77 + K + the scale token' if self.distilled else '77 + K'})")
         from pedit.model.distilled import scale_token, unet_eps
 
         if scales is not None:  # a student in training: its rows' scales become their scale token

@@ -32,7 +32,7 @@ import torch
 from pedit.errors import ConfigError
 from pedit.noise import rand, randint, randn
 from pedit.data.pairs import read_pairs
-from pedit.model.distilled import DEFAULT_RANGE, SCALE_NAMES
+from pedit.model.distilled import DEFAULT_RANGE, MAX_SCALE, SCALE_NAMES, Distilled
 from pedit.train.batches import StepBatches, step_seed
 from pedit.train.config import TrainConfig, check_output_folder, check_resume_data
 from pedit.train.data_source import cache_root, data_folder, frozen_batches
@@ -66,9 +66,26 @@ class DistillConfig(TrainConfig):
             raise ConfigError(f"scale_range must give (lo, hi) for each of {', '.join(SCALE_NAMES)}, "
                               f"got {self.scale_range!r}")
         for name, (lo, hi) in zip(SCALE_NAMES, self.scale_range):
-            check_number(f"{name} low", lo, 0, 100)
-            check_number(f"{name} high", hi, lo, 100)
+            check_number(f"{name} low", lo, 0, MAX_SCALE)
+            check_number(f"{name} high", hi, lo, MAX_SCALE)  # the scale features repeat every 16 units
         object.__setattr__(self, "scale_range", tuple((float(lo), float(hi)) for lo, hi in self.scale_range))
+
+
+TEACHER_FINGERPRINT = "teacher_fingerprint"  # config.json's record of the teacher's content (not a config field)
+
+
+def check_resume_teacher(cfg: DistillConfig, fingerprint: str) -> None:
+    """--resume only against the teacher the run started from (its files' content, not its path)."""
+    import json
+
+    try:
+        saved = json.loads((Path(cfg.output) / "config.json").read_text()).get(TEACHER_FINGERPRINT)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved != fingerprint:
+        raise ConfigError(f"--resume: the teacher {cfg.teacher or 'bundled model'} is not the one the run in "
+                          f"{cfg.output} started from (its files hash differently, or the run did not record it). "
+                          "Resume with that teacher, or use --overwrite (or another -o) to distil this one.")
 
 
 def parse_scale_range(text: str) -> tuple:
@@ -114,8 +131,8 @@ def distill_inputs(batch: dict, prompts, parts, teacher, noise_scheduler, scale_
     t = randint(0, noise_scheduler.config.num_train_timesteps, (n,), g, device=dev)
     from_b = (rand(n, g, device=dev) < 0.5).view(-1, 1, 1, 1)  # the noised latent: x_B's, else x_A's
     to_b = rand(n, g, device=dev) < 0.5  # the row's prompt: p_b, else p_a
-    lo, hi = scale_range[:, 0].to(dev), scale_range[:, 1].to(dev)
-    scales = lo + rand((n, len(SCALE_NAMES)), g, device=dev) * (hi - lo)  # (B, 3)
+    lo, hi = scale_range[:, 0], scale_range[:, 1]  # on the host, as the draw: one copy to the device
+    scales = (lo + rand((n, len(SCALE_NAMES)), g) * (hi - lo)).to(dev, non_blocking=True)  # (B, 3)
     c_s = batch["mean_A"].float() * parts.scaling_factor
     mean = torch.where(from_b, batch["mean_B"], batch["mean_A"]).float()
     std = torch.where(from_b, batch["std_B"], batch["std_A"]).float()
@@ -128,12 +145,34 @@ def distill_inputs(batch: dict, prompts, parts, teacher, noise_scheduler, scale_
                       target=target, scales=scales)
 
 
-def make_student(teacher_mcdm):
+def make_student(teacher_mcdm, gradient_checkpointing: bool = False):
     """The untrained student: the teacher's weights, a zero-output scale embedding (pedit.model.distilled)."""
     from pedit.model.distilled import student_unet
     from pedit.model.mcdm import MCDM
 
-    return MCDM(student_unet(teacher_mcdm.unet), copy.deepcopy(teacher_mcdm.image_projector)).requires_grad_(True)
+    student = MCDM(student_unet(teacher_mcdm.unet), copy.deepcopy(teacher_mcdm.image_projector)).requires_grad_(True)
+    if gradient_checkpointing:
+        student.unet.enable_gradient_checkpointing()
+    return student
+
+
+def student_settings(cfg: DistillConfig, teacher_meta: dict) -> tuple[dict, object]:
+    """What the student's pedit.json keeps of the teacher's (KEPT_FROM_TEACHER; an inherited guidance
+    interval dropped when its unit scales fall outside cfg.scale_range), and the validation grids'
+    scales: the editing defaults, moved into the range."""
+    from pedit.edit.guidance import GuidanceScales
+
+    distilled = Distilled(dict(zip(SCALE_NAMES, cfg.scale_range)))
+    kept = {k: teacher_meta[k] for k in KEPT_FROM_TEACHER if k in teacher_meta}
+    if "chosen_by" in kept.get("sampling", {}):  # measured on the teacher: say so, until measured on the student
+        kept["sampling"] = {**kept["sampling"], "chosen_by": "the teacher's: " + kept["sampling"]["chosen_by"]}
+    if "guidance_interval" in kept.get("sampling", {}) and not all(lo <= 1 <= hi for lo, hi in cfg.scale_range):
+        kept["sampling"] = {k: v for k, v in kept["sampling"].items() if k != "guidance_interval"}
+    defaults = GuidanceScales()
+    validation = GuidanceScales(*(min(max(getattr(defaults, n), lo), hi) for n, (lo, hi) in zip(SCALE_NAMES,
+                                                                                                 cfg.scale_range)))
+    distilled.check_scales(validation)
+    return kept, validation
 
 
 def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None = None,
@@ -175,9 +214,15 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
 
     from accelerate.utils import set_seed
 
+    from pedit.model.traced import model_key
+
+    teacher_fingerprint = model_key(teacher.path)  # the teacher's content: a resumed run regresses the same target
+    if cfg.resume:
+        check_resume_teacher(cfg, teacher_fingerprint)
+    kept, validation_scales = student_settings(cfg, teacher.meta)
     set_seed(cfg.seed)  # the scale embedding's first layer starts random: a function of the seed, as in train
-    student = make_student(teacher.mcdm)
-    claimed = main and claim_output(cfg, out, fingerprint)
+    student = make_student(teacher.mcdm, cfg.gradient_checkpointing)
+    claimed = main and claim_output(cfg, out, fingerprint, {TEACHER_FINGERPRINT: teacher_fingerprint})
     try:
         student, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, student)
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
@@ -208,13 +253,10 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
 
     def validation(done: int) -> Path:
         return validation_grid(accelerator.unwrap_model(student), ema, parts, pairs, directions, size, out, done,
-                               cfg.seed, {"distilled": distilled})
+                               cfg.seed, {"distilled": distilled}, validation_scales)
 
     done = run_steps(cfg, Run(accelerator, student, ema, optimizer, lr_scheduler, out, start), step_loss, report,
                      say, validation)
-    kept = {k: teacher.meta[k] for k in KEPT_FROM_TEACHER if k in teacher.meta}
-    if "chosen_by" in kept.get("sampling", {}):  # measured on the teacher: say so, until measured on the student
-        kept["sampling"] = {**kept["sampling"], "chosen_by": "the teacher's: " + kept["sampling"]["chosen_by"]}
     meta = {**kept,
             "distilled": {**distilled, "steps_trained": done}, "steps_trained": done, "training": asdict(cfg)}
     finish(accelerator, student, ema, parts, weight_dtype, out, meta,

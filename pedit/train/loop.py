@@ -237,13 +237,15 @@ def abandon_output(cfg: TrainConfig, out: Path, claimed: bool) -> None:
             out.rmdir()  # only if this run made it and nothing else is in it
 
 
-def claim_output(cfg: TrainConfig, out: Path, data_fingerprint: str) -> bool:
+def claim_output(cfg: TrainConfig, out: Path, data_fingerprint: str, extra: dict | None = None) -> bool:
     """The output folder, cleared first with --overwrite, with this run's config.json (and the data
-    fingerprint a later --resume compares: pedit.train.config.check_resume_data). True: claimed."""
+    fingerprint a later --resume compares: pedit.train.config.check_resume_data; `extra`: more such
+    records). True: claimed."""
     if cfg.overwrite:
         clear_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**asdict(cfg), DATA_FINGERPRINT: data_fingerprint}, indent=2))
+    record = {**asdict(cfg), DATA_FINGERPRINT: data_fingerprint, **(extra or {})}
+    (out / "config.json").write_text(json.dumps(record, indent=2))
     return True
 
 
@@ -403,9 +405,11 @@ def _checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
 
 
 @torch.no_grad()
-def validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed, meta: dict | None = None) -> Path:
+def validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed, meta: dict | None = None,
+                    scales=None) -> Path:
     """validation/step-N.png: for a few inputs, input | edit per direction (EMA weights, masked edit).
-    `meta`: more of the model's pedit.json (a distilled student's "distilled")."""
+    `meta`: more of the model's pedit.json (a distilled student's "distilled"); `scales`: the guidance
+    scales (default: the editing defaults)."""
     from PIL import Image
 
     from pedit.data.directions import Direction
@@ -422,7 +426,8 @@ def validation_grid(mcdm, ema, parts, pairs, directions, size, out, step, seed, 
                                                   "directions": list(directions.values())}, out))
         names = sorted(directions)
         inputs = [pairs[i] for i in np.random.default_rng(seed).choice(len(pairs), size=min(3, len(pairs)), replace=False)]
-        options = EditOptions(steps=VALIDATION_STEPS, seed=seed, mask=MaskConfig(n_noise=VALIDATION_MASK_NOISES))
+        options = EditOptions(steps=VALIDATION_STEPS, seed=seed, mask=MaskConfig(n_noise=VALIDATION_MASK_NOISES),
+                              **({} if scales is None else {"scales": scales}))
         rows = []
         for p in inputs:
             x = Image.fromarray(load_rgb(p.x_A, size))
