@@ -175,13 +175,33 @@ def student_settings(cfg: DistillConfig, teacher_meta: dict) -> tuple[dict, obje
     return kept, validation
 
 
+def load_teacher(cfg: DistillConfig, pairs):
+    """The teacher (a LoadedModel) and its content fingerprint, checked: not a student itself, a schedule
+    pedit trains, every direction of the pairs among its own, and on --resume the teacher the run began with."""
+    from pedit.model.loading import load_model
+    from pedit.model.traced import model_key
+
+    teacher = load_model(cfg.teacher, cfg.allow_pickle)
+    if teacher.mcdm.distilled:
+        raise ConfigError(f"{teacher.path} is already a distilled student; distil its teacher instead.")
+    check_prediction_type(teacher.parts.scheduler_config)
+    unknown = sorted({p.direction for p in pairs} - {d["name"] for d in teacher.meta.get("directions", [])})
+    if unknown:
+        raise ConfigError(f"The pairs have direction(s) {', '.join(unknown)} that the teacher {teacher.path} was not "
+                          "trained on; distil on pairs of its own directions.")
+    fingerprint = model_key(teacher.path)  # the teacher's content: a resumed run regresses the same target
+    if cfg.resume:
+        check_resume_teacher(cfg, fingerprint)
+    return teacher, fingerprint
+
+
 def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None = None,
             log: Callable[[str], None] | None = None) -> Path:
     """Distil the teacher into a student model folder at cfg.output; returns it. Only rank 0 writes."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
-    from pedit.model.loading import load_frozen_parts, load_model
+    from pedit.model.loading import load_frozen_parts
     from pedit.train.latent_cache import check_writable, data_hash
 
     out = Path(cfg.output)
@@ -198,27 +218,14 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
     fingerprint = data_hash(data, pairs)
     if cfg.resume:
         check_resume_data(cfg, fingerprint)
-    teacher = load_model(cfg.teacher, cfg.allow_pickle)
-    if teacher.mcdm.distilled:
-        raise ConfigError(f"{teacher.path} is already a distilled student; distil its teacher instead.")
+    teacher, teacher_fingerprint = load_teacher(cfg, pairs)
     parts, size = teacher.parts, teacher.resolution
-    check_prediction_type(parts.scheduler_config)
     if cfg.cache and main:
         check_writable(cache_root(cfg, data))
     directions = _directions(pairs)
-    unknown = sorted(set(directions) - {d["name"] for d in teacher.meta.get("directions", [])})
-    if unknown:
-        raise ConfigError(f"The pairs have direction(s) {', '.join(unknown)} that the teacher {teacher.path} was not "
-                          "trained on; distil on pairs of its own directions.")
     say(f"{len(pairs)} pairs; teacher {teacher.path}; scales {dict(zip(SCALE_NAMES, cfg.scale_range))}")
-
     from accelerate.utils import set_seed
 
-    from pedit.model.traced import model_key
-
-    teacher_fingerprint = model_key(teacher.path)  # the teacher's content: a resumed run regresses the same target
-    if cfg.resume:
-        check_resume_teacher(cfg, teacher_fingerprint)
     kept, validation_scales = student_settings(cfg, teacher.meta)
     set_seed(cfg.seed)  # the scale embedding's first layer starts random: a function of the seed, as in train
     student = make_student(teacher.mcdm, cfg.gradient_checkpointing)
