@@ -21,7 +21,6 @@ draws stay 2 rows. Step distillation (fewer steps) is not part of this stage.
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,11 +32,12 @@ from pedit.errors import ConfigError
 from pedit.noise import rand, randint, randn
 from pedit.data.pairs import read_pairs
 from pedit.model.distilled import DEFAULT_RANGE, MAX_SCALE, SCALE_NAMES, Distilled
-from pedit.train.batches import StepBatches, step_seed
+from pedit.train.batches import step_seed
 from pedit.train.config import TrainConfig, check_output_folder, check_resume_data
-from pedit.train.data_source import cache_root, data_folder, frozen_batches
+from pedit.train.data_source import cache_root, data_folder
 from pedit.train.loop import (Run, StepInputs, _backward, _directions, _optimization, _resume, abandon_output,
-                              check_prediction_type, claim_output, finish, run_steps, validation_grid)
+                              check_prediction_type, claim_output, finish, micro_batch_source, run_steps,
+                              validation_grid)
 from pedit.train.progress import TrainProgress
 
 # What a student's pedit.json keeps of its teacher's: the frozen parts' origin, the directions, the
@@ -237,13 +237,8 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
         teacher.mcdm.to(accelerator.device, weight_dtype)
         noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
         start = _resume(accelerator, out, report, cfg.max_steps) if cfg.resume else 0
+        frozen, micro_batches = micro_batch_source(cfg, accelerator, start, data, pairs, parts, size, report, say)
         accum, rank = cfg.gradient_accumulation, accelerator.process_index
-        sampler = StepBatches(cfg.seed, start * accum, cfg.max_steps * accum, rank, accelerator.num_processes,
-                              cfg.batch_size, len(pairs))
-        frozen = frozen_batches(cfg, data, pairs, parts, size, sampler, accelerator, report, say)
-        micro_batches = iter(frozen.batches)
-        if start < cfg.max_steps:
-            micro_batches = itertools.chain([next(micro_batches)], micro_batches)
     except BaseException:
         abandon_output(cfg, out, claimed)
         raise

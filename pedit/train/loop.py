@@ -126,16 +126,8 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
         noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
 
         start = _resume(accelerator, out, report, cfg.max_steps) if cfg.resume else 0
+        frozen, micro_batches = micro_batch_source(cfg, accelerator, start, data, pairs, parts, size, report, say)
         accum, rank = cfg.gradient_accumulation, accelerator.process_index
-        # The data order is one of micro-batches: step s takes micro-batches s * accum ... s * accum + accum - 1.
-        sampler = StepBatches(cfg.seed, start * accum, cfg.max_steps * accum, rank, accelerator.num_processes,
-                              cfg.batch_size, len(pairs))
-        # What the frozen parts compute for each micro-batch's pairs: read from the latent cache
-        # (default), or recomputed from the images every step (--no-cache). Both give the same tensors.
-        frozen = frozen_batches(cfg, data, pairs, parts, size, sampler, accelerator, report, say)
-        micro_batches = iter(frozen.batches)
-        if start < cfg.max_steps:  # --no-cache encodes lazily: its first micro-batch is part of the start
-            micro_batches = itertools.chain([next(micro_batches)], micro_batches)
     except BaseException:
         abandon_output(cfg, out, claimed)
         raise
@@ -227,6 +219,21 @@ def _directions(pairs: list[Pair]) -> dict[str, dict]:
     for p in pairs:
         directions.setdefault(p.direction, direction_of(p))
     return directions
+
+
+def micro_batch_source(cfg: TrainConfig, accelerator, start: int, data: Path, pairs, parts, size: int, report, say):
+    """(FrozenBatches, an iterator of this rank's micro-batches from optimizer step `start` on). The data
+    order is one of micro-batches: step s takes micro-batches s * accum ... s * accum + accum - 1; what the
+    frozen parts compute for their pairs comes from the latent cache (default), or from the images every
+    step (--no-cache): the same tensors either way."""
+    accum = cfg.gradient_accumulation
+    sampler = StepBatches(cfg.seed, start * accum, cfg.max_steps * accum, accelerator.process_index,
+                          accelerator.num_processes, cfg.batch_size, len(pairs))
+    frozen = frozen_batches(cfg, data, pairs, parts, size, sampler, accelerator, report, say)
+    batches = iter(frozen.batches)
+    if start < cfg.max_steps:  # --no-cache encodes lazily: its first micro-batch is part of the start
+        batches = itertools.chain([next(batches)], batches)
+    return frozen, batches
 
 
 def abandon_output(cfg: TrainConfig, out: Path, claimed: bool) -> None:
