@@ -72,7 +72,8 @@ def _record_forward(monkeypatch):
     seen = []
     real = MCDM.forward
 
-    def forward(self, z_in, t, context, image_inputs=None):
+    def forward(self, z_in, t, context, image_inputs=None, scales=None):
+        assert scales is None  # a teacher's training rows carry no guidance scales
         seen.append((z_in.detach().clone(), context.detach().clone(), image_inputs[2].detach().clone()))
         return real(self, z_in, t, context, image_inputs)
 

@@ -35,9 +35,8 @@ from pedit.model.distilled import DEFAULT_RANGE, MAX_SCALE, SCALE_NAMES, Distill
 from pedit.train.batches import step_seed
 from pedit.train.config import TrainConfig, check_output_folder, check_resume_data
 from pedit.train.data_source import cache_root, data_folder
-from pedit.train.loop import (Run, StepInputs, _backward, _directions, _optimization, _resume, abandon_output,
-                              check_prediction_type, claim_output, finish, micro_batch_source, run_steps,
-                              validation_grid)
+from pedit.train.loop import (StepInputs, _backward, _directions, check_prediction_type, claim_output, finish,
+                              prepare_run, run_steps, validation_grid)
 from pedit.train.progress import TrainProgress
 
 # What a student's pedit.json keeps of its teacher's: the frozen parts' origin, the directions, the
@@ -199,7 +198,6 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
             log: Callable[[str], None] | None = None) -> Path:
     """Distil the teacher into a student model folder at cfg.output; returns it. Only rank 0 writes."""
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
 
     from pedit.model.loading import load_frozen_parts
     from pedit.train.latent_cache import check_writable, data_hash
@@ -230,18 +228,9 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
     set_seed(cfg.seed)  # the scale embedding's first layer starts random: a function of the seed, as in train
     student = make_student(teacher.mcdm, cfg.gradient_checkpointing)
     claimed = main and claim_output(cfg, out, fingerprint, {TEACHER_FINGERPRINT: teacher_fingerprint})
-    try:
-        student, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, student)
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        parts.to(accelerator.device, weight_dtype)
-        teacher.mcdm.to(accelerator.device, weight_dtype)
-        noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
-        start = _resume(accelerator, out, report, cfg.max_steps) if cfg.resume else 0
-        frozen, micro_batches = micro_batch_source(cfg, accelerator, start, data, pairs, parts, size, report, say)
-        accum, rank = cfg.gradient_accumulation, accelerator.process_index
-    except BaseException:
-        abandon_output(cfg, out, claimed)
-        raise
+    run, weight_dtype, noise_scheduler, frozen, micro_batches = prepare_run(
+        cfg, accelerator, student, parts, out, claimed, (data, pairs, size), report, say, (teacher.mcdm,))
+    student, ema, accum, rank = run.model, run.ema, cfg.gradient_accumulation, accelerator.process_index
     scale_range = torch.tensor(cfg.scale_range)  # (3, 2)
     distilled = {"kind": "guidance", "rows_per_branch": 1, "rows_per_step": 2,
                  "scale_range": {n: list(r) for n, r in zip(SCALE_NAMES, cfg.scale_range)}, "teacher": str(teacher.path)}
@@ -257,8 +246,7 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
         return validation_grid(accelerator.unwrap_model(student), ema, parts, pairs, directions, size, out, done,
                                cfg.seed, {"distilled": distilled}, validation_scales)
 
-    done = run_steps(cfg, Run(accelerator, student, ema, optimizer, lr_scheduler, out, start), step_loss, report,
-                     say, validation)
+    done = run_steps(cfg, run, step_loss, report, say, validation)
     meta = {**kept,
             "distilled": {**distilled, "steps_trained": done}, "steps_trained": done, "training": asdict(cfg)}
     finish(accelerator, student, ema, parts, weight_dtype, out, meta,

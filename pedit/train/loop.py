@@ -82,7 +82,6 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     accumulated gradients save_state does not keep.
     """
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
 
     from pedit.model.loading import bundled_base_path, load_base
 
@@ -118,19 +117,9 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     claimed = False
     if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
         claimed = claim_output(cfg, out, data_fingerprint)
-    try:  # a run that fails before its first step (out of memory moving the parts, an unreadable image
-        # of the first --no-cache batch, a cache build) leaves no run behind
-        mcdm, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, mcdm)
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        parts.to(accelerator.device, weight_dtype)
-        noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
-
-        start = _resume(accelerator, out, report, cfg.max_steps) if cfg.resume else 0
-        frozen, micro_batches = micro_batch_source(cfg, accelerator, start, data, pairs, parts, size, report, say)
-        accum, rank = cfg.gradient_accumulation, accelerator.process_index
-    except BaseException:
-        abandon_output(cfg, out, claimed)
-        raise
+    run, weight_dtype, noise_scheduler, frozen, micro_batches = prepare_run(
+        cfg, accelerator, mcdm, parts, out, claimed, (data, pairs, size), report, say)
+    mcdm, ema, accum, rank = run.model, run.ema, cfg.gradient_accumulation, accelerator.process_index
     def step_loss(step: int, k: int) -> torch.Tensor:  # micro-batch k of optimizer step `step`
         g = torch.Generator().manual_seed(step_seed(cfg.seed, step * accum + k, rank))
         inputs = _step_inputs(cfg, next(micro_batches), frozen.prompts, parts, noise_scheduler, prediction_type,
@@ -140,8 +129,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     def validation(done: int) -> Path:
         return validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
 
-    done = run_steps(cfg, Run(accelerator, mcdm, ema, optimizer, lr_scheduler, out, start), step_loss, report, say,
-                     validation)
+    done = run_steps(cfg, run, step_loss, report, say, validation)
 
     meta = {"base": str(base), "init": cfg.init, "resolution": size, "latent_factor": parts.latent_factor,
             "directions": [directions[k] for k in sorted(directions)], "steps_trained": done,
@@ -221,7 +209,32 @@ def _directions(pairs: list[Pair]) -> dict[str, dict]:
     return directions
 
 
-def micro_batch_source(cfg: TrainConfig, accelerator, start: int, data: Path, pairs, parts, size: int, report, say):
+def prepare_run(cfg: TrainConfig, accelerator, model, parts, out: Path, claimed: bool, source: tuple, report, say,
+                frozen_models=()):
+    """Everything between the checks and step 1: the optimizer, EMA and lr schedule prepared by accelerate,
+    the frozen parts (and `frozen_models`, such as a teacher) moved to the device in the training precision,
+    the newest checkpoint on --resume, and the micro-batches from `source` = (pair folder, pairs, resolution).
+    Returns (Run, weight dtype, DDPM noise scheduler, FrozenBatches, micro-batch iterator). A run that fails
+    here (out of memory moving the parts, an unreadable image of the first --no-cache batch, a cache
+    build) leaves no run behind."""
+    from diffusers import DDPMScheduler
+
+    try:
+        model, ema, optimizer, lr_scheduler = _optimization(cfg, accelerator, model)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        parts.to(accelerator.device, weight_dtype)
+        for frozen_model in frozen_models:
+            frozen_model.to(accelerator.device, weight_dtype)
+        noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
+        start = _resume(accelerator, out, report, cfg.max_steps) if cfg.resume else 0
+        frozen, batches = micro_batch_source(cfg, accelerator, start, *source, parts, report, say)
+    except BaseException:
+        abandon_output(cfg, out, claimed)
+        raise
+    return Run(accelerator, model, ema, optimizer, lr_scheduler, out, start), weight_dtype, noise_scheduler, frozen, batches
+
+
+def micro_batch_source(cfg: TrainConfig, accelerator, start: int, data: Path, pairs, size: int, parts, report, say):
     """(FrozenBatches, an iterator of this rank's micro-batches from optimizer step `start` on). The data
     order is one of micro-batches: step s takes micro-batches s * accum ... s * accum + accum - 1; what the
     frozen parts compute for their pairs comes from the latent cache (default), or from the images every
