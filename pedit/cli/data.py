@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -24,7 +23,10 @@ def directions(directions_file, model):
     from pedit.data.directions import all_directions, model_directions
 
     if model:
-        meta_file = Path(model) / "pedit.json"
+        from pedit.model.loading import model_path
+
+        model = model_path(model)
+        meta_file = model / "pedit.json"
         if not meta_file.exists():
             raise PeditError(f"{model} is not a model folder (no pedit.json).")
         try:
@@ -33,7 +35,7 @@ def directions(directions_file, model):
             raise PeditError(f"{meta_file} is not valid JSON ({e}).") from None
         if not isinstance(meta, dict) or "directions" not in meta:
             raise PeditError(f"{meta_file} does not list the model's directions.")
-        found = model_directions(meta, Path(model))
+        found = model_directions(meta, model)
     else:
         found = all_directions(directions_file)
     table = Table("name", "task", "p_a (source)", "p_b (target)")

@@ -47,6 +47,20 @@ def bundled_model_path() -> Path:
     return Path(__file__).parents[1] / "assets" / "toon-model"
 
 
+# Models that ship inside the package, by the name `-m` also takes (a folder of that name here wins).
+BUNDLED_MODELS = {"toon": "toon-model", "toon-fast": "toon-model-fast"}  # toon-fast: its distilled student
+
+
+def model_path(path: str | Path | None) -> Path:
+    """The folder `-m path` means: the bundled toon model for None, a bundled model's name (BUNDLED_MODELS)
+    when no file or folder of that name exists, else the path itself."""
+    if path is None:
+        return bundled_model_path()
+    if str(path) in BUNDLED_MODELS and not Path(path).exists():
+        return Path(__file__).parents[1] / "assets" / BUNDLED_MODELS[str(path)]
+    return Path(path).expanduser()
+
+
 def bundled_base_path() -> Path:
     """The toon base (tiny frozen parts made for the toon world) used to train the bundled model."""
     return Path(__file__).parents[1] / "assets" / "toon-base"
@@ -345,7 +359,7 @@ class LoadedModel:
 
 def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
     """(folder, pedit.json) of an MCDM model folder (default: the bundled toon model), checked before any loading."""
-    path = Path(path).expanduser() if path is not None else bundled_model_path()
+    path = model_path(path)
     if not path.exists():
         raise ModelError(f"Model folder {path} does not exist. Pass a folder written by `pedit train` with -m.")
     if not path.is_dir():
