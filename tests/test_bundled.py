@@ -15,7 +15,8 @@ def test_bundled_model_is_complete_small_and_safetensors_only():
     meta = json.loads((folder / "pedit.json").read_text())
     assert meta["bundled"] is True and meta["resolution"] == 128 and len(meta["directions"]) == 8
     files = [p for p in folder.parent.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 25 * 2**20
+    # the toon base, the toon model and its distilled student (toon-model-fast, fp16 U-Net weights)
+    assert sum(p.stat().st_size for p in files) < 36 * 2**20
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".ckpt", ".pkl")]
     assert (bundled_base_path() / "unet" / "config.json").exists()
 
@@ -33,3 +34,22 @@ def test_default_edit_uses_the_bundled_model_and_says_so(tmp_path):
     assert 0 < (weight > 0).mean() < 0.9  # a partial mask: the edit stays local
     assert np.array_equal(edited[weight == 0], src[weight == 0])
     assert np.abs(edited[weight == 255].astype(int) - src[weight == 255]).mean() > 5  # and it did edit
+
+
+def test_the_bundled_student_is_distilled_and_edits_in_at_most_24_rows(tmp_path, monkeypatch):
+    from pedit.edit.editor import Editor
+    from pedit.edit.rows import edit_rows
+    from pedit.model.loading import model_path
+
+    student = Editor.from_pretrained("toon-fast", device="cpu")
+    assert student.distilled and student.is_bundled and student.model.path == model_path("toon-fast")
+    options = student.default_options("laughing")
+    assert edit_rows(options, student.scheduler(options), distilled=True) <= 24
+    src = Image.open("examples/toon.png").convert("RGB")
+    result = student.edit(src, "laughing")
+    weight = np.asarray(result.mask)
+    edited, original = np.asarray(result.image), np.asarray(src.resize(result.image.size))
+    assert 0 < (weight > 0).mean() < 0.9 and np.array_equal(edited[weight == 0], original[weight == 0])
+    monkeypatch.chdir(tmp_path)  # a folder of that name here is what -m means
+    (tmp_path / "toon-fast").mkdir()
+    assert model_path("toon-fast").resolve() == tmp_path / "toon-fast"
