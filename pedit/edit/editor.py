@@ -289,9 +289,7 @@ class Editor:
         for _, o in plans:
             self.scheduler(o)  # steps the schedule cannot give fail here, before any work
             if self.distilled:  # a student knows the scales it was distilled on, no others
-                self.distillation.check_scales(o.scales)
-                if o.guidance_interval is not None:
-                    self.distillation.check_unit_scales()
+                self.distillation.check_edit(o.scales, o.guidance_interval)
         return plans
 
     @torch.no_grad()

@@ -77,13 +77,17 @@ def unet_eps(unet, z_in, t, context):
     return unet(z_in, t, encoder_hidden_states=context, class_labels=scale_features(scales).to(context.dtype)).sample
 
 
+def _rebuilt(unet, **config):
+    """A U-Net of `unet`'s config with `config` changed, on its device and in its dtype (weights not loaded)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_config({**unet.config, **config}).to(device=unet.device, dtype=unet.dtype)
+
+
 def student_unet(unet):
     """A student U-Net from a teacher's: the same weights plus a scale embedding whose output layer is
     zero, so that it computes exactly the teacher's e(s, im, p) until it is trained."""
-    from diffusers import UNet2DConditionModel
-
-    config = {**unet.config, "class_embed_type": "projection", "projection_class_embeddings_input_dim": FEATURES}
-    student = UNet2DConditionModel.from_config(config).to(device=unet.device, dtype=unet.dtype)
+    student = _rebuilt(unet, class_embed_type="projection", projection_class_embeddings_input_dim=FEATURES)
     missing, unexpected = student.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or any(not k.startswith("class_embedding.") for k in missing):
         raise ValueError(f"student U-Net does not match its teacher: missing {missing}, unexpected {unexpected}")
@@ -96,10 +100,7 @@ def student_unet(unet):
 def plain_unet(unet):
     """A student's U-Net without its scale embedding (what diffusers' own pipelines can call): the same
     cost per row but for the embedding, for timing baselines such as InstructPix2Pix in `pedit bench`."""
-    from diffusers import UNet2DConditionModel
-
-    config = {**unet.config, "class_embed_type": None, "projection_class_embeddings_input_dim": None}
-    plain = UNet2DConditionModel.from_config(config).to(device=unet.device, dtype=unet.dtype)
+    plain = _rebuilt(unet, class_embed_type=None, projection_class_embeddings_input_dim=None)
     kept = {k: v for k, v in unet.state_dict().items() if not k.startswith("class_embedding.")}
     plain.load_state_dict(kept)
     return plain
@@ -127,7 +128,6 @@ class Distilled:
     """What a distilled folder's pedit.json "distilled" says."""
 
     scale_range: dict  # name -> (lo, hi)
-    rows_per_branch: int = 1
 
     def check_scales(self, scales) -> None:
         """ConfigError unless every scale lies inside the range the student was distilled on."""
@@ -138,19 +138,19 @@ class Distilled:
                     f"{name} = {value:g} is outside the range this distilled model was trained for ({lo:g} to "
                     f"{hi:g}); pass a value inside it, or edit with its teacher model.")
 
-    def check_unit_scales(self) -> None:
-        """A guidance interval runs its unguided steps at unit scales: they must be in range too."""
-        self.check_scales((1.0, 1.0, 1.0))
+    def check_edit(self, scales, interval) -> None:
+        """An edit's scales inside the range, and with a guidance interval the unit scales of its unguided steps too."""
+        self.check_scales(scales)
+        if interval is not None:
+            self.check_scales((1.0, 1.0, 1.0))
 
 
 def check_meta_scales(meta: dict, scales, interval) -> None:
-    """For a distilled folder's pedit.json (else nothing): `scales`, and with a guidance interval the unit
-    scales, inside its range; what `pedit eval` and `pedit bench` check before any work."""
+    """Distilled.check_edit for a folder's pedit.json (a teacher's: nothing); what `pedit eval` and
+    `pedit bench` check before any work (Editor.plan_many checks its own)."""
     distilled = distilled_for(meta)
     if distilled is not None:
-        distilled.check_scales(scales)
-        if interval is not None:
-            distilled.check_unit_scales()
+        distilled.check_edit(scales, interval)
 
 
 def distilled_for(meta: dict) -> Distilled | None:
@@ -159,7 +159,7 @@ def distilled_for(meta: dict) -> Distilled | None:
     if settings is None:
         return None
     ranges = {name: tuple(float(v) for v in settings["scale_range"][name]) for name in SCALE_NAMES}
-    return Distilled(scale_range=ranges, rows_per_branch=int(settings.get("rows_per_branch", 1)))
+    return Distilled(scale_range=ranges)
 
 
 def check_distilled_settings(meta: dict, where) -> None:

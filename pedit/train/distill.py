@@ -31,7 +31,7 @@ import torch
 from pedit.errors import ConfigError
 from pedit.noise import rand, randint, randn
 from pedit.data.pairs import read_pairs
-from pedit.model.distilled import DEFAULT_RANGE, MAX_SCALE, SCALE_NAMES, Distilled
+from pedit.model.distilled import DEFAULT_RANGE, MAX_SCALE, ROWS_PER_STEP, SCALE_NAMES
 from pedit.train.batches import step_seed
 from pedit.train.config import TrainConfig, check_output_folder, check_resume_data
 from pedit.train.data_source import cache_root, data_folder
@@ -161,7 +161,6 @@ def student_settings(cfg: DistillConfig, teacher_meta: dict) -> tuple[dict, obje
     scales: the editing defaults, moved into the range."""
     from pedit.edit.guidance import GuidanceScales
 
-    distilled = Distilled(dict(zip(SCALE_NAMES, cfg.scale_range)))
     kept = {k: teacher_meta[k] for k in KEPT_FROM_TEACHER if k in teacher_meta}
     if "chosen_by" in kept.get("sampling", {}):  # measured on the teacher: say so, until measured on the student
         kept["sampling"] = {**kept["sampling"], "chosen_by": "the teacher's: " + kept["sampling"]["chosen_by"]}
@@ -170,7 +169,6 @@ def student_settings(cfg: DistillConfig, teacher_meta: dict) -> tuple[dict, obje
     defaults = GuidanceScales()
     validation = GuidanceScales(*(min(max(getattr(defaults, n), lo), hi) for n, (lo, hi) in zip(SCALE_NAMES,
                                                                                                  cfg.scale_range)))
-    distilled.check_scales(validation)
     return kept, validation
 
 
@@ -198,6 +196,7 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
             log: Callable[[str], None] | None = None) -> Path:
     """Distil the teacher into a student model folder at cfg.output; returns it. Only rank 0 writes."""
     from accelerate import Accelerator
+    from accelerate.utils import set_seed
 
     from pedit.model.loading import load_frozen_parts
     from pedit.train.latent_cache import check_writable, data_hash
@@ -222,8 +221,6 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
         check_writable(cache_root(cfg, data))
     directions = _directions(pairs)
     say(f"{len(pairs)} pairs; teacher {teacher.path}; scales {dict(zip(SCALE_NAMES, cfg.scale_range))}")
-    from accelerate.utils import set_seed
-
     kept, validation_scales = student_settings(cfg, teacher.meta)
     set_seed(cfg.seed)  # the scale embedding's first layer starts random: a function of the seed, as in train
     student = make_student(teacher.mcdm, cfg.gradient_checkpointing)
@@ -232,7 +229,7 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
         cfg, accelerator, student, parts, out, claimed, (data, pairs, size), report, say, (teacher.mcdm,))
     student, ema, accum, rank = run.model, run.ema, cfg.gradient_accumulation, accelerator.process_index
     scale_range = torch.tensor(cfg.scale_range)  # (3, 2)
-    distilled = {"kind": "guidance", "rows_per_branch": 1, "rows_per_step": 2,
+    distilled = {"kind": "guidance", "rows_per_branch": 1, "rows_per_step": ROWS_PER_STEP,
                  "scale_range": {n: list(r) for n, r in zip(SCALE_NAMES, cfg.scale_range)}, "teacher": str(teacher.path)}
 
     def step_loss(step: int, k: int) -> torch.Tensor:
