@@ -145,9 +145,10 @@ def _base_with(tiny_base, tmp_path, prediction_type):
 
 def test_a_v_prediction_base_is_trained_on_the_velocity(tiny_pairs, tiny_base, tmp_path, monkeypatch):
     import pedit.train.loop as t
+    import pedit.train.steps as steps
 
     seen = {}
-    real_target, real_mse = t.training_target, t.F.mse_loss
+    real_target, real_mse = t.training_target, steps.F.mse_loss
 
     def target_spy(sched, kind, z_0, noise, tt):
         seen["kind"], seen["noise"] = kind, noise
@@ -159,7 +160,7 @@ def test_a_v_prediction_base_is_trained_on_the_velocity(tiny_pairs, tiny_base, t
         return real_mse(pred, target)
 
     monkeypatch.setattr(t, "training_target", target_spy)
-    monkeypatch.setattr(t.F, "mse_loss", mse_spy)
+    monkeypatch.setattr(steps.F, "mse_loss", mse_spy)
     out = train(_cfg(tiny_pairs, tiny_base, tmp_path / "v", max_steps=1, base=str(_base_with(tiny_base, tmp_path, "v_prediction"))))
     assert seen["kind"] == "v_prediction"
     assert seen["regressed"] is seen["target"] and not torch.allclose(seen["target"], seen["noise"])

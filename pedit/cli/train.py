@@ -8,7 +8,7 @@ import click
 
 from pedit.cli.progress import make_console, make_progress, show_config
 
-# The step loop's options, shared by train and distill (pedit.train.loop.run_steps runs both).
+# The step loop's options, shared by train and distill (pedit.train.steps.run_steps runs both).
 STEP_LOOP_OPTIONS = (
     click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True),
     click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Stop cleanly after this much training time."),

@@ -12,7 +12,7 @@ z_t the pair's x_B or x_A noised at a uniform timestep (each half the time: the 
 noises x_A with p_b and p_a, the sampler's trajectory goes from x_A's toward x_B's). No condition
 dropout: a student only ever runs fully conditioned rows. Every step's randomness comes from its
 seed (`step_seed`), so a resumed run equals a straight one, as in `pedit train`, whose loop
-(accelerate, EMA, checkpoints, latent cache, time budget) this shares (pedit.train.loop.run_steps).
+(accelerate, EMA, checkpoints, latent cache, time budget) this shares (pedit.train.steps.run_steps).
 
 Masked edit with a student: 2 rows a step (p_b, p_a) instead of 5, 1 without the mask; its mask
 draws stay 2 rows. Step distillation (fewer steps) is not part of this stage.
@@ -35,8 +35,8 @@ from pedit.model.distilled import DEFAULT_RANGE, MAX_SCALE, ROWS_PER_STEP, SCALE
 from pedit.train.batches import step_seed
 from pedit.train.config import TrainConfig, check_output_folder, check_resume_data
 from pedit.train.data_source import cache_root, data_folder
-from pedit.train.loop import (StepInputs, _backward, _directions, check_prediction_type, claim_output, finish,
-                              prepare_run, run_steps, validation_grid)
+from pedit.train.loop import _directions, check_prediction_type, validation_grid
+from pedit.train.steps import StepInputs, _backward, claim_output, finish, prepare_run, run_steps
 from pedit.train.progress import TrainProgress
 
 # What a student's pedit.json keeps of its teacher's: the frozen parts' origin, the directions, the
