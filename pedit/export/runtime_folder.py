@@ -1,0 +1,121 @@
+"""An exported folder as the torch-free runtime reads it, checked like a model folder before any work.
+
+`read_export(folder, backend)` returns an `Export`: the graphs the runtime runs (paths, verified
+against the manifest's sha256), the schedule table, the CLIP resize, the tokenizer file and the
+model folder's pedit.json as `pedit export` recorded them (pedit.export.runtime_files). Whatever is
+wrong (no manifest, a graph missing or altered, the runtime's files missing, a malformed pedit.json)
+is one ModelError naming the folder and the command that repairs it. Nothing here imports torch.
+
+`is_export(path)`: whether `-m PATH` names an exported folder rather than a model folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pedit.errors import ModelError
+from pedit.export.graph_files import problem
+from pedit.export.pipeline import MANIFEST, NETWORKS, read_manifest
+from pedit.export.runtime_files import ARRAYS, MODEL_JSON, RUNTIME_FORMAT, TOKENIZER
+
+
+@dataclass(frozen=True)
+class Export:
+    """What the runtime needs from an exported folder; every file in it checked against the manifest."""
+
+    folder: Path
+    model: str  # the model folder it was exported from (as recorded; it need not exist here)
+    graphs: dict  # network name → Path of the graph the backend runs
+    meta: dict  # the model folder's pedit.json
+    scheduler_config: dict
+    dims: dict  # pedit.export.specs.Dims as a dict
+    latent_factor: int
+    arrays: dict  # alphas_cumprod, clip_resize, clip_mean, clip_std (numpy)
+    tokenizer: Path
+
+    @property
+    def resolution(self) -> int:
+        return int(self.dims["resolution"])
+
+
+def is_export(path) -> bool:
+    """Whether `path` is a folder `pedit export` wrote (it holds manifest.json, not pedit.json)."""
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / MANIFEST).is_file() and not (p / "pedit.json").exists()
+
+
+def _again(folder: Path, model: str | None) -> str:
+    return f"export it again with `pedit export -m {model or 'MODEL'} -o {folder} --force`"
+
+
+def read_export(folder, backend: str = "onnx") -> Export:
+    """The checked Export of `folder` for `backend` (onnx: the fp32 graphs; trt: the U-Net's fp16 graph
+    where the folder has one, which ONNX Runtime's TensorRT provider builds its engine from)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"Exported folder {folder} does not exist or is not a folder; write one with "
+                         f"`pedit export -m MODEL -o {folder}`.")
+    manifest = read_manifest(folder)
+    if not manifest:
+        raise ModelError(f"{folder} is not a `pedit export` folder (no readable {MANIFEST}); write one with "
+                         f"`pedit export -m MODEL -o {folder}`.")
+    model = manifest.get("model")
+    runtime = manifest.get("runtime")
+    if not isinstance(runtime, dict) or runtime.get("format") != RUNTIME_FORMAT:
+        raise ModelError(f"{folder} was exported without the runtime's files ({TOKENIZER}, {ARRAYS}, {MODEL_JSON}: "
+                         f"an older pedit, or not all five networks); {_again(folder, model)}.")
+    graphs = {}
+    for name in NETWORKS:
+        entry = manifest.get("networks", {}).get(name, {})
+        rec = (entry.get("onnx_fp16") if backend == "trt" and name == "unet" else None) or entry.get("onnx")
+        if not rec:
+            raise ModelError(f"{folder} holds no {name} graph; the runtime needs all five "
+                             f"({', '.join(NETWORKS)}): {_again(folder, model)}.")
+        if (why := problem(folder, rec)) is not None:
+            raise ModelError(f"Exported folder {folder} is damaged: {why}; {_again(folder, model)}.")
+        graphs[name] = folder / rec["file"]
+    files = runtime.get("files", {})
+    for name in (TOKENIZER, ARRAYS, MODEL_JSON):
+        if (why := problem(folder, files.get(name))) is not None:
+            why = f"{folder / name} is missing from the manifest" if why == "no graph is recorded" else why
+            raise ModelError(f"Exported folder {folder} is damaged: {why}; {_again(folder, model)}.")
+    described = _model_json(folder)
+    return Export(folder=folder, model=str(model), graphs=graphs, meta=described["meta"],
+                  scheduler_config=described["scheduler_config"], dims=described["dims"],
+                  latent_factor=int(described["latent_factor"]), arrays=_arrays(folder), tokenizer=folder / TOKENIZER)
+
+
+def _model_json(folder: Path) -> dict:
+    """model.json, its pedit.json checked as read_model_folder checks a model folder's."""
+    from pedit.data.directions import model_directions
+    from pedit.model.mask_settings import check_mask_settings
+    from pedit.model.sampling_settings import check_sampling_settings
+
+    path = folder / MODEL_JSON
+    try:
+        data = json.loads(path.read_text())
+        meta, dims = data["meta"], data["dims"]
+        if not (isinstance(meta, dict) and isinstance(data["scheduler_config"], dict) and isinstance(dims, dict)):
+            raise TypeError("meta, scheduler_config and dims must be objects")
+        int(dims["resolution"]), int(data["latent_factor"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path} is not a valid description of the exported model ({e}).") from None
+    model_directions(meta, folder)  # ModelError naming the entry
+    try:
+        check_mask_settings(meta, path)
+        check_sampling_settings(meta, path)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    return data
+
+
+def _arrays(folder: Path) -> dict:
+    import numpy as np
+
+    try:
+        with np.load(folder / ARRAYS, allow_pickle=False) as npz:
+            return {k: npz[k] for k in ("alphas_cumprod", "clip_resize", "clip_mean", "clip_std")}
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{folder / ARRAYS} cannot be read ({type(e).__name__}: {e}).") from None
