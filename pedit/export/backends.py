@@ -18,8 +18,6 @@ cast in and out, so the sampler sees the dtype it passed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -92,12 +90,9 @@ def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str
 
     named = engines is not None
     if engines is None:
-        # One cache folder per model folder: keyed by its path and its U-Net files' sizes and times
-        # (cheap; the export itself then hashes the bytes, and re-exports if they changed).
-        unet_dir = Path(model.path) / "unet"
-        stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in unet_dir.iterdir() if p.is_file())
-        key = hashlib.sha256(json.dumps([str(Path(model.path).resolve()), stats]).encode()).hexdigest()[:16]
-        engines = cache_root("engines") / key
+        from pedit.export.runtime_folder import cache_folder
+
+        engines = cache_folder(Path(model.path))  # one per model folder (the runtime's too)
     manifest = read_manifest(Path(engines))
     if named:
         _check_named_folder(model, Path(engines), manifest)

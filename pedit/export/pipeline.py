@@ -27,8 +27,8 @@ manifest.json:
     networks.<name>.trt            file, sha256, input_hash, graph (which ONNX it was built from),
                                    precision, io {tensor: dtype, read from the engine}, device,
                                    tensorrt (version)
-    runtime                        format, files {tokenizer.json, runtime.npz, model.json: {file, sha256,
-                                   stat}}: what the torch-free runtime reads besides the graphs
+    runtime                        format, source_hash (of the model folder's parts it is made of),
+                                   files {tokenizer.json, runtime.npz, model.json: {file, sha256, stat}}: what the torch-free runtime reads besides the graphs
                                    (pedit.export.runtime_files), written once all five graphs are there
 max_rel is max |onnx − torch| / max |torch| over the checked batches.
 """
@@ -190,7 +190,7 @@ def _export_locked(cfg: ExportConfig, out: Path, model, log) -> dict:
         from pedit.export.runtime_files import write_runtime_files
 
         kept = old.get("runtime") if old.get("model") == source else None
-        manifest["runtime"] = write_runtime_files(out, model, dims, kept, log)
+        manifest["runtime"] = write_runtime_files(out, model, dims, kept, manifest["file_hashes"], log)
         _write_manifest(out, manifest)
     return manifest
 

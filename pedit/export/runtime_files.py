@@ -29,6 +29,10 @@ from pedit.files import write_atomic
 
 TOKENIZER, ARRAYS, MODEL_JSON = "tokenizer.json", "runtime.npz", "model.json"
 RUNTIME_FORMAT = 1
+# The model folder's parts an export's runtime is made of: its graphs' weights and what model.json copies.
+# Their hash ("source_hash") says whether a cached export still is the model's (pedit.export.runtime_folder).
+RUNTIME_SOURCES = ("pedit.json", "scheduler", "unet", "image_projector", "image_encoder", "text_encoder",
+                   "tokenizer", "vae")
 
 
 def clip_resize_matrix(resolution: int, size: int):
@@ -80,11 +84,12 @@ def _model_json(model, dims) -> bytes:
                       indent=2, sort_keys=True).encode()
 
 
-def write_runtime_files(out: Path, model, dims, entry: dict | None, log) -> dict:
-    """Write (or keep, when their bytes are what the manifest recorded) the runtime's files; their entry."""
+def write_runtime_files(out: Path, model, dims, entry: dict | None, known: dict, log) -> dict:
+    """Write (or keep, when their bytes are what the manifest recorded) the runtime's files; their entry.
+    `known`: the manifest's file hashes (pedit.cache.folder_hash), updated in place."""
     import hashlib
 
-    from pedit.cache import file_sha256
+    from pedit.cache import file_sha256, folder_hash
 
     contents = {TOKENIZER: _tokenizer_json(model.parts.tokenizer), ARRAYS: _arrays(model),
                 MODEL_JSON: _model_json(model, dims)}
@@ -99,4 +104,5 @@ def write_runtime_files(out: Path, model, dims, entry: dict | None, log) -> dict
             written.append(name)
         files[name] = graph_files.record(out / name, data=False) if name in written else rec
     log(f"runtime files: {'wrote ' + ', '.join(written) if written else 'skipped (unchanged)'}")
-    return {"format": RUNTIME_FORMAT, "files": files}
+    return {"format": RUNTIME_FORMAT, "files": files,
+            "source_hash": folder_hash(Path(model.path), RUNTIME_SOURCES, known)}

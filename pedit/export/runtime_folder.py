@@ -119,3 +119,60 @@ def _arrays(folder: Path) -> dict:
             return {k: npz[k] for k in ("alphas_cumprod", "clip_resize", "clip_mean", "clip_std")}
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{folder / ARRAYS} cannot be read ({type(e).__name__}: {e}).") from None
+
+
+def cache_folder(model_folder: Path) -> Path:
+    """The engines cache of a model folder ($PEDIT_CACHE/engines/<key>, pedit.export.backends.engines_for's):
+    keyed by its path and its U-Net files' sizes and times (cheap; the export itself hashes the bytes)."""
+    import hashlib
+
+    from pedit.cache import cache_root
+
+    unet_dir = Path(model_folder) / "unet"
+    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in unet_dir.iterdir() if p.is_file()) \
+        if unet_dir.is_dir() else []
+    key = hashlib.sha256(json.dumps([str(Path(model_folder).resolve()), stats]).encode()).hexdigest()[:16]
+    return cache_root("engines") / key
+
+
+def _is_current(folder: Path, model_folder: Path) -> bool:
+    """Whether `folder` holds a runtime export of `model_folder` as it is now (hashes by file stats)."""
+    from pedit.cache import folder_hash
+    from pedit.export.runtime_files import RUNTIME_SOURCES
+
+    manifest = read_manifest(folder)
+    runtime = manifest.get("runtime")
+    if manifest.get("model") != str(model_folder.resolve()) or not isinstance(runtime, dict):
+        return False
+    known = dict(manifest.get("file_hashes", {}))
+    return runtime.get("source_hash") == folder_hash(model_folder, RUNTIME_SOURCES, known)
+
+
+def export_for(model, engines=None, log=lambda msg: None, allow_pickle: bool = False) -> Path:
+    """The exported folder `pedit edit --backend onnx|trt` runs: `-m` itself when it names one; else the
+    `--engines` folder, or the model's cache folder, exported there now (with torch, once) unless it
+    already holds this model's runtime export as the model folder is now. From the second run on
+    nothing here imports torch."""
+    if model is not None and is_export(model):
+        if engines is not None:
+            raise ModelError(f"-m {model} is an exported folder already; leave out --engines {engines}.")
+        return Path(model).expanduser()
+    from pedit.model.paths import model_path
+
+    model_folder = model_path(model)
+    if not (model_folder / "pedit.json").is_file():
+        # The loader's checks and messages (a missing folder, a file, missing parts) come with the export.
+        from pedit.model.loading import read_model_folder
+
+        read_model_folder(model)
+    target = Path(engines).expanduser() if engines is not None else cache_folder(model_folder)
+    if _is_current(target, model_folder):
+        return target
+    exported_from = read_manifest(target).get("model") if engines is not None else None
+    if exported_from and exported_from != str(model_folder.resolve()):
+        raise ModelError(f"Engines folder {target} was exported from another model ({exported_from}); export this "
+                         f"model there with `pedit export -m {model_folder} -o {target} --force`, or pick another folder.")
+    from pedit.export.pipeline import ExportConfig, export_model
+
+    export_model(ExportConfig(model=str(model_folder), output=str(target), wait=True, allow_pickle=allow_pickle), log)
+    return target
