@@ -7,7 +7,7 @@ PIP_FLAGS := -q -c constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test,faces,onnx,lora,datasets,app]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[torch,test,faces,onnx,lora,datasets,app]'
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps --target $(VENV)/typing/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 

@@ -29,8 +29,8 @@ from pedit.validate import BACKENDS  # noqa: F401 (the names live with the share
 
 
 def _t_tensor(t, device, rows: int):
-    """The time steps as the graphs take them: float32, one per row, (rows,) (DDIM gives int64 0-d,
-    Euler float; one timestep for every row is broadcast)."""
+    """The timesteps as the graphs take them: float32 of shape (rows,), one a row (rows of different
+    steps share a call, pedit.edit.steps.run); a single timestep is given to every row."""
     import torch
 
     t = torch.as_tensor(t, device=device).reshape(-1).to(torch.float32)

@@ -5,8 +5,7 @@ outside; nothing here exports or runs anything. Shapes hold ints and the symbol 
 dynamic axis, the batch). Profiles are (min, opt, max) batch sizes: TensorRT builds one
 optimisation profile each, ONNX keeps the batch axis dynamic.
 
-    unet             z_in (B, 8, h, w), t (B,), context (B, 77 + K, D) → eps (B, 4, h, w): one
-                     timestep per row, so rows of edits at different steps share one call
+    unet             z_in (B, 8, h, w), t (B,) one timestep a row, context (B, 77 + K, D) → eps (B, 4, h, w)
                      profiles: "sampler" = the 5-row guidance batch of one image (DESIGN.md,
                      "Guidance"), "mask" = up to 5 rows x N noise draws (the editing mask
                      of §3.4 sends 2 rows a draw)
