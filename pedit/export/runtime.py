@@ -46,16 +46,27 @@ def noise(seed: int) -> Callable[[tuple], np.ndarray]:
     return lambda shape: rng.standard_normal(tuple(shape), dtype=np.float32)
 
 
-def _providers(backend: str, folder: Path) -> list:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
+def check_backend(backend: str) -> None:
+    """ConfigError for a backend the runtime does not run; MissingPackageError when this onnxruntime
+    cannot run it (trt needs its TensorRT provider). Checked before anything is exported or loaded."""
+    if backend not in RUNTIME_BACKENDS:
+        raise ConfigError(f"The runtime runs --backend {' or '.join(RUNTIME_BACKENDS)}, not {backend!r}.")
     if backend == "trt":
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
         if "TensorrtExecutionProvider" not in available:
             raise MissingPackageError(
                 "--backend trt runs the exported graphs through ONNX Runtime's TensorRT provider, which this "
                 f"onnxruntime does not have (it offers {', '.join(available)}); install onnxruntime-gpu with "
                 "TensorRT on an NVIDIA machine, or use --backend onnx.")
+
+
+def _providers(backend: str, folder: Path) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if backend == "trt":
         cache = folder / "trt-cache"
         return [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                                                "trt_fp16_enable": True}),
@@ -77,8 +88,6 @@ def session(path: Path, backend: str = "onnx"):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=_providers(backend, path.parent))
-    except MissingPackageError:
-        raise
     except Exception as e:  # a graph ONNX Runtime cannot load: its message, one line
         why = " ".join(str(e).split())[:300]
         raise ModelError(f"ONNX Runtime cannot load {path}: {why}. Export it again (`pedit export --force`).") from None
@@ -96,8 +105,7 @@ class Runtime:
     """A loaded export: one ONNX Runtime session per network, and what the sampler reads."""
 
     def __init__(self, export: Export, backend: str = "onnx"):
-        if backend not in RUNTIME_BACKENDS:
-            raise ConfigError(f"The runtime runs --backend {' or '.join(RUNTIME_BACKENDS)}, not {backend!r}.")
+        check_backend(backend)
         from tokenizers import Tokenizer
 
         from pedit.data.directions import model_directions

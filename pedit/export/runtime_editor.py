@@ -181,6 +181,9 @@ def finish(original: np.ndarray, raw: np.ndarray, job, i: int) -> RuntimeResult:
 def load_runtime_editor(model=None, backend: str = "onnx", engines=None, log: Callable[[str], None] = lambda m: None,
                         allow_pickle: bool = False) -> RuntimeEditor:
     """The RuntimeEditor of `-m model` (a model folder, a bundled name, or an exported folder) for backend onnx|trt."""
-    from pedit.export.runtime_folder import export_for
+    from pedit.export.runtime import check_backend
+    from pedit.export.runtime_folder import export_for, refuse_other_backend
 
+    refuse_other_backend(model, backend)
+    check_backend(backend)  # before any export work
     return RuntimeEditor(Runtime.load(export_for(model, engines, log, allow_pickle), backend))

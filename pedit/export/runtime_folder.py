@@ -46,6 +46,15 @@ def is_export(path) -> bool:
     return p.is_dir() and (p / MANIFEST).is_file() and not (p / "pedit.json").exists()
 
 
+def refuse_other_backend(model, backend: str) -> None:
+    """ConfigError when `-m` names an exported folder and `backend` is not one the runtime runs."""
+    from pedit.errors import ConfigError
+
+    if backend not in ("onnx", "trt") and model is not None and is_export(model):
+        raise ConfigError(f"-m {model} is an exported folder (`pedit export`): it edits with --backend onnx or trt, "
+                          "without torch; for another backend pass the model folder it was exported from.")
+
+
 def _again(folder: Path, model: str | None) -> str:
     return f"export it again with `pedit export -m {model or 'MODEL'} -o {folder} --force`"
 

@@ -145,8 +145,10 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         if (why := empty_mask_problem(region, cfg.mask_mode, cfg.mask)) is not None:
             raise ConfigError(why)
     out = Path(cfg.output) if cfg.output else None
-    if editor is None and cfg.backend in ("onnx", "trt"):  # the torch-free runtime (docs/runtime.md)
-        from pedit.export.runtime_editor import load_runtime_editor
+    from pedit.export.runtime_folder import is_export
+
+    if editor is None and (cfg.backend in ("onnx", "trt") or (cfg.model is not None and is_export(cfg.model))):
+        from pedit.export.runtime_editor import load_runtime_editor  # the torch-free runtime (docs/runtime.md)
 
         editor = load_runtime_editor(cfg.model, cfg.backend, cfg.engines, log=lambda msg: on_event("note", msg),
                                      allow_pickle=cfg.allow_pickle)
