@@ -183,5 +183,19 @@ def export_for(model, engines=None, log=lambda msg: None, allow_pickle: bool = F
                          f"model there with `pedit export -m {model_folder} -o {target} --force`, or pick another folder.")
     from pedit.export.pipeline import ExportConfig, export_model
 
-    export_model(ExportConfig(model=str(model_folder), output=str(target), wait=True, allow_pickle=allow_pickle), log)
+    # The U-Net's recorded profiles stay (an engine built for them is not made stale): ONNX Runtime takes any batch.
+    cfg = ExportConfig(model=str(model_folder), output=str(target), wait=True, allow_pickle=allow_pickle,
+                       n_noise=_recorded_draws(read_manifest(target)) or 10)
+    export_model(cfg, log)
     return target
+
+
+def _recorded_draws(manifest: dict) -> int:
+    """The mask draws the folder's U-Net profiles were made for (mask profile max / 5 rows), 0 when none."""
+    from pedit.edit.guidance import N_ROWS
+
+    try:
+        draws = int(manifest["networks"]["unet"]["spec"]["profiles"]["mask"][2]) // N_ROWS
+    except (KeyError, TypeError, ValueError, IndexError):
+        return 0
+    return draws if 1 <= draws <= 1024 else 0
