@@ -225,3 +225,21 @@ def test_trt_without_the_tensorrt_provider_is_one_error_line_before_any_export(t
                         r"which this onnxruntime does not have \(it offers .*\); install onnxruntime-gpu with TensorRT "
                         r"on an NVIDIA machine, or use --backend onnx\.\n", result.stderr)
     assert not (tmp_path / "cache").exists()  # nothing was exported first
+
+
+def test_a_runtime_only_install_without_an_export_says_what_to_do(tmp_path, monkeypatch):
+    import importlib.util
+
+    from pedit.errors import MissingPackageError
+    from pedit.export.runtime_folder import cache_folder, export_for
+    from pedit.model.paths import bundled_model_path
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.setenv("PEDIT_CACHE", str(tmp_path))
+    with pytest.raises(MissingPackageError) as e:
+        export_for(None)
+    assert str(e.value) == (f"{cache_folder(bundled_model_path())} holds no current export of {bundled_model_path()}, "
+                            "and exporting one needs torch, which this install leaves out: pass -m a folder "
+                            "`pedit export` wrote, or pip install 'pedit[torch]'.")
+    assert not (tmp_path / "engines").exists()

@@ -181,6 +181,14 @@ def export_for(model, engines=None, log=lambda msg: None, allow_pickle: bool = F
     if exported_from and exported_from != str(model_folder.resolve()):
         raise ModelError(f"Engines folder {target} was exported from another model ({exported_from}); export this "
                          f"model there with `pedit export -m {model_folder} -o {target} --force`, or pick another folder.")
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        from pedit.errors import MissingPackageError
+
+        raise MissingPackageError(f"{target} holds no current export of {model_folder}, and exporting one needs torch, "
+                                  "which this install leaves out: pass -m a folder `pedit export` wrote, or pip install "
+                                  "'pedit[torch]'.")
     from pedit.export.pipeline import ExportConfig, export_model
 
     # The U-Net's recorded profiles stay (an engine built for them is not made stale): ONNX Runtime takes any batch.
