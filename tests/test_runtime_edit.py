@@ -243,3 +243,26 @@ def test_a_runtime_only_install_without_an_export_says_what_to_do(tmp_path, monk
                             "and exporting one needs torch, which this install leaves out: pass -m a folder "
                             "`pedit export` wrote, or pip install 'pedit[torch]'.")
     assert not (tmp_path / "engines").exists()
+
+
+def test_sessions_from_the_optimised_graph_cache_edit_the_same_bytes(exports, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from pedit.export.runtime_editor import load_runtime_editor
+
+    monkeypatch.setenv("PEDIT_CACHE", str(tmp_path))
+    loaded = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, *a, **k: loaded.append(Path(path).suffix) or real(path, *a, **k))
+    photo = Image.open(TOON)
+    first = load_runtime_editor(exports["toon"]).edit(photo, "laughing")  # from the graphs, saving their optimised form
+    saved = sorted((tmp_path / "ort").iterdir())
+    assert len(saved) == 5 and loaded == [".onnx"] * 5
+    loaded.clear()
+    again = load_runtime_editor(exports["toon"]).edit(photo, "laughing")
+    assert loaded == [".ort"] * 5 and _digest(again.image) == _digest(first.image)
+    saved[0].write_bytes(b"damaged")  # a damaged copy: the graph is loaded instead and the copy made again
+    loaded.clear()
+    third = load_runtime_editor(exports["toon"]).edit(photo, "laughing")
+    assert sorted(loaded) == [".onnx"] + [".ort"] * 5 and _digest(third.image) == _digest(first.image)
+    assert saved[0].stat().st_size > 1000

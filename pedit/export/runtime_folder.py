@@ -28,6 +28,7 @@ class Export:
     folder: Path
     model: str  # the model folder it was exported from (as recorded; it need not exist here)
     graphs: dict  # network name → Path of the graph the backend runs
+    hashes: dict  # network name → that graph's sha256, as the manifest records it
     meta: dict  # the model folder's pedit.json
     scheduler_config: dict
     dims: dict  # pedit.export.specs.Dims as a dict
@@ -75,7 +76,7 @@ def read_export(folder, backend: str = "onnx") -> Export:
     if not isinstance(runtime, dict) or runtime.get("format") != RUNTIME_FORMAT:
         raise ModelError(f"{folder} was exported without the runtime's files ({TOKENIZER}, {ARRAYS}, {MODEL_JSON}: "
                          f"an older pedit, or not all five networks); {_again(folder, model)}.")
-    graphs = {}
+    graphs, hashes = {}, {}
     for name in NETWORKS:
         entry = manifest.get("networks", {}).get(name, {})
         rec = (entry.get("onnx_fp16") if backend == "trt" and name == "unet" else None) or entry.get("onnx")
@@ -84,14 +85,15 @@ def read_export(folder, backend: str = "onnx") -> Export:
                              f"({', '.join(NETWORKS)}): {_again(folder, model)}.")
         if (why := problem(folder, rec)) is not None:
             raise ModelError(f"Exported folder {folder} is damaged: {why}; {_again(folder, model)}.")
-        graphs[name] = folder / rec["file"]
+        # a graph with external data (Stable Diffusion size) keeps no optimised copy: "" (runtime_sessions)
+        graphs[name], hashes[name] = folder / rec["file"], "" if "data" in rec else str(rec.get("sha256", ""))
     files = runtime.get("files", {})
     for name in (TOKENIZER, ARRAYS, MODEL_JSON):
         if (why := problem(folder, files.get(name))) is not None:
             why = f"{folder / name} is missing from the manifest" if why == "no graph is recorded" else why
             raise ModelError(f"Exported folder {folder} is damaged: {why}; {_again(folder, model)}.")
     described = _model_json(folder)
-    return Export(folder=folder, model=str(model), graphs=graphs, meta=described["meta"],
+    return Export(folder=folder, model=str(model), graphs=graphs, hashes=hashes, meta=described["meta"],
                   scheduler_config=described["scheduler_config"], dims=described["dims"],
                   latent_factor=int(described["latent_factor"]), arrays=_arrays(folder), tokenizer=folder / TOKENIZER)
 
