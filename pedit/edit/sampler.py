@@ -2,7 +2,8 @@
 
 The loop never knows the backend (eager, compiled, ONNX Runtime, TensorRT) that provides
 `denoise`, nor how the 5 guidance rows are combined: `guide` maps the raw (5B, 4, h, w) output to
-the (B, 4, h, w) noise the scheduler steps with (pedit.edit.guidance). DESIGN.md, "Samplers and backends".
+the (B, 4, h, w) noise the scheduler steps with (pedit.edit.guidance). Every backend is one
+`denoise(z_in, t, context) -> eps` callable (docs/design-notes.md, "Samplers and backends").
 """
 
 from __future__ import annotations

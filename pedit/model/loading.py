@@ -4,7 +4,7 @@ Model folders and base folders get shared and downloaded, so they are untrusted 
 from safetensors only, and a component whose weights exist only as a pickle (`.bin`, `.pt`, `.ckpt`,
 ...) is refused unless the user passes `--allow-pickle` (pickle files can run code when loaded).
 
-A model folder (DESIGN.md, "Model folder"): `unet/`, `image_projector/`, `pedit.json`, plus copies
+A model folder (docs/design-notes.md, "Conditions and the model"): `unet/`, `image_projector/`, `pedit.json`, plus copies
 of the frozen parts (`vae/`, `text_encoder/`, `tokenizer/`, `image_encoder/`, `scheduler/`), so it
 works offline on its own.
 """
