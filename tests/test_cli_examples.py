@@ -35,3 +35,18 @@ def test_each_examples_flags_exist_and_parse(name):
     flags = [w for w in words[2:] if w.startswith("-")]
     assert flags and set(flags) <= known, f"{words[1]}: {set(flags) - known} are not its options"
     command.make_context(words[1], words[2:])  # required options there, values of the right type
+
+
+def test_the_readmes_use_it_commands_parse():
+    """Every `pedit ...` line of the README's "Use it" block names a command and flags that exist."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Use it", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.startswith("pedit ")]
+    assert len(lines) >= 5
+    for line in lines:
+        words = shlex.split(line)
+        command = cli.get_command(click.Context(cli), words[1])
+        assert command is not None, f"README: no command {words[1]!r}"
+        command.make_context(words[1], words[2:])  # unknown flags, missing values or bad types raise
