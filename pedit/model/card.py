@@ -70,8 +70,9 @@ def card_metadata(meta: dict) -> dict:
 
 def _directions_table(meta: dict) -> list[str]:
     rows = ["| direction | task | source prompt `p_a` | target prompt `p_b` |", "|---|---|---|---|"]
+    cell = lambda value: str(value).replace("|", "\\|")  # a prompt's "|" would end the cell
     for d in meta.get("directions", []):
-        rows.append(f"| `{d.get('name')}` | {d.get('task')} | {d.get('p_a')} | {d.get('p_b')} |")
+        rows.append(f"| `{d.get('name')}` | {d.get('task')} | {cell(d.get('p_a'))} | {cell(d.get('p_b'))} |")
     return rows
 
 
@@ -89,7 +90,8 @@ def _training_lines(meta: dict) -> list[str]:
     if base and distilled:
         lines.append(f"- **Base** (the teacher's): `{base}`; the student starts as a copy of the teacher.")
     elif base:
-        how = "trained from scratch on the base's frozen parts" if meta.get("init") == "scratch" else "initialised from it"
+        scratch = meta.get("init") == "scratch"
+        how = "trained from scratch on the base's frozen parts" if scratch else "initialised from it"
         if t.get("init_from"):
             how += f"; this run continued from the weights of `{t['init_from']}`"
         lines.append(f"- **Base**: `{base}` ({how}).")
@@ -102,13 +104,15 @@ def _training_lines(meta: dict) -> list[str]:
         seen = f", {steps * batch * accum:,} samples" if isinstance(batch, int) else ""
         lines.append(f"- **Recipe**: {steps:,} optimizer steps at batch {batch} × accumulation {accum}{seen}; "
                      f"learning rate {t.get('learning_rate')}, {t.get('warmup_steps')} warm-up steps, "
-                     f"mixed precision `{t.get('mixed_precision')}`, EMA decay {t.get('ema_decay')}, seed {t.get('seed')}.")
+                     f"mixed precision `{t.get('mixed_precision')}`, EMA decay {t.get('ema_decay')}, "
+                     f"seed {t.get('seed')}.")
     if not distilled and "identity_prob" in t:
         lines.append(f"- **Paper §3.3**: identity samples with probability {t['identity_prob']}; a non-empty subset "
                      f"of the conditions {{c_s, c_im, c_p}} dropped with probability {t.get('drop_prob')}.")
     if isinstance(meta.get("training_history"), str):
         lines.append(f"- **History**: {meta['training_history']}")
-    lines.append(f"- Resolution {meta.get('resolution')} px; prediction type `{meta.get('prediction_type', 'epsilon')}`.")
+    lines.append(f"- Resolution {meta.get('resolution')} px; "
+                 f"prediction type `{meta.get('prediction_type', 'epsilon')}`.")
     return lines
 
 
@@ -137,7 +141,8 @@ def card_body(name: str, meta: dict, use_as: str | None = None) -> str:
         "## Sampling defaults", "", f"From this folder's `pedit.json`: {_sampling_line(meta)}", "",
         "## How to use", "", "```bash",
         f"pedit edit photo.jpg -d {first} -m {use_as} --compare      # writes photo_{first}.jpg",
-        f"pedit eval -m {use_as} --pairs eval-pairs/ -o report/ --update-card   # measure it; fills in the results below",
+        f"pedit eval -m {use_as} --pairs eval-pairs/ -o report/ --update-card   "
+        "# measure it; fills in the results below",
         "```", "", "```python", "from PIL import Image", "from pedit import Editor", "",
         f"editor = Editor.from_pretrained(\"{use_as}\")",
         f"result = editor.edit(Image.open(\"photo.png\"), \"{first}\", seed=0)",
