@@ -169,7 +169,7 @@ class Editor:
         if precision not in PRECISIONS:
             raise ConfigError(f"Unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}.")
         if backend != "torch":
-            # The editor is handed its backend, never fetches one (DESIGN.md, "Layout"): the export wing
+            # The editor is handed its backend, never fetches one (docs/design-notes.md): the export wing
             # sits above this one and builds engines on first use.
             raise ConfigError(f"Editor.from_pretrained runs the eager torch backend; for {backend!r} use "
                               "pedit.export.backends.load_editor(path, backend=...).")

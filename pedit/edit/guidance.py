@@ -1,6 +1,7 @@
 """Multi-condition classifier-free guidance and the masked two-branch rule (paper Eq. 1 and 3).
 
-One U-Net call per denoising step evaluates a batch of 5 rows per image (DESIGN.md, "Guidance"):
+One U-Net call per denoising step evaluates a batch of 5 rows per image (never 8 calls, never 5
+sequential ones; docs/design-notes.md, "Guidance rows"):
 
     row 0  e(∅, ∅, ∅)          nothing:             c_s = 0, c_im = 0, c_p = ""
     row 1  e(s, ∅, ∅)          spatial only:        c_s,     c_im = 0, c_p = ""

@@ -2,7 +2,7 @@
 
 DiffEdit asks a text-to-image model where two prompts disagree; here the MCDM itself answers,
 which is sharper because it learned to reconstruct x_A (identity samples, §3.3). Procedure
-(DESIGN.md): noise c_s = E(x_A) to strength 0.5 with N draws (one batched call), take
+(docs/design-notes.md, "The editing mask"): noise c_s = E(x_A) to strength 0.5 with N draws (one batched call), take
 
     D = mean over channels and draws of |eps~(p_b) − eps~(p_a)|,   eps~ the nested CFG of Eq. 1,
 

@@ -1,8 +1,9 @@
 """Schedulers, and the denoising loop as one plain function over a `denoise(z_in, t, context) -> eps` callable.
 
-The loop is the edit job's (pedit.edit.job.SampleJob): it never knows the backend (eager, compiled,
+The loop is the edit job's (pedit.edit.steps.SampleJob): it never knows the backend (eager, compiled,
 ONNX Runtime, TensorRT, a Triton model) that provides `denoise`, nor how the guidance rows are
 combined: `guide` maps the raw output to the noise the scheduler steps with (pedit.edit.guidance).
+Every backend is one `denoise(z_in, t, context) -> eps` callable (docs/design-notes.md, "Samplers and backends").
 """
 
 from __future__ import annotations
