@@ -232,7 +232,7 @@ def _options(cfg: EditFilesConfig, defaults):
     """EditOptions from the flags, over the model's mask and sampling settings for the direction
     (`defaults`, Editor.default_options): they stand unless a flag overrides them (--mask-noises,
     --steps, --scheduler, --guidance-interval given)."""
-    from pedit.edit.editor import EditOptions
+    from pedit.edit.options import EditOptions
     from pedit.edit.guidance import GuidanceScales
 
     n_noise = defaults.mask.n_noise if cfg.mask_noises is None else cfg.mask_noises
