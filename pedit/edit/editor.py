@@ -22,11 +22,11 @@ from PIL import Image
 from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
-from pedit.edit.options import EditOptions  # noqa: F401 (imported from here too)
+from pedit.edit.options import EditOptions, default_options, options_for  # EditOptions imported from here too
+from pedit.arrays import to_like
 from pedit.edit.job import EditJob, run
 from pedit.edit.mask import MaskConfig, change_weight, composite, pixel_mask
-from pedit.model.mask_settings import mask_config_for
-from pedit.model.sampling_settings import sampling_for
+from pedit.model.sampling_settings import SamplingSettings
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler
@@ -184,11 +184,14 @@ class Editor:
     def default_options(self, direction: str | Direction | None = None) -> EditOptions:
         """EditOptions, with the editing-mask settings the model folder carries in pedit.json for
         `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.model.mask_settings)
-        and its sampling settings ("sampling": steps, scheduler, guidance interval; pedit.model.sampling_settings)."""
-        direction = None if direction is None else self.direction(direction)
-        sampling = sampling_for(self.model.meta)  # pedit.json "sampling": steps, scheduler, guidance interval
-        return EditOptions(mask=mask_config_for(self.model.meta, direction), steps=sampling.steps,
-                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval)
+        and its sampling settings ("sampling": steps, scheduler, guidance interval, scales)."""
+        return default_options(self.model.meta, None if direction is None else self.direction(direction))
+
+    def options_for(self, direction: str | Direction, settings: SamplingSettings | None = None, **fields) -> EditOptions:
+        """The EditOptions of `settings` (what a command's flags, the app or the caller set) laid over the
+        model folder's defaults for `direction` (`default_options`): each field set wins, each None keeps
+        the folder's. `fields`: EditOptions fields outside the sampling settings (mask_mode, subject, ...)."""
+        return options_for(self.default_options(direction), settings, **fields)
 
     def scheduler(self, options: EditOptions):
         """The sampling scheduler for `options`; ConfigError when its steps do not fit the model's schedule."""
@@ -308,6 +311,7 @@ class Editor:
         user = None
         if first.user_mask is not None:
             user = user_mask_at(first.user_mask, self.resolution, conds[0].c_s.shape[-1])
+            user = dataclasses.replace(user, latent=to_like(user.latent, conds[0].c_s))  # where the latents live
         like = conds[0].c_s
 
         def new_noise(seed: int):
@@ -316,7 +320,6 @@ class Editor:
 
         return EditJob(conds, options, self.scheduler, make_noise_scheduler(self.model.parts.scheduler_config),
                       new_noise, self.rows, batch_steps, user, callback)
-        return job
 
     def decode(self, z_0: torch.Tensor) -> np.ndarray:
         """(1, 4, h, w) latent → (R, R, 3) uint8; NaN or infinity is an error, never a grey region."""

@@ -1,9 +1,11 @@
-"""How to edit: EditOptions, the settings of one edit. Imports no torch, so the torch-free runtime
-(pedit.export.runtime_editor) and the photo path build them as the Editor does.
+"""How to edit: EditOptions, the settings of one edit, and how they are made from a model folder's
+defaults and a caller's SamplingSettings. Imports no torch, so the torch Editor (pedit.edit.editor)
+and the torch-free runtime (pedit.export.runtime_editor) build them with the same code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,8 +14,8 @@ from pedit.data.directions import check_subject
 from pedit.edit.guidance import GuidanceScales, check_edit_scale
 from pedit.edit.user_mask import check_user_mask
 from pedit.errors import ConfigError
-from pedit.model.mask_settings import MaskConfig
-from pedit.model.sampling_settings import check_sampling_fields, check_scheduler
+from pedit.model.mask_settings import MaskConfig, mask_config_for
+from pedit.model.sampling_settings import SamplingSettings, check_sampling_fields, check_scheduler, sampling_for
 
 
 @dataclass(frozen=True)
@@ -47,3 +49,30 @@ class EditOptions:
             check_subject(self.subject)
         check_edit_scale(self.scales.s_p)
         check_sampling_fields(self)
+
+
+def default_options(meta: dict, direction=None) -> EditOptions:
+    """EditOptions with a model folder's settings (its pedit.json `meta`) for `direction` (a Direction or
+    None): the editing mask's ("mask", then "mask_by_task", then "mask_by_direction";
+    pedit.model.mask_settings) and the sampling ones ("sampling": steps, scheduler, interval, scales)."""
+    sampling = sampling_for(meta)  # pedit.json "sampling": steps, scheduler, interval, scales
+    return EditOptions(mask=mask_config_for(meta, direction), steps=sampling.steps,
+                       scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval,
+                       scales=GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p))
+
+
+def options_for(defaults: EditOptions, settings: SamplingSettings | None = None, **fields) -> EditOptions:
+    """`settings` (what a command's flags, the app or the caller set) laid over a folder's `defaults` for a
+    direction: each field set wins, each None keeps the folder's. `fields`: EditOptions fields outside
+    the sampling settings (mask_mode, subject, ...)."""
+    d = defaults
+    s = settings or SamplingSettings()
+
+    def given(value, default):
+        return default if value is None else value
+
+    scales = GuidanceScales(given(s.s_s, d.scales.s_s), given(s.s_im, d.scales.s_im), given(s.s_p, d.scales.s_p))
+    mask = dataclasses.replace(d.mask, n_noise=given(s.mask_noises, d.mask.n_noise), batch=s.mask_batch)
+    return dataclasses.replace(d, steps=given(s.steps, d.steps), seed=s.seed, scheduler=given(s.scheduler, d.scheduler),
+                               guidance_interval=given(s.guidance_interval, d.guidance_interval), scales=scales,
+                               use_mask=s.use_mask, mask=mask, **fields)

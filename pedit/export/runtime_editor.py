@@ -70,14 +70,15 @@ class RuntimeEditor:
 
     def default_options(self, direction=None):
         """The model's settings for `direction` (pedit.json's "mask…" and "sampling"), as the Editor's."""
-        from pedit.edit.options import EditOptions
-        from pedit.model.mask_settings import mask_config_for
-        from pedit.model.sampling_settings import sampling_for
+        from pedit.edit.options import default_options
 
-        direction = None if direction is None else self.direction(direction)
-        sampling = sampling_for(self.meta)
-        return EditOptions(mask=mask_config_for(self.meta, direction), steps=sampling.steps,
-                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval)
+        return default_options(self.meta, None if direction is None else self.direction(direction))
+
+    def options_for(self, direction, settings=None, **fields):
+        """A caller's SamplingSettings laid over the model's defaults for `direction`, as the Editor's."""
+        from pedit.edit.options import options_for
+
+        return options_for(self.default_options(direction), settings, **fields)
 
     def scheduler(self, options):
         """DDIM over the export's alphas_cumprod table (the torch path's, bit for bit)."""
