@@ -24,6 +24,7 @@ from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
 from pedit.edit.guidance import GuidanceScales, check_edit_scale
 from pedit.edit.mask import MaskConfig, binarize, change_weight, composite, difference_maps, pixel_mask
+from pedit.edit.pixel_mask import refined_weight
 from pedit.model.mask_settings import mask_config_for
 from pedit.model.sampling_settings import check_sampling_fields, check_scheduler, sampling_for
 from pedit.data.pairs import square_rgb
@@ -93,16 +94,26 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tensor | None, cfg: MaskConfig):
-    """The final image: `raw` inside the dilated, feathered mask, `original`'s exact bytes outside
-    (and, with cfg.keep_below, inside it where `raw` hardly differs from `original`: change_weight).
-    A user's mask (`edit`'s user_mask) is taken as given: keep_below gates only the model's weight.
+def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tensor | None, cfg: MaskConfig,
+                 diff: np.ndarray | None = None, reconstruction: np.ndarray | None = None):
+    """The final image: `raw` inside the blend weight, `original`'s exact bytes where it is 0.
 
-    original, raw: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
+    The weight is cfg.refine's: "latent", the dilated, feathered mask (and, with cfg.keep_below,
+    0 inside it where `raw` hardly differs from `original`: change_weight); "pixel", the pixel-
+    resolution weight from the difference map `diff` (h, w) before binarisation, the input, the
+    edit and, with change_from "reconstruction", the decoded `reconstruction` of the input
+    (pedit.edit.pixel_mask). A user's mask (`edit`'s user_mask) is taken as given: keep_below gates
+    only the model's weight.
+
+    original, raw, reconstruction: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
     Returns (image (R, R, 3) uint8, blend weight (R, R) float in [0, 1]).
     """
     if mask_latent is None:
         weight = np.ones(original.shape[:2], dtype=np.float32)
+    elif cfg.refine == "pixel":
+        if diff is None:
+            raise ConfigError("The \"pixel\" mask refinement needs the editing mask's difference map; pass diff=.")
+        weight = refined_weight(cfg, diff, original, raw, reconstruction)
     else:
         size = original.shape[0]
         f = size // mask_latent.shape[-1]
@@ -316,7 +327,10 @@ class Editor:
         original = square_rgb(image, size)  # (R, R, 3) uint8
         image_conds = self._image_conditions(uint8_to_tensor(original))
         conds = [self._conditions_for(image_conds, d) for d, _ in plans]
-        masks, z_T = self._masks_and_noise(conds, [o for _, o in plans])
+        masks, diffs, z_T = self._masks_and_noise(conds, [o for _, o in plans])
+        reconstruction = None  # the decoded c_s, for a pixel mask measuring change from it (one decode an image)
+        if any(o.use_mask and o.mask.refine == "pixel" and o.mask.change_from == "reconstruction" for _, o in plans):
+            reconstruction = self._decode(image_conds[0])
         user = None
         latents = masks
         if options.user_mask is not None:
@@ -332,7 +346,7 @@ class Editor:
                                [latents[i] for i in members], options, step_callback)  # (k, 4, h, w)
             for j, i in enumerate(members):
                 z_0[i] = out[j:j + 1]
-        return [self._finish(original, self._decode(z_0[i]), masks[i], latents[i], user, o)
+        return [self._finish(original, self._decode(z_0[i]), masks[i], latents[i], user, o, diffs[i], reconstruction)
                 for i, (_, o) in enumerate(plans)]
 
     def _decode(self, z_0: torch.Tensor) -> np.ndarray:
@@ -354,14 +368,15 @@ class Editor:
                            options.steps, options.guidance_interval, self.distilled, callback)
 
     def _masks_and_noise(self, conds: list[EditConditions], options: list[EditOptions]):
-        """Each direction's model mask (1, 1, h, w) or None, and its z_T (1, 4, h, w): the generator
+        """Each direction's model mask (1, 1, h, w) or None, its difference map before binarisation
+        ((h, w) numpy, or None: what a "pixel" refinement reads) and its z_T (1, 4, h, w): the generator
         of its seed draws the mask noise first, then z_T (as a single edit does); directions with
         the same noise settings share the draw and one mask call."""
         groups: dict[tuple, list[int]] = {}
         for i, o in enumerate(options):
             key = (o.seed,) + ((o.mask.n_noise, o.mask.strength, o.mask.batch) if o.use_mask else ())
             groups.setdefault(key, []).append(i)
-        masks, z_T = [None] * len(conds), [None] * len(conds)
+        masks, diffs, z_T = [None] * len(conds), [None] * len(conds), [None] * len(conds)
         shape, like = conds[0].c_s.shape, conds[0].c_s
         for members in groups.values():
             o = options[members[0]]
@@ -372,18 +387,22 @@ class Editor:
                                        generator, distilled=self.distilled)
                 for i, diff in zip(members, maps):
                     masks[i] = binarize(diff, options[i].mask.ratio, options[i].mask.threshold)
+                    diffs[i] = diff[0].float().cpu().numpy()
             noise = randn(shape, generator, like=like)
             for i in members:
                 z_T[i] = noise
-        return masks, z_T
+        return masks, diffs, z_T
 
     @staticmethod
-    def _finish(original, raw, model_mask, mask_latent, user, options: EditOptions) -> EditResult:
-        """The EditResult of one direction: `raw` composited onto `original` by its blend weight."""
+    def _finish(original, raw, model_mask, mask_latent, user, options: EditOptions, diff=None,
+                reconstruction=None) -> EditResult:
+        """The EditResult of one direction: `raw` composited onto `original` by its blend weight
+        (`diff`, `reconstruction`: what a "pixel" refinement reads, keep_outside)."""
         if user is None:
-            out, weight = keep_outside(original, raw, mask_latent, options.mask)
+            out, weight = keep_outside(original, raw, mask_latent, options.mask, diff, reconstruction)
         else:  # the user's mask blends at pixel precision
-            model_weight = None if model_mask is None else keep_outside(original, raw, model_mask, options.mask)[1]
+            model_weight = None if model_mask is None else keep_outside(original, raw, model_mask, options.mask, diff,
+                                                                        reconstruction)[1]
             weight = combine_weight(model_weight, user.pixels, options.mask_mode)
             out = composite(original, raw, weight)
         return EditResult(
