@@ -72,14 +72,14 @@ def _edit_arrays():
 
 def test_pixel_weight_follows_the_change_not_the_cells():
     original, raw, diff = _edit_arrays()
-    w = pm.pixel_weight(diff, original, raw, ratio=3.0, prior_threshold=0.5, prior_band=0.1, keep_below=48,
+    w = pm.pixel_weight(diff, original, raw, ratio=3.0, prior_threshold=0.5, prior_band=0.1, change_below=48,
                         feather_px=0)
     assert w.dtype == np.float32 and w.shape == (32, 32)
     changed = np.zeros((32, 32), bool)
     changed[8:20, 8:20] = True
     assert (w[~changed] == 0).all()  # nothing the edit left alone, even inside the high cells (8:24)
     assert (w[10:18, 10:18] == 1).all()  # the changed pixels where the map is high
-    loose = pm.pixel_weight(diff, original, raw, ratio=3.0, prior_threshold=0.5, prior_band=0.1, keep_below=0,
+    loose = pm.pixel_weight(diff, original, raw, ratio=3.0, prior_threshold=0.5, prior_band=0.1, change_below=0,
                             feather_px=0)
     assert loose[20:22, 10:18].min() > 0  # without keep_below the map alone decides: it spills past the square
 
@@ -88,7 +88,7 @@ def test_a_zero_weight_keeps_the_input_bytes():
     from pedit.edit.mask import composite
 
     original, raw, diff = _edit_arrays()
-    w = pm.pixel_weight(diff, original, raw, ratio=3.0, prior_threshold=0.5, prior_band=0.2, keep_below=48,
+    w = pm.pixel_weight(diff, original, raw, ratio=3.0, prior_threshold=0.5, prior_band=0.2, change_below=48,
                         feather_px=1.5)
     out = composite(original, raw, w)
     assert np.array_equal(out[w == 0], original[w == 0]) and (w > 0).any() and (w == 0).any()
@@ -101,7 +101,7 @@ def test_change_from_the_reconstruction_ignores_the_vaes_own_error():
     reconstruction[0:4] = 160  # the VAE's error on the input: a band the edit did not touch
     raw[0:4] = 160  # ... which the decoded edit carries too
     diff[0] = 1.0  # and the map happens to be high there
-    cfg = MaskConfig(refine="pixel", ratio=3.0, prior_threshold=0.5, prior_band=0.1, keep_below=48, feather=0)
+    cfg = MaskConfig(refine="pixel", ratio=3.0, prior_threshold=0.5, prior_band=0.1, change_below=48, edge_feather=0)
     from_input = pm.refined_weight(cfg, diff, original, raw)
     from_rec = pm.refined_weight(MaskConfig(**{**cfg.__dict__, "change_from": "reconstruction"}), diff, original, raw,
                                  reconstruction)
@@ -144,7 +144,7 @@ def _pixel_model(random_model, tmp_path, **fields):
     model = Path(shutil.copytree(random_model, tmp_path / "pixel-model"))
     meta = json.loads((model / "pedit.json").read_text())
     meta["mask"] = {**meta.get("mask", {}), "refine": "pixel", "prior_threshold": 0.5, "prior_band": 0.2,
-                    "keep_below": 16.0, "feather": 0.1, **fields}
+                    "change_below": 16.0, "edge_feather": 0.8, **fields}
     (model / "pedit.json").write_text(json.dumps(meta))
     return model
 
@@ -167,9 +167,9 @@ def test_the_editor_blends_with_the_pixel_weight(random_model, tmp_path, change_
     weight = np.asarray(a.mask)
     original = np.asarray(image.resize(a.image.size))
     assert np.array_equal(np.asarray(a.image)[weight == 0], original[weight == 0])
-    if change_from == "input":  # keep_below 16: under 8 levels of change nothing moves (before the feather's reach)
+    if change_from == "input":  # change_below 16: under 8 levels of change nothing moves (beyond the feather's reach)
         change = np.abs(np.asarray(a.raw).astype(int) - original).max(axis=2)
-        unweighted = pm.gaussian_blur((change >= 8).astype(float), 0.1 * 32 / 4) == 0
+        unweighted = pm.gaussian_blur((change > 8).astype(float), 0.8) == 0
         assert (weight[unweighted] == 0).all()
 
 

@@ -12,9 +12,9 @@ mask reaches). This weight is made from what every edit already has:
   to edit, at pixel positions between the cells' centres instead of in 8-pixel steps;
 - where the decoded edit really changes colour: the largest channel change of the edit against
   the input (or against the decoded reconstruction of the input, whose own VAE error then cancels),
-  0 below keep_below / 2 levels, 1 from keep_below up (the latent kind's `change_weight` ramp).
+  0 below change_below / 2 levels, 1 from change_below up (the latent kind's `change_weight` ramp).
 
-The weight is their product, feathered by a Gaussian of `feather_px` (anti-aliasing the outline),
+The weight is their product, feathered by a Gaussian of `edge_feather` px (anti-aliasing the outline),
 exactly 0 below 1/512 so those pixels keep the input's bytes. Which settings a model uses, and
 whether it uses this kind at all, is measured on training identities (pedit.eval.pixel_tuning).
 """
@@ -121,18 +121,18 @@ def prior_map(diff: np.ndarray, original: np.ndarray, ratio: float, guide_radius
 
 
 def weight_from(prior: np.ndarray, change: np.ndarray | None, prior_threshold: float, prior_band: float,
-                keep_below: float, feather_px: float) -> np.ndarray:
-    """(R, R) float32 blend weight from a `prior_map` and the edit's `colour_change` (None: keep_below off)."""
+                change_below: float, feather_px: float) -> np.ndarray:
+    """(R, R) float32 blend weight from a `prior_map` and the edit's `colour_change` (None: change_below off)."""
     weight = ramp(prior, prior_threshold - prior_band, prior_threshold + prior_band)
-    if keep_below > 0 and change is not None:
-        weight = weight * ramp(change, keep_below / 2, keep_below)
+    if change_below > 0 and change is not None:
+        weight = weight * ramp(change, change_below / 2, change_below)
     weight = np.clip(gaussian_blur(weight, feather_px), 0.0, 1.0)
     weight[weight < ZERO_BELOW] = 0.0
     return weight.astype(np.float32)
 
 
 def pixel_weight(diff: np.ndarray, original: np.ndarray, raw: np.ndarray, reference: np.ndarray | None = None, *,
-                 ratio: float, prior_threshold: float, prior_band: float, keep_below: float, feather_px: float,
+                 ratio: float, prior_threshold: float, prior_band: float, change_below: float, feather_px: float,
                  guide_radius: int = 0, guide_eps: float = 1e-3) -> np.ndarray:
     """The blend weight (R, R) float32 in [0, 1] of one edit at pixel resolution.
 
@@ -140,23 +140,23 @@ def pixel_weight(diff: np.ndarray, original: np.ndarray, raw: np.ndarray, refere
     input and the decoded edit; reference: what the edit's colour change is measured against
     ((R, R, 3) uint8: the decoded reconstruction of the input), None = the input itself.
     ratio: the clamp of `binarize`; prior_threshold ± prior_band: the soft threshold of the
-    upsampled map; keep_below: the change (levels) from which a pixel takes the whole edit (none
+    upsampled map; change_below: the change (levels) from which a pixel takes the whole edit (none
     below half of it; 0: every pixel may change); feather_px: Gaussian sigma in pixels;
     guide_radius > 0: the upsampled map guided-filtered by the input (radius px, eps on [0, 1] colours).
     """
     prior = prior_map(diff, original, ratio, guide_radius, guide_eps)
-    change = colour_change(raw, original if reference is None else reference) if keep_below > 0 else None
-    return weight_from(prior, change, prior_threshold, prior_band, keep_below, feather_px)
+    change = colour_change(raw, original if reference is None else reference) if change_below > 0 else None
+    return weight_from(prior, change, prior_threshold, prior_band, change_below, feather_px)
 
 
 def refined_weight(cfg, diff: np.ndarray, original: np.ndarray, raw: np.ndarray,
                    reconstruction: np.ndarray | None = None) -> np.ndarray:
-    """`pixel_weight` with a MaskConfig's settings (refine "pixel"; feather in latent cells, as the
-    latent kind's). diff: (h, w); original, raw, reconstruction: (R, R, 3) uint8. With change_from
-    "reconstruction" the decoded reconstruction of the input is required (ValueError without it)."""
+    """`pixel_weight` with a MaskConfig's settings (refine "pixel": ratio, prior_threshold, prior_band,
+    change_below, change_from, edge_feather, guide_radius). diff: (h, w); original, raw, reconstruction:
+    (R, R, 3) uint8. With change_from "reconstruction" the decoded reconstruction of the input is
+    required (ValueError without it)."""
     if cfg.change_from == "reconstruction" and reconstruction is None:
         raise ValueError("change_from 'reconstruction' needs the decoded reconstruction of the input")
-    cells = original.shape[0] / diff.shape[-1]  # pixels per latent cell
     return pixel_weight(diff, original, raw, reconstruction if cfg.change_from == "reconstruction" else None,
                         ratio=cfg.ratio, prior_threshold=cfg.prior_threshold, prior_band=cfg.prior_band,
-                        keep_below=cfg.keep_below, feather_px=cfg.feather * cells, guide_radius=cfg.guide_radius)
+                        change_below=cfg.change_below, feather_px=cfg.edge_feather, guide_radius=cfg.guide_radius)

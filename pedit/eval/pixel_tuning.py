@@ -31,20 +31,20 @@ EVAL_SEEDS_FROM = 1_000_000
 
 @dataclass(frozen=True)
 class PixelGrid:
-    """The pixel settings tried (MaskConfig fields; feather in latent cells)."""
+    """The pixel settings tried (MaskConfig fields)."""
 
     prior_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
     prior_bands: tuple[float, ...] = (0.1, 0.2, 0.3)
     change_froms: tuple[str, ...] = ("input", "reconstruction")
-    keeps: tuple[float, ...] = (25.0, 38.0, 51.0, 64.0, 77.0)  # keep_below, levels
-    feathers: tuple[float, ...] = (0.0, 0.125, 0.1875, 0.3125)  # 0, 1, 1.5, 2.5 px at 8 px a cell
+    changes: tuple[float, ...] = (25.0, 38.0, 51.0, 64.0, 77.0)  # change_below, levels
+    feathers: tuple[float, ...] = (0.0, 1.0, 1.5, 2.5)  # edge_feather, px
     guide_radii: tuple[int, ...] = (0, 4)
 
     def settings(self):
-        for gr, cf, tp, band, kb, fe in itertools.product(self.guide_radii, self.change_froms, self.prior_thresholds,
-                                                          self.prior_bands, self.keeps, self.feathers):
+        for gr, cf, tp, band, cb, fe in itertools.product(self.guide_radii, self.change_froms, self.prior_thresholds,
+                                                          self.prior_bands, self.changes, self.feathers):
             yield {"refine": "pixel", "prior_threshold": tp, "prior_band": band, "change_from": cf,
-                   "keep_below": kb, "feather": fe, "guide_radius": gr}
+                   "change_below": cb, "edge_feather": fe, "guide_radius": gr}
 
 
 def _psnr(sq: float, n: int) -> float:
@@ -144,12 +144,11 @@ def score_settings(rows: list[dict], grid: PixelGrid, progress: Callable | None 
         latent_cfg = dataclasses.replace(r["cfg"], refine="latent")
         out, weight = keep_outside(r["x_A"], r["raw"], r["mask"], latent_cfg)
         by_task.setdefault("latent", Tally()).add(out, r["x_B"], r["true"], r["band"], weight)
-        cells = r["x_A"].shape[0] / r["diff"].shape[-1]
         priors = {g: prior_map(r["diff"], r["x_A"], r["cfg"].ratio, g) for g in grid.guide_radii}
         changes = {"input": colour_change(r["raw"], r["x_A"]), "reconstruction": colour_change(r["raw"], r["reconstruction"])}
         for s in settings:
             w = weight_from(priors[s["guide_radius"]], changes[s["change_from"]], s["prior_threshold"], s["prior_band"],
-                            s["keep_below"], s["feather"] * cells)
+                            s["change_below"], s["edge_feather"])
             by_task.setdefault(key_of(s), Tally()).add(composite(r["x_A"], r["raw"], w), r["x_B"], r["true"], r["band"], w)
         if progress:
             progress("score", n + 1, len(rows))

@@ -41,13 +41,15 @@ class MaskConfig:
     feather: float = 0.5  # Gaussian sigma in latent cells
     keep_below: float = 0.0  # inside the mask, keep input pixels the edit changed by < keep_below / 2 levels (0: off)
     batch: int = 0  # noise draws per U-Net call (2 rows each); 0 = all N in one call. Bounds memory, same mask
-    # The pixel blend weight: "latent" (dilate, feather, keep_below on the binary latent mask) or "pixel"
-    # (pedit.edit.pixel_mask: prior_threshold, prior_band, keep_below, feather, change_from, guide_radius;
-    # dilate is the latent kind's only).
+    # The pixel blend weight: "latent" (dilate, feather, keep_below above, on the binary latent mask) or
+    # "pixel" (pedit.edit.pixel_mask: the fields below). Each kind reads its own fields only, so switching
+    # `refine` back gives the latent mask exactly as the folder set it.
     refine: str = "latent"
     prior_threshold: float = 0.6  # "pixel": the soft threshold of the upsampled difference map (scaled as binarize does)
     prior_band: float = 0.2  # "pixel": the ramp from prior_threshold - band (weight 0) to + band (weight 1)
-    change_from: str = "input"  # "pixel": keep_below measures the edit's change from the input or its "reconstruction"
+    change_below: float = 48.0  # "pixel": a pixel takes the whole edit from this change (levels), none below half (0: off)
+    change_from: str = "input"  # "pixel": change_below measures the edit's change from the input or its "reconstruction"
+    edge_feather: float = 1.5  # "pixel": Gaussian sigma of the weight's outline, in pixels
     guide_radius: int = 0  # "pixel": guided-filter the upsampled map by the input, radius in px (0: off)
 
     def __post_init__(self):
@@ -66,6 +68,8 @@ class MaskConfig:
                               f"choose from {', '.join(REFINEMENTS)}")
         check_number("prior_threshold", self.prior_threshold, 0, 1)
         check_number("prior_band", self.prior_band, 0, 1)
+        check_number("change_below", self.change_below, 0, 255)
+        check_number("edge_feather", self.edge_feather, 0, 64)
         if self.change_from not in CHANGE_FROM:
             raise ConfigError(f"change_from must be one of {', '.join(CHANGE_FROM)}, got {self.change_from!r}")
         check_int("guide_radius", self.guide_radius, 0, 64)
