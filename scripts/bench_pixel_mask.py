@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 python scripts/bench_pixel_mask.py -m toon --reps 15
 
 For each direction of examples/toon.png: a whole Editor.edit with the model folder's settings, the
-pixel weight alone (pedit.edit.pixel_mask.refined_weight on that edit's own arrays), and the latent
-kind's weight (keep_outside with refine "latent") for comparison, each timed `reps` times,
-interleaved. Prints the medians and the pixel weight's share of the edit.
+pixel weight alone (pedit.edit.pixel_mask.refined_weight on that edit's own arrays), the latent
+kind's weight (keep_outside with refine "latent") for comparison, and the VAE decode of the
+reconstruction (which change_from "reconstruction" adds), each timed `reps` times, interleaved.
+Prints the medians and the pixel mask's share of the edit (its decode included where it needs one).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def main() -> None:
         raw = np.asarray(result.raw)
         masks, diffs, _ = editor._masks_and_noise([editor.conditions(uint8_to_tensor(original), editor.direction(name))],
                                                    [options])
-        recon = tensor_to_uint8(editor.model.parts.decode(editor._image_conditions(uint8_to_tensor(original))[0]))
+        c_s = editor._image_conditions(uint8_to_tensor(original))[0]
+        recon = tensor_to_uint8(editor.model.parts.decode(c_s))
         latent_cfg = dataclasses.replace(options.mask, refine="latent")
-        edit_s, pixel_s, latent_s = [], [], []
+        edit_s, pixel_s, latent_s, decode_s = [], [], [], []
         for _ in range(args.reps):
             t0 = time.perf_counter()
             editor.edit(image, name, options)
@@ -55,9 +57,15 @@ def main() -> None:
             t0 = time.perf_counter()
             keep_outside(original, raw, masks[0].cpu(), latent_cfg)
             latent_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            editor.model.parts.decode(c_s)  # the reconstruction, decoded when change_from is "reconstruction"
+            decode_s.append(time.perf_counter() - t0)
         med = {k: statistics.median(v) * 1000 for k, v in (("edit_ms", edit_s), ("pixel_weight_ms", pixel_s),
-                                                           ("latent_weight_and_composite_ms", latent_s))}
+                                                           ("latent_weight_and_composite_ms", latent_s),
+                                                           ("reconstruction_decode_ms", decode_s))}
         med["pixel_share_of_edit"] = med["pixel_weight_ms"] / med["edit_ms"]
+        if options.mask.change_from == "reconstruction":  # the decode is part of the pixel mask's cost then
+            med["pixel_share_of_edit"] += med["reconstruction_decode_ms"] / med["edit_ms"]
         med["refine"] = options.mask.refine
         out[name] = med
         print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in med.items()}), flush=True)

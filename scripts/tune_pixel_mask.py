@@ -24,6 +24,9 @@ def main() -> None:
     ap.add_argument("-m", "--model", default=None, help="model folder (default: the bundled toon model)")
     ap.add_argument("-n", type=int, default=64, help="exact pairs of training identities (seeds 0..n-1)")
     ap.add_argument("-o", "--out", default="runs/pixel-tune")
+    ap.add_argument("--change-from", default="input,reconstruction",
+                    help="what the edit's change is measured against, comma-separated (\"reconstruction\" costs one VAE "
+                         "decode an image: docs/results.md, \"Cost\")")
     ap.add_argument("--write", action="store_true", help="write the chosen settings into the model's pedit.json")
     args = ap.parse_args()
 
@@ -40,7 +43,8 @@ def main() -> None:
     t0 = time.perf_counter()
     tell = lambda stage, i, n: print(f"{stage} {i}/{n} ({time.perf_counter() - t0:.0f} s)", flush=True)  # noqa: E731
     rows, _ = edit_training_pairs(str(model), str(pairs), progress=tell)
-    scores = score_settings(rows, PixelGrid(), progress=lambda s, i, n: i % 16 == 0 and tell(s, i, n))
+    grid = PixelGrid(change_froms=tuple(args.change_from.split(",")))
+    scores = score_settings(rows, grid, progress=lambda s, i, n: i % 16 == 0 and tell(s, i, n))
     chosen = {t: choose(s, "latent") for t, s in scores.items()}
     result = {"pairs": len(rows), "seconds": time.perf_counter() - t0, "chosen": chosen,
               "chosen_scores": {t: {"chosen": scores[t][k], "latent": scores[t]["latent"]} for t, k in chosen.items()},
@@ -58,7 +62,7 @@ def main() -> None:
         meta["pixel_mask_tuning"] = (
             f"Chosen per task on {len(rows)} exact pairs of training identities (seeds 0-{len(rows) - 1}), never on "
             f"held-out ones (scripts/tune_pixel_mask.py, pedit.eval.pixel_tuning): of the latent mask as set and "
-            f"{sum(1 for _ in PixelGrid().settings())} pixel settings, the best PSNR outside the true region among "
+            f"{sum(1 for _ in grid.settings())} pixel settings (change from {' or '.join(grid.change_froms)}), the best PSNR outside the true region among "
             f"those no worse inside it than the latent mask. "
             + "; ".join(f"{t}: {setting_of(k)['refine']} ({fmt(scores[t][k])}; latent {fmt(scores[t]['latent'])})"
                         for t, k in chosen.items()))

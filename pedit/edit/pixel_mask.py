@@ -33,14 +33,21 @@ def box_mean(x: np.ndarray, r: int) -> np.ndarray:
         return x.astype(np.float64)
     h, w = x.shape[:2]
 
-    def window_sums(a: np.ndarray, axis: int, n: int) -> np.ndarray:
-        prefix = np.cumsum(a, axis=axis, dtype=np.float64)
-        prefix = np.concatenate([np.zeros_like(np.take(prefix, [0], axis=axis)), prefix], axis=axis)  # (n + 1)
-        hi = np.minimum(np.arange(n) + r + 1, n)
-        lo = np.maximum(np.arange(n) - r, 0)
-        return np.take(prefix, hi, axis=axis) - np.take(prefix, lo, axis=axis)
+    def window_sums(a: np.ndarray, axis: int) -> np.ndarray:
+        n = a.shape[axis]
+        shape = list(a.shape)
+        shape[axis] = n + 2 * r + 1  # zeros beyond the border, and one in front for the prefix sums' start
+        prefix = np.zeros(shape)
+        inner = [slice(None)] * a.ndim
+        inner[axis] = slice(r + 1, r + 1 + n)
+        prefix[tuple(inner)] = a
+        np.cumsum(prefix, axis=axis, out=prefix)
+        hi = [slice(None)] * a.ndim
+        lo = [slice(None)] * a.ndim
+        hi[axis], lo[axis] = slice(2 * r + 1, 2 * r + 1 + n), slice(0, n)
+        return prefix[tuple(hi)] - prefix[tuple(lo)]
 
-    sums = window_sums(window_sums(x, 0, h), 1, w)
+    sums = window_sums(window_sums(x.astype(np.float64), 0), 1)
     count = np.outer(np.minimum(np.arange(h) + r + 1, h) - np.maximum(np.arange(h) - r, 0),
                      np.minimum(np.arange(w) + r + 1, w) - np.maximum(np.arange(w) - r, 0))  # (H, W)
     return sums / count.reshape(count.shape + (1,) * (x.ndim - 2))
@@ -52,13 +59,20 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.
     by ridge regression (eps on the guide's covariance); the output averages the windows' fits."""
     g = guide.astype(np.float64)
     g = g[..., None] if g.ndim == 2 else g
+    c = g.shape[-1]
     p = src.astype(np.float64)
-    mean_g, mean_p = box_mean(g, r), box_mean(p, r)  # (H, W, C), (H, W)
-    cov_gp = box_mean(g * p[..., None], r) - mean_g * mean_p[..., None]  # (H, W, C)
-    var_g = box_mean(g[..., :, None] * g[..., None, :], r) - mean_g[..., :, None] * mean_g[..., None, :]  # (H, W, C, C)
-    a = np.linalg.solve(var_g + eps * np.eye(g.shape[-1]), cov_gp[..., None])[..., 0]  # (H, W, C)
+    upper = [(i, j) for i in range(c) for j in range(i, c)]  # the covariance is symmetric: its upper triangle
+    means = box_mean(np.concatenate([g, p[..., None], g * p[..., None]] + [g[..., i:i + 1] * g[..., j:j + 1]
+                                                                          for i, j in upper], axis=-1), r)
+    mean_g, mean_p, mean_gp = means[..., :c], means[..., c], means[..., c + 1: 2 * c + 1]
+    cov_gp = mean_gp - mean_g * mean_p[..., None]  # (H, W, C)
+    var_g = np.empty(g.shape[:2] + (c, c))
+    for k, (i, j) in enumerate(upper):
+        var_g[..., i, j] = var_g[..., j, i] = means[..., 2 * c + 1 + k] - mean_g[..., i] * mean_g[..., j]
+    a = np.linalg.solve(var_g + eps * np.eye(c), cov_gp[..., None])[..., 0]  # (H, W, C)
     b = mean_p - (a * mean_g).sum(-1)
-    return (box_mean(a, r) * g).sum(-1) + box_mean(b, r)
+    ab = box_mean(np.concatenate([a, b[..., None]], axis=-1), r)
+    return (ab[..., :c] * g).sum(-1) + ab[..., c]
 
 
 def upsample(a: np.ndarray, size: int) -> np.ndarray:
