@@ -210,3 +210,41 @@ def test_eval_scores_the_pixel_mask_and_the_edge_band(random_model, tmp_path):
     assert band[4, 4] and band[3, 4] and not band[2, 4] and not band[6, 6]  # the outline ± 1 px
     assert band.sum() == 12 + 16  # the square's inner ring and its 4-neighbours outside
     assert not edge_band(np.zeros((4, 4), bool)).any()
+
+
+def test_edit_many_gives_each_direction_the_pixel_weight_of_its_own_edit(random_model, tmp_path):
+    from PIL import Image
+
+    from pedit.edit.editor import Editor
+    from pedit.toon.world import render
+
+    editor = Editor.from_pretrained(_pixel_model(random_model, tmp_path, change_from="reconstruction"),
+                                    device=TEST_DEVICE)
+    image = Image.fromarray(render(5, size=32))
+    many = editor.edit_many(image, ["laughing", "royal"], steps=2)
+    for name, result in zip(["laughing", "royal"], many):
+        alone = editor.edit(image, name, steps=2)
+        assert np.array_equal(np.asarray(result.mask), np.asarray(alone.mask))
+        assert np.array_equal(np.asarray(result.image), np.asarray(alone.image))
+
+
+def test_the_tuning_rule_keeps_the_latent_mask_unless_a_pixel_setting_is_no_worse_inside():
+    from pedit.eval.pixel_tuning import choose, key_of, setting_of
+
+    latent = {"psnr_in_mask": 14.0, "psnr_outside_mask": 33.0}
+    loses_inside = {"psnr_in_mask": 13.9, "psnr_outside_mask": 40.0}
+    better = {"psnr_in_mask": 14.0, "psnr_outside_mask": 35.0}
+    assert choose({"latent": latent, "a": loses_inside}, "latent") == "latent"
+    assert choose({"latent": latent, "a": loses_inside, "b": better}, "latent") == "b"
+    s = {"refine": "pixel", "prior_threshold": 0.6, "prior_band": 0.2, "change_from": "input", "change_below": 64.0,
+         "edge_feather": 1.5, "guide_radius": 4}
+    assert setting_of(key_of(s)) == s and MaskConfig(**setting_of(key_of(s))).refine == "pixel"
+
+
+def test_pixel_tuning_refuses_evaluation_identities(tmp_path):
+    from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
+    from pedit.eval.pixel_tuning import edit_training_pairs
+
+    pairs = generate_pairs(GenPairsConfig(str(tmp_path / "p"), n=2, resolution=32, seed=999_999, exact=True))
+    with pytest.raises(ConfigError, match="evaluation identities"):
+        edit_training_pairs(None, str(pairs))
