@@ -31,6 +31,8 @@ def main() -> None:
 
     from pedit.data.pairs import square_rgb
     from pedit.edit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
+    from pedit.arrays import to_host
+    from pedit.edit.job import run
     from pedit.edit.pixel_mask import refined_weight
 
     editor = Editor.from_pretrained(args.model, device="cpu", cache=True)
@@ -41,9 +43,11 @@ def main() -> None:
         options = editor.default_options(name)
         result = editor.edit(image, name, options)  # warm-up, and the arrays the weight is timed on
         raw = np.asarray(result.raw)
-        masks, diffs, _ = editor._masks_and_noise([editor.conditions(uint8_to_tensor(original), editor.direction(name))],
-                                                   [options])
-        c_s = editor._image_conditions(uint8_to_tensor(original))[0]
+        cond = editor.conditions(uint8_to_tensor(original), editor.direction(name))
+        job = editor.job([cond], [options])
+        run([job], editor.denoise)  # the edit's own difference map and latent mask
+        diff, mask = to_host(job.maps[0])[0], job.model_masks[0]
+        c_s = cond.c_s
         recon = tensor_to_uint8(editor.model.parts.decode(c_s))
         latent_cfg = dataclasses.replace(options.mask, refine="latent")
         edit_s, pixel_s, latent_s, decode_s = [], [], [], []
@@ -52,10 +56,10 @@ def main() -> None:
             editor.edit(image, name, options)
             edit_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            refined_weight(options.mask, diffs[0], original, raw, recon)
+            refined_weight(options.mask, diff, original, raw, recon)
             pixel_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            keep_outside(original, raw, masks[0].cpu(), latent_cfg)
+            keep_outside(original, raw, mask.cpu(), latent_cfg)
             latent_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             editor.model.parts.decode(c_s)  # the reconstruction, decoded when change_from is "reconstruction"
