@@ -163,6 +163,11 @@ def pixel_weight(diff: np.ndarray, original: np.ndarray, raw: np.ndarray, refere
     return weight_from(prior, change, prior_threshold, prior_band, change_below, feather_px)
 
 
+def needs_reconstruction(cfg) -> bool:
+    """Whether a MaskConfig's weight reads the decoded reconstruction of the input (one VAE decode)."""
+    return cfg.refine == "pixel" and cfg.change_from == "reconstruction"
+
+
 def refined_weight(cfg, diff: np.ndarray, original: np.ndarray, raw: np.ndarray,
                    reconstruction: np.ndarray | None = None) -> np.ndarray:
     """`pixel_weight` with a MaskConfig's settings (refine "pixel": ratio, prior_threshold, prior_band,
