@@ -23,6 +23,7 @@ from pedit.data.directions import Direction, check_subject, model_directions, re
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
 from pedit.edit.guidance import GuidanceScales, check_edit_scale
+from pedit.arrays import to_like
 from pedit.edit.job import EditJob, run
 from pedit.edit.mask import MaskConfig, change_weight, composite, pixel_mask
 from pedit.edit.pixel_mask import needs_reconstruction, refined_weight
@@ -371,6 +372,7 @@ class Editor:
         user = None
         if first.user_mask is not None:
             user = user_mask_at(first.user_mask, self.resolution, conds[0].c_s.shape[-1])
+            user = dataclasses.replace(user, latent=to_like(user.latent, conds[0].c_s))  # where the latents live
         like = conds[0].c_s
 
         def new_noise(seed: int):
@@ -379,7 +381,6 @@ class Editor:
 
         return EditJob(conds, options, self.scheduler, make_noise_scheduler(self.model.parts.scheduler_config),
                       new_noise, self.rows, batch_steps, user, callback)
-        return job
 
     def decode(self, z_0: torch.Tensor) -> np.ndarray:
         """(1, 4, h, w) latent → (R, R, 3) uint8; NaN or infinity is an error, never a grey region."""
