@@ -26,6 +26,8 @@ from pedit.edit.options import EditOptions, default_options, options_for  # Edit
 from pedit.arrays import to_like
 from pedit.edit.job import EditJob, run
 from pedit.edit.mask import MaskConfig, change_weight, composite, pixel_mask
+from pedit.edit.pixel_mask import needs_reconstruction, refined_weight
+from pedit.arrays import to_host
 from pedit.model.sampling_settings import SamplingSettings
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
@@ -61,16 +63,26 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tensor | None, cfg: MaskConfig):
-    """The final image: `raw` inside the dilated, feathered mask, `original`'s exact bytes outside
-    (and, with cfg.keep_below, inside it where `raw` hardly differs from `original`: change_weight).
-    A user's mask (`edit`'s user_mask) is taken as given: keep_below gates only the model's weight.
+def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tensor | None, cfg: MaskConfig,
+                 diff: np.ndarray | None = None, reconstruction: np.ndarray | None = None):
+    """The final image: `raw` inside the blend weight, `original`'s exact bytes where it is 0.
 
-    original, raw: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
+    The weight is cfg.refine's: "latent", the dilated, feathered mask (and, with cfg.keep_below,
+    0 inside it where `raw` hardly differs from `original`: change_weight); "pixel", the pixel-
+    resolution weight from the difference map `diff` (h, w) before binarisation, the input, the
+    edit and, with change_from "reconstruction", the decoded `reconstruction` of the input
+    (pedit.edit.pixel_mask). A user's mask (`edit`'s user_mask) is taken as given: keep_below gates
+    only the model's weight.
+
+    original, raw, reconstruction: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
     Returns (image (R, R, 3) uint8, blend weight (R, R) float in [0, 1]).
     """
     if mask_latent is None:
         weight = np.ones(original.shape[:2], dtype=np.float32)
+    elif cfg.refine == "pixel":
+        if diff is None:
+            raise ConfigError("The \"pixel\" mask refinement needs the editing mask's difference map; pass diff=.")
+        weight = refined_weight(cfg, diff, original, raw, reconstruction)
     else:
         size = original.shape[0]
         f = size // mask_latent.shape[-1]
@@ -102,6 +114,7 @@ class Editor:
         self.distillation = distilled_for(model.meta)  # pedit.json "distilled": a student's scale range, else None
         self.rows = rows_for(model.meta)  # the model's row builder: a teacher's 5 rows a step, a student's 2
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._last_reconstruction = None  # (c_s, its decode): `_reconstruction`
 
     @property
     def distilled(self) -> bool:
@@ -329,15 +342,27 @@ class Editor:
                                  "--precision fp32, and check the model folder's VAE weights.")
         return tensor_to_uint8(decoded)
 
-    @staticmethod
-    def finish(original: np.ndarray, raw: np.ndarray, job: EditJob, i: int) -> EditResult:
-        """The EditResult of the job's direction i: `raw` composited onto `original` by its blend weight."""
+    def _reconstruction(self, job: EditJob) -> np.ndarray:
+        """The decoded c_s of the job's photo, (R, R, 3) uint8: one VAE decode a photo, kept for the
+        job's other directions (a "pixel" mask measuring the edit's change from it)."""
+        c_s = job.conds[0].c_s
+        if self._last_reconstruction is None or self._last_reconstruction[0] is not c_s:
+            self._last_reconstruction = (c_s, self.decode(c_s))
+        return self._last_reconstruction[1]
+
+    def finish(self, original: np.ndarray, raw: np.ndarray, job: EditJob, i: int) -> EditResult:
+        """The EditResult of the job's direction i: `raw` composited onto `original` by its blend weight
+        (a "pixel" refinement reads the job's difference map, and may read the decoded reconstruction
+        of the input: `_reconstruction`)."""
         options, user = job.settings[i], job.user
         model_mask, mask_latent = job.model_masks[i], job.masks[i]
+        diff = None if job.maps[i] is None else to_host(job.maps[i])[0]  # (h, w)
+        reconstruction = self._reconstruction(job) if options.use_mask and needs_reconstruction(options.mask) else None
         if user is None:
-            out, weight = keep_outside(original, raw, mask_latent, options.mask)
+            out, weight = keep_outside(original, raw, mask_latent, options.mask, diff, reconstruction)
         else:  # the user's mask blends at pixel precision
-            model_weight = None if model_mask is None else keep_outside(original, raw, model_mask, options.mask)[1]
+            model_weight = None if model_mask is None else keep_outside(original, raw, model_mask, options.mask, diff,
+                                                                        reconstruction)[1]
             weight = combine_weight(model_weight, user.pixels, options.mask_mode)
             out = composite(original, raw, weight)
         return EditResult(

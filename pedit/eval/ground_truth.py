@@ -114,10 +114,19 @@ class Scores:
     recall: float = 0.0  # the share of the true mask it covers
     changed_iou: float = 0.0  # IoU of the pixels the output changed (any channel != the input's) with the true mask
     n_changed: int = 0
+    edge_sq: float = 0.0  # squared error of the output in the edge band (edge_band: within EDGE_PX of the outline)
+    edge_px: int = 0
+    edge_wrong: int = 0  # edge-band pixels the predicted mask gets wrong (in it but outside the truth, or the reverse)
+    edge_n: int = 0
+    latent_iou: float = 0.0  # IoU of the binary latent mask (upsampled) whatever mask blended the output
+    n_latent: int = 0
 
     def add(self, out: np.ndarray, target: np.ndarray, true_mask: np.ndarray, pred_mask: np.ndarray | None,
-            ceiling: float | None = None, source: np.ndarray | None = None) -> None:
+            ceiling: float | None = None, source: np.ndarray | None = None, latent_mask: np.ndarray | None = None,
+            band: np.ndarray | None = None) -> None:
         from skimage.metrics import structural_similarity
+
+        band = edge_band(true_mask) if band is None else band
 
         err = (out.astype(np.float64) - target.astype(np.float64)) ** 2  # (H, W, 3)
         self.n += 1
@@ -128,6 +137,14 @@ class Scores:
         self.px_in += err[true_mask].size
         self.sq_out += err[~true_mask].sum()
         self.px_out += err[~true_mask].size
+        self.edge_sq += err[band].sum()
+        self.edge_px += err[band].size
+        if pred_mask is not None:
+            self.edge_wrong += int((pred_mask[band] != true_mask[band]).sum())
+            self.edge_n += int(band.sum())
+        if latent_mask is not None:
+            self.latent_iou += mask_iou(latent_mask, true_mask)
+            self.n_latent += 1
         if source is not None:  # what the method actually changed, whatever its mask said
             self.changed_iou += mask_iou(np.any(out != source, axis=2), true_mask)
             self.n_changed += 1
@@ -158,6 +175,9 @@ class Scores:
             "mask_precision": self.precision / self.n_iou if self.n_iou else None,
             "mask_recall": self.recall / self.n_iou if self.n_iou else None,
             "changed_pixels_iou": self.changed_iou / self.n_changed if self.n_changed else None,
+            "latent_mask_iou": self.latent_iou / self.n_latent if self.n_latent else None,
+            "psnr_edge_band": self._psnr(self.edge_sq, self.edge_px),
+            "mask_edge_error": self.edge_wrong / self.edge_n if self.edge_n else None,
             "lpips": NA_OFFLINE,
             "fid": NA_OFFLINE,
         }
@@ -167,10 +187,26 @@ def _rows(cond, ix: list[int]):
     return type(cond)(*(getattr(cond, f.name)[ix] for f in dataclasses.fields(cond)))
 
 
-def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A, builder=None):
+EDGE_PX = 3  # the edge band: pixels within this many px of the true region's outline, on either side
+
+
+def edge_band(true_mask: np.ndarray, px: int = EDGE_PX) -> np.ndarray:
+    """(H, W) bool: pixels within `px` (Euclidean) of the other side of the true mask's outline,
+    inside and outside it; empty for an empty or full mask."""
+    from scipy.ndimage import distance_transform_edt
+
+    if true_mask.all() or not true_mask.any():
+        return np.zeros_like(true_mask, dtype=bool)
+    to_inside = distance_transform_edt(~true_mask)  # outside pixels: distance to the nearest true pixel
+    to_outside = distance_transform_edt(true_mask)  # inside pixels: distance to the nearest outside pixel
+    return np.where(true_mask, to_outside, to_inside) <= px
+
+
+def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A, builder=None, with_diff: bool = False):
     """Editing masks (B, 1, h, w) for a batch whose pairs may carry different mask settings (per task
     or direction): one difference-map call per (n_noise, strength), thresholds applied per pair.
-    `builder`: the model's row builder (pedit.edit.rows; Editor.rows), a teacher's by default."""
+    `builder`: the model's row builder (pedit.edit.rows; Editor.rows), a teacher's by default.
+    with_diff: (masks, the difference maps (B, h, w) before binarisation)."""
     from pedit.edit.mask import binarize, difference_map
 
     if not isinstance(mask_cfgs, (list, tuple)):
@@ -179,11 +215,13 @@ def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A, builder=None):
     for i, c in enumerate(mask_cfgs):
         groups.setdefault((c.n_noise, c.strength), []).append(i)
     out = torch.zeros((len(z_A), 1, *z_A.shape[2:]), device=z_A.device)
+    diffs = torch.zeros((len(z_A), *z_A.shape[2:]), device=z_A.device)
     for ix in groups.values():
         diff = difference_map(denoise, ddpm, _rows(cond, ix), scales, mask_cfgs[ix[0]], g, z_A[ix], builder)  # (b, h, w)
         for j, i in enumerate(ix):
             out[i] = binarize(diff[j: j + 1], mask_cfgs[i].ratio, mask_cfgs[i].threshold)[0]
-    return out
+            diffs[i] = diff[j]
+    return (out, diffs) if with_diff else out
 
 
 def batch_seed(seed: int, start: int) -> int:
@@ -194,8 +232,10 @@ def batch_seed(seed: int, start: int) -> int:
 
 
 def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cfg, scheduler_name: str = "ddim",
-               guidance_interval: tuple[float, float] | None = None):
-    """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None).
+               guidance_interval: tuple[float, float] | None = None, with_diff: bool = False):
+    """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None),
+    with_diff: and the mask's difference maps (B, h, w) before binarisation, or None (what a "pixel"
+    refinement reads, pedit.edit.pixel_mask).
 
     `mask_cfg`: one MaskConfig, or one per pair of the batch. Ours and its ablations run the editor's
     own stages (its row builder, pedit.edit.job.sampling_job) with `scheduler_name` and `guidance_interval`;
@@ -212,17 +252,19 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
     if method in OURS:
         options = EditOptions(steps=steps, scales=scales, scheduler=scheduler_name, guidance_interval=guidance_interval)
         cond = baselines.drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
-        mask = None if method == "ours-no-mask" else batch_masks(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A,
-                                                                 editor.rows)
+        mask, diff = (None, None) if method == "ours-no-mask" else batch_masks(
+            editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A, editor.rows, with_diff=True)
         job = sampling_job(editor.rows, editor.scheduler(options), cond, randn(cond.c_s.shape, g, like=cond.c_s),
                            mask, options)
         run([job], editor.denoise)
-        return parts.decode(job.z), mask
+        return (parts.decode(job.z), mask, diff) if with_diff else (parts.decode(job.z), mask)
     noise = randn(cond.c_s.shape, g, like=cond.c_s)
     if method.startswith("sdedit"):
-        return parts.decode(baselines.sdedit(editor, cond, noise, steps, scales, float(method.split("-")[1]))), None
+        decoded = parts.decode(baselines.sdedit(editor, cond, noise, steps, scales, float(method.split("-")[1])))
+        return (decoded, None, None) if with_diff else (decoded, None)
     mask = batch_masks(editor.denoise, ddpm, baselines.text_only(cond), scales, mask_cfg, g, z_A)  # text-only mask
-    return parts.decode(baselines.diffedit(editor, cond, noise, steps, scales, mask, ddpm)), mask
+    decoded = parts.decode(baselines.diffedit(editor, cond, noise, steps, scales, mask, ddpm))
+    return (decoded, mask, None) if with_diff else (decoded, mask)
 
 
 STUDENT_METHODS = ("ours", "ours-no-mask")  # what a distilled student runs: fully conditioned rows only
@@ -322,6 +364,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     reference = Scores()  # imperfect targets (like the training ones) scored against the exact ones
     grid_rows = []
     seconds = {m: 0.0 for m in cfg.methods}
+    blend_seconds = {m: 0.0 for m in cfg.methods}  # the blend weight and composite (keep_outside), not in `seconds`
     for start in range(0, len(pairs), cfg.batch_size):
         batch = pairs[start: start + cfg.batch_size]
         src = [load_rgb(p.x_A, size) for p in batch]
@@ -332,27 +375,39 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
             for p, s, t in zip(batch, src, tgt)
         ]
         ceilings = [iou_ceiling(m, cells) for m in true_masks]
+        bands = [edge_band(m) for m in true_masks]
         # the model folder's own mask settings for each pair's direction (pedit.model.mask_settings)
         mask_cfgs = [mask_by_direction[p.direction] for p in batch]
         conds = [editor.conditions(uint8_to_tensor(s), editor.direction(p.direction)) for s, p in zip(src, batch)]
         cond = type(conds[0])(*(torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])))
         outs_for_grid = {}
+        reconstructions = None  # decoded c_s, for pixel masks measuring change from it (pedit.edit.pixel_mask)
+        if any(c.refine == "pixel" and c.change_from == "reconstruction" for c in mask_cfgs):
+            reconstructions = [tensor_to_uint8(editor.model.parts.decode(cond.c_s[i: i + 1])) for i in range(len(batch))]
         for m in cfg.methods:
             t0 = time.perf_counter()
-            decoded, mask = run_method(editor, m, cond, sampling.steps if m in OURS else baseline_steps, scales,
-                                       batch_seed(cfg.seed, start), mask_cfgs, sampling.scheduler,
-                                       sampling.guidance_interval)
+            decoded, mask, diff = run_method(editor, m, cond, sampling.steps if m in OURS else baseline_steps, scales,
+                                             batch_seed(cfg.seed, start), mask_cfgs, sampling.scheduler,
+                                             sampling.guidance_interval, with_diff=True)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])
-                pred, out = None, raw
+                pred = latent = None
+                out = raw
                 if mask is not None:
-                    pred = np.kron(mask[i, 0].cpu().numpy(), np.ones((size // mask.shape[-1],) * 2)) > 0.5
-                    if m != "diffedit":  # ours: pixels outside the dilated, feathered mask are the input's
-                        out, _ = keep_outside(src[i], raw, mask[i: i + 1].cpu(), mask_cfgs[i])
-                totals[m].add(out, tgt[i], true_masks[i], pred, ceilings[i], src[i])
-                per_direction[m].setdefault(p.direction, Scores()).add(out, tgt[i], true_masks[i], pred, ceilings[i],
-                                                                      src[i])
+                    latent = np.kron(mask[i, 0].cpu().numpy(), np.ones((size // mask.shape[-1],) * 2)) > 0.5
+                    pred = latent
+                    if m != "diffedit":  # ours: pixels outside the blend weight are the input's
+                        t0 = time.perf_counter()
+                        out, weight = keep_outside(src[i], raw, mask[i: i + 1].cpu(), mask_cfgs[i],
+                                                   None if diff is None else diff[i].float().cpu().numpy(),
+                                                   None if reconstructions is None else reconstructions[i])
+                        blend_seconds[m] += time.perf_counter() - t0
+                        if mask_cfgs[i].refine == "pixel":  # the mask that blended: the pixel weight
+                            pred = weight >= 0.5
+                scores = (out, tgt[i], true_masks[i], pred, ceilings[i], src[i], latent, bands[i])
+                totals[m].add(*scores)
+                per_direction[m].setdefault(p.direction, Scores()).add(*scores)
                 if start + i < cfg.grid_pairs:
                     outs_for_grid.setdefault(i, {})[m] = out
             if progress:
@@ -372,7 +427,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         "model": str(editor.model.path),
         "pairs": len(pairs),
         "sampling": {"ours": dataclasses.asdict(sampling), "baselines": {"scheduler": "ddim", "steps": baseline_steps}},
-        "methods": {m: {**totals[m].summary(), "seconds_per_pair": seconds[m] / len(pairs)} for m in cfg.methods},
+        "methods": {m: {**totals[m].summary(), "seconds_per_pair": seconds[m] / len(pairs),
+                        "blend_seconds_per_pair": blend_seconds[m] / len(pairs)} for m in cfg.methods},
         "per_direction": {m: {d: s.summary() for d, s in sorted(per_direction[m].items())} for m in cfg.methods},
     }
     if cfg.imperfect_reference:

@@ -53,8 +53,9 @@ def _fmt(v, digits=2) -> str:
 
 def markdown_report(report: dict) -> str:
     """The report as Markdown tables: one row a method, then per-direction rows of each method."""
-    head = ("| method | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | changed-pixels IoU | LPIPS | FID | s/pair |"
-            "\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| method | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | latent mask IoU | changed-pixels IoU "
+            "| PSNR edge band | mask error in edge band | LPIPS | FID | s/pair |"
+            "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"{report['pairs']} pairs, model `{report['model']}`\n", head.rstrip("\n")]
     rows = list(report["methods"].items())
     if "imperfect_targets" in report:
@@ -62,20 +63,25 @@ def markdown_report(report: dict) -> str:
     for name, s in rows:
         lines.append(
             f"| {name} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
-            f"{_fmt(s['psnr_outside_mask'])} | {_fmt(s['mask_iou'], 3)} | {_fmt(s.get('changed_pixels_iou'), 3)} | n/a | "
+            f"{_fmt(s['psnr_outside_mask'])} | {_fmt(s['mask_iou'], 3)} | {_fmt(s.get('latent_mask_iou'), 3)} | "
+            f"{_fmt(s.get('changed_pixels_iou'), 3)} | {_fmt(s.get('psnr_edge_band'))} | "
+            f"{_fmt(s.get('mask_edge_error'), 3)} | n/a | "
             f"n/a | {_fmt(s.get('seconds_per_pair'), 3)} |"
         )
     lines.append("\nLPIPS, FID: " + NA_OFFLINE + ".\n")
     for m, by_dir in report["per_direction"].items():
         lines.append(f"\n**{m}** per direction\n")
         lines.append("| direction | pairs | SSIM | PSNR | PSNR in mask | PSNR outside mask | mask IoU | IoU ceiling "
-                     "(latent grid) | IoU / ceiling | mask precision | mask recall | changed-pixels IoU |"
-                     "\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+                     "(latent grid) | IoU / ceiling | latent mask IoU | mask precision | mask recall | changed-pixels IoU "
+                     "| PSNR edge band | mask error in edge band |"
+                     "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for d, s in by_dir.items():
             iou, ceiling = s["mask_iou"], s.get("mask_iou_ceiling")
             share = f"{100 * iou / ceiling:.0f} %" if iou is not None and ceiling else "–"
             lines.append(f"| {d} | {s['pairs']} | {_fmt(s['ssim'], 3)} | {_fmt(s['psnr'])} | {_fmt(s['psnr_in_mask'])} | "
                          f"{_fmt(s['psnr_outside_mask'])} | {_fmt(iou, 3)} | {_fmt(ceiling, 3)} | {share} | "
+                         f"{_fmt(s.get('latent_mask_iou'), 3)} | "
                          f"{_fmt(s.get('mask_precision'), 3)} | {_fmt(s.get('mask_recall'), 3)} | "
-                         f"{_fmt(s.get('changed_pixels_iou'), 3)} |")
+                         f"{_fmt(s.get('changed_pixels_iou'), 3)} | {_fmt(s.get('psnr_edge_band'))} | "
+                         f"{_fmt(s.get('mask_edge_error'), 3)} |")
     return "\n".join(lines) + "\n"

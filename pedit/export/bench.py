@@ -179,14 +179,14 @@ _PORTRAITS: dict = {}
 
 
 def bench_options(editor, cfg: BenchConfig):
-    """The EditOptions a benched edit runs: the model's defaults for the direction (pedit.json's mask and
-    sampling settings), with the bench's steps, scheduler, interval, mask use and draws over them."""
-    import dataclasses
+    """The EditOptions a benched edit runs: the bench's sampling settings over the model's defaults for the
+    direction (pedit.json's mask and sampling settings), as `pedit edit` lays its flags (Editor.options_for)."""
+    from pedit.model.sampling_settings import SamplingSettings
 
-    options = editor.default_options(cfg.direction)
-    mask = dataclasses.replace(options.mask, n_noise=cfg.mask_noises, batch=cfg.mask_batch)
-    return dataclasses.replace(options, steps=cfg.steps, scheduler=cfg.scheduler, use_mask=cfg.use_mask, mask=mask,
-                               guidance_interval=cfg.guidance_interval, seed=cfg.seed)
+    settings = SamplingSettings(steps=cfg.steps, seed=cfg.seed, scheduler=cfg.scheduler,
+                                guidance_interval=cfg.guidance_interval, use_mask=cfg.use_mask,
+                                mask_noises=cfg.mask_noises, mask_batch=cfg.mask_batch)
+    return editor.options_for(cfg.direction, settings)
 
 
 def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:

@@ -7,7 +7,14 @@
 Later levels override earlier ones field by field; anything unset is MaskConfig's default.
 MaskConfig lives here, below the editor (pedit.edit.mask uses it), because a model folder's
 pedit.json carries it: loading validates it without importing the editing wing.
-Settings are chosen on training identities only (docs/toon-model.md, scripts/tune_masks.py).
+Settings are chosen on training identities only (docs/toon-model.md, scripts/tune_masks.py,
+scripts/tune_pixel_mask.py).
+
+"refine" says how the latent mask becomes the pixel blend weight: "latent" (the paper's binary
+latent mask upsampled, dilated and feathered; pedit.edit.mask.pixel_mask) or "pixel" (the
+difference map before binarisation, upsampled, softly thresholded and gated by where the decoded
+edit changes colour, at pixel resolution; pedit.edit.pixel_mask). A name pedit cannot run is
+refused when the model folder loads.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from pedit.errors import ConfigError
+
+
+REFINEMENTS = ("latent", "pixel")  # how the pixel blend weight is made (module docstring)
+CHANGE_FROM = ("input", "reconstruction")
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,16 @@ class MaskConfig:
     feather: float = 0.5  # Gaussian sigma in latent cells
     keep_below: float = 0.0  # inside the mask, keep input pixels the edit changed by < keep_below / 2 levels (0: off)
     batch: int = 0  # noise draws per U-Net call (2 rows each); 0 = all N in one call. Bounds memory, same mask
+    # The pixel blend weight: "latent" (dilate, feather, keep_below above, on the binary latent mask) or
+    # "pixel" (pedit.edit.pixel_mask: the fields below). Each kind reads its own fields only, so switching
+    # `refine` back gives the latent mask exactly as the folder set it.
+    refine: str = "latent"
+    prior_threshold: float = 0.6  # "pixel": the soft threshold of the upsampled difference map (scaled as binarize does)
+    prior_band: float = 0.2  # "pixel": the ramp from prior_threshold - band (weight 0) to + band (weight 1)
+    change_below: float = 48.0  # "pixel": a pixel takes the whole edit from this change (levels), none below half (0: off)
+    change_from: str = "input"  # "pixel": change_below measures the edit's change from the input or its "reconstruction"
+    edge_feather: float = 1.5  # "pixel": Gaussian sigma of the weight's outline, in pixels
+    guide_radius: int = 0  # "pixel": guided-filter the upsampled map by the input, radius in px (0: off)
 
     def __post_init__(self):
         from pedit.validate import check_int, check_number
@@ -42,6 +63,16 @@ class MaskConfig:
         check_number("dilate", self.dilate, 0, 64)
         check_number("feather", self.feather, 0, 64)
         check_number("keep_below", self.keep_below, 0, 255)
+        if self.refine not in REFINEMENTS:
+            raise ConfigError(f"refine {self.refine!r} is not a mask refinement pedit can run; "
+                              f"choose from {', '.join(REFINEMENTS)}")
+        check_number("prior_threshold", self.prior_threshold, 0, 1)
+        check_number("prior_band", self.prior_band, 0, 1)
+        check_number("change_below", self.change_below, 0, 255)
+        check_number("edge_feather", self.edge_feather, 0, 64)
+        if self.change_from not in CHANGE_FROM:
+            raise ConfigError(f"change_from must be one of {', '.join(CHANGE_FROM)}, got {self.change_from!r}")
+        check_int("guide_radius", self.guide_radius, 0, 64)
 
 
 LEVELS = ("mask", "mask_by_task", "mask_by_direction")
