@@ -25,8 +25,8 @@ from pedit.noise import randn
 from pedit.edit.options import EditOptions, default_options, options_for  # EditOptions imported from here too
 from pedit.arrays import to_like
 from pedit.edit.job import EditJob, run
-from pedit.edit.mask import MaskConfig, change_weight, composite, pixel_mask
-from pedit.edit.pixel_mask import needs_reconstruction, refined_weight
+from pedit.edit.mask import composite, keep_outside
+from pedit.edit.pixel_mask import needs_reconstruction
 from pedit.arrays import to_host
 from pedit.model.sampling_settings import SamplingSettings
 from pedit.data.pairs import square_rgb
@@ -61,35 +61,6 @@ def uint8_to_tensor(arr: np.ndarray) -> torch.Tensor:
 def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) in [-1, 1] → (H, W, 3) uint8."""
     return ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tensor | None, cfg: MaskConfig,
-                 diff: np.ndarray | None = None, reconstruction: np.ndarray | None = None):
-    """The final image: `raw` inside the blend weight, `original`'s exact bytes where it is 0.
-
-    The weight is cfg.refine's: "latent", the dilated, feathered mask (and, with cfg.keep_below,
-    0 inside it where `raw` hardly differs from `original`: change_weight); "pixel", the pixel-
-    resolution weight from the difference map `diff` (h, w) before binarisation, the input, the
-    edit and, with change_from "reconstruction", the decoded `reconstruction` of the input
-    (pedit.edit.pixel_mask). A user's mask (`edit`'s user_mask) is taken as given: keep_below gates
-    only the model's weight.
-
-    original, raw, reconstruction: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
-    Returns (image (R, R, 3) uint8, blend weight (R, R) float in [0, 1]).
-    """
-    if mask_latent is None:
-        weight = np.ones(original.shape[:2], dtype=np.float32)
-    elif cfg.refine == "pixel":
-        if diff is None:
-            raise ConfigError("The \"pixel\" mask refinement needs the editing mask's difference map; pass diff=.")
-        weight = refined_weight(cfg, diff, original, raw, reconstruction)
-    else:
-        size = original.shape[0]
-        f = size // mask_latent.shape[-1]
-        weight = pixel_mask(mask_latent, size, round(cfg.dilate * f), cfg.feather * f)[0, 0]
-        if cfg.keep_below > 0:
-            weight = weight * change_weight(original, raw, cfg.keep_below)
-    return composite(original, raw, weight), weight
 
 
 def torch_denoise(mcdm) -> Callable:

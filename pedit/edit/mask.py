@@ -31,7 +31,8 @@ import numpy as np
 from pedit.arrays import all_finite, blocks, cat, on_device_of, tile_rows, to_host, xp_of
 from pedit.edit.guidance import N_ROWS, PROMPT_ROWS
 from pedit.edit.steps import Rows, run
-from pedit.errors import NonFiniteError
+from pedit.errors import ConfigError, NonFiniteError
+from pedit.edit.pixel_mask import refined_weight
 from pedit.model.conditions import EditConditions
 from pedit.model.mask_settings import MaskConfig  # noqa: F401 (the settings live with the model folder's metadata)
 
@@ -250,3 +251,32 @@ def change_weight(original: np.ndarray, edited: np.ndarray, keep_below: float) -
     if keep_below <= 0:  # off: every pixel may change
         return np.ones_like(change)
     return np.clip(2 * change / keep_below - 1, 0, 1)
+
+
+def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent, cfg: MaskConfig,
+                 diff: np.ndarray | None = None, reconstruction: np.ndarray | None = None):
+    """The final image: `raw` inside the blend weight, `original`'s exact bytes where it is 0.
+
+    The weight is cfg.refine's: "latent", the dilated, feathered mask (and, with cfg.keep_below,
+    0 inside it where `raw` hardly differs from `original`: change_weight); "pixel", the pixel-
+    resolution weight from the difference map `diff` (h, w) before binarisation, the input, the
+    edit and, with change_from "reconstruction", the decoded `reconstruction` of the input
+    (pedit.edit.pixel_mask). A user's mask (`edit`'s user_mask) is taken as given: keep_below gates
+    only the model's weight.
+
+    original, raw, reconstruction: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
+    Returns (image (R, R, 3) uint8, blend weight (R, R) float in [0, 1]).
+    """
+    if mask_latent is None:
+        weight = np.ones(original.shape[:2], dtype=np.float32)
+    elif cfg.refine == "pixel":
+        if diff is None:
+            raise ConfigError("The \"pixel\" mask refinement needs the editing mask's difference map; pass diff=.")
+        weight = refined_weight(cfg, diff, original, raw, reconstruction)
+    else:
+        size = original.shape[0]
+        f = size // mask_latent.shape[-1]
+        weight = pixel_mask(mask_latent, size, round(cfg.dilate * f), cfg.feather * f)[0, 0]
+        if cfg.keep_below > 0:
+            weight = weight * change_weight(original, raw, cfg.keep_below)
+    return composite(original, raw, weight), weight
