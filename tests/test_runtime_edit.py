@@ -96,7 +96,7 @@ def test_stages_by_hand_give_the_editors_bytes(exports):
     square = square_rgb(Image.open(TOON), editor.resolution)
     job = editor.job([editor.runtime.conditions(square, direction)], [options])
     run([job], editor.runtime.denoise)
-    done = finish(square, editor.runtime.decode(job.z_0[0]), job, 0)
+    done = finish(square, editor.runtime.decode(job.z_0[0]), job, 0, editor.reconstruction(job))
     assert _digest(done.image) == _digest(editor.edit(Image.open(TOON), "laughing").image)
 
 
@@ -120,12 +120,13 @@ def test_jobs_interleaved_in_one_run_give_their_bytes_alone(exports):
     for i in range(2):
         j = job(i)
         run([j], editor.runtime.denoise)
-        alone.append(finish(squares[i], editor.runtime.decode(j.z_0[0]), j, 0))
+        alone.append(finish(squares[i], editor.runtime.decode(j.z_0[0]), j, 0, editor.reconstruction(j)))
     first, second = job(0), job(1)
     first.advance(editor.runtime.denoise(*_rows(first)))  # the first job one tick ahead
     run([first, second], editor.runtime.denoise)
     for i, j in enumerate((first, second)):
-        assert _digest(finish(squares[i], editor.runtime.decode(j.z_0[0]), j, 0).image) == _digest(alone[i].image)
+        assert _digest(finish(squares[i], editor.runtime.decode(j.z_0[0]), j, 0, editor.reconstruction(j)).image) == \
+            _digest(alone[i].image)
 
 
 def _rows(job):

@@ -145,37 +145,42 @@ class RuntimeEditor:
         conds = [self.runtime.conditions(shared, d) for d, _ in plans]
         job = self.job(conds, [o for _, o in plans], callback, batch_steps)
         run([job], self.runtime.denoise)
-        return [finish(original, self.runtime.decode(job.z_0[i]), job, i) for i in range(len(plans))]
+        reconstruction = self.reconstruction(job)
+        return [finish(original, self.runtime.decode(job.z_0[i]), job, i, reconstruction) for i in range(len(plans))]
+
+    def reconstruction(self, job) -> np.ndarray | None:
+        """The decoded c_s of the job's photo when a direction's mask refinement reads it, else None."""
+        from pedit.edit.pixel_mask import needs_reconstruction
+
+        if any(o.use_mask and needs_reconstruction(o.mask) for o in job.settings):
+            return self.runtime.decode(job.conds[0].c_s)
+        return None
 
     def edit(self, image, direction, options=None, callback: Callable | None = None, **overrides) -> RuntimeResult:
         return self.edit_many(image, [direction], options, callback, **overrides)[0]
 
 
-def finish(original: np.ndarray, raw: np.ndarray, job, i: int) -> RuntimeResult:
-    """The result of the job's direction i: `raw` composited onto `original` by its blend weight,
-    the model's mask dilated and feathered (pedit.edit.mask.pixel_mask), a user's combined in."""
+def finish(original: np.ndarray, raw: np.ndarray, job, i: int, reconstruction: np.ndarray | None = None) -> RuntimeResult:
+    """The result of the job's direction i: `raw` composited onto `original` by its blend weight, with
+    the torch Editor's code (pedit.edit.mask.keep_outside; a user's mask combined in as it does).
+    `reconstruction`: the decoded c_s of the photo, which a "pixel" mask refinement with change_from
+    "reconstruction" reads (pedit.edit.pixel_mask.needs_reconstruction; `RuntimeEditor.reconstruction`)."""
     from PIL import Image
 
-    from pedit.edit.mask import change_weight, composite, pixel_mask
+    from pedit.arrays import to_host
+    from pedit.edit.mask import composite, keep_outside
     from pedit.edit.user_mask import combine_weight
 
     options, user = job.settings[i], job.user
-
-    def model_weight(mask_latent):
-        if mask_latent is None:
-            return np.ones(original.shape[:2], dtype=np.float32)
-        size, cfg = original.shape[0], options.mask
-        f = size // mask_latent.shape[-1]
-        weight = pixel_mask(mask_latent, size, round(cfg.dilate * f), cfg.feather * f)[0, 0]
-        return weight * change_weight(original, raw, cfg.keep_below) if cfg.keep_below > 0 else weight
-
+    diff = None if job.maps[i] is None else to_host(job.maps[i])[0]  # (h, w)
     if user is None:
-        weight = model_weight(job.masks[i])
+        out, weight = keep_outside(original, raw, job.masks[i], options.mask, diff, reconstruction)
     else:  # the user's mask blends at pixel precision
-        model = None if job.model_masks[i] is None else model_weight(job.model_masks[i])
+        model = None if job.model_masks[i] is None else keep_outside(original, raw, job.model_masks[i], options.mask,
+                                                                     diff, reconstruction)[1]
         weight = combine_weight(model, user.pixels, options.mask_mode)
-    return RuntimeResult(image=Image.fromarray(composite(original, raw, weight)),
-                         mask=Image.fromarray(np.rint(weight * 255).astype(np.uint8)),
+        out = composite(original, raw, weight)
+    return RuntimeResult(image=Image.fromarray(out), mask=Image.fromarray(np.rint(weight * 255).astype(np.uint8)),
                          raw=Image.fromarray(raw), mask_latent=job.masks[i])
 
 
