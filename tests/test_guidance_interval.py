@@ -186,7 +186,8 @@ def test_eval_and_bench_take_the_model_folders_sampling(fast_model, tmp_path):
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=1, resolution=32, exact=True))
     report = evaluate(EvalConfig(pairs=str(pairs), model=str(fast_model), methods=("ours", "sdedit-0.5"), grid_pairs=0,
                                  imperfect_reference=False, mask_noises=1))
-    assert report["sampling"] == {"ours": {"scheduler": "dpm", "steps": 4, "guidance_interval": (0.3, 0.9)},
+    assert report["sampling"] == {"ours": {"scheduler": "dpm", "steps": 4, "guidance_interval": (0.3, 0.9),
+                                           "s_s": 1.5, "s_im": 1.0, "s_p": 4.0},
                                   "baselines": {"scheduler": "ddim", "steps": 20}}
     cfg = with_sampling(BenchConfig(model=str(fast_model), vs_ip2p=True))
     assert (cfg.steps, cfg.scheduler, cfg.guidance_interval, cfg.ip2p_steps) == (4, "dpm", (0.3, 0.9), 20)

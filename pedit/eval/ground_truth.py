@@ -53,9 +53,9 @@ class EvalConfig:
     batch_size: int = 16
     limit: int | None = None
     grid_pairs: int = 6
-    s_s: float = 1.5
-    s_im: float = 1.0
-    s_p: float = 4.0
+    s_s: float | None = None  # None: the model's pedit.json "sampling", else DEFAULT_SCALES (as `pedit edit`)
+    s_im: float | None = None
+    s_p: float | None = None
     imperfect_reference: bool = True  # also score imperfect targets like the training ones (§3.3 claim)
     device: str = "cpu"  # the published numbers are CPU fp32; a GPU is faster, not bit-identical
     allow_pickle: bool = False
@@ -69,7 +69,6 @@ class EvalConfig:
     guidance_interval: tuple[float, float] | None = None  # ours: guided noise levels (EditOptions); None: the model's
 
     def __post_init__(self):
-        from pedit.edit.guidance import GuidanceScales
         from pedit.validate import check_backend, check_device, check_int, check_precision, check_seed
 
         unknown = [m for m in self.methods if m not in METHODS]
@@ -89,10 +88,10 @@ class EvalConfig:
             check_int("mask_batch", self.mask_batch, 0, 1024)
         if self.mask_noises is not None:
             check_int("mask_noises", self.mask_noises, 1, 1024)
-        from pedit.model.sampling_settings import check_sampling_fields
+        from pedit.model.sampling_settings import check_sampling_fields, check_scales
 
         check_sampling_fields(self)
-        GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
+        check_scales(self)  # finite, and s_p not 0: the settings' own check (pedit.model.sampling_settings)
 
 
 @dataclass
@@ -276,13 +275,13 @@ def student_methods(cfg: EvalConfig) -> EvalConfig:
     learned) are one ConfigError, as are scales outside the student's range. Other folders: cfg as given."""
     from pedit.model.loading import read_model_folder
 
-    from pedit.edit.guidance import GuidanceScales
     from pedit.model.distilled import check_meta_scales
 
     meta = read_model_folder(cfg.model)[1]
     if "distilled" not in meta:
         return cfg
-    check_meta_scales(meta, GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p), eval_sampling(cfg, meta).guidance_interval)
+    sampling = eval_sampling(cfg, meta)
+    check_meta_scales(meta, (sampling.s_s, sampling.s_im, sampling.s_p), sampling.guidance_interval)
     if cfg.methods == METHODS:
         return dataclasses.replace(cfg, methods=STUDENT_METHODS)
     other = [m for m in cfg.methods if m not in STUDENT_METHODS]
@@ -316,13 +315,18 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
 
 
 def eval_sampling(cfg: EvalConfig, meta: dict):
-    """Ours' sampler: each of --steps, --scheduler, --guidance-interval given, else the model's setting
-    (pedit.model.sampling_settings)."""
+    """Ours' sampler and scales: each of --steps, --scheduler, --guidance-interval, --s-s, --s-im, --s-p
+    given, else the model's setting (pedit.model.sampling_settings)."""
     from pedit.model.sampling_settings import Sampling, sampling_for
 
     model = sampling_for(meta)
+
+    def given(name):
+        value = getattr(cfg, name)
+        return getattr(model, name) if value is None else value
+
     return Sampling(scheduler=cfg.scheduler or model.scheduler, steps=cfg.steps or model.steps,
-                    guidance_interval=model.guidance_interval if cfg.guidance_interval is None else cfg.guidance_interval)
+                    guidance_interval=given("guidance_interval"), s_s=given("s_s"), s_im=given("s_im"), s_p=given("s_p"))
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
@@ -348,8 +352,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                          precision=cfg.precision, backend=cfg.backend, engines=cfg.engines,
                          unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
     size = editor.resolution
-    scales = GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p)
     sampling = eval_sampling(cfg, editor.model.meta)  # ours: the flags over the model's pedit.json "sampling"
+    scales = GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p)
     baseline_steps = cfg.steps or BASELINE_STEPS
     from pedit.eval.ceiling import iou_ceiling
 
