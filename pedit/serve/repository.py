@@ -127,7 +127,7 @@ def export_repository(cfg: RepositoryConfig, log: Callable[[str], None] = lambda
     try:
         for name in NETWORKS:
             _write_network(staging, name, specs[name], manifest["networks"][name], graphs, backend, cfg)
-        _write_pedit_model(staging, cfg)
+        _write_pedit_model(staging, cfg, folder)
         files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         (staging / MANIFEST).write_text(json.dumps({
             "format": FORMAT, "pedit": __version__, "model": str(folder), "model_hash": model_hash(folder),
@@ -186,12 +186,20 @@ def _without_dynamic_batching(text: str) -> str:
     return text[:start] + text[i + 2:]
 
 
-def _write_pedit_model(repo: Path, cfg: RepositoryConfig) -> None:
+# What a client needs of pedit.json to resolve directions and build the default settings (no paths).
+CLIENT_META = ("resolution", "directions", "mask", "mask_by_task", "mask_by_direction", "sampling", "distilled", "bundled")
+
+
+def _write_pedit_model(repo: Path, cfg: RepositoryConfig, folder: Path) -> None:
+    from pedit.model.loading import read_model_folder
+
+    meta = read_model_folder(folder)[1]
     version = repo / protocol.MODEL / "1"
     version.mkdir(parents=True)
     (version / "model.py").write_text(SHIM.format(module="pedit.serve.pedit_model"))
     params = {"unet_model": "unet", "unet_max_rows": str(cfg.unet_max_rows), "max_pixels": str(cfg.max_pixels),
-              "max_request_bytes": str(cfg.max_request_bytes)}
+              "max_request_bytes": str(cfg.max_request_bytes),
+              "model_meta": json.dumps({k: meta[k] for k in CLIENT_META if k in meta}, sort_keys=True)}
     batching = Batching(1, (1,), 0, cfg.pedit_instances, cfg.max_queue, int(cfg.timeout_s * 1e6))
     (repo / protocol.MODEL / "config.pbtxt").write_text(pedit_config(batching, params))
 

@@ -187,7 +187,7 @@ class TritonServer:
                 f"--metrics-address={self.host}", f"--metrics-port={self.ports.metrics}",
                 "--model-control-mode=none",  # no load/unload of models over the network
                 f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
-                "--strict-readiness=true", "--exit-on-error=true", "--exit-timeout-secs=10",
+                "--strict-readiness=true", "--exit-on-error=true", "--exit-timeout-secs=5",
                 "--log-verbose=0"]
 
     def environment(self) -> dict:
