@@ -56,6 +56,9 @@ class RepositoryConfig:
     max_request_bytes: int = protocol.MAX_REQUEST_BYTES
     overwrite: bool = False
     gpus: tuple[int, ...] = ()  # instance groups per GPU (KIND_GPU) when given
+    # Networks served as models besides the U-Net (which the pedit model calls and is always there);
+    # the pedit model runs the others in its own process for now (load_editor_for).
+    networks: tuple[str, ...] = NETWORKS
     allow_pickle: bool = False
 
     def __post_init__(self):
@@ -69,6 +72,8 @@ class RepositoryConfig:
         check_int("max_queue", self.max_queue, 1, 100_000)
         check_int("queue_delay_us", self.queue_delay_us, 0, 10_000_000)
         check_number("timeout_s", self.timeout_s, 0, 3600, lo_open=True)
+        if "unet" not in self.networks or any(n not in NETWORKS for n in self.networks):
+            raise ConfigError(f"networks {self.networks} must include unet and be among {', '.join(NETWORKS)}.")
         if any(not 1 <= p <= self.unet_max_rows for p in self.unet_preferred):
             raise ConfigError(f"unet_preferred {self.unet_preferred} must lie in 1..{self.unet_max_rows}.")
 
@@ -104,7 +109,7 @@ def _graphs(cfg: RepositoryConfig, log) -> tuple[Path, dict, object]:
     out = cache_root("triton-graphs") / key
     model = load_model(folder, allow_pickle=cfg.allow_pickle, device="cpu")
     manifest = export_model(ExportConfig(model=str(folder), output=str(out), trt=cfg.trt, wait=True,
-                                         allow_pickle=cfg.allow_pickle), log, model=model)
+                                         networks=cfg.networks, allow_pickle=cfg.allow_pickle), log, model=model)
     if not cfg.allow_pickle:  # the pedit model's instances then load the TorchScript cache, none writes it
         from pedit.edit.editor import Editor
 
@@ -129,7 +134,7 @@ def export_repository(cfg: RepositoryConfig, log: Callable[[str], None] = lambda
     staging = repo.parent / f".{repo.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        for name in NETWORKS:
+        for name in cfg.networks:
             _write_network(staging, name, specs[name], manifest["networks"][name], graphs, backend, cfg)
         _write_pedit_model(staging, cfg, folder)
         files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
