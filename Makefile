@@ -12,7 +12,7 @@ SERVE_PINS := nvidia-pytriton==0.7.0 'tritonclient[all]==2.73.0' onnxruntime==1.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test,faces,onnx,lora,datasets,app,serve]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[torch,test,faces,onnx,lora,datasets,app,serve]'
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps --target $(VENV)/typing/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 

@@ -16,6 +16,11 @@ import click
 
 from pedit.errors import PeditError
 
+# What the `torch` extra brings (pyproject.toml): a command that imports one of them without it installed
+# gets one line naming the extra.
+TORCH_EXTRA = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors", "huggingface_hub",
+               "skimage")
+
 
 def _terminated(signum, frame):
     raise KeyboardInterrupt  # every cleanup in pedit (temps, items, run folders) runs for it
@@ -50,6 +55,10 @@ class PeditGroup(click.Group):
             # Anything else is a failure pedit did not foresee: still one line, never a traceback.
             if os.environ.get("PEDIT_DEBUG"):
                 raise
+            if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in TORCH_EXTRA:
+                # The base install is the torch-free runtime (docs/runtime.md): say which extra to add.
+                raise click.ClickException(f"This needs {e.name}, which the base install (the deployment runtime) "
+                                           "leaves out: pip install 'pedit[torch]'.") from None
             raise click.ClickException(
                 f"unexpected {type(e).__name__}: {e} (run again with PEDIT_DEBUG=1 for the traceback)"
             ) from None

@@ -18,8 +18,6 @@ cast in and out, so the sampler sees the dtype it passed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -30,11 +28,13 @@ from pedit.edit.guidance import N_ROWS
 from pedit.validate import BACKENDS  # noqa: F401 (the names live with the shared check)
 
 
-def _t_tensor(t, device):
-    """The time step as the graphs take it: float32 of shape (1,) (DDIM gives int64 0-d, Euler float)."""
+def _t_tensor(t, device, rows: int):
+    """The timesteps as the graphs take them: float32 of shape (rows,), one a row (rows of different
+    steps share a call, pedit.edit.steps.run); a single timestep is given to every row."""
     import torch
 
-    return torch.as_tensor(t, device=device).reshape(-1)[:1].to(torch.float32)
+    t = torch.as_tensor(t, device=device).reshape(-1).to(torch.float32)
+    return t.expand(rows).contiguous() if t.numel() == 1 else t
 
 
 def compile_backend(model, cache_dir: Path | None = None) -> Callable:
@@ -90,12 +90,9 @@ def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str
 
     named = engines is not None
     if engines is None:
-        # One cache folder per model folder: keyed by its path and its U-Net files' sizes and times
-        # (cheap; the export itself then hashes the bytes, and re-exports if they changed).
-        unet_dir = Path(model.path) / "unet"
-        stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in unet_dir.iterdir() if p.is_file())
-        key = hashlib.sha256(json.dumps([str(Path(model.path).resolve()), stats]).encode()).hexdigest()[:16]
-        engines = cache_root("engines") / key
+        from pedit.export.runtime_folder import cache_folder
+
+        engines = cache_folder(Path(model.path))  # one per model folder (the runtime's too)
     manifest = read_manifest(Path(engines))
     if named:
         _check_named_folder(model, Path(engines), manifest)
@@ -150,7 +147,7 @@ def onnx_backend(model, engines=None, log: Callable[[str], None] = lambda m: Non
 
     @torch.no_grad()
     def denoise(z_in, t, context):
-        out = runner(z_in=z_in, t=_t_tensor(t, runner.device), context=context)["eps"]
+        out = runner(z_in=z_in, t=_t_tensor(t, runner.device, z_in.shape[0]), context=context)["eps"]
         return out.to(device=z_in.device, dtype=z_in.dtype)
 
     return denoise
@@ -167,7 +164,7 @@ def trt_backend(model, engines=None, log: Callable[[str], None] = lambda m: None
 
     @torch.no_grad()
     def denoise(z_in, t, context):
-        out = runner(z_in=z_in, t=_t_tensor(t, z_in.device), context=context)["eps"]
+        out = runner(z_in=z_in, t=_t_tensor(t, z_in.device, z_in.shape[0]), context=context)["eps"]
         return out.to(device=z_in.device, dtype=z_in.dtype)
 
     return denoise

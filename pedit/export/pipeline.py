@@ -27,6 +27,9 @@ manifest.json:
     networks.<name>.trt            file, sha256, input_hash, graph (which ONNX it was built from),
                                    precision, io {tensor: dtype, read from the engine}, device,
                                    tensorrt (version)
+    runtime                        format, source_hash (of the model folder's parts it is made of),
+                                   files {tokenizer.json, runtime.npz, model.json: {file, sha256, stat}}: what the torch-free runtime reads besides the graphs
+                                   (pedit.export.runtime_files), written once all five graphs are there
 max_rel is max |onnx − torch| / max |torch| over the checked batches.
 """
 
@@ -48,8 +51,9 @@ MANIFEST = "manifest.json"
 NETWORKS = ("unet", "image_projector", "text_encoder", "vae_encoder", "vae_decoder")
 MANIFEST_FORMAT = 1
 # In every graph's hash: 2 = graphs built in a temp folder (external data), the VAE encoder's static
-# channel slice, fp16 graphs. Folders exported by an older pedit re-export once.
-GRAPH_FORMAT = 2
+# channel slice, fp16 graphs; 3 = the U-Net's timestep one per row, t (B,). Folders exported by an
+# older pedit re-export once.
+GRAPH_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,12 @@ def _export_locked(cfg: ExportConfig, out: Path, model, log) -> dict:
         _write_manifest(out, manifest)
         if cfg.trt:
             _trt_stage(cfg, out, manifest, name, spec, log)
+    if all(manifest["networks"].get(n, {}).get("onnx") for n in NETWORKS):  # what the torch-free runtime reads
+        from pedit.export.runtime_files import write_runtime_files
+
+        kept = old.get("runtime") if old.get("model") == source else None
+        manifest["runtime"] = write_runtime_files(out, model, dims, kept, manifest["file_hashes"], log)
+        _write_manifest(out, manifest)
     return manifest
 
 

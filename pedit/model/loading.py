@@ -25,6 +25,7 @@ from pedit.data.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import process_alive, regular_file_problem
 from pedit.model.mask_settings import check_mask_settings
+from pedit.model.paths import BUNDLED_MODELS, bundled_model_path, model_path  # noqa: F401 (imported from here too)
 from pedit.model.sampling_settings import check_sampling_settings
 from pedit.model.distilled import FEATURES, check_distilled_settings, is_student
 
@@ -40,25 +41,6 @@ MODEL_REQUIRED = ("pedit.json", "unet", "image_projector", *FROZEN)
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
 FORMAT_VERSION = 1
 MAX_RESOLUTION = 4096  # pixels a side; far above any Stable Diffusion model, far below a memory bomb
-
-
-def bundled_model_path() -> Path:
-    """The toon model that ships inside the package (the default of every `-m`)."""
-    return Path(__file__).parents[1] / "assets" / "toon-model"
-
-
-# Models that ship inside the package, by the name `-m` also takes (a folder of that name here wins).
-BUNDLED_MODELS = {"toon": "toon-model", "toon-fast": "toon-model-fast"}  # toon-fast: its distilled student
-
-
-def model_path(path: str | Path | None) -> Path:
-    """The folder `-m path` means: the bundled toon model for None, a bundled model's name (BUNDLED_MODELS)
-    when no file or folder of that name exists, else the path itself."""
-    if path is None:
-        return bundled_model_path()
-    if str(path) in BUNDLED_MODELS and not Path(path).exists():
-        return Path(__file__).parents[1] / "assets" / BUNDLED_MODELS[str(path)]
-    return Path(path).expanduser()
 
 
 def bundled_base_path() -> Path:
