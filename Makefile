@@ -7,7 +7,7 @@ PIP_FLAGS := -q -c constraints.txt
 # CPU). That wheel needs numpy<2 and the project needs numpy 2, so it gets an environment of its own.
 SERVE_VENV := .venv-serve
 SERVE_PINS := nvidia-pytriton==0.7.0 'tritonclient[all]==2.73.0' onnxruntime==1.32.0 'numpy<2' pillow==12.3.0 \
-	'opencv-python-headless<4.11' dlib-bin==20.0.1.post1 face_recognition_models==0.3.0 tokenizers==0.23.3 safetensors
+	'opencv-python-headless<4.11' dlib-bin==20.0.1.post1 face_recognition_models==0.3.0 tokenizers==0.23.3 'array-api-compat==1.16' safetensors
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

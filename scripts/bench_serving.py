@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Serving benchmark: edits/s and latency percentiles at 1, 4, 16 and 64 concurrent clients, with the
+U-Net's step-level batching on and off (the same repository otherwise), in one run.
+
+    python scripts/bench_serving.py [-m MODEL] [--instances 8] [--levels 1,4,16,64] [--soak 1000] [-o report.json]
+
+For each configuration it exports a Triton repository (pedit export --triton), starts tritonserver
+on 127.0.0.1 and times the cold start to ready, computes each distinct request's reference alone,
+then drives closed-loop clients (each sends its next request when the last returns) and reports:
+edits/s, p50/p95/p99 latency, and from Triton's own statistics the U-Net's inference count (rows)
+against its execution count (calls). Every response is compared with its reference: a response
+equal to another request's reference is "mixed", a missing or failed one "lost". `--soak N` sends
+N more requests at the highest level below 64 with batching on and counts both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pedit.serve.client import ServerClient  # noqa: E402
+from pedit.serve.repository import RepositoryConfig, export_repository  # noqa: E402
+from pedit.serve.server import ADMIN_HEADER, TritonServer, read_json  # noqa: E402
+
+PHOTO = (ROOT / "examples" / "toon.png").read_bytes()
+KEYS = [(d, s) for d in ("laughing", "angry", "shocked", "crying") for s in (0, 1)]  # 8 distinct requests
+
+
+def unet_counts(server: TritonServer) -> tuple[int, int]:
+    stats = read_json(f"{server.urls['http']}/v2/models/unet/stats", {ADMIN_HEADER: server.admin_key})["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def pixels(result) -> bytes:
+    return np.asarray(result.image.convert("RGB")).tobytes()
+
+
+def drive(client: ServerClient, clients: int, requests: int, references: dict) -> dict:
+    """`requests` requests from `clients` closed-loop clients; latencies, and lost / mixed counts."""
+    latencies, outcomes = [], []
+    jobs = [KEYS[i % len(KEYS)] for i in range(requests)]
+
+    def one(key):
+        t0 = time.perf_counter()
+        try:
+            got = pixels(client.edit(PHOTO, [key[0]], key[1])[0])
+        except Exception as e:  # counted as lost
+            return time.perf_counter() - t0, key, f"{type(e).__name__}: {e}"
+        return time.perf_counter() - t0, key, got
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for seconds, key, got in pool.map(one, jobs):
+            latencies.append(seconds)
+            outcomes.append((key, got))
+    wall = time.perf_counter() - t0
+    lost = [g for _, g in outcomes if isinstance(g, str)]
+    mixed = sum(1 for key, g in outcomes if not isinstance(g, str) and g != references[key])
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    return {"clients": clients, "requests": requests, "seconds": round(wall, 2),
+            "edits_per_s": round((requests - len(lost)) / wall, 3),
+            "p50_s": round(q[49], 3), "p95_s": round(q[94], 3), "p99_s": round(q[98], 3),
+            "lost": len(lost), "mixed": mixed, "errors": sorted(set(lost))[:3]}
+
+
+def run_config(args, batching: bool, work: Path) -> dict:
+    repo = export_repository(RepositoryConfig(
+        model=args.model, output=str(work / ("repo-batching" if batching else "repo-plain")), overwrite=True,
+        batching=batching, pedit_instances=args.instances, max_queue=max(args.levels) * 4, timeout_s=600,
+        networks=("unet",), unet_max_rows=max(5 * args.instances, 20)), log=print)
+    server = TritonServer(repo)
+    server.start(timeout=600)
+    out = {"batching": batching, "cold_start_to_ready_s": round(server.ready_seconds, 2), "levels": []}
+    try:
+        client = ServerClient(server.urls["http"], timeout=600)
+        references = {key: pixels(client.edit(PHOTO, [key[0]], key[1])[0]) for key in KEYS}
+        if len(set(references.values())) != len(KEYS):
+            raise SystemExit("two distinct requests gave the same image: mixed responses would go unseen")
+        out["references_equal_to"] = args.references_of(references)
+        for clients in args.levels:
+            before = unet_counts(server)
+            level = drive(client, clients, max(args.per_client * clients, args.min_requests), references)
+            rows, calls = (a - b for a, b in zip(unet_counts(server), before))
+            level.update(unet_rows=rows, unet_executions=calls, rows_per_execution=round(rows / max(calls, 1), 2))
+            print(json.dumps(level), flush=True)
+            out["levels"].append(level)
+        if batching and args.soak:
+            soak_clients = max([c for c in args.levels if c < 64] or [1])
+            before = unet_counts(server)
+            soak = drive(client, soak_clients, args.soak, references)
+            rows, calls = (a - b for a, b in zip(unet_counts(server), before))
+            soak.update(unet_rows=rows, unet_executions=calls, rows_per_execution=round(rows / max(calls, 1), 2))
+            print("soak", json.dumps(soak), flush=True)
+            out["soak"] = soak
+    finally:
+        server.stop()
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-m", "--model")
+    p.add_argument("--instances", type=int, default=8, help="pedit model instances (edits in flight)")
+    p.add_argument("--levels", default="1,4,16,64")
+    p.add_argument("--per-client", type=int, default=2, help="requests per client at each level")
+    p.add_argument("--min-requests", type=int, default=8)
+    p.add_argument("--soak", type=int, default=1000, help="requests of the lost/mixed soak (0: none)")
+    p.add_argument("--work", default="/tmp/pedit-bench-serving")
+    p.add_argument("-o", "--output")
+    args = p.parse_args()
+    args.levels = [int(v) for v in args.levels.split(",")]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    first: dict = {}
+
+    def references_of(refs):  # the two configurations must serve the same bytes
+        if not first:
+            first.update(refs)
+            return "first configuration"
+        return "batching-on references" if refs == first else "DIFFERENT from batching on"
+
+    args.references_of = references_of
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
+              "model": args.model or "bundled toon", "instances": args.instances,
+              "configs": [run_config(args, True, work), run_config(args, False, work)]}
+    report["machine"]["load_avg_at_end"] = os.getloadavg()
+    on, off = report["configs"]
+    report["speedup"] = {a["clients"]: round(a["edits_per_s"] / b["edits_per_s"], 2)
+                         for a, b in zip(on["levels"], off["levels"]) if b["edits_per_s"]}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
