@@ -79,7 +79,9 @@ def run_config(args, batching: bool, work: Path) -> dict:
     repo = export_repository(RepositoryConfig(
         model=args.model, output=str(work / ("repo-batching" if batching else "repo-plain")), overwrite=True,
         batching=batching, pedit_instances=args.instances, max_queue=max(args.levels) * 4, timeout_s=600,
-        networks=("unet",), unet_max_rows=max(5 * args.instances, 20)), log=print)
+        networks=("unet",), unet_max_rows=5 * args.instances,
+        unet_preferred=tuple(sorted({5 * max(1, args.instances // 4), 5 * max(1, args.instances // 2), 5 * args.instances}))),
+        log=print)
     server = TritonServer(repo)
     server.start(timeout=600)
     out = {"batching": batching, "cold_start_to_ready_s": round(server.ready_seconds, 2), "levels": []}

@@ -32,7 +32,8 @@ class TritonPythonModel:
         opts.log_severity_level = 3
         opts.intra_op_num_threads = int(params.get("threads", os.environ.get("OMP_NUM_THREADS", "1")))
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         t = next((i for i in self.session.get_inputs() if i.name == "t"), None)

@@ -279,7 +279,10 @@ def load_editor_for(manifest: Manifest):
     project's torch); its U-Net is replaced by the server's `unet` model (pedit.serve.pedit_model)."""
     from pedit.edit.editor import Editor
 
-    return Editor.from_pretrained(manifest.model, device="cpu", cache=True)
+    import os
+
+    device = os.environ.get("PEDIT_SERVE_DEVICE", "cpu")  # cuda: the pedit model's own networks on the GPU
+    return Editor.from_pretrained(manifest.model, device=device, cache=device == "cpu")
 
 
 def serving_repository(cfg: RepositoryConfig, log: Callable[[str], None] = lambda m: None) -> Path:
