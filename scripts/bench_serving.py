@@ -2,7 +2,8 @@
 """Serving benchmark: edits/s and latency percentiles at 1, 4, 16 and 64 concurrent clients, with the
 U-Net's step-level batching on and off (the same repository otherwise), in one run.
 
-    python scripts/bench_serving.py [-m MODEL] [--instances 8] [--levels 1,4,16,64] [--soak 1000] [-o report.json]
+    python scripts/bench_serving.py [-m MODEL] [--instances 8] [--levels 1,4,16,64] [--soak 1000]
+                                    [--settings '{"steps": 20, ...}'] [-o report.json]
 
 For each configuration it exports a Triton repository (pedit export --triton), starts tritonserver
 on 127.0.0.1 and times the cold start to ready, computes each distinct request's reference alone,
@@ -47,6 +48,9 @@ def pixels(result) -> bytes:
     return np.asarray(result.image.convert("RGB")).tobytes()
 
 
+SETTINGS: dict = {}  # every request's settings (--settings): the model's own sampler when empty
+
+
 def drive(client: ServerClient, clients: int, requests: int, references: dict) -> dict:
     """`requests` requests from `clients` closed-loop clients; latencies, and lost / mixed counts."""
     latencies, outcomes = [], []
@@ -55,7 +59,7 @@ def drive(client: ServerClient, clients: int, requests: int, references: dict) -
     def one(key):
         t0 = time.perf_counter()
         try:
-            got = pixels(client.edit(PHOTO, [key[0]], key[1])[0])
+            got = pixels(client.edit(PHOTO, [key[0]], key[1], SETTINGS)[0])
         except Exception as e:  # counted as lost
             return time.perf_counter() - t0, key, f"{type(e).__name__}: {e}"
         return time.perf_counter() - t0, key, got
@@ -87,7 +91,7 @@ def run_config(args, batching: bool, work: Path) -> dict:
     out = {"batching": batching, "cold_start_to_ready_s": round(server.ready_seconds, 2), "levels": []}
     try:
         client = ServerClient(server.urls["http"], timeout=600)
-        references = {key: pixels(client.edit(PHOTO, [key[0]], key[1])[0]) for key in KEYS}
+        references = {key: pixels(client.edit(PHOTO, [key[0]], key[1], SETTINGS)[0]) for key in KEYS}
         if len(set(references.values())) != len(KEYS):
             raise SystemExit("two distinct requests gave the same image: mixed responses would go unseen")
         out["references_equal_to"] = args.references_of(references)
@@ -120,8 +124,10 @@ def main():
     p.add_argument("--min-requests", type=int, default=8)
     p.add_argument("--soak", type=int, default=1000, help="requests of the lost/mixed soak (0: none)")
     p.add_argument("--work", default="/tmp/pedit-bench-serving")
+    p.add_argument("--settings", default="{}", help="JSON settings of every request (pedit.serve.protocol.SETTINGS)")
     p.add_argument("-o", "--output")
     args = p.parse_args()
+    SETTINGS.update(json.loads(args.settings))
     args.levels = [int(v) for v in args.levels.split(",")]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -136,7 +142,7 @@ def main():
     args.references_of = references_of
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
-              "model": args.model or "bundled toon", "instances": args.instances,
+              "model": args.model or "bundled toon", "instances": args.instances, "settings": SETTINGS,
               "configs": [run_config(args, True, work), run_config(args, False, work)]}
     report["machine"]["load_avg_at_end"] = os.getloadavg()
     on, off = report["configs"]

@@ -248,3 +248,31 @@ def test_server_url_must_be_http():
     assert _address("localhost:9") == "localhost:9"
     with pytest.raises(ServeError, match="not an HTTP address"):
         _address("https://example.com/v2")
+
+
+# -- the server's command line: loopback by default, admin endpoints keyed, model control off ----------
+
+def test_the_server_binds_loopback_and_keys_the_admin_endpoints(tmp_path):
+    from pedit.serve.server import ADMIN_HEADER, TritonInstall, TritonServer, is_loopback
+
+    install = TritonInstall(Path("/bin/tritonserver"), tmp_path)
+    server = TritonServer(tmp_path, install=install, port=18000, admin_key="k")
+    command = server.command()
+    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+                 "--http-port=18000", "--grpc-port=18001", "--metrics-port=18002", "--model-control-mode=none"):
+        assert flag in command
+    keyed = f"model-repository,shared-memory,logging,trace,statistics:{ADMIN_HEADER}=k"
+    assert f"--http-restricted-api={keyed}" in command and f"--grpc-restricted-protocol={keyed}" in command
+    assert "--http-address=0.0.0.0" in TritonServer(tmp_path, host="0.0.0.0", install=install, port=1).command()
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+
+
+def test_a_refusal_in_the_log_is_reported_as_pedits_message():
+    from pedit.serve.server import failure_reason
+
+    log = ('I1207 model_lifecycle.cc] "loading: pedit:1"\n'
+           'E1207 model.py:80] "pedit-refused: Triton repository /r: unet/1/model.onnx changed after export; export it again"\n'
+           'E1207 model_lifecycle.cc:642] "failed to load \'pedit\' version 1: Internal: ..."\n')
+    assert failure_reason(log) == "Triton repository /r: unet/1/model.onnx changed after export; export it again"
+    assert "failed to load" in failure_reason(log.replace("pedit-refused", "other"))

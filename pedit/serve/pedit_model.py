@@ -27,11 +27,11 @@ from pedit.serve import protocol
 
 
 def bls_denoise(unet_model: str, max_rows: int):
-    """denoise(z_in (N, 8, h, w), t, context (N, L, D)) → eps (N, 4, h, w) through the U-Net model.
+    """denoise(z_in (N, 8, h, w), t, context (N, L, D)) → eps (N, 4, h, w) through the U-Net model,
+    for numpy arrays (the runtime) or torch tensors (the eager editor): eps comes back as z_in came.
 
     Every row carries its timestep (the per-row input); a call over `max_rows` rows (the U-Net
     model's max_batch_size) goes as several requests."""
-    import torch
 
     def call(z_in: np.ndarray, t_rows: np.ndarray, context: np.ndarray) -> np.ndarray:
         request = pb_utils.InferenceRequest(
@@ -43,17 +43,26 @@ def bls_denoise(unet_model: str, max_rows: int):
         return pb_utils.get_output_tensor_by_name(response, "eps").as_numpy()
 
     def denoise(z_in, t, context):
-        z = z_in.detach().float().cpu().numpy()
-        ctx = context.detach().float().cpu().numpy()
-        t_rows = np.broadcast_to(torch.as_tensor(t).float().reshape(-1).numpy(), (z.shape[0],)).reshape(-1, 1)
-        t_rows = np.ascontiguousarray(t_rows, dtype=np.float32)
+        z, ctx, steps = (_numpy(a) for a in (z_in, context, t))
+        t_rows = np.ascontiguousarray(np.broadcast_to(steps.reshape(-1), (len(z),)).reshape(-1, 1), dtype=np.float32)
         parts = [call(z[i:i + max_rows], t_rows[i:i + max_rows], ctx[i:i + max_rows]) for i in range(0, len(z), max_rows)]
-        eps = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        eps = np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
         if not np.isfinite(eps).all():
             raise PeditError("The U-Net model returned NaN or infinite values; nothing was returned.")
-        return torch.from_numpy(np.array(eps)).to(device=z_in.device, dtype=z_in.dtype)
+        if isinstance(z_in, np.ndarray):
+            return eps
+        import torch
+
+        return torch.from_numpy(eps).to(device=z_in.device, dtype=z_in.dtype)
 
     return denoise
+
+
+def _numpy(a) -> np.ndarray:
+    """float32 numpy of a numpy array, a number or a torch tensor (on any device)."""
+    if hasattr(a, "detach"):
+        a = a.detach().float().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
 
 
 def _parameters(model_config: dict) -> dict[str, str]:
@@ -62,9 +71,6 @@ def _parameters(model_config: dict) -> dict[str, str]:
 
 class TritonPythonModel:
     def initialize(self, args):
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("PEDIT_SERVE_THREADS", "1")))
         config = json.loads(args["model_config"])
         params = _parameters(config)
         repository = Path(args["model_repository"]).resolve().parent
@@ -76,7 +82,11 @@ class TritonPythonModel:
         except PeditError as e:
             pb_utils.Logger.log_error(f"pedit-refused: {e}")
             raise
-        editor.denoise = bls_denoise(params.get("unet_model", "unet"), int(params.get("unet_max_rows", "80")))
+        denoise = bls_denoise(params.get("unet_model", "unet"), int(params.get("unet_max_rows", "80")))
+        if hasattr(editor, "runtime"):  # the torch-free runtime editor: its U-Net calls go to the unet model
+            editor.runtime.denoise = denoise
+        else:
+            editor.denoise = denoise
         from pedit.serve.service import EditService
 
         self.service = EditService(editor, max_pixels=int(params.get("max_pixels", "50000000")),

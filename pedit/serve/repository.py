@@ -3,7 +3,8 @@
     REPO/
       unet/              config.pbtxt, 1/model.onnx (+ 1/model.py on the Python backend) or 1/model.plan
       vae_encoder/  vae_decoder/  image_projector/  text_encoder/      the same, one model per network
-      pedit/             config.pbtxt, 1/model.py: the edit (pedit.serve.pedit_model)
+      pedit/             config.pbtxt, 1/model.py: the edit (pedit.serve.pedit_model), 1/export/: the export
+                         folder (all five graphs, tokenizer, schedule) its torch-free runtime reads
       pedit-manifest.json                 the model folder and its hash, every file's sha256
 
 The networks come from the same specs and the same cached export as `pedit export`
@@ -31,6 +32,7 @@ from pedit.serve import protocol
 from pedit.serve.configs import NETWORK_BACKENDS, Batching, network_config, pedit_config
 
 MANIFEST = "pedit-manifest.json"
+EXPORT = "export"  # pedit/1/export: the `pedit export` folder the pedit model's runtime reads
 FORMAT = 1
 NETWORKS = ("unet", "image_projector", "text_encoder", "vae_encoder", "vae_decoder")
 SHIM = '"""Written by `pedit export --triton`: the model is {module}."""\nfrom {module} import TritonPythonModel  # noqa: F401\n'
@@ -108,8 +110,9 @@ def _graphs(cfg: RepositoryConfig, log) -> tuple[Path, dict, object]:
     key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
     out = cache_root("triton-graphs") / key
     model = load_model(folder, allow_pickle=cfg.allow_pickle, device="cpu")
+    # All five graphs, whichever are served as models: the pedit model's runtime reads the whole export.
     manifest = export_model(ExportConfig(model=str(folder), output=str(out), trt=cfg.trt, wait=True,
-                                         networks=cfg.networks, allow_pickle=cfg.allow_pickle), log, model=model)
+                                         allow_pickle=cfg.allow_pickle), log, model=model)
     if not cfg.allow_pickle:  # the pedit model's instances then load the TorchScript cache, none writes it
         from pedit.edit.editor import Editor
 
@@ -137,6 +140,7 @@ def export_repository(cfg: RepositoryConfig, log: Callable[[str], None] = lambda
         for name in cfg.networks:
             _write_network(staging, name, specs[name], manifest["networks"][name], graphs, backend, cfg)
         _write_pedit_model(staging, cfg, folder)
+        _copy_export(graphs, manifest, staging / protocol.MODEL / "1" / EXPORT)
         files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         (staging / MANIFEST).write_text(json.dumps({
             "format": FORMAT, "pedit": __version__, "model": str(folder), "model_hash": model_hash(folder),
@@ -153,6 +157,21 @@ def export_repository(cfg: RepositoryConfig, log: Callable[[str], None] = lambda
         shutil.rmtree(staging, ignore_errors=True)
     log(f"Triton repository ({backend} networks, U-Net batching {'on' if cfg.batching else 'off'}) in {repo}")
     return repo
+
+
+def _copy_export(graphs: Path, manifest: dict, to: Path) -> None:
+    """The export folder the pedit model's runtime loads (pedit.export.runtime): manifest, graphs, runtime files."""
+    to.mkdir(parents=True)
+    names = {"manifest.json"}
+    for entry in manifest.get("networks", {}).values():
+        for key in ("onnx", "onnx_fp16"):
+            if rec := entry.get(key):
+                names.add(rec["file"])
+                if "data" in rec:
+                    names.add(rec["data"]["file"])
+    names.update(rec["file"] for rec in manifest.get("runtime", {}).get("files", {}).values())
+    for name in sorted(names):
+        shutil.copy2(graphs / name, to / name)
 
 
 def _batching(name: str, cfg: RepositoryConfig) -> Batching:
@@ -265,22 +284,34 @@ def check_repository(repo: str | Path, model: str | Path | None = None) -> Manif
     if model is not None and model_path(model).resolve() != exported:
         raise ModelError(f"Triton repository {folder} was exported from another model ({exported}), not "
                          f"{model_path(model).resolve()}; {REEXPORT}.")
-    if not exported.is_dir():
-        raise ModelError(f"The model folder {exported} that {folder} was exported from is gone; {REEXPORT}.")
-    if model_hash(exported) != manifest.data.get("model_hash"):
+    # A repository carries its export (pedit/1/export): the model folder need not be on a serving machine,
+    # but where it is, it must be the one exported.
+    if exported.is_dir() and model_hash(exported) != manifest.data.get("model_hash"):
         raise ModelError(f"The model folder {exported} has changed since {folder} was exported from it; {REEXPORT}.")
     return manifest
 
 
 def load_editor_for(manifest: Manifest):
-    """pedit's Editor of the repository's model folder, on the CPU, from its TorchScript cache.
+    """The editor the pedit model runs, its U-Net to be replaced by the server's `unet` model.
 
-    Until the torch-free runtime lands this is the torch Editor (the serving environment reaches the
-    project's torch); its U-Net is replaced by the server's `unet` model (pedit.serve.pedit_model)."""
-    from pedit.edit.editor import Editor
+    The torch-free runtime editor (pedit.export.runtime_editor) over the repository's own export
+    folder, the path of `pedit edit --backend onnx`. Until the edit job it drives (pedit.edit.job)
+    is in this tree, pedit's torch Editor of the exported model folder on the CPU (its TorchScript
+    cache; the serving environment reaches the project's torch through a .pth file, see the Makefile)."""
+    import importlib.util
 
+    if all(importlib.util.find_spec(m) is not None for m in ("pedit.edit.job", "pedit.export.runtime_editor")):
+        from pedit.export.runtime import Runtime
+        from pedit.export.runtime_editor import RuntimeEditor
+
+        return RuntimeEditor(Runtime.load(manifest.folder / protocol.MODEL / "1" / EXPORT))
     import os
 
+    import torch
+
+    from pedit.edit.editor import Editor
+
+    torch.set_num_threads(int(os.environ.get("PEDIT_SERVE_THREADS", "1")))
     device = os.environ.get("PEDIT_SERVE_DEVICE", "cpu")  # cuda: the pedit model's own networks on the GPU
     return Editor.from_pretrained(manifest.model, device=device, cache=device == "cpu")
 
