@@ -6,8 +6,9 @@ U-Net's step-level batching on and off (the same repository otherwise), in one r
                                     [--settings '{"steps": 20, ...}'] [-o report.json]
 
 For each configuration it exports a Triton repository (pedit export --triton), starts tritonserver
-on 127.0.0.1 and times the cold start to ready, computes each distinct request's reference alone,
-then drives closed-loop clients (each sends its next request when the last returns) and reports:
+on 127.0.0.1 and times the cold start to ready, and computes each distinct request's reference alone.
+Both servers stay up; at each level the two are measured alternately `--repeats` times (medians),
+with closed-loop clients (each sends its next request when the last returns) and reports:
 edits/s, p50/p95/p99 latency, and from Triton's own statistics the U-Net's inference count (rows)
 against its execution count (calls). Every response is compared with its reference: a response
 equal to another request's reference is "mixed", a missing or failed one "lost". `--soak N` sends
@@ -79,7 +80,7 @@ def drive(client: ServerClient, clients: int, requests: int, references: dict) -
             "lost": len(lost), "mixed": mixed, "errors": sorted(set(lost))[:3]}
 
 
-def run_config(args, batching: bool, work: Path) -> dict:
+def start_config(args, batching: bool, work: Path) -> tuple[TritonServer, ServerClient, dict]:
     repo = export_repository(RepositoryConfig(
         model=args.model, output=str(work / ("repo-batching" if batching else "repo-plain")), overwrite=True,
         batching=batching, pedit_instances=args.instances, max_queue=max(args.levels) * 4, timeout_s=600,
@@ -88,30 +89,30 @@ def run_config(args, batching: bool, work: Path) -> dict:
         log=print)
     server = TritonServer(repo)
     server.start(timeout=600)
-    out = {"batching": batching, "cold_start_to_ready_s": round(server.ready_seconds, 2), "levels": []}
-    try:
-        client = ServerClient(server.urls["http"], timeout=600)
-        references = {key: pixels(client.edit(PHOTO, [key[0]], key[1], SETTINGS)[0]) for key in KEYS}
-        if len(set(references.values())) != len(KEYS):
-            raise SystemExit("two distinct requests gave the same image: mixed responses would go unseen")
-        out["references_equal_to"] = args.references_of(references)
-        for clients in args.levels:
-            before = unet_counts(server)
-            level = drive(client, clients, max(args.per_client * clients, args.min_requests), references)
-            rows, calls = (a - b for a, b in zip(unet_counts(server), before))
-            level.update(unet_rows=rows, unet_executions=calls, rows_per_execution=round(rows / max(calls, 1), 2))
-            print(json.dumps(level), flush=True)
-            out["levels"].append(level)
-        if batching and args.soak:
-            soak_clients = max([c for c in args.levels if c < 64] or [1])
-            before = unet_counts(server)
-            soak = drive(client, soak_clients, args.soak, references)
-            rows, calls = (a - b for a, b in zip(unet_counts(server), before))
-            soak.update(unet_rows=rows, unet_executions=calls, rows_per_execution=round(rows / max(calls, 1), 2))
-            print("soak", json.dumps(soak), flush=True)
-            out["soak"] = soak
-    finally:
-        server.stop()
+    client = ServerClient(server.urls["http"], timeout=600)
+    references = {key: pixels(client.edit(PHOTO, [key[0]], key[1], SETTINGS)[0]) for key in KEYS}
+    if len(set(references.values())) != len(KEYS):
+        raise SystemExit("two distinct requests gave the same image: mixed responses would go unseen")
+    return server, client, references
+
+
+def measure(server, client, references, clients: int, requests: int) -> dict:
+    before = unet_counts(server)
+    level = drive(client, clients, requests, references)
+    rows, calls = (a - b for a, b in zip(unet_counts(server), before))
+    level.update(unet_rows=rows, unet_executions=calls, rows_per_execution=round(rows / max(calls, 1), 2))
+    return level
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Repeats of one level: the median edits/s, the median of each percentile, totals of the counts."""
+    out = {k: runs[0][k] for k in ("clients", "requests")}
+    for key in ("edits_per_s", "p50_s", "p95_s", "p99_s"):
+        out[key] = round(statistics.median(r[key] for r in runs), 3)
+    out["edits_per_s_runs"] = [r["edits_per_s"] for r in runs]
+    for key in ("lost", "mixed", "unet_rows", "unet_executions"):
+        out[key] = sum(r[key] for r in runs)
+    out["rows_per_execution"] = round(out["unet_rows"] / max(out["unet_executions"], 1), 2)
     return out
 
 
@@ -122,6 +123,7 @@ def main():
     p.add_argument("--levels", default="1,4,16,64")
     p.add_argument("--per-client", type=int, default=2, help="requests per client at each level")
     p.add_argument("--min-requests", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3, help="alternations of the two configurations at each level")
     p.add_argument("--soak", type=int, default=1000, help="requests of the lost/mixed soak (0: none)")
     p.add_argument("--work", default="/tmp/pedit-bench-serving")
     p.add_argument("--settings", default="{}", help="JSON settings of every request (pedit.serve.protocol.SETTINGS)")
@@ -131,23 +133,37 @@ def main():
     args.levels = [int(v) for v in args.levels.split(",")]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    first: dict = {}
-
-    def references_of(refs):  # the two configurations must serve the same bytes
-        if not first:
-            first.update(refs)
-            return "first configuration"
-        return "batching-on references" if refs == first else "DIFFERENT from batching on"
-
-    args.references_of = references_of
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
               "model": args.model or "bundled toon", "instances": args.instances, "settings": SETTINGS,
-              "configs": [run_config(args, True, work), run_config(args, False, work)]}
+              "repeats": args.repeats}
+    # Both servers up at once and the configurations alternated at every repeat, so a change in the
+    # machine's load falls on both alike; medians over the repeats.
+    on = start_config(args, True, work)
+    off = start_config(args, False, work)
+    try:
+        report["cold_start_to_ready_s"] = {"batching": round(on[0].ready_seconds, 2), "plain": round(off[0].ready_seconds, 2)}
+        report["same_references"] = on[2] == off[2]
+        report["levels"] = []
+        for clients in args.levels:
+            requests = max(args.per_client * clients, args.min_requests)
+            runs = {"batching": [], "plain": []}
+            for r in range(args.repeats):
+                order = [("batching", on), ("plain", off)] if r % 2 == 0 else [("plain", off), ("batching", on)]
+                for name, (server, client, references) in order:
+                    runs[name].append(measure(server, client, references, clients, requests))
+                    print(name, json.dumps(runs[name][-1]), flush=True)
+            row = {name: pooled(rs) for name, rs in runs.items()}
+            row["speedup"] = round(row["batching"]["edits_per_s"] / max(row["plain"]["edits_per_s"], 1e-9), 2)
+            report["levels"].append(row)
+        if args.soak:
+            soak_clients = max([c for c in args.levels if c < 64] or [1])
+            report["soak"] = measure(*on, soak_clients, args.soak)
+            print("soak", json.dumps(report["soak"]), flush=True)
+    finally:
+        on[0].stop()
+        off[0].stop()
     report["machine"]["load_avg_at_end"] = os.getloadavg()
-    on, off = report["configs"]
-    report["speedup"] = {a["clients"]: round(a["edits_per_s"] / b["edits_per_s"], 2)
-                         for a, b in zip(on["levels"], off["levels"]) if b["edits_per_s"]}
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:

@@ -276,3 +276,36 @@ def test_a_refusal_in_the_log_is_reported_as_pedits_message():
            'E1207 model_lifecycle.cc:642] "failed to load \'pedit\' version 1: Internal: ..."\n')
     assert failure_reason(log) == "Triton repository /r: unet/1/model.onnx changed after export; export it again"
     assert "failed to load" in failure_reason(log.replace("pedit-refused", "other"))
+
+
+def test_server_without_the_pedit_model_is_one_error_line(tmp_path):
+    """A Triton-like server that is ready but serves no `pedit` model (KServe v2 answers, nothing else)."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install 'pedit[serve]'")
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Triton(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path == "/v2/health/ready"
+            body = b"" if ok else b'{"error":"Request for unknown model: \'pedit\' is not found"}'
+            self.send_response(200 if ok else 400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Triton)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        result = CliRunner().invoke(cli, ["edit", str(ASSETS.parents[1] / "examples" / "toon.png"), "-d", "laughing",
+                                          "--server", url, "-o", str(tmp_path / "out.png")])
+    finally:
+        httpd.shutdown()
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"Error: The Triton server at {url} has no ready 'pedit' model; serve a pedit repository there "
+                     "(`pedit serve`, or `pedit export --triton`)."]
+    assert not (tmp_path / "out.png").exists()
