@@ -116,6 +116,18 @@ def pooled(runs: list[dict]) -> dict:
     return out
 
 
+def markdown(report: dict) -> str:
+    """The report as the table docs/serving.md shows."""
+    lines = ["| clients | batching: edits/s | p50 / p95 / p99 s | U-Net rows per execution | batching off: edits/s "
+             "| p50 / p95 / p99 s | rows per execution | throughput ratio |", "|---|---|---|---|---|---|---|---|"]
+    for row in report["levels"]:
+        on, off = row["batching"], row["plain"]
+        lines.append(f"| {on['clients']} | {on['edits_per_s']} | {on['p50_s']} / {on['p95_s']} / {on['p99_s']} | "
+                     f"{on['rows_per_execution']} ({on['unet_rows']} / {on['unet_executions']}) | {off['edits_per_s']} | "
+                     f"{off['p50_s']} / {off['p95_s']} / {off['p99_s']} | {off['rows_per_execution']} | {row['speedup']}x |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-m", "--model")
@@ -166,6 +178,7 @@ def main():
     report["machine"]["load_avg_at_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     print(text)
+    print(markdown(report))
     if args.output:
         Path(args.output).write_text(text)
 

@@ -10,6 +10,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,9 +24,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pedit.serve.server import ServeError, TritonServer, find_triton
+from pedit.serve.server import ServeError, find_triton
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toon.png"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "toon.png"
 PHOTO = EXAMPLE.read_bytes()
 INSTANCES, MAX_QUEUE, MAX_BYTES = 3, 5, 1_000_000
 
@@ -45,6 +48,55 @@ pytestmark = pytest.mark.skipif(_serving_environment() is not None,
                                 reason=f"no serving environment: {_serving_environment()}")
 
 
+class ServeProcess:
+    """`pedit serve --repo REPO` in a subprocess, as a user runs it: its printed URLs, and its stop
+    (SIGTERM, what Ctrl-C and container runtimes send) checked to leave no process behind."""
+
+    def __init__(self, repo: Path):
+        from pedit.serve.server import free_port
+
+        self.repo, self.admin_key = repo, "test-admin-key"
+        self.port = free_port()
+        self.process = None
+
+    def start(self):
+        env = {**os.environ, "PEDIT_SERVE_KEY": self.admin_key, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen([sys.executable, "-m", "pedit", "serve", "--repo", str(self.repo),
+                                         "--port", str(self.port), "--timeout", "240"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.urls = {}
+        for line in self.process.stdout:  # "http: URL", "grpc: ...", "metrics: ..." once ready
+            name, _, url = line.strip().partition(": ")
+            self.urls[name] = url
+            if name == "metrics":
+                break
+        assert set(self.urls) == {"http", "grpc", "metrics"}, self.process.stderr.read()
+        assert self.urls["http"] == f"http://127.0.0.1:{self.port}"  # loopback unless --host says otherwise
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=60) == 0
+        assert "Stopping tritonserver" in self.process.stderr.read()
+        # The server and every Python-backend stub of this repository are gone.
+        assert not _processes_of(str(self.repo)), "pedit serve left processes behind"
+
+
+def _processes_of(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from pedit.serve.repository import RepositoryConfig, export_repository
@@ -53,10 +105,10 @@ def server(tmp_path_factory):
                                               pedit_instances=INSTANCES, max_queue=MAX_QUEUE, timeout_s=120,
                                               max_request_bytes=MAX_BYTES, network_backend="python",
                                               networks=("unet",)))
-    s = TritonServer(repo)
-    s.start(timeout=240)
+    s = ServeProcess(repo).start()
     yield s
-    s.stop()
+    if s.alive():
+        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +151,27 @@ def test_served_edit_is_the_local_onnx_edit(server, tmp_path):
                                  "-o", str(tmp_path / "r.png"), "-q"])
     assert remote.exit_code == 0, remote.output
     assert (tmp_path / "r.png").read_bytes() == (tmp_path / "l.png").read_bytes()
+
+
+def test_several_directions_and_a_users_mask_through_the_server_write_the_local_files(server, tmp_path):
+    from pedit.cli.main import cli
+
+    mask = np.zeros((128, 128), np.uint8)
+    mask[20:90, 25:105] = 255  # the face and hair of the toon portrait may change, nothing else
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    common = ["edit", str(EXAMPLE), "-d", "laughing,angry", "--seed", "3", "--mask", str(tmp_path / "mask.png"),
+              "--mask-mode", "intersect", "--save-mask", "-q"]
+    runner = CliRunner()
+    local = runner.invoke(cli, [*common, "--backend", "onnx", "-o", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    remote = runner.invoke(cli, [*common, "--server", server.urls["http"], "-o", str(tmp_path / "remote")])
+    assert remote.exit_code == 0, remote.output
+    names = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert len(names) == 6 and names == sorted(p.name for p in (tmp_path / "remote").iterdir())
+    for name in names:
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    kept = np.asarray(Image.open(tmp_path / "remote" / "toon_laughing_mask.png"))
+    assert kept.max() > 0 and kept[mask == 0].max() == 0  # the edit stayed inside the user's mask
 
 
 def test_concurrent_requests_give_the_bytes_of_each_alone(server, client, alone):
@@ -211,23 +284,29 @@ def test_a_killed_unet_gives_errors_never_a_wrong_image_and_a_restart_serves(ser
     pids = _stub_pids("unet")
     assert pids, "no U-Net model process found"
 
-    def one(_):
-        try:
-            return pixels(edit(client).image)
-        except ClientError as e:
-            return str(e)
+    done = threading.Event()
+
+    def load(_):  # requests back to back until a while after the kill: some are in their steps then
+        got = []
+        while not done.is_set():
+            try:
+                got.append(pixels(edit(client).image))
+            except ClientError as e:
+                got.append(str(e))
+        return got
 
     with ThreadPoolExecutor(INSTANCES) as pool:
-        futures = [pool.submit(one, i) for i in range(INSTANCES)]
-        time.sleep(0.8)  # the requests are in their steps
+        futures = [pool.submit(load, i) for i in range(INSTANCES)]
+        time.sleep(1.0)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        got = [f.result() for f in futures]
+        time.sleep(1.0)
+        done.set()
+        got = [g for f in futures for g in f.result()]
     errors = [g for g in got if isinstance(g, str)]
     assert errors, "killing the U-Net mid-request failed no request"
     assert all(np.array_equal(g, alone[("laughing", 0)]) for g in got if not isinstance(g, str))
-    server.stop()
-    assert not server.alive()
-    server.start(timeout=240)
+    server.stop()  # pedit serve stopped by SIGTERM: server and stubs gone (checked in stop)
+    server.start()
     fresh = ServerClient(server.urls["http"], timeout=120)
     assert np.array_equal(pixels(edit(fresh).image), alone[("laughing", 0)])

@@ -165,7 +165,8 @@ class TritonServer:
         self.host = host
         self.ports = Ports.starting_at(port, host if host != "0.0.0.0" else "127.0.0.1")
         self.install = install or find_triton()
-        self.admin_key = admin_key or secrets.token_urlsafe(24)
+        # PEDIT_SERVE_KEY: a key of your own (a deployment's secret); else a random one per start.
+        self.admin_key = admin_key or os.environ.get("PEDIT_SERVE_KEY") or secrets.token_urlsafe(24)
         self.log_path = log_path or cache_root("serve-logs") / f"tritonserver-{os.getpid()}-{self.ports.http}.log"
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
