@@ -174,6 +174,21 @@ def test_several_directions_and_a_users_mask_through_the_server_write_the_local_
     assert kept.max() > 0 and kept[mask == 0].max() == 0  # the edit stayed inside the user's mask
 
 
+def test_the_web_app_edits_through_the_server(server, alone):
+    pytest.importorskip("gradio", reason="the web app needs pedit[app]")
+    from pedit.app.service import AppConfig, EditRequest, PeditApp
+    from pedit.errors import ConfigError
+
+    app = PeditApp(AppConfig(server=server.urls["http"]))
+    try:
+        outcome = app.edit(EditRequest(photo=str(EXAMPLE), direction="laughing"))
+        assert np.array_equal(pixels(Image.open(outcome.result)), alone[("laughing", 0)])
+        with pytest.raises(ConfigError, match="without --server"):
+            app.sticker_pack(str(EXAMPLE))
+    finally:
+        app.close()
+
+
 def test_concurrent_requests_give_the_bytes_of_each_alone(server, client, alone):
     before = unet_counts(server)
     asks = [("laughing", 0), ("angry", 1)] * 4
