@@ -1,5 +1,6 @@
 # Two entry points (see README): `make demo` sets everything up and edits a portrait with the bundled
 # model; `make test` sets everything up and runs the test suite. Both create .venv on first use.
+# `make docs` builds the documentation site into site/ with --strict (a broken link or reference fails).
 PYTHON ?= python3
 VENV := .venv
 PIP_FLAGS := -q -c constraints.txt
@@ -12,7 +13,7 @@ SERVE_PINS := nvidia-pytriton==0.7.0 'tritonclient[all]==2.73.0' onnxruntime==1.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[torch,test,faces,onnx,lora,datasets,app,serve]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[torch,test,faces,onnx,lora,datasets,app,docs,serve]'
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps --target $(VENV)/typing/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
@@ -25,7 +26,7 @@ $(SERVE_VENV)/.installed: $(VENV)/.installed Makefile
 	  > "$$($(SERVE_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/pedit-project.pth"
 	touch $@
 
-.PHONY: setup browser demo test
+.PHONY: setup browser demo test docs
 setup: $(VENV)/.installed $(SERVE_VENV)/.installed
 
 # The web app's browser test drives Debian's chromium through chromedriver. Installed here when
@@ -43,3 +44,6 @@ demo: setup
 
 test: setup browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -p no:cacheprovider
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -4,7 +4,7 @@ Every test runs the real command (`click.testing.CliRunner`) on files written he
 untrained MCDM of conftest.py (`random_model`, 32 px) and 2 steps / 2 mask noises so the whole file
 stays fast. What is checked is what a user would check: which files appear (and which do not), their
 size, format, alpha, EXIF, the bytes outside the edited crop, and exact exit codes and `Error:` lines
-(DESIGN.md: 0 success, 1 an explained failure on stderr with no traceback, 2 bad usage).
+(the exit codes: 0 success, 1 an explained failure on stderr with no traceback, 2 bad usage).
 """
 
 from __future__ import annotations

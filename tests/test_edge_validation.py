@@ -108,7 +108,7 @@ def test_a_non_finite_latent_stops_the_sampler():
     from pedit.edit.sampler import sample
 
     def denoise(z_in, t, context):  # (5B, 8, h, w) → (5B, 4, h, w); NaN at one step only
-        return torch.full_like(z_in[:, :4], NAN if int(t) == 3 else 0.1)
+        return torch.full_like(z_in[:, :4], NAN if int(t[0]) == 3 else 0.1)
 
     z = torch.zeros(1, 4, 2, 2)
     rows = (torch.zeros(5, 4, 2, 2), torch.zeros(5, 3, 8))

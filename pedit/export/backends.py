@@ -1,5 +1,5 @@
 """Backends: each one is a `denoise(z_in, t, context) -> eps` callable, the only thing the sampler
-and the editing mask call (DESIGN.md, "Samplers and backends"). They differ in what runs the U-Net:
+and the editing mask call (docs/design-notes.md, "Samplers and backends"). They differ in what runs the U-Net:
 
     torch    eager PyTorch, the model's own precision and device
     compile  torch.compile of the U-Net; on CUDA with CUDA graphs ("reduce-overhead"). Inductor's
