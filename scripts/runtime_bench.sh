@@ -17,6 +17,9 @@ MODELS=${MODELS:-"toon toon-fast"}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export PEDIT_CACHE="$work/cache" HF_HUB_OFFLINE=1
+# Bytecode as an installed package has it (pip compiles it at install time; torch's is there too): the
+# untimed run writes pedit's own .pyc files when the environment had turned that off.
+unset PYTHONDONTWRITEBYTECODE
 edit=(-m pedit edit examples/toon.png -d laughing --backend onnx --overwrite -q)
 
 for model in $MODELS; do  # exports into the cache; not timed

@@ -38,13 +38,13 @@ def test_unet_spec_has_the_five_row_sampler_and_the_mask_profile(model):
     d = dims_of(model)
     spec = network_specs(d, n_noise=10)["unet"]
     assert d.context_length == 77 + model.mcdm.num_image_tokens
-    assert [t.concrete(5) for t in spec.inputs] == [(5, 8, d.latent, d.latent), (1,), (5, d.context_length, d.width)]
+    assert [t.concrete(5) for t in spec.inputs] == [(5, 8, d.latent, d.latent), (5,), (5, d.context_length, d.width)]
     # mask: from 1 row (2 rows a draw; N = 1 sends 2), opt the 2 x N-row mask call, up to 5 x N rows
     assert spec.profiles == {"sampler": (5, 5, 5), "mask": (1, 20, 50)}
     assert network_specs(d, n_noise=3)["unet"].profiles["mask"] == (1, 6, 15)
     assert trt.profile_shapes(spec)[1]["context"] == ((1, d.context_length, d.width), (20, d.context_length, d.width),
                                                       (50, d.context_length, d.width))
-    assert "t" not in trt.profile_shapes(spec)[0]  # static inputs get no profile shapes
+    assert trt.profile_shapes(spec)[0]["t"] == ((5,), (5,), (5,))  # one timestep a row: t follows the batch
 
 
 def test_export_writes_every_network_with_parity_in_the_manifest(exported, model):
@@ -73,7 +73,7 @@ def test_unchanged_stages_are_skipped_changed_and_forced_ones_redone(random_mode
     first = export_model(ExportConfig(model=str(src_model), output=str(out)))  # another folder: everything redone
     log = []
     again = export_model(ExportConfig(model=str(src_model), output=str(out)), log.append)
-    assert log == [f"{n}: ONNX skipped (inputs unchanged)" for n in NETWORKS]
+    assert log == [f"{n}: ONNX skipped (inputs unchanged)" for n in NETWORKS] + ["runtime files: skipped (unchanged)"]
     assert again["networks"] == first["networks"]
 
     # New projector weights: only the network made of them is exported again.

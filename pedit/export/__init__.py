@@ -10,5 +10,13 @@
     bench.py      `pedit bench`: latency breakdown, FLOPs, the InstructPix2Pix comparison
     sd15.py       an MCDM of Stable Diffusion 1.5 size with random weights (no download)
 
-Importing this package is cheap: torch, onnx and onnxruntime load inside the functions.
+The deployment runtime, torch-free (docs/runtime.md):
+
+    runtime_files.py  what `pedit export` writes for it: tokenizer.json, the schedule table, the CLIP resize, model.json
+    runtime_folder.py an exported folder checked like a model folder; the cache export `--backend onnx` makes
+    runtime.py        Runtime: ONNX Runtime sessions of the five graphs, the conditions, decode; numpy noise
+    runtime_editor.py RuntimeEditor: the Editor's surface over a Runtime, what `pedit edit --backend onnx|trt` runs
+
+Importing this package is cheap: torch, onnx and onnxruntime load inside the functions; the runtime's
+modules import none of torch, diffusers or transformers at all.
 """

@@ -200,7 +200,9 @@ def load_editor(path=None, device: str | None = None, allow_pickle: bool = False
     is widened only if it does not cover it. engines: a `pedit export` folder for onnx/trt.
     """
     from pedit.edit.editor import Editor
+    from pedit.export.runtime_folder import refuse_other_backend
 
+    refuse_other_backend(path, backend)
     editor = Editor.from_pretrained(path, device=device, allow_pickle=allow_pickle, precision=precision,
                                     cache=cache and backend == "torch")
     if backend == "torch":

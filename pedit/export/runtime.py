@@ -26,17 +26,14 @@ sys.modules); onnxruntime and tokenizers load when a Runtime is.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pedit.errors import ConfigError, MissingPackageError, ModelError, NonFiniteError
+from pedit.errors import ConfigError, NonFiniteError
 from pedit.export.runtime_folder import Export, read_export
-
-RUNTIME_BACKENDS = ("onnx", "trt")
+from pedit.export.runtime_sessions import RUNTIME_BACKENDS, check_backend, session  # noqa: F401 (the API)
 
 
 def noise(seed: int) -> Callable[[tuple], np.ndarray]:
@@ -44,44 +41,6 @@ def noise(seed: int) -> Callable[[tuple], np.ndarray]:
     call continues the stream (the job draws the mask's noise first, then z_T)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     return lambda shape: rng.standard_normal(tuple(shape), dtype=np.float32)
-
-
-def _providers(backend: str, folder: Path) -> list:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if backend == "trt":
-        if "TensorrtExecutionProvider" not in available:
-            raise MissingPackageError(
-                "--backend trt runs the exported graphs through ONNX Runtime's TensorRT provider, which this "
-                f"onnxruntime does not have (it offers {', '.join(available)}); install onnxruntime-gpu with "
-                "TensorRT on an NVIDIA machine, or use --backend onnx.")
-        cache = folder / "trt-cache"
-        return [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                                               "trt_fp16_enable": True}),
-                "CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-def session(path: Path, backend: str = "onnx"):
-    """An ONNX Runtime session of one exported graph; threads as OMP_NUM_THREADS says (as torch would)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        opts.intra_op_num_threads = int(threads)
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        # Threads that spin while they wait slow a busy machine down (docs/deployment.md, "CPU cold start").
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), opts, providers=_providers(backend, path.parent))
-    except MissingPackageError:
-        raise
-    except Exception as e:  # a graph ONNX Runtime cannot load: its message, one line
-        why = " ".join(str(e).split())[:300]
-        raise ModelError(f"ONNX Runtime cannot load {path}: {why}. Export it again (`pedit export --force`).") from None
 
 
 @dataclass
@@ -96,8 +55,7 @@ class Runtime:
     """A loaded export: one ONNX Runtime session per network, and what the sampler reads."""
 
     def __init__(self, export: Export, backend: str = "onnx"):
-        if backend not in RUNTIME_BACKENDS:
-            raise ConfigError(f"The runtime runs --backend {' or '.join(RUNTIME_BACKENDS)}, not {backend!r}.")
+        check_backend(backend)
         from tokenizers import Tokenizer
 
         from pedit.data.directions import model_directions
@@ -105,7 +63,7 @@ class Runtime:
         self.export, self.backend = export, backend
         self.meta = export.meta
         self.directions = model_directions(export.meta, export.folder)
-        self.sessions = {name: session(path, backend) for name, path in export.graphs.items()}
+        self.sessions = {name: session(path, backend, export.hashes[name] or None) for name, path in export.graphs.items()}
         self.tokenizer = Tokenizer.from_file(str(export.tokenizer))
         self._prompts: dict[str, np.ndarray] = {}
 

@@ -28,6 +28,7 @@ class Export:
     folder: Path
     model: str  # the model folder it was exported from (as recorded; it need not exist here)
     graphs: dict  # network name → Path of the graph the backend runs
+    hashes: dict  # network name → that graph's sha256, as the manifest records it
     meta: dict  # the model folder's pedit.json
     scheduler_config: dict
     dims: dict  # pedit.export.specs.Dims as a dict
@@ -44,6 +45,15 @@ def is_export(path) -> bool:
     """Whether `path` is a folder `pedit export` wrote (it holds manifest.json, not pedit.json)."""
     p = Path(path).expanduser()
     return p.is_dir() and (p / MANIFEST).is_file() and not (p / "pedit.json").exists()
+
+
+def refuse_other_backend(model, backend: str) -> None:
+    """ConfigError when `-m` names an exported folder and `backend` is not one the runtime runs."""
+    from pedit.errors import ConfigError
+
+    if backend not in ("onnx", "trt") and model is not None and is_export(model):
+        raise ConfigError(f"-m {model} is an exported folder (`pedit export`): it edits with --backend onnx or trt, "
+                          "without torch; for another backend pass the model folder it was exported from.")
 
 
 def _again(folder: Path, model: str | None) -> str:
@@ -66,7 +76,7 @@ def read_export(folder, backend: str = "onnx") -> Export:
     if not isinstance(runtime, dict) or runtime.get("format") != RUNTIME_FORMAT:
         raise ModelError(f"{folder} was exported without the runtime's files ({TOKENIZER}, {ARRAYS}, {MODEL_JSON}: "
                          f"an older pedit, or not all five networks); {_again(folder, model)}.")
-    graphs = {}
+    graphs, hashes = {}, {}
     for name in NETWORKS:
         entry = manifest.get("networks", {}).get(name, {})
         rec = (entry.get("onnx_fp16") if backend == "trt" and name == "unet" else None) or entry.get("onnx")
@@ -75,14 +85,15 @@ def read_export(folder, backend: str = "onnx") -> Export:
                              f"({', '.join(NETWORKS)}): {_again(folder, model)}.")
         if (why := problem(folder, rec)) is not None:
             raise ModelError(f"Exported folder {folder} is damaged: {why}; {_again(folder, model)}.")
-        graphs[name] = folder / rec["file"]
+        # a graph with external data (Stable Diffusion size) keeps no optimised copy: "" (runtime_sessions)
+        graphs[name], hashes[name] = folder / rec["file"], "" if "data" in rec else str(rec.get("sha256", ""))
     files = runtime.get("files", {})
     for name in (TOKENIZER, ARRAYS, MODEL_JSON):
         if (why := problem(folder, files.get(name))) is not None:
             why = f"{folder / name} is missing from the manifest" if why == "no graph is recorded" else why
             raise ModelError(f"Exported folder {folder} is damaged: {why}; {_again(folder, model)}.")
     described = _model_json(folder)
-    return Export(folder=folder, model=str(model), graphs=graphs, meta=described["meta"],
+    return Export(folder=folder, model=str(model), graphs=graphs, hashes=hashes, meta=described["meta"],
                   scheduler_config=described["scheduler_config"], dims=described["dims"],
                   latent_factor=int(described["latent_factor"]), arrays=_arrays(folder), tokenizer=folder / TOKENIZER)
 
@@ -172,7 +183,29 @@ def export_for(model, engines=None, log=lambda msg: None, allow_pickle: bool = F
     if exported_from and exported_from != str(model_folder.resolve()):
         raise ModelError(f"Engines folder {target} was exported from another model ({exported_from}); export this "
                          f"model there with `pedit export -m {model_folder} -o {target} --force`, or pick another folder.")
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        from pedit.errors import MissingPackageError
+
+        raise MissingPackageError(f"{target} holds no current export of {model_folder}, and exporting one needs torch, "
+                                  "which this install leaves out: pass -m a folder `pedit export` wrote, or pip install "
+                                  "'pedit[torch]'.")
     from pedit.export.pipeline import ExportConfig, export_model
 
-    export_model(ExportConfig(model=str(model_folder), output=str(target), wait=True, allow_pickle=allow_pickle), log)
+    # The U-Net's recorded profiles stay (an engine built for them is not made stale): ONNX Runtime takes any batch.
+    cfg = ExportConfig(model=str(model_folder), output=str(target), wait=True, allow_pickle=allow_pickle,
+                       n_noise=_recorded_draws(read_manifest(target)) or 10)
+    export_model(cfg, log)
     return target
+
+
+def _recorded_draws(manifest: dict) -> int:
+    """The mask draws the folder's U-Net profiles were made for (mask profile max / 5 rows), 0 when none."""
+    from pedit.edit.guidance import N_ROWS
+
+    try:
+        draws = int(manifest["networks"]["unet"]["spec"]["profiles"]["mask"][2]) // N_ROWS
+    except (KeyError, TypeError, ValueError, IndexError):
+        return 0
+    return draws if 1 <= draws <= 1024 else 0

@@ -136,8 +136,6 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
     editor: an Editor already loaded from `cfg.model` (the web app loads one per process and edits
     every request with it); None loads it here from cfg's model, device, backend and precision.
     """
-    from pedit.export.backends import load_editor
-    from pedit.edit.mask import unet_rows
     from pedit.viz import compare_sheet, overlay_mask
 
     paths = find_images(cfg.inputs)  # missing paths and empty folders fail before the model loads
@@ -147,7 +145,17 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         if (why := empty_mask_problem(region, cfg.mask_mode, cfg.mask)) is not None:
             raise ConfigError(why)
     out = Path(cfg.output) if cfg.output else None
+    from pedit.export.runtime_folder import is_export
+
+    if editor is None and (cfg.backend in ("onnx", "trt") or (cfg.model is not None and is_export(cfg.model))):
+        from pedit.export.runtime_editor import load_runtime_editor  # the torch-free runtime (docs/runtime.md)
+
+        editor = load_runtime_editor(cfg.model, cfg.backend, cfg.engines, log=lambda msg: on_event("note", msg),
+                                     allow_pickle=cfg.allow_pickle)
     if editor is None:
+        from pedit.edit.mask import unet_rows
+        from pedit.export.backends import load_editor
+
         editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                              precision=cfg.precision, engines=cfg.engines,
                              log=lambda msg: on_event("note", msg), cache=cfg.cache,
