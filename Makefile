@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps --target $(VENV)/typing/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
-# Until the edit runs without torch, the serving environment reaches the project's torch through a .pth
-# file: appended after its own site-packages, so its numpy 1.x wins (pedit.serve.repository.load_editor_for).
+# The pedit model runs the torch-free runtime, but the edit's options class (pedit.edit.editor.EditOptions)
+# still imports torch: until it does not, the serving environment reaches the project's torch through a
+# .pth file, appended after its own site-packages so that its numpy 1.x wins.
 $(SERVE_VENV)/.installed: $(VENV)/.installed Makefile
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install -q $(SERVE_PINS)

@@ -1,14 +1,15 @@
 """The `pedit` model of a Triton repository (Python backend): one request = one photo's edit.
 
-Each instance loads the model folder once, checks the repository against its manifest (a repository
-exported from another model, or changed since, is refused: the server logs `pedit-refused: <why>`
-and the model does not load), and edits requests with pedit's own `Editor`, whose `denoise` sends
-each U-Net call to the `unet` model through BLS (business-logic scripting). Instances are separate
+Each instance checks the repository against its manifest (a repository exported from another model,
+or changed since, is refused: the server logs `pedit-refused: <why>` and the model does not load),
+loads the repository's export folder into pedit's torch-free runtime editor (the edit job of
+`pedit edit --backend onnx`), and edits requests with it; the job's U-Net call of each tick goes to
+the `unet` model through BLS (business-logic scripting). Instances are separate
 processes: while each runs its own request's steps, their U-Net calls queue in the `unet` model's
 dynamic batcher and execute together, so concurrent requests share U-Net executions step by step.
 
 The sampler is pedit's one sampler; only where its U-Net runs differs from `pedit edit --backend onnx`
-(the same ONNX graph, in ONNX Runtime, in the `unet` model's process).
+(the same ONNX graph, in ONNX Runtime, in the `unet` model's process): the same bytes (tested).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pedit.serve import protocol
 
 
 def bls_denoise(unet_model: str, max_rows: int):
-    """denoise(z_in (N, 8, h, w), t, context (N, L, D)) → eps (N, 4, h, w) through the U-Net model,
-    for numpy arrays (the runtime) or torch tensors (the eager editor): eps comes back as z_in came.
+    """denoise(z_in (N, 8, h, w), t (N,) or one for all rows, context (N, L, D)) → eps (N, 4, h, w)
+    through the U-Net model; numpy arrays in and out (a torch tensor is taken too, and answered in kind).
 
     Every row carries its timestep (the per-row input); a call over `max_rows` rows (the U-Net
     model's max_batch_size) goes as several requests."""
@@ -82,11 +83,8 @@ class TritonPythonModel:
         except PeditError as e:
             pb_utils.Logger.log_error(f"pedit-refused: {e}")
             raise
-        denoise = bls_denoise(params.get("unet_model", "unet"), int(params.get("unet_max_rows", "80")))
-        if hasattr(editor, "runtime"):  # the torch-free runtime editor: its U-Net calls go to the unet model
-            editor.runtime.denoise = denoise
-        else:
-            editor.denoise = denoise
+        # The runtime's U-Net calls (pedit.edit.job.run: one a tick) go to the unet model.
+        editor.runtime.denoise = bls_denoise(params.get("unet_model", "unet"), int(params.get("unet_max_rows", "80")))
         from pedit.serve.service import EditService
 
         self.service = EditService(editor, max_pixels=int(params.get("max_pixels", "50000000")),

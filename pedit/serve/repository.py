@@ -292,28 +292,13 @@ def check_repository(repo: str | Path, model: str | Path | None = None) -> Manif
 
 
 def load_editor_for(manifest: Manifest):
-    """The editor the pedit model runs, its U-Net to be replaced by the server's `unet` model.
+    """The editor the pedit model runs: the torch-free runtime editor (pedit.export.runtime_editor, the
+    path of `pedit edit --backend onnx`) over the repository's own export folder. The pedit model then
+    replaces its U-Net with the server's `unet` model (pedit.serve.pedit_model)."""
+    from pedit.export.runtime import Runtime
+    from pedit.export.runtime_editor import RuntimeEditor
 
-    The torch-free runtime editor (pedit.export.runtime_editor) over the repository's own export
-    folder, the path of `pedit edit --backend onnx`. Until the edit job it drives (pedit.edit.job)
-    is in this tree, pedit's torch Editor of the exported model folder on the CPU (its TorchScript
-    cache; the serving environment reaches the project's torch through a .pth file, see the Makefile)."""
-    import importlib.util
-
-    if all(importlib.util.find_spec(m) is not None for m in ("pedit.edit.job", "pedit.export.runtime_editor")):
-        from pedit.export.runtime import Runtime
-        from pedit.export.runtime_editor import RuntimeEditor
-
-        return RuntimeEditor(Runtime.load(manifest.folder / protocol.MODEL / "1" / EXPORT))
-    import os
-
-    import torch
-
-    from pedit.edit.editor import Editor
-
-    torch.set_num_threads(int(os.environ.get("PEDIT_SERVE_THREADS", "1")))
-    device = os.environ.get("PEDIT_SERVE_DEVICE", "cpu")  # cuda: the pedit model's own networks on the GPU
-    return Editor.from_pretrained(manifest.model, device=device, cache=device == "cpu")
+    return RuntimeEditor(Runtime.load(manifest.folder / protocol.MODEL / "1" / EXPORT))
 
 
 def serving_repository(cfg: RepositoryConfig, log: Callable[[str], None] = lambda m: None) -> Path:
