@@ -118,3 +118,52 @@ def test_the_job_steps_numpy_arrays_to_the_torch_numbers(editor, photo):
     assert isinstance(job.z_0[0], np.ndarray)
     np.testing.assert_array_equal(job.model_masks[0], torch_job.model_masks[0].numpy())
     np.testing.assert_allclose(job.z_0[0], torch_job.z_0[0].numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_failing_job_fails_alone_and_the_others_finish(editor, photo):
+    """One job's NaN (or bad input, or a progress callback whose client left) is that job's error; the
+    jobs beside it finish with the bytes they have alone."""
+    from pedit.errors import NonFiniteError
+
+    alone, square = _job(editor, photo, "royal", 1)
+    run([alone], editor.denoise)
+
+    def leaving(i, n):
+        if i == 2:
+            raise ConnectionError("client gone")
+
+    jobs = [_job(editor, photo, "laughing", 0)[0], _job(editor, photo, "royal", 1)[0],
+            _job(editor, photo, "angry", 2, callback=leaving)[0]]
+    poisoned = jobs[0]
+    real = editor.denoise
+
+    def denoise(z_in, t, context):  # the first job's rows come first in every call: NaN them
+        out = real(z_in, t, context)
+        if not poisoned.done:
+            out[: len(poisoned.rows())] = float("nan")
+        return out
+
+    run(jobs, denoise, raise_errors=False)
+    assert isinstance(jobs[0].error, NonFiniteError) and isinstance(jobs[2].error, ConnectionError)
+    assert jobs[1].error is None and jobs[1].done
+    assert _bytes(editor, jobs[1], square) == _bytes(editor, alone, square)
+    with pytest.raises(NonFiniteError):  # the CLI's form: the failure is raised once every job has run
+        run([_job(editor, photo, "laughing", 0)[0]], lambda z, t, c: real(z, t, c) * float("nan"))
+
+
+def test_max_rows_splits_a_tick_into_calls_an_engine_can_take(editor, photo):
+    jobs = [_job(editor, photo, d, s) for d, s in CASES]
+    alone = []
+    for job, square in jobs:
+        run([job], editor.denoise)
+        alone.append(_bytes(editor, job, square))
+    calls = []
+
+    def counted(z_in, t, context):
+        calls.append(z_in.shape[0])
+        return editor.denoise(z_in, t, context)
+
+    again = [_job(editor, photo, d, s) for d, s in CASES]
+    run([job for job, _ in again], counted, max_rows=5)
+    assert max(calls) <= 5 and len(calls) > max(j.settings[0].steps for j, _ in again)
+    assert [_bytes(editor, job, square) for job, square in again] == alone

@@ -23,10 +23,11 @@ from pedit.data.directions import Direction, check_subject, model_directions, re
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
 from pedit.edit.guidance import GuidanceScales, check_edit_scale
+from pedit.arrays import to_like
 from pedit.edit.job import EditJob, run
 from pedit.edit.mask import MaskConfig, change_weight, composite, pixel_mask
 from pedit.model.mask_settings import mask_config_for
-from pedit.model.sampling_settings import check_sampling_fields, check_scheduler, sampling_for
+from pedit.model.sampling_settings import SamplingSettings, check_sampling_fields, check_scheduler, sampling_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler
@@ -219,9 +220,26 @@ class Editor:
         `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.model.mask_settings)
         and its sampling settings ("sampling": steps, scheduler, guidance interval; pedit.model.sampling_settings)."""
         direction = None if direction is None else self.direction(direction)
-        sampling = sampling_for(self.model.meta)  # pedit.json "sampling": steps, scheduler, guidance interval
+        sampling = sampling_for(self.model.meta)  # pedit.json "sampling": steps, scheduler, interval, scales
         return EditOptions(mask=mask_config_for(self.model.meta, direction), steps=sampling.steps,
-                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval)
+                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval,
+                           scales=GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p))
+
+    def options_for(self, direction: str | Direction, settings: SamplingSettings | None = None, **fields) -> EditOptions:
+        """The EditOptions of `settings` (what a command's flags, the app or the caller set) laid over the
+        model folder's defaults for `direction` (`default_options`): each field set wins, each None keeps
+        the folder's. `fields`: EditOptions fields outside the sampling settings (mask_mode, subject, ...)."""
+        d = self.default_options(direction)
+        s = settings or SamplingSettings()
+
+        def given(value, default):
+            return default if value is None else value
+
+        scales = GuidanceScales(given(s.s_s, d.scales.s_s), given(s.s_im, d.scales.s_im), given(s.s_p, d.scales.s_p))
+        mask = dataclasses.replace(d.mask, n_noise=given(s.mask_noises, d.mask.n_noise), batch=s.mask_batch)
+        return dataclasses.replace(d, steps=given(s.steps, d.steps), seed=s.seed, scheduler=given(s.scheduler, d.scheduler),
+                                   guidance_interval=given(s.guidance_interval, d.guidance_interval), scales=scales,
+                                   use_mask=s.use_mask, mask=mask, **fields)
 
     def scheduler(self, options: EditOptions):
         """The sampling scheduler for `options`; ConfigError when its steps do not fit the model's schedule."""
@@ -341,6 +359,7 @@ class Editor:
         user = None
         if first.user_mask is not None:
             user = user_mask_at(first.user_mask, self.resolution, conds[0].c_s.shape[-1])
+            user = dataclasses.replace(user, latent=to_like(user.latent, conds[0].c_s))  # where the latents live
         like = conds[0].c_s
 
         def new_noise(seed: int):
@@ -349,7 +368,6 @@ class Editor:
 
         return EditJob(conds, options, self.scheduler, make_noise_scheduler(self.model.parts.scheduler_config),
                       new_noise, self.rows, batch_steps, user, callback)
-        return job
 
     def decode(self, z_0: torch.Tensor) -> np.ndarray:
         """(1, 4, h, w) latent → (R, R, 3) uint8; NaN or infinity is an error, never a grey region."""

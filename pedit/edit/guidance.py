@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pedit.arrays import as_dtype, blocks, xp_of
+from pedit.model.sampling_settings import DEFAULT_SCALES
 
 N_ROWS = 5  # rows of the guidance batch per image
 PROMPT_ROWS = 2  # rows 3-4 alone: what the editing mask's difference needs (branch_difference)
@@ -29,9 +30,9 @@ PROMPT_ROWS = 2  # rows 3-4 alone: what the editing mask's difference needs (bra
 class GuidanceScales:
     """(s_s, s_im, s_p): weights of the spatial, image and text conditions, nested s → im → p."""
 
-    s_s: float = 1.5
-    s_im: float = 1.0
-    s_p: float = 4.0
+    s_s: float = DEFAULT_SCALES["s_s"]
+    s_im: float = DEFAULT_SCALES["s_im"]
+    s_p: float = DEFAULT_SCALES["s_p"]
 
     def __post_init__(self):
         from pedit.validate import check_number
@@ -41,14 +42,12 @@ class GuidanceScales:
 
 
 def check_edit_scale(s_p: float) -> None:
-    """An edit needs s_p != 0: the text term is the only one that differs between the two branches of
-    Eq. 3 (p_b and p_a), so at 0 the editing mask |eps~(p_b) - eps~(p_a)| is zero everywhere and the
-    edit returns the input unchanged."""
-    from pedit.errors import ConfigError
+    """An edit needs s_p != 0 (pedit.model.sampling_settings.check_scales says why)."""
+    from types import SimpleNamespace
 
-    if s_p == 0:
-        raise ConfigError("s_p = 0 removes the text condition, the only one that names the direction: the editing "
-                          "mask comes out empty and the edit would change nothing. Use a non-zero --s-p (default 4.0).")
+    from pedit.model.sampling_settings import check_scales
+
+    check_scales(SimpleNamespace(s_s=None, s_im=None, s_p=s_p))
 
 
 def multi_cfg(e_none, e_s, e_s_im, e_full, scales: GuidanceScales):

@@ -16,10 +16,10 @@ from typing import Callable
 
 from pedit.arrays import cat, tile_rows, to_like
 from pedit.edit.mask import MaskJob, binarize
-from pedit.edit.steps import Rows, SampleJob, run
+from pedit.edit.steps import Rows, SampleJob, run, tick
 from pedit.edit.user_mask import combine_latent
 
-__all__ = ["EditJob", "MaskJob", "Rows", "SampleJob", "run", "sampling_job"]
+__all__ = ["EditJob", "MaskJob", "Rows", "SampleJob", "run", "sampling_job", "tick"]
 
 
 class EditJob:
@@ -42,13 +42,14 @@ class EditJob:
         self.scheduler_for, self.batch_steps = scheduler_for, batch_steps
         self.user = user
         self.callback = callback
+        self.error: Exception | None = None  # set by the driver (pedit.edit.steps.tick) when a step failed
         k = len(conds)
         self.maps: list = [None] * k  # each direction's difference map (1, h, w), None without a mask
         self.model_masks: list = [None] * k  # (1, 1, h, w) binary, None without a mask
         self.masks: list = [None] * k  # what sampling used (with a user's mask combined in)
         self.z_T: list = [None] * k
         self.z_0: list = [None] * k
-        self._mask_jobs = []  # (MaskJob, member indices)
+        mask_jobs = []  # (MaskJob, member indices); dropped from the queue, and memory, once run
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(settings):
             key = (s.seed,) + ((s.mask.n_noise, s.mask.strength, s.mask.batch) if s.use_mask else ())
@@ -57,20 +58,20 @@ class EditJob:
             s = settings[members[0]]
             draw = new_noise(s.seed)
             if s.use_mask:
-                self._mask_jobs.append((MaskJob([conds[i] for i in members], s.scales, s.mask, noise_scheduler,
+                mask_jobs.append((MaskJob([conds[i] for i in members], s.scales, s.mask, noise_scheduler,
                                                 draw, builder), members))
             z_T = draw(conds[0].c_s.shape)
             for i in members:
                 self.z_T[i] = z_T
         self._sample_groups = [list(range(k))] if batch_steps else [[i] for i in range(k)]
         self._phase = None
-        self._queue = [("mask", job) for job in self._mask_jobs] + [("sample", g) for g in self._sample_groups]
+        self._queue = [("mask", job) for job in mask_jobs] + [("sample", g) for g in self._sample_groups]
         self._steps_done = 0
         self._next_phase()
 
     @property
     def done(self) -> bool:
-        return self._phase is None
+        return self.error is not None or self._phase is None
 
     @property
     def phase(self) -> str | None:

@@ -94,10 +94,11 @@ class MaskJob:
         self.lo = 0
         self.diffs = [[] for _ in conds]
         self.maps = None
+        self.error: Exception | None = None  # set by the driver when a call of this job failed
 
     @property
     def done(self) -> bool:
-        return self.lo >= self.cfg.n_noise
+        return self.error is not None or self.lo >= self.cfg.n_noise
 
     def _draws(self) -> int:
         return min(self.cfg.n_noise, self.lo + self.per_call) - self.lo

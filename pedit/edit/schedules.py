@@ -140,7 +140,10 @@ class LightDDIM(LightDDPMNoise):
         pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
         std_dev_t = 0.0 * self._variance(alpha_prod_t, alpha_prod_t_prev) ** (0.5)
         pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** (0.5) * model_output
-        return _Step(alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction)
+        prev_sample = alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction
+        if not is_torch_array(prev_sample) and prev_sample.dtype != sample.dtype:
+            prev_sample = prev_sample.astype(sample.dtype)  # numpy: the float32 table must not promote fp16 latents
+        return _Step(prev_sample)
 
     @staticmethod
     def _variance(alpha_prod_t, alpha_prod_t_prev):

@@ -81,10 +81,11 @@ class SampleJob:
             z = z * scheduler.init_noise_sigma
         self.z = z
         self.i = 0
+        self.error: Exception | None = None  # set by the driver when a step of this job failed
 
     @property
     def done(self) -> bool:
-        return self.i >= len(self.timesteps)
+        return self.error is not None or self.i >= len(self.timesteps)
 
     @property
     def total(self) -> int:
@@ -113,23 +114,59 @@ class SampleJob:
                                  "half-precision GPU run try --device cpu (fp32).")
 
 
-def run(jobs: list, denoise: Callable) -> None:
-    """Step every job to the end, ONE `denoise(z_in, t, context)` call per tick over the rows of every
-    unfinished job (concatenated in job order; t one timestep per row), each job advanced by its own
-    slice of the output. A single job runs exactly the calls it would alone."""
-    while True:
-        active = [job for job in jobs if not job.done]
-        if not active:
-            return
-        wanted = [job.rows() for job in active]
-        if len(wanted) == 1:
-            active[0].advance(denoise(wanted[0].z_in, wanted[0].t, wanted[0].context))
+def tick(jobs: list, denoise: Callable, max_rows: int | None = None) -> None:
+    """One step of every unfinished job: the rows they need, concatenated in job order (t one timestep a
+    row), through ONE `denoise(z_in, t, context)` call (or calls of at most `max_rows` rows, what an
+    engine's profile holds), each job advanced by its own slice of the output.
+
+    A job whose rows or advance raise (its input, a NaN, a progress callback whose client left) gets
+    the exception as `job.error` and is done; the others go on. A failed U-Net call fails the jobs that
+    were in it. A single job makes exactly the calls it would alone."""
+    wanted = []
+    for job in jobs:
+        if job.done:
             continue
-        eps = denoise(cat([r.z_in for r in wanted]), cat([r.t for r in wanted]), cat([r.context for r in wanted]))
-        start = 0
-        for job, r in zip(active, wanted):
+        try:
+            wanted.append((job, job.rows()))
+        except Exception as e:  # noqa: BLE001 (the job's own failure, kept on it)
+            job.error = e
+    if not wanted:
+        return
+    try:
+        eps = _denoise_rows([r for _, r in wanted], denoise, max_rows)
+    except Exception as e:  # noqa: BLE001 (every job of this call failed with it)
+        for job, _ in wanted:
+            job.error = e
+        return
+    start = 0
+    for job, r in wanted:
+        try:
             job.advance(eps[start: start + len(r)])
-            start += len(r)
+        except Exception as e:  # noqa: BLE001
+            job.error = e
+        start += len(r)
+
+
+def _denoise_rows(wanted: list[Rows], denoise: Callable, max_rows: int | None):
+    """The U-Net's output for the concatenated rows, in calls of at most max_rows rows."""
+    if len(wanted) == 1 and (max_rows is None or len(wanted[0]) <= max_rows):
+        return denoise(wanted[0].z_in, wanted[0].t, wanted[0].context)
+    z_in, t, context = (cat([getattr(r, f) for r in wanted]) for f in ("z_in", "t", "context"))
+    n = z_in.shape[0]
+    size = n if max_rows is None else max_rows
+    if size >= n:
+        return denoise(z_in, t, context)
+    return cat([denoise(z_in[i: i + size], t[i: i + size], context[i: i + size]) for i in range(0, n, size)])
+
+
+def run(jobs: list, denoise: Callable, max_rows: int | None = None, raise_errors: bool = True) -> None:
+    """Step every job to the end, one `tick` at a time. raise_errors: then raise the first failed job's
+    error (the CLI's one edit); False leaves each failure on its job (`job.error`) for the caller."""
+    while any(not job.done for job in jobs):
+        tick(jobs, denoise, max_rows)
+    failed = [job.error for job in jobs if job.error is not None]
+    if raise_errors and failed:
+        raise failed[0]
 
 
 def check_steps(num_steps: int, scheduler) -> None:
