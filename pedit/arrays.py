@@ -13,8 +13,14 @@ from array_api_compat import array_namespace, is_torch_array
 
 
 def xp_of(*arrays):
-    """The array namespace of `arrays` (array_api_compat's wrapper of torch or numpy)."""
-    return array_namespace(*arrays)
+    """The array namespace of `arrays`: array_api_compat's wrapper of torch, numpy itself for numpy.
+
+    numpy 2 implements the standard's functions in its own namespace; array_api_compat's numpy
+    wrapper re-exports all of numpy at import, which loads numpy.f2py and numpy.testing: 0.25-0.5 s
+    of a deployed edit's start-up (docs/runtime.md), for the same numbers."""
+    if is_torch_array(arrays[0]):
+        return array_namespace(*arrays)
+    return array_namespace(*arrays, use_compat=False)
 
 
 def cat(arrays, axis: int = 0):

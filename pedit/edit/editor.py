@@ -11,7 +11,7 @@ model (pedit.edit.mask). The backend is a `denoise(z_in, t, context)` callable: 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pedit.data.directions import Direction, check_subject, model_directions, resolve
+from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
 from pedit.edit.guidance import GuidanceScales, check_edit_scale
@@ -28,12 +28,13 @@ from pedit.edit.job import EditJob, run
 from pedit.edit.mask import MaskConfig, change_weight, composite, pixel_mask
 from pedit.model.mask_settings import mask_config_for
 from pedit.model.sampling_settings import SamplingSettings, check_sampling_fields, check_scheduler, sampling_for
+from pedit.edit.options import EditOptions  # noqa: F401 (imported from here too)
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler
 from pedit.edit.rows import StudentRows, rows_for
 from pedit.model.distilled import distilled_for
-from pedit.edit.user_mask import check_user_mask, combine_weight, user_mask_at
+from pedit.edit.user_mask import combine_weight, user_mask_at
 from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
 
 if TYPE_CHECKING:  # loading imports diffusers (seconds), which a cached model never needs
@@ -42,39 +43,6 @@ if TYPE_CHECKING:  # loading imports diffusers (seconds), which a cached model n
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class EditOptions:
-    """How to edit; CLI flags map 1:1 to these fields."""
-
-    steps: int = 20
-    seed: int = 0
-    scales: GuidanceScales = field(default_factory=GuidanceScales)
-    use_mask: bool = True
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    scheduler: str = "ddim"
-    user_mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) in [0, 1], any size; 1 = may change
-    mask_mode: str = "replace"  # how user_mask combines with the model's mask: replace, intersect, union
-    subject: str | None = None  # fills "person" in the direction's template prompts ("old man"); None: as recorded
-    # Guidance only where it matters: (lo, hi) noise levels t / T (T the schedule's training timesteps);
-    # a step outside takes every scale at 1, 2 rows instead of 5 (pedit.edit.guidance.unguided_eps).
-    # None: every step guided (the paper's sampler).
-    guidance_interval: tuple[float, float] | None = None
-
-    def __post_init__(self):
-        from pedit.validate import check_int, check_seed
-
-        check_int("steps", self.steps, 1)
-        check_seed("seed", self.seed)
-        if not isinstance(self.scales, GuidanceScales) or not isinstance(self.mask, MaskConfig):
-            raise ConfigError("scales must be a GuidanceScales and mask a MaskConfig")
-        check_scheduler(self.scheduler)  # never None here
-        check_user_mask(self.user_mask, self.mask_mode)
-        if self.subject is not None:
-            check_subject(self.subject)
-        check_edit_scale(self.scales.s_p)
-        check_sampling_fields(self)
 
 
 @dataclass

@@ -70,7 +70,7 @@ class RuntimeEditor:
 
     def default_options(self, direction=None):
         """The model's settings for `direction` (pedit.json's "mask…" and "sampling"), as the Editor's."""
-        from pedit.edit.editor import EditOptions
+        from pedit.edit.options import EditOptions
         from pedit.model.mask_settings import mask_config_for
         from pedit.model.sampling_settings import sampling_for
 
