@@ -17,14 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps --target $(VENV)/typing/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
-# The pedit model runs the torch-free runtime, but the edit's options class (pedit.edit.editor.EditOptions)
-# still imports torch: until it does not, the serving environment reaches the project's torch through a
-# .pth file, appended after its own site-packages so that its numpy 1.x wins.
+# The pedit model runs the torch-free runtime: the serving environment holds no torch.
 $(SERVE_VENV)/.installed: $(VENV)/.installed Makefile
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install -q $(SERVE_PINS)
-	$(VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
-	  > "$$($(SERVE_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/pedit-project.pth"
 	touch $@
 
 .PHONY: setup browser demo test docs

@@ -74,10 +74,33 @@ class RuntimeEditor:
         from pedit.model.mask_settings import mask_config_for
         from pedit.model.sampling_settings import sampling_for
 
+        from pedit.edit.guidance import GuidanceScales
+
         direction = None if direction is None else self.direction(direction)
         sampling = sampling_for(self.meta)
         return EditOptions(mask=mask_config_for(self.meta, direction), steps=sampling.steps,
-                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval)
+                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval,
+                           scales=GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p))
+
+    def options_for(self, direction, settings=None, **fields):
+        """The Editor's options_for: `settings` (a SamplingSettings) laid over the folder's defaults for
+        `direction`, each field set winning; `fields`: other EditOptions fields (mask_mode, subject, ...).
+        (Added in the serving branch when main's edit_files began to call it; the runtime's own merge of
+        main may bring its version.)"""
+        from pedit.edit.guidance import GuidanceScales
+        from pedit.model.sampling_settings import SamplingSettings
+
+        d = self.default_options(direction)
+        s = settings or SamplingSettings()
+
+        def given(value, default):
+            return default if value is None else value
+
+        scales = GuidanceScales(given(s.s_s, d.scales.s_s), given(s.s_im, d.scales.s_im), given(s.s_p, d.scales.s_p))
+        mask = dataclasses.replace(d.mask, n_noise=given(s.mask_noises, d.mask.n_noise), batch=s.mask_batch)
+        return dataclasses.replace(d, steps=given(s.steps, d.steps), seed=s.seed, scheduler=given(s.scheduler, d.scheduler),
+                                   guidance_interval=given(s.guidance_interval, d.guidance_interval), scales=scales,
+                                   use_mask=s.use_mask, mask=mask, **fields)
 
     def scheduler(self, options):
         """DDIM over the export's alphas_cumprod table (the torch path's, bit for bit)."""

@@ -5,7 +5,7 @@
     results[0].image.save("me_laughing.png")
 
 `RemoteEditor` puts the server behind the Editor interface that `pedit edit`'s file handling and the
-web app call (direction, default_options, plan_many, edit_many), so a photo sent through a server
+web app call (direction, options_for, plan_many, edit_many), so a photo sent through a server
 takes the same path as a local edit (decode, face crop, paste-back, identity check, outputs written
 all-or-none under the same names) and only the square's edit runs on the server. The model's
 directions and default settings come from the `pedit` model's config (parameter "model_meta").
@@ -169,45 +169,49 @@ class RemoteEditor:
 
         return direction if isinstance(direction, Direction) else resolve(direction, self.directions)
 
-    def default_options(self, direction=None):
-        from pedit.edit.editor import EditOptions
-        from pedit.model.mask_settings import mask_config_for
-        from pedit.model.sampling_settings import sampling_for
+    def options_for(self, direction, settings=None, **fields) -> "RemoteOptions":
+        """What a request carries for `direction`: the caller's SamplingSettings as set (the server lays
+        them over the model's own defaults, as a local Editor.options_for does) and the other fields."""
+        from pedit.model.sampling_settings import SamplingSettings
 
-        direction = None if direction is None else self.direction(direction)
-        sampling = sampling_for(self.meta)
-        return EditOptions(mask=mask_config_for(self.meta, direction), steps=sampling.steps,
-                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval)
+        self.direction(direction)  # an unknown name fails here, listing the server's directions
+        return RemoteOptions(settings or SamplingSettings(), fields.get("mask_mode", "replace"), fields.get("subject"))
 
     def plan_many(self, directions, options=None, **overrides):
         """Directions resolved (an unknown one fails here, listing the server's); the server checks the rest."""
         return [self.direction(d) for d in directions]
 
-    def settings(self, directions, options) -> dict:
-        """The request's settings for `options` (one per direction; all but the mask draws shared)."""
-        o = options[0]
-        settings = {"steps": o.steps, "scheduler": o.scheduler, "s_s": o.scales.s_s, "s_im": o.scales.s_im,
-                    "s_p": o.scales.s_p, "use_mask": o.use_mask, "mask_mode": o.mask_mode, "face": "none",
-                    "identity": False}
-        if o.guidance_interval is not None:
-            settings["guidance_interval"] = list(o.guidance_interval)
-        if o.subject is not None:
-            settings["subject"] = o.subject
-        defaults = [self.default_options(d).mask.n_noise for d in directions]
-        if [opt.mask.n_noise for opt in options] != defaults:  # --mask-noises given: the same for every direction
-            settings["mask_noises"] = o.mask.n_noise
+    @staticmethod
+    def settings(options: "RemoteOptions") -> dict:
+        """The request's settings: the SamplingSettings fields that are set, the mask mode and subject;
+        the server edits the square it is sent (`face: none`) and the client checks identity itself."""
+        s = options.sampling
+        settings = {k: getattr(s, k) for k in protocol.SAMPLING if getattr(s, k) is not None}
+        if "guidance_interval" in settings:
+            settings["guidance_interval"] = list(settings["guidance_interval"])
+        settings.update(mask_mode=options.mask_mode, face="none", identity=False)
+        if options.subject is not None:
+            settings["subject"] = options.subject
         return settings
 
     def edit_many(self, image, directions, options, callback=None, user_mask=None, **overrides):
         """The square `image` edited on the server toward each direction: [(image, mask)] like Editor's results."""
         directions = [self.direction(d) for d in directions]
-        options = options if isinstance(options, (list, tuple)) else [options] * len(directions)
+        first = options[0] if isinstance(options, (list, tuple)) else options
         mask_png = None
         if user_mask is not None:
             mask_png = _png(Image.fromarray(np.rint(np.clip(user_mask, 0, 1) * 255).astype(np.uint8)))
-        square = image.convert("RGB")
-        results = self.client.edit(_png(square), [d.name for d in directions], options[0].seed,
-                                   self.settings(directions, options), mask_png)
+        results = self.client.edit(_png(image.convert("RGB")), [d.name for d in directions], first.sampling.seed,
+                                   self.settings(first), mask_png)
         if callback is not None:
-            callback(options[0].steps, options[0].steps)
+            callback(1, 1)
         return results
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """One direction's options as a server request carries them (RemoteEditor.options_for)."""
+
+    sampling: object  # pedit.model.sampling_settings.SamplingSettings
+    mask_mode: str = "replace"
+    subject: str | None = None

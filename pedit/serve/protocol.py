@@ -33,9 +33,11 @@ MAX_REQUEST_BYTES = 32 * 2**20  # photo + mask, encoded
 MAX_DIRECTIONS = 16
 
 # A request's settings: what `pedit edit` takes for one photo, by the same names (its flags, as fields).
+# These are the edit's SamplingSettings (pedit.model.sampling_settings; unset: the model's own):
+SAMPLING = ("steps", "scheduler", "guidance_interval", "s_s", "s_im", "s_p", "use_mask", "mask_noises", "mask_batch")
 SETTINGS = {
     "steps": int, "scheduler": str, "guidance_interval": list, "s_s": float, "s_im": float, "s_p": float,
-    "use_mask": bool, "mask_noises": int, "mask_mode": str, "subject": str,
+    "use_mask": bool, "mask_noises": int, "mask_batch": int, "mask_mode": str, "subject": str,
     "face": str,  # "detect" (default): crop around the face and paste back; "none": edit the photo as the square
     "face_index": int, "require_face": bool, "margin": float, "identity": bool,
 }

@@ -263,7 +263,7 @@ def check_repository(repo: str | Path, model: str | Path | None = None) -> Manif
     """The repository's manifest, after checking every file against it and the model folder against
     its hash (and, when `model` is given, that it was exported from that folder). ModelError otherwise."""
     from pedit.cache import file_sha256
-    from pedit.model.loading import model_path
+    from pedit.model.paths import model_path
 
     manifest = read_manifest(repo)
     folder = Path(repo)
@@ -308,7 +308,7 @@ def serving_repository(cfg: RepositoryConfig, log: Callable[[str], None] = lambd
     import hashlib
 
     from pedit.cache import cache_root
-    from pedit.model.loading import model_path
+    from pedit.model.paths import model_path
 
     folder = model_path(cfg.model).resolve()
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("output", "overwrite", "model")}

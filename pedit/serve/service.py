@@ -53,25 +53,22 @@ class EditService:
 
     def _config(self, directions: list[str], seed: int, settings: dict):
         """The request as `pedit edit`'s own config: every value checked there, with its messages."""
+        from pedit.model.sampling_settings import SamplingSettings
         from pedit.photos.edit_files import EditFilesConfig
 
-        gi = settings.get("guidance_interval")
+        sampling = SamplingSettings(seed=seed, **{k: settings[k] for k in protocol.SAMPLING if k in settings})
         return EditFilesConfig(
-            inputs=("request",), direction=",".join(directions), seed=seed, steps=settings.get("steps"),
-            scheduler=settings.get("scheduler"), s_s=settings.get("s_s", 1.5), s_im=settings.get("s_im", 1.0),
-            s_p=settings.get("s_p", 4.0), use_mask=settings.get("use_mask", True),
-            mask_noises=settings.get("mask_noises"), mask_mode=settings.get("mask_mode", "replace"),
-            subject=settings.get("subject"), face_index=settings.get("face_index"),
-            require_face=settings.get("require_face", False), margin=settings.get("margin", 1.0),
-            max_pixels=self.max_pixels, guidance_interval=None if gi is None else tuple(gi))
+            inputs=("request",), direction=",".join(directions), sampling=sampling,
+            mask_mode=settings.get("mask_mode", "replace"), subject=settings.get("subject"),
+            face_index=settings.get("face_index"), require_face=settings.get("require_face", False),
+            margin=settings.get("margin", 1.0), max_pixels=self.max_pixels)
 
     def plan(self, directions: list[str], seed: int, settings: dict):
-        """(Direction list, EditOptions list) of a request, checked before any decoding or U-Net work."""
-        from pedit.photos.edit_files import _options
-
+        """(config, Direction list, options list) of a request, checked before any decoding or U-Net work."""
         cfg = self._config(directions, seed, settings)
         resolved = [self.editor.direction(name) for name in cfg.directions]  # DirectionError: lists the known ones
-        options = [_options(cfg, self.editor.default_options(d)) for d in resolved]
+        options = [self.editor.options_for(d, cfg.sampling, mask_mode=cfg.mask_mode, subject=cfg.subject)
+                   for d in resolved]
         self.editor.plan_many(resolved, options)  # shared settings, steps the schedule can give, a student's range
         return cfg, resolved, options
 
