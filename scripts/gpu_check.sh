@@ -106,10 +106,10 @@ DEVICE=cuda RESOLUTION=512 PRECISION=fp16 MIN_FREE_GB=0 STAGE_TIMEOUT=150 PYTHON
   part dry_run "$(left)" bash scripts/sd15_dry_run.sh "$OUT/dry-run"
 [ -f "$OUT/dry-run/dry_run.md" ] && { echo; cat "$OUT/dry-run/dry_run.md"; } >> "$SUMMARY"
 
-# 5. Step-level batching on Triton against batching off (docs/serving.md). PEDIT_SERVE_DEVICE=cuda puts the
-# pedit model's own networks on the GPU; the U-Net model uses ONNX Runtime's CUDA provider when installed.
+# 5. Step-level batching on Triton against batching off (docs/serving.md). The U-Net model and the pedit
+# model's runtime use ONNX Runtime's CUDA provider where onnxruntime-gpu is installed in the serving environment.
 if [ -d "${PEDIT_TRITON_VENV:-.venv-serve}" ]; then
-  PEDIT_SERVE_DEVICE=cuda part serving "${SERVE_S:-240}" "$PY" scripts/bench_serving.py ${SERVE_MODEL:+-m "$SERVE_MODEL"} \
+  part serving "${SERVE_S:-240}" "$PY" scripts/bench_serving.py ${SERVE_MODEL:+-m "$SERVE_MODEL"} \
     --instances 16 --soak 0 -o "$OUT/serving.json"
   tail -n 6 "$OUT/serving.log" | sed 's/^/  /' >> "$SUMMARY"
 else

@@ -113,10 +113,6 @@ def _graphs(cfg: RepositoryConfig, log) -> tuple[Path, dict, object]:
     # All five graphs, whichever are served as models: the pedit model's runtime reads the whole export.
     manifest = export_model(ExportConfig(model=str(folder), output=str(out), trt=cfg.trt, wait=True,
                                          allow_pickle=cfg.allow_pickle), log, model=model)
-    if not cfg.allow_pickle:  # the pedit model's instances then load the TorchScript cache, none writes it
-        from pedit.edit.editor import Editor
-
-        log(f"TorchScript cache: {Editor.from_pretrained(folder, device='cpu', cache=True).cache_status}")
     return out, manifest, model
 
 

@@ -3,8 +3,8 @@
     service = EditService(editor, max_pixels=...)
     results = service.edit(photo_bytes, ["laughing"], seed=0, settings={}, user_mask=None)
 
-The editor is pedit's own (`Editor`, handed its `denoise` backend: in the server, the U-Net model
-called through BLS, pedit.serve.pedit_model). The request's settings are validated by the same
+The editor is pedit's torch-free runtime editor (pedit.export.runtime_editor), its U-Net in the server
+the `unet` model called through BLS (pedit.serve.pedit_model). The request's settings are validated by the same
 config `pedit edit` builds (pedit.photos.edit_files.EditFilesConfig), so a bad value gets the
 message the CLI gives. The photo takes the CLI's path too: decoded under the pixel limit, cropped
 around the face, edited at the model's resolution, pasted back so every pixel outside the edit is
