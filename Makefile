@@ -4,16 +4,27 @@
 PYTHON ?= python3
 VENV := .venv
 PIP_FLAGS := -q -c constraints.txt
+# `pedit serve` runs NVIDIA's tritonserver from the nvidia-pytriton wheel (Python backend only, runs on a
+# CPU). That wheel needs numpy<2 and the project needs numpy 2, so it gets an environment of its own.
+SERVE_VENV := .venv-serve
+SERVE_PINS := nvidia-pytriton==0.7.0 'tritonclient[all]==2.73.0' onnxruntime==1.32.0 'numpy<2' pillow==12.3.0 \
+	'opencv-python-headless<4.11' dlib-bin==20.0.1.post1 face_recognition_models==0.3.0 tokenizers==0.23.3 'array-api-compat==1.16' safetensors
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[torch,test,faces,onnx,lora,datasets,app,docs]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[torch,test,faces,onnx,lora,datasets,app,docs,serve]'
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps --target $(VENV)/typing/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
+# The pedit model runs the torch-free runtime: the serving environment holds no torch.
+$(SERVE_VENV)/.installed: $(VENV)/.installed Makefile
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q $(SERVE_PINS)
+	touch $@
+
 .PHONY: setup browser demo test docs
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(SERVE_VENV)/.installed
 
 # The web app's browser test drives Debian's chromium through chromedriver. Installed here when
 # missing and we are root (CI is); otherwise, or when apt-get fails, that one test skips and says why.

@@ -20,7 +20,18 @@ def xp_of(*arrays):
     of a deployed edit's start-up (docs/runtime.md), for the same numbers."""
     if is_torch_array(arrays[0]):
         return array_namespace(*arrays)
-    return array_namespace(*arrays, use_compat=False)
+    # numpy < 2.1 (the Triton server's environment: its Python backend needs numpy 1.x) lacks some of
+    # the standard's names (concat): array_api_compat's wrapper supplies them.
+    return array_namespace(*arrays, use_compat=None if _NUMPY_BEFORE_2_1 else False)
+
+
+def _numpy_before(version: tuple[int, int]) -> bool:
+    import numpy
+
+    return tuple(int(p) for p in numpy.__version__.split(".")[:2]) < version
+
+
+_NUMPY_BEFORE_2_1 = _numpy_before((2, 1))
 
 
 def cat(arrays, axis: int = 0):

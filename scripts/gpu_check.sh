@@ -5,6 +5,8 @@
 #   2. latency at SD 1.5 size:      pedit bench --arch sd15 --vs ip2p --backend torch,compile -> OUT/bench_sd15.json
 #   3. gen-pairs throughput:        scripts/bench_gen_pairs.py (pairs/s, 512 x 1024, batch 4) -> OUT/gen_pairs.json
 #   4. the SD 1.5 dry run on CUDA:  scripts/sd15_dry_run.sh at 512 px, fp16 -> OUT/dry-run/dry_run.md
+#   5. serving on Triton:           scripts/bench_serving.py (batching on vs off, 1/4/16/64 clients) -> OUT/serving.json
+#      when a serving environment is there (.venv-serve or $PEDIT_TRITON_VENV; SERVE_MODEL picks the model)
 # and OUT/gpu_check.md, the summary (rewritten after every part). Without CUDA it says, part by part,
 # what it skips, and exits 0 (try it on a CPU first: `scripts/gpu_check.sh /tmp/gpu-check`).
 #
@@ -103,4 +105,14 @@ wait "$BUILD_PID"; note "- folders for the dry run: exit $? ($(tail -n 1 "$OUT/b
 DEVICE=cuda RESOLUTION=512 PRECISION=fp16 MIN_FREE_GB=0 STAGE_TIMEOUT=150 PYTHON="$PY" CACHE=$CACHE \
   part dry_run "$(left)" bash scripts/sd15_dry_run.sh "$OUT/dry-run"
 [ -f "$OUT/dry-run/dry_run.md" ] && { echo; cat "$OUT/dry-run/dry_run.md"; } >> "$SUMMARY"
+
+# 5. Step-level batching on Triton against batching off (docs/serving.md). The U-Net model and the pedit
+# model's runtime use ONNX Runtime's CUDA provider where onnxruntime-gpu is installed in the serving environment.
+if [ -d "${PEDIT_TRITON_VENV:-.venv-serve}" ]; then
+  part serving "${SERVE_S:-240}" "$PY" scripts/bench_serving.py ${SERVE_MODEL:+-m "$SERVE_MODEL"} \
+    --instances 16 --soak 0 -o "$OUT/serving.json"
+  tail -n 6 "$OUT/serving.log" | sed 's/^/  /' >> "$SUMMARY"
+else
+  note "- serving (scripts/bench_serving.py): skipped, no serving environment (make setup builds .venv-serve)"
+fi
 note "done in $(( $(date +%s) - START )) s"

@@ -13,6 +13,7 @@ end calls it (Gradio's queue also lines requests up before they get here).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import zipfile
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class AppConfig:
     allow_pickle: bool = False
     max_pixels: int = 100_000_000  # as `pedit edit --max-pixels`
     keep_s: float = 120.0  # how long a finished request's files stay for the server to hand them over
+    server: str | None = None  # a pedit Triton server's http URL (`pedit serve`): edits run there
 
     def __post_init__(self):
         from pedit.validate import check_device, check_number
@@ -139,10 +141,16 @@ class PeditApp:
         from pedit.edit.editor import Editor
 
         self.cfg = cfg
-        # cache=True as `pedit edit`: on the CPU the TorchScript copy, with the same bytes out.
-        self.editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, cache=True)
+        if cfg.server is not None:  # the server's model edits; requests go there at once (its queue lines them up)
+            from pedit.serve.client import RemoteEditor, ServerClient
+
+            self.editor = RemoteEditor(ServerClient(cfg.server))
+            self._lock = contextlib.nullcontext()
+        else:
+            # cache=True as `pedit edit`: on the CPU the TorchScript copy, with the same bytes out.
+            self.editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, cache=True)
+            self._lock = threading.Lock()
         self.folders = folders or RequestFolders(keep_s=cfg.keep_s)
-        self._lock = threading.Lock()
 
     @property
     def directions(self) -> list[str]:
@@ -212,6 +220,9 @@ class PeditApp:
         """A sticker pack from one selfie, as `pedit sticker-pack` makes it; plus its archive for download."""
         from pedit.stickers.pipeline import StickerConfig, make_sticker_pack
 
+        if self.cfg.server is not None:
+            raise ConfigError("The sticker pack trains a LoRA on the selfie, which a server does not do; run "
+                              "`pedit app` without --server for it.")
         if Path(selfie).is_dir():
             raise InputImageError(f"{selfie} is a folder, not an image file. Upload a selfie (JPEG, PNG, ...).")
         folder = self.folders.new()

@@ -18,7 +18,9 @@ from pedit.errors import MissingPackageError
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
               help="Refuse larger uploads (decompression bombs), as `pedit edit`.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
-def app(model, base, host, port, device, max_pixels, allow_pickle):
+@click.option("--server", metavar="URL", help="Edit through a pedit Triton server (`pedit serve` prints its http URL) "
+              "instead of a model loaded here.")
+def app(model, base, host, port, device, max_pixels, allow_pickle, server):
     """Serve the web app: edit a photo in the browser, or make a sticker pack from a selfie."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `pedit edit` (docs/deployment.md, "CPU cold start")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -31,7 +33,7 @@ def app(model, base, host, port, device, max_pixels, allow_pickle):
     from pedit.app.service import AppConfig, PeditApp
 
     service = PeditApp(AppConfig(model=model, base=base, device=device, allow_pickle=allow_pickle,
-                                 max_pixels=max_pixels))
+                                 max_pixels=max_pixels, server=server))
     if service.editor.is_bundled:
         click.echo("Using the bundled toon model (a cartoon-world demo); pass -m MODEL_FOLDER to use your own.", err=True)
     click.echo(f"pedit app on http://{host}:{port} (Ctrl-C stops it)", err=True)

@@ -44,10 +44,14 @@ from pedit.errors import PeditError
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for --backend onnx/trt "
               "(default: exported once into ~/.cache/pedit).")
 @click.option("--no-cache", is_flag=True, help="On the CPU, load the model itself, not its TorchScript cache (same result, slower start).")
+@click.option("--server", metavar="URL", help="Edit through a pedit Triton server (`pedit serve` prints its http URL); "
+              "the same outputs as a local edit. -m, --backend and --device are the server's then.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="With --server: photos in flight at once.")
 @click.option("-q", "--quiet", is_flag=True)
 def edit(inputs, direction, model, output, subject, mask_file, mask_mode, save_mask, compare, face_index, require_face,
          margin, detector, no_identity_check, overwrite, max_pixels, allow_pickle, device, backend, precision, engines,
-         no_cache, quiet, **sampling):
+         no_cache, server, concurrency, quiet, **sampling):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     # OpenMP threads that spin while they wait (libgomp's default) made the toon edit 3-8x slower on a
     # 2-core machine busy with other work; sleeping waits did not (docs/deployment.md, "CPU cold start").
@@ -65,8 +69,13 @@ def edit(inputs, direction, model, output, subject, mask_file, mask_mode, save_m
     )
     check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = make_console(quiet)
+    editor = None
+    if server is not None:
+        from pedit.serve.client import RemoteEditor, ServerClient
+
+        editor = RemoteEditor(ServerClient(server, concurrency=concurrency))
     with contextlib.ExitStack() as stack:
-        items = edit_files(cfg, _edit_events(console, stack, check_identity))
+        items = edit_files(cfg, _edit_events(console, stack, check_identity), editor=editor)
     failed = [i for i in items if i.error]
     if len(items) > 1:
         _edit_summary(console, items, check_identity)

@@ -18,6 +18,7 @@ EXAMPLES = {
     "export": "pedit export -m my-model -o engines/ --fp16",
     "bench": "pedit bench --backend torch,onnx --vs ip2p",
     "app": "pedit app -m my-model --port 7860",
+    "serve": "pedit serve -m my-model --port 8000",
 }
 
 

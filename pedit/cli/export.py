@@ -22,10 +22,27 @@ from pedit.cli.progress import make_console, show_config
 @click.option("--mask-noises", type=click.IntRange(min=1), default=10, show_default=True,
               help="Sizes the U-Net's mask profile (5 rows x N noise draws).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in the model folder. Only for trusted files.")
+@click.option("--triton", is_flag=True, help="Write a Triton model repository to -o instead (each network a model, "
+              "and the `pedit` model that edits a photo; `pedit serve --repo` runs it).")
+@click.option("--overwrite", is_flag=True, help="With --triton: replace the repository if it exists.")
+@click.option("--no-batching", is_flag=True, help="With --triton: the U-Net without dynamic batching (a baseline).")
+@click.option("--instances", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="With --triton: instances of the `pedit` model (concurrent edits).")
 @click.option("-q", "--quiet", is_flag=True)
-def export_cmd(model, output, trt, fp16, force, networks, mask_noises, allow_pickle, quiet):
-    """Export a model's networks to ONNX (parity-checked against torch) and TensorRT engines."""
+def export_cmd(model, output, trt, fp16, force, networks, mask_noises, allow_pickle, triton, overwrite, no_batching,
+               instances, quiet):
+    """Export a model's networks to ONNX (parity-checked against torch) and TensorRT engines, or a Triton repository."""
     from rich.markup import escape
+
+    if triton:
+        from pedit.serve.repository import RepositoryConfig, export_repository
+
+        console = make_console(quiet)
+        cfg = RepositoryConfig(model=model, output=output, trt=trt, overwrite=overwrite, batching=not no_batching,
+                               pedit_instances=instances, allow_pickle=allow_pickle)
+        show_config(console, cfg)
+        click.echo(str(export_repository(cfg, log=lambda msg: console.print(escape(msg)))))
+        return
 
     from pedit.export.pipeline import ExportConfig, export_model
 

@@ -18,6 +18,7 @@ from pedit.cli.errors import PeditGroup
 from pedit.cli.eval import eval_cmd
 from pedit.cli.examples import add_examples
 from pedit.cli.export import bench, export_cmd
+from pedit.cli.serve import serve
 from pedit.cli.stickers import sticker_pack
 from pedit.cli.train import distill, train
 
@@ -36,10 +37,11 @@ def cli():
     pedit sticker-pack selfie.jpg -o out/      four expression stickers, app-ready folders
     pedit export -o engines/                   ONNX (and --trt TensorRT) engines; pedit bench times them
     pedit app                                  the web app (pip install 'pedit[app]')
+    pedit serve                                a local Triton server; pedit edit --server URL edits through it
     """
 
 
-for command in (directions, gen_pairs, train, distill, edit, eval_cmd, export_cmd, bench, sticker_pack, app):
+for command in (directions, gen_pairs, train, distill, edit, eval_cmd, export_cmd, bench, sticker_pack, app, serve):
     cli.add_command(command)
 add_examples(cli)  # one example line ends each command's help (pedit/cli/examples.py)
 

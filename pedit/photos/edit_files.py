@@ -209,7 +209,8 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         item.outputs = outputs.get(item.input, ())
         on_event("item", item)
 
-    return run_batch(paths, process, on_item=on_item)
+    # An editor behind a server (pedit.serve.client.RemoteEditor) takes several photos at once.
+    return run_batch(paths, process, on_item=on_item, workers=getattr(editor, "concurrency", 1))
 
 
 def _checked_identity(before, done, checker) -> IdentityCheck:

@@ -393,24 +393,42 @@ def run_batch(
     paths: Sequence[Path],
     process: Callable[[Path], Path],
     on_item: Callable[[BatchItem], None] | None = None,
+    workers: int = 1,
 ) -> list[BatchItem]:
     """Run `process` on each path; any exception while processing one input fails that input only.
 
     A PeditError's message is the item's error; anything else (a decoder or library failure) is
     named by its type. The traceback is kept for PEDIT_DEBUG=1. Ctrl-C still stops the batch.
+    workers > 1 (`pedit edit --server URL --concurrency N`): that many inputs in flight at once in
+    threads; items are still reported and returned in input order.
     """
+    if workers > 1 and len(paths) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(workers, len(paths))) as pool:
+            futures = [pool.submit(_run_one, path, process) for path in paths]
+            items = []
+            for future in futures:
+                items.append(future.result())
+                if on_item is not None:
+                    on_item(items[-1])
+        return items
     items = []
     for path in paths:
-        start = time.perf_counter()
-        tb = None
-        try:
-            output, error = process(path), None
-        except PeditError as e:
-            output, error, tb = None, str(e), traceback.format_exc()
-        except Exception as e:
-            output, error, tb = None, f"unexpected {type(e).__name__}: {e}", traceback.format_exc()
-        item = BatchItem(input=path, output=output, error=error, seconds=time.perf_counter() - start, traceback=tb)
+        item = _run_one(path, process)
         items.append(item)
         if on_item is not None:
             on_item(item)
     return items
+
+
+def _run_one(path: Path, process: Callable[[Path], Path]) -> BatchItem:
+    start = time.perf_counter()
+    tb = None
+    try:
+        output, error = process(path), None
+    except PeditError as e:
+        output, error, tb = None, str(e), traceback.format_exc()
+    except Exception as e:
+        output, error, tb = None, f"unexpected {type(e).__name__}: {e}", traceback.format_exc()
+    return BatchItem(input=path, output=output, error=error, seconds=time.perf_counter() - start, traceback=tb)
