@@ -15,8 +15,12 @@ def check_report_folder(cfg) -> None:
     from pedit.errors import OutputError
     from pedit.files import exists_error
 
+    from pedit.files import check_output_not_input
+
     if cfg.output is None:
         return
+    check_output_not_input(cfg.output, {"-m": cfg.model, "--pairs": getattr(cfg, "pairs", None),
+                                        **{"--photos": p for p in getattr(cfg, "photos", ())}})
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise OutputError(f"-o {out} is a file; eval writes a report folder ({', '.join(REPORT_FILES)}).")

@@ -125,6 +125,9 @@ def export_model(cfg: ExportConfig, log: Callable[[str], None] = lambda msg: Non
 
     from pedit.model.loading import load_model
 
+    from pedit.files import check_output_not_input
+
+    check_output_not_input(cfg.output, {"-m": cfg.model if model is None else model.path})
     if model is None:
         model = load_model(cfg.model, allow_pickle=cfg.allow_pickle, device="cpu", dtype=torch.float32)
     out = Path(cfg.output)

@@ -234,6 +234,9 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
     from pedit.edit.editor import Editor
 
     out = Path(cfg.output)
+    from pedit.files import check_output_not_input
+
+    check_output_not_input(out, {"the selfie": cfg.selfie, "-m": cfg.model, "--base": cfg.base})
     _check_output(out, cfg.overwrite)  # before any work
     photo, face, portrait, selfie_record = _selfie_portrait(cfg)
     if face is None:
