@@ -26,17 +26,24 @@ def overlay_mask(
     """
     image = image.convert("RGB")
     mask = mask.convert("L").resize(image.size, Image.Resampling.BILINEAR)
-    weight = np.asarray(mask, dtype=np.float32)[..., None] * (alpha / 255)  # (H, W, 1)
-    pixels = np.asarray(image, dtype=np.float32)
-    tinted = pixels * (1 - weight) + np.asarray(color, dtype=np.float32) * weight
+    level = np.asarray(mask)  # (H, W) uint8
+    out = np.array(image)  # (H, W, 3) uint8; pixels where the mask is 0 stay exactly as they are
+    rows, cols = np.flatnonzero(level.any(1)), np.flatnonzero(level.any(0))
+    if rows.size == 0:
+        return Image.fromarray(out)
+    # Only the mask's bounding box is tinted: outside it the weight is 0 (a large photo's edit is small).
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    weight = level[box].astype(np.float32)[..., None] * (alpha / 255)  # (h, w, 1)
+    tinted = out[box].astype(np.float32) * (1 - weight) + np.asarray(color, dtype=np.float32) * weight
 
     # The outline is a band just inside the thresholded mask (the mask minus its erosion), so it
     # never marks pixels outside the mask; its width grows with the image so it stays visible.
-    inside = np.asarray(mask) >= 128  # (H, W)
+    inside = level >= 128  # (H, W): eroded over the whole image, so its edges replicate as they should
     width = max(1, round(min(image.size) / 256))
-    edge = inside & ~eroded(inside, width)
+    edge = (inside & ~eroded(inside, width))[box]
     tinted[edge] = color
-    return Image.fromarray(np.rint(tinted).astype(np.uint8))
+    out[box] = np.rint(tinted).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def eroded(inside: np.ndarray, r: int) -> np.ndarray:

@@ -145,3 +145,22 @@ def test_a_large_overlay_costs_no_more_than_its_pixels():
     px = np.asarray(out)
     assert tuple(px[2000, 3000]) != (128, 128, 128) and tuple(px[100, 100]) == (128, 128, 128)
     assert tuple(px[1000, 3000]) == (255, 40, 200)  # the outline at the mask's top edge
+
+
+@pytest.mark.parametrize("size", [(64, 48), (300, 200)])
+def test_overlay_is_the_full_image_formula_with_pils_min_filter(astronaut, size):
+    """The bounding-box overlay equals the plain whole-image formula (tint everywhere, PIL's MinFilter edge)."""
+    from PIL import ImageFilter
+
+    image = astronaut.resize(size)
+    rng = np.random.default_rng(1)
+    mask = Image.fromarray((rng.random((6, 8)) < 0.3).astype(np.uint8) * 255)  # soft once resized, touches edges
+    color, alpha = (255, 40, 200), 0.5
+    m = mask.convert("L").resize(image.size, Image.Resampling.BILINEAR)
+    w = np.asarray(m, dtype=np.float32)[..., None] * (alpha / 255)
+    want = np.asarray(image, dtype=np.float32) * (1 - w) + np.asarray(color, dtype=np.float32) * w
+    inside = m.point(lambda v: 255 if v >= 128 else 0)
+    r = max(1, round(min(image.size) / 256))
+    edge = (np.asarray(inside) > 0) & (np.asarray(inside.filter(ImageFilter.MinFilter(2 * r + 1))) == 0)
+    want[edge] = color
+    assert np.array_equal(np.asarray(overlay_mask(image, mask, color, alpha)), np.rint(want).astype(np.uint8))
