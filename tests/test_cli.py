@@ -192,8 +192,8 @@ def test_train_on_a_folder_with_a_missing_image_fails_before_writing(tiny_pairs_
     (tiny_pairs_copy / "images" / "000002_x_B.png").unlink()
     out = tmp_path / "model"
     result = run("train", "--data", tiny_pairs_copy, "-o", out, "--base", tiny_base, "--max-steps", 1, "-q")
-    assert_error(result, f"Pair folder {tiny_pairs_copy} has 1 problem(s):\n"
-                         "  row 3 (id '000002'): x_B 'images/000002_x_B.png' is missing\nFix or remove those rows.")
+    assert_error(result, f"Pair folder {tiny_pairs_copy} has 1 problem(s): "
+                         "row 3 (id '000002'): x_B 'images/000002_x_B.png' is missing. Fix or remove those rows.")
     assert result.stderr.startswith("Error: Pair folder")
     assert not out.exists()
 
