@@ -373,3 +373,13 @@ def check_output_not_input(output: str | Path | None, inputs: dict[str, str | Pa
             continue
         raise ConfigError(f"{what} {output} {how} {flag} {given}: a command never writes into what it reads. "
                           f"Choose another {what}.")
+
+
+def write_failure(e: BaseException) -> str | None:
+    """What stopped a write, when `e` is a failed write (an OSError: a full disk, a read-only or unwritable
+    folder; or safetensors' own error around one), else None: the cause a one-line `Error:` names."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e) or type(e).__name__
+    if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):  # safetensors wraps the OSError
+        return str(e).split("I/O error:", 1)[1].strip().split(" (os error")[0]
+    return None

@@ -133,7 +133,10 @@ def export_model(cfg: ExportConfig, log: Callable[[str], None] = lambda msg: Non
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; -o takes a folder for the engines.")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"Cannot create the engines folder {out}: {e.strerror or e}.") from None
     with graph_files.exclusive(out, wait=cfg.wait):
         for p in graph_files.clean_debris(out):
             log(f"removed {p.name}, left by an export that was killed")

@@ -32,9 +32,9 @@ from typing import Callable
 
 import torch
 
-from pedit.cache import entry_problem, seal
+from pedit.cache import entry_problem, seal, stat_key
 from pedit.data.pairs import METADATA, Pair, load_rgb
-from pedit.errors import OutputError
+from pedit.errors import OutputError, PairFolderError
 
 FORMAT = 2  # 2: the manifest records the content hash of the shards and the prompt table
 SHARD_PAIRS = 4096
@@ -48,15 +48,32 @@ def _hash_file(h, path: Path) -> None:
             h.update(block)
 
 
+_READ: dict[str, list] = {}  # image path → its stat when data_hash read it (this process): read_unchanged
+
+
 def data_hash(folder: Path, pairs: list[Pair]) -> str:
-    """sha256 over metadata.jsonl and the bytes of every x_A and x_B, in pair order."""
+    """sha256 over metadata.jsonl and the bytes of every x_A and x_B, in pair order. Each image's stat is
+    remembered as it is read, so later reads of the run can tell it has not changed since (read_unchanged)."""
     h = hashlib.sha256()
     _hash_file(h, Path(folder) / METADATA)
     for p in pairs:
         for f in (p.x_A, p.x_B):
             h.update(os.fsencode(str(f.relative_to(Path(folder).resolve()) if f.is_absolute() else f)))  # names need not be UTF-8
+            _READ[str(f)] = stat_key(os.stat(f))  # before the bytes: a write during the hash moves it
             _hash_file(h, f)
     return h.hexdigest()
+
+
+def read_unchanged(path: Path, size: int):
+    """load_rgb(path, size), refusing an image that changed since the run's data_hash read it (issue 27):
+    a run that reads images as it goes (--no-cache, or the cache build) must not train on a mix of the
+    folder as it was and as it is. A stat per read: any write moves the file's ctime (pedit.cache.stat_key)."""
+    seen = _READ.get(str(path))
+    if seen is not None and stat_key(os.stat(path)) != seen:
+        raise PairFolderError(f"{path} changed while the run was using its pair folder (after the run read it at "
+                              "its start); a run trains on the pairs as they were then or not at all. Leave the "
+                              "folder unchanged during a run, and start again.")
+    return load_rgb(path, size)
 
 
 def parts_hash(parts, size: int, dtype: torch.dtype) -> str:
@@ -231,7 +248,7 @@ def _image_loader(pairs: list[Pair], size: int, workers: int):
 
         def __getitem__(self, i):
             p = pairs[i]
-            return tuple(torch.from_numpy(load_rgb(f, size)).permute(2, 0, 1) for f in (p.x_A, p.x_B))
+            return tuple(torch.from_numpy(read_unchanged(f, size)).permute(2, 0, 1) for f in (p.x_A, p.x_B))
 
     def loader(lo: int, hi: int):
         batches = [list(range(b, min(hi, b + ENCODE_BATCH))) for b in range(lo, hi, ENCODE_BATCH)]
