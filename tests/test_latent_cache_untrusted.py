@@ -98,10 +98,11 @@ def test_a_well_formed_shard_of_other_pairs_swapped_in_is_refused(built, tiny_pa
     other = shutil.copytree(tiny_pairs, tmp_path / "other-pairs", ignore=shutil.ignore_patterns(".pedit-cache"))
     from PIL import Image, ImageOps
 
-    first = sorted((other / "images").iterdir())[0] if (other / "images").is_dir() else sorted(other.glob("*.png"))[0]
+    first = sorted((other / "images").glob("*_x_B.png"))[0]  # an image the cache encodes (a mask is not)
     ImageOps.invert(Image.open(first).convert("RGB")).save(first)
     train(_cfg(other, tmp_path / "other-run", tiny_base, tmp_path / "other-cache"))
     (other_shard,) = (tmp_path / "other-cache").glob("*/pairs-00000.safetensors")
+    assert other_shard.read_bytes() != shard.read_bytes()  # really another cache's tensors
     with safe_open(str(shard), "pt") as f:
         meta = f.metadata()
     save_file(load_file(str(other_shard)), str(shard), metadata=meta)  # its key kept: looks like this cache's
