@@ -302,7 +302,8 @@ def test_edit_with_an_unknown_or_missing_device_is_an_error(random_model):
     ({"directions": [{"name": "x", "colour": "red"}]},
      "does not list the model's directions properly (TypeError: Direction.__init__() got an unexpected keyword "
      "argument 'colour')."),
-    ({"mask": {"strenght": 0.7}}, '"mask" may only set n_noise, strength, ratio, threshold, dilate, feather, keep_below.'),
+    ({"mask": {"strenght": 0.7}}, "\"mask\" has no setting 'strenght' (did you mean 'strength'?); the valid names are "
+                                  "n_noise, strength, ratio, threshold, dilate, feather, keep_below."),
 ])
 def test_edit_with_a_hand_edited_pedit_json_is_an_error(random_model, tmp_path, change, message):
     import shutil
