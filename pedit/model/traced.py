@@ -31,6 +31,7 @@ need allow_pickle) run on every load, as for the eager path. A prompt outside th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -220,9 +221,15 @@ def build_cache(model, key: str, root: Path | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
+        # Serialised in memory, then written by Python: torch's own file writer aborts the whole process
+        # (C++ terminate) when the disk fills mid-write, where a Python write raises an OSError that
+        # leaves the edit going on without the cache (issue 27).
+        model_bytes, prompt_bytes = io.BytesIO(), io.BytesIO()
         with _quiet_jit():
-            traced.save(str(tmp / "model.pt"))
-        torch.save({"prompts": prompts, "embeddings": embeddings.contiguous()}, tmp / "prompts.pt")
+            torch.jit.save(traced, model_bytes)
+        torch.save({"prompts": prompts, "embeddings": embeddings.contiguous()}, prompt_bytes)
+        (tmp / "model.pt").write_bytes(model_bytes.getbuffer())
+        (tmp / "prompts.pt").write_bytes(prompt_bytes.getbuffer())
         (tmp / "scheduler_config.json").write_text(json.dumps(parts.scheduler_config, indent=2))
         info = {"format": CACHE_FORMAT, "key": key, "model": str(model.path), "torch": torch.__version__,
                 "pedit": __version__, "resolution": res, "methods": list(example),
