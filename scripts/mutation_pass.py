@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 900
 
-# (id, file, the line's text as it is, the mutant's, the tests that guard it: pytest node ids or "file -k expr")
+# (id, file, the line's text as it is, the mutant's, the tests that guard it: pytest node ids or "file -k expr");
+# or (id, [(file, old, new), ...], tests) for a mutant of several lines
 MUTANTS = [
     # --- distillation: target, scale embedding and token
     ("distill-cs-unscaled", "pedit/train/distill.py",
@@ -141,6 +142,36 @@ MUTANTS = [
 ]
 
 
+# The test fixtures' constants (issue 27): each bug below is caught with Stable Diffusion's constants in the tiny
+# models and the tests, and survives when the constant is dropped to an identity (the paired "+ ..." mutant
+# changes the constant too): what a VAE scaling factor of 1.0, guidance scales of 1 or a scale embedding
+# fed one value would hide.
+MUTANTS += [
+    ("encode-latent-unscaled", "pedit/model/mcdm.py",
+     "return self.vae.encode(x).latent_dist.mode() * self.scaling_factor", "return self.vae.encode(x).latent_dist.mode()",
+     ["tests/test_mask_source.py"]),
+    ("encode-latent-unscaled + tiny VAE scaling 1.0", [
+        ("pedit/model/mcdm.py", "return self.vae.encode(x).latent_dist.mode() * self.scaling_factor",
+         "return self.vae.encode(x).latent_dist.mode()"),
+        ("pedit/toon/parts.py", "scaling_factor=0.18215,  # Stable Diffusion", "scaling_factor=1.0,  # Stable Diffusion")],
+     ["tests/test_mask_source.py"]),
+    ("s_im-weight-dropped", "pedit/edit/guidance.py",
+     "+ scales.s_im * (e_s_im - e_s)", "+ (e_s_im - e_s)", ["tests/test_guidance.py"]),
+    ("s_im-weight-dropped + tests at s_im 1", [
+        ("pedit/edit/guidance.py", "+ scales.s_im * (e_s_im - e_s)", "+ (e_s_im - e_s)"),
+        ("tests/test_guidance.py", "s = GuidanceScales(1.7, 0.6, 5.0)", "s = GuidanceScales(1.7, 1.0, 5.0)")],
+     ["tests/test_guidance.py"]),
+    ("scale-features-first-row", "pedit/model/distilled.py",
+     "angles = scales.float()[..., None] * freqs  # (N, 3, F)",
+     "angles = scales.float()[:1].expand_as(scales)[..., None] * freqs  # (N, 3, F)",
+     ["tests/test_distill.py -k scale_features_follow"]),
+    ("scale-features-first-row, tests of one value only", "pedit/model/distilled.py",
+     "angles = scales.float()[..., None] * freqs  # (N, 3, F)",
+     "angles = scales.float()[:1].expand_as(scales)[..., None] * freqs  # (N, 3, F)",
+     ["tests/test_distill.py -k scale_token_round_trip"]),
+]
+
+
 def copy_checkout(dest: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
     for rel in filter(None, files):
@@ -178,20 +209,24 @@ def main(only: set[str]) -> int:
     try:
         copy_checkout(tree)
         counts = {"KILLED": 0, "SURVIVED": 0, "ERROR": 0}
-        for mid, rel, old, new, tests in MUTANTS:
+        for entry in MUTANTS:
+            mid, tests = entry[0], entry[-1]
+            edits = entry[1] if len(entry) == 3 else [entry[1:4]]  # [(file, old, new), ...]
             if only and mid not in only:
                 continue
-            path = tree / rel
-            original = path.read_text()
-            if original.count(old) != 1:
-                print(f"ERROR     {mid}: its line is not found once in {rel}", flush=True)
+            originals = {rel: (tree / rel).read_text() for rel, _, _ in edits}
+            missing = [rel for rel, old, _ in edits if originals[rel].count(old) != 1]
+            if missing:
+                print(f"ERROR     {mid}: its line is not found once in {', '.join(missing)}", flush=True)
                 counts["ERROR"] += 1
                 continue
-            path.write_text(original.replace(old, new))
             try:
+                for rel, old, new in edits:
+                    (tree / rel).write_text((tree / rel).read_text().replace(old, new))
                 verdict, seconds = run_tests(tree, tests)
             finally:
-                path.write_text(original)
+                for rel, text in originals.items():
+                    (tree / rel).write_text(text)
             counts[verdict.split()[0]] += 1
             print(f"{verdict:<9} {mid} ({seconds:.0f} s: {'; '.join(tests)})", flush=True)
         done = counts["KILLED"] + counts["SURVIVED"]
