@@ -110,7 +110,7 @@ def test_teacher_eps_is_the_nested_cfg_of_the_five_row_layout(editor, portrait):
     assert torch.allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("interval", [None, (0.2, 0.8)])
+@pytest.mark.parametrize("interval", [None, (0.2, 0.8), (0.6, 1.0)])  # (0.6, 1): 3 of 4 steps unguided
 def test_an_ideal_student_edits_like_its_teacher_in_two_rows_a_step(editor, portrait, interval):
     denoise = _ideal_student(editor.model.mcdm, editor._prompt(""))
     calls = []
