@@ -57,3 +57,57 @@ def test_the_mask_averages_its_draws(editor, portrait):
     one, four = dmap(1), dmap(4)
     assert not torch.allclose(one, four)
     torch.testing.assert_close(dmap(4, batch=1), four, atol=1e-6, rtol=1e-5)
+
+
+def test_a_file_rewritten_with_its_old_size_and_mtime_is_hashed_again(tmp_path, monkeypatch):
+    """`cp -p` and `rsync -a` write new bytes of the same size under the old mtime: the remembered hash of a
+    file must not survive that (its ctime moved), or a cache keyed by content keeps a stale entry."""
+    import os
+
+    import pedit.cache
+
+    monkeypatch.setattr(pedit.cache, "RACY_SECONDS", -1.0)  # as if written long ago: hashes are remembered
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    weights = folder / "unet" / "w.bin"
+    weights.write_bytes(b"a" * 64)
+    st = weights.stat()
+    first = pedit.cache.content_hash(folder, ("unet",))
+    weights.write_bytes(b"b" * 64)  # same size
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime back
+    assert pedit.cache.content_hash(folder, ("unet",)) != first
+
+
+def test_the_torchscript_key_follows_the_models_noise_schedule(random_model, tmp_path):
+    """The cache holds the scheduler config an edit samples with: another schedule in the folder is another key."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from pedit.model import traced
+
+    copy = Path(shutil.copytree(random_model, tmp_path / "copy"))
+    key = traced.model_key(copy)
+    config = copy / "scheduler" / "scheduler_config.json"
+    changed = {**json.loads(config.read_text()), "beta_end": 0.02}
+    config.write_text(json.dumps(changed))
+    assert traced.model_key(copy) != key
+
+
+def test_the_latent_cache_holds_each_images_own_posterior(tiny_base):
+    """mean and std of x_A and of x_B are each the VAE posterior of that image (diffusers' own encode is the
+    oracle), never one image's statistics under the other's name."""
+    from pedit.model.loading import load_base
+    from pedit.train.latent_cache import encode_pairs
+
+    _, parts = load_base(tiny_base)
+    g = torch.Generator().manual_seed(0)
+    x_A = torch.rand((2, 3, 32, 32), generator=g) * 2 - 1
+    x_B = -x_A.flip(-1)
+    got = encode_pairs(parts, x_A, x_B)
+    with torch.no_grad():
+        for x, tag in ((x_A, "A"), (x_B, "B")):
+            post = parts.vae.encode(x).latent_dist
+            torch.testing.assert_close(got[f"mean_{tag}"], post.mean, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got[f"std_{tag}"], post.std, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got["std_A"], got["std_B"])
