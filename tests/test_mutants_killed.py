@@ -111,3 +111,19 @@ def test_the_latent_cache_holds_each_images_own_posterior(tiny_base):
             torch.testing.assert_close(got[f"mean_{tag}"], post.mean, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(got[f"std_{tag}"], post.std, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got["std_A"], got["std_B"])
+
+
+def test_c_s_is_the_vae_mode_times_its_scaling_factor(editor, portrait):
+    """c_s = E(x_A) x the VAE's scaling factor (paper §3.3 as this project fixes it), diffusers' encode the
+    oracle. With the tiny base's Stable Diffusion factor (0.18215) an unscaled c_s fails here; with a factor
+    of 1.0 it could not (scripts/mutation_pass.py pairs the two)."""
+    from pedit.data.pairs import square_rgb
+    from pedit.edit.editor import uint8_to_tensor
+
+    x = uint8_to_tensor(square_rgb(portrait, 32))
+    cond = editor.conditions(x, editor.direction("laughing"))
+    parts = editor.model.parts
+    assert parts.vae.config.scaling_factor == pytest.approx(0.18215)
+    with torch.no_grad():
+        want = parts.vae.encode(x.to(parts.device)).latent_dist.mode() * parts.vae.config.scaling_factor
+    torch.testing.assert_close(cond.c_s, want)
