@@ -68,7 +68,7 @@ MUTANTS = [
     ("plain-steps-student-scales", "pedit/edit/rows.py",
      "plain = plain_steps(with_scales(cond, (1.0, 1.0, 1.0)), mask, interval, scheduler)",
      "plain = plain_steps(with_scales(cond, (1.0, 1.0, 0.0)), mask, interval, scheduler)",
-     ["tests/test_distill.py -k ideal_student"]),
+     ["tests/test_mutants_killed.py -k unguided", "tests/test_distill.py -k ideal_student"]),
     # --- multi-direction masks
     ("masks-branch-swap", "pedit/edit/mask.py",
      "e_diff = branch_difference(torch.cat([eps[index[2 * i]], eps[index[2 * i + 1]]]), scales, distilled)",

@@ -39,24 +39,58 @@ def test_the_guidance_interval_includes_both_ends(interval):
         assert not guided_at(int(hi * total) + 1, interval, total)
 
 
-def test_the_mask_averages_its_draws(editor, portrait):
-    """The difference map of N draws is their mean: more draws change it (a map of the first draw only would
-    not), and the same N draws give the same map however they are split into calls."""
+def test_the_mask_averages_its_draws(editor, portrait, monkeypatch):
+    """The difference map of N draws is the mean of the N one-draw maps (each with that draw's noise), however
+    the draws are split into calls."""
+    import pedit.edit.mask as mask_module
     from pedit.data.pairs import square_rgb
     from pedit.edit.editor import uint8_to_tensor
-
-    cond = editor.conditions(uint8_to_tensor(square_rgb(portrait, 32)), editor.direction("laughing"))
     from pedit.edit.schedules import noise_scheduler
 
+    cond = editor.conditions(uint8_to_tensor(square_rgb(portrait, 32)), editor.direction("laughing"))
     sched = noise_scheduler(editor.model.parts.scheduler_config)
+    draws = torch.randn((4, *cond.c_s.shape[1:]), generator=torch.Generator().manual_seed(7))  # (4, 4, h, w)
+    given = []
+    monkeypatch.setattr(mask_module, "randn", lambda shape, g, like=None: given.pop(0).to(like))
 
-    def dmap(n, batch=0):
-        return difference_map(editor.denoise, sched, cond, GuidanceScales(), MaskConfig(n_noise=n, batch=batch),
-                              torch.Generator().manual_seed(7))
+    def dmap(noise, batch=0):
+        given.append(noise)
+        return difference_map(editor.denoise, sched, cond, GuidanceScales(), MaskConfig(n_noise=len(noise), batch=batch),
+                              torch.Generator())
 
-    one, four = dmap(1), dmap(4)
-    assert not torch.allclose(one, four)
-    torch.testing.assert_close(dmap(4, batch=1), four, atol=1e-6, rtol=1e-5)
+    singles = [dmap(draws[k:k + 1]) for k in range(4)]
+    want = torch.stack(singles).mean(dim=0)
+    torch.testing.assert_close(dmap(draws), want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dmap(draws, batch=1), want, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(singles[0], want)  # the draws differ: a map of one draw would show
+
+
+def test_an_unguided_step_of_a_student_asks_for_unit_scales(editor, portrait):
+    """Outside the guidance interval a student's rows carry the scale token (1, 1, 1) (the teacher's plain
+    rows at unit scales), inside it the edit's scales."""
+    from pedit.edit.editor import EditOptions, Editor
+    from pedit.model.distilled import split_scale_token
+
+    model = editor.model
+    meta = {**model.meta, "distilled": {"kind": "guidance", "rows_per_branch": 1,
+                                        "scale_range": {"s_s": [1.0, 2.5], "s_im": [1.0, 2.0], "s_p": [1.0, 7.5]}}}
+    seen = []
+
+    def denoise(z_in, t, context):
+        seen.append((int(t), split_scale_token(context)[1]))
+        return torch.zeros_like(z_in[:, :4])
+
+    student = Editor(type(model)(model.mcdm, model.parts, meta, model.path), denoise)
+    options = EditOptions(steps=4, seed=3, guidance_interval=(0.6, 1.0), scales=GuidanceScales(2.0, 1.5, 5.0),
+                          mask=MaskConfig(n_noise=2))
+    student.edit(portrait, "laughing", options)
+    total = model.parts.scheduler_config["num_train_timesteps"]
+    steps = seen[1:]  # seen[0]: the mask's call
+    guided = [s for t, s in steps if 0.6 <= t / total <= 1.0]
+    plain = [s for t, s in steps if not 0.6 <= t / total <= 1.0]
+    assert guided and plain
+    assert all(torch.equal(s, torch.tensor([[2.0, 1.5, 5.0]] * len(s))) for s in guided)
+    assert all(torch.equal(s, torch.ones_like(s)) for s in plain)
 
 
 def test_a_file_rewritten_with_its_old_size_and_mtime_is_hashed_again(tmp_path, monkeypatch):
