@@ -8,7 +8,11 @@ and the content hashes that key cache entries.
         dreambooth/<key>/   sticker-pack LoRAs (pedit.stickers)
         hashes/             each model file's sha256 with its stat, so content keys need not re-read weights
 
-Every entry is rebuilt when missing, so deleting any folder (or the root) only costs time.
+        datasets/<key>/     pair folders written from `datasets` sources (pedit.data.hf)
+
+Every entry is rebuilt when missing, so deleting any folder (or the root) only costs time. Every entry
+records the content hash of its files when it is written, and every read checks it (`seal`,
+`entry_problem`): an entry replaced, altered or linked since is never used as its key's.
 `PEDIT_CACHE_DIR` is read as an older name of `PEDIT_CACHE` when that is unset.
 """
 
