@@ -672,8 +672,11 @@ def _():
 
 # ------------------------------------------------------------ issue 27 (CASES="[27]" runs only these)
 def one_line(r):
-    """exit 1 and exactly one line on stderr, an Error: line"""
-    return clean_error(r) and len(r.stderr.strip().splitlines()) == 1
+    """exit 1 and exactly one line on stderr, an Error: line that is pedit's own message (not "unexpected X:"
+    or a library's exception passed on)"""
+    err = r.stderr.strip()
+    return (clean_error(r) and len(err.splitlines()) == 1 and "unexpected " not in err
+            and not any(f"{name}:" in err for name in ("IndexError", "KeyError", "TypeError", "AttributeError")))
 
 
 def snapshot(folder):
@@ -789,7 +792,8 @@ def _():
     AcceleratorState._reset_state()
     try:
         out = train(TrainConfig(data=str(pairs), output=str(W / "bf16-run"), base=str(b), batch_size=2, max_steps=2,
-                                validate_every=0, mixed_precision="bf16", cache_dir=str(W / "bf16-cache")),
+                                validate_every=0, mixed_precision="bf16", cache_dir=str(W / "bf16-cache"),
+                                log_every=1),  # progress at every step: the change lands after step 1
                     progress=at_step)
     finally:
         AcceleratorState._reset_state()
@@ -811,7 +815,7 @@ def _():
             ImageOps.invert(Image.open(img).convert("RGB")).save(img)
     try:
         train(TrainConfig(data=str(f), output=str(W / "nocache-run"), base=str(base), batch_size=2, max_steps=8,
-                          validate_every=0, cache=False), progress=at_step)
+                          validate_every=0, cache=False, log_every=1), progress=at_step)
     except Exception as e:
         return "changed" in str(e), f"{type(e).__name__}: {str(e)[:100]}"
     return False, "exit 0: trained on both versions of the image"
