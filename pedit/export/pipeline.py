@@ -67,8 +67,10 @@ class ExportConfig:
     wait: bool = False  # wait for another export of the folder to finish (backends) instead of failing
 
     def __post_init__(self):
+        from pedit.files import check_output_not_input
         from pedit.validate import check_int, check_number
 
+        check_output_not_input(self.output, {"-m": self.model})  # before anything is said or done
         unknown = [n for n in self.networks if n not in NETWORKS]
         if unknown or not self.networks:
             raise ConfigError(f"Unknown network(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(NETWORKS)}.")
