@@ -1,5 +1,6 @@
 # Two entry points (see README): `make demo` sets everything up and edits a portrait with the bundled
 # model; `make test` sets everything up and runs the test suite. Both create .venv on first use.
+# `make docs` builds the documentation site into site/ with --strict (a broken link or reference fails).
 PYTHON ?= python3
 VENV := .venv
 PIP_FLAGS := -q -c constraints.txt
@@ -7,11 +8,11 @@ PIP_FLAGS := -q -c constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test,faces,onnx,lora,datasets,app]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test,faces,onnx,lora,datasets,app,docs]'
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps --target $(VENV)/typing/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
-.PHONY: setup browser demo test
+.PHONY: setup browser demo test docs
 setup: $(VENV)/.installed
 
 # The web app's browser test drives Debian's chromium through chromedriver. Installed here when
@@ -29,3 +30,6 @@ demo: setup
 
 test: setup browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -p no:cacheprovider
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -3,10 +3,11 @@
 Every final output pedit writes goes through `write_atomic`: the bytes go to a temp file in the
 target folder, then the finished file takes its name in one step. Without `overwrite` that step is
 a hard link, which fails when the name exists, so of two writers racing for one name exactly one
-wins and the other gets an `OutputError` (a rename would silently replace the winner's file,
-CONVENTIONS.md §17). Temp names carry the host and process id, so the first write of a process
-into a folder removes the temps of processes that were killed on this host, and never those of a
-live writer (once per folder and process: a scan per write would make filling a folder quadratic).
+wins and the other gets an `OutputError` (a rename would silently replace the winner's file;
+`--overwrite` is the only way to replace). Temp names carry the host and process id, so the first
+write of a process into a folder removes the temps of processes that were killed on this host,
+and never those of a live writer (once per folder and process: a scan per write would make
+filling a folder quadratic).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Field checks shared by the config dataclasses' `__post_init__` (CONVENTIONS.md §16).
+"""Field checks shared by the config dataclasses' `__post_init__` (every config validates itself).
 
 Each raises ConfigError naming the field, what it must be and what it got, so the CLI, the Python
 API and the tests share one gate and nothing NaN, infinite, negative or mistyped reaches the work.

@@ -1,4 +1,4 @@
-"""Hostile cases for pedit's reliability promises (README, "Reliability"): one line a case, KEPT or BROKEN.
+"""Hostile cases for pedit's reliability promises (docs/reliability.md, "The promises"): one line a case, KEPT or BROKEN.
 
 Run from a checkout: PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python scripts/hostile_cases.py (about 1.5 min on
 2 cores, more when they are busy); CASES=word,word runs only the cases whose names hold one of the words. Uses the bundled toon model and a tiny base built in a temp folder; writes nothing else."""

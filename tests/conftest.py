@@ -1,4 +1,4 @@
-"""Shared test fixtures. Tests never touch the network (CONVENTIONS.md §9): the hub is switched
+"""Shared test fixtures. Tests never touch the network: the hub is switched
 off before anything imports huggingface_hub, and models are built in-process from seeds.
 
 `PEDIT_TEST_DEVICE=cuda make test` puts the tests' tiny models and inputs on that device (`TEST_DEVICE`,

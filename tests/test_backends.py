@@ -271,10 +271,12 @@ def test_bench_config_validates_its_fields(kwargs, field):
                                             ({"device": "meta"}, "Device .meta. cannot run an edit")])
 def test_edit_files_config_validates_backend_precision_and_mask(kwargs, field):
     from pedit.errors import ConfigError
+    from pedit.model.sampling_settings import SamplingSettings
     from pedit.photos.edit_files import EditFilesConfig
 
-    with pytest.raises(ConfigError, match=field):
-        EditFilesConfig(inputs=("a.png",), direction="royal", **kwargs)
+    with pytest.raises(ConfigError, match=field):  # the sampling fields: the settings object checks them, once
+        sampling = {k: kwargs.pop(k) for k in ("mask_batch", "mask_noises") if k in kwargs}
+        EditFilesConfig(inputs=("a.png",), direction="royal", sampling=SamplingSettings(**sampling), **kwargs)
 
 
 @pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"device": "meta"}, "Device .meta. cannot run an edit"),

@@ -259,7 +259,7 @@ def test_cli_help_does_not_import_torch():
     assert _python(code) == "[]"
 
 
-# The library never imports the CLI layer (CONVENTIONS.md §1), and the light modules stay light.
+# The library never imports the CLI layer (imports go one way: front ends → library), and the light modules stay light.
 IMPORT_RULES = [
     ("pedit.edit.editor pedit.train.loop pedit.train.steps pedit.model.loading pedit.photos.edit_files pedit.eval.ground_truth pedit.data.gen_pairs", ("click", "rich")),
     ("pedit.photos.photo pedit.photos.portrait pedit.viz", ("click", "rich", "torch", "cv2")),

@@ -4,7 +4,7 @@ Every test runs the real command (`click.testing.CliRunner`) on files written he
 untrained MCDM of conftest.py (`random_model`, 32 px) and 2 steps / 2 mask noises so the whole file
 stays fast. What is checked is what a user would check: which files appear (and which do not), their
 size, format, alpha, EXIF, the bytes outside the edited crop, and exact exit codes and `Error:` lines
-(DESIGN.md: 0 success, 1 an explained failure on stderr with no traceback, 2 bad usage).
+(the exit codes: 0 success, 1 an explained failure on stderr with no traceback, 2 bad usage).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pedit.model.sampling_settings import SamplingSettings
 from click.testing import CliRunner
 from PIL import Image
 
@@ -503,7 +505,8 @@ def test_a_crashing_identity_check_is_its_verdict_not_a_failed_edit(model, tmp_p
     monkeypatch.setattr(edit_files, "identity_detector", lambda: object())
     monkeypatch.setattr(edit_files, "check_identity", broken_check)
     items = edit_files.edit_files(edit_files.EditFilesConfig(inputs=(str(small),), direction="royal", model=str(model),
-                                                             steps=2, mask_noises=2, device=TEST_DEVICE))
+                                                             sampling=SamplingSettings(steps=2, mask_noises=2),
+                                                             device=TEST_DEVICE))
     (item,) = items
     assert item.error is None and item.output == tmp_path / "pic_royal.png" and item.output.exists()
     assert item.identity.distance is None and "identity check failed" in item.identity.verdict

@@ -286,9 +286,10 @@ def test_a_cached_edit_imports_neither_diffusers_nor_transformers(random_model, 
     _portrait().save(photo)
     code = (
         "import sys\n"
+        "from pedit.model.sampling_settings import SamplingSettings\n"
         "from pedit.photos.edit_files import EditFilesConfig, edit_files\n"
         f"items = edit_files(EditFilesConfig(inputs=({str(photo)!r},), direction='royal', model={str(random_model)!r},"
-        " steps=2, mask_noises=2, device='cpu'))\n"
+        " sampling=SamplingSettings(steps=2, mask_noises=2), device='cpu'))\n"
         "assert items[0].error is None, items[0].error\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'transformers', 'peft', 'accelerate'}))\n"
         "print(len([m for m in sys.modules if m.startswith('torch._dynamo')]))\n"

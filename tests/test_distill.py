@@ -43,7 +43,7 @@ def _ideal_student(teacher_mcdm, null):
         rows_ctx = torch.cat([torch.cat([c_p_null, no_im], 1), torch.cat([c_p_null, no_im], 1),
                               torch.cat([c_p_null, c_im], 1), context])
         rows_z = torch.cat([torch.cat([z_t] * 4), torch.cat([torch.zeros_like(c_s), c_s, c_s, c_s])], 1)
-        e = teacher_mcdm(rows_z, t, rows_ctx).chunk(4)
+        e = teacher_mcdm(rows_z, t.repeat(4), rows_ctx).chunk(4)  # t: one timestep a row
         return multi_cfg(*e, SimpleNamespace(**{k: scales[:, i].view(n, 1, 1, 1) for i, k in enumerate(("s_s", "s_im", "s_p"))}))
 
     return denoise

@@ -18,6 +18,7 @@ from pedit.edit.guidance import GuidanceScales
 from pedit.edit.mask import MaskConfig
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.eval.ground_truth import EvalConfig
+from pedit.model.sampling_settings import SamplingSettings
 from pedit.photos.edit_files import EditFilesConfig
 from pedit.train.loop import TrainConfig
 from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
@@ -57,7 +58,7 @@ def one_error_line(result) -> str:
     (lambda: EditOptions(steps=2.5), "steps must be an integer, got 2.5"),
     (lambda: EditOptions(scheduler="pndm"), "scheduler must be one of ddim, dpm, euler, got 'pndm'"),
     (lambda: EditFilesConfig(("a.png",), "royal", margin=NAN), "margin must be a finite number, got nan"),
-    (lambda: EditFilesConfig(("a.png",), "royal", s_im=INF), "s_im must be a finite number, got inf"),
+    (lambda: EditFilesConfig(("a.png",), "royal", sampling=SamplingSettings(s_im=INF)), "s_im must be a finite number, got inf"),
     (lambda: EditFilesConfig((), "royal"), "inputs must be one or more file or folder names, got ()"),
     (lambda: TrainConfig("d", "o", learning_rate=NAN), "learning_rate must be a finite number, got nan"),
     (lambda: TrainConfig("d", "o", learning_rate=0.0), "learning_rate must be in (0, 1], got 0.0"),
@@ -108,7 +109,7 @@ def test_a_non_finite_latent_stops_the_sampler():
     from pedit.edit.sampler import sample
 
     def denoise(z_in, t, context):  # (5B, 8, h, w) → (5B, 4, h, w); NaN at one step only
-        return torch.full_like(z_in[:, :4], NAN if int(t) == 3 else 0.1)
+        return torch.full_like(z_in[:, :4], NAN if int(t[0]) == 3 else 0.1)
 
     z = torch.zeros(1, 4, 2, 2)
     rows = (torch.zeros(5, 4, 2, 2), torch.zeros(5, 3, 8))

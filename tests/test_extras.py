@@ -1,4 +1,4 @@
-"""pedit's optional extras: each one the README lists is in pyproject.toml, and a command that needs
+"""pedit's optional extras: each one docs/getting-started.md lists is in pyproject.toml, and a command that needs
 one that is missing says, in one `Error:` line, what to install (no traceback, nothing written)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("faces", "onnx", "lora", "pose", "trt", "app", "datasets")
+EXTRAS = ("faces", "onnx", "lora", "pose", "trt", "app", "datasets", "docs")
 
 
-def test_the_readme_lists_every_extra_with_what_it_enables():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_getting_started_lists_every_extra_with_what_it_enables():
+    readme = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
     table = readme.split("## Optional extras", 1)[1].split("\n## ", 1)[0]
     rows = {line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")}
     assert set(rows) == set(EXTRAS)
@@ -26,9 +26,9 @@ def test_the_readme_lists_every_extra_with_what_it_enables():
         assert brings and len(enables) > 20, f"{name}: say what it brings and what it enables"
 
 
-def test_pyproject_declares_the_extras_the_readme_lists():
+def test_pyproject_declares_the_extras_getting_started_lists():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {"faces", "onnx", "lora", "pose", "trt", "app"} <= set(extras)  # datasets: with `pedit train --data` hub support
+    assert {"faces", "onnx", "lora", "pose", "trt", "app", "docs"} <= set(extras)  # datasets: with `pedit train --data` hub support
     assert any(req.startswith("controlnet_aux") for req in extras["pose"])
     assert {"gradio", "gradio_client", "selenium"} <= {req.split(">")[0].split("=")[0] for req in extras["app"]}
 

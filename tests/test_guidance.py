@@ -65,7 +65,7 @@ def test_sampler_with_an_oracle_denoiser_recovers_the_clean_latent():
 
     def denoise(z_in, t, context):  # z_in: (5, 8, h, w); returns the exact noise in z_t
         calls.append(z_in.shape[0])
-        a = alphas[int(t)]
+        a = alphas[int(t[0])]  # one timestep a row; every row here at the same step
         z_t = z_in[:, :4]
         return (z_t - a.sqrt() * x0) / (1 - a).sqrt()
 

@@ -19,7 +19,7 @@ from pedit.errors import ConfigError
 def _counting(editor):
     """The editor's denoise wrapped to record each call's (rows, timestep)."""
     calls, real = [], editor.denoise
-    editor.denoise = lambda z, t, c: (calls.append((z.shape[0], int(t))), real(z, t, c))[1]
+    editor.denoise = lambda z, t, c: (calls.append((z.shape[0], int(t[0]))), real(z, t, c))[1]
     return calls, real
 
 

@@ -5,13 +5,10 @@ there has no value the host could read); the CUDA test runs under torch.cuda.set
 import pytest
 import torch
 
-from pedit.edit.sampler import make_scheduler, sample
+from pedit.edit.sampler import make_scheduler
+from pedit.edit.steps import RowPlan, SampleJob, StepRows
 
 SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
-
-
-class _Stop(Exception):
-    pass
 
 
 class Recording:
@@ -45,16 +42,12 @@ def test_step_functions_see_host_timesteps_and_the_unet_the_latents_device(name)
         unet_t.append(t)
         return torch.zeros_like(z_in[:, :4])
 
-    def stop_after_two(z, t):
-        assert _host(t)
-        if len(unet_t) == 2:
-            raise _Stop  # two steps seen; the end's finiteness check cannot read a meta tensor
-        return z
-
     z = torch.empty(1, 4, 8, 8, device="meta")
-    with pytest.raises(_Stop):
-        sample(denoise, scheduler, z, torch.empty(5, 4, 8, 8, device="meta"), torch.empty(5, 7, 16, device="meta"),
-               lambda eps: eps[:1], num_steps=4, after_step=stop_after_two)
+    job = SampleJob(scheduler, z, RowPlan(StepRows(torch.empty(5, 4, 8, 8, device="meta"),
+                                                   torch.empty(5, 7, 16, device="meta"), 5, lambda eps: eps[:1])), 4)
+    for _ in range(2):  # two of the four steps: the end's finiteness check cannot read a meta tensor
+        rows = job.rows()
+        job.advance(denoise(rows.z_in, rows.t, rows.context))
     assert [kind for kind, _ in scheduler.seen] == ["scale_model_input", "step"] * 2
     assert all(_host(t) for _, t in scheduler.seen), scheduler.seen
     assert all(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in unet_t)
@@ -80,13 +73,6 @@ def test_a_sampling_step_on_cuda_makes_no_device_to_host_sync(random_model):
     c_s = torch.randn(5, 4, h, h, device="cuda", generator=g)
     ctx = torch.randn(5, 77 + model.parts.num_image_tokens, model.parts.text_encoder.config.hidden_size,
                       device="cuda", generator=g)
-    steps = []
-
-    def stop(z_next, t):
-        steps.append(z_next)
-        if len(steps) == 2:
-            raise _Stop
-        return z_next
 
     denoise(torch.cat([z.repeat(5, 1, 1, 1), c_s], 1), torch.tensor(999, device="cuda"), ctx)  # warm-up: lazy inits
     torch.cuda.synchronize()
@@ -101,9 +87,11 @@ def test_a_sampling_step_on_cuda_makes_no_device_to_host_sync(random_model):
         return original(*a, **k)
 
     scheduler.step = step
+    job = SampleJob(scheduler, z, RowPlan(StepRows(c_s, ctx, 5, lambda eps: eps[:1])), 4)
     try:
-        with pytest.raises(_Stop):
-            sample(denoise, scheduler, z, c_s, ctx, lambda eps: eps[:1], num_steps=4, after_step=stop)
+        for _ in range(2):  # two of the four steps: the end's finiteness check syncs once, by design
+            rows = job.rows()
+            job.advance(denoise(rows.z_in, rows.t, rows.context))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(calls) == 2

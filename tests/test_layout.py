@@ -1,4 +1,4 @@
-"""The package's layout rules (DESIGN.md "Layout", docs/architecture.md), read from the import statements.
+"""The package's layout rules (docs/design-notes.md "Layout and imports", docs/architecture.md), read from the import statements.
 
 A wing imports only the wings below it, and no two modules import each other, directly or round a
 longer loop. Imports inside functions count too: they are the same dependency, paid later. The rule
@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pedit"
 # Top to bottom. "shared" is every module directly in pedit/ (errors, files, validate, viz, cache, ...).
 WINGS = ("api", "cli", "app", "stickers", "eval", "photos", "export", "train", "edit", "model", "data", "toon",
          "faces", "shared")
-# Only these may import the front-end libraries (CONVENTIONS.md §1).
+# Only these may import the front-end libraries (imports go one way: front ends → library).
 FRONT_ENDS = {"cli": {"click", "rich"}, "app": {"gradio", "gradio_client"}}
 
 
@@ -38,7 +38,7 @@ def wing_of(name: str) -> str:
         return "faces"
     if len(parts) == 2 and not (PACKAGE / parts[1]).is_dir():
         return "shared"
-    assert parts[1] in WINGS, f"{name} is in no wing of DESIGN.md's layout; add it to WINGS in this test"
+    assert parts[1] in WINGS, f"{name} is in no wing of the layout (docs/architecture.md); add it to WINGS in this test"
     return parts[1]
 
 

@@ -27,6 +27,8 @@ def test_the_mask_call_sees_E_x_A_noised_to_the_mask_strength(editor, method):
         editor.denoise = inner
     z_in, t = calls[0]  # the mask's one batched call: 5 row blocks of N = 2 draws
     ddpm = DDPMScheduler.from_config(editor.model.parts.scheduler_config)
+    assert t.shape == (z_in.shape[0],) and bool((t == t[0]).all())  # one timestep a row, all the mask's level
+    t = t[0]
     assert int(t) == int(0.5 * ddpm.config.num_train_timesteps) - 1
     g = torch.Generator().manual_seed(3)
     if method == "diffedit":

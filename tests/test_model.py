@@ -1,4 +1,4 @@
-"""The MCDM's architecture conventions (DESIGN.md, "MCDM")."""
+"""The MCDM's architecture conventions (docs/design-notes.md, "Conditions and the model")."""
 
 import torch
 

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pedit.errors import ConfigError, InputImageError, PeditError
+from pedit.model.sampling_settings import SamplingSettings
 from pedit.app.folders import RequestFolders
 from pedit.validate import check_int
 
@@ -58,30 +59,22 @@ class EditRequest:
     seed: int = 0
     steps: int | None = None  # None: the model's pedit.json "sampling", else 20 (as `pedit edit`)
     scheduler: str | None = None  # None: the model's, else ddim
-    s_s: float = 1.5
-    s_im: float = 1.0
-    s_p: float = 4.0
+    s_s: float | None = None  # None: the model's pedit.json "sampling", else DEFAULT_SCALES (as `pedit edit`)
+    s_im: float | None = None
+    s_p: float | None = None
     use_mask: bool = True
     brush: np.ndarray | None = field(default=None, compare=False)  # (H, W) in [0, 1]: the painted region
     mask_mode: str = "replace"  # how the brush combines with the model's mask, as --mask-mode
 
     def __post_init__(self):
-        from pedit.edit.guidance import GuidanceScales
-        from pedit.model.sampling_settings import check_sampling_fields
         from pedit.edit.user_mask import check_user_mask
-        from pedit.validate import check_seed
 
         if not isinstance(self.photo, str) or not self.photo:
             raise InputImageError("No photo was uploaded. Upload a photo (JPEG, PNG, ...) first.")
         if not isinstance(self.direction, str) or not self.direction:
             raise ConfigError(f"direction must be a direction name, got {self.direction!r}")
-        check_seed("seed", self.seed)
-        if self.steps is not None:
-            check_int("steps", self.steps, 1)
-        check_sampling_fields(self)
-        GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
-        if not isinstance(self.use_mask, bool):
-            raise ConfigError(f"use_mask must be True or False, got {self.use_mask!r}")
+        SamplingSettings(steps=self.steps, seed=self.seed, scheduler=self.scheduler, s_s=self.s_s, s_im=self.s_im,
+                         s_p=self.s_p, use_mask=self.use_mask)  # the settings' own checks, the CLI's messages
         check_user_mask(self.brush, self.mask_mode)
 
 
@@ -182,12 +175,13 @@ class PeditApp:
             # Several directions share each mask draw's call ((K + 1) rows a draw): keep a call near the
             # one-direction size, whatever a page asks for (one direction: the CLI's own single call).
             mask_batch = 0 if len(names) == 1 else max(1, MASK_ROWS_PER_CALL // (len(names) + 1))
+            sampling = SamplingSettings(steps=req.steps, seed=req.seed, scheduler=req.scheduler, s_s=req.s_s,
+                                        s_im=req.s_im, s_p=req.s_p, use_mask=req.use_mask, mask_batch=mask_batch)
             cfg = EditFilesConfig(
                 inputs=(str(photo),), direction=req.direction, model=self.cfg.model, output=str(out),
-                steps=req.steps, seed=req.seed, scheduler=req.scheduler, s_s=req.s_s, s_im=req.s_im, s_p=req.s_p,
-                use_mask=req.use_mask, save_mask=True, max_pixels=self.cfg.max_pixels,
+                sampling=sampling, save_mask=True, max_pixels=self.cfg.max_pixels,
                 allow_pickle=self.cfg.allow_pickle, device=self.cfg.device,
-                mask=None if mask is None else str(mask), mask_mode=req.mask_mode, mask_batch=mask_batch,
+                mask=None if mask is None else str(mask), mask_mode=req.mask_mode,
             )
             notes: list[str] = []
 

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_HELP, SCHEDULER_NAMES, STEPS_HELP, interval_option
+from pedit.cli.choices import BACKENDS, sampling_options, sampling_settings
 from pedit.cli.progress import make_console, make_progress
 from pedit.errors import PeditError
 
@@ -18,18 +18,9 @@ from pedit.errors import PeditError
               help="Editing direction (see `pedit directions`), or several: angry,shocked (one output each, edited together).")
 @click.option("-m", "--model", type=click.Path(), help="Model folder from `pedit train` (default: the bundled toon model).")
 @click.option("-o", "--output", type=click.Path(), help="Output file, or folder for several inputs. Default: next to the input.")
-@click.option("--steps", type=click.IntRange(min=1), help=STEPS_HELP)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help=SCHEDULER_HELP)
-@click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
-@click.option("--s-s", type=float, default=1.5, show_default=True, help="Guidance scale of the spatial condition c_s.")
-@click.option("--s-im", type=float, default=1.0, show_default=True, help="Guidance scale of the image condition c_im.")
-@click.option("--s-p", type=float, default=4.0, show_default=True, help="Guidance scale of the text condition c_p.")
+@sampling_options()
 @click.option("--subject", help="Who the photo shows, filled in for \"person\" in the direction's prompts "
               "(e.g. woman, old man): for models trained on gen-pairs --source sd pairs.")
-@click.option("--no-mask", is_flag=True, help="Plain MCDM sampling, no editing mask (the paper's 'w/o mask').")
-@click.option("--mask-noises", type=click.IntRange(min=1),
-              help="Noise draws for the editing mask (default: the model's pedit.json, else 10).")
 @click.option("--mask", "mask_file", type=click.Path(dir_okay=False),
               help="Your own mask: greyscale image, any size (stretched to the photo), white = may change.")
 @click.option("--mask-mode", type=click.Choice(["replace", "intersect", "union"]), default="replace", show_default=True,
@@ -52,13 +43,11 @@ from pedit.errors import PeditError
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: fp16 on CUDA, fp32 on the CPU.")
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for --backend onnx/trt "
               "(default: exported once into ~/.cache/pedit).")
-@click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call.")
 @click.option("--no-cache", is_flag=True, help="On the CPU, load the model itself, not its TorchScript cache (same result, slower start).")
 @click.option("-q", "--quiet", is_flag=True)
-def edit(inputs, direction, model, output, steps, seed, scheduler, guidance_interval, s_s, s_im, s_p, subject, no_mask, mask_noises, mask_file,
-         mask_mode, save_mask, compare, face_index, require_face, margin, detector, no_identity_check, overwrite,
-         max_pixels, allow_pickle, device, backend, precision, engines, mask_batch, no_cache, quiet):
+def edit(inputs, direction, model, output, subject, mask_file, mask_mode, save_mask, compare, face_index, require_face,
+         margin, detector, no_identity_check, overwrite, max_pixels, allow_pickle, device, backend, precision, engines,
+         no_cache, quiet, **sampling):
     """Edit portraits toward a direction, keeping everything outside the edit untouched."""
     # OpenMP threads that spin while they wait (libgomp's default) made the toon edit 3-8x slower on a
     # 2-core machine busy with other work; sleeping waits did not (docs/deployment.md, "CPU cold start").
@@ -68,12 +57,11 @@ def edit(inputs, direction, model, output, steps, seed, scheduler, guidance_inte
     from pedit.photos.edit_files import EditFilesConfig, edit_files
 
     cfg = EditFilesConfig(
-        inputs=tuple(inputs), direction=direction, model=model, output=output, steps=steps, seed=seed,
-        scheduler=scheduler, s_s=s_s, s_im=s_im, s_p=s_p, use_mask=not no_mask, mask_noises=mask_noises,
+        inputs=tuple(inputs), direction=direction, model=model, output=output, sampling=sampling_settings(sampling),
         save_mask=save_mask, compare=compare, face_index=face_index, require_face=require_face, margin=margin,
         overwrite=overwrite, max_pixels=max_pixels, allow_pickle=allow_pickle, device=device, detector=detector,
-        identity_check=not no_identity_check, backend=backend, precision=precision, engines=engines, mask_batch=mask_batch,
-        cache=not no_cache, mask=mask_file, mask_mode=mask_mode, subject=subject, guidance_interval=guidance_interval,
+        identity_check=not no_identity_check, backend=backend, precision=precision, engines=engines,
+        cache=not no_cache, mask=mask_file, mask_mode=mask_mode, subject=subject,
     )
     check_identity = cfg.identity_check and face_model_available()  # else edit_files says why it is skipped
     console = make_console(quiet)

@@ -41,23 +41,27 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("--mask-batch", type=click.IntRange(min=0, max=1024),
               help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call. "
                    "Default: the model folder's setting.")
+@click.option("--update-card", is_flag=True,
+              help="With --pairs: write ours' results into the model folder's card (README.md); only its metadata "
+                   "and results section change, your own text stays.")
 @click.option("-q", "--quiet", is_flag=True)
 @click.pass_context
 def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit,
              grid_pairs, detector, overwrite, device, allow_pickle, precision, backend, engines, scheduler, guidance_interval,
-             mask_noises, mask_batch, quiet):
+             mask_noises, mask_batch, update_card, quiet):
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
 
     \b
     pedit eval --pairs eval-pairs/ -o report/              SSIM, PSNR in/outside the true mask, mask IoU
     pedit eval --photos a.jpg b.jpg -d royal,angry -o r/   identity distance, pixels kept, mask area
+    pedit eval -m my-model --pairs eval-pairs/ --update-card   the results into the model card (README.md)
     """
     photos = (*photos, *more_photos)
     if bool(pairs) == bool(photos):
         raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
     # A flag that does not apply to the chosen mode is an error, never silently ignored.
     pairs_only = {"methods", "batch_size", "limit", "grid_pairs", "engines", "mask_batch", "scheduler",
-                  "guidance_interval", "mask_noises"}
+                  "guidance_interval", "mask_noises", "update_card"}
     given = {name for name in (*pairs_only, "detector")
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if photos:
@@ -79,6 +83,7 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
                      allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite,
                      engines=engines, mask_batch=mask_batch, scheduler=scheduler, guidance_interval=guidance_interval,
                      mask_noises=mask_noises)
+    card_folder = _card_folder(model, cfg.methods) if update_card else None  # checked before the work
     console = make_console(quiet)
     show_config(console, cfg)
     with make_progress(console) as bar:
@@ -91,6 +96,22 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
 
         report = evaluate(cfg, on_progress)
     click.echo(markdown_report(report))
+    if card_folder is not None:
+        from pedit.model.card import write_card_for_eval
+
+        click.echo(f"Model card updated: {write_card_for_eval(card_folder, report)}", err=True)
+
+
+def _card_folder(model, methods):
+    """The model folder whose card --update-card writes: "ours" must be scored, the card readable."""
+    from pedit.model.card import read_card
+    from pedit.model.loading import read_model_folder
+
+    if "ours" not in methods:
+        raise click.UsageError("--update-card records ours' results: include ours in --methods.")
+    folder, _ = read_model_folder(model)
+    read_card(folder)  # a card that is a link or not UTF-8 fails here, before the eval
+    return folder
 
 
 def _flag(ctx, name: str) -> str:

@@ -16,6 +16,7 @@ from pedit.cli.data import directions, gen_pairs
 from pedit.cli.edit import edit
 from pedit.cli.errors import PeditGroup
 from pedit.cli.eval import eval_cmd
+from pedit.cli.examples import add_examples
 from pedit.cli.export import bench, export_cmd
 from pedit.cli.stickers import sticker_pack
 from pedit.cli.train import distill, train
@@ -40,6 +41,7 @@ def cli():
 
 for command in (directions, gen_pairs, train, distill, edit, eval_cmd, export_cmd, bench, sticker_pack, app):
     cli.add_command(command)
+add_examples(cli)  # one example line ends each command's help (pedit/cli/examples.py)
 
 
 def main(argv=None):

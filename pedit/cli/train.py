@@ -78,7 +78,7 @@ def train(data, columns, split, output, base, init, init_from, image_encoder, re
 
     cfg = TrainConfig(data=data, columns=columns, split=split, output=output, base=base, init=init, init_from=init_from,
                       image_encoder=image_encoder, resolution=resolution, **config_fields(loop))
-    # Under `accelerate launch` every rank runs this command; only rank 0 draws (CONVENTIONS.md §8).
+    # Under `accelerate launch` every rank runs this command; only rank 0 draws progress.
     console = make_console(loop["quiet"] or int(os.environ.get("RANK", "0")) != 0)
     show_config(console, cfg)
     run_with_progress(console, "train", cfg.max_steps, lambda on_progress: run_train(cfg, progress=on_progress,

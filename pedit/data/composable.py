@@ -1,7 +1,7 @@
 """Composable side-by-side guidance for gen-pairs (paper §3.2, Eq. 2).
 
 One latent of h × 2w holds both halves of a pair, x = [x_A, x_B]. Each step, one U-Net call on a
-batch of 4 rows per pair gives every term (DESIGN.md, "gen-pairs"):
+batch of 4 rows per pair gives every term (docs/design-notes.md, "gen-pairs"):
 
     row 0  e(∅)            unconditional:  empty prompt, null identity
     row 1  e(p, id)        shared prompt   "the same woman on the left and right"

@@ -1,6 +1,6 @@
 """Editing directions: the built-in eight and the user's own from a TOML file.
 
-A direction (DESIGN.md, "Directions") is a name, a task, the source prompt `p_a`, the target
+A direction (docs/design-notes.md, "Directions") is a name, a task, the source prompt `p_a`, the target
 prompt `p_b` and the shared prompt `p` used by gen-pairs (paper §3.2, Eq. 2). One MCDM serves
 every direction of its training set: at inference the text prompt selects the direction (§4).
 """
@@ -41,7 +41,7 @@ class Direction:
     def for_subject(self, subject: str | None) -> "Direction":
         """This direction with "person" in its prompts replaced by `subject` ("old man"); None: unchanged.
 
-        A model folder records each direction's template prompts (DESIGN.md, "The command line");
+        A model folder records each direction's template prompts (with "person" where gen-pairs varied the subject);
         `pedit edit --subject WORD` fills the subject in, as gen-pairs did for each pair."""
         if subject is None:
             return self

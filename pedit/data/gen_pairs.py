@@ -1,4 +1,4 @@
-"""`pedit gen-pairs`: write a pair folder (DESIGN.md, "gen-pairs").
+"""`pedit gen-pairs`: write a pair folder (docs/design-notes.md, "gen-pairs").
 
 Source `toon`: pairs rendered by the procedural toon world (pedit.toon.world), with the ground-truth
 mask. Training sets are imperfect by default, like generated pairs (paper §3.3: "the face in x_B

@@ -23,15 +23,16 @@ from pedit.data.directions import Direction, check_subject, model_directions, re
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
 from pedit.edit.guidance import GuidanceScales, check_edit_scale
-from pedit.edit.mask import MaskConfig, binarize, change_weight, composite, difference_maps, pixel_mask
+from pedit.edit.job import EditJob, run
+from pedit.edit.mask import MaskConfig, change_weight, composite, pixel_mask
 from pedit.model.mask_settings import mask_config_for
-from pedit.model.sampling_settings import check_sampling_fields, check_scheduler, sampling_for
+from pedit.model.sampling_settings import SamplingSettings, check_sampling_fields, check_scheduler, sampling_for
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler
-from pedit.edit.rows import sample_edit
+from pedit.edit.rows import StudentRows, rows_for
 from pedit.model.distilled import distilled_for
-from pedit.edit.user_mask import check_user_mask, combine_latent, combine_weight, user_mask_at
+from pedit.edit.user_mask import check_user_mask, combine_weight, user_mask_at
 from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
 
 if TYPE_CHECKING:  # loading imports diffusers (seconds), which a cached model never needs
@@ -106,7 +107,7 @@ def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent: torch.Tenso
     else:
         size = original.shape[0]
         f = size // mask_latent.shape[-1]
-        weight = pixel_mask(mask_latent, size, round(cfg.dilate * f), cfg.feather * f)[0, 0].numpy()
+        weight = pixel_mask(mask_latent, size, round(cfg.dilate * f), cfg.feather * f)[0, 0]
         if cfg.keep_below > 0:
             weight = weight * change_weight(original, raw, cfg.keep_below)
     return composite(original, raw, weight), weight
@@ -132,12 +133,13 @@ class Editor:
         self.denoise = denoise or torch_denoise(model.mcdm)
         self.directions = model_directions(model.meta, model.path)
         self.distillation = distilled_for(model.meta)  # pedit.json "distilled": a student's scale range, else None
+        self.rows = rows_for(model.meta)  # the model's row builder: a teacher's 5 rows a step, a student's 2
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @property
     def distilled(self) -> bool:
         """A guidance-distilled student (pedit distill): 2 rows a step, scales inside its trained range."""
-        return self.distillation is not None
+        return isinstance(self.rows, StudentRows)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, allow_pickle: bool = False,
@@ -167,7 +169,7 @@ class Editor:
         if precision not in PRECISIONS:
             raise ConfigError(f"Unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}.")
         if backend != "torch":
-            # The editor is handed its backend, never fetches one (DESIGN.md, "Layout"): the export wing
+            # The editor is handed its backend, never fetches one (docs/design-notes.md): the export wing
             # sits above this one and builds engines on first use.
             raise ConfigError(f"Editor.from_pretrained runs the eager torch backend; for {backend!r} use "
                               "pedit.export.backends.load_editor(path, backend=...).")
@@ -217,9 +219,26 @@ class Editor:
         `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.model.mask_settings)
         and its sampling settings ("sampling": steps, scheduler, guidance interval; pedit.model.sampling_settings)."""
         direction = None if direction is None else self.direction(direction)
-        sampling = sampling_for(self.model.meta)  # pedit.json "sampling": steps, scheduler, guidance interval
+        sampling = sampling_for(self.model.meta)  # pedit.json "sampling": steps, scheduler, interval, scales
         return EditOptions(mask=mask_config_for(self.model.meta, direction), steps=sampling.steps,
-                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval)
+                           scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval,
+                           scales=GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p))
+
+    def options_for(self, direction: str | Direction, settings: SamplingSettings | None = None, **fields) -> EditOptions:
+        """The EditOptions of `settings` (what a command's flags, the app or the caller set) laid over the
+        model folder's defaults for `direction` (`default_options`): each field set wins, each None keeps
+        the folder's. `fields`: EditOptions fields outside the sampling settings (mask_mode, subject, ...)."""
+        d = self.default_options(direction)
+        s = settings or SamplingSettings()
+
+        def given(value, default):
+            return default if value is None else value
+
+        scales = GuidanceScales(given(s.s_s, d.scales.s_s), given(s.s_im, d.scales.s_im), given(s.s_p, d.scales.s_p))
+        mask = dataclasses.replace(d.mask, n_noise=given(s.mask_noises, d.mask.n_noise), batch=s.mask_batch)
+        return dataclasses.replace(d, steps=given(s.steps, d.steps), seed=s.seed, scheduler=given(s.scheduler, d.scheduler),
+                                   guidance_interval=given(s.guidance_interval, d.guidance_interval), scales=scales,
+                                   use_mask=s.use_mask, mask=mask, **fields)
 
     def scheduler(self, options: EditOptions):
         """The sampling scheduler for `options`; ConfigError when its steps do not fit the model's schedule."""
@@ -229,6 +248,10 @@ class Editor:
 
     def direction(self, direction: str | Direction) -> Direction:
         return direction if isinstance(direction, Direction) else resolve(direction, self.directions)
+
+    def forget_prompts(self) -> None:
+        """Drop the cached prompt embeddings (a benchmark counts encoding a direction's prompts)."""
+        self._prompt_cache.clear()
 
     def _prompt(self, text: str) -> torch.Tensor:
         if text not in self._prompt_cache:
@@ -262,7 +285,17 @@ class Editor:
         reports progress. Same seed → same bytes. `user_mask=` (an (H, W) array in [0, 1], see
         pedit.edit.user_mask.load_user_mask) and `mask_mode=` restrict or widen the model's mask.
         """
-        return self.edit_many(image, [direction], options, callback, **overrides)[0]
+        # 1. The direction and the settings, checked before any work.
+        [(direction, options)] = self.plan_many([direction], options, **overrides)
+        # 2. The photo as the model's square.
+        original = square_rgb(image, self.resolution)  # (R, R, 3) uint8
+        # 3. Its conditions: c_s = E(x_A), c_im, and the prompts p_b, p_a, "".
+        cond = self.conditions(uint8_to_tensor(original), direction)
+        # 4. The job: the editing mask's noise draws, then the sampler's steps, one U-Net call each.
+        job = self.job([cond], [options], callback)
+        run([job], self.denoise)
+        # 5. Decode, and keep every pixel outside the mask.
+        return self.finish(original, self.decode(job.z_0[0]), job, 0)
 
     def plan_many(self, directions, options: EditOptions | list[EditOptions] | None = None, **overrides):
         """[(Direction, EditOptions)] for `edit_many`, checked before any work: unknown or repeated
@@ -296,46 +329,46 @@ class Editor:
     def edit_many(self, image: Image.Image, directions, options: EditOptions | list[EditOptions] | None = None,
                   callback: Callable[[int, int], None] | None = None, batch_steps: bool = False,
                   **overrides) -> list[EditResult]:
-        """Edit `image` toward each of `directions` (names or Direction), one result each.
+        """Edit `image` toward each of `directions` (names or Direction), one result each: the single
+        edit's stages, with the photo's work shared.
 
         `options`: one EditOptions for all, one per direction, or None (each direction's defaults).
-        Shared work: c_s and c_im are encoded once; directions whose masks draw the same noise
-        (same seed, n_noise, strength, batch) get their masks from one U-Net call per draw chunk
-        with each distinct prompt once (K p_b + the shared p_a: K + 1 rows a draw instead of 2K,
-        pedit.edit.mask.difference_maps). Rows 0-2 and 4 are not shared while sampling: each
-        direction's latent z_t is its own after the first step, and every row is evaluated at it,
-        so sampling costs 5 rows a step per direction whichever way it runs.
-        `batch_steps=False` (default): one 5-row loop per direction, the same bytes as K separate
-        `edit` calls with the same options and seed. True: the K loops as one, 5K rows a step in
-        one call (fewer, larger calls: what a GPU wants), equal to separate edits up to float
-        rounding only: the U-Net's CPU kernels round differently at another batch size.
+        Shared: c_s and c_im are encoded once; directions whose masks draw the same noise (same seed,
+        n_noise, strength, batch) get their masks from one U-Net call per draw chunk with each
+        distinct prompt once (K p_b + the shared p_a: K + 1 rows a draw instead of 2K, pedit.edit.mask.MaskJob).
+        Sampling costs 5 rows a step per direction whichever way it runs (each direction's latent is
+        its own after the first step). `batch_steps=False` (default): one 5-row loop per direction,
+        the same bytes as K separate `edit` calls with the same options and seed. True: the K loops
+        as one, 5K rows a step in one call (fewer, larger calls: what a GPU wants), equal to separate
+        edits up to float rounding only: the U-Net's CPU kernels round differently at another batch size.
         """
         plans = self.plan_many(directions, options, **overrides)
-        options = plans[0][1]
-        size = self.resolution
-        original = square_rgb(image, size)  # (R, R, 3) uint8
+        original = square_rgb(image, self.resolution)  # (R, R, 3) uint8
         image_conds = self._image_conditions(uint8_to_tensor(original))
         conds = [self._conditions_for(image_conds, d) for d, _ in plans]
-        masks, z_T = self._masks_and_noise(conds, [o for _, o in plans])
+        job = self.job(conds, [o for _, o in plans], callback, batch_steps)
+        run([job], self.denoise)
+        return [self.finish(original, self.decode(job.z_0[i]), job, i) for i in range(len(plans))]
+
+    def job(self, conds: list[EditConditions], options: list[EditOptions], callback=None,
+            batch_steps: bool = False) -> EditJob:
+        """The EditJob of one photo's conditions toward len(conds) directions (pedit.edit.job): its
+        seeded noise, the model's row builder and schedules, and a user's mask on the latent grid."""
+        first = options[0]
         user = None
-        latents = masks
-        if options.user_mask is not None:
-            user = user_mask_at(options.user_mask, size, image_conds[0].shape[-1])
-            latents = [combine_latent(m, user.latent, options.mask_mode) for m in masks]
+        if first.user_mask is not None:
+            user = user_mask_at(first.user_mask, self.resolution, conds[0].c_s.shape[-1])
+        like = conds[0].c_s
 
-        groups = [list(range(len(plans)))] if batch_steps else [[i] for i in range(len(plans))]
-        z_0 = [None] * len(plans)
-        for n_done, members in enumerate(groups):
-            step_callback = callback if callback is None or len(groups) == 1 else (
-                lambda i, n, done=n_done * options.steps, total=len(groups) * options.steps: callback(done + i, total))
-            out = self._sample([conds[i] for i in members], [z_T[i] for i in members],
-                               [latents[i] for i in members], options, step_callback)  # (k, 4, h, w)
-            for j, i in enumerate(members):
-                z_0[i] = out[j:j + 1]
-        return [self._finish(original, self._decode(z_0[i]), masks[i], latents[i], user, o)
-                for i, (_, o) in enumerate(plans)]
+        def new_noise(seed: int):
+            generator = torch.Generator().manual_seed(seed)
+            return lambda shape: randn(shape, generator, like=like)
 
-    def _decode(self, z_0: torch.Tensor) -> np.ndarray:
+        return EditJob(conds, options, self.scheduler, make_noise_scheduler(self.model.parts.scheduler_config),
+                      new_noise, self.rows, batch_steps, user, callback)
+        return job
+
+    def decode(self, z_0: torch.Tensor) -> np.ndarray:
         """(1, 4, h, w) latent → (R, R, 3) uint8; NaN or infinity is an error, never a grey region."""
         decoded = self.model.parts.decode(z_0)  # (1, 3, R, R)
         if not torch.isfinite(decoded).all():  # NaN would become a grey region (clamp, then round)
@@ -343,43 +376,11 @@ class Editor:
                                  "--precision fp32, and check the model folder's VAE weights.")
         return tensor_to_uint8(decoded)
 
-    def _sample(self, conds: list[EditConditions], z_T: list[torch.Tensor], latents: list, options: EditOptions,
-                callback) -> torch.Tensor:
-        """One sampling loop over k directions' latents (k, 4, h, w) of one image: 5k rows a step (2k distilled)."""
-        k = len(conds)
-        stacked = EditConditions(conds[0].c_s.repeat(k, 1, 1, 1), conds[0].c_im.repeat(k, 1, 1),
-                                 *(torch.cat([getattr(c, f) for c in conds]) for f in ("c_p_b", "c_p_a", "c_p_null")))
-        mask = None if latents[0] is None else torch.cat(latents).to(stacked.c_s)  # (k, 1, h, w)
-        return sample_edit(self.denoise, self.scheduler(options), torch.cat(z_T), stacked, options.scales, mask,
-                           options.steps, options.guidance_interval, self.distilled, callback)
-
-    def _masks_and_noise(self, conds: list[EditConditions], options: list[EditOptions]):
-        """Each direction's model mask (1, 1, h, w) or None, and its z_T (1, 4, h, w): the generator
-        of its seed draws the mask noise first, then z_T (as a single edit does); directions with
-        the same noise settings share the draw and one mask call."""
-        groups: dict[tuple, list[int]] = {}
-        for i, o in enumerate(options):
-            key = (o.seed,) + ((o.mask.n_noise, o.mask.strength, o.mask.batch) if o.use_mask else ())
-            groups.setdefault(key, []).append(i)
-        masks, z_T = [None] * len(conds), [None] * len(conds)
-        shape, like = conds[0].c_s.shape, conds[0].c_s
-        for members in groups.values():
-            o = options[members[0]]
-            generator = torch.Generator().manual_seed(o.seed)
-            if o.use_mask:
-                noise_scheduler = make_noise_scheduler(self.model.parts.scheduler_config)
-                maps = difference_maps(self.denoise, noise_scheduler, [conds[i] for i in members], o.scales, o.mask,
-                                       generator, distilled=self.distilled)
-                for i, diff in zip(members, maps):
-                    masks[i] = binarize(diff, options[i].mask.ratio, options[i].mask.threshold)
-            noise = randn(shape, generator, like=like)
-            for i in members:
-                z_T[i] = noise
-        return masks, z_T
-
     @staticmethod
-    def _finish(original, raw, model_mask, mask_latent, user, options: EditOptions) -> EditResult:
-        """The EditResult of one direction: `raw` composited onto `original` by its blend weight."""
+    def finish(original: np.ndarray, raw: np.ndarray, job: EditJob, i: int) -> EditResult:
+        """The EditResult of the job's direction i: `raw` composited onto `original` by its blend weight."""
+        options, user = job.settings[i], job.user
+        model_mask, mask_latent = job.model_masks[i], job.masks[i]
         if user is None:
             out, weight = keep_outside(original, raw, mask_latent, options.mask)
         else:  # the user's mask blends at pixel precision

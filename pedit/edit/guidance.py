@@ -1,6 +1,7 @@
 """Multi-condition classifier-free guidance and the masked two-branch rule (paper Eq. 1 and 3).
 
-One U-Net call per denoising step evaluates a batch of 5 rows per image (DESIGN.md, "Guidance"):
+One U-Net call per denoising step evaluates a batch of 5 rows per image (never 8 calls, never 5
+sequential ones; docs/design-notes.md, "Guidance rows"):
 
     row 0  e(∅, ∅, ∅)          nothing:             c_s = 0, c_im = 0, c_p = ""
     row 1  e(s, ∅, ∅)          spatial only:        c_s,     c_im = 0, c_p = ""
@@ -10,14 +11,16 @@ One U-Net call per denoising step evaluates a batch of 5 rows per image (DESIGN.
 
 The two branches of Eq. 3 share rows 0-2, so 5 rows give every term (never 8 calls, never 5
 sequential calls). Rows are laid out block-wise, `(5B, ...)` = 5 blocks of B, so `chunk(5)` splits
-them. These functions know nothing of the backend that produced the rows.
+them. These functions know nothing of the backend that produced the rows, nor of the array library:
+torch tensors (CPU, CUDA) and numpy arrays (the torch-free runtime) take the same code (pedit.arrays).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from pedit.arrays import as_dtype, blocks, xp_of
+from pedit.model.sampling_settings import DEFAULT_SCALES
 
 N_ROWS = 5  # rows of the guidance batch per image
 PROMPT_ROWS = 2  # rows 3-4 alone: what the editing mask's difference needs (branch_difference)
@@ -27,9 +30,9 @@ PROMPT_ROWS = 2  # rows 3-4 alone: what the editing mask's difference needs (bra
 class GuidanceScales:
     """(s_s, s_im, s_p): weights of the spatial, image and text conditions, nested s → im → p."""
 
-    s_s: float = 1.5
-    s_im: float = 1.0
-    s_p: float = 4.0
+    s_s: float = DEFAULT_SCALES["s_s"]
+    s_im: float = DEFAULT_SCALES["s_im"]
+    s_p: float = DEFAULT_SCALES["s_p"]
 
     def __post_init__(self):
         from pedit.validate import check_number
@@ -39,14 +42,12 @@ class GuidanceScales:
 
 
 def check_edit_scale(s_p: float) -> None:
-    """An edit needs s_p != 0: the text term is the only one that differs between the two branches of
-    Eq. 3 (p_b and p_a), so at 0 the editing mask |eps~(p_b) - eps~(p_a)| is zero everywhere and the
-    edit returns the input unchanged."""
-    from pedit.errors import ConfigError
+    """An edit needs s_p != 0 (pedit.model.sampling_settings.check_scales says why)."""
+    from types import SimpleNamespace
 
-    if s_p == 0:
-        raise ConfigError("s_p = 0 removes the text condition, the only one that names the direction: the editing "
-                          "mask comes out empty and the edit would change nothing. Use a non-zero --s-p (default 4.0).")
+    from pedit.model.sampling_settings import check_scales
+
+    check_scales(SimpleNamespace(s_s=None, s_im=None, s_p=s_p))
 
 
 def multi_cfg(e_none, e_s, e_s_im, e_full, scales: GuidanceScales):
@@ -69,13 +70,13 @@ def masked_two_branch(eps_b, eps_a, mask):
     eps_b, eps_a: (B, 4, h, w); mask: (B, 1, h, w) in [0, 1], 1 = edit. A mask of zeros returns
     the source branch exactly (no arithmetic on it), which keeps the identity test honest.
     """
-    mask = mask.to(eps_b.dtype)  # a float32 mask must not promote an fp16/bf16 prediction
-    return torch.where(mask > 0, mask * eps_b + (1 - mask) * eps_a, eps_a)
+    mask = as_dtype(mask, eps_b)  # a float32 mask must not promote an fp16/bf16 prediction
+    return xp_of(eps_b).where(mask > 0, mask * eps_b + (1 - mask) * eps_a, eps_a)
 
 
 def split_rows(eps):
     """(5B, 4, h, w) → the five named (B, 4, h, w) terms: e_none, e_s, e_s_im, e_full_b, e_full_a."""
-    return eps.chunk(N_ROWS, dim=0)
+    return blocks(eps, N_ROWS)
 
 
 def guided_eps(eps, scales: GuidanceScales, mask=None):
@@ -102,7 +103,7 @@ def unguided_eps(eps, mask=None):
     """
     if mask is None:
         return eps
-    e_b, e_a = eps.chunk(PROMPT_ROWS, dim=0)
+    e_b, e_a = blocks(eps, PROMPT_ROWS)
     return masked_two_branch(e_b, e_a, mask)
 
 
@@ -122,6 +123,7 @@ def branch_difference(eps, scales: GuidanceScales, guided: bool = False):
     guided=True: the two rows are already eps~(p_b), eps~(p_a) (a distilled student's, pedit.model.distilled),
     and their difference is taken as it is.
     """
-    e_b, e_a = eps.chunk(PROMPT_ROWS, dim=0)
-    diff = e_b.float() - e_a.float()
+    e_b, e_a = blocks(eps, PROMPT_ROWS)
+    xp = xp_of(eps)
+    diff = xp.astype(e_b, xp.float32) - xp.astype(e_a, xp.float32)
     return diff if guided else scales.s_p * diff

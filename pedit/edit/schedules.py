@@ -6,6 +6,10 @@ start"). Its scheduler needs are small: DDIM with eta = 0 (the default sampler) 
 0-dim float32 tensors, so their results are bit-identical to `diffusers.DDIMScheduler` /
 `DDPMScheduler` (tests/test_coldstart.py compares them over whole schedules). A config they do not
 cover (other beta schedules, v-prediction, clipping, thresholding, ...) gets the diffusers class.
+
+The light classes are array-generic (pedit.arrays): given their alphas_cumprod table as a numpy array
+(the table torch computed, stored by the export), the torch-free runtime steps numpy latents with the
+same expressions. torch is imported only to compute the table for the torch path.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
-import torch
+
+from pedit.arrays import is_torch_array, xp_of
 
 # Config values under which the light classes match diffusers exactly; any other value → diffusers.
 # Noising reads only the beta schedule; sampling also the step rule.
@@ -43,8 +48,10 @@ def _light_config(config: dict, sampling: bool) -> SimpleNamespace | None:
     return SimpleNamespace(**merged)
 
 
-def _alphas_cumprod(cfg: SimpleNamespace) -> torch.Tensor:
-    """(T,) float32, as diffusers' DDIM/DDPM __init__ computes it."""
+def _alphas_cumprod(cfg: SimpleNamespace):
+    """(T,) float32 torch tensor, as diffusers' DDIM/DDPM __init__ computes it."""
+    import torch
+
     if cfg.beta_schedule == "linear":
         betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_train_timesteps, dtype=torch.float32)
     else:  # scaled_linear, the Stable Diffusion schedule
@@ -60,16 +67,22 @@ class _Step:
 class LightDDPMNoise:
     """DDPMScheduler's `add_noise` (all that the editing mask uses) and its `config.num_train_timesteps`."""
 
-    def __init__(self, cfg: SimpleNamespace):
+    def __init__(self, cfg: SimpleNamespace, alphas_cumprod=None):
+        """alphas_cumprod: the (T,) float32 table as a numpy array (the torch-free runtime's, from the
+        export); None computes it with torch, as diffusers does."""
         self.config = cfg
-        self.alphas_cumprod = _alphas_cumprod(cfg)
+        self.alphas_cumprod = _alphas_cumprod(cfg) if alphas_cumprod is None else alphas_cumprod
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        alphas_cumprod = self.alphas_cumprod.to(device=original_samples.device).to(dtype=original_samples.dtype)
-        timesteps = timesteps.to(original_samples.device)
-        shape = (-1,) + (1,) * (original_samples.dim() - 1)  # (B, 1, 1, 1): one level per sample
-        sqrt_alpha_prod = (alphas_cumprod[timesteps] ** 0.5).flatten().view(shape)
-        sqrt_one_minus_alpha_prod = ((1 - alphas_cumprod[timesteps]) ** 0.5).flatten().view(shape)
+    def add_noise(self, original_samples, noise, timesteps):
+        xp = xp_of(original_samples)
+        if is_torch_array(original_samples):
+            alphas_cumprod = self.alphas_cumprod.to(device=original_samples.device).to(dtype=original_samples.dtype)
+            timesteps = timesteps.to(original_samples.device)
+        else:
+            alphas_cumprod = xp.astype(xp.asarray(self.alphas_cumprod), original_samples.dtype)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)  # (B, 1, 1, 1): one level per sample
+        sqrt_alpha_prod = xp.reshape(alphas_cumprod[timesteps] ** 0.5, shape)
+        sqrt_one_minus_alpha_prod = xp.reshape((1 - alphas_cumprod[timesteps]) ** 0.5, shape)
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
 
 
@@ -78,11 +91,20 @@ class LightDDIM(LightDDPMNoise):
 
     init_noise_sigma = 1.0
 
-    def __init__(self, cfg: SimpleNamespace):
-        super().__init__(cfg)
-        self.final_alpha_cumprod = torch.tensor(1.0) if cfg.set_alpha_to_one else self.alphas_cumprod[0]
+    def __init__(self, cfg: SimpleNamespace, alphas_cumprod=None):
+        super().__init__(cfg, alphas_cumprod)
+        one = self.alphas_cumprod[0] * 0 + 1  # 1.0 as a 0-d float32 of the table's library
+        self.final_alpha_cumprod = one if cfg.set_alpha_to_one else self.alphas_cumprod[0]
         self.num_inference_steps = None
-        self.timesteps = torch.from_numpy(np.arange(0, cfg.num_train_timesteps)[::-1].copy().astype(np.int64))
+        self.timesteps = self._host(np.arange(0, cfg.num_train_timesteps)[::-1].copy().astype(np.int64))
+
+    def _host(self, timesteps: np.ndarray):
+        """Host timesteps in the table's library (a torch tensor for the torch path)."""
+        if is_torch_array(self.alphas_cumprod):
+            import torch
+
+            return torch.from_numpy(timesteps)
+        return timesteps
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         cfg = self.config
@@ -102,12 +124,12 @@ class LightDDIM(LightDDPMNoise):
         # On the host whatever `device` says: `step` indexes the host table with it and branches on it,
         # which for a GPU tensor would be a device-to-host sync every step. diffusers' DDIM gives
         # the same values on the device asked for; the sampler asks for the host (pedit.edit.sampler).
-        self.timesteps = torch.from_numpy(timesteps)
+        self.timesteps = self._host(timesteps)
 
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+    def scale_model_input(self, sample, timestep=None):
         return sample
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> _Step:
+    def step(self, model_output, timestep, sample) -> _Step:
         # timestep: an int or a 0-d host tensor (set_timesteps keeps them on the host); the table's
         # values are 0-d host tensors, which combine with a GPU sample without a sync.
         # The same expressions, in the same order, as DDIMScheduler.step with eta = 0 (std_dev_t = 0).
@@ -126,21 +148,27 @@ class LightDDIM(LightDDPMNoise):
         return (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
 
 
-def ddim_scheduler(config: dict):
-    """DDIM for `config` (a diffusers scheduler config): the light class when it covers it, else diffusers'."""
+def ddim_scheduler(config: dict, alphas_cumprod=None):
+    """DDIM for `config` (a diffusers scheduler config): the light class when it covers it, else diffusers'.
+    alphas_cumprod: a numpy table (the torch-free runtime's), which only the light class takes."""
     cfg = _light_config(config, sampling=True)
     if cfg is not None:
-        return LightDDIM(cfg)
+        return LightDDIM(cfg, alphas_cumprod)
+    if alphas_cumprod is not None:
+        from pedit.errors import ConfigError
+
+        raise ConfigError("This model's noise schedule needs diffusers' DDIM (torch); the torch-free runtime "
+                          "samples linear and scaled-linear epsilon schedules only.")
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(config)
 
 
-def noise_scheduler(config: dict):
-    """What `editing_mask` noises with: DDPM `add_noise` for `config`, light when it covers it."""
+def noise_scheduler(config: dict, alphas_cumprod=None):
+    """What the editing mask noises with: DDPM `add_noise` for `config`, light when it covers it."""
     cfg = _light_config(config, sampling=False)
     if cfg is not None:
-        return LightDDPMNoise(cfg)
+        return LightDDPMNoise(cfg, alphas_cumprod)
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(config)

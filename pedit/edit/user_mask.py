@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+from pedit.arrays import to_like, xp_of
 
 from pedit.errors import ConfigError, InputImageError
 
@@ -85,7 +85,7 @@ def _grey(image: Image.Image, name) -> np.ndarray:
 @dataclass
 class UserMask:
     pixels: np.ndarray  # (R, R) float32 blend weight in [0, 1]
-    latent: torch.Tensor  # (1, 1, h, w) binary: cells with any allowed pixel
+    latent: np.ndarray  # (1, 1, h, w) float32 binary: cells with any allowed pixel
 
 
 def user_mask_at(mask: np.ndarray, size: int, latent_size: int) -> UserMask:
@@ -94,18 +94,28 @@ def user_mask_at(mask: np.ndarray, size: int, latent_size: int) -> UserMask:
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(img, dtype=np.float32) / 255.0
-    cells = F.adaptive_max_pool2d(torch.from_numpy(pixels)[None, None], latent_size)  # (1, 1, h, w)
-    return UserMask(pixels, (cells > 0).float())
+    cells = _adaptive_max(pixels, latent_size)[None, None]  # (1, 1, h, w)
+    return UserMask(pixels, (cells > 0).astype(np.float32))
 
 
-def combine_latent(model: torch.Tensor | None, user: torch.Tensor, mode: str) -> torch.Tensor:
-    """Latent masks (B, 1, h, w): the model's (None = all ones) with the user's."""
+def _adaptive_max(x: np.ndarray, n: int) -> np.ndarray:
+    """(S, S) → (n, n): the max over each of n x n windows [floor(i S / n), ceil((i + 1) S / n)), as
+    adaptive max-pooling takes them."""
+    s = x.shape[0]
+    edges = [(i * s // n, -(-(i + 1) * s // n)) for i in range(n)]
+    return np.array([[x[a:b, c:d].max() for c, d in edges] for a, b in edges], dtype=x.dtype)
+
+
+def combine_latent(model, user, mode: str):
+    """Latent masks (B, 1, h, w): the model's (None = all ones) with the user's, in the model's library
+    and on its device (the user's numpy mask alone in the model's absence)."""
+    if model is not None:
+        user = to_like(user, model)
     if mode == "replace" or (model is None and mode == "intersect"):
         return user
     if model is None:  # union with everything
-        return torch.ones_like(user)
-    model = model.to(user)
-    return model * user if mode == "intersect" else torch.maximum(model, user)
+        return xp_of(user).ones_like(user)
+    return model * user if mode == "intersect" else xp_of(model).maximum(model, user)
 
 
 def combine_weight(model: np.ndarray | None, user: np.ndarray, mode: str) -> np.ndarray:

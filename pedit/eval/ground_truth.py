@@ -163,23 +163,14 @@ class Scores:
         }
 
 
-def _drop(cond, c_s: bool = False, c_im: bool = False):
-    """The conditions with c_s and/or c_im replaced by their null value (zeros)."""
-    return dataclasses.replace(
-        cond,
-        c_s=torch.zeros_like(cond.c_s) if c_s else cond.c_s,
-        c_im=torch.zeros_like(cond.c_im) if c_im else cond.c_im,
-    )
-
-
 def _rows(cond, ix: list[int]):
     return type(cond)(*(getattr(cond, f.name)[ix] for f in dataclasses.fields(cond)))
 
 
-def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A, distilled: bool = False):
+def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A, builder=None):
     """Editing masks (B, 1, h, w) for a batch whose pairs may carry different mask settings (per task
     or direction): one difference-map call per (n_noise, strength), thresholds applied per pair.
-    `distilled`: the denoiser is a guidance-distilled student (pedit.edit.mask.difference_maps)."""
+    `builder`: the model's row builder (pedit.edit.rows; Editor.rows), a teacher's by default."""
     from pedit.edit.mask import binarize, difference_map
 
     if not isinstance(mask_cfgs, (list, tuple)):
@@ -189,7 +180,7 @@ def batch_masks(denoise, ddpm, cond, scales, mask_cfgs, g, z_A, distilled: bool 
         groups.setdefault((c.n_noise, c.strength), []).append(i)
     out = torch.zeros((len(z_A), 1, *z_A.shape[2:]), device=z_A.device)
     for ix in groups.values():
-        diff = difference_map(denoise, ddpm, _rows(cond, ix), scales, mask_cfgs[ix[0]], g, z_A[ix], distilled)  # (b, h, w)
+        diff = difference_map(denoise, ddpm, _rows(cond, ix), scales, mask_cfgs[ix[0]], g, z_A[ix], builder)  # (b, h, w)
         for j, i in enumerate(ix):
             out[i] = binarize(diff[j: j + 1], mask_cfgs[i].ratio, mask_cfgs[i].threshold)[0]
     return out
@@ -206,48 +197,32 @@ def run_method(editor, method: str, cond, steps: int, scales, seed: int, mask_cf
                guidance_interval: tuple[float, float] | None = None):
     """Edit a batch with one method. Returns (decoded (B, 3, R, R) in [-1, 1], latent mask (B, 1, h, w) or None).
 
-    `mask_cfg`: one MaskConfig, or one per pair of the batch. `scheduler_name` and `guidance_interval`
-    (EditOptions') apply to ours and its ablations; the baselines keep DDIM with every step guided."""
-    from diffusers import DDPMScheduler
-
-    from pedit.edit.guidance import guided_eps
-    from pedit.edit.rows import sample_edit
-    from pedit.edit.sampler import make_scheduler, sample
+    `mask_cfg`: one MaskConfig, or one per pair of the batch. Ours and its ablations run the editor's
+    own stages (its row builder, pedit.edit.job.sampling_job) with `scheduler_name` and `guidance_interval`;
+    the baselines (pedit.eval.baselines) keep DDIM with every step guided."""
+    from pedit.edit.editor import EditOptions
+    from pedit.edit.job import run, sampling_job
+    from pedit.edit.schedules import noise_scheduler
+    from pedit.eval import baselines
 
     parts = editor.model.parts
     g = torch.Generator().manual_seed(seed)
-    ddpm = DDPMScheduler.from_config(parts.scheduler_config)
+    ddpm = noise_scheduler(parts.scheduler_config)
     z_A = cond.c_s  # E(x_A), what the mask noises even when the c_s condition is dropped
     if method in OURS:
-        scheduler = make_scheduler(scheduler_name, parts.scheduler_config)
-        cond = _drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
+        options = EditOptions(steps=steps, scales=scales, scheduler=scheduler_name, guidance_interval=guidance_interval)
+        cond = baselines.drop(cond, c_s=method == "no-c_s", c_im=method == "no-c_im")
         mask = None if method == "ours-no-mask" else batch_masks(editor.denoise, ddpm, cond, scales, mask_cfg, g, z_A,
-                                                                 editor.distilled)
-        z_T = randn(cond.c_s.shape, g, like=cond.c_s)
-        m = None if mask is None else mask.to(cond.c_s)
-        z_0 = sample_edit(editor.denoise, scheduler, z_T, cond, scales, m, steps, guidance_interval, editor.distilled)
-        return parts.decode(z_0), mask
-    scheduler = make_scheduler("ddim", parts.scheduler_config)
-    text_only = _drop(cond, c_s=True, c_im=True)  # both image conditions dropped: a text-to-image model
-    rows = text_only.guidance_rows()
+                                                                 editor.rows)
+        job = sampling_job(editor.rows, editor.scheduler(options), cond, randn(cond.c_s.shape, g, like=cond.c_s),
+                           mask, options)
+        run([job], editor.denoise)
+        return parts.decode(job.z), mask
     noise = randn(cond.c_s.shape, g, like=cond.c_s)
     if method.startswith("sdedit"):
-        strength = float(method.split("-")[1])
-        z_0 = sample(editor.denoise, scheduler, noise, *rows, lambda e: guided_eps(e, scales), steps,
-                     start=cond.c_s, strength=strength)
-        return parts.decode(z_0), None
-    # DiffEdit-style: text-only mask, then keep the (noised) source outside the mask at every step.
-    mask = batch_masks(editor.denoise, ddpm, text_only, scales, mask_cfg, g, z_A)
-
-    def keep_source(z, t):
-        prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-        source = cond.c_s if prev < 0 else ddpm.add_noise(cond.c_s, noise, prev.view(1))
-        m = mask.to(z.dtype)  # the float32 mask must not promote a reduced-precision latent
-        return m * z + (1 - m) * source
-
-    z_0 = sample(editor.denoise, scheduler, noise, *rows, lambda e: guided_eps(e, scales), steps,
-                 start=cond.c_s, strength=0.5, after_step=keep_source)
-    return parts.decode(z_0), mask
+        return parts.decode(baselines.sdedit(editor, cond, noise, steps, scales, float(method.split("-")[1]))), None
+    mask = batch_masks(editor.denoise, ddpm, baselines.text_only(cond), scales, mask_cfg, g, z_A)  # text-only mask
+    return parts.decode(baselines.diffedit(editor, cond, noise, steps, scales, mask, ddpm)), mask
 
 
 STUDENT_METHODS = ("ours", "ours-no-mask")  # what a distilled student runs: fully conditioned rows only

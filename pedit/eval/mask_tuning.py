@@ -103,7 +103,7 @@ def tune_masks(cfg: TuneConfig, progress: Callable[[str, int, int], None] | None
         mcfg = MaskConfig(n_noise=cfg.n_noise, strength=strength)
         for bi, (batch, _, _, true, cond) in enumerate(batches):
             g = torch.Generator().manual_seed(cfg.seed + bi)
-            diff = difference_map(editor.denoise, ddpm, cond, scales, mcfg, g, distilled=editor.distilled)  # (B, h, w)
+            diff = difference_map(editor.denoise, ddpm, cond, scales, mcfg, g, builder=editor.rows)  # (B, h, w)
             for ratio, threshold in itertools.product(cfg.ratios, cfg.thresholds):
                 masks = binarize(diff, ratio, threshold)[:, 0].numpy()  # (B, h, w)
                 for p, m, t in zip(batch, masks, true):

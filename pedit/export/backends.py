@@ -1,5 +1,5 @@
 """Backends: each one is a `denoise(z_in, t, context) -> eps` callable, the only thing the sampler
-and the editing mask call (DESIGN.md, "Samplers and backends"). They differ in what runs the U-Net:
+and the editing mask call (docs/design-notes.md, "Samplers and backends"). They differ in what runs the U-Net:
 
     torch    eager PyTorch, the model's own precision and device
     compile  torch.compile of the U-Net; on CUDA with CUDA graphs ("reduce-overhead"). Inductor's
@@ -30,11 +30,13 @@ from pedit.edit.guidance import N_ROWS
 from pedit.validate import BACKENDS  # noqa: F401 (the names live with the shared check)
 
 
-def _t_tensor(t, device):
-    """The time step as the graphs take it: float32 of shape (1,) (DDIM gives int64 0-d, Euler float)."""
+def _t_tensor(t, device, rows: int):
+    """The timesteps as the graphs take them: float32 of shape (rows,), one a row (rows of different
+    steps share a call, pedit.edit.steps.run); a single timestep is given to every row."""
     import torch
 
-    return torch.as_tensor(t, device=device).reshape(-1)[:1].to(torch.float32)
+    t = torch.as_tensor(t, device=device).reshape(-1).to(torch.float32)
+    return t.expand(rows).contiguous() if t.numel() == 1 else t
 
 
 def compile_backend(model, cache_dir: Path | None = None) -> Callable:
@@ -150,7 +152,7 @@ def onnx_backend(model, engines=None, log: Callable[[str], None] = lambda m: Non
 
     @torch.no_grad()
     def denoise(z_in, t, context):
-        out = runner(z_in=z_in, t=_t_tensor(t, runner.device), context=context)["eps"]
+        out = runner(z_in=z_in, t=_t_tensor(t, runner.device, z_in.shape[0]), context=context)["eps"]
         return out.to(device=z_in.device, dtype=z_in.dtype)
 
     return denoise
@@ -167,7 +169,7 @@ def trt_backend(model, engines=None, log: Callable[[str], None] = lambda m: None
 
     @torch.no_grad()
     def denoise(z_in, t, context):
-        out = runner(z_in=z_in, t=_t_tensor(t, z_in.device), context=context)["eps"]
+        out = runner(z_in=z_in, t=_t_tensor(t, z_in.device, z_in.shape[0]), context=context)["eps"]
         return out.to(device=z_in.device, dtype=z_in.dtype)
 
     return denoise

@@ -178,44 +178,46 @@ def _portrait(size: int):
 _PORTRAITS: dict = {}
 
 
+def bench_options(editor, cfg: BenchConfig):
+    """The EditOptions a benched edit runs: the model's defaults for the direction (pedit.json's mask and
+    sampling settings), with the bench's steps, scheduler, interval, mask use and draws over them."""
+    import dataclasses
+
+    options = editor.default_options(cfg.direction)
+    mask = dataclasses.replace(options.mask, n_noise=cfg.mask_noises, batch=cfg.mask_batch)
+    return dataclasses.replace(options, steps=cfg.steps, scheduler=cfg.scheduler, use_mask=cfg.use_mask, mask=mask,
+                               guidance_interval=cfg.guidance_interval, seed=cfg.seed)
+
+
 def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
-    """One edit, stage by stage (the code path of Editor.edit, with timers around each stage)."""
-    import torch
-    from diffusers import DDPMScheduler
-
-    from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
-    from pedit.edit.rows import sample_edit
-    from pedit.edit.guidance import GuidanceScales
-    from pedit.edit.mask import editing_mask
-    from pedit.edit.sampler import make_scheduler
+    """One edit through the editor's own stages (Editor.edit's path), with a timer around each stage."""
+    from pedit.edit.editor import uint8_to_tensor
     from pedit.data.pairs import square_rgb
-    from pedit.noise import randn
 
-    parts, scales = editor.model.parts, GuidanceScales()
-    mask_cfg = mask_config(cfg)
+    options = bench_options(editor, cfg)
     direction = editor.direction(cfg.direction)
     image = _portrait(editor.resolution)
+
+    def step(job):
+        rows = job.rows()
+        job.advance(editor.denoise(rows.z_in, rows.t, rows.context))
+
     with timer("edit"):
         original = square_rgb(image, editor.resolution)
-        editor._prompt_cache.clear()  # a new direction's prompts are part of the work
+        editor.forget_prompts()  # a new direction's prompts are part of the work
         with timer("encode"):
             cond = editor.conditions(uint8_to_tensor(original), direction)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        mask = None
-        if cfg.use_mask:
+        job = editor.job([cond], [options])
+        if job.phase == "mask":
             with timer("mask"):
-                ddpm = DDPMScheduler.from_config(parts.scheduler_config)
-                mask = editing_mask(editor.denoise, ddpm, cond, scales, mask_cfg, generator, distilled=editor.distilled)
-        scheduler = make_scheduler(cfg.scheduler, parts.scheduler_config)
-        z_T = randn(cond.c_s.shape, generator, like=cond.c_s)
-        m = None if mask is None else mask.to(cond.c_s)
+                while job.phase == "mask":
+                    step(job)
         with timer("steps"):
-            z_0 = sample_edit(editor.denoise, scheduler, z_T, cond, scales, m, cfg.steps, cfg.guidance_interval,
-                              editor.distilled)
+            while not job.done:
+                step(job)
         with timer("decode"):
-            decoded = parts.decode(z_0)
-        raw = tensor_to_uint8(decoded)
-        keep_outside(original, raw, None if mask is None else mask.cpu(), mask_cfg)
+            raw = editor.decode(job.z_0[0])
+        editor.finish(original, raw, job, 0)
 
 
 def unet_flops(editor) -> int:

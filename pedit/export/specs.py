@@ -1,13 +1,13 @@
-"""One export spec per network (DESIGN.md, "Export"): names, shapes, batch profiles, the torch module.
+"""One export spec per network (docs/design-notes.md, "Export"): names, shapes, batch profiles, the torch module.
 
 A spec is everything an exporter or an engine builder needs to know about a network from the
 outside; nothing here exports or runs anything. Shapes hold ints and the symbol "B" (the one
 dynamic axis, the batch). Profiles are (min, opt, max) batch sizes: TensorRT builds one
 optimisation profile each, ONNX keeps the batch axis dynamic.
 
-    unet             z_in (B, 8, h, w), t (1,), context (B, 77 + K, D) → eps (B, 4, h, w)
-                     profiles: "sampler" = the 5-row guidance batch of one image (DESIGN.md,
-                     "Guidance"), "mask" = up to 5 rows x N noise draws (the editing mask
+    unet             z_in (B, 8, h, w), t (B,) one timestep a row, context (B, 77 + K, D) → eps (B, 4, h, w)
+                     profiles: "sampler" = the 5-row guidance batch of one image
+                     (pedit.edit.guidance), "mask" = up to 5 rows x N noise draws (the editing mask
                      of §3.4 sends 2 rows a draw)
     image_projector  clip_pixels (B, 3, S, S) (CLIP-normalised), c_s (B, 4, h, w) → c_im (B, K, D):
                      the CLIP image encoder and the MCDM's projector as one network
@@ -130,7 +130,7 @@ def network_specs(d: Dims, n_noise: int = 10) -> dict[str, NetworkSpec]:
     return {
         "unet": NetworkSpec(
             "unet",
-            inputs=(TensorSpec("z_in", (BATCH, 2 * c, h, h)), TensorSpec("t", (1,)),
+            inputs=(TensorSpec("z_in", (BATCH, 2 * c, h, h)), TensorSpec("t", (BATCH,)),
                     TensorSpec("context", (BATCH, d.context_length, d.width))),
             outputs=(TensorSpec("eps", (BATCH, c, h, h)),),
             # "mask" from 1 row: the mask call is 2 rows a draw (rows 3-4, pedit.edit.mask), so N = 1 or 2

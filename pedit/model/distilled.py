@@ -20,7 +20,9 @@ pedit.json of a distilled folder:
                   "scale_range": {"s_s": [1.0, 2.5], "s_im": [1.0, 2.0], "s_p": [1.0, 7.5]},
                   "teacher": "...", "steps_trained": N, "fidelity": "what was measured, on which pairs"}
 
-Torch only, no diffusers (the editing path imports this from the TorchScript cache too).
+No diffusers (the editing path imports this from the TorchScript cache too), and torch only inside the
+functions that build or run a student's U-Net: the scale token and the folder's settings are also what
+the torch-free runtime reads (pedit.arrays).
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
+from pedit.arrays import cat, is_torch_array, xp_of
 from pedit.errors import ConfigError
 
 SCALE_NAMES = ("s_s", "s_im", "s_p")
@@ -43,23 +44,30 @@ TYPES = {"kind": str, "rows_per_branch": int, "rows_per_step": int, "scale_range
 ROWS_PER_STEP = 2  # a masked edit's step: p_b and p_a, one row each (1 without the mask)
 
 
-def scale_features(scales: torch.Tensor) -> torch.Tensor:
+def scale_features(scales):
     """(N, 3) scales → (N, FEATURES) float32: sin and cos of each scale at FREQUENCIES octaves."""
+    import torch
+
     freqs = 2 * math.pi * 2.0 ** torch.arange(FREQUENCIES, device=scales.device, dtype=torch.float32) / 16
     angles = scales.float()[..., None] * freqs  # (N, 3, F)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)
 
 
-def scale_token(scales, rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    """The context token of `rows` rows at `scales`, (s_s, s_im, s_p) for all or a (rows, 3) tensor:
-    (rows, 1, width), zeros but the first three entries."""
-    token = torch.zeros((rows, 1, width), dtype=like.dtype, device=like.device)
-    values = scales if isinstance(scales, torch.Tensor) else torch.tensor(list(scales))
-    token[:, 0, : len(SCALE_NAMES)] = values.to(dtype=like.dtype, device=like.device)
+def scale_token(scales, rows: int, width: int, like):
+    """The context token of `rows` rows at `scales`, (s_s, s_im, s_p) for all or a (rows, 3) array:
+    (rows, 1, width) in `like`'s dtype and on its device, zeros but the first three entries."""
+    xp = xp_of(like)
+    device = {"device": like.device} if is_torch_array(like) else {}
+    token = xp.zeros((rows, 1, width), dtype=like.dtype, **device)
+    if hasattr(scales, "shape"):
+        values = scales.to(device=like.device) if is_torch_array(scales) else scales
+    else:
+        values = xp.asarray([float(v) for v in scales], dtype=xp.float32, **device)
+    token[:, 0, : len(SCALE_NAMES)] = xp.astype(values, like.dtype)
     return token
 
 
-def split_scale_token(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_scale_token(context):
     """A distilled row's context (N, 77 + K + 1, D) → (context (N, 77 + K, D), scales (N, 3))."""
     return context[:, :-1], context[:, -1, : len(SCALE_NAMES)]
 
@@ -89,6 +97,8 @@ def _rebuilt(unet, **config):
 def student_unet(unet):
     """A student U-Net from a teacher's: the same weights plus a scale embedding whose output layer is
     zero, so that it computes exactly the teacher's e(s, im, p) until it is trained."""
+    import torch
+
     student = _rebuilt(unet, class_embed_type="projection", projection_class_embeddings_input_dim=FEATURES)
     missing, unexpected = student.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or any(not k.startswith("class_embedding.") for k in missing):
@@ -121,7 +131,7 @@ def with_scales(cond, scales):
     from pedit.model.conditions import EditConditions
 
     b, _, width = cond.c_im.shape
-    c_im = torch.cat([cond.c_im, scale_token(as_tuple(scales), b, width, cond.c_im)], dim=1)
+    c_im = cat([cond.c_im, scale_token(as_tuple(scales), b, width, cond.c_im)], axis=1)
     return EditConditions(cond.c_s, c_im, cond.c_p_b, cond.c_p_a, cond.c_p_null)
 
 

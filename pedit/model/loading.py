@@ -4,9 +4,9 @@ Model folders and base folders get shared and downloaded, so they are untrusted 
 from safetensors only, and a component whose weights exist only as a pickle (`.bin`, `.pt`, `.ckpt`,
 ...) is refused unless the user passes `--allow-pickle` (pickle files can run code when loaded).
 
-A model folder (DESIGN.md, "Model folder"): `unet/`, `image_projector/`, `pedit.json`, plus copies
-of the frozen parts (`vae/`, `text_encoder/`, `tokenizer/`, `image_encoder/`, `scheduler/`), so it
-works offline on its own.
+A model folder (docs/design-notes.md, "Conditions and the model"): `unet/`, `image_projector/`,
+`pedit.json`, plus copies of the frozen parts (`vae/`, `text_encoder/`, `tokenizer/`,
+`image_encoder/`, `scheduler/`), so it works offline on its own, and its model card `README.md`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pedit import __version__
 from pedit.data.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import process_alive, regular_file_problem
+from pedit.model.card import CARD_FILE, card_for_saved_folder
 from pedit.model.mask_settings import check_mask_settings
 from pedit.model.sampling_settings import check_sampling_settings
 from pedit.model.distilled import FEATURES, check_distilled_settings, is_student
@@ -439,7 +440,9 @@ def save_model(out: Path, mcdm: MCDM, parts: FrozenParts, meta: dict) -> Path:
     """Write a self-sufficient model folder into `out` (which may hold checkpoints and logs too).
 
     Everything is written to a temp folder first and moved into place component by component,
-    `pedit.json` last: a folder without pedit.json is never mistaken for a finished model.
+    `pedit.json` last: a folder without pedit.json is never mistaken for a finished model. The model
+    card (`README.md`, pedit.model.card) is made from pedit.json, keeping the text a user wrote into
+    the card already there; its results section is cleared, since it measured other weights.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,8 +478,12 @@ def save_model(out: Path, mcdm: MCDM, parts: FrozenParts, meta: dict) -> Path:
             **meta,
         }
         (tmp / "pedit.json").write_text(json.dumps(full, indent=2))
+        names = ["unet", "image_projector", *FROZEN, "pedit.json"]
+        if (card := card_for_saved_folder(out, full)) is not None:  # README.md, the model card
+            (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+            names.insert(-1, CARD_FILE)
         (out / "pedit.json").unlink(missing_ok=True)
-        for name in ("unet", "image_projector", *FROZEN, "pedit.json"):
+        for name in names:
             dest = out / name
             if dest.is_dir():
                 shutil.rmtree(dest)

@@ -1,6 +1,6 @@
 """The Multi-Conditioned Diffusion Model (paper §3.3, Fig. 5) and its frozen companions.
 
-Conditions, named as everywhere in pedit (DESIGN.md, "MCDM"):
+Conditions, named as everywhere in pedit (docs/design-notes.md, "Conditions and the model"):
 - `c_s`  spatial: E(x_A), the VAE posterior mode times the VAE scaling factor, (B, 4, h, w).
          Concatenated to the U-Net input: `cat([z_t, c_s])`, 8 channels.
 - `c_im` image: ImageProjector([E(x_A), CLIP_im(x_A)]), (B, K, D) with K = 1 + P CLIP tokens.
@@ -31,7 +31,7 @@ class ImageProjector(ModelMixin, ConfigMixin):
 
     Each CLIP patch token is concatenated with the c_s vector at its grid position (c_s adaptively
     average-pooled to the patch grid), the class token with the mean of c_s; then
-    Linear → GELU → Linear → LayerNorm (DESIGN.md, "MCDM").
+    Linear → GELU → Linear → LayerNorm, trained from scratch.
     """
 
     @register_to_config
@@ -59,7 +59,7 @@ def widen_conv_in(unet, extra_channels: int = 4):
 
     The pretrained weights go to channels 0-3 and the new channels start at zero, so the widened
     model with c_s = 0 computes exactly what the base did. The bias is copied too: the diffusers
-    InstructPix2Pix script leaves it randomly initialised (STACK.md), which breaks that identity.
+    InstructPix2Pix training script leaves it randomly initialised, which breaks that identity.
     """
     old = unet.conv_in
     new = nn.Conv2d(

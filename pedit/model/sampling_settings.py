@@ -1,10 +1,11 @@
-"""The sampling settings a model folder carries in pedit.json, chosen by measurement (issue 18, item 2):
+"""How an edit samples: the settings a model folder carries in pedit.json, and the one object a caller sets.
 
-    "sampling": {"scheduler": "dpm", "steps": 8, "guidance_interval": [0.2, 0.8],
+    "sampling": {"scheduler": "dpm", "steps": 8, "guidance_interval": [0.2, 0.8], "s_p": 5.0,
                  "chosen_by": "what was measured, on which pairs"}
 
-They are the defaults of `pedit edit`, `eval`, `bench`, the web app and `Editor.edit` for that model;
-a flag or an EditOptions field given explicitly wins. Absent: 20 DDIM steps, every step guided (the
+`Sampling` is a folder's defaults; `SamplingSettings` is what a caller sets (every command's flags, the
+app's request, the Python API), validated once, each field None where the model's own setting stands.
+Editor.options_for lays a SamplingSettings over the folder's defaults for a direction; a field given wins. Absent: 20 DDIM steps, every step guided (the
 paper's sampler). `guidance_interval`: the noise levels t / T whose steps are guided; the others
 take every scale at 1, where the nested CFG telescopes to its fully conditioned row (2 U-Net rows
 instead of 5, pedit.edit.guidance.unguided_eps). The mask's draws are a mask setting ("mask":
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from pedit.errors import ConfigError
 
 SCHEDULERS = ("ddim", "dpm", "euler")  # the samplers pedit.edit.sampler.make_scheduler builds
-SETTABLE = ("scheduler", "steps", "guidance_interval", "chosen_by")
+DEFAULT_SCALES = {"s_s": 1.5, "s_im": 1.0, "s_p": 4.0}  # (s_s, s_im, s_p) where nothing sets them: the one place
+SETTABLE = ("scheduler", "steps", "guidance_interval", *DEFAULT_SCALES, "chosen_by")
+MAX_DRAWS = 1024  # the editing mask's noise draws (MaskConfig.n_noise's bound)
 
 
 def check_scheduler(name) -> None:
@@ -64,6 +67,9 @@ class Sampling:
     scheduler: str = "ddim"
     steps: int = 20
     guidance_interval: tuple[float, float] | None = None
+    s_s: float = DEFAULT_SCALES["s_s"]
+    s_im: float = DEFAULT_SCALES["s_im"]
+    s_p: float = DEFAULT_SCALES["s_p"]
 
     def __post_init__(self):
         from pedit.validate import check_int
@@ -71,6 +77,53 @@ class Sampling:
         check_scheduler(self.scheduler)  # never None here
         check_int("steps", self.steps, 1, 1000)
         check_sampling_fields(self)
+        check_scales(self)
+
+
+def check_scales(cfg) -> None:
+    """Each of cfg's s_s, s_im, s_p that is set: a finite number, and s_p not 0 (the text term is the
+    only one that names the direction: at 0 the editing mask is empty and the edit changes nothing)."""
+    from pedit.validate import check_number
+
+    for name in DEFAULT_SCALES:
+        if getattr(cfg, name) is not None:
+            check_number(name, getattr(cfg, name))
+    if cfg.s_p == 0:
+        raise ConfigError("s_p = 0 removes the text condition, the only one that names the direction: the editing "
+                          "mask comes out empty and the edit would change nothing. Use a non-zero --s-p (default 4.0).")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What a caller sets about how an edit samples, validated here once for every command, the app and
+    the Python API. None (a flag not given) leaves the model folder's setting for the direction (its
+    pedit.json "sampling" and mask settings), else the paper's: 20 DDIM steps, every step guided,
+    scales DEFAULT_SCALES, 10 mask draws. Editor.options_for applies it."""
+
+    steps: int | None = None
+    seed: int = 0
+    scheduler: str | None = None
+    guidance_interval: tuple[float, float] | None = None
+    s_s: float | None = None
+    s_im: float | None = None
+    s_p: float | None = None
+    use_mask: bool = True  # False: plain MCDM sampling, no editing mask (the paper's "w/o mask")
+    mask_noises: int | None = None  # the editing mask's noise draws
+    mask_batch: int = 0  # draws per U-Net call of the mask (bounds memory; same mask); 0 = all in one call
+
+    def __post_init__(self):
+        from pedit.validate import check_int, check_seed
+
+        if self.steps is not None:  # its upper bound is the model's noise schedule (pedit.edit.steps.check_steps)
+            check_int("steps", self.steps, 1)
+        check_seed("seed", self.seed)
+        check_sampling_fields(self)  # scheduler, guidance_interval
+        check_scales(self)
+        if not isinstance(self.use_mask, bool):
+            raise ConfigError(f"use_mask must be True or False, got {self.use_mask!r}")
+        if self.mask_noises is not None:
+            check_int("mask_noises", self.mask_noises, 1, MAX_DRAWS)
+        check_int("mask_batch", self.mask_batch, 0, MAX_DRAWS)
 
 
 def sampling_for(meta: dict) -> Sampling:

@@ -48,8 +48,8 @@ from pedit.cache import cache_root, content_hash, entry_problem, links_problem, 
 from pedit.errors import PeditError
 from pedit.noise import rand, randn
 
-CACHE_FORMAT = 3  # 2: the 1- and 2-row calls of steps outside a guidance interval are checked too;
-# 3: meta.json records the content hash of the entry's files, checked at every load
+CACHE_FORMAT = 4  # 2: the 1- and 2-row calls outside a guidance interval checked; 3: one timestep per row;
+# 4: meta.json records the content hash of the entry's files, checked at every load
 ENTRY_FILES = ("model.pt", "prompts.pt", "scheduler_config.json")
 COMPONENTS = ("unet", "image_projector", "vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
 CHECK_BATCHES = (1, 2, 5, 15, 50, 65)  # denoise rows checked against eager: a plain step's 1-2, the sampler's 5,
@@ -191,7 +191,7 @@ def build_cache(model, key: str, root: Path | None = None) -> Path:
 
     eager = _Editable(mcdm, parts).eval()
     example = {
-        "forward": (randn((5, 8, lat, lat), gen), torch.tensor(981), randn((5, n_ctx, d_text), gen)),
+        "forward": (randn((5, 8, lat, lat), gen), torch.full((5,), 981), randn((5, n_ctx, d_text), gen)),
         "image_projector": (c_s, clip),
         "encode_latent": (x,),
         "clip_tokens": (x,),
@@ -203,7 +203,7 @@ def build_cache(model, key: str, root: Path | None = None) -> Path:
             for name, inputs in example.items():
                 _check(name, getattr(traced, name), getattr(eager, name), *inputs)
             for rows in CHECK_BATCHES:  # the trace must not have frozen the batch size
-                for t in (torch.tensor(1), torch.tensor(499)):
+                for t in (torch.full((rows,), 1), torch.arange(rows) * 97 % 1000):  # rows at one step, or several
                     inputs = (randn((rows, 8, lat, lat), gen), t, randn((rows, n_ctx, d_text), gen))
                     _check(f"denoise at {rows} rows", traced, eager, *inputs)
     except CacheError:

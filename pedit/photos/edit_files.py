@@ -11,7 +11,7 @@ each item also carries the identity distance between the input's face and the ou
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from pedit.errors import ConfigError, NothingEditedError, OutputError
 from pedit.faces import DETECTORS, get_detector
+from pedit.model.sampling_settings import SamplingSettings
 from pedit.photos.identity import MISSING_NOTE, IdentityCheck, check_identity, identity_detector
 from pedit.photos.photo import (BatchItem, check_output, default_output_path, find_images, load_photo, run_batch,
                                 save_images_atomic)
@@ -32,14 +33,8 @@ class EditFilesConfig:
     direction: str  # one name, or several "a,b,c": one output each, edited together (Editor.edit_many)
     model: str | None = None  # None → the bundled toon model
     output: str | None = None
-    steps: int | None = None  # None → the model's pedit.json "sampling", else 20 (pedit.model.sampling_settings)
-    seed: int = 0
-    scheduler: str | None = None  # None → the model's, else ddim
-    s_s: float = 1.5
-    s_im: float = 1.0
-    s_p: float = 4.0
-    use_mask: bool = True
-    mask_noises: int | None = None  # noise draws of the editing mask; None → the model's pedit.json, else 10
+    # steps, seed, scheduler, guidance interval, scales, mask use and draws; None → the model's pedit.json
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     save_mask: bool = False
     compare: bool = False
     face_index: int | None = None
@@ -56,16 +51,12 @@ class EditFilesConfig:
     backend: str = "torch"  # torch | compile | onnx | trt (pedit.export.backends)
     precision: str | None = None  # fp32 | fp16 | bf16; default fp16 on CUDA, fp32 on the CPU
     engines: str | None = None  # a `pedit export` folder for onnx / trt
-    mask_batch: int = 0  # noise draws per U-Net call of the editing mask; 0 = all in one call
     cache: bool = True  # CPU, torch, fp32: run from the model's TorchScript cache (pedit.model.traced); same bytes
     subject: str | None = None  # "person" in the direction's template prompts becomes this ("old man")
-    guidance_interval: tuple[float, float] | None = None  # guided noise levels t / T (EditOptions); None: the model's
 
     def __post_init__(self):
-        from pedit.edit.guidance import GuidanceScales, check_edit_scale
-        from pedit.model.sampling_settings import check_sampling_fields
         from pedit.edit.user_mask import check_user_mask
-        from pedit.validate import check_backend, check_device, check_int, check_number, check_precision, check_seed
+        from pedit.validate import check_backend, check_device, check_int, check_number, check_precision
 
         if not self.inputs or not all(isinstance(i, str) and i for i in self.inputs):
             raise ConfigError(f"inputs must be one or more file or folder names, got {self.inputs!r}")
@@ -77,15 +68,8 @@ class EditFilesConfig:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ConfigError(f"Direction(s) {', '.join(repeated)} given more than once in --direction; list each once.")
-        if self.steps is not None:
-            check_int("steps", self.steps, 1)
-        check_seed("seed", self.seed)
-        check_sampling_fields(self)  # scheduler, guidance_interval
-        GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
-        check_edit_scale(self.s_p)
-        if self.mask_noises is not None:
-            check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
-        check_int("mask_batch", self.mask_batch, 0, 1024)
+        if not isinstance(self.sampling, SamplingSettings):  # validated in its own __post_init__
+            raise ConfigError(f"sampling must be a SamplingSettings, got {type(self.sampling).__name__}")
         check_backend("backend", self.backend)
         check_precision("precision", self.precision)
         check_device("device", self.device)
@@ -124,8 +108,8 @@ def _planned_mask(cfg: EditFilesConfig):
     known = model_directions(meta, folder)
     bases = [mask_config_for(meta, known.get(name)) for name in cfg.directions]  # unknown: fail later, listing them
     base = max(bases, key=lambda b: b.n_noise)  # the largest mask call of the directions
-    n_noise = base.n_noise if cfg.mask_noises is None else cfg.mask_noises
-    return dataclasses.replace(base, n_noise=n_noise, batch=cfg.mask_batch)
+    n_noise = base.n_noise if cfg.sampling.mask_noises is None else cfg.sampling.mask_noises
+    return dataclasses.replace(base, n_noise=n_noise, batch=cfg.sampling.mask_batch)
 
 
 def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None,
@@ -151,7 +135,7 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                              precision=cfg.precision, engines=cfg.engines,
                              log=lambda msg: on_event("note", msg), cache=cfg.cache,
-                             unet_rows=unet_rows(_planned_mask(cfg) if cfg.use_mask else None,
+                             unet_rows=unet_rows(_planned_mask(cfg) if cfg.sampling.use_mask else None,
                                                  images=len(cfg.directions)))
     if editor.cache_failed:
         on_event("note", editor.cache_status)
@@ -161,7 +145,7 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         if cfg.subject is not None and direction.for_subject(cfg.subject) == direction:
             on_event("note", f"--subject {cfg.subject}: the prompts of {direction.name!r} name no \"person\"; "
                              "they are used as recorded")
-    options = [_options(cfg, editor.default_options(d)) for d in directions]
+    options = [editor.options_for(d, cfg.sampling, mask_mode=cfg.mask_mode, subject=cfg.subject) for d in directions]
     editor.plan_many(directions, options)  # shared settings and the steps checked once, before the batch
     detector = get_detector(cfg.detector)
     checker = identity_detector() if cfg.identity_check else None
@@ -218,26 +202,6 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         on_event("item", item)
 
     return run_batch(paths, process, on_item=on_item)
-
-
-def _options(cfg: EditFilesConfig, defaults):
-    """EditOptions from the flags, over the model's mask and sampling settings for the direction
-    (`defaults`, Editor.default_options): they stand unless a flag overrides them (--mask-noises,
-    --steps, --scheduler, --guidance-interval given)."""
-    from pedit.edit.editor import EditOptions
-    from pedit.edit.guidance import GuidanceScales
-
-    n_noise = defaults.mask.n_noise if cfg.mask_noises is None else cfg.mask_noises
-
-    def given(value, default):  # a flag given wins over the model folder's setting
-        return default if value is None else value
-
-    return EditOptions(
-        steps=given(cfg.steps, defaults.steps), seed=cfg.seed, scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p),
-        use_mask=cfg.use_mask, mask=dataclasses.replace(defaults.mask, n_noise=n_noise, batch=cfg.mask_batch),
-        scheduler=given(cfg.scheduler, defaults.scheduler), mask_mode=cfg.mask_mode, subject=cfg.subject,
-        guidance_interval=given(cfg.guidance_interval, defaults.guidance_interval),
-    )
 
 
 def _checked_identity(before, done, checker) -> IdentityCheck:

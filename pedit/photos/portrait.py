@@ -4,7 +4,7 @@ Paper §3.4 edits a square at the model's `resolution`. `edit_photo` finds the f
 crops a head-and-shoulders square around it, framed from the eyes where the detector gives
 landmarks, hands it to `edit_fn(square_rgb) -> (edited_rgb, soft_mask_L)`, and blends the result
 back into the full-size photo so that every pixel the edit did not touch stays byte-identical
-(DESIGN.md, "Beyond the paper"). The model is only that callable, so all of this is tested without torch.
+(docs/design-notes.md, "Pixels kept"). The model is only that callable, so all of this is tested without torch.
 """
 
 from __future__ import annotations

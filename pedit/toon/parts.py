@@ -1,6 +1,6 @@
 """Small "base models" built from scratch, in the folder layout of a Stable Diffusion checkpoint.
 
-No pretrained weights can be fetched on the project's machines (DESIGN.md, "The toon domain"), so
+No pretrained weights can be fetched on the project's machines (docs/design-notes.md, "The toon world"), so
 pedit makes its own base folders: a CLIP-style BPE tokenizer over a small vocabulary, a CLIP text
 encoder, a VAE, a U-Net, a DDPM scheduler and a CLIP vision encoder (the MCDM's CLIP_im, §3.3),
 each written with `save_pretrained`. Everything downstream then loads them with the real
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"  # also pad and unk, as in the SD 1.x tokenizer
-MAX_LENGTH = 77  # CLIP's context length; the MCDM's context is 77 + K tokens (DESIGN.md)
+MAX_LENGTH = 77  # CLIP's context length; the MCDM's context is 77 + K tokens
 END_OF_WORD = "</w>"
 # CLIP's image normalisation (openai/clip-vit-large-patch14 preprocessor_config.json).
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -262,7 +262,7 @@ def _model_index() -> dict:
 
 def _save_quietly(model, folder: Path) -> None:
     """save_pretrained for a transformers model without its "Writing model shards" bar on stderr
-    (the library never draws; CONVENTIONS.md §8)."""
+    (the library reports progress through callbacks; only the front ends draw)."""
     from transformers.utils import logging
 
     was_enabled = logging.is_progress_bar_enabled()
@@ -411,7 +411,7 @@ def train_vae(
     Loss: MSE reconstruction of a posterior sample + kl_weight * KL (per-sample sum, batch mean),
     AdamW. `callback(step, recon_loss)` after every step, step counting from 1. Afterwards the
     latent scaling factor is set to 1 / std of the posterior mode over a few fresh batches, so
-    scaled latents have unit variance like SD's (DESIGN.md: c_s and z_t share this scale).
+    scaled latents have unit variance like SD's (c_s and z_t share this scale).
     Returns the MSE of the mode reconstruction on those batches. The VAE is left in eval mode.
     """
     import torch

@@ -1,7 +1,7 @@
 """The toon domain: procedural cartoon portraits whose edits have a known ground truth.
 
 No pretrained weights can be fetched on the project's machines, so every claim that the MCDM learns
-is checked here (DESIGN.md, "The toon domain"). A portrait is an `Identity` (everything an edit must
+is checked here (docs/design-notes.md, "The toon world"). A portrait is an `Identity` (everything an edit must
 preserve), an expression and a costume. `make_pair` renders one identity twice, as x_A (neutral,
 everyday) and as x_B (one of the 8 `DIRECTIONS`); the ground-truth edit mask is where the two differ.
 Like generated pairs (paper §3.3, "the face in x_B is slightly wider") training pairs can be made

@@ -51,7 +51,7 @@ class TrainConfig:
 
 
 def _check_train_config(cfg: TrainConfig) -> None:
-    """Every field's type and range (CONVENTIONS.md §16): nothing NaN or out of range reaches step 1."""
+    """Every field's type and range, checked on creation: nothing NaN or out of range reaches step 1."""
     from pedit.validate import check_int, check_number, check_seed
 
     for name in ("data", "output"):

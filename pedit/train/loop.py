@@ -192,7 +192,7 @@ def _step_inputs(cfg: TrainConfig, batch: dict, prompts, parts, noise_scheduler,
     keep_im = ((dropped & DROP_IM) == 0).float().view(-1, 1, 1).to(dev, non_blocking=True)
     drop_p = ((dropped & DROP_P) != 0).to(dev, non_blocking=True)
     # c_s is the posterior mode of x_A, z_0 a posterior sample of the target (x_A for identity
-    # samples), both times the scaling factor (DESIGN.md convention).
+    # samples), both times the scaling factor, so c_s and z_t share one scale (docs/design-notes.md).
     c_s = batch["mean_A"].float() * parts.scaling_factor  # (B, 4, h, w)
     pick = ident.view(-1, 1, 1, 1)
     mean_T = torch.where(pick, batch["mean_A"], batch["mean_B"]).float()

@@ -1,0 +1,145 @@
+"""An edit as a state that can be stepped beside others (paper §3.4 in its deployment form).
+
+    job = EditJob([cond], [settings], scheduler_for, noise_scheduler, new_noise, rows_for(meta))
+    run([job], denoise)                 # or many jobs at different steps, one denoise call a tick
+    job.z_0[0], job.model_masks[0]      # the clean latent and the binary latent mask
+
+EditJob holds one photo toward K >= 1 directions: the editing mask's noise draws (pedit.edit.mask.MaskJob,
+shared by directions that draw the same noise), then the sampler's steps (pedit.edit.steps.SampleJob).
+Whether the model is a teacher or a guidance-distilled student is its row builder's business
+(pedit.edit.rows), never a flag here. Array-generic: torch tensors, or numpy in the torch-free runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pedit.arrays import cat, tile_rows, to_like
+from pedit.edit.mask import MaskJob, binarize
+from pedit.edit.steps import Rows, SampleJob, run
+from pedit.edit.user_mask import combine_latent
+
+__all__ = ["EditJob", "MaskJob", "Rows", "SampleJob", "run", "sampling_job"]
+
+
+class EditJob:
+    """One photo toward K >= 1 directions of one model, in phases: each group of directions whose masks
+    draw the same noise gets one MaskJob (a fresh generator of the seed: the mask noise, then z_T);
+    then the sampling, one SampleJob per direction (the same bytes as K separate edits) or, with
+    `batch_steps`, one for all K (5K rows a step; equal to separate edits up to float rounding).
+
+    conds: K EditConditions of the same image (B = 1). settings: K EditOptions that differ only in
+    their mask settings (pedit.edit.editor.Editor.plan_many checks). scheduler_for(settings): a fresh
+    scheduler. new_noise(seed): a fresh draw function of the seed, `draw(shape) -> array`.
+    user: a user's mask (pedit.edit.user_mask.UserMask): its latent cells are combined with each model
+    mask by the settings' mask_mode before sampling, its pixels blend the result (Editor.finish).
+    """
+
+    def __init__(self, conds: list, settings: list, scheduler_for: Callable, noise_scheduler, new_noise: Callable,
+                 builder, batch_steps: bool = False, user=None,
+                 callback: Callable[[int, int], None] | None = None):
+        self.conds, self.settings, self.builder = conds, settings, builder
+        self.scheduler_for, self.batch_steps = scheduler_for, batch_steps
+        self.user = user
+        self.callback = callback
+        k = len(conds)
+        self.maps: list = [None] * k  # each direction's difference map (1, h, w), None without a mask
+        self.model_masks: list = [None] * k  # (1, 1, h, w) binary, None without a mask
+        self.masks: list = [None] * k  # what sampling used (with a user's mask combined in)
+        self.z_T: list = [None] * k
+        self.z_0: list = [None] * k
+        self._mask_jobs = []  # (MaskJob, member indices)
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(settings):
+            key = (s.seed,) + ((s.mask.n_noise, s.mask.strength, s.mask.batch) if s.use_mask else ())
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            s = settings[members[0]]
+            draw = new_noise(s.seed)
+            if s.use_mask:
+                self._mask_jobs.append((MaskJob([conds[i] for i in members], s.scales, s.mask, noise_scheduler,
+                                                draw, builder), members))
+            z_T = draw(conds[0].c_s.shape)
+            for i in members:
+                self.z_T[i] = z_T
+        self._sample_groups = [list(range(k))] if batch_steps else [[i] for i in range(k)]
+        self._phase = None
+        self._queue = [("mask", job) for job in self._mask_jobs] + [("sample", g) for g in self._sample_groups]
+        self._steps_done = 0
+        self._next_phase()
+
+    @property
+    def done(self) -> bool:
+        return self._phase is None
+
+    @property
+    def phase(self) -> str | None:
+        """"mask" while the mask's draws run, "sample" during the steps, None when done."""
+        return None if self._phase is None else self._phase[0]
+
+    @property
+    def total_steps(self) -> int:
+        return self.settings[0].steps * len(self._sample_groups)
+
+    def rows(self) -> Rows:
+        return self._phase[1].rows()
+
+    def advance(self, eps) -> None:
+        kind, job, members = self._phase
+        job.advance(eps)
+        if not job.done:
+            return
+        if kind == "mask":
+            for i, diff in zip(members, job.maps):
+                self.maps[i] = diff[None] if diff.ndim == 2 else diff
+                self.model_masks[i] = binarize(diff, self.settings[i].mask.ratio, self.settings[i].mask.threshold)
+        else:
+            for j, i in enumerate(members):
+                self.z_0[i] = job.z[j: j + 1]
+        self._next_phase()
+
+    def _next_phase(self) -> None:
+        while self._queue:
+            kind, what = self._queue.pop(0)
+            if kind == "mask":
+                job, members = what
+                self._phase = ("mask", job, members)
+                return
+            if what == self._sample_groups[0]:  # the masks are all known: combine the user's in, once
+                self.masks = self._with_user(self.model_masks)
+            self._phase = ("sample", self._sample_job(what), what)
+            return
+        self._phase = None
+
+    def _with_user(self, masks: list) -> list:
+        if self.user is None:
+            return masks
+        mode = self.settings[0].mask_mode
+        return [combine_latent(m, self.user.latent, mode) for m in masks]
+
+    def _sample_job(self, members: list[int]) -> SampleJob:
+        """One sampling loop over the members' latents (k, 4, h, w) of one image: their conditions stacked."""
+        from pedit.model.conditions import EditConditions
+
+        conds = [self.conds[i] for i in members]
+        k, s = len(conds), self.settings[members[0]]
+        stacked = EditConditions(tile_rows(conds[0].c_s, k), tile_rows(conds[0].c_im, k),
+                                 *(cat([getattr(c, f) for c in conds]) for f in ("c_p_b", "c_p_a", "c_p_null")))
+        mask = None if self.masks[members[0]] is None else cat([self.masks[i] for i in members])  # (k, 1, h, w)
+        done_before = self._steps_done
+        callback = None if self.callback is None else (
+            lambda i, n: self.callback(done_before + i, self.total_steps))
+        self._steps_done += s.steps
+        return sampling_job(self.builder, self.scheduler_for(s), stacked, cat([self.z_T[i] for i in members]), mask,
+                            s, callback)
+
+
+def sampling_job(builder, scheduler, cond, z_T, mask, settings, callback=None) -> SampleJob:
+    """The sampler's steps of an edit from z_T (B, 4, h, w) under `mask` (B, 1, h, w) or None: the model's
+    rows (`builder`, pedit.edit.rows) at the settings' scales and guidance interval. What EditJob runs
+    after the mask, and what `pedit eval` runs for ours and its ablations."""
+    mask = None if mask is None else to_like(mask, cond.c_s)
+    plan = builder.plan(cond, settings.scales, mask, settings.guidance_interval, scheduler)
+    return SampleJob(scheduler, z_T, plan, settings.steps, callback=callback)
+
+
