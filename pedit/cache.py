@@ -8,7 +8,11 @@ and the content hashes that key cache entries.
         dreambooth/<key>/   sticker-pack LoRAs (pedit.stickers)
         hashes/             each model file's sha256 with its stat, so content keys need not re-read weights
 
-Every entry is rebuilt when missing, so deleting any folder (or the root) only costs time.
+        datasets/<key>/     pair folders written from `datasets` sources (pedit.data.hf)
+
+Every entry is rebuilt when missing, so deleting any folder (or the root) only costs time. Every entry
+records the content hash of its files when it is written, and every read checks it (`seal`,
+`entry_problem`): an entry replaced, altered or linked since is never used as its key's.
 `PEDIT_CACHE_DIR` is read as an older name of `PEDIT_CACHE` when that is unset.
 """
 
@@ -100,7 +104,8 @@ def content_hash(path: Path, parts: tuple[str, ...], skip: str | None = None) ->
 
     path = Path(path)
     known_file = cache_root("hashes") / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
-    known = _read_known(known_file)
+    folder = str(path.resolve())
+    known = _read_known(known_file, folder)
     before = json.dumps(known, sort_keys=True)
     content = folder_hash(path, parts, known, skip)
     for gone in [rel for rel in known if not (path / rel).is_file()]:  # files deleted since: forget them
@@ -108,15 +113,76 @@ def content_hash(path: Path, parts: tuple[str, ...], skip: str | None = None) ->
     if json.dumps(known, sort_keys=True) != before:
         try:  # the record only saves time: a cache that cannot be written costs a re-read next time
             known_file.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(known_file, json.dumps(known), overwrite=True)
+            write_text_atomic(known_file, json.dumps({"folder": folder, "files": known,
+                                                      "sha256": _record_check(folder, known)}), overwrite=True)
         except (OSError, OutputError):
             pass
     return content
 
 
-def _read_known(path: Path) -> dict:
+def _record_check(folder: str, known: dict) -> str:
+    return hashlib.sha256(json.dumps([folder, known], sort_keys=True).encode()).hexdigest()
+
+
+def _read_known(path: Path, folder: str) -> dict:
+    """The remembered hashes of `folder`'s files; {} (everything is hashed again) when the record is of another
+    folder, or was altered after pedit wrote it (its own sha256 no longer matches): a record is a cache too."""
     try:
-        known = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return known if isinstance(known, dict) else {}
+    if not (isinstance(record, dict) and record.get("folder") == folder and isinstance(record.get("files"), dict)
+            and record.get("sha256") == _record_check(folder, record["files"])):
+        return {}
+    return record["files"]
+
+
+# ---- entries: a cache entry proves it belongs to its key (issue 27) -----------------------------------
+# Every cache entry records, when it is written, the content hash of its files (`seal`); every read
+# checks that the entry is still those files (`entry_problem`): regular files only, no link anywhere
+# in it (a link could lead to another entry's or another model's files), and the same content hash.
+# Hashes are remembered with each file's stat (`content_hash`), so a read re-hashes only a file that
+# was replaced or written since: the check costs a stat per file.
+
+
+def links_problem(folder: Path) -> str | None:
+    """None when `folder` is a real folder holding only real folders and regular files, else what is not."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        return f"{folder} is a link"
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    stack = [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.is_symlink():
+                    return f"{e.path} is a link (a cache entry holds only the files pedit wrote)"
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                elif not e.is_file(follow_symlinks=False):
+                    return f"{e.path} is not a regular file"
+    return None
+
+
+def seal(folder: Path, names: list[str]) -> str:
+    """The content hash of an entry's files `names` (relative to `folder`), to record as it is written."""
+    return folder_hash(Path(folder), tuple(sorted(names)))
+
+
+def entry_problem(folder: Path, names, sealed) -> str | None:
+    """None when the entry at `folder` is still the files it was sealed with (`seal`), else what is wrong."""
+    folder = Path(folder)
+    if (why := links_problem(folder)) is not None:
+        return why
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) or not isinstance(sealed, str):
+        return "its record of its files is missing or malformed"
+    for name in names:
+        path = folder / name
+        if not path.resolve().is_relative_to(folder.resolve()):
+            return f"its record names {name}, outside the entry"
+        if not path.is_file():
+            return f"{path} is missing"
+    if content_hash(folder, tuple(sorted(names))) != sealed:
+        return "its files are not the ones it was written with (their content hash differs from its record)"
+    return None

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, IO, Iterator
 
-from pedit.errors import OutputError
+from pedit.errors import ConfigError, OutputError
 
 TMP_SUFFIX = ".pedit-tmp"
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:24] or "host"
@@ -349,3 +349,38 @@ def fingerprint(path: str | Path) -> dict[str, str]:
                 digest.update(block)
         out[f.name] = digest.hexdigest()
     return out
+
+
+def check_output_not_input(output: str | Path | None, inputs: dict[str, str | Path | None], what: str = "-o") -> None:
+    """ConfigError, before any work, when the folder a command writes is one of its inputs, lies inside
+    one, or holds one: writing (or --overwrite's clearing) there would change what is being read.
+
+    `inputs`: flag → path (None, or a name that is not a local path, e.g. a hub id, is skipped).
+    Paths are compared after resolving links (`realpath`), so a link to the input is the input."""
+    if output is None:
+        return
+    out = Path(os.path.realpath(output))
+    for flag, given in inputs.items():
+        if given is None or str(given) == "" or not os.path.lexists(given):
+            continue
+        src = Path(os.path.realpath(given))
+        if out == src:
+            how = "is"
+        elif out.is_relative_to(src):
+            how = "is inside"
+        elif src.is_relative_to(out):
+            how = "holds"
+        else:
+            continue
+        raise ConfigError(f"{what} {output} {how} {flag} {given}: a command never writes into what it reads. "
+                          f"Choose another {what}.")
+
+
+def write_failure(e: BaseException) -> str | None:
+    """What stopped a write, when `e` is a failed write (an OSError: a full disk, a read-only or unwritable
+    folder; or safetensors' own error around one), else None: the cause a one-line `Error:` names."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e) or type(e).__name__
+    if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):  # safetensors wraps the OSError
+        return str(e).split("I/O error:", 1)[1].strip().split(" (os error")[0]
+    return None

@@ -670,6 +670,335 @@ def _():
     return ok, f"exits {codes}, {len(loras)} LoRA(s){'; ' + ' | '.join(errs) if errs else ''}"
 
 
+# ------------------------------------------------------------ issue 27 (CASES="[27]" runs only these)
+def one_line(r):
+    """exit 1 and exactly one line on stderr, an Error: line that is pedit's own message (not "unexpected X:"
+    or a library's exception passed on)"""
+    err = r.stderr.strip()
+    return (clean_error(r) and len(err.splitlines()) == 1 and "unexpected " not in err
+            and not any(f"{name}:" in err for name in ("IndexError", "KeyError", "TypeError", "AttributeError")))
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(Path(folder).rglob("*"))}
+
+
+def student_copy(name):
+    return Path(shutil.copytree(ROOT / "pedit" / "assets" / "toon-model-fast", W / name))
+
+
+def json_edited(name, change):
+    folder = student_copy(name)
+    meta = json.loads((folder / "pedit.json").read_text())
+    change(meta)
+    (folder / "pedit.json").write_text(json.dumps(meta))
+    return folder
+
+
+# class 1: derived artefacts proven to belong to their source
+@case("[27] TorchScript cache entry holding another model's trace (files copied over)")
+def _():
+    from safetensors.torch import load_file, save_file
+    from pedit.edit.editor import Editor
+    from pedit.model import traced
+
+    old_cache = os.environ.get("PEDIT_CACHE")
+    os.environ["PEDIT_CACHE"] = str(W / "traced-cache")
+    try:
+        a = model_copy("trace-a")
+        b = model_copy("trace-b")
+        w = next((b / "unet").glob("*.safetensors"))
+        save_file({k: v * 1.5 for k, v in load_file(w).items()}, w)
+        for m in (a, b):
+            Editor.from_pretrained(m, device="cpu", cache=True)
+        mine, theirs = traced.cache_dir() / traced.model_key(a), traced.cache_dir() / traced.model_key(b)
+        for f in ("model.pt", "prompts.pt", "scheduler_config.json"):
+            shutil.copy(theirs / f, mine / f)
+        again = Editor.from_pretrained(a, device="cpu", cache=True)
+        img = Image.open(photo).convert("RGB")
+        same = np.array_equal(np.asarray(again.edit(img, "royal", seed=0, steps=2).image),
+                              np.asarray(Editor.from_pretrained(a, device="cpu").edit(img, "royal", seed=0, steps=2).image))
+        return same, again.cache_status[:60]
+    finally:
+        if old_cache is None:
+            os.environ.pop("PEDIT_CACHE", None)
+        else:
+            os.environ["PEDIT_CACHE"] = old_cache
+
+
+@case("[27] latent cache shard of other pairs swapped in (shapes, key metadata all fine)")
+def _():
+    from PIL import ImageOps
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    other = pairs_copy("swap-other")
+    shutil.rmtree(other / ".pedit-cache", ignore_errors=True)
+    first = sorted((other / "images").glob("*_x_B.png"))[0]
+    ImageOps.invert(Image.open(first).convert("RGB")).save(first)
+    mine = pairs_copy("swap-mine")
+    for f, c in ((other, "cache-o"), (mine, "cache-m")):
+        assert run("train", *TRAIN, "-o", W / f"run-{c}", "--cache-dir", W / c, "--data", f).exit_code == 0
+    (sa,) = (W / "cache-m").glob("*/pairs-00000.safetensors")
+    (sb,) = (W / "cache-o").glob("*/pairs-00000.safetensors")
+    with safe_open(str(sa), "pt") as fh:
+        meta = fh.metadata()
+    save_file(load_file(str(sb)), str(sa), metadata=meta)
+    r = run("train", *TRAIN, "-o", W / "run-swap2", "--cache-dir", W / "cache-m", "--data", mine)
+    return one_line(r) and "damaged" in r.stderr, desc(r)
+
+
+@case("[27] a datasets pair folder in the cache whose image was replaced")
+def _():
+    import datasets
+    old_cache = os.environ.get("PEDIT_CACHE")
+    os.environ["PEDIT_CACHE"] = str(W / "ds-cache")
+    try:
+        rows = [{"input_image": Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)),
+                 "edited_image": Image.fromarray(np.full((32, 32, 3), 200 - 40 * i, np.uint8)),
+                 "edit_prompt": f"make it {i}"} for i in range(4)]
+        ds = datasets.Dataset.from_list(rows, features=datasets.Features({"input_image": datasets.Image(),
+                                        "edited_image": datasets.Image(), "edit_prompt": datasets.Value("string")}))
+        ds.save_to_disk(str(W / "saved-ds"))
+        from pedit.data.hf import dataset_pair_folder
+        folder = dataset_pair_folder(str(W / "saved-ds"), None)
+        img = sorted((folder / "images").iterdir())[0]
+        Image.new("RGB", (32, 32), (1, 2, 3)).save(img)
+        r = run("train", "--data", W / "saved-ds", "--base", base, "-o", W / "ds-run", "--max-steps", "1",
+                "--batch-size", "2", "--validate-every", "0", "-q")
+        return one_line(r), desc(r)
+    finally:
+        if old_cache is None:
+            os.environ.pop("PEDIT_CACHE", None)
+        else:
+            os.environ["PEDIT_CACHE"] = old_cache
+
+
+# class 2: sources that change during a run
+@case("[27] base VAE replaced at step 1 of a bf16 train: the model saves the VAE it trained against")
+def _():
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import load_file, save_file
+    from pedit.train.loop import TrainConfig, train
+
+    b = Path(shutil.copytree(base, W / "changing-base"))
+    w = next((b / "vae").glob("*.safetensors"))
+    before = load_file(w)
+
+    def at_step(p):
+        if p.event == "step" and p.step == 1:
+            save_file({k: v * 2 + 1 for k, v in before.items()}, w)
+
+    AcceleratorState._reset_state()
+    try:
+        out = train(TrainConfig(data=str(pairs), output=str(W / "bf16-run"), base=str(b), batch_size=2, max_steps=2,
+                                validate_every=0, mixed_precision="bf16", cache_dir=str(W / "bf16-cache"),
+                                log_every=1),  # progress at every step: the change lands after step 1
+                    progress=at_step)
+    finally:
+        AcceleratorState._reset_state()
+    saved = load_file(next((out / "vae").glob("*.safetensors")))
+    same = all(np.array_equal(saved[k].numpy(), before[k].numpy()) for k in before)
+    return same, "the VAE read at the start" if same else "the base's new VAE saved"
+
+
+@case("[27] a pair image changed during a --no-cache train")
+def _():
+    from PIL import ImageOps
+    from pedit.train.loop import TrainConfig, train
+
+    f = pairs_copy("changing-pairs")
+    img = sorted((f / "images").glob("*_x_B.png"))[0]
+
+    def at_step(p):
+        if p.event == "step" and p.step == 1:
+            ImageOps.invert(Image.open(img).convert("RGB")).save(img)
+    try:
+        train(TrainConfig(data=str(f), output=str(W / "nocache-run"), base=str(base), batch_size=2, max_steps=8,
+                          validate_every=0, cache=False, log_every=1), progress=at_step)
+    except Exception as e:
+        return "changed" in str(e), f"{type(e).__name__}: {str(e)[:100]}"
+    return False, "exit 0: trained on both versions of the image"
+
+
+# class 3: an output that is one of the inputs
+for label, args_of in [
+    ("train -o equal to --data", lambda d: ["train", *TRAIN, "-o", d["data"]]),
+    ("train -o equal to --data, --overwrite", lambda d: ["train", *TRAIN, "-o", d["data"], "--overwrite"]),
+    ("train -o inside --base", lambda d: ["train", *TRAIN, "-o", d["base"] / "run"]),
+    ("train -o holding --data, --overwrite", lambda d: ["train", *TRAIN, "-o", d["data"].parent, "--overwrite"]),
+    ("distill -o equal to the teacher -m, --overwrite", lambda d: ["distill", "-m", d["model"], "--data", pairs, "-o",
+                                                                   d["model"], "--max-steps", "1", "--overwrite", "-q"]),
+    ("export -o inside -m", lambda d: ["export", "-m", d["model"], "-o", d["model"] / "engines"]),
+    ("eval -o equal to --pairs, --overwrite", lambda d: ["eval", "--pairs", d["data"], "-m", d["model"], "-o",
+                                                         d["data"], "--steps", "1", "--overwrite", "-q"]),
+    ("sticker-pack -o holding the selfie, --overwrite", lambda d: ["sticker-pack", d["selfie"], "-m", d["model"], "-o",
+                                                                   d["selfie"].parent, "--skip-cartoonize", "--overwrite", "-q"]),
+]:
+    def make(label=label, args_of=args_of):
+        @case(f"[27] {label}")
+        def _():
+            slot = W / f"io-{abs(hash(label))}"
+            d = {"data": Path(shutil.copytree(pairs, slot / "d" / "pairs")),
+                 "base": Path(shutil.copytree(base, slot / "b" / "base")),
+                 "model": Path(shutil.copytree(model, slot / "m" / "model"))}
+            (slot / "s").mkdir()
+            shutil.copy(photo, slot / "s" / "me.png")
+            d["selfie"] = slot / "s" / "me.png"
+            TRAIN_ = [a if a not in (pairs, base) else (d["data"] if a == pairs else d["base"]) for a in TRAIN]
+            args = [a for a in args_of(d)]
+            args = [TRAIN_[TRAIN.index(a)] if a in TRAIN and isinstance(a, Path) else a for a in args]
+            before = {k: snapshot(v if v.is_dir() else v.parent) for k, v in d.items()}
+            r = run(*args)
+            untouched = {k: snapshot(v if v.is_dir() else v.parent) for k, v in d.items()} == before
+            return one_line(r) and untouched, f"{desc(r)}; inputs {'untouched' if untouched else 'CHANGED'}"
+    make()
+
+
+# class 4: pedit.json sections
+for label, change in [
+    ('"mask" null', lambda m: m.update(mask=None)),
+    ('"mask" name misspelled (n_noises)', lambda m: m["mask"].update(n_noises=5)),
+    ('"mask_by_task" task misspelled (costum)', lambda m: m.update(mask_by_task={"costum": {"ratio": 4.0}})),
+    ('"mask_by_direction" a direction the model lacks', lambda m: m.update(mask_by_direction={"laughin": {"ratio": 4.0}})),
+    ('"distilled" null', lambda m: m.update(distilled=None)),
+    ('"distilled" steps_trained a string', lambda m: m["distilled"].update(steps_trained="3100")),
+    ("top-level name misspelled (directons)", lambda m: m.update(directons=m["directions"])),
+    ('top-level "base" null', lambda m: m.update(base=None)),
+    ('top-level "latent_factor" a string', lambda m: m.update(latent_factor="8")),
+]:
+    def make(label=label, change=change):
+        @case(f"[27] pedit.json {label}")
+        def _():
+            folder = json_edited(f"json-{abs(hash(label))}", change)
+            r = run("edit", photo, "-d", "laughing", "-m", folder, "-o", W / f"{folder.name}.png", "--steps", "2", "-q")
+            return one_line(r) and not (W / f"{folder.name}.png").exists(), desc(r)
+    make()
+
+
+# class 5: one-line errors, nothing half-written
+def _dataset(name, rows_change=None, empty=False):
+    import datasets
+    rows = [{"input_image": Image.fromarray(np.full((32, 32, 3), 30 * i, np.uint8)),
+             "edited_image": Image.fromarray(np.full((32, 32, 3), 250 - 30 * i, np.uint8)),
+             "edit_prompt": f"make it {i}"} for i in range(6)]
+    feats = datasets.Features({"input_image": datasets.Image(), "edited_image": datasets.Image(),
+                               "edit_prompt": datasets.Value("string")})
+    ds = datasets.Dataset.from_list(rows, features=feats)
+    if empty:
+        ds = ds.select([])
+    if rows_change:
+        plain = ds.cast_column("input_image", datasets.Image(decode=False))
+        rs = plain.to_list()
+        rows_change(rs)
+        ds = datasets.Dataset.from_list(rs, features=plain.features)
+    ds.save_to_disk(str(W / name))
+    return W / name
+
+
+def _ds_case(name, **kw):
+    old_cache = os.environ.get("PEDIT_CACHE")
+    os.environ["PEDIT_CACHE"] = str(W / f"{name}-cache")
+    try:
+        r = run("train", "--data", _dataset(name, **kw), "--base", base, "-o", W / f"{name}-run", "--max-steps", "1",
+                "--batch-size", "2", "--validate-every", "0", "-q")
+        return one_line(r) and not (W / f"{name}-run").exists(), desc(r)
+    finally:
+        if old_cache is None:
+            os.environ.pop("PEDIT_CACHE", None)
+        else:
+            os.environ["PEDIT_CACHE"] = old_cache
+
+
+@case("[27] datasets rows with null prompts")
+def _():
+    return _ds_case("ds-null", rows_change=lambda rs: [r.update(edit_prompt=None) for r in rs[1:3]])
+
+
+@case("[27] datasets row with an undecodable image")
+def _():
+    return _ds_case("ds-undecodable", rows_change=lambda rs: rs[2].update(input_image={"bytes": b"\x89PNG no", "path": None}))
+
+
+@case("[27] datasets rows of mixed sizes")
+def _():
+    def change(rs):
+        import io
+        buf = io.BytesIO()
+        Image.new("RGB", (48, 48)).save(buf, format="PNG")
+        rs[3]["input_image"] = {"bytes": buf.getvalue(), "path": None}
+    return _ds_case("ds-sizes", rows_change=change)
+
+
+@case("[27] an empty dataset")
+def _():
+    return _ds_case("ds-empty", empty=True)
+
+
+@case("[27] sticker-pack --title with non-UTF-8 bytes")
+def _():
+    r = run("sticker-pack", photo, "-o", W / "bad-title", "--skip-cartoonize", "--title", "bad\udcff", "-q")
+    return one_line(r) and not (W / "bad-title").exists(), desc(r)
+
+
+def _full_disk(*a, **kw):
+    raise OSError(28, "No space left on device")
+
+
+@case("[27] full disk at the first checkpoint of a train")
+def _():
+    from safetensors import SafetensorError
+    import pedit.train.steps as steps
+    real = steps._checkpoint
+
+    def failing(accelerator, out, step, keep):
+        (out / "checkpoints" / f"step-{step:06d}.tmp").mkdir(parents=True)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    steps._checkpoint = failing
+    try:
+        r = run("train", *TRAIN, "-o", W / "full-run")
+    finally:
+        steps._checkpoint = real
+    return one_line(r) and not (W / "full-run").exists(), desc(r)
+
+
+@case("[27] full disk at an eval report's grid")
+def _():
+    import pedit.viz as viz
+    real = viz.image_grid
+
+    class Unsaveable:
+        def save(self, f, format=None):
+            f.write(b"half")
+            _full_disk()
+    viz.image_grid = lambda *a, **kw: Unsaveable()
+    try:
+        r = run("eval", "--pairs", pairs, "-m", model, "-o", W / "full-report", "--steps", "1", "--methods", "ours",
+                "--limit", "2", "-q")
+    finally:
+        viz.image_grid = real
+    left = sorted(p.name for p in (W / "full-report").iterdir()) if (W / "full-report").exists() else []
+    return one_line(r) and left == [], f"{desc(r)}; left {left}"
+
+
+@case("[27] full disk while a sticker pack is written")
+def _():
+    import pedit.stickers.pipeline as pipeline
+    real = pipeline.preview_sheet
+
+    class Unsaveable:
+        def save(self, *a, **kw):
+            _full_disk()
+    pipeline.preview_sheet = lambda *a, **kw: Unsaveable()
+    try:
+        (W / "full-pack-parent").mkdir()
+        r = run("sticker-pack", photo, "-o", W / "full-pack-parent" / "pack", "--skip-cartoonize", "--steps", "1", "-q")
+    finally:
+        pipeline.preview_sheet = real
+    left = list((W / "full-pack-parent").iterdir())
+    return one_line(r) and left == [], f"{desc(r)}; left {[p.name for p in left]}"
+
+
 kept = sum(ok for _, ok in results)
 print(f"\n{len(results)} cases: {kept} kept, {len(results) - kept} broken")
 shutil.rmtree(W, ignore_errors=True)

@@ -192,8 +192,8 @@ def test_train_on_a_folder_with_a_missing_image_fails_before_writing(tiny_pairs_
     (tiny_pairs_copy / "images" / "000002_x_B.png").unlink()
     out = tmp_path / "model"
     result = run("train", "--data", tiny_pairs_copy, "-o", out, "--base", tiny_base, "--max-steps", 1, "-q")
-    assert_error(result, f"Pair folder {tiny_pairs_copy} has 1 problem(s):\n"
-                         "  row 3 (id '000002'): x_B 'images/000002_x_B.png' is missing\nFix or remove those rows.")
+    assert_error(result, f"Pair folder {tiny_pairs_copy} has 1 problem(s): "
+                         "row 3 (id '000002'): x_B 'images/000002_x_B.png' is missing. Fix or remove those rows.")
     assert result.stderr.startswith("Error: Pair folder")
     assert not out.exists()
 
@@ -302,7 +302,8 @@ def test_edit_with_an_unknown_or_missing_device_is_an_error(random_model):
     ({"directions": [{"name": "x", "colour": "red"}]},
      "does not list the model's directions properly (TypeError: Direction.__init__() got an unexpected keyword "
      "argument 'colour')."),
-    ({"mask": {"strenght": 0.7}}, '"mask" may only set n_noise, strength, ratio, threshold, dilate, feather, keep_below.'),
+    ({"mask": {"strenght": 0.7}}, "\"mask\" has no setting 'strenght' (did you mean 'strength'?); the valid names are "
+                                  "n_noise, strength, ratio, threshold, dilate, feather, keep_below."),
 ])
 def test_edit_with_a_hand_edited_pedit_json_is_an_error(random_model, tmp_path, change, message):
     import shutil

@@ -34,6 +34,7 @@ from pedit.model import traced
 pytestmark = pytest.mark.cpu_only("the cold-start path and its TorchScript cache are the CPU's (Editor.from_pretrained cache=True)")
 
 ROOT = Path(__file__).resolve().parents[1]
+ENTRY = ("model.pt", "prompts.pt", "scheduler_config.json")  # a TorchScript cache entry's files
 SD_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
              "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
              "timestep_spacing": "leading", "trained_betas": None, "rescale_betas_zero_snr": False}
@@ -298,3 +299,40 @@ def test_a_cached_edit_imports_neither_diffusers_nor_transformers(random_model, 
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["[]", "0"], done.stdout
     assert (tmp_path / "in_royal.png").exists()
+
+
+@pytest.mark.parametrize("how", ["swapped", "linked", "whole entry linked"])
+def test_a_cache_entry_of_another_model_is_never_used(random_model, tmp_path, cache_root, how, monkeypatch):
+    """Issue 27, class 1: another model's trace put into this model's entry (its files copied over, or linked
+    there, or the whole entry a link to the other's) is rebuilt, never edited with; the bytes are this model's."""
+    import pedit.cache
+
+    other = Path(shutil.copytree(random_model, tmp_path / "other"))
+    weights = next((other / "unet").glob("*.safetensors"))
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v * 1.5 for k, v in load_file(weights).items()}, weights)  # another model, same shapes
+    for model in (random_model, other):
+        assert Editor.from_pretrained(model, device="cpu", cache=True).cache_status.startswith("wrote")
+    mine, theirs = cache_root / traced.model_key(random_model), cache_root / traced.model_key(other)
+    if how == "swapped":
+        for name in ENTRY:
+            shutil.copy(theirs / name, mine / name)
+    elif how == "linked":
+        (mine / "model.pt").unlink()
+        (mine / "model.pt").symlink_to(theirs / "model.pt")
+    else:
+        shutil.rmtree(mine)
+        mine.symlink_to(theirs, target_is_directory=True)
+    again = Editor.from_pretrained(random_model, device="cpu", cache=True)
+    assert again.cache_status.startswith("wrote")
+    eager = Editor.from_pretrained(random_model, device="cpu")
+    _same(again.edit(_portrait(), "royal", seed=0, steps=2), eager.edit(_portrait(), "royal", seed=0, steps=2))
+    # Cheap: once its files' hashes are remembered (written long enough ago), a load reads no file to check them.
+    monkeypatch.setattr(pedit.cache, "RACY_SECONDS", -1.0)
+    assert Editor.from_pretrained(random_model, device="cpu", cache=True).cache_status.startswith("loaded")
+    read = []
+    real = pedit.cache.file_sha256
+    monkeypatch.setattr(pedit.cache, "file_sha256", lambda p: read.append(p.name) or real(p))
+    assert Editor.from_pretrained(random_model, device="cpu", cache=True).cache_status.startswith("loaded")
+    assert not set(read) & set(ENTRY)

@@ -132,6 +132,7 @@ def assert_one_error(result, needle):
     assert "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and needle in result.stderr, result.stderr
+    assert result.stderr.strip() == errors[0], result.stderr  # one line: nothing before or after it (issue 27)
 
 
 def test_train_on_a_saved_dataset_and_reuse_its_folder(tmp_path, tiny_base):
@@ -195,3 +196,41 @@ def test_splits_columns_on_a_pair_folder_and_offline_hub_ids(tmp_path, tiny_base
                      "a pair folder needs no map")
     assert_one_error(run_train("nobody-here/no-such-dataset", tmp_path / "m3", tiny_base), "Could not load the dataset")
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+
+
+def test_an_empty_dataset_is_one_error_line(tmp_path, tiny_base):
+    ds, _, _ = edit_dataset()
+    ds.select([]).save_to_disk(str(tmp_path / "saved"))
+    assert_one_error(run_train(tmp_path / "saved", tmp_path / "m", tiny_base), "has no rows")
+    assert not (tmp_path / "m").exists()
+
+
+def test_unusable_rows_are_one_error_line_naming_each_row(tmp_path, tiny_base):
+    """Null prompts in two rows and an undecodable image: one line naming each row's problem, never a
+    multi-line list or a traceback (the undecodable image alone: test_bad_rows_fail_before_step_one)."""
+    ds, _, _ = edit_dataset(6)
+    features = ds.cast_column("input_image", datasets.Image(decode=False)).features
+    rows = ds.cast_column("input_image", datasets.Image(decode=False)).to_list()
+    rows[0]["input_image"] = {"bytes": b"not an image at all", "path": None}
+    rows[1]["edit_prompt"] = None
+    rows[4]["edit_prompt"] = None
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    result = run_train(tmp_path / "saved", tmp_path / "m", tiny_base)
+    assert_one_error(result, "has 2 problem(s): dataset row 1: p_b (edit_prompt) is None, not a string | dataset row 4")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_cached_pair_folder_whose_images_changed_is_refused(tmp_path):
+    """Issue 27, class 1: the dataset's pair folder in pedit's cache is checked against the record written with
+    it; an image replaced there since is one error line, never trained on as if it were the dataset's."""
+    from pedit.errors import PairFolderError
+
+    ds, _, _ = edit_dataset()
+    ds.save_to_disk(str(tmp_path / "saved"))
+    folder = dataset_pair_folder(str(tmp_path / "saved"), None)
+    image = sorted((folder / "images").iterdir())[0]
+    with Image.open(image) as im:
+        swapped = Image.eval(im.convert("RGB"), lambda v: 255 - v)
+    swapped.save(image)
+    with pytest.raises(PairFolderError, match="is damaged \\(its files are not the ones it was written with"):
+        dataset_pair_folder(str(tmp_path / "saved"), None)

@@ -67,6 +67,18 @@ def test_scale_token_round_trip_and_features():
     assert not torch.allclose(scale_features(torch.tensor([[1.5, 1.0, 4.1]])), f[:1])  # s_p moves the features
 
 
+ROWS = torch.tensor([[1.5, 1.0, 4.0], [2.0, 1.5, 6.0], [1.0, 2.0, 7.5]])  # three rows, each at its own scales
+
+
+def test_scale_features_follow_each_rows_own_scales():
+    """A batch of rows at several scales (as distill trains and an edit at one scale never shows): each row's
+    features are those of its own scales alone, and rows at other scales get other features."""
+    f = scale_features(ROWS)
+    for i, row in enumerate(ROWS):
+        assert torch.equal(f[i], scale_features(row[None])[0])
+    assert not torch.allclose(f[0], f[1]) and not torch.allclose(f[1], f[2])
+
+
 def test_an_untrained_student_computes_the_teachers_fully_conditioned_row(random_model):
     teacher = load_model(random_model).mcdm
     student = make_student(teacher).eval()
@@ -98,7 +110,7 @@ def test_teacher_eps_is_the_nested_cfg_of_the_five_row_layout(editor, portrait):
     assert torch.allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("interval", [None, (0.2, 0.8)])
+@pytest.mark.parametrize("interval", [None, (0.2, 0.8), (0.6, 1.0)])  # (0.6, 1): 3 of 4 steps unguided
 def test_an_ideal_student_edits_like_its_teacher_in_two_rows_a_step(editor, portrait, interval):
     denoise = _ideal_student(editor.model.mcdm, editor._prompt(""))
     calls = []

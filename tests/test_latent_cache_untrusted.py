@@ -89,3 +89,23 @@ def test_a_cache_build_that_fails_says_so_and_leaves_no_run_folder(tiny_pairs, t
     with pytest.raises(OutputError, match="The latent cache could not be written to .*No space left on device"):
         train(_cfg(tiny_pairs, tmp_path / "run", tiny_base, tmp_path / "cache"))
     assert not (tmp_path / "run").exists()  # a rerun is not refused as "already holds a training run"
+
+
+def test_a_well_formed_shard_of_other_pairs_swapped_in_is_refused(built, tiny_pairs, tiny_base, tmp_path):
+    """Issue 27, class 1: the other cache's shard has the right shapes, dtypes, finite values and even its
+    own key in its metadata; only the content hash the manifest recorded tells it is not this cache's."""
+    cache, shard = built
+    other = shutil.copytree(tiny_pairs, tmp_path / "other-pairs", ignore=shutil.ignore_patterns(".pedit-cache"))
+    from PIL import Image, ImageOps
+
+    first = sorted((other / "images").glob("*_x_B.png"))[0]  # an image the cache encodes (a mask is not)
+    ImageOps.invert(Image.open(first).convert("RGB")).save(first)
+    train(_cfg(other, tmp_path / "other-run", tiny_base, tmp_path / "other-cache"))
+    (other_shard,) = (tmp_path / "other-cache").glob("*/pairs-00000.safetensors")
+    assert other_shard.read_bytes() != shard.read_bytes()  # really another cache's tensors
+    with safe_open(str(shard), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(other_shard)), str(shard), metadata=meta)  # its key kept: looks like this cache's
+    with pytest.raises(OutputError, match="is damaged \\(its files are not the ones it was written with"):
+        train(_cfg(tiny_pairs, tmp_path / "second", tiny_base, cache))
+    assert not (tmp_path / "second").exists()

@@ -17,7 +17,7 @@ from pedit.errors import PairFolderError
 from pedit.data.gen_pairs import GenPairsConfig, generate_pairs
 from pedit.data.pairs import PairWriter, read_pairs
 
-TAIL = "\nFix or remove those rows."
+TAIL = ". Fix or remove those rows."
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -42,7 +42,7 @@ def _problems(folder: Path, check_images: bool = True) -> str:
 
 
 def _one(folder: Path, problem: str) -> str:
-    return f"Pair folder {folder} has 1 problem(s):\n  {problem}{TAIL}"
+    return f"Pair folder {folder} has 1 problem(s): {problem}{TAIL}"
 
 
 def _png(path: Path) -> np.ndarray:
@@ -97,8 +97,8 @@ def test_a_linked_images_folder_that_points_outside_is_refused(tiny_pairs_copy, 
     shutil.move(tiny_pairs_copy / "images", tmp_path / "elsewhere")
     (tiny_pairs_copy / "images").symlink_to(tmp_path / "elsewhere")
     msg = _problems(tiny_pairs_copy)
-    assert msg.startswith(f"Pair folder {tiny_pairs_copy} has 8 problem(s):\n")
-    assert "  row 1 (id '000000'): x_A 'images/000000_x_A.png' is a link that points outside the pair folder\n" in msg
+    assert msg.startswith(f"Pair folder {tiny_pairs_copy} has 8 problem(s): ")
+    assert " row 1 (id '000000'): x_A 'images/000000_x_A.png' is a link that points outside the pair folder | " in msg
 
 
 def test_a_link_that_stays_inside_is_allowed(tiny_pairs_copy):
@@ -130,9 +130,9 @@ def test_a_bad_json_line_is_reported_with_its_row(tiny_pairs_copy):
     rows[4] = "[1, 2]"
     _write_rows(tiny_pairs_copy, rows)
     assert _problems(tiny_pairs_copy) == (
-        f"Pair folder {tiny_pairs_copy} has 2 problem(s):\n"
-        "  row 4: not a JSON object (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))\n"
-        "  row 5: not a JSON object (not a JSON object)" + TAIL
+        f"Pair folder {tiny_pairs_copy} has 2 problem(s): "
+        "row 4: not a JSON object (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)) | "
+        "row 5: not a JSON object (not a JSON object)" + TAIL
     )
 
 
@@ -179,11 +179,11 @@ def test_several_problems_are_reported_together_in_order(tiny_pairs_copy):
     rows[4]["seed"] = "five"
     _write_rows(tiny_pairs_copy, rows)
     assert _problems(tiny_pairs_copy) == (
-        f"Pair folder {tiny_pairs_copy} has 4 problem(s):\n"
-        "  row 1 (id '000000'): x_A '../x.png' leaves the pair folder (only paths inside it are allowed)\n"
-        "  row 3 (id '000002'): missing direction\n"
-        "  row 5 (id '000004'): seed must be an integer, got 'five'\n"
-        "  row 8 (id '000007'): mask 'images/000007_mask.png' is missing" + TAIL
+        f"Pair folder {tiny_pairs_copy} has 4 problem(s): "
+        "row 1 (id '000000'): x_A '../x.png' leaves the pair folder (only paths inside it are allowed) | "
+        "row 3 (id '000002'): missing direction | "
+        "row 5 (id '000004'): seed must be an integer, got 'five' | "
+        "row 8 (id '000007'): mask 'images/000007_mask.png' is missing" + TAIL
     )
 
 
@@ -191,9 +191,9 @@ def test_more_than_ten_problems_are_summarised(tiny_pairs_copy):
     for f in (tiny_pairs_copy / "images").glob("*_x_[AB].png"):
         f.unlink()
     msg = _problems(tiny_pairs_copy)
-    assert msg.startswith(f"Pair folder {tiny_pairs_copy} has 16 problem(s):\n")
+    assert msg.startswith(f"Pair folder {tiny_pairs_copy} has 16 problem(s): ")
     assert msg.count(" is missing") == 10
-    assert msg.endswith("\n  ... and 6 more" + TAIL)
+    assert msg.endswith(" | ... and 6 more" + TAIL) and "\n" not in msg
 
 
 # ---------------------------------------------------------------- missing or empty folders

@@ -234,6 +234,8 @@ def test_title_and_author_limits():
     (["--emoji", "angry=😠😡🤬👿"], "has 4 emoji"),
     (["--title", "x" * 500], "--title has 500 characters"),
     (["--author", "y" * 200], "--author has 200 characters"),
+    (["--title", "bad\udcff"], "--title 'bad\\udcff' is not valid Unicode text"),  # a non-UTF-8 byte from argv
+    (["--author", "\ud800me"], "--author '\\ud800me' is not valid Unicode text"),
 ])
 def test_bad_pack_options_are_one_error_and_nothing_written(tmp_path, args, needle):
     out = tmp_path / "out"

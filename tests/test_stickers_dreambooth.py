@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import dataclasses
 
 import numpy as np
@@ -262,7 +263,8 @@ def trained_lora(tiny_base, tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("damage", ["truncated", "nan", "link", "folder-link", "dangling-folder-link", "no-file"])
+@pytest.mark.parametrize("damage", ["truncated", "nan", "link", "folder-link", "dangling-folder-link", "no-file",
+                                    "another LoRA's weights", "another key's folder"])
 def test_a_damaged_cached_lora_is_trained_again(pipe, trained_lora, tmp_path, damage):
     import shutil
 
@@ -286,6 +288,11 @@ def test_a_damaged_cached_lora_is_trained_again(pipe, trained_lora, tmp_path, da
         path.symlink_to(outside)
     elif damage == "no-file":
         path.unlink()
+    elif damage == "another LoRA's weights":  # a well-formed, finite LoRA, not the one trained for this key
+        save_file({k: v * 2 for k, v in good.items()}, path)
+    elif damage == "another key's folder":  # the LoRA folder trained for another selfie or base, moved here
+        entry = json.loads((first / "entry.json").read_text())
+        (first / "entry.json").write_text(json.dumps({**entry, "key": "other-key"}))
     else:  # the lora folder itself a link out of the cache (to a copy, or to nothing)
         outside = tmp_path / "elsewhere"
         first.rename(outside)

@@ -68,7 +68,7 @@ def test_tiny_base_loads_with_the_real_classes_and_the_parts_chain(tiny_base):
     cfg = text_encoder.config
     assert (cfg.vocab_size, cfg.max_position_embeddings) == (len(tok), 77)
     assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-    assert vae.config.scaling_factor == 1.0 and vae.config.latent_channels == 4
+    assert vae.config.scaling_factor == 0.18215 and vae.config.latent_channels == 4  # SD's, not an identity
     assert unet.config.cross_attention_dim == TINY.text_width and unet.config.sample_size == 4
     assert unet.config.down_block_types == ["CrossAttnDownBlock2D", "DownBlock2D"]
     assert unet.config.up_block_types == ["UpBlock2D", "CrossAttnUpBlock2D"]

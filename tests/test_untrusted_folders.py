@@ -14,7 +14,7 @@ from pedit.data.pairs import read_pairs
 from pedit.errors import ModelError, PairFolderError
 from pedit.model.loading import load_base, load_model
 
-TAIL = "\nFix or remove those rows."
+TAIL = ". Fix or remove those rows."
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -29,8 +29,8 @@ def _problem(folder: Path) -> str:
     with pytest.raises(PairFolderError) as e:
         read_pairs(folder)
     text = str(e.value)
-    assert text.startswith(f"Pair folder {folder} has 1 problem(s):\n  ") and text.endswith(TAIL), text
-    return text.split("\n  ", 1)[1][: -len(TAIL)]
+    assert text.startswith(f"Pair folder {folder} has 1 problem(s): ") and text.endswith(TAIL), text
+    return text.split("problem(s): ", 1)[1][: -len(TAIL)]
 
 
 # ---------------------------------------------------------------- pair folders

@@ -83,7 +83,10 @@ def claim_folder(out: Path, settings: dict, run_only: tuple[str, ...] = ("shard"
             raise ConfigError(f"{out} was written with other settings ({', '.join(changed) or 'unreadable config.json'} "
                               "differ); use a new -o folder, or the same options to resume.")
     elif write:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"Cannot create the pair folder {out}: {e.strerror or e}.") from None
         try:  # exclusive: a shard that raced us keeps its file, then we compare against it
             write_text_atomic(config_file, json.dumps(settings, indent=2))
         except OutputError:

@@ -35,7 +35,7 @@ IMAGE_COLUMNS = ("x_A", "x_B", "mask")
 DEFAULTS = {"p_a": ("const", ""), "direction": ("const", "edit")}
 INSTRUCT_PIX2PIX = {"x_A": "input_image", "x_B": "edited_image", "p_b": "edit_prompt"}
 PAIR_FOLDER_LAYOUT = ("x_A", "x_B", "p_a", "p_b", "direction", "mask")
-FORMAT = 1  # bump when the written folder changes for the same inputs
+FORMAT = 2  # bump when the written folder changes for the same inputs (2: its record, ENTRY)
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ def load_source(data: str, split: str):
         raise ConfigError(f"{data} is not a pair folder; reading a datasets folder or hub id needs the `datasets` "
                           "package: pip install 'pedit[datasets]'.") from None
     path = Path(data)
+    if _saved_without_rows(path, split):  # datasets' own loader fails on it with an IndexError
+        raise PairFolderError(f"The dataset {data!r} has no rows; give a dataset with at least one pair.")
     try:
         if is_saved_dataset(path):
             ds = datasets.load_from_disk(str(path))
@@ -154,7 +156,21 @@ def load_source(data: str, split: str):
             raise PairFolderError(f"The dataset {data!r} has no split {split!r}; its splits are {', '.join(ds)}. "
                                   "Pass --split.")
         ds = ds[split]
+    if len(ds) == 0:
+        raise PairFolderError(f"The dataset {data!r} has no rows{'' if path.exists() else f' in split {split!r}'}; "
+                              "give a dataset with at least one pair.")
     return ds
+
+
+def _saved_without_rows(path: Path, split: str) -> bool:
+    """A save_to_disk folder (or its `split`) whose state.json lists no data files: a dataset of no rows."""
+    for state in (path / "state.json", path / split / "state.json"):
+        try:
+            files = json.loads(state.read_text(encoding="utf-8")).get("_data_files")
+        except (OSError, ValueError, AttributeError):
+            continue
+        return files == []
+    return False
 
 
 def _check_types(ds, cmap: ColumnMap) -> None:
@@ -185,7 +201,25 @@ def _suffix(data: bytes) -> str:
     return ".img"  # read_pairs reports it when PIL cannot open it
 
 
-def materialize(ds, cmap: ColumnMap, folder: Path, progress=None, chunk: int = 256) -> None:
+ENTRY = ".pedit-dataset.json"  # the pair folder's record: its cache key and its files' content hash
+
+
+def entry_problem(folder: Path, key: str) -> str | None:
+    """None when the cached pair folder is the one written for `key`, its files as written (issue 27)."""
+    from pedit.cache import entry_problem as files_problem
+
+    try:
+        record = json.loads((folder / ENTRY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        return f"{folder / ENTRY} is missing or unreadable (its record of what it was written from)"
+    if record.get("key") != key:
+        return "it was written from another dataset, split or column map"
+    return files_problem(folder, record.get("files"), record.get("content"))
+
+
+def materialize(ds, cmap: ColumnMap, folder: Path, progress=None, chunk: int = 256, key: str = "") -> None:
     """Write `ds` as a pair folder at `folder` (absent): images' bytes as stored, one row a pair.
 
     Rows are read as Arrow slices of the mapped columns (an image is its stored struct {bytes,
@@ -207,8 +241,13 @@ def materialize(ds, cmap: ColumnMap, folder: Path, progress=None, chunk: int = 2
                 if progress is not None:
                     progress(min(start + chunk, len(ds)), len(ds))
         if problems:
-            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-            raise PairFolderError(f"The dataset has {len(problems)} problem(s):\n  " + "\n  ".join(problems[:10]) + more)
+            from pedit.data.pairs import problem_list
+
+            raise PairFolderError(f"The dataset has {problem_list(problems)}. Fix or remove those rows.")
+        from pedit.cache import seal
+
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        (tmp / ENTRY).write_text(json.dumps({"key": key, "files": files, "content": seal(tmp, files)}))
         try:
             os.rename(tmp, folder)
         except OSError:
@@ -250,10 +289,13 @@ def dataset_pair_folder(data: str, columns: str | None, split: str = "train", sa
     _check_types(ds, cmap)
     key = hashlib.sha256(json.dumps([FORMAT, ds._fingerprint, split, len(ds), cmap.text()]).encode()).hexdigest()
     folder = cache_root() / "datasets" / key[:20]
-    if (folder / "metadata.jsonl").is_file():
+    if os.path.lexists(folder):
+        if (why := entry_problem(folder, key)) is not None:
+            raise PairFolderError(f"The cached pair folder {folder} of dataset {data} is damaged ({why}); delete "
+                                  "it to write it again.")
         say(f"dataset {data} ({len(ds)} rows, {cmap.text()}): pair folder {folder} (cached)")
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     say(f"dataset {data} ({len(ds)} rows, {cmap.text()}): writing pair folder {folder}")
-    materialize(ds, cmap, folder, progress)
+    materialize(ds, cmap, folder, progress, key=key)
     return folder

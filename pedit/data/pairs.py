@@ -128,6 +128,13 @@ def _row_problem(rec: dict) -> str | None:
     return None
 
 
+def problem_list(problems: list[str]) -> str:
+    """'N problem(s): a | b | ... and K more': the first MAX_REPORTED of a folder's or dataset's problems,
+    on one line (an `Error:` is one line, whatever it lists)."""
+    more = f" | ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+    return f"{len(problems)} problem(s): " + " | ".join(problems[:MAX_REPORTED]) + more
+
+
 def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable[[int, int], None] | None = None) -> list[Pair]:
     """Every pair of a pair folder, validated. All problems are collected and reported at once."""
     root = Path(folder)
@@ -182,9 +189,7 @@ def read_pairs(folder: str | Path, check_images: bool = True, progress: Callable
     if check_images:
         problems += _check_images(pairs, root, progress)
     if problems:
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        raise PairFolderError(f"Pair folder {root} has {len(problems)} problem(s):\n  {shown}{more}\nFix or remove those rows.")
+        raise PairFolderError(f"Pair folder {root} has {problem_list(problems)}. Fix or remove those rows.")
     if not pairs:
         raise PairFolderError(f"Pair folder {root} has no pairs ({METADATA} is empty).")
     return pairs

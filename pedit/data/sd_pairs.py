@@ -222,10 +222,14 @@ def generate_sd_pairs(cfg: SDPairsConfig, sample: Callable, make_scheduler: Call
     pedit.photos' loader (the photos wing sits above this one, so it is passed in, not imported).
     """
     from pedit.data.sd_models import IPAdapterIdentity, identity_faces, load_sd_parts
+    from pedit.files import check_output_not_input
 
     out = Path(cfg.output)
     say = log or (lambda _msg: None)
     settings = _settings(cfg)
+    check_output_not_input(out, {"--base": cfg.base, "--controlnet": cfg.controlnet, "--pose": cfg.pose,
+                                 "--pose-annotators": cfg.pose_annotators, "--identity-dir": cfg.identity_dir,
+                                 "--directions-file": cfg.directions_file})
     claim_folder(out, settings, RUN_ONLY, write=False)  # a mixed folder is refused before the expensive work
     available = all_directions(cfg.directions_file)
     directions = [resolve(name, available) for name in cfg.directions]

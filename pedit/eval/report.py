@@ -15,8 +15,12 @@ def check_report_folder(cfg) -> None:
     from pedit.errors import OutputError
     from pedit.files import exists_error
 
+    from pedit.files import check_output_not_input
+
     if cfg.output is None:
         return
+    check_output_not_input(cfg.output, {"-m": cfg.model, "--pairs": getattr(cfg, "pairs", None),
+                                        **{"--photos": p for p in getattr(cfg, "photos", ())}})
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise OutputError(f"-o {out} is a file; eval writes a report folder ({', '.join(REPORT_FILES)}).")
@@ -28,7 +32,7 @@ def check_report_folder(cfg) -> None:
 def write_report(out: Path, report: dict, grid_rows: list, cfg) -> None:
     """The report files, each atomic and exclusive (the same overwrite rule as `pedit edit`)."""
     from pedit.errors import OutputError
-    from pedit.files import write_atomic, write_text_atomic
+    from pedit.files import commit_all, stage, write_failure
     from pedit.viz import image_grid
 
     check_report_folder(cfg)  # again: another run may have written a report meanwhile
@@ -36,11 +40,24 @@ def write_report(out: Path, report: dict, grid_rows: list, cfg) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"Cannot create report folder {out}: {e.strerror or e}.") from e
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2), cfg.overwrite)
-    write_text_atomic(out / "report.md", markdown_report(report), cfg.overwrite)
+    # All three files or none (a full disk at the grid left a report without it): each is finished in its
+    # temp first, then all take their names together (pedit.files.commit_all, as an edit's files).
+    writes = [(out / "report.json", lambda f: f.write(json.dumps(report, indent=2).encode())),
+              (out / "report.md", lambda f: f.write(markdown_report(report).encode()))]
     if grid_rows:
         grid = image_grid(grid_rows, col_labels=["input", "ground truth", *cfg.methods])
-        write_atomic(out / "grid.png", lambda f: grid.save(f, format="PNG"), cfg.overwrite)
+        writes.append((out / "grid.png", lambda f: grid.save(f, format="PNG")))
+    staged = []
+    try:
+        for path, write in writes:
+            staged.append((stage(path, write), path))
+        commit_all(staged, cfg.overwrite)
+    except BaseException as e:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        if (why := write_failure(e)) is not None:
+            raise OutputError(f"Could not write the report into {out}: {why}; nothing of it was kept.") from None
+        raise
 
 
 def _fmt(v, digits=2) -> str:

@@ -71,8 +71,10 @@ class ExportConfig:
     wait: bool = False  # wait for another export of the folder to finish (backends) instead of failing
 
     def __post_init__(self):
+        from pedit.files import check_output_not_input
         from pedit.validate import check_int, check_number
 
+        check_output_not_input(self.output, {"-m": self.model})  # before anything is said or done
         unknown = [n for n in self.networks if n not in NETWORKS]
         if unknown or not self.networks:
             raise ConfigError(f"Unknown network(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(NETWORKS)}.")
@@ -129,12 +131,18 @@ def export_model(cfg: ExportConfig, log: Callable[[str], None] = lambda msg: Non
 
     from pedit.model.loading import load_model
 
+    from pedit.files import check_output_not_input
+
+    check_output_not_input(cfg.output, {"-m": cfg.model if model is None else model.path})
     if model is None:
         model = load_model(cfg.model, allow_pickle=cfg.allow_pickle, device="cpu", dtype=torch.float32)
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; -o takes a folder for the engines.")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"Cannot create the engines folder {out}: {e.strerror or e}.") from None
     with graph_files.exclusive(out, wait=cfg.wait):
         for p in graph_files.clean_debris(out):
             log(f"removed {p.name}, left by an export that was killed")

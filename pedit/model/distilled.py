@@ -39,6 +39,8 @@ MAX_SCALE = 15.0  # below the longest period: scales s and s + 16 would give the
 FEATURES = 2 * FREQUENCIES * len(SCALE_NAMES)  # the class embedding's input width
 DEFAULT_RANGE = {"s_s": (1.0, 2.5), "s_im": (1.0, 2.0), "s_p": (1.0, 7.5)}
 SETTABLE = ("kind", "rows_per_branch", "rows_per_step", "scale_range", "teacher", "steps_trained", "fidelity")
+TYPES = {"kind": str, "rows_per_branch": int, "rows_per_step": int, "scale_range": dict, "teacher": str,
+         "steps_trained": int, "fidelity": str}  # pedit.json "distilled": each name's type
 ROWS_PER_STEP = 2  # a masked edit's step: p_b and p_a, one row each (1 without the mask)
 
 
@@ -174,10 +176,12 @@ def distilled_for(meta: dict) -> Distilled | None:
 
 def check_distilled_settings(meta: dict, where) -> None:
     """ValueError naming the bad entry when pedit.json's "distilled" is malformed."""
-    settings = meta.get("distilled")
-    if settings is None:
+    from pedit.validate import check_section
+
+    if "distilled" not in meta:
         return
-    if not isinstance(settings, dict) or set(settings) - set(SETTABLE) or settings.get("kind") != "guidance":
+    settings = check_section(where, "distilled", meta["distilled"], TYPES, required=("kind", "scale_range"))
+    if settings.get("kind") != "guidance":
         raise ValueError(f"{where}: \"distilled\" must be an object with kind \"guidance\" and only "
                          f"{', '.join(SETTABLE)}.")
     if settings.get("rows_per_branch", 1) != 1 or settings.get("rows_per_step", ROWS_PER_STEP) != ROWS_PER_STEP:

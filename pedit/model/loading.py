@@ -29,6 +29,7 @@ from pedit.model.mask_settings import check_mask_settings
 from pedit.model.paths import BUNDLED_MODELS, bundled_model_path, model_path  # noqa: F401 (imported from here too)
 from pedit.model.sampling_settings import check_sampling_settings
 from pedit.model.distilled import FEATURES, check_distilled_settings, is_student
+from pedit.validate import NUMBER, check_section
 
 # pedit.model.mcdm imports diffusers (seconds): imported where a model is built, so that a cached
 # model (pedit.model.traced) can be checked with the functions here without it.
@@ -340,6 +341,17 @@ class LoadedModel:
         return int(self.meta["resolution"])
 
 
+# Every top-level name of pedit.json, with its type (pedit.validate.check_section): a misspelled or unknown
+# name is an error naming these, a null or wrong-typed value is one at load. A new setting is added here.
+TOP_LEVEL = {
+    "format": int, "pedit_version": str, "conventions": dict, "num_image_tokens": int, "frozen": dict, "base": str,
+    "init": str, "resolution": int, "latent_factor": int, "directions": list, "steps_trained": int,
+    "steps_trained_total": int, "prediction_type": str, "training": dict, "training_history": (str, list),
+    "peak_gpu_memory_gib": NUMBER, "mask": dict, "mask_by_task": dict, "mask_by_direction": dict,
+    "mask_tuning": (str, dict), "sampling": dict, "distilled": dict, "bundled": bool,
+}
+
+
 def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
     """(folder, pedit.json) of an MCDM model folder (default: the bundled toon model), checked before any loading."""
     path = model_path(path)
@@ -363,13 +375,17 @@ def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
     if isinstance(resolution, bool) or not isinstance(resolution, int) or not 8 <= resolution <= MAX_RESOLUTION:
         raise ModelError(f"{path / 'pedit.json'}: resolution must be an integer from 8 to {MAX_RESOLUTION}, "
                          f"got {resolution!r}.")
-    model_directions(meta, path)
+    try:
+        check_section(str(path / "pedit.json"), "", meta, TOP_LEVEL, required=("resolution",))
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    directions = model_directions(meta, path)
     sched_file = path / "scheduler" / "scheduler_config.json"
     if (why := regular_file_problem(sched_file)) is not None:
         raise ModelError(f"Scheduler config {sched_file} {why}.")
     check_scheduler_config(_read_json(sched_file, "Scheduler config"), sched_file)
     try:
-        check_mask_settings(meta, path / "pedit.json")  # "mask", "mask_by_task", "mask_by_direction"
+        check_mask_settings(meta, path / "pedit.json", list(directions))  # "mask", "mask_by_task", "mask_by_direction"
         check_sampling_settings(meta, path / "pedit.json")  # "sampling"
         check_distilled_settings(meta, path / "pedit.json")  # "distilled"
     except ValueError as e:

@@ -79,17 +79,31 @@ LEVELS = ("mask", "mask_by_task", "mask_by_direction")
 SETTABLE = tuple(f for f in MaskConfig.__dataclass_fields__ if f != "batch")  # batch bounds memory: the runtime's choice
 
 
-def check_mask_settings(meta: dict, where) -> None:
-    """ValueError naming the bad entry when pedit.json's mask settings are malformed."""
-    groups = [("mask", meta.get("mask", {}))]
-    for level in LEVELS[1:]:
-        by = meta.get(level, {})
+def check_mask_settings(meta: dict, where, directions=None) -> None:
+    """ValueError naming the bad entry when pedit.json's mask settings are malformed: a section that is not an
+    object, a setting name that is not MaskConfig's (misspelled: the valid ones named), a task that is not
+    one, a direction the model does not have (`directions`: its names; None: not checked), a null or bad value."""
+    from pedit.data.directions import TASKS
+    from pedit.validate import check_names, check_section
+
+    from pedit.validate import NUMBER
+
+    settable = {name: int if name == "n_noise" else NUMBER for name in SETTABLE}  # MaskConfig checks the ranges
+    groups = []
+    if "mask" in meta:
+        groups.append(("mask", meta["mask"]))
+    for level, names, what in (("mask_by_task", TASKS, "task"), ("mask_by_direction", directions, "direction")):
+        if level not in meta:
+            continue
+        by = meta[level]
         if not isinstance(by, dict):
-            raise ValueError(f"{where}: \"{level}\" must map names to mask settings.")
+            raise ValueError(f"{where}: \"{level}\" must map {what} names to mask settings, got "
+                             f"{'null' if by is None else type(by).__name__}.")
+        if names is not None:
+            check_names(where, level, by, names, what)
         groups += [(f"{level}.{name}", v) for name, v in by.items()]
     for name, settings in groups:
-        if not isinstance(settings, dict) or set(settings) - set(SETTABLE):
-            raise ValueError(f"{where}: \"{name}\" may only set {', '.join(SETTABLE)}.")
+        check_section(where, name, settings, settable)
         try:
             MaskConfig(**settings)  # its own validation of each value
         except ConfigError as e:

@@ -12,7 +12,11 @@ What is cached, per model folder, under `cache_dir()/<key>/` (pedit.cache; CPU, 
                           its preprocessing; decode(z)
     prompts.pt            c_p of every prompt the model's directions use, and of ""
     scheduler_config.json the model's noise schedule
-    meta.json             the key and what it was made from (written last: marks a complete cache)
+    meta.json             the key, what it was made from, and the content hash of the three files above
+                          (written last: marks a complete cache). Every load checks the entry is still
+                          those files (pedit.cache.entry_problem: regular files, no links, the hash,
+                          remembered with each file's stat so an unchanged entry is not re-read); an
+                          entry replaced, altered or linked since is rebuilt from the model
 The traces record the very modules and methods the eager path calls, so they run the same kernels:
 a cache is written only when every trace reproduces its eager module bit for bit on test inputs,
 and tests/test_coldstart.py pins that an edit gives the same bytes either way.
@@ -27,6 +31,7 @@ need allow_pickle) run on every load, as for the eager path. A prompt outside th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -39,11 +44,13 @@ import torch
 from torch import nn
 
 from pedit import __version__
-from pedit.cache import cache_root, content_hash
+from pedit.cache import cache_root, content_hash, entry_problem, links_problem, seal
 from pedit.errors import PeditError
 from pedit.noise import rand, randn
 
-CACHE_FORMAT = 3  # 2: the 1- and 2-row calls outside a guidance interval checked; 3: one timestep per row
+CACHE_FORMAT = 4  # 2: the 1- and 2-row calls outside a guidance interval checked; 3: one timestep per row;
+# 4: meta.json records the content hash of the entry's files, checked at every load
+ENTRY_FILES = ("model.pt", "prompts.pt", "scheduler_config.json")
 COMPONENTS = ("unet", "image_projector", "vae", "text_encoder", "tokenizer", "image_encoder", "scheduler")
 CHECK_BATCHES = (1, 2, 5, 15, 50, 65)  # denoise rows checked against eager: a plain step's 1-2, the sampler's 5,
 # and mask calls
@@ -214,14 +221,21 @@ def build_cache(model, key: str, root: Path | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
+        # Serialised in memory, then written by Python: torch's own file writer aborts the whole process
+        # (C++ terminate) when the disk fills mid-write, where a Python write raises an OSError that
+        # leaves the edit going on without the cache (issue 27).
+        model_bytes, prompt_bytes = io.BytesIO(), io.BytesIO()
         with _quiet_jit():
-            traced.save(str(tmp / "model.pt"))
-        torch.save({"prompts": prompts, "embeddings": embeddings.contiguous()}, tmp / "prompts.pt")
+            torch.jit.save(traced, model_bytes)
+        torch.save({"prompts": prompts, "embeddings": embeddings.contiguous()}, prompt_bytes)
+        (tmp / "model.pt").write_bytes(model_bytes.getbuffer())
+        (tmp / "prompts.pt").write_bytes(prompt_bytes.getbuffer())
         (tmp / "scheduler_config.json").write_text(json.dumps(parts.scheduler_config, indent=2))
         info = {"format": CACHE_FORMAT, "key": key, "model": str(model.path), "torch": torch.__version__,
-                "pedit": __version__, "resolution": res, "methods": list(example)}
+                "pedit": __version__, "resolution": res, "methods": list(example),
+                "files": list(ENTRY_FILES), "content": seal(tmp, list(ENTRY_FILES))}
         (tmp / "meta.json").write_text(json.dumps(info, indent=2))  # written last: marks a complete cache
-        if final.exists():  # unreadable (load_cached said so), or another process just wrote it: replace
+        if os.path.lexists(final):  # unreadable or altered (load_cached said so), or another process just wrote it
             stale = root / f".{key}-stale-{os.getpid()}"
             os.rename(final, stale)
             shutil.rmtree(stale, ignore_errors=True)
@@ -316,9 +330,13 @@ def load_cached(path: Path, meta: dict, key: str, allow_pickle: bool = False, ro
     """The cached model for `key`, or None when there is none (or it is unreadable: rebuilt then)."""
     folder = (root or cache_dir()) / key
     try:
+        if links_problem(folder) is not None:
+            return None
         info = json.loads((folder / "meta.json").read_text())
         if info.get("format") != CACHE_FORMAT or info.get("key") != key:
             return None
+        if entry_problem(folder, info.get("files"), info.get("content")) is not None:
+            return None  # replaced, altered or linked since it was written: rebuilt from the model
         with _quiet_jit():
             module = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
         stored = torch.load(folder / "prompts.pt", weights_only=True)

@@ -158,12 +158,34 @@ def cached_lora_problem(lora_dir: Path) -> str | None:
         return f"{path} is a link (a cache holds only the files pedit wrote)"
     if (why := regular_file_problem(path)) is not None:
         return f"{path} {why}"
+    if (why := _entry_problem(lora_dir)) is not None:
+        return why
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError) as e:
         return f"{path} does not read as safetensors ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
     if not tensors or not all(t.is_floating_point() and bool(torch.isfinite(t).all()) for t in tensors.values()):
         return f"{path} holds no LoRA weights or non-finite ones"
+    return None
+
+
+def _entry_problem(lora_dir: Path) -> str | None:
+    """None when the LoRA folder is the one trained for its cache key (its folder's name), its files as written."""
+    import json
+
+    from pedit.cache import entry_problem
+    from pedit.stickers.dreambooth import ENTRY
+
+    try:
+        record = json.loads((lora_dir / ENTRY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        return f"{lora_dir / ENTRY} is missing or unreadable (its record of what it was trained for)"
+    if record.get("key") != lora_dir.parent.name:
+        return f"{lora_dir} was trained for another cache key ({str(record.get('key'))[:20]})"
+    if (why := entry_problem(lora_dir, record.get("files"), record.get("content"))) is not None:
+        return f"{lora_dir}: {why}"
     return None
 
 

@@ -227,12 +227,26 @@ def train_lora(pipe, views: Sequence[Image.Image], cfg: DreamBoothConfig, folder
         StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
         (tmp / "dreambooth.json").write_text(json.dumps({**asdict(cfg), "instance_prompt": cfg.instance_prompt,
                                                          "views": len(views), "resolution": size}, indent=2))
+        seal_lora(tmp, folder.name)
         os.replace(tmp, lora_dir)
         shutil.rmtree(checkpoints, ignore_errors=True)
     finally:
         unet.delete_adapters("default")
         unet.eval()
     return lora_dir
+
+
+ENTRY = "entry.json"  # the LoRA folder's record: its cache key and its files' content hash (pedit.cache.seal)
+LORA_FILES = (LORA_FILE, "dreambooth.json")
+
+
+def seal_lora(lora_dir: Path, key: str) -> None:
+    """Record, in the finished LoRA folder, the key it was trained for and its files' content hash: what
+    cartoon.cached_lora_problem checks before a cached LoRA is used (issue 27)."""
+    from pedit.cache import seal
+
+    (lora_dir / ENTRY).write_text(json.dumps({"key": key, "files": list(LORA_FILES),
+                                              "content": seal(lora_dir, list(LORA_FILES))}))
 
 
 def _loss(unet, noise_scheduler, latents: torch.Tensor, embeds: torch.Tensor, batch: int, g: torch.Generator):

@@ -140,6 +140,11 @@ def check_text(flag: str, text: str, limit: int, why: str) -> None:
     """A one-line, non-empty title or author of at most `limit` characters, or ConfigError."""
     if not text.strip():
         raise ConfigError(f"{flag} is empty; the apps show it on the pack. Give a short {flag[2:]}.")
+    try:  # bytes that are not UTF-8 arrive from the command line as lone surrogates: no app can show them
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{flag} {ascii(text)} is not valid Unicode text (bytes that are not UTF-8, or a lone "
+                          "surrogate); give it in UTF-8.") from None
     if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in text):
         raise ConfigError(f"{flag} holds a line break or control character; give it on one line.")
     n = text_length(text)

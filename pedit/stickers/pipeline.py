@@ -25,7 +25,7 @@ from PIL import Image
 
 from pedit import __version__
 from pedit.errors import ConfigError, InputImageError, OutputError
-from pedit.files import clean_stale_temps, temp_path
+from pedit.files import clean_stale_temps, temp_path, write_failure
 from pedit.stickers.matte import MatteConfig, make_sticker
 from pedit.stickers.formats import check_pack_text, check_sticker_count, pack_emoji
 from pedit.stickers.pack import STICKER_SIDE, preview_sheet, write_pack
@@ -234,6 +234,9 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
     from pedit.edit.editor import Editor
 
     out = Path(cfg.output)
+    from pedit.files import check_output_not_input
+
+    check_output_not_input(out, {"the selfie": cfg.selfie, "-m": cfg.model, "--base": cfg.base})
     _check_output(out, cfg.overwrite)  # before any work
     photo, face, portrait, selfie_record = _selfie_portrait(cfg)
     if face is None:
@@ -327,8 +330,10 @@ def _write(cfg, out: Path, portrait, directions, edited, manifest, scorer, progr
         (tmp / "config.json").write_text(json.dumps(manifest["config"], indent=2) + "\n", encoding="utf-8")
         progress(StageProgress("pack", total, total, "done"))
         _move_into_place(tmp, out, cfg.overwrite)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (why := write_failure(e)) is not None:
+            raise OutputError(f"Could not write the sticker pack {out}: {why}; nothing of it was kept.") from None
         raise
     return out
 

@@ -149,6 +149,9 @@ class BaseSpec:
     norm_groups: int  # GroupNorm groups in the VAE and the U-Net
     vae_layers_per_block: int = 1  # encoder resnets per level (the decoder has one more)
     unet_heads: int | None = None  # heads at every U-Net level instead (SD 1.5: 8, head width 40-160)
+    # The VAE's scaling factor as built (train_vae later sets 1 / latent std). Tests' TINY base carries
+    # Stable Diffusion's 0.18215: with 1.0 a latent left unscaled, or scaled twice, looks the same (issue 27).
+    scaling_factor: float = 1.0
 
     def __post_init__(self):
         widths = (*self.vae_channels, *self.unet_channels)
@@ -185,6 +188,7 @@ TINY = BaseSpec(
     vision_patch=16,
     attention_head_dim=8,
     norm_groups=4,
+    scaling_factor=0.18215,  # Stable Diffusion 1.x's: an identity constant hides whole classes of bug
 )
 
 # The shipped toon model's base: 128 px images, 16x16x4 latents (factor 8, as SD), 16 vision patches.
@@ -339,7 +343,7 @@ def build_base(folder: Path, spec: BaseSpec = TINY, seed: int = 0) -> Path:
         latent_channels=4,
         norm_num_groups=spec.norm_groups,
         sample_size=spec.resolution,
-        scaling_factor=1.0,  # set to 1 / latent std by train_vae
+        scaling_factor=spec.scaling_factor,  # set to 1 / latent std by train_vae
     )
     vae.save_pretrained(folder / "vae", safe_serialization=True)
 

@@ -7,7 +7,8 @@ import functools
 import numpy as np
 import torch
 
-from pedit.data.pairs import Pair, load_rgb
+from pedit.data.pairs import Pair
+from pedit.train.latent_cache import read_unchanged
 from pedit.noise import rand, randint
 
 
@@ -56,7 +57,7 @@ class PairImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         p = self.pairs[i]
-        return tuple(torch.from_numpy(load_rgb(f, self.size)).permute(2, 0, 1) for f in (p.x_A, p.x_B))
+        return tuple(torch.from_numpy(read_unchanged(f, self.size)).permute(2, 0, 1) for f in (p.x_A, p.x_B))
 
 
 def sample_dropout(batch: int, p: float, generator: torch.Generator) -> torch.Tensor:

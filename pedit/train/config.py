@@ -104,6 +104,11 @@ RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "max_steps", "max_minutes"
                      "validate_every", "keep_checkpoints", "cache", "cache_dir", "log_every")
 
 
+# The folders a train or distill run reads (flag, config field): -o may be none of them, inside none, hold none.
+RUN_INPUTS = (("--data", "data"), ("--base", "base"), ("--init-from", "init_from"), ("--image-encoder", "image_encoder"),
+              ("-m", "teacher"))
+
+
 def run_entries(out: Path) -> list[str]:
     """The entries of a run in `out` (including a model save cut short)."""
     if not out.is_dir():
@@ -119,7 +124,10 @@ def check_output_folder(cfg: TrainConfig) -> None:
     Without this, a second run into one folder replaced the model, some checkpoints and not others,
     and a later --resume continued the old run.
     """
+    from pedit.files import check_output_not_input
+
     out = Path(cfg.output)
+    check_output_not_input(out, {flag: getattr(cfg, name, None) for flag, name in RUN_INPUTS})
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out} is a file; train writes a model folder. Choose another -o.")
     held = run_entries(out)

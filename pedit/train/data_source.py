@@ -89,8 +89,12 @@ def frozen_batches(cfg: TrainConfig, data: Path, pairs: list[Pair], parts, size:
             cache = build_or_load(root, pairs, data, parts, size, workers=cfg.num_workers,
                                   build=accelerator.is_main_process,
                                   progress=lambda n, total: report(TrainProgress(n, total, float("nan"), 0.0, "cache")))
-        except OSError as e:  # a full disk while building: say it was the cache, in one line
-            raise OutputError(f"The latent cache could not be written to {root} ({e.strerror or e}); free space "
+        except Exception as e:  # a full disk while building (an OSError, or safetensors' own error): one line
+            from pedit.files import write_failure
+
+            if (why := write_failure(e)) is None:
+                raise
+            raise OutputError(f"The latent cache could not be written to {root} ({why}); free space "
                               "there, pass --cache-dir with another folder, or train with --no-cache.") from None
     where = dev
     if dev.type == "cuda" and cache.nbytes() > torch.cuda.mem_get_info(dev)[0] // 2:

@@ -36,7 +36,7 @@ from pedit.train.batches import step_seed
 from pedit.train.config import TrainConfig, check_output_folder, check_resume_data
 from pedit.train.data_source import cache_root, data_folder
 from pedit.train.loop import _directions, check_prediction_type, validation_grid
-from pedit.train.steps import StepInputs, _backward, claim_output, finish, prepare_run, run_steps
+from pedit.train.steps import StepInputs, _backward, claim_output, finish, frozen_snapshot, prepare_run, run_steps, writes_said
 from pedit.train.progress import TrainProgress
 
 # What a student's pedit.json keeps of its teacher's: the frozen parts' origin, the directions, the
@@ -198,7 +198,6 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from pedit.model.loading import load_frozen_parts
     from pedit.train.latent_cache import check_writable, data_hash
 
     out = Path(cfg.output)
@@ -225,6 +224,7 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
     set_seed(cfg.seed)  # the scale embedding's first layer starts random: a function of the seed, as in train
     student = make_student(teacher.mcdm, cfg.gradient_checkpointing)
     claimed = main and claim_output(cfg, out, fingerprint, {TEACHER_FINGERPRINT: teacher_fingerprint})
+    fp32_parts = frozen_snapshot(parts, cfg.mixed_precision)  # the frozen parts as read now, for the save
     run, weight_dtype, noise_scheduler, frozen, micro_batches = prepare_run(
         cfg, accelerator, student, parts, out, claimed, (data, pairs, size), report, say, (teacher.mcdm,))
     student, ema, accum, rank = run.model, run.ema, cfg.gradient_accumulation, accelerator.process_index
@@ -243,9 +243,9 @@ def distill(cfg: DistillConfig, progress: Callable[[TrainProgress], None] | None
         return validation_grid(accelerator.unwrap_model(student), ema, parts, pairs, directions, size, out, done,
                                cfg.seed, {"distilled": distilled}, validation_scales)
 
-    done = run_steps(cfg, run, step_loss, report, say, validation)
-    meta = {**kept,
-            "distilled": {**distilled, "steps_trained": done}, "steps_trained": done, "training": asdict(cfg)}
-    finish(accelerator, student, ema, parts, weight_dtype, out, meta,
-           lambda: load_frozen_parts(teacher.path, cfg.allow_pickle))
+    with writes_said(cfg, out, claimed):
+        done = run_steps(cfg, run, step_loss, report, say, validation)
+        meta = {**kept,
+                "distilled": {**distilled, "steps_trained": done}, "steps_trained": done, "training": asdict(cfg)}
+        finish(accelerator, student, ema, parts, weight_dtype, out, meta, fp32_parts)
     return out

@@ -15,7 +15,10 @@ values the uncached loop also rounds to), in safetensors shards of `SHARD_PAIRS`
 folder named by a key that hashes everything that changes the answers: metadata.jsonl and every
 image's bytes, the frozen weights and configs, the resolution, the dtype. A shard written by an
 interrupted build is reused when its key matches; `manifest.json` is written last, so a folder
-without it is never read as complete.
+without it is never read as complete. The manifest records the content hash of the shards and the
+prompt table (pedit.cache.seal), and every load checks the folder is still those files, regular
+files with no link among them (pedit.cache.entry_problem; a file's hash is remembered with its stat,
+so an unchanged cache costs a stat per file): a shard swapped in from another cache is refused.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from typing import Callable
 
 import torch
 
+from pedit.cache import entry_problem, seal, stat_key
 from pedit.data.pairs import METADATA, Pair, load_rgb
-from pedit.errors import OutputError
+from pedit.errors import OutputError, PairFolderError
 
-FORMAT = 1
+FORMAT = 2  # 2: the manifest records the content hash of the shards and the prompt table
 SHARD_PAIRS = 4096
 ENCODE_BATCH = 64
 PAIR_TENSORS = ("mean_A", "std_A", "mean_B", "std_B", "clip_A")
@@ -44,15 +48,32 @@ def _hash_file(h, path: Path) -> None:
             h.update(block)
 
 
+_READ: dict[str, list] = {}  # image path → its stat when data_hash read it (this process): read_unchanged
+
+
 def data_hash(folder: Path, pairs: list[Pair]) -> str:
-    """sha256 over metadata.jsonl and the bytes of every x_A and x_B, in pair order."""
+    """sha256 over metadata.jsonl and the bytes of every x_A and x_B, in pair order. Each image's stat is
+    remembered as it is read, so later reads of the run can tell it has not changed since (read_unchanged)."""
     h = hashlib.sha256()
     _hash_file(h, Path(folder) / METADATA)
     for p in pairs:
         for f in (p.x_A, p.x_B):
             h.update(os.fsencode(str(f.relative_to(Path(folder).resolve()) if f.is_absolute() else f)))  # names need not be UTF-8
+            _READ[str(f)] = stat_key(os.stat(f))  # before the bytes: a write during the hash moves it
             _hash_file(h, f)
     return h.hexdigest()
+
+
+def read_unchanged(path: Path, size: int):
+    """load_rgb(path, size), refusing an image that changed since the run's data_hash read it (issue 27):
+    a run that reads images as it goes (--no-cache, or the cache build) must not train on a mix of the
+    folder as it was and as it is. A stat per read: any write moves the file's ctime (pedit.cache.stat_key)."""
+    seen = _READ.get(str(path))
+    if seen is not None and stat_key(os.stat(path)) != seen:
+        raise PairFolderError(f"{path} changed while the run was using its pair folder (after the run read it at "
+                              "its start); a run trains on the pairs as they were then or not at all. Leave the "
+                              "folder unchanged during a run, and start again.")
+    return load_rgb(path, size)
 
 
 def parts_hash(parts, size: int, dtype: torch.dtype) -> str:
@@ -210,8 +231,9 @@ def _build(folder: Path, key: str, pairs: list[Pair], parts, size: int, progress
     save_file({"prompts": embeddings.to("cpu", parts.dtype).contiguous()}, str(tmp),
               metadata={"key": key, "texts": json.dumps(prompts)})
     os.replace(tmp, folder / "prompts.safetensors")
+    files = [_shard_path(folder, s).name for s in range(n_shards)] + ["prompts.safetensors"]
     manifest = {"format": FORMAT, "key": key, "pairs": len(pairs), "shards": n_shards, "dtype": str(parts.dtype),
-                "resolution": size, "tensors": list(PAIR_TENSORS)}
+                "resolution": size, "tensors": list(PAIR_TENSORS), "files": files, "content": seal(folder, files)}
     tmp = folder / "manifest.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, folder / "manifest.json")
@@ -226,7 +248,7 @@ def _image_loader(pairs: list[Pair], size: int, workers: int):
 
         def __getitem__(self, i):
             p = pairs[i]
-            return tuple(torch.from_numpy(load_rgb(f, size)).permute(2, 0, 1) for f in (p.x_A, p.x_B))
+            return tuple(torch.from_numpy(read_unchanged(f, size)).permute(2, 0, 1) for f in (p.x_A, p.x_B))
 
     def loader(lo: int, hi: int):
         batches = [list(range(b, min(hi, b + ENCODE_BATCH))) for b in range(lo, hi, ENCODE_BATCH)]
@@ -246,6 +268,8 @@ def _load(folder: Path, key: str, pairs: list[Pair]) -> LatentCache:
         manifest = json.loads(_cache_file(folder, "manifest.json").read_text())
         if manifest.get("key") != key or manifest.get("pairs") != len(pairs):
             raise OutputError(f"Latent cache {folder} belongs to other data; delete the folder to rebuild it.")
+        if manifest.get("format") != FORMAT:
+            raise _damaged(folder, f"an older pedit wrote it (format {manifest.get('format')!r}, now {FORMAT})")
         shards = [load_file(str(_cache_file(folder, _shard_path(folder, s).name))) for s in range(int(manifest["shards"]))]
         pair = {name: torch.cat([s[name] for s in shards]) for name in PAIR_TENSORS}
         with safe_open(str(_cache_file(folder, "prompts.safetensors")), "pt") as f:
@@ -256,6 +280,9 @@ def _load(folder: Path, key: str, pairs: list[Pair]) -> LatentCache:
     except Exception as e:  # a truncated shard, a missing tensor, a manifest edited by hand
         raise _damaged(folder, f"{type(e).__name__}: {e}") from None
     _check_tensors(folder, manifest, pair, prompts, len(pairs), texts, prompt_texts(pairs))
+    # Last, so a damaged tensor is named; this catches well-formed files of another cache swapped in.
+    if (why := entry_problem(folder, manifest.get("files"), manifest.get("content"))) is not None:
+        raise _damaged(folder, why)
     p_a, p_b = prompt_rows(pairs, texts)
     return LatentCache(**pair, prompts=prompts, p_a=p_a, p_b=p_b, folder=folder)
 

@@ -29,7 +29,7 @@ from pedit.train.batches import sample_dropout, step_seed
 from pedit.train.config import TrainConfig, check_output_folder, check_resume_data
 from pedit.train.data_source import cache_root, data_folder
 from pedit.train.progress import TrainProgress
-from pedit.train.steps import StepInputs, _backward, claim_output, finish, prepare_run, run_steps
+from pedit.train.steps import StepInputs, _backward, claim_output, finish, frozen_snapshot, prepare_run, run_steps, writes_said
 
 DROP_S, DROP_IM, DROP_P = 1, 2, 4  # bits of a dropout subset; subsets 1..7 are the non-empty ones
 VALIDATION_STEPS = 20  # sampling steps of the validation grids' edits ...
@@ -110,6 +110,7 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     claimed = False
     if main:  # every input has loaded: only now does the output folder appear (or lose its old run)
         claimed = claim_output(cfg, out, data_fingerprint)
+    fp32_parts = frozen_snapshot(parts, cfg.mixed_precision)  # the frozen parts as read now, for the save
     run, weight_dtype, noise_scheduler, frozen, micro_batches = prepare_run(
         cfg, accelerator, mcdm, parts, out, claimed, (data, pairs, size), report, say)
     mcdm, ema, accum, rank = run.model, run.ema, cfg.gradient_accumulation, accelerator.process_index
@@ -122,16 +123,16 @@ def train(cfg: TrainConfig, progress: Callable[[TrainProgress], None] | None = N
     def validation(done: int) -> Path:
         return validation_grid(accelerator.unwrap_model(mcdm), ema, parts, pairs, directions, size, out, done, cfg.seed)
 
-    done = run_steps(cfg, run, step_loss, report, say, validation)
+    with writes_said(cfg, out, claimed):
+        done = run_steps(cfg, run, step_loss, report, say, validation)
 
-    meta = {"base": str(base), "init": cfg.init, "resolution": size, "latent_factor": parts.latent_factor,
-            "directions": [directions[k] for k in sorted(directions)], "steps_trained": done,
-            "prediction_type": prediction_type, "training": asdict(cfg)}
-    if accelerator.device.type == "cuda":  # what a user sizing a card needs (docs/toon-model.md, "SD size")
-        meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2)
-        say(f"peak GPU memory {meta['peak_gpu_memory_gib']} GiB (torch's allocator, this process)")
-    finish(accelerator, mcdm, ema, parts, weight_dtype, out, meta,
-           lambda: load_base(meta["base"], cfg.allow_pickle, cfg.image_encoder)[1])  # not the rounded training copies
+        meta = {"base": str(base), "init": cfg.init, "resolution": size, "latent_factor": parts.latent_factor,
+                "directions": [directions[k] for k in sorted(directions)], "steps_trained": done,
+                "prediction_type": prediction_type, "training": asdict(cfg)}
+        if accelerator.device.type == "cuda":  # what a user sizing a card needs (docs/toon-model.md, "SD size")
+            meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2)
+            say(f"peak GPU memory {meta['peak_gpu_memory_gib']} GiB (torch's allocator, this process)")
+        finish(accelerator, mcdm, ema, parts, weight_dtype, out, meta, fp32_parts)
     return out
 
 

@@ -5,6 +5,7 @@ optimizer step with gradient accumulation, loss.csv, checkpoints, and the final 
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from pedit.errors import PeditError
+from pedit.errors import OutputError, PeditError
 from pedit.train.batches import StepBatches
 from pedit.train.config import DATA_FINGERPRINT, TrainConfig, checkpoints, clear_output_folder, newest_checkpoint
 from pedit.train.data_source import frozen_batches
@@ -135,12 +136,44 @@ def claim_output(cfg: TrainConfig, out: Path, data_fingerprint: str, extra: dict
     """The output folder, cleared first with --overwrite, with this run's config.json (and the data
     fingerprint a later --resume compares: pedit.train.config.check_resume_data; `extra`: more such
     records). True: claimed."""
-    if cfg.overwrite:
-        clear_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {**asdict(cfg), DATA_FINGERPRINT: data_fingerprint, **(extra or {})}
-    (out / "config.json").write_text(json.dumps(record, indent=2))
+    try:
+        if cfg.overwrite:
+            clear_output_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {**asdict(cfg), DATA_FINGERPRINT: data_fingerprint, **(extra or {})}
+        (out / "config.json").write_text(json.dumps(record, indent=2))
+    except OSError as e:
+        abandon_output(cfg, out, True)
+        raise OutputError(f"Cannot write the run folder {out}: {e.strerror or e}. Free space there or choose "
+                          "another -o.") from None
     return True
+
+
+@contextlib.contextmanager
+def writes_said(cfg: TrainConfig, out: Path, claimed: bool):
+    """The steps and the final save of a run: a write that fails (a full disk, a read-only folder, at a
+    checkpoint, a grid or the model) is one OutputError line. Half-written checkpoints and model saves go;
+    a run with no finished checkpoint goes entirely (as if it had not started), one with a checkpoint stays
+    for --resume."""
+    from pedit.files import write_failure
+
+    try:
+        yield
+    except BaseException as e:
+        if (why := write_failure(e)) is None:
+            raise
+        if is_main_process():
+            for half in [*out.glob(".model-tmp-*"), *(out / "checkpoints").glob("step-*.tmp")]:
+                shutil.rmtree(half, ignore_errors=True)
+        kept = newest_checkpoint(out) if out.is_dir() else None
+        if kept is None:
+            abandon_output(cfg, out, claimed)
+        then = f"the run is kept up to {kept.name}: --resume once there is room" if kept else "nothing of the run was kept"
+        raise OutputError(f"Could not write into {out}: {why}; {then}.") from None
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _optimization(cfg: TrainConfig, accelerator, mcdm):
@@ -194,6 +227,19 @@ def _backward(accelerator, mcdm, inputs: StepInputs, accum: int) -> torch.Tensor
     loss = F.mse_loss(pred.float(), inputs.target)
     accelerator.backward(loss / accum)
     return loss.detach()
+
+
+def frozen_snapshot(parts, mixed_precision: str) -> Callable:
+    """What `finish` saves as the model folder's frozen parts after a reduced-precision run: a float32 CPU copy
+    of the parts as this run read them, taken before they are cast (issue 27). Reloading them from the base
+    or teacher folder at the end saved whatever that folder held then: a base changed during the run gave a
+    model whose VAE and text encoder were not the ones it trained against. Costs host memory the size of the
+    frozen parts (about 2 GB for Stable Diffusion 1.5) for the run's length; an fp32 run saves the parts
+    it holds and needs no copy."""
+    if mixed_precision == "no":
+        return lambda: parts
+    snapshot = copy.deepcopy(parts).to("cpu", torch.float32)
+    return lambda: snapshot
 
 
 def finish(accelerator, mcdm, ema, parts, weight_dtype, out: Path, meta: dict, fp32_parts: Callable) -> None:
