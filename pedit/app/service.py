@@ -36,7 +36,7 @@ MASK_ROWS_PER_CALL = 20  # U-Net rows of one mask call: the bundled model's one-
 class AppConfig:
     """`pedit app` options; CLI flags map 1:1 to these fields."""
 
-    model: str | None = None  # MCDM folder; None → the bundled toon model
+    model: str | None = None  # MCDM folder; None → edits with DEFAULT_EDIT_MODEL as `pedit edit`, stickers as `pedit sticker-pack`
     base: str | None = None  # Stable Diffusion base for the sticker pack's cartoon stages (photos only)
     device: str | None = None  # cpu, cuda, cuda:N; None → cuda when available
     allow_pickle: bool = False
@@ -147,8 +147,11 @@ class PeditApp:
             self.editor = RemoteEditor(ServerClient(cfg.server))
             self._lock = contextlib.nullcontext()
         else:
+            from pedit.model.paths import DEFAULT_EDIT_MODEL
+
             # cache=True as `pedit edit`: on the CPU the TorchScript copy, with the same bytes out.
-            self.editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, cache=True)
+            self.editor = Editor.from_pretrained(cfg.model or DEFAULT_EDIT_MODEL, device=cfg.device,
+                                                 allow_pickle=cfg.allow_pickle, cache=True)
             self._lock = threading.Lock()
         self.folders = folders or RequestFolders(keep_s=cfg.keep_s)
 

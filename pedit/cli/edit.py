@@ -16,7 +16,7 @@ from pedit.errors import PeditError
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-d", "--direction", required=True,
               help="Editing direction (see `pedit directions`), or several: angry,shocked (one output each, edited together).")
-@click.option("-m", "--model", type=click.Path(), help="Model folder from `pedit train` (default: the bundled toon model).")
+@click.option("-m", "--model", type=click.Path(), help="Model folder from `pedit train`, or toon / toon-fast (default: toon-fast, the best measured bundled model).")
 @click.option("-o", "--output", type=click.Path(), help="Output file, or folder for several inputs. Default: next to the input.")
 @sampling_options()
 @click.option("--subject", help="Who the photo shows, filled in for \"person\" in the direction's prompts "

@@ -88,7 +88,8 @@ def check_mask_settings(meta: dict, where, directions=None) -> None:
 
     from pedit.validate import NUMBER
 
-    settable = {name: int if name == "n_noise" else NUMBER for name in SETTABLE}  # MaskConfig checks the ranges
+    kinds = {"n_noise": int, "guide_radius": int, "refine": str, "change_from": str}
+    settable = {name: kinds.get(name, NUMBER) for name in SETTABLE}  # MaskConfig checks the ranges and names
     groups = []
     if "mask" in meta:
         groups.append(("mask", meta["mask"]))

@@ -31,7 +31,7 @@ from pedit.photos.portrait import edit_photo_many
 class EditFilesConfig:
     inputs: tuple[str, ...]
     direction: str  # one name, or several "a,b,c": one output each, edited together (Editor.edit_many)
-    model: str | None = None  # None → the bundled toon model
+    model: str | None = None  # None → DEFAULT_EDIT_MODEL, the best measured shipped model (pedit.model.paths)
     output: str | None = None
     # steps, seed, scheduler, guidance interval, scales, mask use and draws; None → the model's pedit.json
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
@@ -58,6 +58,10 @@ class EditFilesConfig:
         from pedit.edit.user_mask import check_user_mask
         from pedit.validate import check_backend, check_device, check_int, check_number, check_precision
 
+        if self.model is None:
+            from pedit.model.paths import DEFAULT_EDIT_MODEL
+
+            object.__setattr__(self, "model", DEFAULT_EDIT_MODEL)
         if not self.inputs or not all(isinstance(i, str) and i for i in self.inputs):
             raise ConfigError(f"inputs must be one or more file or folder names, got {self.inputs!r}")
         if not isinstance(self.direction, str) or not self.direction:

@@ -40,7 +40,7 @@ class StickerConfig:
 
     selfie: str
     output: str
-    model: str | None = None  # expression MCDM folder; None → the bundled toon model
+    model: str | None = None  # expression MCDM folder; None → DEFAULT_EDIT_MODEL, as `pedit edit` (pedit.model.paths)
     base: str | None = None  # Stable Diffusion base for DreamBooth + cartoon (needed unless skipped)
     expressions: tuple[str, ...] = DEFAULT_EXPRESSIONS
     style: str | None = None  # cartoon style prompt; None → cartoon.DEFAULT_STYLE
@@ -242,7 +242,9 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
     if face is None:
         note(f"No face found in {cfg.selfie}; using the centred square.")
     if editor is None:
-        editor = Editor.from_pretrained(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle)
+        from pedit.model.paths import DEFAULT_EDIT_MODEL
+
+        editor = Editor.from_pretrained(cfg.model or DEFAULT_EDIT_MODEL, device=cfg.device, allow_pickle=cfg.allow_pickle)
     directions = [editor.direction(name) for name in cfg.expressions]  # unknown names fail before any work
     skip = cfg.skip_cartoonize or editor.is_bundled
     if skip and cfg.base is not None:
@@ -256,7 +258,7 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
         note(score_note)
 
     manifest: dict = {"pedit_version": __version__, "config": _jsonable(asdict(cfg)), "selfie": selfie_record,
-                      "model": str(cfg.model) if cfg.model else "bundled toon model", "base": cfg.base,
+                      "model": str(editor.model.path), "base": cfg.base,
                       "identity_note": score_note}
     if skip:
         why = "--skip-cartoonize" if cfg.skip_cartoonize else "toon model: input is a cartoon"
