@@ -218,7 +218,9 @@ def test_sticker_pack_is_what_pedit_sticker_pack_writes(service, tmp_path):
 def server_defaults():
     from pedit.edit.editor import Editor
 
-    return Editor.from_pretrained(None, device="cpu").default_options()
+    from pedit.model.paths import DEFAULT_EDIT_MODEL
+
+    return Editor.from_pretrained(DEFAULT_EDIT_MODEL, device="cpu").default_options()  # what the app edits with
 
 
 def _free_port() -> int:

@@ -114,7 +114,7 @@ def test_offline_manifest_records_the_run(toon_pack):
     out, _ = toon_pack
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert "skipped" in manifest["cartoon"]
-    assert manifest["model"] == "bundled toon model"
+    assert manifest["model"] == "bundled toon-fast model"  # the default edit model (pedit.model.paths)
     assert len(manifest["selfie"]["sha256"]) == 64
     entries = manifest["files"]["stickers"]
     assert [e["name"] for e in entries] == list(EXPRESSIONS)

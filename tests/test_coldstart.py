@@ -275,9 +275,10 @@ def test_bundled_toon_edit_same_bytes_cached_or_not(tmp_path, cache_root):
 
 
 def traced_bundled() -> Path:
-    from pedit.model.loading import bundled_model_path
+    """The model `pedit edit` runs without -m (pedit.model.paths.DEFAULT_EDIT_MODEL)."""
+    from pedit.model.paths import DEFAULT_EDIT_MODEL, model_path
 
-    return bundled_model_path()
+    return model_path(DEFAULT_EDIT_MODEL)
 
 
 def test_a_cached_edit_imports_neither_diffusers_nor_transformers(random_model, cache_root, tmp_path):

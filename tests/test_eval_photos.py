@@ -69,7 +69,7 @@ def test_eval_identity_distance_matches_a_direct_computation(evaluated):
     (row,) = json.loads((folder / "report" / "report.json").read_text())["results"]
     # The same edit through `pedit edit` (same seed, steps and mask settings), then pedit.faces by hand.
     edited = folder / "edited.png"
-    assert run("edit", photo, "-d", "royal", "-o", edited, *FAST).exit_code == 0
+    assert run("edit", photo, "-d", "royal", "-m", "toon", "-o", edited, *FAST).exit_code == 0
     before, after = pixels(photo), pixels(edited)
     x, y, w, h = row["crop"]
     direct = image_identity_distance(before[y:y + h, x:x + w], after[y:y + h, x:x + w], HogDetector(max_side=512))

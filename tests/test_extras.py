@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("faces", "onnx", "lora", "pose", "trt", "app", "datasets", "docs")
+EXTRAS = ("torch", "faces", "onnx", "lora", "pose", "trt", "app", "datasets", "docs", "serve")
 
 
 def test_getting_started_lists_every_extra_with_what_it_enables():

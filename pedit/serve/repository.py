@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pedit.model.paths import DEFAULT_EDIT_MODEL
 from pedit.errors import ConfigError, ModelError, OutputError
 from pedit.serve import protocol
 from pedit.serve.configs import NETWORK_BACKENDS, Batching, network_config, pedit_config
@@ -41,7 +42,7 @@ REEXPORT = "export it again with `pedit export --triton -m MODEL -o REPO --overw
 
 @dataclass(frozen=True)
 class RepositoryConfig:
-    model: str | None = None  # None → the bundled toon model
+    model: str | None = None  # None → DEFAULT_EDIT_MODEL, what `pedit edit` uses without -m (pedit.model.paths)
     output: str = "triton-repo"
     trt: bool = False
     network_backend: str | None = None  # python | onnxruntime | tensorrt; None: tensorrt with trt, else what the server has
@@ -106,7 +107,7 @@ def _graphs(cfg: RepositoryConfig, log) -> tuple[Path, dict, object]:
     from pedit.export.pipeline import ExportConfig, export_model
     from pedit.model.loading import load_model, model_path
 
-    folder = model_path(cfg.model).resolve()
+    folder = model_path(cfg.model or DEFAULT_EDIT_MODEL).resolve()
     key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
     out = cache_root("triton-graphs") / key
     model = load_model(folder, allow_pickle=cfg.allow_pickle, device="cpu")
@@ -306,7 +307,7 @@ def serving_repository(cfg: RepositoryConfig, log: Callable[[str], None] = lambd
     from pedit.cache import cache_root
     from pedit.model.paths import model_path
 
-    folder = model_path(cfg.model).resolve()
+    folder = model_path(cfg.model or DEFAULT_EDIT_MODEL).resolve()
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("output", "overwrite", "model")}
     key = hashlib.sha256(json.dumps([str(folder), settings, cfg.backend()], sort_keys=True).encode()).hexdigest()[:16]
     repo = cache_root("triton") / key

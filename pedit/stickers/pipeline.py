@@ -241,9 +241,9 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
     photo, face, portrait, selfie_record = _selfie_portrait(cfg)
     if face is None:
         note(f"No face found in {cfg.selfie}; using the centred square.")
-    if editor is None:
-        from pedit.model.paths import DEFAULT_EDIT_MODEL
+    from pedit.model.paths import DEFAULT_EDIT_MODEL
 
+    if editor is None:
         editor = Editor.from_pretrained(cfg.model or DEFAULT_EDIT_MODEL, device=cfg.device, allow_pickle=cfg.allow_pickle)
     directions = [editor.direction(name) for name in cfg.expressions]  # unknown names fail before any work
     skip = cfg.skip_cartoonize or editor.is_bundled
@@ -258,7 +258,7 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
         note(score_note)
 
     manifest: dict = {"pedit_version": __version__, "config": _jsonable(asdict(cfg)), "selfie": selfie_record,
-                      "model": str(editor.model.path), "base": cfg.base,
+                      "model": str(cfg.model) if cfg.model else f"bundled {DEFAULT_EDIT_MODEL} model", "base": cfg.base,
                       "identity_note": score_note}
     if skip:
         why = "--skip-cartoonize" if cfg.skip_cartoonize else "toon model: input is a cartoon"
