@@ -235,32 +235,10 @@ class Editor:
         return self.finish(original, self.decode(job.z_0[0]), job, 0)
 
     def plan_many(self, directions, options: EditOptions | list[EditOptions] | None = None, **overrides):
-        """[(Direction, EditOptions)] for `edit_many`, checked before any work: unknown or repeated
-        directions, and options the directions cannot share (all but the mask's settings).
-        `options`: one for all, one per direction, or None (each direction's `default_options`)."""
-        if isinstance(directions, (str, Direction)) or not directions:
-            raise ConfigError("edit_many takes a non-empty list of directions")
-        resolved = [self.direction(d) for d in directions]  # DirectionError for an unknown name
-        names = [d.name for d in resolved]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ConfigError(f"Direction(s) {', '.join(repeated)} given more than once; list each direction once.")
-        if isinstance(options, (list, tuple)) and len(options) != len(resolved):
-            raise ConfigError(f"edit_many got {len(options)} options for {len(resolved)} directions")
-        per = options if isinstance(options, (list, tuple)) else [options] * len(resolved)
-        plans = [(d, dataclasses.replace(o or self.default_options(d), **overrides)) for d, o in zip(resolved, per)]
-        plans = [(d.for_subject(o.subject), o) for d, o in plans]  # the prompts the text encoder sees
-        shared = {(o.steps, o.seed, o.scales, o.use_mask, o.scheduler, o.mask_mode, o.guidance_interval)
-                  for _, o in plans}
-        if len(shared) > 1:
-            raise ConfigError("edit_many's directions must share steps, seed, scales, scheduler, guidance interval "
-                              "and mask use; "
-                              "only the mask settings may differ (edit them one at a time otherwise).")
-        for _, o in plans:
-            self.scheduler(o)  # steps the schedule cannot give fail here, before any work
-            if self.distilled:  # a student knows the scales it was distilled on, no others
-                self.distillation.check_edit(o.scales, o.guidance_interval)
-        return plans
+        """[(Direction, EditOptions)] for `edit_many`, checked before any work (pedit.edit.options.plan_many)."""
+        from pedit.edit.options import plan_many
+
+        return plan_many(self, directions, options, **overrides)
 
     @torch.no_grad()
     def edit_many(self, image: Image.Image, directions, options: EditOptions | list[EditOptions] | None = None,

@@ -76,3 +76,34 @@ def options_for(defaults: EditOptions, settings: SamplingSettings | None = None,
     return dataclasses.replace(d, steps=given(s.steps, d.steps), seed=s.seed, scheduler=given(s.scheduler, d.scheduler),
                                guidance_interval=given(s.guidance_interval, d.guidance_interval), scales=scales,
                                use_mask=s.use_mask, mask=mask, **fields)
+
+
+def plan_many(editor, directions, options=None, **overrides) -> list:
+    """[(Direction, EditOptions)] for an editor's `edit_many` (the torch Editor's and the runtime's alike),
+    checked before any work: unknown or repeated directions, and options the directions cannot share
+    (all but the mask's settings). `options`: one for all, one per direction, or None (each direction's
+    `editor.default_options`). The editor gives `direction`, `default_options`, `scheduler`,
+    `distilled` and `distillation`."""
+    from pedit.data.directions import Direction
+
+    if isinstance(directions, (str, Direction)) or not directions:
+        raise ConfigError("edit_many takes a non-empty list of directions")
+    resolved = [editor.direction(d) for d in directions]  # DirectionError for an unknown name
+    names = [d.name for d in resolved]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"Direction(s) {', '.join(repeated)} given more than once; list each direction once.")
+    if isinstance(options, (list, tuple)) and len(options) != len(resolved):
+        raise ConfigError(f"edit_many got {len(options)} options for {len(resolved)} directions")
+    per = options if isinstance(options, (list, tuple)) else [options] * len(resolved)
+    plans = [(d, dataclasses.replace(o or editor.default_options(d), **overrides)) for d, o in zip(resolved, per)]
+    plans = [(d.for_subject(o.subject), o) for d, o in plans]  # the prompts the text encoder sees
+    shared = {(o.steps, o.seed, o.scales, o.use_mask, o.scheduler, o.mask_mode, o.guidance_interval) for _, o in plans}
+    if len(shared) > 1:
+        raise ConfigError("edit_many's directions must share steps, seed, scales, scheduler, guidance interval "
+                          "and mask use; only the mask settings may differ (edit them one at a time otherwise).")
+    for _, o in plans:
+        editor.scheduler(o)  # steps the schedule cannot give fail here, before any work
+        if editor.distilled:  # a student knows the scales it was distilled on, no others
+            editor.distillation.check_edit(o.scales, o.guidance_interval)
+    return plans

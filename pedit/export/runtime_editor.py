@@ -95,29 +95,10 @@ class RuntimeEditor:
         return scheduler
 
     def plan_many(self, directions, options=None, **overrides):
-        """[(Direction, options)], checked before any work as the Editor checks them."""
-        if isinstance(directions, str) or not directions:
-            raise ConfigError("edit_many takes a non-empty list of directions")
-        resolved = [self.direction(d) for d in directions]
-        names = [d.name for d in resolved]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ConfigError(f"Direction(s) {', '.join(repeated)} given more than once; list each direction once.")
-        per = options if isinstance(options, (list, tuple)) else [options] * len(resolved)
-        if len(per) != len(resolved):
-            raise ConfigError(f"edit_many got {len(per)} options for {len(resolved)} directions")
-        plans = [(d, dataclasses.replace(o or self.default_options(d), **overrides)) for d, o in zip(resolved, per)]
-        plans = [(d.for_subject(o.subject), o) for d, o in plans]
-        shared = {(o.steps, o.seed, o.scales, o.use_mask, o.scheduler, o.mask_mode, o.guidance_interval)
-                  for _, o in plans}
-        if len(shared) > 1:
-            raise ConfigError("edit_many's directions must share steps, seed, scales, scheduler, guidance interval "
-                              "and mask use; only the mask settings may differ (edit them one at a time otherwise).")
-        for _, o in plans:
-            self.scheduler(o)
-            if self.distilled:
-                self.distillation.check_edit(o.scales, o.guidance_interval)
-        return plans
+        """[(Direction, EditOptions)] for `edit_many`, checked before any work (pedit.edit.options.plan_many)."""
+        from pedit.edit.options import plan_many
+
+        return plan_many(self, directions, options, **overrides)
 
     def job(self, conds: list, options: list, callback: Callable | None = None, batch_steps: bool = False):
         """The EditJob of one photo's conditions toward len(conds) directions, over numpy arrays."""
