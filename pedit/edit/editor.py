@@ -25,16 +25,15 @@ from pedit.noise import randn
 from pedit.edit.options import EditOptions, default_options, options_for  # EditOptions imported from here too
 from pedit.arrays import to_like
 from pedit.edit.job import EditJob, run
-from pedit.edit.mask import composite, keep_outside
+from pedit.edit.mask import keep_outside  # noqa: F401 (callers import it from here too)
 from pedit.edit.pixel_mask import needs_reconstruction
-from pedit.arrays import to_host
 from pedit.model.sampling_settings import SamplingSettings
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler
 from pedit.edit.rows import StudentRows, rows_for
 from pedit.model.distilled import distilled_for
-from pedit.edit.user_mask import combine_weight, user_mask_at
+from pedit.edit.user_mask import user_mask_at
 from pedit.edit.schedules import noise_scheduler as make_noise_scheduler
 
 if TYPE_CHECKING:  # loading imports diffusers (seconds), which a cached model never needs
@@ -303,20 +302,12 @@ class Editor:
         """The EditResult of the job's direction i: `raw` composited onto `original` by its blend weight
         (a "pixel" refinement reads the job's difference map, and may read the decoded reconstruction
         of the input: `_reconstruction`)."""
-        options, user = job.settings[i], job.user
-        model_mask, mask_latent = job.model_masks[i], job.masks[i]
-        diff = None if job.maps[i] is None else to_host(job.maps[i])[0]  # (h, w)
+        options = job.settings[i]
         reconstruction = self._reconstruction(job) if options.use_mask and needs_reconstruction(options.mask) else None
-        if user is None:
-            out, weight = keep_outside(original, raw, mask_latent, options.mask, diff, reconstruction)
-        else:  # the user's mask blends at pixel precision
-            model_weight = None if model_mask is None else keep_outside(original, raw, model_mask, options.mask, diff,
-                                                                        reconstruction)[1]
-            weight = combine_weight(model_weight, user.pixels, options.mask_mode)
-            out = composite(original, raw, weight)
+        out, weight = job.blend(i, original, raw, reconstruction)
         return EditResult(
             image=Image.fromarray(out),
             mask=Image.fromarray(np.rint(weight * 255).astype(np.uint8)),
             raw=Image.fromarray(raw),
-            mask_latent=mask_latent,
+            mask_latent=job.masks[i],
         )

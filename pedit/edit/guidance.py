@@ -41,15 +41,6 @@ class GuidanceScales:
             check_number(name, getattr(self, name))
 
 
-def check_edit_scale(s_p: float) -> None:
-    """An edit needs s_p != 0 (pedit.model.sampling_settings.check_scales says why)."""
-    from types import SimpleNamespace
-
-    from pedit.model.sampling_settings import check_scales
-
-    check_scales(SimpleNamespace(s_s=None, s_im=None, s_p=s_p))
-
-
 def multi_cfg(e_none, e_s, e_s_im, e_full, scales: GuidanceScales):
     """Eq. 1 extended to three nested conditions.
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pedit.arrays import cat, tile_rows, to_like
-from pedit.edit.mask import MaskJob, binarize
+from pedit.arrays import cat, tile_rows, to_host, to_like
+from pedit.edit.mask import MaskJob, binarize, composite, keep_outside
 from pedit.edit.steps import Rows, SampleJob, run, tick
-from pedit.edit.user_mask import combine_latent
+from pedit.edit.user_mask import combine_latent, combine_weight
 
 __all__ = ["EditJob", "MaskJob", "Rows", "SampleJob", "run", "sampling_job", "tick"]
 
@@ -111,6 +111,20 @@ class EditJob:
             self._phase = ("sample", self._sample_job(what), what)
             return
         self._phase = None
+
+    def blend(self, i: int, original, raw, reconstruction=None):
+        """Direction i's final image and blend weight: `raw` (R, R, 3) uint8 inside its mask, `original`'s
+        exact bytes outside (pedit.edit.mask.keep_outside; a "pixel" refinement reads the difference map
+        and may read `reconstruction`, the decoded c_s), a user's mask blended at pixel precision.
+        Returns (image (R, R, 3) uint8, weight (R, R) float32): what the torch and runtime editors finish with."""
+        options = self.settings[i]
+        diff = None if self.maps[i] is None else to_host(self.maps[i])[0]  # (h, w)
+        if self.user is None:
+            return keep_outside(original, raw, self.masks[i], options.mask, diff, reconstruction)
+        model = None if self.model_masks[i] is None else keep_outside(original, raw, self.model_masks[i], options.mask,
+                                                                      diff, reconstruction)[1]
+        weight = combine_weight(model, self.user.pixels, options.mask_mode)
+        return composite(original, raw, weight), weight
 
     def _with_user(self, masks: list) -> list:
         if self.user is None:

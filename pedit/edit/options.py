@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pedit.data.directions import check_subject
-from pedit.edit.guidance import GuidanceScales, check_edit_scale
+from pedit.edit.guidance import GuidanceScales
 from pedit.edit.user_mask import check_user_mask
 from pedit.errors import ConfigError
 from pedit.model.mask_settings import MaskConfig, mask_config_for
-from pedit.model.sampling_settings import SamplingSettings, check_sampling_fields, check_scheduler, sampling_for
+from pedit.model.sampling_settings import (SamplingSettings, check_edit_scale, check_sampling_fields, check_scheduler,
+                                           sampling_for)
 
 
 @dataclass(frozen=True)

@@ -143,24 +143,12 @@ class RuntimeEditor:
 
 def finish(original: np.ndarray, raw: np.ndarray, job, i: int, reconstruction: np.ndarray | None = None) -> RuntimeResult:
     """The result of the job's direction i: `raw` composited onto `original` by its blend weight, with
-    the torch Editor's code (pedit.edit.mask.keep_outside; a user's mask combined in as it does).
+    the torch Editor's code (EditJob.blend).
     `reconstruction`: the decoded c_s of the photo, which a "pixel" mask refinement with change_from
     "reconstruction" reads (pedit.edit.pixel_mask.needs_reconstruction; `RuntimeEditor.reconstruction`)."""
     from PIL import Image
 
-    from pedit.arrays import to_host
-    from pedit.edit.mask import composite, keep_outside
-    from pedit.edit.user_mask import combine_weight
-
-    options, user = job.settings[i], job.user
-    diff = None if job.maps[i] is None else to_host(job.maps[i])[0]  # (h, w)
-    if user is None:
-        out, weight = keep_outside(original, raw, job.masks[i], options.mask, diff, reconstruction)
-    else:  # the user's mask blends at pixel precision
-        model = None if job.model_masks[i] is None else keep_outside(original, raw, job.model_masks[i], options.mask,
-                                                                     diff, reconstruction)[1]
-        weight = combine_weight(model, user.pixels, options.mask_mode)
-        out = composite(original, raw, weight)
+    out, weight = job.blend(i, original, raw, reconstruction)
     return RuntimeResult(image=Image.fromarray(out), mask=Image.fromarray(np.rint(weight * 255).astype(np.uint8)),
                          raw=Image.fromarray(raw), mask_latent=job.masks[i])
 

@@ -88,7 +88,13 @@ def check_scales(cfg) -> None:
     for name in DEFAULT_SCALES:
         if getattr(cfg, name) is not None:
             check_number(name, getattr(cfg, name))
-    if cfg.s_p == 0:
+    check_edit_scale(cfg.s_p)
+
+
+def check_edit_scale(s_p) -> None:
+    """An edit needs s_p != 0: the text term is the only one that differs between the two branches of
+    Eq. 3 (p_b and p_a), so at 0 the editing mask is empty and the edit returns the input unchanged."""
+    if s_p == 0:
         raise ConfigError("s_p = 0 removes the text condition, the only one that names the direction: the editing "
                           "mask comes out empty and the edit would change nothing. Use a non-zero --s-p (default 4.0).")
 
