@@ -305,7 +305,7 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     out = {}
     for p in pairs:
         if p.direction not in out:
-            mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)))
+            mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)), folder=folder)
             if cfg.mask_batch is not None:
                 mask_cfg = dataclasses.replace(mask_cfg, batch=cfg.mask_batch)
             if cfg.mask_noises is not None:

@@ -25,6 +25,7 @@ from pedit.data.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import process_alive, regular_file_problem
 from pedit.model.card import CARD_FILE, card_for_saved_folder
+from pedit.model.mask_refiner import check_refiners
 from pedit.model.mask_settings import check_mask_settings
 from pedit.model.paths import BUNDLED_MODELS, bundled_model_path, model_path  # noqa: F401 (imported from here too)
 from pedit.model.sampling_settings import check_sampling_settings
@@ -390,6 +391,7 @@ def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
         check_distilled_settings(meta, path / "pedit.json")  # "distilled"
     except ValueError as e:
         raise ModelError(str(e)) from None
+    check_refiners(meta, path)  # a learned mask refiner's file: present, of this kind and resolution
     return path, meta
 
 
