@@ -40,7 +40,7 @@ def main() -> None:
         true=np.stack([r["true"] for r in rows]), raw=np.stack([r["raw"] for r in rows]),
         reconstruction=np.stack([r["reconstruction"] for r in rows]), diff=np.stack([r["diff"] for r in rows]),
         mask=np.stack([r["mask"].numpy()[0, 0] for r in rows]),
-        ratio=np.array([r["cfg"].ratio for r in rows]))
+        ratio=np.array([r["cfg"].ratio for r in rows]), held_out=np.array(bool(args.held_out)))
     print(f"saved {len(rows)} pairs to {args.out} ({time.perf_counter() - t0:.0f} s)")
 
 

@@ -176,3 +176,40 @@ def test_a_model_folder_naming_a_refiner_it_cannot_run_is_one_error_line(random_
                                  "-o", str(tmp_path / "out.png"), "-q"])
     assert r.exit_code == 1 and r.stderr.count("Error:") == 1 and message in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.cpu_only("the runtime runs ONNX Runtime on the CPU here")
+def test_the_torch_free_runtime_blends_with_the_exported_refiner(random_model, tmp_path):
+    """`pedit export` carries the refiner's file; the runtime editor's weight is the learned one, and an
+    export that lost the file is one Error: line."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from pedit.arrays import to_host
+    from pedit.cli import cli
+    from pedit.data.pairs import square_rgb
+    from pedit.edit.job import run
+    from pedit.export.pipeline import ExportConfig, export_model
+    from pedit.export.runtime_editor import finish, load_runtime_editor
+    from pedit.toon.world import render
+
+    out = tmp_path / "export"
+    export_model(ExportConfig(model=str(_learned_model(random_model, tmp_path)), output=str(out)))
+    assert (out / "refiner.npz").is_file()
+    editor = load_runtime_editor(out)
+    [(direction, options)] = editor.plan_many(["laughing"], steps=2)
+    assert options.mask.refine == "learned" and Path(options.mask.refiner).parent == out
+    image = Image.fromarray(render(3, size=32))
+    square = square_rgb(image, editor.resolution)
+    job = editor.job([editor.runtime.conditions(square, direction)], [options])
+    run([job], editor.runtime.denoise)
+    done = finish(square, editor.runtime.decode(job.z_0[0]), job, 0)
+    raw = np.asarray(done.raw)
+    want = lm.learned_weight(options.mask, to_host(job.maps[0])[0], square, raw, to_host(job.model_masks[0]))
+    assert np.array_equal(np.asarray(done.mask), np.rint(want * 255).astype(np.uint8))
+    (out / "refiner.npz").unlink()
+    image.save(tmp_path / "in.png")
+    r = CliRunner().invoke(cli, ["edit", str(tmp_path / "in.png"), "-d", "laughing", "-m", str(out), "--backend", "onnx",
+                                 "-o", str(tmp_path / "out.png"), "-q"])
+    assert r.exit_code == 1 and r.stderr.count("Error:") == 1 and "refiner.npz" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out.png").exists()

@@ -34,19 +34,19 @@ def features(diff: np.ndarray, original: np.ndarray, raw: np.ndarray, mask_laten
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, dilation: int) -> np.ndarray:
-    """(in, H, W) → (out, H, W): a 'same' convolution (zeros beyond the border) with a dilated k x k kernel."""
+    """(in, H, W) → (out, H, W): a 'same' convolution (zeros beyond the border) with a dilated k x k kernel,
+    as one matrix product over the k x k shifted copies of x."""
     c, h, wd = x.shape
     k = w.shape[-1]
     pad = dilation * (k // 2)
     xp = np.zeros((c, h + 2 * pad, wd + 2 * pad), dtype=np.float32)
     xp[:, pad: pad + h, pad: pad + wd] = x
-    out = np.empty((w.shape[0], h * wd), dtype=np.float32)
-    out[:] = b[:, None]
+    cols = np.empty((k, k, c, h, wd), dtype=np.float32)  # the taps, in the weight's (i, j) order
     for i in range(k):
         for j in range(k):
-            tap = xp[:, i * dilation: i * dilation + h, j * dilation: j * dilation + wd].reshape(c, -1)
-            out += w[:, :, i, j] @ tap
-    return out.reshape(-1, h, wd)
+            cols[i, j] = xp[:, i * dilation: i * dilation + h, j * dilation: j * dilation + wd]
+    kernel = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)  # (out, k, k, in) flattened
+    return (kernel @ cols.reshape(k * k * c, h * wd) + b[:, None]).reshape(-1, h, wd)
 
 
 def probability(refiner: Refiner, feats: np.ndarray) -> np.ndarray:

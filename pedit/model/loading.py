@@ -349,7 +349,7 @@ TOP_LEVEL = {
     "init": str, "resolution": int, "latent_factor": int, "directions": list, "steps_trained": int,
     "steps_trained_total": int, "prediction_type": str, "training": dict, "training_history": (str, list),
     "peak_gpu_memory_gib": NUMBER, "mask": dict, "mask_by_task": dict, "mask_by_direction": dict,
-    "mask_tuning": (str, dict), "pixel_mask_tuning": (str, dict), "sampling": dict, "distilled": dict, "bundled": bool,
+    "mask_tuning": (str, dict), "pixel_mask_tuning": (str, dict), "mask_refiner": str, "sampling": dict, "distilled": dict, "bundled": bool,
 }
 
 
