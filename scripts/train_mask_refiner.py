@@ -25,7 +25,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-GRID = {"prior_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "prior_band": (0.0, 0.1, 0.2), "edge_feather": (0.0, 0.5, 1.0)}
+GRID = {"prior_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "prior_band": (0.0, 0.1, 0.2), "edge_feather": (0.0, 0.5, 1.0),
+        "change_below": (0.0, 8.0, 16.0, 32.0)}
 
 
 def load(path):
@@ -34,7 +35,7 @@ def load(path):
 
 
 def subset(d, idx):
-    return {k: v[idx] for k, v in d.items()}
+    return {k: v[idx] if v.ndim else v for k, v in d.items()}
 
 
 def features(d):
@@ -124,24 +125,12 @@ def train(X, d, args, log):
     return net
 
 
-def probabilities(net, X):
-    import torch
+def weights_of(d, p, prior_threshold, prior_band, edge_feather, change_below):
+    """pedit.edit.learned_mask.learned_weight's last steps on the probabilities p (N, R, R) of the pairs d."""
+    from pedit.edit.pixel_mask import colour_change, weight_from
 
-    with torch.no_grad():
-        return torch.cat([torch.sigmoid(net(torch.from_numpy(X[i:i + 50]))) for i in range(0, len(X), 50)])[:, 0].numpy()
-
-
-def weights_of(p, prior_threshold, prior_band, edge_feather):
-    """pedit.edit.learned_mask.learned_weight's last steps on probabilities p (N, R, R)."""
-    from pedit.edit.pixel_mask import ZERO_BELOW, gaussian_blur, ramp
-
-    out = []
-    for q in p:
-        w = np.clip(gaussian_blur(ramp(q.astype(np.float64), prior_threshold - prior_band, prior_threshold + prior_band),
-                                  edge_feather), 0.0, 1.0)
-        w[w < ZERO_BELOW] = 0.0
-        out.append(w.astype(np.float32))
-    return np.stack(out)
+    return np.stack([weight_from(q.astype(np.float64), colour_change(d["raw"][i], d["x_A"][i]) if change_below else None,
+                                 prior_threshold, prior_band, change_below, edge_feather) for i, q in enumerate(p)])
 
 
 def layers_of(net):
@@ -156,10 +145,11 @@ def choose(val, p_val, current, log):
         idx = np.where(val["task"] == task)[0]
         sub, now = subset(val, idx), score(subset(val, idx), current[idx], by="task")[task]
         best = (None, now)
-        for t, b, fe in itertools.product(*GRID.values()):
-            s = score(sub, weights_of(p_val[idx], t, b, fe), by="task")[task]
+        for values in itertools.product(*GRID.values()):
+            settings = dict(zip(GRID, values))
+            s = score(sub, weights_of(sub, p_val[idx], **settings), by="task")[task]
             if s["psnr_in_mask"] >= now["psnr_in_mask"] and s["psnr_outside_mask"] > best[1]["psnr_outside_mask"]:
-                best = ({"prior_threshold": t, "prior_band": b, "edge_feather": fe}, s)
+                best = (settings, s)
         log(f"{task}: current {fmt(now)}\n  chosen {best[0]}: {fmt(best[1])}")
         chosen[task] = (best[0], best[1], now)
     return chosen
@@ -180,13 +170,15 @@ def main():
     ap.add_argument("--blend-loss", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="mask_refiner.npz", help="the refiner's file name in the model folder")
+    ap.add_argument("--from", dest="from_file", help="a refiner file trained before: choose and score only")
     ap.add_argument("--write", action="store_true", help="write the refiner and the chosen settings into the folder")
     args = ap.parse_args()
 
     import torch
 
     from pedit.model.loading import model_path
-    from pedit.model.mask_refiner import save_refiner
+    from pedit.edit.learned_mask import probability
+    from pedit.model.mask_refiner import load_refiner, save_refiner
 
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -204,21 +196,30 @@ def main():
         raise SystemExit("the training cache holds evaluation identities: make it from training pairs only")
     n_fit = len(tr["x_A"]) - args.val
     fit, val = subset(tr, slice(0, n_fit)), subset(tr, slice(n_fit, None))
-    net = train(features(fit), fit, args, log)
-    layers = layers_of(net)
+    if args.from_file:
+        net = None
+        layers = list(load_refiner(args.from_file, int(meta["resolution"])).layers)
+    else:
+        net = train(features(fit), fit, args, log)
+        layers = layers_of(net)
     log(f"parameters {sum(w.size + b.size for w, b, _ in layers)}")
     save_refiner(out / args.name, int(meta["resolution"]), layers)
-    chosen = choose(val, probabilities(net, features(val)), current_weights(val, meta, folder), log)
+    refiner = load_refiner(out / args.name, int(meta["resolution"]))
+
+    def probabilities(X):
+        return np.stack([probability(refiner, x) for x in X])
+
+    chosen = choose(val, probabilities(features(val)), current_weights(val, meta, folder), log)
     result = {"args": vars(args), "chosen": {t: c[0] for t, c in chosen.items()},
               "val": {t: {"chosen": c[1], "current": c[2]} for t, c in chosen.items()}}
     if args.eval:
         ev = load(args.eval)
-        p_ev, now = probabilities(net, features(ev)), current_weights(ev, meta, folder)
+        p_ev, now = probabilities(features(ev)), current_weights(ev, meta, folder)
         learned = now.copy()
         for task, (settings, _, _) in chosen.items():
             if settings is not None:
                 idx = np.where(ev["task"] == task)[0]
-                learned[idx] = weights_of(p_ev[idx], **settings)
+                learned[idx] = weights_of(subset(ev, idx), p_ev[idx], **settings)
         result["held_out"] = {"learned": score(ev, learned), "current": score(ev, now)}
         for k in result["held_out"]["current"]:
             log(f"held-out {k:10s} current {fmt(result['held_out']['current'][k])}\n"

@@ -75,7 +75,7 @@ def test_the_weight_is_the_thresholded_probability_and_zero_keeps_the_input(tmp_
     original = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     raw = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     cfg = MaskConfig(refine="learned", refiner=str(tmp_path / "r.npz"), prior_threshold=0.5, prior_band=0.0,
-                     edge_feather=0.0)
+                     edge_feather=0.0, change_below=0.0)
     w = lm.learned_weight(cfg, diff, original, raw, latent)
     p = lm.probability(load_refiner(tmp_path / "r.npz", 32), lm.features(diff, original, raw, latent[0, 0], 3.0))
     assert np.array_equal(w, (p > 0.5).astype(np.float32))
@@ -84,6 +84,12 @@ def test_the_weight_is_the_thresholded_probability_and_zero_keeps_the_input(tmp_
     out, weight = keep_outside(original, raw, torch.from_numpy(latent), cfg, diff)
     assert np.array_equal(weight, w)
     assert np.array_equal(out[w == 0], original[w == 0]) and np.array_equal(out[w == 1], raw[w == 1])
+    raw[:16] = original[:16] + (original[:16] < 250) * 4  # the top half changed by at most 4 levels
+    gated = lm.learned_weight(MaskConfig(**{**cfg.__dict__, "change_below": 16.0}), diff, original, raw, latent)
+    assert (gated[:16] == 0).all()  # under change_below / 2 the input is kept
+    p = lm.probability(load_refiner(tmp_path / "r.npz", 32), lm.features(diff, original, raw, latent[0, 0], 3.0))
+    change = np.abs(raw.astype(int) - original).max(axis=2)
+    assert np.array_equal(gated[16:], ((p > 0.5) * np.clip((change - 8) / 8, 0, 1))[16:].astype(np.float32))
 
 
 def _write(path, **over):

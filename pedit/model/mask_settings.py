@@ -55,7 +55,7 @@ class MaskConfig:
     guide_radius: int = 0  # "pixel": guided-filter the upsampled map by the input, radius in px (0: off)
     # "learned": the refiner's file in the model folder (pedit.json: a file name; the options an editor makes
     # hold its path, mask_config_for's `folder`); prior_threshold ± prior_band is then the soft threshold of
-    # the refiner's probability and edge_feather its feather.
+    # the refiner's probability, change_below its change gate (0: off) and edge_feather its feather.
     refiner: str = ""
 
     def __post_init__(self):
