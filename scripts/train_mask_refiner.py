@@ -9,7 +9,7 @@ The last --val pairs are held back: the network (pedit.model.mask_refiner's laye
 `--width` channels at dilations `--dilations`, ReLU, a 1x1 to one logit) is fitted on the others to the
 true region (binary cross-entropy) plus --blend-loss x the squared error of the blend it makes against
 the target; then, per task, on the held-back pairs, of the folder's current mask and the refiner at
-every soft threshold (prior_threshold, prior_band) and feather of GRID, the best PSNR outside the true
+every soft threshold, change gate and feather of GRID (MaskConfig's refiner_* fields), the best PSNR outside the true
 region among those no worse inside it than the current mask (the rule of pedit.eval.pixel_tuning.choose).
 --eval CACHE scores the result on held-out pairs (scoring only: nothing is chosen there).
 """
@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-GRID = {"prior_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "prior_band": (0.0, 0.1, 0.2), "edge_feather": (0.0, 0.5, 1.0),
-        "change_below": (0.0, 8.0, 16.0, 32.0)}
+GRID = {"refiner_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "refiner_band": (0.0, 0.1, 0.2),
+        "refiner_feather": (0.0, 0.5, 1.0), "refiner_change_below": (0.0, 8.0, 16.0, 32.0)}
 
 
 def load(path):
@@ -125,12 +125,14 @@ def train(X, d, args, log):
     return net
 
 
-def weights_of(d, p, prior_threshold, prior_band, edge_feather, change_below):
+def weights_of(d, p, refiner_threshold, refiner_band, refiner_feather, refiner_change_below):
     """pedit.edit.learned_mask.learned_weight's last steps on the probabilities p (N, R, R) of the pairs d."""
     from pedit.edit.pixel_mask import colour_change, weight_from
 
-    return np.stack([weight_from(q.astype(np.float64), colour_change(d["raw"][i], d["x_A"][i]) if change_below else None,
-                                 prior_threshold, prior_band, change_below, edge_feather) for i, q in enumerate(p)])
+    return np.stack([weight_from(q.astype(np.float64),
+                                 colour_change(d["raw"][i], d["x_A"][i]) if refiner_change_below else None,
+                                 refiner_threshold, refiner_band, refiner_change_below, refiner_feather)
+                     for i, q in enumerate(p)])
 
 
 def layers_of(net):

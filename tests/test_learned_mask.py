@@ -74,8 +74,8 @@ def test_the_weight_is_the_thresholded_probability_and_zero_keeps_the_input(tmp_
     diff, latent = rng.random((4, 4)), np.ones((1, 1, 4, 4))
     original = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     raw = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    cfg = MaskConfig(refine="learned", refiner=str(tmp_path / "r.npz"), prior_threshold=0.5, prior_band=0.0,
-                     edge_feather=0.0, change_below=0.0)
+    cfg = MaskConfig(refine="learned", refiner=str(tmp_path / "r.npz"), refiner_threshold=0.5, refiner_band=0.0,
+                     refiner_feather=0.0, refiner_change_below=0.0)
     w = lm.learned_weight(cfg, diff, original, raw, latent)
     p = lm.probability(load_refiner(tmp_path / "r.npz", 32), lm.features(diff, original, raw, latent[0, 0], 3.0))
     assert np.array_equal(w, (p > 0.5).astype(np.float32))
@@ -85,7 +85,7 @@ def test_the_weight_is_the_thresholded_probability_and_zero_keeps_the_input(tmp_
     assert np.array_equal(weight, w)
     assert np.array_equal(out[w == 0], original[w == 0]) and np.array_equal(out[w == 1], raw[w == 1])
     raw[:16] = original[:16] + (original[:16] < 250) * 4  # the top half changed by at most 4 levels
-    gated = lm.learned_weight(MaskConfig(**{**cfg.__dict__, "change_below": 16.0}), diff, original, raw, latent)
+    gated = lm.learned_weight(MaskConfig(**{**cfg.__dict__, "refiner_change_below": 16.0}), diff, original, raw, latent)
     assert (gated[:16] == 0).all()  # under change_below / 2 the input is kept
     p = lm.probability(load_refiner(tmp_path / "r.npz", 32), lm.features(diff, original, raw, latent[0, 0], 3.0))
     change = np.abs(raw.astype(int) - original).max(axis=2)
@@ -136,8 +136,8 @@ def _learned_model(random_model, tmp_path, name="refiner.npz", resolution=32):
     _, layers = _net(resolution=resolution, seed=3)
     save_refiner(model / name, resolution, layers)
     meta = json.loads((model / "pedit.json").read_text())
-    meta["mask_by_task"] = {"expression": {"refine": "learned", "refiner": "refiner.npz", "prior_threshold": 0.5,
-                                           "prior_band": 0.1, "edge_feather": 0.5}}
+    meta["mask_by_task"] = {"expression": {"refine": "learned", "refiner": "refiner.npz", "refiner_threshold": 0.5,
+                                           "refiner_band": 0.1, "refiner_feather": 0.5}}
     (model / "pedit.json").write_text(json.dumps(meta))
     return model
 

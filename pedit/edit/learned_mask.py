@@ -7,10 +7,10 @@ reads, at pixel resolution, what every edit already has (FEATURES): the MCDM's d
 before binarisation scaled as `binarize` does and upsampled bilinearly, the edit's largest channel
 change from the input, the input and the decoded edit (RGB in [0, 1]) and the binary latent mask
 upsampled; it gives the probability that a pixel lies in the edited region. The blend weight is
-that probability through the soft threshold `prior_threshold` ± `prior_band`, times (with
-`change_below` > 0) the pixel kind's ramp on where the edit changes colour from the input, feathered
-by `edge_feather` px and exactly 0 below 1/512 (pedit.edit.pixel_mask.weight_from), so pixels
-outside keep the input's bytes.
+that probability through the soft threshold `refiner_threshold` ± `refiner_band`, times (with
+`refiner_change_below` > 0) the pixel kind's ramp on where the edit changes colour from the input,
+feathered by `refiner_feather` px and exactly 0 below 1/512 (pedit.edit.pixel_mask.weight_from), so
+pixels outside keep the input's bytes.
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ def probability(refiner: Refiner, feats: np.ndarray) -> np.ndarray:
 
 def learned_weight(cfg, diff: np.ndarray, original: np.ndarray, raw: np.ndarray, mask_latent) -> np.ndarray:
     """The blend weight (R, R) float32 in [0, 1] of one edit with a MaskConfig's refiner (refine "learned":
-    refiner, ratio, prior_threshold, prior_band, change_below (0: off), edge_feather). mask_latent: (h, w)
-    or (1, 1, h, w) binary."""
+    refiner, ratio, refiner_threshold, refiner_band, refiner_change_below (0: off), refiner_feather).
+    mask_latent: (h, w) or (1, 1, h, w) binary."""
     refiner = load_refiner(cfg.refiner, original.shape[0])
     lat = np.asarray(mask_latent).reshape(np.asarray(mask_latent).shape[-2:])
     feats = features(diff, original, raw, lat, cfg.ratio)
     p = probability(refiner, feats).astype(np.float64)
-    change = colour_change(raw, original) if cfg.change_below > 0 else None
-    return weight_from(p, change, cfg.prior_threshold, cfg.prior_band, cfg.change_below, cfg.edge_feather)
+    change = colour_change(raw, original) if cfg.refiner_change_below > 0 else None
+    return weight_from(p, change, cfg.refiner_threshold, cfg.refiner_band, cfg.refiner_change_below, cfg.refiner_feather)

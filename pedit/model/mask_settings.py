@@ -53,10 +53,14 @@ class MaskConfig:
     change_from: str = "input"  # "pixel": change_below measures the edit's change from the input or its "reconstruction"
     edge_feather: float = 1.5  # "pixel": Gaussian sigma of the weight's outline, in pixels
     guide_radius: int = 0  # "pixel": guided-filter the upsampled map by the input, radius in px (0: off)
-    # "learned": the refiner's file in the model folder (pedit.json: a file name; the options an editor makes
-    # hold its path, mask_config_for's `folder`); prior_threshold ± prior_band is then the soft threshold of
-    # the refiner's probability, change_below its change gate (0: off) and edge_feather its feather.
+    # "learned" (pedit.edit.learned_mask): the refiner's file in the model folder (pedit.json: a file name; the
+    # options an editor makes hold its path, mask_config_for's `folder`), and its own fields below, so the
+    # pixel kind's settings stay as the folder chose them.
     refiner: str = ""
+    refiner_threshold: float = 0.6  # "learned": the soft threshold of the refiner's probability
+    refiner_band: float = 0.2  # "learned": the ramp from refiner_threshold - band (weight 0) to + band (weight 1)
+    refiner_change_below: float = 0.0  # "learned": the pixel kind's change gate, from the input (0: off)
+    refiner_feather: float = 1.0  # "learned": Gaussian sigma of the weight's outline, in pixels
 
     def __post_init__(self):
         from pedit.validate import check_int, check_number
@@ -81,6 +85,10 @@ class MaskConfig:
         check_int("guide_radius", self.guide_radius, 0, 64)
         if not isinstance(self.refiner, str):
             raise ConfigError(f"refiner must be a file name, got {self.refiner!r}")
+        check_number("refiner_threshold", self.refiner_threshold, 0, 1)
+        check_number("refiner_band", self.refiner_band, 0, 1)
+        check_number("refiner_change_below", self.refiner_change_below, 0, 255)
+        check_number("refiner_feather", self.refiner_feather, 0, 64)
         if self.refine == "learned" and not self.refiner:
             raise ConfigError("refine \"learned\" needs \"refiner\": the refiner's file in the model folder")
 
