@@ -407,7 +407,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                                                    None if diff is None else diff[i].float().cpu().numpy(),
                                                    None if reconstructions is None else reconstructions[i])
                         blend_seconds[m] += time.perf_counter() - t0
-                        if mask_cfgs[i].refine == "pixel":  # the mask that blended: the pixel weight
+                        if mask_cfgs[i].refine in ("pixel", "learned"):  # the mask that blended: the pixel weight
                             pred = weight >= 0.5
                 scores = (out, tgt[i], true_masks[i], pred, ceilings[i], src[i], latent, bands[i])
                 totals[m].add(*scores)
