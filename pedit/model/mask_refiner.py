@@ -59,7 +59,8 @@ def load_refiner(path, resolution: int) -> Refiner:
                          f"(\"refiner\").") from None
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, int(resolution))
     if key not in _CACHE:
-        _CACHE.clear()  # one model's files at a time is the common case; keep memory bounded
+        if len(_CACHE) >= 8:  # a few models' refiners (a process may hold several); memory stays bounded
+            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = _read(path, int(resolution))
     return _CACHE[key]
 
