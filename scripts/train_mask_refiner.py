@@ -29,9 +29,15 @@ GRID = {"refiner_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "refiner_band"
         "refiner_feather": (0.0, 0.5, 1.0), "refiner_change_below": (0.0, 8.0, 16.0, 32.0)}
 
 
-def load(path):
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def load(paths):
+    """One cache, or several (comma-separated) joined pair by pair."""
+    parts = []
+    for path in paths.split(","):
+        with np.load(path, allow_pickle=False) as z:
+            parts.append({k: z[k] for k in z.files})
+    keys = dict.fromkeys(k for p in parts for k in p)
+    return {k: (np.array(any(bool(p.get(k, False)) for p in parts)) if k == "held_out"
+                else np.concatenate([p[k] for p in parts])) for k in keys}
 
 
 def subset(d, idx):
@@ -160,7 +166,7 @@ def choose(val, p_val, current, log):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--model", default="toon-fast")
-    ap.add_argument("--train", required=True, help="cache of training pairs (scripts/cache_mask_inputs.py)")
+    ap.add_argument("--train", required=True, help="cache(s) of training pairs, comma-separated (scripts/cache_mask_inputs.py)")
     ap.add_argument("--eval", help="cache of held-out pairs: scored only")
     ap.add_argument("-o", "--out", default="runs/refine")
     ap.add_argument("--val", type=int, default=80, help="training pairs held back to choose the soft threshold")
@@ -172,6 +178,7 @@ def main():
     ap.add_argument("--blend-loss", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="mask_refiner.npz", help="the refiner's file name in the model folder")
+    ap.add_argument("--task", help="train, choose and write for this task's pairs only (e.g. expression)")
     ap.add_argument("--from", dest="from_file", help="a refiner file trained before: choose and score only")
     ap.add_argument("--write", action="store_true", help="write the refiner and the chosen settings into the folder")
     args = ap.parse_args()
@@ -194,6 +201,8 @@ def main():
     folder = model_path(args.model)
     meta = json.loads((folder / "pedit.json").read_text())
     tr = load(args.train)
+    if args.task:
+        tr = subset(tr, np.where(tr["task"] == args.task)[0])
     if tr.get("held_out", np.array(False)).any():
         raise SystemExit("the training cache holds evaluation identities: make it from training pairs only")
     n_fit = len(tr["x_A"]) - args.val
@@ -216,6 +225,8 @@ def main():
               "val": {t: {"chosen": c[1], "current": c[2]} for t, c in chosen.items()}}
     if args.eval:
         ev = load(args.eval)
+        if args.task:
+            ev = subset(ev, np.where(ev["task"] == args.task)[0])
         p_ev, now = probabilities(features(ev)), current_weights(ev, meta, folder)
         learned = now.copy()
         for task, (settings, _, _) in chosen.items():
@@ -236,7 +247,8 @@ def main():
         for task, (settings, s, now) in chosen.items():
             if settings is not None:
                 by_task[task] = {**by_task.get(task, {}), "refine": "learned", "refiner": args.name, **settings}
-        meta["mask_refiner"] = (
+        before = meta.get("mask_refiner", "") if args.task else ""  # another task's refiner stays on record
+        meta["mask_refiner"] = (before + " | " if before else "") + (
             f"{args.name}: {sum(w.size + b.size for w, b, _ in layers)} weights, trained on {n_fit} exact pairs of training "
             f"identities and its soft threshold chosen per task on {len(val['x_A'])} more (scripts/train_mask_refiner.py; "
             f"never on held-out ones): the best PSNR outside the true region among those no worse inside it than the "
