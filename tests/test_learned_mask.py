@@ -239,3 +239,17 @@ def test_the_torch_free_runtime_blends_with_the_exported_refiner(random_model, t
                                  "-o", str(tmp_path / "out.png"), "-q"])
     assert r.exit_code == 1 and r.stderr.count("Error:") == 1 and "refiner.npz" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out.png").exists()
+
+
+def test_a_student_distilled_from_a_teacher_with_a_refiner_falls_back_to_the_pixel_kind():
+    """The refiner was trained on the teacher's edits and its file stays with the teacher."""
+    from pedit.train.distill import without_learned_refiner
+
+    teacher = json.loads((Path(__file__).resolve().parents[1] / "pedit/assets/toon-model/pedit.json").read_text())
+    assert teacher["mask_by_task"]["costume"]["refine"] == "learned"
+    kept = without_learned_refiner(teacher)
+    costume = kept["mask_by_task"]["costume"]
+    assert costume["refine"] == "pixel" and not any(k.startswith("refiner") for k in costume)
+    assert costume["prior_threshold"] == teacher["mask_by_task"]["costume"]["prior_threshold"]  # its pixel settings
+    assert kept["mask_by_task"]["expression"] == teacher["mask_by_task"]["expression"]
+    assert refiner_files(kept) == []
