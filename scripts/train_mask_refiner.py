@@ -250,7 +250,7 @@ def main():
         before = meta.get("mask_refiner", "") if args.task else ""  # another task's refiner stays on record
         meta["mask_refiner"] = (before + " | " if before else "") + (
             f"{args.name}: {sum(w.size + b.size for w, b, _ in layers)} weights, trained on {n_fit} exact pairs of training "
-            f"identities and its soft threshold chosen per task on {len(val['x_A'])} more (scripts/train_mask_refiner.py; "
+            f"identities and its soft threshold, change gate and feather chosen per task on {len(val['x_A'])} more (scripts/train_mask_refiner.py; "
             f"never on held-out ones): the best PSNR outside the true region among those no worse inside it than the "
             f"mask the folder had. " + "; ".join(
                 f"{t}: {'learned' if c[0] else 'kept'} ({fmt(c[1])}; before {fmt(c[2])})" for t, c in chosen.items()))
