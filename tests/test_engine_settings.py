@@ -3,6 +3,7 @@ a folder whose profiles cover the caller's U-Net calls is used as it is, one tha
 (the dynamic-batch ONNX graph kept, a TensorRT engine rebuilt), and every edit path says how many
 rows it needs (pedit.edit.mask.unet_rows)."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pedit.export import backends
 from pedit.export.pipeline import ExportConfig, export_model, read_manifest
 from pedit.export.specs import dims_of, network_specs, random_inputs
 from pedit.model.loading import load_model
+from pedit.model.sampling_settings import SamplingSettings
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +125,11 @@ def test_edit_command_keeps_the_users_engines(random_model, unet20, tmp_path):
 def test_eval_sizes_the_engine_for_its_batched_pairs(random_model, tiny_pairs, tmp_path):
     from pedit.eval.ground_truth import EvalConfig, evaluate
 
-    cfg = EvalConfig(pairs=str(tiny_pairs), model=str(random_model), methods=("ours",), steps=1, limit=3, batch_size=3,
+    cfg = EvalConfig(pairs=str(tiny_pairs), model=str(random_model), methods=("ours",), sampling=SamplingSettings(steps=1), limit=3, batch_size=3,
                      grid_pairs=0, imperfect_reference=False, backend="onnx", engines=str(tmp_path / "eng"))
     report = evaluate(cfg)  # the mask call of 3 pairs x 10 draws x 2 rows: 60 rows in one call (12 five-row units)
     assert report["methods"]["ours"]["pairs"] == 3 and _mask_profile(tmp_path / "eng") == [1, 24, 60]
-    cfg2 = EvalConfig(**{**cfg.__dict__, "mask_batch": 2})
+    cfg2 = dataclasses.replace(cfg, sampling=SamplingSettings(steps=1, mask_batch=2))
     evaluate(cfg2)  # 3 pairs x 2 draws a call fit the folder as it is
     assert _mask_profile(tmp_path / "eng") == [1, 24, 60]
 

@@ -105,6 +105,7 @@ def _planned_mask(cfg: EditFilesConfig):
     """The mask settings the edit will use (as edit_files sets them below), read from the model
     folder before it loads, so an onnx/trt engine is sized for the mask call (pedit.edit.mask.unet_rows)."""
     from pedit.data.directions import model_directions
+    from pedit.edit.options import EditOptions, options_for
     from pedit.model.mask_settings import mask_config_for
     from pedit.model.loading import read_model_folder
 
@@ -112,8 +113,7 @@ def _planned_mask(cfg: EditFilesConfig):
     known = model_directions(meta, folder)
     bases = [mask_config_for(meta, known.get(name)) for name in cfg.directions]  # unknown: fail later, listing them
     base = max(bases, key=lambda b: b.n_noise)  # the largest mask call of the directions
-    n_noise = base.n_noise if cfg.sampling.mask_noises is None else cfg.sampling.mask_noises
-    return dataclasses.replace(base, n_noise=n_noise, batch=cfg.sampling.mask_batch)
+    return options_for(EditOptions(mask=base), cfg.sampling).mask  # the flags over it, as the edit lays them
 
 
 def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None,
