@@ -86,7 +86,8 @@ def random_model(tiny_base, tmp_path_factory) -> Path:
     import torch
 
     from pedit.data.directions import BUILTIN
-    from pedit.model.loading import base_unet, load_base, save_model
+    from pedit.model.loading import base_unet, load_base
+    from pedit.model.saving import save_model
     from pedit.model.mcdm import MCDM, ImageProjector, widen_conv_in
 
     root, parts = load_base(tiny_base)

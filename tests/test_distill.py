@@ -225,7 +225,7 @@ def test_cli_distill_bad_input_is_one_error_line(tiny_pairs, tmp_path):
 @pytest.fixture(scope="module")
 def student_model(random_model, tmp_path_factory):
     """A tiny student whose scale embedding is not zero (so the scales change what it computes)."""
-    from pedit.model.loading import save_model
+    from pedit.model.saving import save_model
 
     teacher = load_model(random_model)
     torch.manual_seed(1)
