@@ -309,3 +309,34 @@ def test_server_without_the_pedit_model_is_one_error_line(tmp_path):
     assert lines == [f"Error: The Triton server at {url} has no ready 'pedit' model; serve a pedit repository there "
                      "(`pedit serve`, or `pedit export --triton`)."]
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_stranger_answering_on_the_port_is_never_taken_for_the_server(tmp_path):
+    """A free port can be taken between its pick and the server's bind. A server that says ready there
+    but refuses this start's admin key is another process: PortTaken (with --port), never "ready"."""
+    import http.server
+    import threading
+
+    from pedit.serve.server import PortTaken, TritonInstall, TritonServer
+
+    class Stranger(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # ready, but its statistics are keyed with another key
+            self.send_response(200 if self.path == "/v2/health/ready" else 403)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    stranger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stranger)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    binary = tmp_path / "tritonserver"
+    binary.write_text("#!/bin/sh\nsleep 60\n")  # a server still loading its models
+    binary.chmod(0o755)
+    server = TritonServer(tmp_path, install=TritonInstall(binary, tmp_path), port=stranger.server_address[1],
+                          log_path=tmp_path / "log")
+    try:
+        with pytest.raises(PortTaken, match="answers as another server"):
+            server.start(timeout=20)
+        assert not server.alive()  # the started process is stopped, not left behind
+    finally:
+        stranger.shutdown()

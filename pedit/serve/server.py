@@ -48,6 +48,10 @@ class ServeError(PeditError):
     """A Triton server that cannot be found, started, or reached, or that did not become ready."""
 
 
+class PortTaken(ServeError):
+    """Another process answers on a port this server was to listen on."""
+
+
 @dataclass(frozen=True)
 class TritonInstall:
     """What it takes to run one tritonserver binary."""
@@ -163,7 +167,8 @@ class TritonServer:
                  extra_env: dict | None = None):
         self.repository = Path(repository).resolve()
         self.host = host
-        self.ports = Ports.starting_at(port, host if host != "0.0.0.0" else "127.0.0.1")
+        self.auto_ports = port is None  # free ports picked here: on a collision, picked again
+        self.ports = Ports.starting_at(port, self._probe_host())
         self.install = install or find_triton()
         # PEDIT_SERVE_KEY: a key of your own (a deployment's secret); else a random one per start.
         self.admin_key = admin_key or os.environ.get("PEDIT_SERVE_KEY") or secrets.token_urlsafe(24)
@@ -198,7 +203,22 @@ class TritonServer:
         env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
-    def start(self, timeout: float = 120.0) -> "TritonServer":
+    def _probe_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
+    def start(self, timeout: float = 120.0, tries: int = 3) -> "TritonServer":
+        """Start the server and wait until it is ready. Free ports picked here can be taken by another
+        process between the pick and the server's bind: then the server starts again on new ones."""
+        for attempt in range(tries):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if not self.auto_ports or attempt == tries - 1:
+                    raise
+                self.ports = Ports.starting_at(None, self._probe_host())
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "TritonServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.started_at = time.perf_counter()
@@ -219,16 +239,30 @@ class TritonServer:
             f"{self.urls['http']}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "Address already in use" in self.log_text():
+                    raise PortTaken(f"Port {self.ports.http}, {self.ports.grpc} or {self.ports.metrics} on {self.host} is "
+                                    "in use by another process; pick another with --port.")
                 raise ServeError(f"tritonserver exited (code {self.process.returncode}) before it was ready: "
                                  f"{self.failure_reason()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
+                        self._check_ours(url.removesuffix("/v2/health/ready"))
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.25)
         raise ServeError(f"tritonserver was not ready within {timeout:.0f} s: {self.failure_reason()}")
+
+    def _check_ours(self, base: str) -> None:
+        """PortTaken unless the server that says ready is this one: only it knows this start's admin key
+        (another server on the port, e.g. one that took a port between its pick and this one's bind,
+        refuses it). Without the check, requests would go to a stranger's models."""
+        try:
+            read_json(f"{base}/v2/models/stats", {ADMIN_HEADER: self.admin_key}, timeout=5)
+        except urllib.error.HTTPError:
+            raise PortTaken(f"Port {self.ports.http} on {self.host} answers as another server (it refuses this "
+                            "server's admin key); pick another with --port.") from None
 
     def log_text(self) -> str:
         try:
