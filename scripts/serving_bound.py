@@ -226,24 +226,25 @@ def bound(rows: dict, edit: dict) -> dict:
     label = {"unet": "network: U-Net", "vae_encoder": "network: VAE encoder", "vae_decoder": "network: VAE decoder",
              "image_projector": "network: image projector", "text_encoder": "network: text encoder"}
     total = edit["cpu_ms_total"]
-    parts = {}
+    parts, exact = {}, {}  # exact: (share, saving) unrounded, for the gains
     for n, by_threads in rows.items():
         calls = edit["rows_of_each_call"].get(n) or [1]
         base = sum(b * by_threads["1"][str(b)]["cpu_ms_per_row"] for b in calls) / sum(calls)
         best_t, best_b, best = min(((t, b, v["cpu_ms_per_row"]) for t, per_b in by_threads.items()
                                     for b, v in per_b.items()), key=lambda x: x[2])
         share = edit["stages"].get(label[n], {}).get("cpu_ms", 0.0) / total
+        exact[n] = (share, base / best)
         parts[n] = {"cpu_share": round(share, 4), "rows_of_each_call": calls, "cpu_ms_per_row_as_sent": round(base, 3),
                     "best_cpu_ms_per_row": best, "best_at": {"threads": int(best_t), "rows": int(best_b)},
                     "saving": round(base / best, 3)}
 
     def gain(names):
-        cut = sum(parts[n]["cpu_share"] * (1 - 1 / parts[n]["saving"]) for n in names)
+        cut = sum(exact[n][0] * (1 - 1 / exact[n][1]) for n in names)
         return round(1 / (1 - cut), 3)
 
     return {"networks": parts, "gain_unet_only": gain(["unet"]), "gain_all_networks": gain(list(parts)),
             "formula": "1 / (1 - sum_i share_i * (1 - 1 / saving_i)); share: CPU share of an edit in-process "
-                       "(server overhead excluded, which only lowers it)"}
+                       "(the server's own work excluded: scripts/bench_serving.py measures the whole)"}
 
 
 def main():
