@@ -340,3 +340,44 @@ def test_a_stranger_answering_on_the_port_is_never_taken_for_the_server(tmp_path
         assert not server.alive()  # the started process is stopped, not left behind
     finally:
         stranger.shutdown()
+
+
+def test_a_unet_call_that_never_answers_fails_its_request_instead_of_hanging(monkeypatch):
+    """A U-Net process that died without Triton noticing leaves a BLS call waiting for ever; the pedit
+    model's call gives up after the repository's timeout with pedit's message, and a call that answers
+    is passed through unchanged."""
+    import sys
+    import threading
+    import types
+
+    import numpy as np
+
+    from pedit.errors import PeditError
+
+    stuck = threading.Event()  # set at the end: the abandoned call's thread then ends
+
+    class Request:
+        def __init__(self, model_name, requested_output_names, inputs):
+            self.z_in = inputs[0].value
+
+        def exec(self):
+            if answer:
+                return types.SimpleNamespace(has_error=lambda: False, eps=self.z_in[:, :4] * 2)
+            stuck.wait(30)
+
+    fake = types.SimpleNamespace(InferenceRequest=Request, Tensor=lambda name, value: types.SimpleNamespace(value=value),
+                                 get_output_tensor_by_name=lambda r, name: types.SimpleNamespace(as_numpy=lambda: r.eps))
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    monkeypatch.delitem(sys.modules, "pedit.serve.pedit_model", raising=False)
+    from pedit.serve.pedit_model import bls_denoise
+
+    z = np.ones((3, 8, 2, 2), np.float32)
+    denoise = bls_denoise("unet", max_rows=80, timeout_s=0.5)
+    answer = True
+    assert np.array_equal(denoise(z, np.zeros(3), np.zeros((3, 4, 2), np.float32)), z[:, :4] * 2)
+    answer = False
+    try:
+        with pytest.raises(PeditError, match="did not answer within 0.5 s; nothing was returned"):
+            denoise(z, np.zeros(3), np.zeros((3, 4, 2), np.float32))
+    finally:
+        stuck.set()
