@@ -20,6 +20,17 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (the scripts are not a package), for tests of its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cpu_only(reason): runs only when PEDIT_TEST_DEVICE is cpu (or unset)")
     if TEST_DEVICE != "cpu":

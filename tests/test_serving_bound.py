@@ -1,16 +1,6 @@
 """scripts/serving_bound.py: the Amdahl bound from per-row costs and an edit's CPU by stage."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "serving_bound.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("serving_bound", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def _rows(per_threads: dict) -> dict:
@@ -24,7 +14,7 @@ def test_the_bound_is_the_cpu_an_edit_saved_when_each_network_runs_at_its_cheape
     edit = {"cpu_ms_total": 100.0, "rows_of_each_call": {"unet": [2, 2, 4], "vae_decoder": [1], "vae_encoder": [1]},
             "stages": {"network: U-Net": {"cpu_ms": 36.0}, "network: VAE decoder": {"cpu_ms": 20.0},
                        "network: VAE encoder": {"cpu_ms": 8.0}}}
-    got = _script().bound(rows, edit)
+    got = load_script("serving_bound").bound(rows, edit)
     unet = got["networks"]["unet"]
     # As sent: (2 x 5 + 2 x 5 + 4 x 4) / 8 rows = 4.5 ms a row; cheapest 2.5 (16 rows, 1 thread).
     assert unet["cpu_ms_per_row_as_sent"] == 4.5
