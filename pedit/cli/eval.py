@@ -41,7 +41,8 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
 
     The sampling options (--steps, --scheduler, --s-p, ...) set ours' edit, each over the model's
-    pedit.json as in `pedit edit`; with --pairs the baselines take --steps and --seed too and keep DDIM.
+    pedit.json as in `pedit edit`; with --pairs the baselines take the steps (else 20), seed, scales and
+    mask draws too, and keep DDIM.
 
     \b
     pedit eval --pairs eval-pairs/ -o report/              SSIM, PSNR in/outside the true mask, mask IoU

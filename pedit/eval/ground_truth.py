@@ -50,7 +50,8 @@ class EvalConfig:
     output: str | None = None
     methods: tuple[str, ...] = METHODS
     # Ours' (and its ablations') sampling: each field None keeps the model's pedit.json setting, as in
-    # `pedit edit`; the baselines take `steps` too, else 20, and keep DDIM. use_mask is not read (the
+    # `pedit edit`; the baselines take the steps (else 20), seed, scales and draws too, and keep DDIM.
+    # use_mask is not read (the
     # methods say it: ours and ours-no-mask).
     sampling: SamplingSettings = SamplingSettings()
     batch_size: int = 16

@@ -84,13 +84,15 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
                     note: Callable[[str], None] = lambda text: None) -> dict:
     """Edit every photo toward every direction and score each result; writes the report to cfg.output."""
     from pedit.export.backends import load_editor
+    from pedit.photos.edit_files import planned_rows
 
     out = _check_output(cfg)
     paths = find_images(cfg.photos)
     for path in paths:  # every photo is decoded once up front: a broken one fails before any work
         load_photo(path, cfg.max_pixels)
     editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
-                         precision=cfg.precision, log=note)
+                         precision=cfg.precision, log=note, unet_rows=max(  # each direction is edited alone
+                             planned_rows(cfg.model, [d], cfg.sampling) for d in cfg.directions))
     directions = [editor.direction(d) for d in cfg.directions]  # an unknown direction fails here
     # Each direction edits with cfg.sampling over the model's mask and sampling settings, as in `pedit edit`.
     direction_options = {d.name: editor.options_for(d, cfg.sampling) for d in directions}

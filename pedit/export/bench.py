@@ -138,7 +138,7 @@ def _load(cfg: BenchConfig, backend: str, log):
 def mask_config(cfg: BenchConfig):
     from pedit.edit.mask import MaskConfig
 
-    return MaskConfig(n_noise=cfg.sampling.mask_noises, batch=cfg.sampling.mask_batch or 0)
+    return MaskConfig(n_noise=cfg.sampling.mask_noises, batch=cfg.sampling.mask_batch)  # filled by with_sampling
 
 
 def check_direction(cfg: BenchConfig) -> None:
@@ -360,26 +360,30 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
 def with_sampling(cfg: BenchConfig) -> BenchConfig:
     """cfg with each unset sampling field filled in: from the model folder's pedit.json "sampling"
     (pedit.model.sampling_settings; --arch sd15 and folders without it: 20 DDIM steps, all guided), the
-    mask's draws from its mask settings for cfg.direction (else 10), and InstructPix2Pix's steps from
-    the steps given, else 20."""
+    mask's draws and split from its mask settings for cfg.direction (else 10 draws in one call), and
+    InstructPix2Pix's steps from the steps given, else 20."""
     from dataclasses import replace
 
     from pedit.model.sampling_settings import resolved, sampling_for
 
     from pedit.model.distilled import check_meta_scales
 
-    s, meta, draws = cfg.sampling, {}, 10
+    from pedit.edit.mask import MaskConfig
+    from pedit.edit.options import EditOptions, options_for
+
+    s, meta, mask = cfg.sampling, {}, MaskConfig()  # sd15: 10 draws, all in one call
     if cfg.arch == "model":
         from pedit.data.directions import model_directions, resolve
         from pedit.model.loading import read_model_folder
         from pedit.model.mask_settings import mask_config_for
 
         folder, meta = read_model_folder(cfg.model)
-        draws = mask_config_for(meta, resolve(cfg.direction, model_directions(meta, folder))).n_noise
+        mask = mask_config_for(meta, resolve(cfg.direction, model_directions(meta, folder)))
+    mask = options_for(EditOptions(mask=mask), s).mask  # the settings over the folder's, as the edit lays them
     sampler = resolved(s, sampling_for(meta))  # sd15: no pedit.json, the paper's sampler
     check_meta_scales(meta, (sampler.s_s, sampler.s_im, sampler.s_p), sampler.guidance_interval)  # a student's range
     filled = replace(s, steps=sampler.steps, scheduler=sampler.scheduler, guidance_interval=sampler.guidance_interval,
-                     mask_noises=s.mask_noises or draws)
+                     mask_noises=mask.n_noise, mask_batch=mask.batch)
     return replace(cfg, sampling=filled, ip2p_steps=(cfg.ip2p_steps or s.steps or 20) if cfg.vs_ip2p else None)
 
 

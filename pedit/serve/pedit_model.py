@@ -35,13 +35,15 @@ def bls_denoise(unet_model: str, max_rows: int, timeout_s: float | None = None):
     Every row carries its timestep (the per-row input); a call over `max_rows` rows (the U-Net
     model's max_batch_size) goes as several requests. A call that gets no answer within `timeout_s`
     fails this request with PeditError (a U-Net process that died without Triton noticing leaves its
-    callers waiting for ever: the client gets an error instead)."""
+    callers waiting for ever: the client gets an error instead; Watchdog)."""
+
+    watchdog = Watchdog(timeout_s)
 
     def call(z_in: np.ndarray, t_rows: np.ndarray, context: np.ndarray) -> np.ndarray:
         request = pb_utils.InferenceRequest(
             model_name=unet_model, requested_output_names=["eps"],
             inputs=[pb_utils.Tensor("z_in", z_in), pb_utils.Tensor("t", t_rows), pb_utils.Tensor("context", context)])
-        response = within(timeout_s, request.exec, f"The U-Net model did not answer within {timeout_s} s")
+        response = watchdog(request.exec, "The U-Net model")
         if response.has_error():
             raise PeditError(f"The U-Net model failed: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "eps").as_numpy()
@@ -62,26 +64,46 @@ def bls_denoise(unet_model: str, max_rows: int, timeout_s: float | None = None):
     return denoise
 
 
-def within(timeout_s: float | None, work, message: str):
-    """work() on a helper thread, its result if it ends within timeout_s (None: waited for); PeditError
-    (message) if not. The thread is left to end on its own: a call into Triton cannot be cancelled."""
-    if timeout_s is None:
-        return work()
-    done, box = threading.Event(), {}
+class Watchdog:
+    """Runs a call into Triton on a helper thread and gives up on it after `timeout_s` (PeditError): a
+    BLS call cannot be cancelled, so a given-up call's thread, its inputs in shared memory and a BLS
+    worker stay until it returns. At most `max_abandoned` such calls at a time: past that, calls fail
+    at once ("not answering") instead of piling up, until one of them returns."""
 
-    def run():
-        try:
-            box["value"] = work()
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-        done.set()
+    def __init__(self, timeout_s: float | None, max_abandoned: int = 4):
+        self.timeout_s, self.max_abandoned = timeout_s, max_abandoned
+        self.abandoned = 0
+        self.lock = threading.Lock()
 
-    threading.Thread(target=run, daemon=True, name="pedit-bls").start()
-    if not done.wait(timeout_s):
-        raise PeditError(f"{message}; nothing was returned.")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    def __call__(self, work, what: str):
+        if self.timeout_s is None:
+            return work()
+        with self.lock:
+            if self.abandoned >= self.max_abandoned:
+                raise PeditError(f"{what} is not answering ({self.abandoned} calls waiting past {self.timeout_s} s); "
+                                 "nothing was returned. If it stays so, restart the server.")
+        done, box = threading.Event(), {}
+
+        def run():
+            try:
+                box["value"] = work()
+            except BaseException as e:  # handed to the caller's thread
+                box["error"] = e
+            with self.lock:
+                done.set()
+                if box.get("abandoned"):
+                    self.abandoned -= 1
+
+        threading.Thread(target=run, daemon=True, name="pedit-bls").start()
+        if not done.wait(self.timeout_s):
+            with self.lock:
+                if not done.is_set():  # it may have ended in between
+                    box["abandoned"] = True
+                    self.abandoned += 1
+                    raise PeditError(f"{what} did not answer within {self.timeout_s} s; nothing was returned.")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
 
 def _numpy(a) -> np.ndarray:
