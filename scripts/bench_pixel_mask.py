@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python scripts/bench_pixel_mask.py -m toon --reps 15
 
 For each direction of examples/toon.png: a whole Editor.edit with the model folder's settings, the
-pixel weight alone (pedit.edit.pixel_mask.refined_weight on that edit's own arrays), the latent
+pixel weight alone (pedit.edit.pixel_mask.refined_weight, or for refine "learned" the learned
+refiner's pedit.edit.learned_mask.learned_weight, on that edit's own arrays), the latent
 kind's weight (keep_outside with refine "latent") for comparison, and the VAE decode of the
 reconstruction (which change_from "reconstruction" adds), each timed `reps` times, interleaved.
 Prints the medians and the pixel mask's share of the edit (its decode included where it needs one).
@@ -33,6 +34,7 @@ def main() -> None:
     from pedit.edit.editor import Editor, keep_outside, tensor_to_uint8, uint8_to_tensor
     from pedit.arrays import to_host
     from pedit.edit.job import run
+    from pedit.edit.learned_mask import learned_weight
     from pedit.edit.pixel_mask import refined_weight
 
     editor = Editor.from_pretrained(args.model, device="cpu", cache=True)
@@ -56,7 +58,10 @@ def main() -> None:
             editor.edit(image, name, options)
             edit_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            refined_weight(options.mask, diff, original, raw, recon)
+            if options.mask.refine == "learned":
+                learned_weight(options.mask, diff, original, raw, to_host(mask))
+            else:
+                refined_weight(options.mask, diff, original, raw, recon)
             pixel_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             keep_outside(original, raw, mask.cpu(), latent_cfg)

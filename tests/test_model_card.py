@@ -12,8 +12,8 @@ from pedit.model.card import RESULTS_END, RESULTS_START, render_card, update_res
 from pedit.model.loading import model_path
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORTS = {"toon": "docs/results/toon-eval-pixel/report.json",
-           "toon-fast": "docs/results/toon-eval-pixel-student-input/report.json"}
+REPORTS = {"toon": "docs/results/toon-eval-learned-teacher/report.json",
+           "toon-fast": "docs/results/toon-eval-learned-student/report.json"}
 
 
 def _report(psnr: float = 21.5) -> dict:

@@ -111,7 +111,7 @@ def test_change_from_the_reconstruction_ignores_the_vaes_own_error():
         pm.refined_weight(MaskConfig(refine="pixel", change_from="reconstruction"), diff, original, raw)
 
 
-@pytest.mark.parametrize("fields, message", [({"refine": "learned"}, "refine 'learned' is not a mask refinement"),
+@pytest.mark.parametrize("fields, message", [({"refine": "learned-x"}, "refine 'learned-x' is not a mask refinement"),
                                              ({"change_from": "output"}, "change_from must be one of"),
                                              ({"prior_threshold": 1.5}, "prior_threshold"),
                                              ({"guide_radius": -1}, "guide_radius")])

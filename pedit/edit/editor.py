@@ -168,7 +168,7 @@ class Editor:
         """EditOptions, with the editing-mask settings the model folder carries in pedit.json for
         `direction` (its "mask", then "mask_by_task", then "mask_by_direction"; pedit.model.mask_settings)
         and its sampling settings ("sampling": steps, scheduler, guidance interval, scales)."""
-        return default_options(self.model.meta, None if direction is None else self.direction(direction))
+        return default_options(self.model.meta, None if direction is None else self.direction(direction), self.model.path)
 
     def options_for(self, direction: str | Direction, settings: SamplingSettings | None = None, **fields) -> EditOptions:
         """The EditOptions of `settings` (what a command's flags, the app or the caller set) laid over the

@@ -32,6 +32,7 @@ from pedit.arrays import all_finite, blocks, cat, on_device_of, tile_rows, to_ho
 from pedit.edit.guidance import N_ROWS, PROMPT_ROWS
 from pedit.edit.steps import Rows, run
 from pedit.errors import ConfigError, NonFiniteError
+from pedit.edit.learned_mask import learned_weight
 from pedit.edit.pixel_mask import refined_weight
 from pedit.model.conditions import EditConditions
 from pedit.model.mask_settings import MaskConfig  # noqa: F401 (the settings live with the model folder's metadata)
@@ -261,7 +262,8 @@ def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent, cfg: MaskCo
     0 inside it where `raw` hardly differs from `original`: change_weight); "pixel", the pixel-
     resolution weight from the difference map `diff` (h, w) before binarisation, the input, the
     edit and, with change_from "reconstruction", the decoded `reconstruction` of the input
-    (pedit.edit.pixel_mask). A user's mask (`edit`'s user_mask) is taken as given: keep_below gates
+    (pedit.edit.pixel_mask); "learned", a small network's prediction of the edited region from the
+    same inputs and the latent mask (pedit.edit.learned_mask). A user's mask (`edit`'s user_mask) is taken as given: keep_below gates
     only the model's weight.
 
     original, raw, reconstruction: (R, R, 3) uint8; mask_latent: (1, 1, h, w) or None (no mask: all of `raw`).
@@ -273,6 +275,10 @@ def keep_outside(original: np.ndarray, raw: np.ndarray, mask_latent, cfg: MaskCo
         if diff is None:
             raise ConfigError("The \"pixel\" mask refinement needs the editing mask's difference map; pass diff=.")
         weight = refined_weight(cfg, diff, original, raw, reconstruction)
+    elif cfg.refine == "learned":
+        if diff is None:
+            raise ConfigError("The \"learned\" mask refinement needs the editing mask's difference map; pass diff=.")
+        weight = learned_weight(cfg, diff, original, raw, to_host(mask_latent))
     else:
         size = original.shape[0]
         f = size // mask_latent.shape[-1]

@@ -52,12 +52,13 @@ class EditOptions:
         check_sampling_fields(self)
 
 
-def default_options(meta: dict, direction=None) -> EditOptions:
+def default_options(meta: dict, direction=None, folder=None) -> EditOptions:
     """EditOptions with a model folder's settings (its pedit.json `meta`) for `direction` (a Direction or
     None): the editing mask's ("mask", then "mask_by_task", then "mask_by_direction";
-    pedit.model.mask_settings) and the sampling ones ("sampling": steps, scheduler, interval, scales)."""
+    pedit.model.mask_settings; `folder`: the model folder a learned refiner's file is in) and the sampling
+    ones ("sampling": steps, scheduler, interval, scales)."""
     sampling = sampling_for(meta)  # pedit.json "sampling": steps, scheduler, interval, scales
-    return EditOptions(mask=mask_config_for(meta, direction), steps=sampling.steps,
+    return EditOptions(mask=mask_config_for(meta, direction, folder=folder), steps=sampling.steps,
                        scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval,
                        scales=GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p))
 

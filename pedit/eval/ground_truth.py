@@ -293,8 +293,17 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     out = {}
     for p in pairs:
         if p.direction not in out:
+<<<<<<< HEAD
             mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)))
             out[p.direction] = options_for(EditOptions(mask=mask_cfg), cfg.sampling).mask
+=======
+            mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)), folder=folder)
+            if cfg.mask_batch is not None:
+                mask_cfg = dataclasses.replace(mask_cfg, batch=cfg.mask_batch)
+            if cfg.mask_noises is not None:
+                mask_cfg = dataclasses.replace(mask_cfg, n_noise=cfg.mask_noises)
+            out[p.direction] = mask_cfg
+>>>>>>> wip-28
     return out
 
 
@@ -384,7 +393,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                                                    None if diff is None else diff[i].float().cpu().numpy(),
                                                    None if reconstructions is None else reconstructions[i])
                         blend_seconds[m] += time.perf_counter() - t0
-                        if mask_cfgs[i].refine == "pixel":  # the mask that blended: the pixel weight
+                        if mask_cfgs[i].refine in ("pixel", "learned"):  # the mask that blended: the pixel weight
                             pred = weight >= 0.5
                 scores = (out, tgt[i], true_masks[i], pred, ceilings[i], src[i], latent, bands[i])
                 totals[m].add(*scores)

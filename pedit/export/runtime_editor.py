@@ -72,7 +72,8 @@ class RuntimeEditor:
         """The model's settings for `direction` (pedit.json's "mask…" and "sampling"), as the Editor's."""
         from pedit.edit.options import default_options
 
-        return default_options(self.meta, None if direction is None else self.direction(direction))
+        return default_options(self.meta, None if direction is None else self.direction(direction),
+                               self.runtime.export.folder)
 
     def options_for(self, direction, settings=None, **fields):
         """A caller's SamplingSettings laid over the model's defaults for `direction`, as the Editor's."""

@@ -91,8 +91,11 @@ def write_runtime_files(out: Path, model, dims, entry: dict | None, known: dict,
 
     from pedit.cache import file_sha256, folder_hash
 
+    from pedit.model.mask_refiner import refiner_files
+
     contents = {TOKENIZER: _tokenizer_json(model.parts.tokenizer), ARRAYS: _arrays(model),
                 MODEL_JSON: _model_json(model, dims)}
+    contents.update({name: (Path(model.path) / name).read_bytes() for name in refiner_files(model.meta)})
     old = (entry or {}).get("files", {})
     files, written = {}, []
     for name, data in contents.items():
@@ -105,4 +108,15 @@ def write_runtime_files(out: Path, model, dims, entry: dict | None, known: dict,
         files[name] = graph_files.record(out / name, data=False) if name in written else rec
     log(f"runtime files: {'wrote ' + ', '.join(written) if written else 'skipped (unchanged)'}")
     return {"format": RUNTIME_FORMAT, "files": files,
-            "source_hash": folder_hash(Path(model.path), RUNTIME_SOURCES, known)}
+            "source_hash": folder_hash(Path(model.path), runtime_sources(Path(model.path)), known)}
+
+
+def runtime_sources(model_folder: Path) -> tuple[str, ...]:
+    """What a runtime export is made from: RUNTIME_SOURCES and the learned mask refiner files pedit.json names."""
+    from pedit.model.mask_refiner import refiner_files
+
+    try:
+        meta = json.loads((Path(model_folder) / "pedit.json").read_text())
+    except (OSError, ValueError):
+        return RUNTIME_SOURCES
+    return RUNTIME_SOURCES + tuple(refiner_files(meta) if isinstance(meta, dict) else ())

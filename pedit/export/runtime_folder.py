@@ -93,6 +93,12 @@ def read_export(folder, backend: str = "onnx") -> Export:
             why = f"{folder / name} is missing from the manifest" if why == "no graph is recorded" else why
             raise ModelError(f"Exported folder {folder} is damaged: {why}; {_again(folder, model)}.")
     described = _model_json(folder)
+    from pedit.model.mask_refiner import refiner_files
+
+    for name in refiner_files(described["meta"]):  # a learned mask refiner's file, as exported
+        if (why := problem(folder, files.get(name))) is not None:
+            why = f"{folder / name} is missing from the manifest" if why == "no graph is recorded" else why
+            raise ModelError(f"Exported folder {folder} is damaged: {why}; {_again(folder, model)}.")
     return Export(folder=folder, model=str(model), graphs=graphs, hashes=hashes, meta=described["meta"],
                   scheduler_config=described["scheduler_config"], dims=described["dims"],
                   latent_factor=int(described["latent_factor"]), arrays=_arrays(folder), tokenizer=folder / TOKENIZER)
@@ -101,6 +107,7 @@ def read_export(folder, backend: str = "onnx") -> Export:
 def _model_json(folder: Path) -> dict:
     """model.json, its pedit.json checked as read_model_folder checks a model folder's."""
     from pedit.data.directions import model_directions
+    from pedit.model.mask_refiner import check_refiners
     from pedit.model.mask_settings import check_mask_settings
     from pedit.model.sampling_settings import check_sampling_settings
 
@@ -119,6 +126,7 @@ def _model_json(folder: Path) -> dict:
         check_sampling_settings(meta, path)
     except ValueError as e:
         raise ModelError(str(e)) from None
+    check_refiners(meta, folder)  # the export carries the refiner's file beside model.json
     return data
 
 
@@ -149,14 +157,14 @@ def cache_folder(model_folder: Path) -> Path:
 def _is_current(folder: Path, model_folder: Path) -> bool:
     """Whether `folder` holds a runtime export of `model_folder` as it is now (hashes by file stats)."""
     from pedit.cache import folder_hash
-    from pedit.export.runtime_files import RUNTIME_SOURCES
+    from pedit.export.runtime_files import runtime_sources
 
     manifest = read_manifest(folder)
     runtime = manifest.get("runtime")
     if manifest.get("model") != str(model_folder.resolve()) or not isinstance(runtime, dict):
         return False
     known = dict(manifest.get("file_hashes", {}))
-    return runtime.get("source_hash") == folder_hash(model_folder, RUNTIME_SOURCES, known)
+    return runtime.get("source_hash") == folder_hash(model_folder, runtime_sources(model_folder), known)
 
 
 def export_for(model, engines=None, log=lambda msg: None, allow_pickle: bool = False) -> Path:

@@ -23,6 +23,7 @@ import torch
 from pedit.data.directions import model_directions
 from pedit.errors import ModelError, UnsafeModelError
 from pedit.files import regular_file_problem
+from pedit.model.mask_refiner import check_refiners
 from pedit.model.mask_settings import check_mask_settings
 from pedit.model.paths import BUNDLED_MODELS, bundled_model_path, model_path  # noqa: F401 (imported from here too)
 from pedit.model.sampling_settings import check_sampling_settings
@@ -346,7 +347,7 @@ TOP_LEVEL = {
     "init": str, "resolution": int, "latent_factor": int, "directions": list, "steps_trained": int,
     "steps_trained_total": int, "prediction_type": str, "training": dict, "training_history": (str, list),
     "peak_gpu_memory_gib": NUMBER, "mask": dict, "mask_by_task": dict, "mask_by_direction": dict,
-    "mask_tuning": (str, dict), "pixel_mask_tuning": (str, dict), "sampling": dict, "distilled": dict, "bundled": bool,
+    "mask_tuning": (str, dict), "pixel_mask_tuning": (str, dict), "mask_refiner": str, "sampling": dict, "distilled": dict, "bundled": bool,
 }
 
 
@@ -388,6 +389,7 @@ def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
         check_distilled_settings(meta, path / "pedit.json")  # "distilled"
     except ValueError as e:
         raise ModelError(str(e)) from None
+    check_refiners(meta, path)  # a learned mask refiner's file: present, of this kind and resolution
     return path, meta
 
 

@@ -13,8 +13,10 @@ scripts/tune_pixel_mask.py).
 "refine" says how the latent mask becomes the pixel blend weight: "latent" (the paper's binary
 latent mask upsampled, dilated and feathered; pedit.edit.mask.pixel_mask) or "pixel" (the
 difference map before binarisation, upsampled, softly thresholded and gated by where the decoded
-edit changes colour, at pixel resolution; pedit.edit.pixel_mask). A name pedit cannot run is
-refused when the model folder loads.
+edit changes colour, at pixel resolution; pedit.edit.pixel_mask) or "learned" (a small network,
+whose weights are the file "refiner" in the model folder, predicts the edited region at pixel
+resolution from the same inputs; pedit.edit.learned_mask, pedit.model.mask_refiner). A name pedit
+cannot run, or a refiner file it cannot run, is refused when the model folder loads.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pedit.errors import ConfigError
 
 
-REFINEMENTS = ("latent", "pixel")  # how the pixel blend weight is made (module docstring)
+REFINEMENTS = ("latent", "pixel", "learned")  # how the pixel blend weight is made (module docstring)
 CHANGE_FROM = ("input", "reconstruction")
 
 
@@ -51,6 +53,14 @@ class MaskConfig:
     change_from: str = "input"  # "pixel": change_below measures the edit's change from the input or its "reconstruction"
     edge_feather: float = 1.5  # "pixel": Gaussian sigma of the weight's outline, in pixels
     guide_radius: int = 0  # "pixel": guided-filter the upsampled map by the input, radius in px (0: off)
+    # "learned" (pedit.edit.learned_mask): the refiner's file in the model folder (pedit.json: a file name; the
+    # options an editor makes hold its path, mask_config_for's `folder`), and its own fields below, so the
+    # pixel kind's settings stay as the folder chose them.
+    refiner: str = ""
+    refiner_threshold: float = 0.6  # "learned": the soft threshold of the refiner's probability
+    refiner_band: float = 0.2  # "learned": the ramp from refiner_threshold - band (weight 0) to + band (weight 1)
+    refiner_change_below: float = 0.0  # "learned": the pixel kind's change gate, from the input (0: off)
+    refiner_feather: float = 1.0  # "learned": Gaussian sigma of the weight's outline, in pixels
 
     def __post_init__(self):
         from pedit.validate import check_int, check_number
@@ -75,6 +85,14 @@ class MaskConfig:
         if self.change_from not in CHANGE_FROM:
             raise ConfigError(f"change_from must be one of {', '.join(CHANGE_FROM)}, got {self.change_from!r}")
         check_int("guide_radius", self.guide_radius, 0, 64)
+        if not isinstance(self.refiner, str):
+            raise ConfigError(f"refiner must be a file name, got {self.refiner!r}")
+        check_number("refiner_threshold", self.refiner_threshold, 0, 1)
+        check_number("refiner_band", self.refiner_band, 0, 1)
+        check_number("refiner_change_below", self.refiner_change_below, 0, 255)
+        check_number("refiner_feather", self.refiner_feather, 0, 64)
+        if self.refine == "learned" and not self.refiner:
+            raise ConfigError("refine \"learned\" needs \"refiner\": the refiner's file in the model folder")
 
 
 LEVELS = ("mask", "mask_by_task", "mask_by_direction")
@@ -90,7 +108,7 @@ def check_mask_settings(meta: dict, where, directions=None) -> None:
 
     from pedit.validate import NUMBER
 
-    kinds = {"n_noise": int, "guide_radius": int, "refine": str, "change_from": str}
+    kinds = {"n_noise": int, "guide_radius": int, "refine": str, "change_from": str, "refiner": str}
     settable = {name: kinds.get(name, NUMBER) for name in SETTABLE}  # MaskConfig checks the ranges and names
     groups = []
     if "mask" in meta:
@@ -113,10 +131,15 @@ def check_mask_settings(meta: dict, where, directions=None) -> None:
             raise ValueError(f"{where}: \"{name}\": {e}.") from None
 
 
-def mask_config_for(meta: dict, direction=None, base: MaskConfig | None = None) -> MaskConfig:
-    """MaskConfig for `direction` (a Direction with .name and .task, or None): base ← mask ← task ← direction."""
+def mask_config_for(meta: dict, direction=None, base: MaskConfig | None = None, folder=None) -> MaskConfig:
+    """MaskConfig for `direction` (a Direction with .name and .task, or None): base ← mask ← task ← direction.
+    `folder`: the model folder, whose path a "refiner" file name is joined to (what an edit reads)."""
     settings = dict(meta.get("mask", {}))
     if direction is not None:
         settings.update(meta.get("mask_by_task", {}).get(getattr(direction, "task", None), {}))
         settings.update(meta.get("mask_by_direction", {}).get(direction.name, {}))
+    if folder is not None and settings.get("refiner"):
+        from pathlib import Path
+
+        settings["refiner"] = str(Path(folder) / settings["refiner"])
     return dataclasses.replace(base or MaskConfig(), **settings)

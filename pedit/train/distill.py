@@ -155,6 +155,23 @@ def make_student(teacher_mcdm, gradient_checkpointing: bool = False):
     return student
 
 
+def without_learned_refiner(meta: dict) -> dict:
+    """The mask levels of `meta` ("mask", "mask_by_task", "mask_by_direction") with a learned refiner's
+    settings dropped: the refiner was trained on the teacher's edits and its file stays with the teacher,
+    so an inherited "learned" becomes the hand-made "pixel" kind (whose settings sit beside it)."""
+    def plain(settings: dict) -> dict:
+        out = {k: v for k, v in settings.items() if not k.startswith("refiner")}
+        return {**out, "refine": "pixel"} if out.get("refine") == "learned" else out
+
+    levels = {}
+    if isinstance(meta.get("mask"), dict):
+        levels["mask"] = plain(meta["mask"])
+    for level in ("mask_by_task", "mask_by_direction"):
+        if isinstance(meta.get(level), dict):
+            levels[level] = {k: plain(v) if isinstance(v, dict) else v for k, v in meta[level].items()}
+    return levels
+
+
 def student_settings(cfg: DistillConfig, teacher_meta: dict) -> tuple[dict, object]:
     """What the student's pedit.json keeps of the teacher's (KEPT_FROM_TEACHER; an inherited guidance
     interval dropped when its unit scales fall outside cfg.scale_range), and the validation grids'
@@ -162,6 +179,7 @@ def student_settings(cfg: DistillConfig, teacher_meta: dict) -> tuple[dict, obje
     from pedit.edit.guidance import GuidanceScales
 
     kept = {k: teacher_meta[k] for k in KEPT_FROM_TEACHER if k in teacher_meta}
+    kept.update(without_learned_refiner(kept))
     if "chosen_by" in kept.get("sampling", {}):  # measured on the teacher: say so, until measured on the student
         kept["sampling"] = {**kept["sampling"], "chosen_by": "the teacher's: " + kept["sampling"]["chosen_by"]}
     if "guidance_interval" in kept.get("sampling", {}) and not all(lo <= 1 <= hi for lo, hi in cfg.scale_range):
