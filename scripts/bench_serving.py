@@ -2,16 +2,18 @@
 """Serving benchmark: edits/s and latency percentiles at 1, 4, 16 and 64 concurrent clients, with the
 U-Net's step-level batching on and off (the same repository otherwise), in one run.
 
-    python scripts/bench_serving.py [-m MODEL] [--instances 8] [--levels 1,4,16,64] [--soak 1000]
-                                    [--settings '{"steps": 20, ...}'] [-o report.json]
+    python scripts/bench_serving.py [-m MODEL] [--instances 8] [--unet-threads 1] [--levels 1,4,16,64]
+                                    [--soak 1000] [--settings '{"steps": 20, ...}'] [-o report.json]
 
 For each configuration it exports a Triton repository (pedit export --triton), starts tritonserver
 on 127.0.0.1 and times the cold start to ready, and computes each distinct request's reference alone.
 Both servers stay up; at each level the two are measured alternately `--repeats` times (medians),
 with closed-loop clients (each sends its next request when the last returns) and reports:
-edits/s, p50/p95/p99 latency, and from Triton's own statistics the U-Net's inference count (rows)
-against its execution count (calls). Every response is compared with its reference: a response
-equal to another request's reference is "mixed", a missing or failed one "lost". `--soak N` sends
+edits/s, p50/p95/p99 latency, from Triton's own statistics the U-Net's inference count (rows)
+against its execution count (calls), and the CPU seconds an edit took in the server's processes
+and in the clients (on a saturated CPU, edits/s is the cores over their sum). Every response is
+compared with its reference: a response equal to another request's reference is "mixed", a missing
+or failed one "lost". `--soak N` sends
 N more requests at the highest level below 64 with batching on and counts both.
 """
 
@@ -43,6 +45,21 @@ KEYS = [(d, s) for d in ("laughing", "angry", "shocked", "crying") for s in (0, 
 def unet_counts(server: TritonServer) -> tuple[int, int]:
     stats = read_json(f"{server.urls['http']}/v2/models/unet/stats", {ADMIN_HEADER: server.admin_key})["model_stats"][0]
     return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def server_cpu_seconds(server: TritonServer) -> float:
+    """CPU seconds (user + system) used so far by the server's processes: tritonserver and every Python
+    stub (one process group: the server starts in a session of its own)."""
+    ticks, group = os.sysconf("SC_CLK_TCK"), server.process.pid
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == group:  # fields after the name: state, ppid, pgrp, ..., utime (12), stime (13)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def pixels(result) -> bytes:
@@ -83,7 +100,8 @@ def drive(client: ServerClient, clients: int, requests: int, references: dict) -
 def start_config(args, batching: bool, work: Path) -> tuple[TritonServer, ServerClient, dict]:
     repo = export_repository(RepositoryConfig(
         model=args.model, output=str(work / ("repo-batching" if batching else "repo-plain")), overwrite=True,
-        batching=batching, pedit_instances=args.instances, max_queue=max(args.levels) * 4, timeout_s=600,
+        batching=batching, pedit_instances=args.instances, threads=args.unet_threads,
+        max_queue=max(args.levels) * 4, timeout_s=600,
         networks=("unet",), unet_max_rows=5 * args.instances,
         unet_preferred=tuple(sorted({5 * max(1, args.instances // 4), 5 * max(1, args.instances // 2), 5 * args.instances}))),
         log=print)
@@ -97,19 +115,26 @@ def start_config(args, batching: bool, work: Path) -> tuple[TritonServer, Server
 
 
 def measure(server, client, references, clients: int, requests: int) -> dict:
-    before = unet_counts(server)
+    """One level's run, with the U-Net's rows and executions, and the CPU seconds an edit took in the
+    server's processes and in this client (the clients' HTTP and PNG decoding share the machine)."""
+    before, cpu0, mine0 = unet_counts(server), server_cpu_seconds(server), time.process_time()
     level = drive(client, clients, requests, references)
     rows, calls = (a - b for a, b in zip(unet_counts(server), before))
-    level.update(unet_rows=rows, unet_executions=calls, rows_per_execution=round(rows / max(calls, 1), 2))
+    done = max(requests - level["lost"], 1)
+    level.update(unet_rows=rows, unet_executions=calls, rows_per_execution=round(rows / max(calls, 1), 2),
+                 server_cpu_s_per_edit=round((server_cpu_seconds(server) - cpu0) / done, 4),
+                 client_cpu_s_per_edit=round((time.process_time() - mine0) / done, 4),
+                 load_avg_1min=os.getloadavg()[0])
     return level
 
 
 def pooled(runs: list[dict]) -> dict:
     """Repeats of one level: the median edits/s, the median of each percentile, totals of the counts."""
     out = {k: runs[0][k] for k in ("clients", "requests")}
-    for key in ("edits_per_s", "p50_s", "p95_s", "p99_s"):
-        out[key] = round(statistics.median(r[key] for r in runs), 3)
+    for key in ("edits_per_s", "p50_s", "p95_s", "p99_s", "server_cpu_s_per_edit", "client_cpu_s_per_edit"):
+        out[key] = round(statistics.median(r[key] for r in runs), 4 if key.endswith("per_edit") else 3)
     out["edits_per_s_runs"] = [r["edits_per_s"] for r in runs]
+    out["load_avg_1min_runs"] = [r["load_avg_1min"] for r in runs]
     for key in ("lost", "mixed", "unet_rows", "unet_executions"):
         out[key] = sum(r[key] for r in runs)
     out["rows_per_execution"] = round(out["unet_rows"] / max(out["unet_executions"], 1), 2)
@@ -119,12 +144,15 @@ def pooled(runs: list[dict]) -> dict:
 def markdown(report: dict) -> str:
     """The report as the table docs/serving.md shows."""
     lines = ["| clients | batching: edits/s | p50 / p95 / p99 s | U-Net rows per execution | batching off: edits/s "
-             "| p50 / p95 / p99 s | rows per execution | throughput ratio |", "|---|---|---|---|---|---|---|---|"]
+             "| p50 / p95 / p99 s | rows per execution | throughput ratio | CPU s an edit, server + clients: on / off |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in report["levels"]:
         on, off = row["batching"], row["plain"]
+        cpu = [f"{r['server_cpu_s_per_edit']} + {r['client_cpu_s_per_edit']}" for r in (on, off)]
         lines.append(f"| {on['clients']} | {on['edits_per_s']} | {on['p50_s']} / {on['p95_s']} / {on['p99_s']} | "
                      f"{on['rows_per_execution']} ({on['unet_rows']} / {on['unet_executions']}) | {off['edits_per_s']} | "
-                     f"{off['p50_s']} / {off['p95_s']} / {off['p99_s']} | {off['rows_per_execution']} | {row['speedup']}x |")
+                     f"{off['p50_s']} / {off['p95_s']} / {off['p99_s']} | {off['rows_per_execution']} | {row['speedup']}x "
+                     f"| {cpu[0]} / {cpu[1]} |")
     return "\n".join(lines)
 
 
@@ -132,6 +160,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-m", "--model")
     p.add_argument("--instances", type=int, default=8, help="pedit model instances (edits in flight)")
+    p.add_argument("--unet-threads", type=int, default=1, help="ONNX Runtime intra-op threads of the U-Net model")
     p.add_argument("--levels", default="1,4,16,64")
     p.add_argument("--per-client", type=int, default=2, help="requests per client at each level")
     p.add_argument("--min-requests", type=int, default=8)
@@ -147,7 +176,8 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
-              "model": args.model or "bundled toon", "instances": args.instances, "settings": SETTINGS,
+              "model": args.model or "the default edit model", "instances": args.instances,
+              "unet_threads": args.unet_threads, "settings": SETTINGS,
               "repeats": args.repeats}
     # Both servers up at once and the configurations alternated at every repeat, so a change in the
     # machine's load falls on both alike; medians over the repeats.

@@ -5,7 +5,7 @@
 #   2. latency at SD 1.5 size:      pedit bench --arch sd15 --vs ip2p --backend torch,compile -> OUT/bench_sd15.json
 #   3. gen-pairs throughput:        scripts/bench_gen_pairs.py (pairs/s, 512 x 1024, batch 4) -> OUT/gen_pairs.json
 #   4. the SD 1.5 dry run on CUDA:  scripts/sd15_dry_run.sh at 512 px, fp16 -> OUT/dry-run/dry_run.md
-#   5. serving on Triton:           scripts/bench_serving.py (batching on vs off, 1/4/16/64 clients) -> OUT/serving.json
+#   5. serving on Triton:           scripts/bench_serving.py (batching on vs off, 1 and 16 clients) -> OUT/serving.json
 #      when a serving environment is there (.venv-serve or $PEDIT_TRITON_VENV; SERVE_MODEL picks the model)
 # and OUT/gpu_check.md, the summary (rewritten after every part). Without CUDA it says, part by part,
 # what it skips, and exits 0 (try it on a CPU first: `scripts/gpu_check.sh /tmp/gpu-check`).
@@ -70,11 +70,12 @@ EOF
 cat "$SUMMARY" >&2
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  note "No CUDA device: skipping all four parts (nothing here would measure a GPU):"
+  note "No CUDA device: skipping all five parts (nothing here would measure a GPU):"
   note "- suite on CUDA (PEDIT_TEST_DEVICE=cuda): skipped, no CUDA"
   note "- pedit bench --arch sd15 --vs ip2p (torch, compile): skipped, no CUDA"
   note "- gen-pairs pairs/s (scripts/bench_gen_pairs.py): skipped, no CUDA"
   note "- SD 1.5 dry run at 512 px, fp16 (scripts/sd15_dry_run.sh): skipped, no CUDA (on a CPU run it alone: scripts/sd15_dry_run.sh OUT)"
+  note "- serving on Triton (scripts/bench_serving.py): skipped, no CUDA (on a CPU run it alone: docs/serving.md, Numbers)"
   exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
@@ -100,17 +101,20 @@ part gen_pairs "${PAIRS_S:-60}" "$PY" scripts/bench_gen_pairs.py --device cuda -
   --repeats 2 --json "$OUT/gen_pairs.json"
 tail -n 4 "$OUT/gen_pairs.log" | sed 's/^/  /' >> "$SUMMARY"
 
-# 4. Every card command at SD 1.5 size on the GPU, the rest of the budget (its table grows stage by stage).
+# 4. Every card command at SD 1.5 size on the GPU, the rest of the budget (its table grows stage by stage)
+# less part 5's share when a serving environment is there (else the dry run would leave it nothing).
+SERVE_RESERVE=0
+[ -d "${PEDIT_TRITON_VENV:-.venv-serve}" ] && SERVE_RESERVE=${SERVE_S:-150}
 wait "$BUILD_PID"; note "- folders for the dry run: exit $? ($(tail -n 1 "$OUT/build.log"))"
 DEVICE=cuda RESOLUTION=512 PRECISION=fp16 MIN_FREE_GB=0 STAGE_TIMEOUT=150 PYTHON="$PY" CACHE=$CACHE \
-  part dry_run "$(left)" bash scripts/sd15_dry_run.sh "$OUT/dry-run"
+  part dry_run "$(( $(left) - SERVE_RESERVE ))" bash scripts/sd15_dry_run.sh "$OUT/dry-run"
 [ -f "$OUT/dry-run/dry_run.md" ] && { echo; cat "$OUT/dry-run/dry_run.md"; } >> "$SUMMARY"
 
 # 5. Step-level batching on Triton against batching off (docs/serving.md). The U-Net model and the pedit
 # model's runtime use ONNX Runtime's CUDA provider where onnxruntime-gpu is installed in the serving environment.
 if [ -d "${PEDIT_TRITON_VENV:-.venv-serve}" ]; then
-  part serving "${SERVE_S:-240}" "$PY" scripts/bench_serving.py ${SERVE_MODEL:+-m "$SERVE_MODEL"} \
-    --instances 16 --soak 0 -o "$OUT/serving.json"
+  part serving "${SERVE_S:-150}" "$PY" scripts/bench_serving.py ${SERVE_MODEL:+-m "$SERVE_MODEL"} \
+    --instances 16 --levels "${SERVE_LEVELS:-1,16}" --repeats 2 --soak 0 -o "$OUT/serving.json"
   tail -n 6 "$OUT/serving.log" | sed 's/^/  /' >> "$SUMMARY"
 else
   note "- serving (scripts/bench_serving.py): skipped, no serving environment (make setup builds .venv-serve)"

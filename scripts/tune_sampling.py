@@ -115,8 +115,9 @@ def main() -> None:
         rows = edit_rows(options, make_scheduler(scheduler, schedule), distilled="distilled" in meta)
         t0 = time.perf_counter()
         # None in CONFIGS is every step guided; EvalConfig's None would take the model folder's own interval
-        report = evaluate(EvalConfig(pairs=str(pairs), model=str(model), methods=("ours",), steps=steps,
-                                     scheduler=scheduler, guidance_interval=interval or (0.0, 1.0), mask_noises=draws,
+        report = evaluate(EvalConfig(pairs=str(pairs), model=str(model), methods=("ours",),
+                                     sampling=SamplingSettings(steps=steps, scheduler=scheduler, mask_noises=draws,
+                                                               guidance_interval=interval or (0.0, 1.0)),
                                      batch_size=16, grid_pairs=0, imperfect_reference=False))
         ours = report["methods"]["ours"]
         results[name] = {"mask_draws": draws, "scheduler": scheduler, "steps": steps, "guidance_interval": interval,

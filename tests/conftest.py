@@ -20,6 +20,17 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (the scripts are not a package), for tests of its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cpu_only(reason): runs only when PEDIT_TEST_DEVICE is cpu (or unset)")
     if TEST_DEVICE != "cpu":
@@ -86,7 +97,8 @@ def random_model(tiny_base, tmp_path_factory) -> Path:
     import torch
 
     from pedit.data.directions import BUILTIN
-    from pedit.model.loading import base_unet, load_base, save_model
+    from pedit.model.loading import base_unet, load_base
+    from pedit.model.saving import save_model
     from pedit.model.mcdm import MCDM, ImageProjector, widen_conv_in
 
     root, parts = load_base(tiny_base)

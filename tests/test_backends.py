@@ -17,6 +17,7 @@ from pedit.edit.mask import MaskConfig
 from pedit.export.backends import make_denoise
 from pedit.export.specs import dims_of, network_specs, random_inputs
 from pedit.model.loading import load_model
+from pedit.model.sampling_settings import SamplingSettings
 from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 
@@ -111,7 +112,7 @@ def test_eval_runs_every_masked_method_in_bf16(random_model, tiny_pairs):
     from pedit.eval.ground_truth import EvalConfig, evaluate
 
     cfg = EvalConfig(pairs=str(tiny_pairs), model=str(random_model), methods=("ours", "no-c_s", "diffedit"),
-                     steps=2, limit=2, grid_pairs=0, precision="bf16", imperfect_reference=False)
+                     sampling=SamplingSettings(steps=2), limit=2, grid_pairs=0, precision="bf16", imperfect_reference=False)
     report = evaluate(cfg)
     for m in cfg.methods:
         s = report["methods"][m]
@@ -135,8 +136,8 @@ def test_fp16_vae_overflow_falls_back_to_fp32(random_model):
 def test_bench_reports_each_stage_flops_and_the_ip2p_ratio(random_model):
     from pedit.export.bench import BenchConfig, run_bench, unet_flops
 
-    report = run_bench(BenchConfig(model=str(random_model), backends=("torch", "onnx"), steps=2, repeats=2,
-                                   mask_noises=2, vs_ip2p=True))
+    report = run_bench(BenchConfig(model=str(random_model), backends=("torch", "onnx"), repeats=2,
+                                   sampling=SamplingSettings(steps=2, mask_noises=2), vs_ip2p=True))
     assert set(report["backends"]) == {"torch", "onnx"}
     for row in report["backends"].values():
         assert all(row[f"{s}_ms"] > 0 for s in ("encode", "mask", "steps", "decode", "edit"))
@@ -163,8 +164,8 @@ def test_bench_counts_the_rows_of_fewer_steps_and_a_guidance_interval(random_mod
     from pedit.edit.mask import MaskConfig
     from pedit.export.bench import BenchConfig, run_bench
 
-    cfg = BenchConfig(model=str(random_model), steps=4, repeats=1, warmup=0, mask_noises=1, vs_ip2p=True,
-                      scheduler="dpm", guidance_interval=(0.5, 1.0), ip2p_steps=5)
+    cfg = BenchConfig(model=str(random_model), repeats=1, warmup=0, vs_ip2p=True, ip2p_steps=5,
+                      sampling=SamplingSettings(steps=4, mask_noises=1, scheduler="dpm", guidance_interval=(0.5, 1.0)))
     report = run_bench(cfg)
     editor = Editor.from_pretrained(random_model, device=TEST_DEVICE)
     options = EditOptions(steps=4, scheduler="dpm", mask=MaskConfig(n_noise=1), guidance_interval=(0.5, 1.0))
@@ -264,8 +265,20 @@ def test_bench_config_validates_its_fields(kwargs, field):
     from pedit.errors import ConfigError
     from pedit.export.bench import BenchConfig
 
-    with pytest.raises(ConfigError, match=field):
-        BenchConfig(**kwargs)
+    with pytest.raises(ConfigError, match=field):  # the sampling fields: the settings object checks them, once
+        BenchConfig(**with_settings(kwargs))
+
+
+def with_settings(kwargs: dict) -> dict:
+    """kwargs with the SamplingSettings fields among them gathered into `sampling` (built here, where a
+    bad one is refused)."""
+    from dataclasses import fields
+
+    from pedit.model.sampling_settings import SamplingSettings
+
+    names = {f.name for f in fields(SamplingSettings)}
+    rest = {k: v for k, v in kwargs.items() if k not in names}
+    return {**rest, "sampling": SamplingSettings(**{k: v for k, v in kwargs.items() if k in names})}
 
 
 @pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"precision": "fp8"}, "precision"),
@@ -277,8 +290,7 @@ def test_edit_files_config_validates_backend_precision_and_mask(kwargs, field):
     from pedit.photos.edit_files import EditFilesConfig
 
     with pytest.raises(ConfigError, match=field):  # the sampling fields: the settings object checks them, once
-        sampling = {k: kwargs.pop(k) for k in ("mask_batch", "mask_noises") if k in kwargs}
-        EditFilesConfig(inputs=("a.png",), direction="royal", sampling=SamplingSettings(**sampling), **kwargs)
+        EditFilesConfig(inputs=("a.png",), direction="royal", **with_settings(kwargs))
 
 
 @pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"device": "meta"}, "Device .meta. cannot run an edit"),
@@ -288,7 +300,7 @@ def test_eval_config_validates_backend_and_device(kwargs, field):
     from pedit.eval.ground_truth import EvalConfig
 
     with pytest.raises(ConfigError, match=field):
-        EvalConfig(pairs="p", **kwargs)
+        EvalConfig(pairs="p", **with_settings(kwargs))
 
 
 def test_bench_direction_is_checked_before_any_model_loads(random_model, monkeypatch):

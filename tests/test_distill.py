@@ -25,6 +25,7 @@ from pedit.errors import ConfigError, ModelError
 from pedit.model.distilled import FEATURES, scale_features, scale_token, split_scale_token
 from pedit.model.loading import load_model
 from pedit.train.distill import DistillConfig, distill, make_student, parse_scale_range, teacher_eps
+from pedit.model.sampling_settings import SamplingSettings
 
 RANGE = {"s_s": [1.0, 2.5], "s_im": [1.0, 2.0], "s_p": [1.0, 7.5]}
 DISTILLED = {"kind": "guidance", "rows_per_branch": 1, "scale_range": RANGE}
@@ -224,7 +225,7 @@ def test_cli_distill_bad_input_is_one_error_line(tiny_pairs, tmp_path):
 @pytest.fixture(scope="module")
 def student_model(random_model, tmp_path_factory):
     """A tiny student whose scale embedding is not zero (so the scales change what it computes)."""
-    from pedit.model.loading import save_model
+    from pedit.model.saving import save_model
 
     teacher = load_model(random_model)
     torch.manual_seed(1)
@@ -275,7 +276,7 @@ def test_a_students_torchscript_cache_gives_the_eager_bytes(student_model, portr
 def test_eval_of_a_student_runs_its_two_methods_and_refuses_the_baselines(student_model, tiny_pairs):
     from pedit.eval.ground_truth import STUDENT_METHODS, EvalConfig, evaluate
 
-    report = evaluate(EvalConfig(pairs=str(tiny_pairs), model=str(student_model), steps=2, limit=2, grid_pairs=0,
+    report = evaluate(EvalConfig(pairs=str(tiny_pairs), model=str(student_model), sampling=SamplingSettings(steps=2), limit=2, grid_pairs=0,
                                  imperfect_reference=False))
     assert tuple(report["methods"]) == STUDENT_METHODS
     with pytest.raises(ConfigError, match="distilled student.*diffedit"):
@@ -285,7 +286,7 @@ def test_eval_of_a_student_runs_its_two_methods_and_refuses_the_baselines(studen
 def test_bench_of_a_student_counts_two_rows_a_step(student_model):
     from pedit.export.bench import BenchConfig, run_bench
 
-    report = run_bench(BenchConfig(model=str(student_model), steps=3, repeats=1, warmup=0, mask_noises=2,
+    report = run_bench(BenchConfig(model=str(student_model), sampling=SamplingSettings(steps=3, mask_noises=2), repeats=1, warmup=0,
                                    vs_ip2p=True))
     assert report["distilled"] and report["unet_rows_per_edit"] == 2 * 2 + 2 * 3
     assert report["ip2p"]["unet_rows_per_edit"] == 3 * 3
@@ -332,7 +333,7 @@ def test_eval_refuses_a_students_out_of_range_scales_before_loading(student_mode
     from pedit.eval.ground_truth import EvalConfig, evaluate
 
     with pytest.raises(ConfigError, match="s_p = 9"):
-        evaluate(EvalConfig(pairs=str(tiny_pairs), model=str(student_model), s_p=9.0))
+        evaluate(EvalConfig(pairs=str(tiny_pairs), model=str(student_model), sampling=SamplingSettings(s_p=9.0)))
 
 
 def test_resume_refuses_a_teacher_changed_in_place(tiny_pairs, random_model, tmp_path):

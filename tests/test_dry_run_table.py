@@ -1,17 +1,9 @@
 """scripts/sd15_dry_run_table.py: the SD 1.5 dry run's per-stage records, read back from what the shell script wrote."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sd15_dry_run_table.py"
-
-
-def _table():
-    spec = importlib.util.spec_from_file_location("sd15_dry_run_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def _stage(out: Path, name: str, rc: int, time: str, log: str, target: Path | None = None):
@@ -33,7 +25,7 @@ def test_records_exit_time_memory_files_and_the_error_line(tmp_path):
            "loading\nError: the model folder is broken\nAborted!\n")
     (tmp_path / "stages" / "bench").mkdir()
     (tmp_path / "stages" / "bench" / "skipped").write_text("train failed\n")
-    _table().main([str(tmp_path)])
+    load_script("sd15_dry_run_table").main([str(tmp_path)])
     report = json.loads((tmp_path / "dry_run.json").read_text())
     train, evaluation, bench = report["stages"]  # in the script's order, not the folders'
     assert (train["stage"], train["exit_code"], train["wall_s"], train["peak_rss_gib"]) == ("train", 0, 12.5, 2.0)

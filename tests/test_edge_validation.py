@@ -66,8 +66,8 @@ def one_error_line(result) -> str:
     (lambda: TrainConfig("d", "o", ema_decay=1.5), "ema_decay must be in [0, 1], got 1.5"),
     (lambda: TrainConfig("d", "o", max_minutes=NAN), "max_minutes must be a finite number, got nan"),
     (lambda: TrainConfig("d", "o", resume=True, overwrite=True), "resume and overwrite contradict each other"),
-    (lambda: EvalConfig("p", seed=-3), f"seed must be in [0, {2**64 - 1}], got -3"),
-    (lambda: EvalConfig("p", s_s=NAN), "s_s must be a finite number, got nan"),
+    (lambda: EvalConfig("p", sampling=SamplingSettings(seed=-3)), f"seed must be in [0, {2**64 - 1}], got -3"),
+    (lambda: EvalConfig("p", sampling=SamplingSettings(s_s=NAN)), "s_s must be a finite number, got nan"),
     (lambda: GenPairsConfig("o", 4, seed=-1), f"seed must be in [0, {2**63 - 4}], got -1"),  # pair 3 records seed + 3 < 2**63
     (lambda: GenPairsConfig("o", 4, max_face_width=NAN), "max_face_width must be a finite number, got nan"),
 ])

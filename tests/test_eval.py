@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from pedit.cli import cli
 from pedit.eval.ground_truth import METHODS, NA_OFFLINE, Scores
+from pedit.model.sampling_settings import SamplingSettings
 
 
 def test_region_psnr_pools_squared_error_and_iou_is_exact():
@@ -93,6 +94,6 @@ def test_eval_with_the_largest_seed_runs_past_its_first_batch(random_model, exac
     from pedit.eval.ground_truth import EvalConfig, evaluate
 
     # seed + 1 for the second batch overflowed manual_seed ("unexpected RuntimeError").
-    report = evaluate(EvalConfig(str(exact_pairs), model=str(random_model), methods=("ours-no-mask",), steps=1,
-                                 seed=2**64 - 1, batch_size=1, limit=2, grid_pairs=0, imperfect_reference=False))
+    report = evaluate(EvalConfig(str(exact_pairs), model=str(random_model), methods=("ours-no-mask",),
+                                 sampling=SamplingSettings(steps=1, seed=2**64 - 1), batch_size=1, limit=2, grid_pairs=0, imperfect_reference=False))
     assert report["pairs"] == 2 and report["methods"]["ours-no-mask"]["pairs"] == 2

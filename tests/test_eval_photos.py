@@ -21,6 +21,7 @@ from pedit import faces
 from pedit.cli import cli
 from pedit.faces import SAME_PERSON_THRESHOLD, HogDetector, image_identity_distance
 from pedit.photos.identity import MISSING_NOTE
+from pedit.model.sampling_settings import SamplingSettings
 from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 pytestmark = pytest.mark.skipif(not faces.face_model_available(), reason="needs pip install 'pedit[faces]'")
@@ -197,7 +198,7 @@ def test_configs_refuse_unknown_detectors_and_empty_lists():
     with pytest.raises(ConfigError, match="Directions"):
         PhotoEvalConfig(photos=("a.jpg",), directions=())
     with pytest.raises(ConfigError, match="steps"):
-        PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), steps=0)
+        PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), sampling=SamplingSettings(steps=0))
     with pytest.raises(ConfigError, match="margin"):
         PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), margin=9.0)
 

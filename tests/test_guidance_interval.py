@@ -14,6 +14,7 @@ from pedit.edit.rows import edit_rows
 from pedit.edit.guidance import GuidanceScales, guided_eps, unguided_eps
 from pedit.edit.mask import MaskConfig
 from pedit.errors import ConfigError
+from pedit.model.sampling_settings import SamplingSettings
 
 
 def _counting(editor):
@@ -99,23 +100,36 @@ def test_eval_takes_the_sampling_settings_of_ours(random_model, tmp_path):
     from pedit.eval.ground_truth import EvalConfig, evaluate
 
     with pytest.raises(ConfigError, match="scheduler"):
-        EvalConfig(pairs="p", scheduler="heun")
+        EvalConfig(pairs="p", sampling=SamplingSettings(scheduler="heun"))
     with pytest.raises(ConfigError, match="guidance_interval"):
-        EvalConfig(pairs="p", guidance_interval=(0.5, 0.1))
+        EvalConfig(pairs="p", sampling=SamplingSettings(guidance_interval=(0.5, 0.1)))
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=2, resolution=32, exact=True))
-    common = dict(pairs=str(pairs), model=str(random_model), methods=("ours",), steps=4, grid_pairs=0,
+    common = dict(pairs=str(pairs), model=str(random_model), methods=("ours",), grid_pairs=0,
                   imperfect_reference=False)
-    base = evaluate(EvalConfig(**common))["methods"]["ours"]
-    other = evaluate(EvalConfig(**common, scheduler="dpm", guidance_interval=(0.3, 0.7), mask_noises=1))["methods"]["ours"]
+    base = evaluate(EvalConfig(**common, sampling=SamplingSettings(steps=4)))["methods"]["ours"]
+    other = evaluate(EvalConfig(**common, sampling=SamplingSettings(steps=4, scheduler="dpm", guidance_interval=(0.3, 0.7),
+                                                                    mask_noises=1)))["methods"]["ours"]
     assert base["psnr"] != other["psnr"]  # the settings reached the sampler
 
 
-def test_eval_photos_refuses_the_pairs_only_sampling_flags(tmp_path):
+def test_eval_photos_takes_the_sampling_flags_and_refuses_the_pairs_only_ones(tmp_path, monkeypatch):
     from pedit.cli import cli
+    from pedit.eval import photos
 
-    result = CliRunner().invoke(cli, ["eval", "--photos", str(tmp_path), "-d", "royal", "--guidance-interval", "0.2,0.8"],
+    seen = []
+
+    def record(cfg, *args, **kwargs):  # stands in for the edits: what the command built is the question
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(photos, "evaluate_photos", record)
+    result = CliRunner().invoke(cli, ["eval", "--photos", str(tmp_path), "-d", "royal", "--guidance-interval", "0.2,0.8",
+                                      "--s-p", "5"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output  # the same sampling options as `pedit edit`, into the one settings object
+    assert seen[0].sampling.guidance_interval == (0.2, 0.8) and seen[0].sampling.s_p == 5.0
+    result = CliRunner().invoke(cli, ["eval", "--photos", str(tmp_path), "-d", "royal", "--batch-size", "4"],
                                 env={"COLUMNS": "1000"})
-    assert result.exit_code == 2 and "--guidance-interval goes with --pairs" in result.output
+    assert result.exit_code == 2 and "--batch-size goes with --pairs" in result.output
 
 
 # ---------------------------------------------------------------- a model folder's "sampling" settings
@@ -185,11 +199,31 @@ def test_eval_and_bench_take_the_model_folders_sampling(fast_model, tmp_path):
 
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=1, resolution=32, exact=True))
     report = evaluate(EvalConfig(pairs=str(pairs), model=str(fast_model), methods=("ours", "sdedit-0.5"), grid_pairs=0,
-                                 imperfect_reference=False, mask_noises=1))
+                                 imperfect_reference=False, sampling=SamplingSettings(mask_noises=1)))
     assert report["sampling"] == {"ours": {"scheduler": "dpm", "steps": 4, "guidance_interval": (0.3, 0.9),
                                            "s_s": 1.5, "s_im": 1.0, "s_p": 4.0},
                                   "baselines": {"scheduler": "ddim", "steps": 20}}
     cfg = with_sampling(BenchConfig(model=str(fast_model), vs_ip2p=True))
-    assert (cfg.steps, cfg.scheduler, cfg.guidance_interval, cfg.ip2p_steps) == (4, "dpm", (0.3, 0.9), 20)
-    cfg = with_sampling(BenchConfig(model=str(fast_model), steps=6, scheduler="euler", guidance_interval=(0.0, 1.0)))
-    assert (cfg.steps, cfg.scheduler, cfg.guidance_interval, cfg.ip2p_steps) == (6, "euler", (0.0, 1.0), None)
+    s = cfg.sampling
+    assert (s.steps, s.scheduler, s.guidance_interval, cfg.ip2p_steps) == (4, "dpm", (0.3, 0.9), 20)
+    cfg = with_sampling(BenchConfig(model=str(fast_model),
+                                    sampling=SamplingSettings(steps=6, scheduler="euler", guidance_interval=(0.0, 1.0))))
+    s = cfg.sampling
+    assert (s.steps, s.scheduler, s.guidance_interval, cfg.ip2p_steps) == (6, "euler", (0.0, 1.0), None)
+
+
+def test_edit_eval_and_bench_share_one_declaration_of_the_sampling_options():
+    """Every command that samples edits takes the SamplingSettings options from pedit.cli.choices, the same
+    flags with the same help, and builds the one settings object from them."""
+    from pedit.cli import cli
+    from pedit.cli.choices import SAMPLING_FIELDS
+
+    def options(name):
+        return {p.name: (tuple(p.opts), p.help) for p in cli.commands[name].params if p.name in SAMPLING_FIELDS}
+
+    edit, evaluate, bench = options("edit"), options("eval"), options("bench")
+    assert set(edit) == set(bench) == set(SAMPLING_FIELDS)
+    assert set(evaluate) == set(SAMPLING_FIELDS) - {"no_mask"}  # eval scores with and without the mask as methods
+    for name in evaluate:  # the seed's help names what it seeds; the rest is word for word
+        if name != "seed":
+            assert edit[name] == evaluate[name] == bench[name], name

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from pedit.data.directions import BUILTIN
 from pedit.errors import ModelError, UnsafeModelError
-from pedit.model.loading import base_unet, load_base, load_model, resolve_source, save_model
+from pedit.model.loading import base_unet, load_base, load_model, resolve_source
+from pedit.model.saving import save_model
 
 PICKLE_MESSAGE = (
     "{folder} has only pickle weights (diffusion_pytorch_model.bin); pickle files can run code when loaded. "

@@ -11,6 +11,7 @@ from pedit.data.directions import BUILTIN
 from pedit.edit.mask import MaskConfig
 from pedit.model.mask_settings import check_mask_settings, mask_config_for
 from pedit.eval.ceiling import iou_ceiling
+from pedit.model.sampling_settings import SamplingSettings
 from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
 
@@ -89,7 +90,7 @@ def test_eval_reports_each_directions_ceiling_above_its_iou(random_model, tmp_pa
     from pedit.eval.report import markdown_report
 
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=4, resolution=32, seed=1_000_000, exact=True))
-    report = evaluate(EvalConfig(pairs=str(pairs), model=str(random_model), methods=("ours", "diffedit"), steps=2,
+    report = evaluate(EvalConfig(pairs=str(pairs), model=str(random_model), methods=("ours", "diffedit"), sampling=SamplingSettings(steps=2),
                                  imperfect_reference=False, grid_pairs=0))
     for method in ("ours", "diffedit"):
         for d, s in report["per_direction"][method].items():

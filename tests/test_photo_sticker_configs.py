@@ -12,6 +12,7 @@ from pedit.cli import cli
 from pedit.errors import ConfigError
 from pedit.eval.photos import PhotoEvalConfig
 from pedit.stickers.dreambooth import DreamBoothConfig
+from pedit.model.sampling_settings import SamplingSettings
 from pedit.stickers.pipeline import StickerConfig
 
 NAN = float("nan")
@@ -20,7 +21,9 @@ ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
 
 
 def photo_eval(**kw):
-    return PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), **kw)
+    """A PhotoEvalConfig; its sampling fields (steps, mask_noises, s_s) go into the SamplingSettings it embeds."""
+    sampling = {k: kw.pop(k) for k in ("steps", "mask_noises", "s_s") if k in kw}
+    return PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), sampling=SamplingSettings(**sampling), **kw)
 
 
 def sticker(**kw):

@@ -17,6 +17,7 @@ from pedit.edit import pixel_mask as pm
 from pedit.edit.mask import MaskConfig, _gaussian_kernel
 from pedit.errors import ConfigError
 from pedit.model.mask_settings import check_mask_settings
+from pedit.model.sampling_settings import SamplingSettings
 from conftest import TEST_DEVICE
 
 
@@ -200,7 +201,7 @@ def test_eval_scores_the_pixel_mask_and_the_edge_band(random_model, tmp_path):
 
     pairs = generate_pairs(GenPairsConfig(str(tmp_path / "pairs"), n=4, resolution=32, seed=1_000_000, exact=True))
     report = evaluate(EvalConfig(pairs=str(pairs), model=str(_pixel_model(random_model, tmp_path)), methods=("ours",),
-                                 steps=2, imperfect_reference=False, grid_pairs=0))
+                                 sampling=SamplingSettings(steps=2), imperfect_reference=False, grid_pairs=0))
     ours = report["methods"]["ours"]
     assert ours["latent_mask_iou"] is not None and 0 <= ours["mask_edge_error"] <= 1
     assert ours["psnr_edge_band"] is not None and ours["blend_seconds_per_pair"] > 0

@@ -101,21 +101,21 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_run(tiny_
 
 def test_a_full_disk_at_the_model_save_keeps_the_checkpoint_and_no_half_model(tiny_pairs, tiny_base, tmp_path,
                                                                               monkeypatch):
-    import pedit.model.loading
+    import pedit.model.saving
 
-    real = pedit.model.loading.save_model
+    real = pedit.model.saving.save_model
 
     def failing_save(out, *args, **kwargs):
         (Path(out) / ".model-tmp-1").mkdir()  # a half model folder
         _disk_full()
 
-    monkeypatch.setattr(pedit.model.loading, "save_model", failing_save)
+    monkeypatch.setattr(pedit.model.saving, "save_model", failing_save)
     with pytest.raises(OutputError, match="No space left on device; the run is kept up to step-000002: --resume"):
         train(_cfg(tiny_pairs, tiny_base, tmp_path / "run"))
     out = tmp_path / "run"
     assert not list(out.glob(".model-tmp-*")) and not (out / "unet").exists()
     assert (out / "checkpoints" / "step-000002").is_dir()
-    monkeypatch.setattr(pedit.model.loading, "save_model", real)
+    monkeypatch.setattr(pedit.model.saving, "save_model", real)
     assert (train(_cfg(tiny_pairs, tiny_base, out, resume=True)) / "unet").is_dir()  # the room came back
 
 

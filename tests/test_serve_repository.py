@@ -309,3 +309,102 @@ def test_server_without_the_pedit_model_is_one_error_line(tmp_path):
     assert lines == [f"Error: The Triton server at {url} has no ready 'pedit' model; serve a pedit repository there "
                      "(`pedit serve`, or `pedit export --triton`)."]
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_stranger_answering_on_the_port_is_never_taken_for_the_server(tmp_path, monkeypatch):
+    """A free port can be taken between its pick and the server's bind. Another server that says ready
+    there (with the same admin key, even) is never taken for this one: ready means this process's own log
+    shows its services started. A taken port is PortTaken, whichever of the three it is."""
+    import http.server
+    import threading
+
+    from pedit.serve.server import PortTaken, ServeError, TritonInstall, TritonServer
+
+    class Stranger(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # ready, and its admin endpoints take any key
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    stranger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stranger)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    port = stranger.server_address[1]
+
+    def server_running(script: str) -> TritonServer:
+        binary = tmp_path / "tritonserver"
+        binary.write_text("#!/bin/sh\n" + script)
+        binary.chmod(0o755)
+        return TritonServer(tmp_path, install=TritonInstall(binary, tmp_path), port=port, log_path=tmp_path / "log")
+
+    try:
+        loading = server_running("sleep 60\n")  # still loading its models while the stranger says ready
+        with pytest.raises(ServeError, match="not ready within 3 s"):
+            loading.start(timeout=3)
+        assert not loading.alive()  # stopped, not left behind
+        # Triton's own lines when a port is taken: HTTP's "Started" line may come before its failure.
+        taken = server_running(f"echo '\"Started HTTPService at 127.0.0.1:{port}\"'\n"
+                               f"echo '\"failed to start HTTP service: Unavailable - Socket 127.0.0.1:{port} already in use\"'"
+                               "\nexit 1\n")
+        with pytest.raises(PortTaken, match="pick another with --port"):
+            taken.start(timeout=20)
+    finally:
+        stranger.shutdown()
+    monkeypatch.setenv("PEDIT_SERVE_KEY", "from-a-file\n")
+    with pytest.raises(ServeError, match="admin key"):
+        TritonServer(tmp_path, install=TritonInstall(tmp_path / "tritonserver", tmp_path), port=port)
+
+
+def test_a_unet_call_that_never_answers_fails_its_request_instead_of_hanging(monkeypatch):
+    """A U-Net process that died without Triton noticing leaves a BLS call waiting for ever; the pedit
+    model's call gives up after the repository's timeout with pedit's message, and a call that answers
+    is passed through unchanged."""
+    import sys
+    import threading
+    import time
+    import types
+
+    import numpy as np
+
+    from pedit.errors import PeditError
+
+    stuck = threading.Event()  # set at the end: the abandoned call's thread then ends
+
+    class Request:
+        def __init__(self, model_name, requested_output_names, inputs):
+            self.z_in = inputs[0].value
+
+        def exec(self):
+            if answer:
+                return types.SimpleNamespace(has_error=lambda: False, eps=self.z_in[:, :4] * 2)
+            stuck.wait(30)
+
+    fake = types.SimpleNamespace(InferenceRequest=Request, Tensor=lambda name, value: types.SimpleNamespace(value=value),
+                                 get_output_tensor_by_name=lambda r, name: types.SimpleNamespace(as_numpy=lambda: r.eps))
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    monkeypatch.delitem(sys.modules, "pedit.serve.pedit_model", raising=False)
+    from pedit.serve.pedit_model import bls_denoise
+
+    z = np.ones((3, 8, 2, 2), np.float32)
+    denoise = bls_denoise("unet", max_rows=80, timeout_s=0.5)
+    answer = True
+    assert np.array_equal(denoise(z, np.zeros(3), np.zeros((3, 4, 2), np.float32)), z[:, :4] * 2)
+    answer = False
+    try:
+        for _ in range(4):  # each given-up call still holds a thread and its inputs until it returns
+            with pytest.raises(PeditError, match="did not answer within 0.5 s; nothing was returned"):
+                denoise(z, np.zeros(3), np.zeros((3, 4, 2), np.float32))
+        with pytest.raises(PeditError, match=r"is not answering \(4 calls waiting"):  # at once: no pile-up
+            denoise(z, np.zeros(3), np.zeros((3, 4, 2), np.float32))
+    finally:
+        stuck.set()
+    answer = True  # the stuck calls return: calls go through again
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert np.array_equal(denoise(z, np.zeros(3), np.zeros((3, 4, 2), np.float32)), z[:, :4] * 2)
+            break
+        except PeditError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

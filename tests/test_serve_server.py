@@ -59,7 +59,18 @@ class ServeProcess:
         self.port = free_port()
         self.process = None
 
-    def start(self):
+    def start(self, tries: int = 3):
+        """Start on a free port; again on another when the port was taken in the meantime (pedit serve
+        says so and exits 1 rather than use a stranger's server)."""
+        from pedit.serve.server import free_port
+
+        for _ in range(tries):
+            if self._start():
+                return self
+            self.port = free_port()
+        raise AssertionError(f"pedit serve found its port taken {tries} times")
+
+    def _start(self) -> bool:
         env = {**os.environ, "PEDIT_SERVE_KEY": self.admin_key, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen([sys.executable, "-m", "pedit", "serve", "--repo", str(self.repo),
                                          "--port", str(self.port), "--timeout", "240"],
@@ -70,9 +81,15 @@ class ServeProcess:
             self.urls[name] = url
             if name == "metrics":
                 break
+        if not self.urls:
+            stderr = self.process.stderr.read()
+            taken = "in use by another" in stderr or "answers as another server" in stderr
+            if self.process.wait() == 1 and taken:
+                return False
+            raise AssertionError(stderr)
         assert set(self.urls) == {"http", "grpc", "metrics"}, self.process.stderr.read()
         assert self.urls["http"] == f"http://127.0.0.1:{self.port}"  # loopback unless --host says otherwise
-        return self
+        return True
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -184,8 +184,8 @@ class PeditApp:
             out.mkdir()
             names = [n.strip() for n in req.direction.split(",")]
             # Several directions share each mask draw's call ((K + 1) rows a draw): keep a call near the
-            # one-direction size, whatever a page asks for (one direction: the CLI's own single call).
-            mask_batch = 0 if len(names) == 1 else max(1, MASK_ROWS_PER_CALL // (len(names) + 1))
+            # one-direction size, whatever a page asks for (one direction: the model folder's split, as the CLI).
+            mask_batch = None if len(names) == 1 else max(1, MASK_ROWS_PER_CALL // (len(names) + 1))
             sampling = SamplingSettings(steps=req.steps, seed=req.seed, scheduler=req.scheduler, s_s=req.s_s,
                                         s_im=req.s_im, s_p=req.s_p, use_mask=req.use_mask, mask_batch=mask_batch)
             cfg = EditFilesConfig(

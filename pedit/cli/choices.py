@@ -49,8 +49,9 @@ def sampling_options(no_mask: bool = True, what: str = "the edit"):
         scale("--s-p", "text condition c_p"),
         click.option("--mask-noises", type=click.IntRange(1, 1024),
                      help="Noise draws for the editing mask. Default: the model's pedit.json, else 10."),
-        click.option("--mask-batch", type=click.IntRange(0, 1024), default=0, show_default=True,
-                     help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call."),
+        click.option("--mask-batch", type=click.IntRange(0, 1024),
+                     help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one "
+                          "call. Default: the model's pedit.json, else 0."),
     ]
     if no_mask:
         options.append(click.option("--no-mask", is_flag=True,

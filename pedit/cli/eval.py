@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_NAMES, interval_option
+from pedit.cli.choices import BACKENDS, sampling_options, sampling_settings
 from pedit.cli.progress import make_console, make_progress, show_config
 
 
@@ -18,9 +18,7 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder: report.json, report.md, grid.png.")
 @click.option("--methods", default=",".join(["ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit"]),
               show_default=True, help="Comma-separated methods to score.")
-@click.option("--steps", type=click.IntRange(min=1), help="Ours' sampling steps (default: the model's pedit.json "
-              "\"sampling\", else 20); the baselines take it too, else 20.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@sampling_options(no_mask=False, what="every edit (ours' and the baselines')")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs.")
 @click.option("--grid", "grid_pairs", type=click.IntRange(min=0), default=6, show_default=True, help="Pairs in the picture grid.")
@@ -33,23 +31,18 @@ from pedit.cli.progress import make_console, make_progress, show_config
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="What runs the U-Net.")
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for --backend onnx/trt "
               "(default: exported once into ~/.cache/pedit).")
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES),
-              help="Sampler of ours and its ablations (default: the model's, else ddim); the baselines keep DDIM.")
-@click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
-@click.option("--mask-noises", type=click.IntRange(min=1, max=1024),
-              help="Noise draws of the editing mask (default: the model folder's setting).")
-@click.option("--mask-batch", type=click.IntRange(min=0, max=1024),
-              help="Noise draws per U-Net call of the editing mask (bounds memory; same mask). 0: all in one call. "
-                   "Default: the model folder's setting.")
 @click.option("--update-card", is_flag=True,
               help="With --pairs: write ours' results into the model folder's card (README.md); only its metadata "
                    "and results section change, your own text stays.")
 @click.option("-q", "--quiet", is_flag=True)
 @click.pass_context
-def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, methods, steps, seed, batch_size, limit,
-             grid_pairs, detector, overwrite, device, allow_pickle, precision, backend, engines, scheduler, guidance_interval,
-             mask_noises, mask_batch, update_card, quiet):
+def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, methods, batch_size, limit, grid_pairs,
+             detector, overwrite, device, allow_pickle, precision, backend, engines, update_card, quiet, **sampling):
     """Measure a model: against ground truth (--pairs), or on real photos (--photos, no ground truth).
+
+    The sampling options (--steps, --scheduler, --s-p, ...) set ours' edit, each over the model's
+    pedit.json as in `pedit edit`; with --pairs the baselines take the steps (else 20), seed, scales and
+    mask draws too, and keep DDIM.
 
     \b
     pedit eval --pairs eval-pairs/ -o report/              SSIM, PSNR in/outside the true mask, mask IoU
@@ -60,16 +53,15 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
     if bool(pairs) == bool(photos):
         raise click.UsageError("Pass either --pairs DIR (toon ground truth) or --photos PATH... (real photos).")
     # A flag that does not apply to the chosen mode is an error, never silently ignored.
-    pairs_only = {"methods", "batch_size", "limit", "grid_pairs", "engines", "mask_batch", "scheduler",
-                  "guidance_interval", "mask_noises", "update_card"}
+    pairs_only = {"methods", "batch_size", "limit", "grid_pairs", "engines", "update_card"}
     given = {name for name in (*pairs_only, "detector")
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if photos:
         if not_here := given & pairs_only:
             flags = ", ".join(_flag(ctx, name) for name in sorted(not_here))
             raise click.UsageError(f"{flags} goes with --pairs; --photos edits every photo toward each -d direction.")
-        _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle,
-                     precision, backend, quiet)
+        _eval_photos(photos, direction_list, model, output, sampling_settings(sampling), detector, overwrite, device,
+                     allow_pickle, precision, backend, quiet)
         return
     if direction_list:
         raise click.UsageError("-d/--directions goes with --photos; with --pairs each pair names its direction.")
@@ -79,10 +71,9 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
     from pedit.eval.report import markdown_report
 
     cfg = EvalConfig(pairs=pairs, model=model, output=output, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-                     steps=steps, seed=seed, batch_size=batch_size, limit=limit, grid_pairs=grid_pairs, device=device,
-                     allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite,
-                     engines=engines, mask_batch=mask_batch, scheduler=scheduler, guidance_interval=guidance_interval,
-                     mask_noises=mask_noises)
+                     sampling=sampling_settings(sampling), batch_size=batch_size, limit=limit, grid_pairs=grid_pairs,
+                     device=device, allow_pickle=allow_pickle, precision=precision, backend=backend, overwrite=overwrite,
+                     engines=engines)
     card_folder = _card_folder(model, cfg.methods) if update_card else None  # checked before the work
     console = make_console(quiet)
     show_config(console, cfg)
@@ -120,7 +111,7 @@ def _flag(ctx, name: str) -> str:
     return max(param.opts, key=len)
 
 
-def _eval_photos(photos, direction_list, model, output, steps, seed, detector, overwrite, device, allow_pickle, precision,
+def _eval_photos(photos, direction_list, model, output, sampling, detector, overwrite, device, allow_pickle, precision,
                  backend, quiet):
     from rich.markup import escape
 
@@ -129,7 +120,7 @@ def _eval_photos(photos, direction_list, model, output, steps, seed, detector, o
     if not direction_list:
         raise click.UsageError("--photos needs -d/--directions, e.g. -d royal,laughing (see `pedit directions`).")
     cfg = PhotoEvalConfig(photos=tuple(photos), directions=tuple(d.strip() for d in direction_list.split(",") if d.strip()),
-                          model=model, output=output, steps=steps, seed=seed, detector=detector, device=device,
+                          model=model, output=output, sampling=sampling, detector=detector, device=device,
                           allow_pickle=allow_pickle, overwrite=overwrite, precision=precision, backend=backend)
     console = make_console(quiet)
     show_config(console, cfg)

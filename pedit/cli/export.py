@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pedit.cli.choices import BACKENDS, INTERVAL_HELP, SCHEDULER_NAMES, STEPS_HELP, interval_option
+from pedit.cli.choices import BACKENDS, sampling_options, sampling_settings
 from pedit.cli.progress import make_console, show_config
 
 
@@ -60,27 +60,22 @@ def export_cmd(model, output, trt, fp16, force, networks, mask_noises, allow_pic
 @click.option("--arch", type=click.Choice(["sd15"]), help="Instead of -m: an MCDM of Stable Diffusion 1.5 size with random weights.")
 @click.option("--backend", "backends", default="torch", show_default=True,
               help=f"Comma-separated backends to time: {', '.join(BACKENDS)}.")
-@click.option("--steps", type=click.IntRange(min=1), help=STEPS_HELP)
+@sampling_options(what="the timed edit (and --arch sd15's random weights)")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed edits; medians are reported.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--vs", "vs", type=click.Choice(["ip2p"]), help="Also time diffusers' InstructPix2Pix pipeline in this process.")
 @click.option("--resolution", type=click.IntRange(min=64), help="--arch sd15 only (default 512).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: fp16 on CUDA, fp32 on the CPU.")
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES),
-              help="Our edit's sampler (default: the model's, else ddim); InstructPix2Pix keeps its DDIM.")
-@click.option("--guidance-interval", callback=interval_option, metavar="LO,HI", help=INTERVAL_HELP)
-@click.option("--ip2p-steps", type=click.IntRange(min=1), help="InstructPix2Pix's steps with --vs ip2p (default: --steps, else 20).")
-@click.option("--no-mask", is_flag=True, help="Time the edit without the editing mask.")
-@click.option("--mask-noises", type=click.IntRange(min=1, max=1024),
-              help="Noise draws of the editing mask (default: the model's mask settings, else 10).")
-@click.option("--mask-batch", type=click.IntRange(min=0), default=0, show_default=True, help="Noise draws per mask call.")
+@click.option("-d", "--direction", default="laughing", show_default=True, help="The direction the timed edit goes toward.")
+@click.option("--ip2p-steps", type=click.IntRange(min=1), help="InstructPix2Pix's steps with --vs ip2p (default: --steps, "
+              "else 20); it keeps its DDIM sampler.")
 @click.option("--engines", type=click.Path(file_okay=False), help="`pedit export` folder for onnx/trt.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
 @click.option("--overwrite", is_flag=True, help="Replace the -o file if it exists.")
 @click.option("-q", "--quiet", is_flag=True)
-def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device, precision, scheduler, guidance_interval,
-          ip2p_steps, no_mask, mask_noises, mask_batch, engines, output, overwrite, quiet):
+def bench(model, arch, backends, repeats, warmup, vs, resolution, device, precision, direction, ip2p_steps, engines,
+          output, overwrite, quiet, **sampling):
     """Time one edit stage by stage (load, encode, mask, steps, decode) per backend; JSON on stdout, a table on stderr."""
     import json
 
@@ -90,15 +85,14 @@ def bench(model, arch, backends, steps, repeats, warmup, vs, resolution, device,
     from pedit.export.bench import TABLE_HEAD, BenchConfig, run_bench, table_rows
 
     cfg = BenchConfig(model=model, arch=arch or "model", backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
-                      steps=steps, repeats=repeats, warmup=warmup, vs_ip2p=vs == "ip2p", resolution=resolution,
-                      device=device, precision=precision, use_mask=not no_mask, mask_batch=mask_batch, engines=engines,
-                      output=output, overwrite=overwrite, scheduler=scheduler, guidance_interval=guidance_interval,
-                      ip2p_steps=ip2p_steps, mask_noises=mask_noises)
+                      sampling=sampling_settings(sampling), repeats=repeats, warmup=warmup, vs_ip2p=vs == "ip2p",
+                      resolution=resolution, device=device, precision=precision, direction=direction, engines=engines,
+                      output=output, overwrite=overwrite, ip2p_steps=ip2p_steps)
     console = make_console(quiet)
     show_config(console, cfg)
     report = run_bench(cfg, log=lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))
     table = Table(*TABLE_HEAD, title=f"{report['model']} on {report['device']}, {report['precision']}, "
-                                     f"{report['resolution']} px, {report['config']['steps']} steps: medians of {repeats}, ms")
+                                     f"{report['resolution']} px, {report['config']['sampling']['steps']} steps: medians of {repeats}, ms")
     for row in table_rows(report):
         table.add_row(*(escape(c) for c in row))
     console.print(table)

@@ -74,7 +74,7 @@ def options_for(defaults: EditOptions, settings: SamplingSettings | None = None,
         return default if value is None else value
 
     scales = GuidanceScales(given(s.s_s, d.scales.s_s), given(s.s_im, d.scales.s_im), given(s.s_p, d.scales.s_p))
-    mask = dataclasses.replace(d.mask, n_noise=given(s.mask_noises, d.mask.n_noise), batch=s.mask_batch)
+    mask = dataclasses.replace(d.mask, n_noise=given(s.mask_noises, d.mask.n_noise), batch=given(s.mask_batch, d.mask.batch))
     return dataclasses.replace(d, steps=given(s.steps, d.steps), seed=s.seed, scheduler=given(s.scheduler, d.scheduler),
                                guidance_interval=given(s.guidance_interval, d.guidance_interval), scales=scales,
                                use_mask=s.use_mask, mask=mask, **fields)

@@ -35,6 +35,7 @@ from pedit.eval.ceiling import mask_iou
 from pedit.eval.report import NA_OFFLINE, check_report_folder, write_report
 
 from pedit.errors import ConfigError
+from pedit.model.sampling_settings import SamplingSettings, check_settings
 from pedit.noise import randn
 
 METHODS = ("ours", "ours-no-mask", "no-c_s", "no-c_im", "sdedit-0.5", "sdedit-0.8", "diffedit")
@@ -48,14 +49,14 @@ class EvalConfig:
     model: str | None = None
     output: str | None = None
     methods: tuple[str, ...] = METHODS
-    steps: int | None = None  # None: ours at the model's pedit.json "sampling" steps, the baselines at 20
-    seed: int = 0
+    # Ours' (and its ablations') sampling: each field None keeps the model's pedit.json setting, as in
+    # `pedit edit`; the baselines take the steps (else 20), seed, scales and draws too, and keep DDIM.
+    # use_mask is not read (the
+    # methods say it: ours and ours-no-mask).
+    sampling: SamplingSettings = SamplingSettings()
     batch_size: int = 16
     limit: int | None = None
     grid_pairs: int = 6
-    s_s: float | None = None  # None: the model's pedit.json "sampling", else DEFAULT_SCALES (as `pedit edit`)
-    s_im: float | None = None
-    s_p: float | None = None
     imperfect_reference: bool = True  # also score imperfect targets like the training ones (§3.3 claim)
     device: str = "cpu"  # the published numbers are CPU fp32; a GPU is faster, not bit-identical
     allow_pickle: bool = False
@@ -63,20 +64,14 @@ class EvalConfig:
     backend: str = "torch"  # torch | compile | onnx | trt
     overwrite: bool = False  # replace an earlier report in `output`
     engines: str | None = None  # a `pedit export` folder for onnx / trt
-    mask_batch: int | None = None  # noise draws per mask call (0 = all in one); None: the model folder's setting
-    mask_noises: int | None = None  # noise draws of the editing mask; None: the model folder's setting
-    scheduler: str | None = None  # of ours and its ablations (the baselines keep DDIM); None: the model's
-    guidance_interval: tuple[float, float] | None = None  # ours: guided noise levels (EditOptions); None: the model's
 
     def __post_init__(self):
-        from pedit.validate import check_backend, check_device, check_int, check_precision, check_seed
+        from pedit.validate import check_backend, check_device, check_int, check_precision
 
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"Unknown method(s) {', '.join(unknown) or '(none)'}; available: {', '.join(METHODS)}.")
-        if self.steps is not None:
-            check_int("steps", self.steps, 1)
-        check_seed("seed", self.seed)
+        check_settings(self.sampling)
         check_int("batch_size", self.batch_size, 1)
         if self.limit is not None:
             check_int("limit", self.limit, 1)
@@ -84,14 +79,6 @@ class EvalConfig:
         check_precision("precision", self.precision, optional=False)
         check_backend("backend", self.backend)
         check_device("device", self.device, optional=False)
-        if self.mask_batch is not None:
-            check_int("mask_batch", self.mask_batch, 0, 1024)
-        if self.mask_noises is not None:
-            check_int("mask_noises", self.mask_noises, 1, 1024)
-        from pedit.model.sampling_settings import check_sampling_fields, check_scales
-
-        check_sampling_fields(self)
-        check_scales(self)  # finite, and s_p not 0: the settings' own check (pedit.model.sampling_settings)
 
 
 @dataclass
@@ -280,7 +267,7 @@ def student_methods(cfg: EvalConfig) -> EvalConfig:
     meta = read_model_folder(cfg.model)[1]
     if "distilled" not in meta:
         return cfg
-    sampling = eval_sampling(cfg, meta)
+    sampling = eval_sampling(cfg.sampling, meta)
     check_meta_scales(meta, (sampling.s_s, sampling.s_im, sampling.s_p), sampling.guidance_interval)
     if cfg.methods == METHODS:
         return dataclasses.replace(cfg, methods=STUDENT_METHODS)
@@ -293,10 +280,11 @@ def student_methods(cfg: EvalConfig) -> EvalConfig:
 
 def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     """Direction name → the mask settings the model folder carries for it (pedit.model.mask_settings,
-    as Editor.default_options gives them), with cfg.mask_batch; read before the model loads, so the
-    backend knows the largest U-Net call (pedit.edit.mask.unet_rows)."""
+    as Editor.default_options gives them) with cfg.sampling's draws laid over them; read before the
+    model loads, so the backend knows the largest U-Net call (pedit.edit.mask.unet_rows)."""
     from pedit.data.directions import Direction, model_directions
     from pedit.data.pairs import direction_of
+    from pedit.edit.options import EditOptions, options_for
     from pedit.model.mask_settings import mask_config_for
     from pedit.model.loading import read_model_folder
 
@@ -305,28 +293,26 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     out = {}
     for p in pairs:
         if p.direction not in out:
+<<<<<<< HEAD
+            mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)))
+            out[p.direction] = options_for(EditOptions(mask=mask_cfg), cfg.sampling).mask
+=======
             mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)), folder=folder)
             if cfg.mask_batch is not None:
                 mask_cfg = dataclasses.replace(mask_cfg, batch=cfg.mask_batch)
             if cfg.mask_noises is not None:
                 mask_cfg = dataclasses.replace(mask_cfg, n_noise=cfg.mask_noises)
             out[p.direction] = mask_cfg
+>>>>>>> wip-28
     return out
 
 
-def eval_sampling(cfg: EvalConfig, meta: dict):
-    """Ours' sampler and scales: each of --steps, --scheduler, --guidance-interval, --s-s, --s-im, --s-p
-    given, else the model's setting (pedit.model.sampling_settings)."""
-    from pedit.model.sampling_settings import Sampling, sampling_for
+def eval_sampling(settings: SamplingSettings, meta: dict):
+    """Ours' sampler and scales: each of the settings' steps, scheduler, guidance interval and scales
+    given, else the model's setting (pedit.model.sampling_settings.resolved)."""
+    from pedit.model.sampling_settings import resolved, sampling_for
 
-    model = sampling_for(meta)
-
-    def given(name):
-        value = getattr(cfg, name)
-        return getattr(model, name) if value is None else value
-
-    return Sampling(scheduler=cfg.scheduler or model.scheduler, steps=cfg.steps or model.steps,
-                    guidance_interval=given("guidance_interval"), s_s=given("s_s"), s_im=given("s_im"), s_p=given("s_p"))
+    return resolved(settings, sampling_for(meta))
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
@@ -352,9 +338,9 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                          precision=cfg.precision, backend=cfg.backend, engines=cfg.engines,
                          unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
     size = editor.resolution
-    sampling = eval_sampling(cfg, editor.model.meta)  # ours: the flags over the model's pedit.json "sampling"
+    sampling = eval_sampling(cfg.sampling, editor.model.meta)  # ours: the flags over the model's pedit.json "sampling"
     scales = GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p)
-    baseline_steps = cfg.steps or BASELINE_STEPS
+    baseline_steps = cfg.sampling.steps or BASELINE_STEPS
     from pedit.eval.ceiling import iou_ceiling
 
     cells = size // editor.model.parts.latent_factor  # the latent grid the editing mask lives on
@@ -391,7 +377,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         for m in cfg.methods:
             t0 = time.perf_counter()
             decoded, mask, diff = run_method(editor, m, cond, sampling.steps if m in OURS else baseline_steps, scales,
-                                             batch_seed(cfg.seed, start), mask_cfgs, sampling.scheduler,
+                                             batch_seed(cfg.sampling.seed, start), mask_cfgs, sampling.scheduler,
                                              sampling.guidance_interval, with_diff=True)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from pedit.errors import ConfigError, OutputError
+from pedit.model.sampling_settings import SamplingSettings, check_settings
 from pedit.faces import DETECTORS, SAME_PERSON_THRESHOLD, face_model_available, get_detector
 from pedit.photos.identity import MISSING_NOTE, check_identity, identity_detector
 from pedit.photos.photo import DEFAULT_MAX_PIXELS, find_images, load_photo
@@ -38,12 +39,7 @@ class PhotoEvalConfig:
     directions: tuple[str, ...]
     model: str | None = None  # None → the bundled toon model
     output: str | None = None  # report folder
-    steps: int | None = None  # None: the model's pedit.json "sampling" (its scheduler and interval apply too)
-    seed: int = 0
-    s_s: float = 1.5
-    s_im: float = 1.0
-    s_p: float = 4.0
-    mask_noises: int | None = None  # None → the model's pedit.json ("mask"), else 10
+    sampling: SamplingSettings = SamplingSettings()  # each field None: the model's, as in `pedit edit`
     margin: float = 1.0
     detector: str = "default"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -54,8 +50,7 @@ class PhotoEvalConfig:
     precision: str | None = None  # fp32 | fp16 | bf16; None: fp16 on CUDA, fp32 on the CPU
 
     def __post_init__(self):
-        from pedit.edit.guidance import GuidanceScales
-        from pedit.validate import BACKENDS, check_int, check_number, check_seed
+        from pedit.validate import BACKENDS, check_int, check_number
 
         if not self.photos:
             raise ConfigError("No photos given; pass --photos PATH (files or folders).")
@@ -63,12 +58,7 @@ class PhotoEvalConfig:
             raise ConfigError(f"Directions must be a non-empty list of names; got {self.directions!r}.")
         if self.detector not in (*DETECTORS, "default"):
             raise ConfigError(f"Unknown face detector {self.detector!r}; choose one of {', '.join(DETECTORS)} or default.")
-        if self.steps is not None:
-            check_int("steps", self.steps, 1)
-        check_seed("seed", self.seed)
-        GuidanceScales(self.s_s, self.s_im, self.s_p)  # finite scales, checked there
-        if self.mask_noises is not None:
-            check_int("mask_noises", self.mask_noises, 1)
+        check_settings(self.sampling)
         check_number("margin", self.margin, 0, 5)
         check_int("max_pixels", self.max_pixels, 1)
         if self.backend not in BACKENDS:
@@ -94,26 +84,18 @@ def evaluate_photos(cfg: PhotoEvalConfig, progress: Callable[[int, int], None] |
                     note: Callable[[str], None] = lambda text: None) -> dict:
     """Edit every photo toward every direction and score each result; writes the report to cfg.output."""
     from pedit.export.backends import load_editor
-    from pedit.edit.guidance import GuidanceScales
+    from pedit.photos.edit_files import planned_rows
 
     out = _check_output(cfg)
     paths = find_images(cfg.photos)
     for path in paths:  # every photo is decoded once up front: a broken one fails before any work
         load_photo(path, cfg.max_pixels)
     editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
-                         precision=cfg.precision, log=note)
+                         precision=cfg.precision, log=note, unet_rows=max(  # each direction is edited alone
+                             planned_rows(cfg.model, [d], cfg.sampling) for d in cfg.directions))
     directions = [editor.direction(d) for d in cfg.directions]  # an unknown direction fails here
-    # Each direction edits with the model's mask and sampling settings (pedit.model.mask_settings,
-    # sampling_settings), as in `pedit edit`; n_noise and steps are theirs unless given.
-    direction_options = {}
-    for direction in directions:
-        options = dataclasses.replace(editor.default_options(direction), seed=cfg.seed,
-                                      scales=GuidanceScales(cfg.s_s, cfg.s_im, cfg.s_p))
-        if cfg.steps is not None:
-            options = dataclasses.replace(options, steps=cfg.steps)
-        if cfg.mask_noises is not None:
-            options = dataclasses.replace(options, mask=dataclasses.replace(options.mask, n_noise=cfg.mask_noises))
-        direction_options[direction.name] = options
+    # Each direction edits with cfg.sampling over the model's mask and sampling settings, as in `pedit edit`.
+    direction_options = {d.name: editor.options_for(d, cfg.sampling) for d in directions}
     detector = get_detector(cfg.detector)
     checker = identity_detector()
     if checker is None:

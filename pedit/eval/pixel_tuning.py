@@ -104,9 +104,13 @@ def edit_training_pairs(model, pairs_dir: str, batch_size: int = 16, progress=No
     cfg = EvalConfig(pairs=pairs_dir, model=model)
     mask_cfgs = eval_mask_configs(cfg, pairs)
     editor = Editor.from_pretrained(model, device="cpu")
-    sampling = eval_sampling(cfg, editor.model.meta)
+    sampling = eval_sampling(cfg.sampling, editor.model.meta)
     size = editor.resolution
+<<<<<<< HEAD
+    scales = GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p)
+=======
     scales = GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p)  # the folder's, as eval's ours
+>>>>>>> wip-28
     rows = []
     import torch
 
@@ -117,7 +121,7 @@ def edit_training_pairs(model, pairs_dir: str, batch_size: int = 16, progress=No
         conds = [editor.conditions(uint8_to_tensor(s), editor.direction(p.direction)) for s, p in zip(src, batch)]
         cond = type(conds[0])(*(torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])))
         cfgs = [mask_cfgs[p.direction] for p in batch]
-        decoded, mask, diff = run_method(editor, "ours", cond, sampling.steps, scales, batch_seed(cfg.seed, start),
+        decoded, mask, diff = run_method(editor, "ours", cond, sampling.steps, scales, batch_seed(cfg.sampling.seed, start),
                                          cfgs, sampling.scheduler, sampling.guidance_interval, with_diff=True)
         recon = editor.model.parts.decode(cond.c_s)
         for i, p in enumerate(batch):

@@ -65,7 +65,6 @@ def compile_backend(model, cache_dir: Path | None = None) -> Callable:
 
 
 DEFAULT_DRAWS = 10  # mask draws an engine is sized for when the caller needs fewer (pedit export's default)
-MAX_DRAWS = 1024  # as MaskConfig.n_noise: ExportConfig's bound
 
 
 def _covered_draws(manifest: dict, base_spec) -> int:
@@ -96,10 +95,10 @@ def engines_for(model, engines: str | Path | None, trt: bool, log: Callable[[str
     manifest = read_manifest(Path(engines))
     if named:
         _check_named_folder(model, Path(engines), manifest)
+    from pedit.model.sampling_settings import check_draws
+
     needed = -(-rows // N_ROWS)  # draws (5-row groups) one call sends
-    if needed > MAX_DRAWS:
-        raise ConfigError(f"One U-Net call of {rows} rows is more than an engine takes ({N_ROWS * MAX_DRAWS}); "
-                          "split the editing mask's call with --mask-batch.")
+    check_draws(f"One U-Net call of {rows} rows (split the editing mask's call with --mask-batch): its draws", needed)
     have = _covered_draws(manifest, network_specs(dims_of(model))["unet"])
     # The recorded profiles when they cover the call (nothing redone); else wide enough for it.
     draws = have if have >= needed else max(needed, DEFAULT_DRAWS)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from pedit.errors import ConfigError, OutputError
+from pedit.model.sampling_settings import SamplingSettings, check_settings
 
 STAGES = ("encode", "mask", "steps", "decode", "edit")
 
@@ -37,28 +38,25 @@ class BenchConfig:
     model: str | None = None  # a model folder; None with arch "model" → the bundled toon model
     arch: str = "model"  # "model" (-m) or "sd15" (SD1.5 size, random weights)
     backends: tuple[str, ...] = ("torch",)
-    steps: int | None = None  # None: the model's pedit.json "sampling" (--arch sd15: 20)
     repeats: int = 5
     warmup: int = 1
     vs_ip2p: bool = False
     resolution: int | None = None  # sd15 only (default 512)
     device: str | None = None  # default: cuda when available
     precision: str | None = None  # default: fp16 on CUDA, fp32 on the CPU
-    use_mask: bool = True
-    mask_noises: int | None = None  # None: the model's mask settings for `direction` (--arch sd15: 10)
-    mask_batch: int = 0
+    # Our edit's sampling, as `pedit edit` lays it over the model's pedit.json for `direction` (--arch
+    # sd15: 20 DDIM steps, 10 mask draws); the seed also seeds sd15's random weights. InstructPix2Pix
+    # keeps its DDIM.
+    sampling: SamplingSettings = SamplingSettings()
     direction: str = "laughing"
     engines: str | None = None
-    seed: int = 0
-    scheduler: str | None = None  # our edit's sampler (InstructPix2Pix keeps its DDIM); None: the model's
-    guidance_interval: tuple[float, float] | None = None  # guided noise levels t / T (EditOptions); None: the model's
-    ip2p_steps: int | None = None  # InstructPix2Pix's steps; None: `steps` when given, else 20 (its usual)
+    ip2p_steps: int | None = None  # InstructPix2Pix's steps; None: the steps given, else 20 (its usual)
 
     output: str | None = None  # also write the JSON report here
     overwrite: bool = False  # replace an existing `output`
 
     def __post_init__(self):
-        from pedit.validate import BACKENDS, check_device, check_int, check_precision, check_seed
+        from pedit.validate import BACKENDS, check_device, check_int, check_precision
 
         if self.arch not in ("model", "sd15"):
             raise ConfigError(f"arch must be 'model' or 'sd15', got {self.arch!r}.")
@@ -70,17 +68,9 @@ class BenchConfig:
         if self.arch == "sd15" and any(b in ("onnx", "trt") for b in self.backends):
             raise ConfigError("--arch sd15 benches the torch and compile backends (random weights, no model folder "
                               "to export); for onnx/trt export a model folder and pass -m.")
-        if self.steps is not None:
-            check_int("steps", self.steps, 1)
+        check_settings(self.sampling)
         check_int("repeats", self.repeats, 1)
         check_int("warmup", self.warmup, 0)
-        if self.mask_noises is not None:
-            check_int("mask_noises", self.mask_noises, 1, 1024)  # as MaskConfig
-        check_int("mask_batch", self.mask_batch, 0, 1024)
-        check_seed("seed", self.seed)
-        from pedit.model.sampling_settings import check_sampling_fields
-
-        check_sampling_fields(self)
         if self.ip2p_steps is not None:
             check_int("ip2p_steps", self.ip2p_steps, 1)
             if not self.vs_ip2p:
@@ -139,16 +129,16 @@ def _load(cfg: BenchConfig, backend: str, log):
         from pedit.export.sd15 import build_sd15
 
         precision = cfg.precision or ("fp16" if device.startswith("cuda") else "fp32")
-        model = build_sd15(cfg.resolution or 512, device, PRECISIONS[precision], cfg.seed)
+        model = build_sd15(cfg.resolution or 512, device, PRECISIONS[precision], cfg.sampling.seed)
         return Editor(model, make_denoise(model, backend))
     return load_editor(cfg.model, device=device, backend=backend, precision=cfg.precision,
-                       engines=cfg.engines, log=log, unet_rows=unet_rows(mask_config(cfg) if cfg.use_mask else None))
+                       engines=cfg.engines, log=log, unet_rows=unet_rows(mask_config(cfg) if cfg.sampling.use_mask else None))
 
 
 def mask_config(cfg: BenchConfig):
     from pedit.edit.mask import MaskConfig
 
-    return MaskConfig(n_noise=cfg.mask_noises, batch=cfg.mask_batch)
+    return MaskConfig(n_noise=cfg.sampling.mask_noises, batch=cfg.sampling.mask_batch)  # filled by with_sampling
 
 
 def check_direction(cfg: BenchConfig) -> None:
@@ -181,12 +171,7 @@ _PORTRAITS: dict = {}
 def bench_options(editor, cfg: BenchConfig):
     """The EditOptions a benched edit runs: the bench's sampling settings over the model's defaults for the
     direction (pedit.json's mask and sampling settings), as `pedit edit` lays its flags (Editor.options_for)."""
-    from pedit.model.sampling_settings import SamplingSettings
-
-    settings = SamplingSettings(steps=cfg.steps, seed=cfg.seed, scheduler=cfg.scheduler,
-                                guidance_interval=cfg.guidance_interval, use_mask=cfg.use_mask,
-                                mask_noises=cfg.mask_noises, mask_batch=cfg.mask_batch)
-    return editor.options_for(cfg.direction, settings)
+    return editor.options_for(cfg.direction, cfg.sampling)
 
 
 def time_edit(editor, cfg: BenchConfig, timer: Timer) -> None:
@@ -245,9 +230,10 @@ def edit_rows(cfg: BenchConfig, scheduler_config: dict, distilled: bool = False)
     from pedit.edit.mask import MaskConfig
     from pedit.edit.sampler import make_scheduler
 
-    options = EditOptions(steps=cfg.steps, scheduler=cfg.scheduler, use_mask=cfg.use_mask,
-                          mask=MaskConfig(n_noise=cfg.mask_noises), guidance_interval=cfg.guidance_interval)
-    return rows_of(options, make_scheduler(cfg.scheduler, scheduler_config), distilled)
+    s = cfg.sampling
+    options = EditOptions(steps=s.steps, scheduler=s.scheduler, use_mask=s.use_mask,
+                          mask=MaskConfig(n_noise=s.mask_noises), guidance_interval=s.guidance_interval)
+    return rows_of(options, make_scheduler(s.scheduler, scheduler_config), distilled)
 
 
 IP2P_ROWS_PER_STEP = 3  # text+image, image only, neither
@@ -281,7 +267,7 @@ def bench_backend(cfg: BenchConfig, backend: str, log: Callable[[str], None]) ->
     for stage in STAGES:
         if stage in spans:
             row[f"{stage}_ms"] = round(_median_ms(spans[stage]), 3)
-    row["step_ms"] = round(row["steps_ms"] / cfg.steps, 3)
+    row["step_ms"] = round(row["steps_ms"] / cfg.sampling.steps, 3)
     return row, editor
 
 
@@ -305,13 +291,13 @@ def time_ip2p(editor, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     negative = editor._prompt("").to(unet.dtype)
     image = _portrait(editor.resolution)
     timer = Timer(unet.device)
-    steps = cfg.ip2p_steps or cfg.steps
+    steps = cfg.ip2p_steps or cfg.sampling.steps
 
     def run():
         with timer("ip2p"):
             pipe(image=image, prompt_embeds=prompt, negative_prompt_embeds=negative, num_inference_steps=steps,
                  guidance_scale=7.5, image_guidance_scale=1.5, output_type="np",
-                 generator=torch.Generator(unet.device).manual_seed(cfg.seed))
+                 generator=torch.Generator(unet.device).manual_seed(cfg.sampling.seed))
 
     for _ in range(cfg.warmup):
         run()
@@ -353,7 +339,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
     report["unet_rows_per_edit"] = edit_rows(cfg, editor.model.parts.scheduler_config, editor.distilled)
     report["unet_flops_per_edit"] = round(per_row * report["unet_rows_per_edit"])
     # The steps' rows (a step outside the guidance interval takes 1-2 rows, not 5): what their time bought.
-    step_rows = report["unet_rows_per_edit"] - (PROMPT_ROWS * cfg.mask_noises if cfg.use_mask else 0)
+    step_rows = report["unet_rows_per_edit"] - (PROMPT_ROWS * cfg.sampling.mask_noises if cfg.sampling.use_mask else 0)
     for row in report["backends"].values():
         row["tflops_per_s"] = round(per_row * step_rows / (row["steps_ms"] / 1000) / 1e12, 4)
         row["unet_rows_per_edit"] = report["unet_rows_per_edit"]
@@ -374,30 +360,31 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
 def with_sampling(cfg: BenchConfig) -> BenchConfig:
     """cfg with each unset sampling field filled in: from the model folder's pedit.json "sampling"
     (pedit.model.sampling_settings; --arch sd15 and folders without it: 20 DDIM steps, all guided), the
-    mask's draws from its mask settings for cfg.direction (else 10), and InstructPix2Pix's steps from
-    --steps when given, else 20."""
+    mask's draws and split from its mask settings for cfg.direction (else 10 draws in one call), and
+    InstructPix2Pix's steps from the steps given, else 20."""
     from dataclasses import replace
 
-    from pedit.model.sampling_settings import Sampling, sampling_for
+    from pedit.model.sampling_settings import resolved, sampling_for
 
-    model, draws = Sampling(), 10
+    from pedit.model.distilled import check_meta_scales
+
+    from pedit.edit.mask import MaskConfig
+    from pedit.edit.options import EditOptions, options_for
+
+    s, meta, mask = cfg.sampling, {}, MaskConfig()  # sd15: 10 draws, all in one call
     if cfg.arch == "model":
         from pedit.data.directions import model_directions, resolve
         from pedit.model.loading import read_model_folder
         from pedit.model.mask_settings import mask_config_for
 
-        from pedit.edit.guidance import GuidanceScales
-        from pedit.model.distilled import check_meta_scales
-
         folder, meta = read_model_folder(cfg.model)
-        model = sampling_for(meta)
-        draws = mask_config_for(meta, resolve(cfg.direction, model_directions(meta, folder))).n_noise
-        interval = model.guidance_interval if cfg.guidance_interval is None else cfg.guidance_interval
-        check_meta_scales(meta, GuidanceScales(), interval)  # a student: the scales time_edit edits at, in range
-    return replace(cfg, steps=cfg.steps or model.steps, scheduler=cfg.scheduler or model.scheduler,
-                   mask_noises=cfg.mask_noises or draws,
-                   guidance_interval=model.guidance_interval if cfg.guidance_interval is None else cfg.guidance_interval,
-                   ip2p_steps=(cfg.ip2p_steps or cfg.steps or 20) if cfg.vs_ip2p else None)
+        mask = mask_config_for(meta, resolve(cfg.direction, model_directions(meta, folder)))
+    mask = options_for(EditOptions(mask=mask), s).mask  # the settings over the folder's, as the edit lays them
+    sampler = resolved(s, sampling_for(meta))  # sd15: no pedit.json, the paper's sampler
+    check_meta_scales(meta, (sampler.s_s, sampler.s_im, sampler.s_p), sampler.guidance_interval)  # a student's range
+    filled = replace(s, steps=sampler.steps, scheduler=sampler.scheduler, guidance_interval=sampler.guidance_interval,
+                     mask_noises=mask.n_noise, mask_batch=mask.batch)
+    return replace(cfg, sampling=filled, ip2p_steps=(cfg.ip2p_steps or s.steps or 20) if cfg.vs_ip2p else None)
 
 
 def check_output(cfg: BenchConfig) -> None:

@@ -78,7 +78,9 @@ class ExportConfig:
         unknown = [n for n in self.networks if n not in NETWORKS]
         if unknown or not self.networks:
             raise ConfigError(f"Unknown network(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(NETWORKS)}.")
-        check_int("n_noise", self.n_noise, 1, 1024)
+        from pedit.model.sampling_settings import check_draws
+
+        check_draws("n_noise", self.n_noise)
         check_number("tolerance", self.tolerance, 0, 1, lo_open=True, hi_open=True)
         check_number("external_mb", self.external_mb, 0, 2047)  # protobuf's limit is 2 GiB
 

@@ -211,9 +211,10 @@ def export_for(model, engines=None, log=lambda msg: None, allow_pickle: bool = F
 def _recorded_draws(manifest: dict) -> int:
     """The mask draws the folder's U-Net profiles were made for (mask profile max / 5 rows), 0 when none."""
     from pedit.edit.guidance import N_ROWS
+    from pedit.model.sampling_settings import MAX_DRAWS
 
     try:
         draws = int(manifest["networks"]["unet"]["spec"]["profiles"]["mask"][2]) // N_ROWS
     except (KeyError, TypeError, ValueError, IndexError):
         return 0
-    return draws if 1 <= draws <= 1024 else 0
+    return draws if 1 <= draws <= MAX_DRAWS else 0

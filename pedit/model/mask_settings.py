@@ -65,8 +65,10 @@ class MaskConfig:
     def __post_init__(self):
         from pedit.validate import check_int, check_number
 
-        check_int("n_noise", self.n_noise, 1, 1024)
-        check_int("batch", self.batch, 0, 1024)
+        from pedit.model.sampling_settings import check_draws
+
+        check_draws("n_noise", self.n_noise)
+        check_draws("batch", self.batch, 0)
         check_number("strength", self.strength, 0, 1, lo_open=True)  # 0 noises nothing: no signal
         check_number("ratio", self.ratio, 0, lo_open=True)
         check_number("threshold", self.threshold, 0, 1, hi_open=True)  # 1: nothing could pass

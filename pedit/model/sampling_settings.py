@@ -22,7 +22,16 @@ from pedit.errors import ConfigError
 SCHEDULERS = ("ddim", "dpm", "euler")  # the samplers pedit.edit.sampler.make_scheduler builds
 DEFAULT_SCALES = {"s_s": 1.5, "s_im": 1.0, "s_p": 4.0}  # (s_s, s_im, s_p) where nothing sets them: the one place
 SETTABLE = ("scheduler", "steps", "guidance_interval", *DEFAULT_SCALES, "chosen_by")
-MAX_DRAWS = 1024  # the editing mask's noise draws (MaskConfig.n_noise's bound)
+MAX_DRAWS = 1024  # the editing mask's noise draws: the most an exported U-Net's mask profile is built for
+
+
+def check_draws(name: str, value, low: int = 1) -> None:
+    """ConfigError unless `value` is a whole number of mask draws in [low, MAX_DRAWS]: the one bound (and
+    message) of the mask's draws for every caller: the settings, a folder's mask settings, `pedit export
+    --n-noise` and the largest U-Net call an engine is sized for (pedit.export.backends.engines_for)."""
+    from pedit.validate import check_int
+
+    check_int(name, value, low, MAX_DRAWS)
 
 
 def check_scheduler(name) -> None:
@@ -104,7 +113,9 @@ class SamplingSettings:
     """What a caller sets about how an edit samples, validated here once for every command, the app and
     the Python API. None (a flag not given) leaves the model folder's setting for the direction (its
     pedit.json "sampling" and mask settings), else the paper's: 20 DDIM steps, every step guided,
-    scales DEFAULT_SCALES, 10 mask draws. Editor.options_for applies it."""
+    scales DEFAULT_SCALES, 10 mask draws, all in one call. Editor.options_for applies it; it is embedded
+    whole in the configs of edit (EditFilesConfig), eval (EvalConfig, PhotoEvalConfig), bench
+    (BenchConfig), the app's request and the serving request (pedit.serve.protocol)."""
 
     steps: int | None = None
     seed: int = 0
@@ -115,7 +126,7 @@ class SamplingSettings:
     s_p: float | None = None
     use_mask: bool = True  # False: plain MCDM sampling, no editing mask (the paper's "w/o mask")
     mask_noises: int | None = None  # the editing mask's noise draws
-    mask_batch: int = 0  # draws per U-Net call of the mask (bounds memory; same mask); 0 = all in one call
+    mask_batch: int | None = None  # draws per U-Net call of the mask (bounds memory; same mask); 0 = all in one call
 
     def __post_init__(self):
         from pedit.validate import check_int, check_seed
@@ -128,8 +139,25 @@ class SamplingSettings:
         if not isinstance(self.use_mask, bool):
             raise ConfigError(f"use_mask must be True or False, got {self.use_mask!r}")
         if self.mask_noises is not None:
-            check_int("mask_noises", self.mask_noises, 1, MAX_DRAWS)
-        check_int("mask_batch", self.mask_batch, 0, MAX_DRAWS)
+            check_draws("mask_noises", self.mask_noises)
+        if self.mask_batch is not None:
+            check_draws("mask_batch", self.mask_batch, 0)
+
+
+def check_settings(settings) -> None:
+    """ConfigError unless `settings` is a SamplingSettings (what every config embeds whole)."""
+    if not isinstance(settings, SamplingSettings):
+        raise ConfigError(f"sampling must be a SamplingSettings, got {type(settings).__name__}")
+
+
+def resolved(settings: SamplingSettings, model: Sampling) -> Sampling:
+    """The sampler an edit runs: each of `settings`' scheduler, steps, guidance interval and scales that
+    is given, else the model folder's (`model`, sampling_for(meta))."""
+    def given(name):
+        value = getattr(settings, name)
+        return getattr(model, name) if value is None else value
+
+    return Sampling(**{name: given(name) for name in ("scheduler", "steps", "guidance_interval", *DEFAULT_SCALES)})
 
 
 def sampling_for(meta: dict) -> Sampling:

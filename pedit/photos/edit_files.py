@@ -101,19 +101,25 @@ def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f"{path.stem}_{tag}.png")
 
 
-def _planned_mask(cfg: EditFilesConfig):
-    """The mask settings the edit will use (as edit_files sets them below), read from the model
-    folder before it loads, so an onnx/trt engine is sized for the mask call (pedit.edit.mask.unet_rows)."""
+def planned_rows(model, directions, sampling) -> int:
+    """The largest U-Net call an edit of `model` toward `directions` (together) makes with `sampling`
+    (pedit.edit.mask.unet_rows): each direction's mask settings with the settings laid over them, as
+    the edit lays them, read from the model folder before it loads, so a backend's engine is sized for
+    it. The largest over the directions: each has its own draws and split."""
     from pedit.data.directions import model_directions
+    from pedit.edit.mask import unet_rows
+    from pedit.edit.options import EditOptions, options_for
     from pedit.model.mask_settings import mask_config_for
     from pedit.model.loading import read_model_folder
 
-    folder, meta = read_model_folder(cfg.model)
+    images = len(directions)
+    if not sampling.use_mask:
+        return unet_rows(None, images)
+    folder, meta = read_model_folder(model)
     known = model_directions(meta, folder)
-    bases = [mask_config_for(meta, known.get(name)) for name in cfg.directions]  # unknown: fail later, listing them
-    base = max(bases, key=lambda b: b.n_noise)  # the largest mask call of the directions
-    n_noise = base.n_noise if cfg.sampling.mask_noises is None else cfg.sampling.mask_noises
-    return dataclasses.replace(base, n_noise=n_noise, batch=cfg.sampling.mask_batch)
+    masks = [options_for(EditOptions(mask=mask_config_for(meta, known.get(name))), sampling).mask
+             for name in directions]  # an unknown direction: its folder-wide settings; it fails later, listed
+    return max(unet_rows(mask, images) for mask in masks)
 
 
 def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = lambda kind, payload: None,
@@ -141,14 +147,11 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
         editor = load_runtime_editor(cfg.model, cfg.backend, cfg.engines, log=lambda msg: on_event("note", msg),
                                      allow_pickle=cfg.allow_pickle)
     if editor is None:
-        from pedit.edit.mask import unet_rows
         from pedit.export.backends import load_editor
 
         editor = load_editor(cfg.model, device=cfg.device, allow_pickle=cfg.allow_pickle, backend=cfg.backend,
                              precision=cfg.precision, engines=cfg.engines,
-                             log=lambda msg: on_event("note", msg), cache=cfg.cache,
-                             unet_rows=unet_rows(_planned_mask(cfg) if cfg.sampling.use_mask else None,
-                                                 images=len(cfg.directions)))
+                             log=lambda msg: on_event("note", msg), cache=cfg.cache, unet_rows=planned_rows(cfg.model, cfg.directions, cfg.sampling))
     if editor.cache_failed:
         on_event("note", editor.cache_status)
     directions = [editor.direction(name) for name in cfg.directions]  # an unknown direction fails before any work

@@ -32,6 +32,10 @@ class TritonPythonModel:
         opts.log_severity_level = 3
         opts.intra_op_num_threads = int(params.get("threads", os.environ.get("OMP_NUM_THREADS", "1")))
         opts.inter_op_num_threads = 1
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            # As the runtime's sessions (pedit.export.runtime_sessions): with threads > 1, workers that
+            # spin between calls take CPU from the pedit instances on a busy machine.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import traceback
 from pathlib import Path
 
@@ -27,18 +28,22 @@ from pedit.errors import PeditError
 from pedit.serve import protocol
 
 
-def bls_denoise(unet_model: str, max_rows: int):
+def bls_denoise(unet_model: str, max_rows: int, timeout_s: float | None = None):
     """denoise(z_in (N, 8, h, w), t (N,) or one for all rows, context (N, L, D)) → eps (N, 4, h, w)
     through the U-Net model; numpy arrays in and out (a torch tensor is taken too, and answered in kind).
 
     Every row carries its timestep (the per-row input); a call over `max_rows` rows (the U-Net
-    model's max_batch_size) goes as several requests."""
+    model's max_batch_size) goes as several requests. A call that gets no answer within `timeout_s`
+    fails this request with PeditError (a U-Net process that died without Triton noticing leaves its
+    callers waiting for ever: the client gets an error instead; Watchdog)."""
+
+    watchdog = Watchdog(timeout_s)
 
     def call(z_in: np.ndarray, t_rows: np.ndarray, context: np.ndarray) -> np.ndarray:
         request = pb_utils.InferenceRequest(
             model_name=unet_model, requested_output_names=["eps"],
             inputs=[pb_utils.Tensor("z_in", z_in), pb_utils.Tensor("t", t_rows), pb_utils.Tensor("context", context)])
-        response = request.exec()
+        response = watchdog(request.exec, "The U-Net model")
         if response.has_error():
             raise PeditError(f"The U-Net model failed: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "eps").as_numpy()
@@ -57,6 +62,48 @@ def bls_denoise(unet_model: str, max_rows: int):
         return torch.from_numpy(eps).to(device=z_in.device, dtype=z_in.dtype)
 
     return denoise
+
+
+class Watchdog:
+    """Runs a call into Triton on a helper thread and gives up on it after `timeout_s` (PeditError): a
+    BLS call cannot be cancelled, so a given-up call's thread, its inputs in shared memory and a BLS
+    worker stay until it returns. At most `max_abandoned` such calls at a time: past that, calls fail
+    at once ("not answering") instead of piling up, until one of them returns."""
+
+    def __init__(self, timeout_s: float | None, max_abandoned: int = 4):
+        self.timeout_s, self.max_abandoned = timeout_s, max_abandoned
+        self.abandoned = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, work, what: str):
+        if self.timeout_s is None:
+            return work()
+        with self.lock:
+            if self.abandoned >= self.max_abandoned:
+                raise PeditError(f"{what} is not answering ({self.abandoned} calls waiting past {self.timeout_s} s); "
+                                 "nothing was returned. If it stays so, restart the server.")
+        done, box = threading.Event(), {}
+
+        def run():
+            try:
+                box["value"] = work()
+            except BaseException as e:  # handed to the caller's thread
+                box["error"] = e
+            with self.lock:
+                done.set()
+                if box.get("abandoned"):
+                    self.abandoned -= 1
+
+        threading.Thread(target=run, daemon=True, name="pedit-bls").start()
+        if not done.wait(self.timeout_s):
+            with self.lock:
+                if not done.is_set():  # it may have ended in between
+                    box["abandoned"] = True
+                    self.abandoned += 1
+                    raise PeditError(f"{what} did not answer within {self.timeout_s} s; nothing was returned.")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
 
 def _numpy(a) -> np.ndarray:
@@ -84,7 +131,9 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(f"pedit-refused: {e}")
             raise
         # The runtime's U-Net calls (pedit.edit.job.run: one a tick) go to the unet model.
-        editor.runtime.denoise = bls_denoise(params.get("unet_model", "unet"), int(params.get("unet_max_rows", "80")))
+        timeout = float(params["unet_timeout_s"]) if params.get("unet_timeout_s") else None
+        editor.runtime.denoise = bls_denoise(params.get("unet_model", "unet"), int(params.get("unet_max_rows", "80")),
+                                             timeout)
         from pedit.serve.service import EditService
 
         self.service = EditService(editor, max_pixels=int(params.get("max_pixels", "50000000")),

@@ -222,7 +222,8 @@ def _write_pedit_model(repo: Path, cfg: RepositoryConfig, folder: Path) -> None:
     version = repo / protocol.MODEL / "1"
     version.mkdir(parents=True)
     (version / "model.py").write_text(SHIM.format(module="pedit.serve.pedit_model"))
-    params = {"unet_model": "unet", "unet_max_rows": str(cfg.unet_max_rows), "max_pixels": str(cfg.max_pixels),
+    params = {"unet_model": "unet", "unet_max_rows": str(cfg.unet_max_rows), "unet_timeout_s": str(cfg.timeout_s),
+              "max_pixels": str(cfg.max_pixels),
               "max_request_bytes": str(cfg.max_request_bytes),
               "model_meta": json.dumps({k: meta[k] for k in CLIENT_META if k in meta}, sort_keys=True)}
     batching = Batching(1, (1,), 0, cfg.pedit_instances, cfg.max_queue, int(cfg.timeout_s * 1e6))

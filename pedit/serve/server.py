@@ -48,6 +48,10 @@ class ServeError(PeditError):
     """A Triton server that cannot be found, started, or reached, or that did not become ready."""
 
 
+class PortTaken(ServeError):
+    """Another process answers on a port this server was to listen on."""
+
+
 @dataclass(frozen=True)
 class TritonInstall:
     """What it takes to run one tritonserver binary."""
@@ -163,10 +167,14 @@ class TritonServer:
                  extra_env: dict | None = None):
         self.repository = Path(repository).resolve()
         self.host = host
-        self.ports = Ports.starting_at(port, host if host != "0.0.0.0" else "127.0.0.1")
+        self.auto_ports = port is None  # free ports picked here: on a collision, picked again
+        self.ports = Ports.starting_at(port, self._probe_host())
         self.install = install or find_triton()
         # PEDIT_SERVE_KEY: a key of your own (a deployment's secret); else a random one per start.
         self.admin_key = admin_key or os.environ.get("PEDIT_SERVE_KEY") or secrets.token_urlsafe(24)
+        if not (self.admin_key.isascii() and self.admin_key.isprintable()) or any(c.isspace() for c in self.admin_key):
+            raise ServeError("The admin key ($PEDIT_SERVE_KEY) must be printable ASCII without spaces or newlines "
+                             "(a key read from a file often ends in a newline: strip it).")
         self.log_path = log_path or cache_root("serve-logs") / f"tritonserver-{os.getpid()}-{self.ports.http}.log"
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
@@ -198,7 +206,22 @@ class TritonServer:
         env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
-    def start(self, timeout: float = 120.0) -> "TritonServer":
+    def _probe_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
+    def start(self, timeout: float = 120.0, tries: int = 3) -> "TritonServer":
+        """Start the server and wait until it is ready. Free ports picked here can be taken by another
+        process between the pick and the server's bind: then the server starts again on new ones."""
+        for attempt in range(tries):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if not self.auto_ports or attempt == tries - 1:
+                    raise
+                self.ports = Ports.starting_at(None, self._probe_host())
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "TritonServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.started_at = time.perf_counter()
@@ -214,21 +237,36 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout: float) -> None:
+        """Until this server is ready: its own log says its three services started (Triton writes a
+        "failed to start" line instead when a port is taken, and exits) and its health endpoint says
+        ready. The log, not the port, tells that the server answering is this one: a port can be taken
+        by another server between its pick and the bind, and that one may say ready too."""
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.ports.http}/v2/health/ready" if self.host in ("0.0.0.0", "::") else \
             f"{self.urls['http']}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServeError(f"tritonserver exited (code {self.process.returncode}) before it was ready: "
-                                 f"{self.failure_reason()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
+                self._raise_exit()
+            if self._services_started() and _answers_ready(url):
+                return
             time.sleep(0.25)
         raise ServeError(f"tritonserver was not ready within {timeout:.0f} s: {self.failure_reason()}")
+
+    def _services_started(self) -> bool:
+        """This process's log shows the metrics service started (Triton starts gRPC, then HTTP, then
+        metrics, and stops at the first that fails) and no service failed."""
+        log = self.log_text()
+        return (f"Started Metrics Service at {self._probe_host()}:{self.ports.metrics}" in log
+                or f"Started Metrics Service at {self.host}:{self.ports.metrics}" in log) and "failed to start" not in log
+
+    def _raise_exit(self) -> None:
+        log = self.log_text()
+        if "already in use" in log:
+            again = "pick another with --port" if not self.auto_ports else "taken between its pick and the start"
+            raise PortTaken(f"Port {self.ports.http}, {self.ports.grpc} or {self.ports.metrics} on {self.host} is in "
+                            f"use by another process ({again}).")
+        raise ServeError(f"tritonserver exited (code {self.process.returncode}) before it was ready: "
+                         f"{self.failure_reason()}")
 
     def log_text(self) -> str:
         try:
@@ -294,6 +332,14 @@ def failure_reason(log: str, log_path: Path | None = None) -> str:
     last = [line for line in log.splitlines() if line.strip()]
     where = f" (log: {log_path})" if log_path else ""
     return (last[-1][-300:] if last else "no output") + where
+
+
+def _answers_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
 
 
 def read_json(url: str, headers: dict | None = None, timeout: float = 10) -> dict:

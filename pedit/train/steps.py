@@ -245,7 +245,7 @@ def frozen_snapshot(parts, mixed_precision: str) -> Callable:
 def finish(accelerator, mcdm, ema, parts, weight_dtype, out: Path, meta: dict, fp32_parts: Callable) -> None:
     """Rank 0 saves the model folder with the EMA weights (in float32, beside the frozen parts; after a
     reduced-precision run, beside `fp32_parts()`, a fresh float32 load of them)."""
-    from pedit.model.loading import save_model
+    from pedit.model.saving import save_model
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
