@@ -293,17 +293,8 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     out = {}
     for p in pairs:
         if p.direction not in out:
-<<<<<<< HEAD
-            mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)))
-            out[p.direction] = options_for(EditOptions(mask=mask_cfg), cfg.sampling).mask
-=======
             mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)), folder=folder)
-            if cfg.mask_batch is not None:
-                mask_cfg = dataclasses.replace(mask_cfg, batch=cfg.mask_batch)
-            if cfg.mask_noises is not None:
-                mask_cfg = dataclasses.replace(mask_cfg, n_noise=cfg.mask_noises)
-            out[p.direction] = mask_cfg
->>>>>>> wip-28
+            out[p.direction] = options_for(EditOptions(mask=mask_cfg), cfg.sampling).mask
     return out
 
 

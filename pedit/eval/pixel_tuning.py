@@ -106,11 +106,7 @@ def edit_training_pairs(model, pairs_dir: str, batch_size: int = 16, progress=No
     editor = Editor.from_pretrained(model, device="cpu")
     sampling = eval_sampling(cfg.sampling, editor.model.meta)
     size = editor.resolution
-<<<<<<< HEAD
-    scales = GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p)
-=======
     scales = GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p)  # the folder's, as eval's ours
->>>>>>> wip-28
     rows = []
     import torch
 
