@@ -161,26 +161,6 @@ def test_the_editor_blends_with_the_learned_weight(random_model, tmp_path):
     assert learned.default_options("royal").mask.refine == "latent"  # costumes keep the folder's other kind
 
 
-@pytest.mark.parametrize("mode", ["replace", "intersect", "union"])
-def test_user_masks_work_with_the_learned_refinement(random_model, tmp_path, mode):
-    from PIL import Image
-
-    from pedit.edit.editor import Editor
-    from pedit.toon.world import render
-
-    editor = Editor.from_pretrained(_learned_model(random_model, tmp_path), device=TEST_DEVICE)
-    image = Image.fromarray(render(3, size=32))
-    user = np.zeros((32, 32), np.float32)
-    user[:, :16] = 1.0  # the left half may change
-    r = editor.edit(image, "laughing", steps=2, user_mask=user, mask_mode=mode)
-    weight = np.asarray(r.mask)
-    assert np.array_equal(np.asarray(r.image)[weight == 0], np.asarray(image)[weight == 0])
-    if mode != "union":
-        assert (weight[:, 16:] == 0).all()  # the user's black half is kept byte for byte
-    if mode == "replace":
-        assert (weight[:, :16] == 255).all()
-
-
 @pytest.mark.parametrize("damage, message", [("missing", "does not exist"), ("resolution", "trained for 64 px"),
                                              ("kind", "unknown-kind")])
 def test_a_model_folder_naming_a_refiner_it_cannot_run_is_one_error_line(random_model, tmp_path, damage, message):

@@ -174,14 +174,17 @@ def test_the_editor_blends_with_the_pixel_weight(random_model, tmp_path, change_
         assert (weight[unweighted] == 0).all()
 
 
+@pytest.mark.parametrize("kind", ["pixel", "learned"])
 @pytest.mark.parametrize("mode", ["replace", "intersect", "union"])
-def test_user_masks_work_with_the_pixel_refinement(random_model, tmp_path, mode):
+def test_user_masks_work_with_every_refinement(random_model, tmp_path, mode, kind):
     from PIL import Image
 
     from pedit.edit.editor import Editor
     from pedit.toon.world import render
+    from test_learned_mask import _learned_model
 
-    editor = Editor.from_pretrained(_pixel_model(random_model, tmp_path), device=TEST_DEVICE)
+    folder = (_pixel_model if kind == "pixel" else _learned_model)(random_model, tmp_path)
+    editor = Editor.from_pretrained(folder, device=TEST_DEVICE)
     image = Image.fromarray(render(3, size=32))
     user = np.zeros((32, 32), np.float32)
     user[:, :16] = 1.0  # the left half may change
