@@ -304,7 +304,8 @@ def test_edit_with_an_unknown_or_missing_device_is_an_error(random_model):
      "argument 'colour')."),
     ({"mask": {"strenght": 0.7}}, "\"mask\" has no setting 'strenght' (did you mean 'strength'?); the valid names are "
                                   "n_noise, strength, ratio, threshold, dilate, feather, keep_below, refine, prior_threshold, "
-                                  "prior_band, change_below, change_from, edge_feather, guide_radius."),
+                                  "prior_band, change_below, change_from, edge_feather, guide_radius, refiner, refiner_threshold, refiner_band, "
+                                  "refiner_change_below, refiner_feather."),
 ])
 def test_edit_with_a_hand_edited_pedit_json_is_an_error(random_model, tmp_path, change, message):
     import shutil
