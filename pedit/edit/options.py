@@ -74,10 +74,18 @@ def options_for(defaults: EditOptions, settings: SamplingSettings | None = None,
         return default if value is None else value
 
     scales = GuidanceScales(given(s.s_s, d.scales.s_s), given(s.s_im, d.scales.s_im), given(s.s_p, d.scales.s_p))
-    mask = dataclasses.replace(d.mask, n_noise=given(s.mask_noises, d.mask.n_noise), batch=given(s.mask_batch, d.mask.batch))
     return dataclasses.replace(d, steps=given(s.steps, d.steps), seed=s.seed, scheduler=given(s.scheduler, d.scheduler),
                                guidance_interval=given(s.guidance_interval, d.guidance_interval), scales=scales,
-                               use_mask=s.use_mask, mask=mask, **fields)
+                               use_mask=s.use_mask, mask=mask_for(d.mask, s), **fields)
+
+
+def mask_for(mask: MaskConfig, settings: SamplingSettings | None = None) -> MaskConfig:
+    """`settings`' mask draws and split laid over a folder's mask settings for a direction (each None
+    keeps the folder's): what options_for does to the mask, for callers that size a U-Net call from a
+    folder's pedit.json before any model loads."""
+    s = settings or SamplingSettings()
+    return dataclasses.replace(mask, n_noise=mask.n_noise if s.mask_noises is None else s.mask_noises,
+                               batch=mask.batch if s.mask_batch is None else s.mask_batch)
 
 
 def plan_many(editor, directions, options=None, **overrides) -> list:

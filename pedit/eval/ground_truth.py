@@ -284,7 +284,7 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     model loads, so the backend knows the largest U-Net call (pedit.edit.mask.unet_rows)."""
     from pedit.data.directions import Direction, model_directions
     from pedit.data.pairs import direction_of
-    from pedit.edit.options import EditOptions, options_for
+    from pedit.edit.options import mask_for
     from pedit.model.mask_settings import mask_config_for
     from pedit.model.loading import read_model_folder
 
@@ -294,7 +294,7 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     for p in pairs:
         if p.direction not in out:
             mask_cfg = mask_config_for(meta, known.get(p.direction) or Direction(**direction_of(p)), folder=folder)
-            out[p.direction] = options_for(EditOptions(mask=mask_cfg), cfg.sampling).mask
+            out[p.direction] = mask_for(mask_cfg, cfg.sampling)
     return out
 
 

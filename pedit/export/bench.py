@@ -369,7 +369,7 @@ def with_sampling(cfg: BenchConfig) -> BenchConfig:
     from pedit.model.distilled import check_meta_scales
 
     from pedit.edit.mask import MaskConfig
-    from pedit.edit.options import EditOptions, options_for
+    from pedit.edit.options import mask_for
 
     s, meta, mask = cfg.sampling, {}, MaskConfig()  # sd15: 10 draws, all in one call
     if cfg.arch == "model":
@@ -379,7 +379,7 @@ def with_sampling(cfg: BenchConfig) -> BenchConfig:
 
         folder, meta = read_model_folder(cfg.model)
         mask = mask_config_for(meta, resolve(cfg.direction, model_directions(meta, folder)))
-    mask = options_for(EditOptions(mask=mask), s).mask  # the settings over the folder's, as the edit lays them
+    mask = mask_for(mask, s)  # the settings over the folder's, as the edit lays them
     sampler = resolved(s, sampling_for(meta))  # sd15: no pedit.json, the paper's sampler
     check_meta_scales(meta, (sampler.s_s, sampler.s_im, sampler.s_p), sampler.guidance_interval)  # a student's range
     filled = replace(s, steps=sampler.steps, scheduler=sampler.scheduler, guidance_interval=sampler.guidance_interval,

@@ -108,7 +108,7 @@ def planned_rows(model, directions, sampling) -> int:
     it. The largest over the directions: each has its own draws and split."""
     from pedit.data.directions import model_directions
     from pedit.edit.mask import unet_rows
-    from pedit.edit.options import EditOptions, options_for
+    from pedit.edit.options import mask_for
     from pedit.model.mask_settings import mask_config_for
     from pedit.model.loading import read_model_folder
 
@@ -117,7 +117,7 @@ def planned_rows(model, directions, sampling) -> int:
         return unet_rows(None, images)
     folder, meta = read_model_folder(model)
     known = model_directions(meta, folder)
-    masks = [options_for(EditOptions(mask=mask_config_for(meta, known.get(name))), sampling).mask
+    masks = [mask_for(mask_config_for(meta, known.get(name)), sampling)
              for name in directions]  # an unknown direction: its folder-wide settings; it fails later, listed
     return max(unet_rows(mask, images) for mask in masks)
 

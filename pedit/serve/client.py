@@ -26,6 +26,7 @@ from PIL import Image
 from pedit.errors import MissingPackageError, PeditError
 from pedit.serve import protocol
 from pedit.serve.server import ServeError
+from pedit.serve.service import png_bytes
 
 
 @dataclass
@@ -139,12 +140,6 @@ def _image(data: bytes) -> Image.Image:
         return im.copy()
 
 
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 class RemoteEditor:
     """What `pedit edit` and the web app call on an Editor, answered by a server (see the module docstring)."""
 
@@ -200,8 +195,8 @@ class RemoteEditor:
         first = options[0] if isinstance(options, (list, tuple)) else options
         mask_png = None
         if user_mask is not None:
-            mask_png = _png(Image.fromarray(np.rint(np.clip(user_mask, 0, 1) * 255).astype(np.uint8)))
-        results = self.client.edit(_png(image.convert("RGB")), [d.name for d in directions], first.sampling.seed,
+            mask_png = png_bytes(Image.fromarray(np.rint(np.clip(user_mask, 0, 1) * 255).astype(np.uint8)))
+        results = self.client.edit(png_bytes(image.convert("RGB")), [d.name for d in directions], first.sampling.seed,
                                    self.settings(first), mask_png)
         if callback is not None:
             callback(1, 1)

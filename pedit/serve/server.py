@@ -256,8 +256,8 @@ class TritonServer:
         """This process's log shows the metrics service started (Triton starts gRPC, then HTTP, then
         metrics, and stops at the first that fails) and no service failed."""
         log = self.log_text()
-        return (f"Started Metrics Service at {self._probe_host()}:{self.ports.metrics}" in log
-                or f"Started Metrics Service at {self.host}:{self.ports.metrics}" in log) and "failed to start" not in log
+        started = any("Started Metrics Service at" in line and f":{self.ports.metrics}\"" in line for line in log.splitlines())
+        return started and "failed to start" not in log
 
     def _raise_exit(self) -> None:
         log = self.log_text()
