@@ -31,6 +31,18 @@ def load_script(name: str):
     return module
 
 
+def with_settings(kwargs: dict) -> dict:
+    """kwargs with the SamplingSettings fields among them gathered into `sampling` (built here, where a
+    bad one is refused): for the configs that embed the settings."""
+    from dataclasses import fields
+
+    from pedit.model.sampling_settings import SamplingSettings
+
+    names = {f.name for f in fields(SamplingSettings)}
+    rest = {k: v for k, v in kwargs.items() if k not in names}
+    return {**rest, "sampling": SamplingSettings(**{k: v for k, v in kwargs.items() if k in names})}
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cpu_only(reason): runs only when PEDIT_TEST_DEVICE is cpu (or unset)")
     if TEST_DEVICE != "cpu":

@@ -18,7 +18,7 @@ from pedit.export.backends import make_denoise
 from pedit.export.specs import dims_of, network_specs, random_inputs
 from pedit.model.loading import load_model
 from pedit.model.sampling_settings import SamplingSettings
-from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
+from conftest import TEST_DEVICE, with_settings  # PEDIT_TEST_DEVICE, default cpu
 
 
 @pytest.fixture(autouse=True)
@@ -267,18 +267,6 @@ def test_bench_config_validates_its_fields(kwargs, field):
 
     with pytest.raises(ConfigError, match=field):  # the sampling fields: the settings object checks them, once
         BenchConfig(**with_settings(kwargs))
-
-
-def with_settings(kwargs: dict) -> dict:
-    """kwargs with the SamplingSettings fields among them gathered into `sampling` (built here, where a
-    bad one is refused)."""
-    from dataclasses import fields
-
-    from pedit.model.sampling_settings import SamplingSettings
-
-    names = {f.name for f in fields(SamplingSettings)}
-    rest = {k: v for k, v in kwargs.items() if k not in names}
-    return {**rest, "sampling": SamplingSettings(**{k: v for k, v in kwargs.items() if k in names})}
 
 
 @pytest.mark.parametrize("kwargs, field", [({"backend": "tensorflow"}, "backend"), ({"precision": "fp8"}, "precision"),

@@ -12,8 +12,9 @@ from pedit.cli import cli
 from pedit.errors import ConfigError
 from pedit.eval.photos import PhotoEvalConfig
 from pedit.stickers.dreambooth import DreamBoothConfig
-from pedit.model.sampling_settings import SamplingSettings
 from pedit.stickers.pipeline import StickerConfig
+
+from conftest import with_settings
 
 NAN = float("nan")
 ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
@@ -21,9 +22,8 @@ ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
 
 
 def photo_eval(**kw):
-    """A PhotoEvalConfig; its sampling fields (steps, mask_noises, s_s) go into the SamplingSettings it embeds."""
-    sampling = {k: kw.pop(k) for k in ("steps", "mask_noises", "s_s") if k in kw}
-    return PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), sampling=SamplingSettings(**sampling), **kw)
+    """A PhotoEvalConfig; its sampling fields go into the SamplingSettings it embeds."""
+    return PhotoEvalConfig(photos=("a.jpg",), directions=("royal",), **with_settings(kw))
 
 
 def sticker(**kw):
