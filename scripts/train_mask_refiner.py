@@ -146,20 +146,32 @@ def layers_of(net):
     return [(c.weight.detach().numpy(), c.bias.detach().numpy(), c.dilation[0]) for c in convs]
 
 
-def choose(val, p_val, current, log):
-    """{task: (settings or None for the current mask, val summary, current's val summary)}."""
+def better(s, best, now, rule):
+    """Whether summary s beats best under `rule`: "outside" (the pixel tuning's: the best PSNR outside among those no
+    worse inside than `now`) or "iou" (the best mask IoU among those no worse than `now` inside and outside)."""
+    if s["psnr_in_mask"] < now["psnr_in_mask"]:
+        return False
+    if rule == "outside":
+        return s["psnr_outside_mask"] > best["psnr_outside_mask"]
+    return s["psnr_outside_mask"] >= now["psnr_outside_mask"] and s["mask_iou"] > best["mask_iou"]
+
+
+def choose(val, p_val, current, log, by="task", rule="outside"):
+    """{group: (settings or None for the current mask, val summary, current's val summary)}, one group per task
+    or per direction (`by`); every GRID setting is scored once over all the held-back pairs."""
+    now = score(val, current, by=by)
+    groups = sorted(set(map(str, val[by])))
+    best = {g: (None, now[g]) for g in groups}
+    for values in itertools.product(*GRID.values()):
+        settings = dict(zip(GRID, values))
+        s = score(val, weights_of(val, p_val, **settings), by=by)
+        for g in groups:
+            if better(s[g], best[g][1], now[g], rule):
+                best[g] = (settings, s[g])
     chosen = {}
-    for task in sorted(set(val["task"])):
-        idx = np.where(val["task"] == task)[0]
-        sub, now = subset(val, idx), score(subset(val, idx), current[idx], by="task")[task]
-        best = (None, now)
-        for values in itertools.product(*GRID.values()):
-            settings = dict(zip(GRID, values))
-            s = score(sub, weights_of(sub, p_val[idx], **settings), by="task")[task]
-            if s["psnr_in_mask"] >= now["psnr_in_mask"] and s["psnr_outside_mask"] > best[1]["psnr_outside_mask"]:
-                best = (settings, s)
-        log(f"{task}: current {fmt(now)}\n  chosen {best[0]}: {fmt(best[1])}")
-        chosen[task] = (best[0], best[1], now)
+    for g in groups:
+        log(f"{g}: current {fmt(now[g])}\n  chosen {best[g][0]}: {fmt(best[g][1])}")
+        chosen[g] = (best[g][0], best[g][1], now[g])
     return chosen
 
 
@@ -180,6 +192,11 @@ def main():
     ap.add_argument("--name", default="mask_refiner.npz", help="the refiner's file name in the model folder")
     ap.add_argument("--task", help="train, choose and write for this task's pairs only (e.g. expression)")
     ap.add_argument("--from", dest="from_file", help="a refiner file trained before: choose and score only")
+    ap.add_argument("--by", choices=("task", "direction"), default="task",
+                    help="choose the soft threshold, gate and feather per task (mask_by_task) or per direction (mask_by_direction)")
+    ap.add_argument("--rule", choices=("outside", "iou"), default="outside",
+                    help="outside: the best PSNR outside among those no worse inside; iou: the best mask IoU among those "
+                         "no worse inside and outside than the folder's current mask")
     ap.add_argument("--write", action="store_true", help="write the refiner and the chosen settings into the folder")
     args = ap.parse_args()
 
@@ -220,7 +237,7 @@ def main():
     def probabilities(X):
         return np.stack([probability(refiner, x) for x in X])
 
-    chosen = choose(val, probabilities(features(val)), current_weights(val, meta, folder), log)
+    chosen = choose(val, probabilities(features(val)), current_weights(val, meta, folder), log, args.by, args.rule)
     result = {"args": vars(args), "chosen": {t: c[0] for t, c in chosen.items()},
               "val": {t: {"chosen": c[1], "current": c[2]} for t, c in chosen.items()}}
     if args.eval:
@@ -229,9 +246,9 @@ def main():
             ev = subset(ev, np.where(ev["task"] == args.task)[0])
         p_ev, now = probabilities(features(ev)), current_weights(ev, meta, folder)
         learned = now.copy()
-        for task, (settings, _, _) in chosen.items():
+        for group, (settings, _, _) in chosen.items():
             if settings is not None:
-                idx = np.where(ev["task"] == task)[0]
+                idx = np.where(ev[args.by] == group)[0]
                 learned[idx] = weights_of(subset(ev, idx), p_ev[idx], **settings)
         result["held_out"] = {"learned": score(ev, learned), "current": score(ev, now)}
         for k in result["held_out"]["current"]:
@@ -243,16 +260,18 @@ def main():
         import shutil
 
         shutil.copyfile(out / args.name, folder / args.name)
-        by_task = meta.setdefault("mask_by_task", {})
-        for task, (settings, s, now) in chosen.items():
+        by_group = meta.setdefault(f"mask_by_{args.by}", {})
+        for group, (settings, s, now) in chosen.items():
             if settings is not None:
-                by_task[task] = {**by_task.get(task, {}), "refine": "learned", "refiner": args.name, **settings}
+                by_group[group] = {**by_group.get(group, {}), "refine": "learned", "refiner": args.name, **settings}
         before = meta.get("mask_refiner", "") if args.task else ""  # another task's refiner stays on record
+        rule = ("the best PSNR outside the true region among those no worse inside it than the mask the folder had"
+                if args.rule == "outside" else
+                "the best mask IoU among those no worse inside and outside the true region than the mask the folder had")
         meta["mask_refiner"] = (before + " | " if before else "") + (
             f"{args.name}: {sum(w.size + b.size for w, b, _ in layers)} weights, trained on {n_fit} exact pairs of training "
-            f"identities and its soft threshold, change gate and feather chosen per task on {len(val['x_A'])} more (scripts/train_mask_refiner.py; "
-            f"never on held-out ones): the best PSNR outside the true region among those no worse inside it than the "
-            f"mask the folder had. " + "; ".join(
+            f"identities and its soft threshold, change gate and feather chosen per {args.by} on {len(val['x_A'])} more "
+            f"(scripts/train_mask_refiner.py; never on held-out ones): {rule}. " + "; ".join(
                 f"{t}: {'learned' if c[0] else 'kept'} ({fmt(c[1])}; before {fmt(c[2])})" for t, c in chosen.items()))
         (folder / "pedit.json").write_text(json.dumps(meta, indent=2))
         log(f"wrote {folder / args.name} and the chosen settings into {folder / 'pedit.json'}")
