@@ -44,11 +44,11 @@ def subset(d, idx):
     return {k: v[idx] if v.ndim else v for k, v in d.items()}
 
 
-def features(d):
-    """(N, C, R, R) float32: pedit.edit.learned_mask.features of every cached pair (what an edit computes)."""
+def features(d, names):
+    """(N, C, R, R) float32: pedit.edit.learned_mask.features `names` of every cached pair (what an edit computes)."""
     from pedit.edit.learned_mask import features as one
 
-    return np.stack([one(d["diff"][i], d["x_A"][i], d["raw"][i], d["mask"][i], float(d["ratio"][i]))
+    return np.stack([one(d["diff"][i], d["x_A"][i], d["raw"][i], d["mask"][i], float(d["ratio"][i]), names)
                      for i in range(len(d["x_A"]))])
 
 
@@ -74,11 +74,12 @@ def score(d, weights, by="direction"):
     from pedit.eval.pixel_tuning import Tally
 
     tallies = {"all": Tally()}
+    if "band" not in d:  # the edge bands, once per set of pairs (choose scores every setting on the same pairs)
+        d["band"] = np.stack([edge_band(t) for t in d["true"]])
     for i in range(len(d["x_A"])):
-        true = d["true"][i]
         out = composite(d["x_A"][i], d["raw"][i], weights[i])
         for k in dict.fromkeys(("all", str(d[by][i]), str(d["task"][i]))):
-            tallies.setdefault(k, Tally()).add(out, d["x_B"][i].astype(np.float64), true, edge_band(true), weights[i])
+            tallies.setdefault(k, Tally()).add(out, d["x_B"][i].astype(np.float64), d["true"][i], d["band"][i], weights[i])
     return {k: t.summary() for k, t in tallies.items()}
 
 
@@ -87,12 +88,10 @@ def fmt(s):
             f"IoU {s['mask_iou']:.3f} edge error {s['mask_edge_error']:.3f}")
 
 
-def build_net(width, dilations):
+def build_net(width, dilations, channels):
     import torch.nn as nn
 
-    from pedit.model.mask_refiner import FEATURES
-
-    layers, c = [], len(FEATURES)
+    layers, c = [], channels
     for dil in dilations:
         layers += [nn.Conv2d(c, width, 3, padding=dil, dilation=dil), nn.ReLU()]
         c = width
@@ -105,7 +104,7 @@ def train(X, d, args, log):
     import torch
 
     torch.manual_seed(args.seed)
-    net = build_net(args.width, [int(v) for v in args.dilations.split(",")])
+    net = build_net(args.width, [int(v) for v in args.dilations.split(",")], X.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     X, Y = torch.from_numpy(X), torch.from_numpy(d["true"].astype(np.float32))[:, None]
     XA, RAW, XB = (torch.from_numpy(d[k].astype(np.float32) / 255.0).permute(0, 3, 1, 2) for k in ("x_A", "raw", "x_B"))
@@ -191,6 +190,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="mask_refiner.npz", help="the refiner's file name in the model folder")
     ap.add_argument("--task", help="train, choose and write for this task's pairs only (e.g. expression)")
+    ap.add_argument("--features", default="", help="EXTRA_FEATURES the network reads besides FEATURES, comma-separated "
+                    "(pedit.model.mask_refiner)")
     ap.add_argument("--from", dest="from_file", help="a refiner file trained before: choose and score only")
     ap.add_argument("--by", choices=("task", "direction"), default="task",
                     help="choose the soft threshold, gate and feather per task (mask_by_task) or per direction (mask_by_direction)")
@@ -204,7 +205,7 @@ def main():
 
     from pedit.model.loading import model_path
     from pedit.edit.learned_mask import probability
-    from pedit.model.mask_refiner import load_refiner, save_refiner
+    from pedit.model.mask_refiner import FEATURES, load_refiner, save_refiner
 
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -225,26 +226,26 @@ def main():
     n_fit = len(tr["x_A"]) - args.val
     fit, val = subset(tr, slice(0, n_fit)), subset(tr, slice(n_fit, None))
     if args.from_file:
-        net = None
-        layers = list(load_refiner(args.from_file, int(meta["resolution"])).layers)
+        loaded = load_refiner(args.from_file, int(meta["resolution"]))
+        layers, names = list(loaded.layers), loaded.features
     else:
-        net = train(features(fit), fit, args, log)
-        layers = layers_of(net)
+        names = FEATURES + tuple(n for n in args.features.split(",") if n)
+        layers = layers_of(train(features(fit, names), fit, args, log))
     log(f"parameters {sum(w.size + b.size for w, b, _ in layers)}")
-    save_refiner(out / args.name, int(meta["resolution"]), layers)
+    save_refiner(out / args.name, int(meta["resolution"]), layers, names)
     refiner = load_refiner(out / args.name, int(meta["resolution"]))
 
     def probabilities(X):
         return np.stack([probability(refiner, x) for x in X])
 
-    chosen = choose(val, probabilities(features(val)), current_weights(val, meta, folder), log, args.by, args.rule)
+    chosen = choose(val, probabilities(features(val, names)), current_weights(val, meta, folder), log, args.by, args.rule)
     result = {"args": vars(args), "chosen": {t: c[0] for t, c in chosen.items()},
               "val": {t: {"chosen": c[1], "current": c[2]} for t, c in chosen.items()}}
     if args.eval:
         ev = load(args.eval)
         if args.task:
             ev = subset(ev, np.where(ev["task"] == args.task)[0])
-        p_ev, now = probabilities(features(ev)), current_weights(ev, meta, folder)
+        p_ev, now = probabilities(features(ev, names)), current_weights(ev, meta, folder)
         learned = now.copy()
         for group, (settings, _, _) in chosen.items():
             if settings is not None:

@@ -67,6 +67,32 @@ def test_features_are_what_the_edit_has():
     assert np.array_equal(f[8], np.kron(latent, np.ones((8, 8))))  # each latent cell is 8x8 pixels
 
 
+def test_extra_features_are_the_change_at_coarser_scales_and_the_position(tmp_path):
+    rng = np.random.default_rng(3)
+    diff, latent = rng.random((4, 4)), np.ones((4, 4))
+    original = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    raw = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    names = FEATURES + ("change_r2", "change_r8", "row", "col")
+    f = lm.features(diff, original, raw, latent, 3.0, names)
+    assert f.shape == (len(names), 32, 32) and np.array_equal(f[:len(FEATURES)], lm.features(diff, original, raw, latent, 3.0))
+    change = np.abs(raw.astype(int) - original).max(axis=2) / 255
+    for k, r in ((9, 2), (10, 8)):  # the mean over the window, clipped at the border
+        for y, x in ((0, 0), (5, 30), (16, 16), (31, 3)):
+            assert np.isclose(f[k, y, x], change[max(y - r, 0): y + r + 1, max(x - r, 0): x + r + 1].mean(), atol=1e-6)
+    assert f[11, 0, 5] == 0 and f[11, 31, 5] == 1 and np.allclose(f[12], f[11].T)
+    torch.manual_seed(4)  # a file that reads them runs in the weight, and its network is torch's
+    conv = torch.nn.Conv2d(len(names), 1, 3, padding=1)
+    save_refiner(tmp_path / "r.npz", 32, [(conv.weight.detach().numpy(), conv.bias.detach().numpy(), 1)], names)
+    refiner = load_refiner(tmp_path / "r.npz", 32)
+    assert refiner.features == names
+    with torch.no_grad():
+        want = torch.sigmoid(conv(torch.from_numpy(f)[None]))[0, 0].numpy()
+    assert np.allclose(lm.probability(refiner, f), want, atol=1e-5)
+    cfg = MaskConfig(refine="learned", refiner=str(tmp_path / "r.npz"), refiner_threshold=0.5, refiner_band=0.0,
+                     refiner_feather=0.0, refiner_change_below=0.0)
+    assert np.array_equal(lm.learned_weight(cfg, diff, original, raw, latent), (want > 0.5).astype(np.float32))
+
+
 def test_the_weight_is_the_thresholded_probability_and_zero_keeps_the_input(tmp_path):
     _, layers = _net(seed=2)
     save_refiner(tmp_path / "r.npz", 32, layers)
@@ -108,6 +134,7 @@ def _write(path, **over):
     ({"kind": np.array("something-else")}, "kind"),
     ({"resolution": np.array(64)}, "trained for 64 px"),
     ({"features": np.array(["prior", "change"])}, "reads the features"),
+    ({"features": np.array(FEATURES + ("change_r3",))}, "reads the features"),
     ({"w1": np.zeros((4, 3, 3, 3), np.float32)}, "layer 1"),
 ])
 def test_a_refiner_pedit_cannot_run_is_refused(tmp_path, over, message):

@@ -6,7 +6,8 @@ folder, trained on exact toon pairs of training identities by scripts/train_mask
 reads, at pixel resolution, what every edit already has (FEATURES): the MCDM's difference map
 before binarisation scaled as `binarize` does and upsampled bilinearly, the edit's largest channel
 change from the input, the input and the decoded edit (RGB in [0, 1]) and the binary latent mask
-upsampled; it gives the probability that a pixel lies in the edited region. The blend weight is
+upsampled, and where the file asks for them (EXTRA_FEATURES) that change averaged over wider windows and the
+pixel's row and column; it gives the probability that a pixel lies in the edited region. The blend weight is
 that probability through the soft threshold `refiner_threshold` ± `refiner_band`, times (with
 `refiner_change_below` > 0) the pixel kind's ramp on where the edit changes colour from the input,
 feathered by `refiner_feather` px and exactly 0 below 1/512 (pedit.edit.pixel_mask.weight_from), so
@@ -17,20 +18,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from pedit.edit.pixel_mask import colour_change, soft_prior, upsample, weight_from
+from pedit.edit.pixel_mask import box_mean, colour_change, soft_prior, upsample, weight_from
 from pedit.model.mask_refiner import FEATURES, Refiner, load_refiner
 
 
+def extra_feature(name: str, change: np.ndarray) -> np.ndarray:
+    """One of EXTRA_FEATURES (R, R): "change_rN" the change (in [0, 1]) averaged over the (2N+1)^2 window
+    (pedit.edit.pixel_mask.box_mean), "row" / "col" the pixel's position from 0 (top / left) to 1."""
+    size = change.shape[0]
+    if name.startswith("change_r"):
+        return box_mean(change, int(name[len("change_r"):]))
+    pos = np.broadcast_to((np.arange(size) / max(size - 1, 1))[:, None], (size, size))
+    return pos if name == "row" else pos.T
+
+
 def features(diff: np.ndarray, original: np.ndarray, raw: np.ndarray, mask_latent: np.ndarray,
-             ratio: float) -> np.ndarray:
-    """(len(FEATURES), R, R) float32. diff: (h, w) difference map; original, raw: (R, R, 3) uint8;
-    mask_latent: (h, w) binary latent mask; ratio: the clamp of `binarize`."""
+             ratio: float, names=FEATURES) -> np.ndarray:
+    """(len(names), R, R) float32. diff: (h, w) difference map; original, raw: (R, R, 3) uint8;
+    mask_latent: (h, w) binary latent mask; ratio: the clamp of `binarize`; names: FEATURES and then any of
+    EXTRA_FEATURES (a refiner file's `features`)."""
     size = original.shape[0]
     lat = np.asarray(mask_latent, dtype=np.float64)
     f = size // lat.shape[-1]
-    rows = [upsample(soft_prior(diff, ratio), size), colour_change(raw, original) / 255.0,
+    change = colour_change(raw, original) / 255.0
+    rows = [upsample(soft_prior(diff, ratio), size), change,
             *(original.transpose(2, 0, 1) / 255.0), *(raw.transpose(2, 0, 1) / 255.0),
             np.repeat(np.repeat(lat, f, axis=0), f, axis=1)]
+    rows += [extra_feature(n, change) for n in names[len(FEATURES):]]
     return np.stack(rows).astype(np.float32)
 
 
@@ -67,7 +81,7 @@ def learned_weight(cfg, diff: np.ndarray, original: np.ndarray, raw: np.ndarray,
     mask_latent: (h, w) or (1, 1, h, w) binary."""
     refiner = load_refiner(cfg.refiner, original.shape[0])
     lat = np.asarray(mask_latent).reshape(np.asarray(mask_latent).shape[-2:])
-    feats = features(diff, original, raw, lat, cfg.ratio)
+    feats = features(diff, original, raw, lat, cfg.ratio, refiner.features)
     p = probability(refiner, feats).astype(np.float64)
     change = colour_change(raw, original) if cfg.refiner_change_below > 0 else None
     return weight_from(p, change, cfg.refiner_threshold, cfg.refiner_band, cfg.refiner_change_below, cfg.refiner_feather)

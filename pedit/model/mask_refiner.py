@@ -2,7 +2,7 @@
 weights in an .npz in the model folder, named by the mask settings' "refiner". numpy only.
 
 The file holds `kind` (FORMAT), `resolution` (the images it was trained at), `features` (the names
-of its input channels, pedit.edit.learned_mask.FEATURES) and, per layer i, `w{i}` (out, in, k, k)
+of its input channels: FEATURES, then optionally some of EXTRA_FEATURES, made by pedit.edit.learned_mask.features) and, per layer i, `w{i}` (out, in, k, k)
 float32, `b{i}` (out,) float32 and `d{i}` (the dilation); a ReLU follows every layer but the last,
 whose single channel is the logit of "this pixel is in the edited region". A folder naming a file
 pedit cannot run (missing, unreadable, another kind, another resolution, other features, shapes
@@ -20,24 +20,30 @@ from pedit.errors import ModelError
 
 FORMAT = "pedit-mask-refiner-1"
 FEATURES = ("prior", "change", "input_r", "input_g", "input_b", "edit_r", "edit_g", "edit_b", "latent_mask")
+# the edit's colour change averaged over (2r+1)^2 windows (the difference at coarser scales), and the pixel's row and
+# column in [0, 1] (where in the picture the direction's region tends to lie)
+EXTRA_FEATURES = ("change_r2", "change_r4", "change_r8", "change_r16", "row", "col")
 MAX_LAYERS = 16
 
 
 @dataclass(frozen=True, eq=False)
 class Refiner:
-    """A loaded refiner: its resolution and its layers [(weight (out, in, k, k), bias (out,), dilation)]."""
+    """A loaded refiner: its resolution, its layers [(weight (out, in, k, k), bias (out,), dilation)] and the names
+    of its input channels."""
 
     resolution: int
     layers: tuple
+    features: tuple = FEATURES
 
     @property
     def parameters(self) -> int:
         return sum(w.size + b.size for w, b, _ in self.layers)
 
 
-def save_refiner(path, resolution: int, layers) -> None:
-    """Write `layers` [(weight, bias, dilation)] as a refiner file (FORMAT) for images of `resolution` px."""
-    arrays = {"kind": np.array(FORMAT), "resolution": np.array(int(resolution)), "features": np.array(FEATURES)}
+def save_refiner(path, resolution: int, layers, features=FEATURES) -> None:
+    """Write `layers` [(weight, bias, dilation)] reading `features` as a refiner file (FORMAT) for images of
+    `resolution` px."""
+    arrays = {"kind": np.array(FORMAT), "resolution": np.array(int(resolution)), "features": np.array(features)}
     for i, (w, b, d) in enumerate(layers):
         arrays[f"w{i}"], arrays[f"b{i}"], arrays[f"d{i}"] = (np.asarray(w, np.float32), np.asarray(b, np.float32),
                                                              np.array(int(d)))
@@ -83,9 +89,10 @@ def _read(path: Path, resolution: int) -> Refiner:
         raise bad("no resolution or features recorded") from None
     if got != resolution:
         raise bad(f"it was trained for {got} px images and this model edits at {resolution} px")
-    if features != FEATURES:
-        raise bad(f"it reads the features {', '.join(features)}, and pedit makes {', '.join(FEATURES)}")
-    layers, channels = [], len(FEATURES)
+    if features[:len(FEATURES)] != FEATURES or not set(features[len(FEATURES):]) <= set(EXTRA_FEATURES):
+        raise bad(f"it reads the features {', '.join(features)}, and pedit makes {', '.join(FEATURES)} and then any of "
+                  f"{', '.join(EXTRA_FEATURES)}")
+    layers, channels = [], len(features)
     for i in range(MAX_LAYERS + 1):
         if f"w{i}" not in arrays:
             break
@@ -102,7 +109,7 @@ def _read(path: Path, resolution: int) -> Refiner:
         channels = w.shape[0]
     if not layers or len(layers) > MAX_LAYERS or channels != 1:
         raise bad(f"it must have 1 to {MAX_LAYERS} layers ending in one channel")
-    return Refiner(resolution=resolution, layers=tuple(layers))
+    return Refiner(resolution=resolution, layers=tuple(layers), features=features)
 
 
 def refiner_files(meta: dict) -> list[str]:
