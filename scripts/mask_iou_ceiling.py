@@ -1,7 +1,7 @@
 """Where the editing mask's IoU is lost, per direction, on cached edits of TRAINING pairs.
 
-    python scripts/mask_iou_ceiling.py -m toon-fast --cache runs/refine-cache/student-train.npz \
-        --expression-refiner docs/results/mask-refiner-student-expression.npz -o docs/results/mask-iou-ceiling-student.json
+    python scripts/mask_iou_ceiling.py -m toon-fast --cache runs/refine-cache/student-train2.npz --last 400 \
+        -o docs/results/mask-iou-ceiling-student.json
 
 The cache is scripts/cache_mask_inputs.py's (one edit per exact pair with the folder's settings). Per
 pair, with T the true region:
@@ -44,8 +44,8 @@ def best_iou(score: np.ndarray, true: np.ndarray, levels) -> tuple[float, float]
     return ious[k], float(levels[k])
 
 
-def probabilities(d, meta, folder, expression_refiner):
-    """(N, R, R): each pair's refiner probability (the folder's refiner for its task, or the given expression one)."""
+def probabilities(d, meta, folder, expression_refiner=None, costume_refiner=None):
+    """(N, R, R): each pair's refiner probability (the folder's refiner for its task, or the given one)."""
     from pedit.edit.learned_mask import features, probability
     from pedit.model.mask_refiner import load_refiner
     from pedit.model.mask_settings import mask_config_for
@@ -54,10 +54,10 @@ def probabilities(d, meta, folder, expression_refiner):
     for i in range(len(d["x_A"])):
         task = str(d["task"][i])
         cfg = mask_config_for(meta, SimpleNamespace(name=str(d["direction"][i]), task=task), folder=folder)
-        path = expression_refiner if task == "expression" and expression_refiner else cfg.refiner
+        path = {"expression": expression_refiner, "costume": costume_refiner}.get(task) or cfg.refiner
         refiner = load_refiner(path, d["x_A"].shape[1])
         out.append(probability(refiner, features(d["diff"][i], d["x_A"][i], d["raw"][i], d["mask"][i],
-                                                 float(d["ratio"][i]))))
+                                                 float(d["ratio"][i]), refiner.features)))
     return np.stack(out)
 
 
@@ -109,21 +109,25 @@ def main() -> None:
     ap.add_argument("-m", "--model", default="toon-fast")
     ap.add_argument("--cache", required=True, help="scripts/cache_mask_inputs.py's cache of training pairs")
     ap.add_argument("--expression-refiner", help="a refiner file for the expression pairs (default: the folder's)")
+    ap.add_argument("--last", type=int, default=0, help="only the cache's last N pairs (pairs no refiner was fitted on)")
+    ap.add_argument("--costume-refiner", help="a refiner file for the costume pairs (default: the folder's)")
     ap.add_argument("-o", "--out", required=True)
     args = ap.parse_args()
 
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from train_mask_refiner import current_weights, load
+    from train_mask_refiner import current_weights, load, subset
     from pedit.model.loading import model_path
 
     d = load(args.cache)
+    if args.last:
+        d = subset(d, slice(len(d["x_A"]) - args.last, None))
     if bool(d.get("held_out", np.array(False))):
         raise SystemExit("the cache holds evaluation identities: diagnose on training pairs only")
     folder = model_path(args.model)
     meta = json.loads((folder / "pedit.json").read_text())
-    p = probabilities(d, meta, folder, args.expression_refiner)
+    p = probabilities(d, meta, folder, args.expression_refiner, args.costume_refiner)
     weights = current_weights(d, meta, folder)
     rows = [per_pair(d, i, p[i], weights[i]) for i in range(len(p))]
     result = {"args": vars(args), "by_group": summarise(d, rows, p)}

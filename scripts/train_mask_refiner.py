@@ -145,19 +145,21 @@ def layers_of(net):
     return [(c.weight.detach().numpy(), c.bias.detach().numpy(), c.dilation[0]) for c in convs]
 
 
-def better(s, best, now, rule):
+def better(s, best, now, rule, slack=0.0):
     """Whether summary s beats best under `rule`: "outside" (the pixel tuning's: the best PSNR outside among those no
-    worse inside than `now`) or "iou" (the best mask IoU among those no worse than `now` inside and outside)."""
+    worse inside than `now`) or "iou" (the best mask IoU among those no worse than `now` inside and, by at most
+    `slack` dB, outside)."""
     if s["psnr_in_mask"] < now["psnr_in_mask"]:
         return False
     if rule == "outside":
         return s["psnr_outside_mask"] > best["psnr_outside_mask"]
-    return s["psnr_outside_mask"] >= now["psnr_outside_mask"] and s["mask_iou"] > best["mask_iou"]
+    return s["psnr_outside_mask"] >= now["psnr_outside_mask"] - slack and s["mask_iou"] > best["mask_iou"]
 
 
-def choose(val, p_val, current, log, by="task", rule="outside"):
+def choose(val, p_val, current, log, by="task", rule="outside", slack=0.0, grid=None):
     """{group: (settings or None for the current mask, val summary, current's val summary)}, one group per task
-    or per direction (`by`); every GRID setting is scored once over all the held-back pairs."""
+    or per direction (`by`); every GRID setting is scored once over all the held-back pairs (and, given a
+    `grid` dict, recorded there per group: the trade-off each rule chooses from)."""
     now = score(val, current, by=by)
     groups = sorted(set(map(str, val[by])))
     best = {g: (None, now[g]) for g in groups}
@@ -165,7 +167,9 @@ def choose(val, p_val, current, log, by="task", rule="outside"):
         settings = dict(zip(GRID, values))
         s = score(val, weights_of(val, p_val, **settings), by=by)
         for g in groups:
-            if better(s[g], best[g][1], now[g], rule):
+            if grid is not None:
+                grid.setdefault(g, []).append([settings, s[g]])
+            if better(s[g], best[g][1], now[g], rule, slack):
                 best[g] = (settings, s[g])
     chosen = {}
     for g in groups:
@@ -198,6 +202,8 @@ def main():
     ap.add_argument("--rule", choices=("outside", "iou"), default="outside",
                     help="outside: the best PSNR outside among those no worse inside; iou: the best mask IoU among those "
                          "no worse inside and outside than the folder's current mask")
+    ap.add_argument("--out-slack", type=float, default=0.0,
+                    help="with --rule iou: the PSNR outside the true region may fall this many dB below the current mask's")
     ap.add_argument("--write", action="store_true", help="write the refiner and the chosen settings into the folder")
     args = ap.parse_args()
 
@@ -238,8 +244,10 @@ def main():
     def probabilities(X):
         return np.stack([probability(refiner, x) for x in X])
 
-    chosen = choose(val, probabilities(features(val, names)), current_weights(val, meta, folder), log, args.by, args.rule)
-    result = {"args": vars(args), "chosen": {t: c[0] for t, c in chosen.items()},
+    grid = {}
+    chosen = choose(val, probabilities(features(val, names)), current_weights(val, meta, folder), log, args.by, args.rule,
+                    args.out_slack, grid)
+    result = {"grid": grid, "args": vars(args), "chosen": {t: c[0] for t, c in chosen.items()},
               "val": {t: {"chosen": c[1], "current": c[2]} for t, c in chosen.items()}}
     if args.eval:
         ev = load(args.eval)
@@ -268,7 +276,8 @@ def main():
         before = meta.get("mask_refiner", "") if args.task else ""  # another task's refiner stays on record
         rule = ("the best PSNR outside the true region among those no worse inside it than the mask the folder had"
                 if args.rule == "outside" else
-                "the best mask IoU among those no worse inside and outside the true region than the mask the folder had")
+                f"the best mask IoU among those no worse inside the true region than the mask the folder had and at most "
+                f"{args.out_slack:g} dB worse outside it")
         meta["mask_refiner"] = (before + " | " if before else "") + (
             f"{args.name}: {sum(w.size + b.size for w, b, _ in layers)} weights, trained on {n_fit} exact pairs of training "
             f"identities and its soft threshold, change gate and feather chosen per {args.by} on {len(val['x_A'])} more "
