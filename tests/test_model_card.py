@@ -13,7 +13,7 @@ from pedit.model.loading import model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = {"toon": "docs/results/toon-eval-shipped-teacher/report.json",
-           "toon-fast": "docs/results/toon-eval-shipped-student/report.json"}
+           "toon-fast": "docs/results/toon-eval-wide-costume-refiner/report.json"}
 
 
 def _report(psnr: float = 21.5) -> dict:
