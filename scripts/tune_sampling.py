@@ -65,6 +65,13 @@ CONFIGS = {
     "draws2-ddim-6-gi-hi": (2, "ddim", 6, (0.4, 0.8)),
     "draws2-ddim-6-gi-lo": (2, "ddim", 6, (0.2, 0.6)),
     "draws2-ddim-7-gi-mid": (2, "ddim", 7, (0.3, 0.7)),
+    "draws3-ddim-6-gi-hi": (3, "ddim", 6, (0.4, 0.8)),
+    "draws2-ddim-7-gi-hi": (2, "ddim", 7, (0.45, 0.8)),
+    "draws2-ddim-6-gi-top": (2, "ddim", 6, (0.6, 0.9)),
+    "draws2-ddim-7-gi-top": (2, "ddim", 7, (0.6, 0.9)),
+    "draws2-ddim-6-gi-top1": (2, "ddim", 6, (0.7, 0.9)),
+    "draws2-ddim-8-gi-top": (2, "ddim", 8, (0.6, 0.9)),
+    "draws2-ddim-10-gi-top": (2, "ddim", 10, (0.6, 0.9)),
 }
 
 

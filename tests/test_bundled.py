@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -53,3 +54,36 @@ def test_the_bundled_student_is_distilled_and_edits_in_at_most_24_rows(tmp_path,
     monkeypatch.chdir(tmp_path)  # a folder of that name here is what -m means
     (tmp_path / "toon-fast").mkdir()
     assert model_path("toon-fast").resolve() == tmp_path / "toon-fast"
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("name", ["toon", "toon-fast"])
+def test_a_bundled_models_directions_edited_together_give_their_bytes_alone(name, split):
+    """`pedit edit -d laughing,royal,angry` on a bundled model: each direction at its task's sampler
+    (pedit.json "sampling" with "sampling_by_task"; split: the costumes given one more step than the
+    expressions, in memory), grouped into one job per sampler; each output is the bytes of that
+    direction edited alone. As shipped, each task's edit stays within 24 U-Net rows."""
+    from pedit.edit.editor import Editor
+    from pedit.edit.rows import edit_rows
+    from pedit.model.sampling_settings import sampling_for
+
+    editor = Editor.from_pretrained(name, device="cpu")
+    meta = editor.model.meta
+    if split:
+        meta["sampling_by_task"] = {**meta.get("sampling_by_task", {}),
+                                    "costume": {"steps": sampling_for(meta, "expression").steps + 1}}
+    names = ["laughing", "royal", "angry"]
+    for d in names:
+        o = editor.default_options(d)
+        assert split or edit_rows(o, editor.scheduler(o), distilled=editor.distilled) <= 24
+    two = sampling_for(meta, "expression") != sampling_for(meta, "costume")  # the mask's draws may differ in a job
+    assert two or not split
+    jobs = []
+    make = editor.job
+    editor.job = lambda conds, *a: jobs.append(conds) or make(conds, *a)
+    src = Image.open("examples/toon.png").convert("RGB")
+    together = editor.edit_many(src, names)
+    assert [len(j) for j in jobs] == ([2, 1] if two else [3])  # the expressions' job (laughing, angry), royal's
+    for d, many in zip(names, together):
+        alone = editor.edit(src, d)
+        assert alone.image.tobytes() == many.image.tobytes() and alone.mask.tobytes() == many.mask.tobytes()
