@@ -182,3 +182,28 @@ def test_a_distilled_student_keeps_its_teachers_per_task_sampling_marked_as_the_
     kept, _ = student_settings(DistillConfig(data="d", output="o"), teacher)
     assert kept["sampling_by_task"]["expression"]["steps"] == 2
     assert kept["sampling_by_task"]["expression"]["chosen_by"] == "the teacher's: a test, for expressions"
+
+
+@pytest.mark.cpu_only("the runtime runs ONNX Runtime on the CPU here")
+def test_an_export_carries_the_per_task_sampling_to_the_runtime_and_the_server(by_task, tmp_path, portrait,
+                                                                                monkeypatch):
+    """`pedit export` keeps "sampling_by_task" (model.json holds the folder's pedit.json): the torch-free
+    runtime editor resolves each direction's sampler by its task and edits several directions as one job
+    per sampler, each with its bytes alone; the Triton `pedit` model's client meta carries the block."""
+    from pedit.export.pipeline import ExportConfig, export_model
+    from pedit.export.runtime_editor import load_runtime_editor
+    from pedit.serve import repository
+
+    out = tmp_path / "export"
+    export_model(ExportConfig(model=str(by_task), output=str(out)))
+    editor = load_runtime_editor(out)
+    angry, royal = editor.default_options("angry"), editor.default_options("royal")
+    assert (angry.steps, angry.guidance_interval, royal.steps, royal.guidance_interval) == (2, (0.2, 0.8), 3, None)
+    names = ["angry", "royal", "shocked"]
+    together = editor.edit_many(portrait, names, seed=4)
+    for d, many in zip(names, together):
+        assert editor.edit(portrait, d, seed=4).image.tobytes() == many.image.tobytes()
+    params = {}
+    monkeypatch.setattr(repository, "pedit_config", lambda batching, p: params.update(p) or "")
+    repository._write_pedit_model(tmp_path / "repo", repository.RepositoryConfig(model=str(by_task)), by_task)
+    assert json.loads(params["model_meta"])["sampling_by_task"] == {"expression": EXPRESSION}
