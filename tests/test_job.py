@@ -2,8 +2,12 @@
 
 The bundled models' pinned bytes (tests/test_bundled.py, tests/test_coldstart.py) hold Editor.edit, which
 runs one EditJob; these tests hold the job itself: its rows and advance are the whole edit, several jobs
-at different steps share one U-Net call per tick without changing one byte of any, and the same job
-code steps numpy arrays (the torch-free runtime's) to the torch path's numbers.
+at different steps share one U-Net call per tick and each gives its lone edit, and the same job code
+steps numpy arrays (the torch-free runtime's) to the torch path's numbers.
+
+"Its lone edit" is exact for ONNX Runtime (tests/test_runtime_edit.py, the serving tests) and up to
+float rounding for eager torch, whose CPU kernels round a row differently at another batch size
+(docs/design-notes.md, "Bytes"): `_same_edit` says what that allows.
 """
 
 from __future__ import annotations
@@ -43,6 +47,26 @@ def _bytes(editor, job, square) -> bytes:
     return editor.finish(square, editor.decode(job.z_0[0]), job, 0).image.tobytes()
 
 
+def _lone(editor, photo, direction, seed):
+    job, _ = _job(editor, photo, direction, seed)
+    run([job], editor.denoise)
+    return job
+
+
+def _same_edit(editor, job, lone, square):
+    """`job` (run beside others, or split by max_rows) gives `lone`'s edit up to eager torch's batch-size
+    rounding: the same latent mask, latents within 1e-4, the input's exact bytes wherever either blend
+    weight is 0, and at most 0.1 % of pixels off, by a fraction of a level on average."""
+    assert torch.equal(job.masks[0], lone.masks[0])
+    torch.testing.assert_close(job.z_0[0], lone.z_0[0], rtol=0, atol=1e-4)
+    got = editor.finish(square, editor.decode(job.z_0[0]), job, 0)
+    want = editor.finish(square, editor.decode(lone.z_0[0]), lone, 0)
+    a, b = np.asarray(got.image).astype(int), np.asarray(want.image).astype(int)
+    kept = (np.asarray(got.mask) == 0) & (np.asarray(want.mask) == 0)
+    assert kept.any() and np.array_equal(a[kept], square[kept])  # every kept pixel is the input's, exactly
+    assert (a != b).any(-1).mean() <= 1e-3 and np.abs(a - b).mean() < 0.05
+
+
 def test_a_job_stepped_by_hand_is_the_edit(editor, photo):
     job, square = _job(editor, photo, "laughing", 3)
     calls = 0
@@ -58,13 +82,8 @@ def test_a_job_stepped_by_hand_is_the_edit(editor, photo):
     assert calls == len(range(0, options.mask.n_noise, options.mask.batch or options.mask.n_noise)) + options.steps
 
 
-def test_jobs_at_different_steps_share_one_call_a_tick_and_keep_their_bytes(editor, photo):
-    alone = []
-    for direction, seed in CASES:
-        job, square = _job(editor, photo, direction, seed)
-        run([job], editor.denoise)
-        alone.append(_bytes(editor, job, square))
-
+def test_jobs_at_different_steps_share_one_call_a_tick_and_give_their_lone_edits(editor, photo):
+    alone = [_lone(editor, photo, direction, seed) for direction, seed in CASES]
     jobs = [_job(editor, photo, direction, seed) for direction, seed in CASES]
     first = jobs[0][0]
     for _ in range(3):  # the first job is three calls ahead: the others' rows meet it mid-sampling
@@ -82,8 +101,8 @@ def test_jobs_at_different_steps_share_one_call_a_tick_and_keep_their_bytes(edit
     ticks = max(len(range(0, j.settings[0].mask.n_noise, j.settings[0].mask.batch or j.settings[0].mask.n_noise))
                 + j.settings[0].steps for j, _ in jobs)
     assert len(calls) == ticks  # one call a tick, not one a job
-    for (job, square), want in zip(jobs, alone):
-        assert _bytes(editor, job, square) == want
+    for (job, square), lone in zip(jobs, alone):
+        _same_edit(editor, job, lone, square)
 
 
 def test_the_job_steps_numpy_arrays_to_the_torch_numbers(editor, photo):
@@ -122,11 +141,11 @@ def test_the_job_steps_numpy_arrays_to_the_torch_numbers(editor, photo):
 
 def test_a_failing_job_fails_alone_and_the_others_finish(editor, photo):
     """One job's NaN (or bad input, or a progress callback whose client left) is that job's error; the
-    jobs beside it finish with the bytes they have alone."""
+    jobs beside it finish with the edit they give alone."""
     from pedit.errors import NonFiniteError
 
-    alone, square = _job(editor, photo, "royal", 1)
-    run([alone], editor.denoise)
+    alone = _lone(editor, photo, "royal", 1)
+    square = square_rgb(photo, editor.resolution)
 
     def leaving(i, n):
         if i == 2:
@@ -146,17 +165,13 @@ def test_a_failing_job_fails_alone_and_the_others_finish(editor, photo):
     run(jobs, denoise, raise_errors=False)
     assert isinstance(jobs[0].error, NonFiniteError) and isinstance(jobs[2].error, ConnectionError)
     assert jobs[1].error is None and jobs[1].done
-    assert _bytes(editor, jobs[1], square) == _bytes(editor, alone, square)
+    _same_edit(editor, jobs[1], alone, square)
     with pytest.raises(NonFiniteError):  # the CLI's form: the failure is raised once every job has run
         run([_job(editor, photo, "laughing", 0)[0]], lambda z, t, c: real(z, t, c) * float("nan"))
 
 
 def test_max_rows_splits_a_tick_into_calls_an_engine_can_take(editor, photo):
-    jobs = [_job(editor, photo, d, s) for d, s in CASES]
-    alone = []
-    for job, square in jobs:
-        run([job], editor.denoise)
-        alone.append(_bytes(editor, job, square))
+    alone = [_lone(editor, photo, d, s) for d, s in CASES]
     calls = []
 
     def counted(z_in, t, context):
@@ -166,4 +181,5 @@ def test_max_rows_splits_a_tick_into_calls_an_engine_can_take(editor, photo):
     again = [_job(editor, photo, d, s) for d, s in CASES]
     run([job for job, _ in again], counted, max_rows=5)
     assert max(calls) <= 5 and len(calls) > max(j.settings[0].steps for j, _ in again)
-    assert [_bytes(editor, job, square) for job, square in again] == alone
+    for (job, square), lone in zip(again, alone):
+        _same_edit(editor, job, lone, square)

@@ -10,7 +10,7 @@ import pytest
 from pedit.data.directions import BUILTIN
 from pedit.edit.mask import MaskConfig
 from pedit.model.mask_settings import check_mask_settings, mask_config_for
-from pedit.eval.ceiling import iou_ceiling
+from pedit.eval.ceiling import grid_truth, iou_ceiling, mask_iou
 from pedit.model.sampling_settings import SamplingSettings
 from conftest import TEST_DEVICE  # PEDIT_TEST_DEVICE, default cpu
 
@@ -31,6 +31,21 @@ def test_ceiling_is_the_best_iou_of_any_grid_mask():
         mask = rng.random((9, 9)) < rng.uniform(0.05, 0.7)
         if mask.any():
             assert iou_ceiling(mask, 3) == pytest.approx(_brute_force(mask, 3), abs=1e-12)
+
+
+def test_grid_truth_is_whole_cells_at_the_ceiling():
+    """The 16x16 truth the eval also scores against: whole latent cells, at the best IoU any grid mask reaches."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        mask = rng.random((9, 9)) < rng.uniform(0.05, 0.7)
+        grid = grid_truth(mask, 3)
+        cells = grid.reshape(3, 3, 3, 3)
+        assert (cells.all(axis=(1, 3)) | ~cells.any(axis=(1, 3))).all()  # each cell all in or all out
+        assert mask_iou(grid, mask) == pytest.approx(_brute_force(mask, 3) if mask.any() else 1.0, abs=1e-12)
+    assert not grid_truth(np.zeros((4, 4), bool), 2).any()
+    aligned = np.zeros((16, 16), bool)
+    aligned[4:8, 0:12] = True
+    assert np.array_equal(grid_truth(aligned, 4), aligned)
 
 
 def test_ceiling_of_cell_aligned_and_sub_cell_masks():
@@ -96,6 +111,15 @@ def test_eval_reports_each_directions_ceiling_above_its_iou(random_model, tmp_pa
         for d, s in report["per_direction"][method].items():
             assert 0 < s["mask_iou_ceiling"] <= 1 and s["mask_iou"] <= s["mask_iou_ceiling"] + 1e-9
     assert "IoU ceiling" in markdown_report(report)
+    # the same table against the truth on the latent grid: DiffEdit's latent mask is judged at its own resolution
+    grid = report["on_grid_truth"]
+    assert grid["cells"] == 4 and set(grid["methods"]) == {"ours", "diffedit"}
+    for method in ("ours", "diffedit"):
+        full, on_grid = report["methods"][method], grid["methods"][method]
+        assert on_grid["ssim"] is None and on_grid["pairs"] == full["pairs"] == 4
+        assert on_grid["psnr"] == pytest.approx(full["psnr"])  # the whole image does not depend on the truth
+        assert on_grid["mask_iou_ceiling"] == 1.0 and on_grid["mask_iou"] != full["mask_iou"]
+    assert "latent grid" in markdown_report(report)
 
 
 def test_tuning_refuses_evaluation_identities(random_model, tmp_path):

@@ -100,15 +100,20 @@ def test_stages_by_hand_give_the_editors_bytes(exports):
     assert _digest(done.image) == _digest(editor.edit(Image.open(TOON), "laughing").image)
 
 
-def test_jobs_interleaved_in_one_run_give_their_bytes_alone(exports):
-    """Two photos' edits at different steps share U-Net calls (a server's batching) and still give the
-    bytes each gives alone."""
+@pytest.mark.parametrize("model", ["toon", "toon-fast"])
+@pytest.mark.parametrize("max_rows", [None, 3])
+def test_jobs_interleaved_in_one_run_give_their_bytes_alone(exports, model, max_rows):
+    """Photos' edits at different steps share U-Net calls (a server's batching), or have a tick split
+    into calls of at most `max_rows` rows (an engine's profile), and still give the bytes each gives
+    alone: ONNX Runtime computes a row the same whatever else is in its call, so the deployed paths are
+    exact where eager torch is exact only up to rounding (tests/test_job.py). An expression and a
+    costume, so both of a bundled model's mask refiners blend."""
     from pedit.data.pairs import square_rgb
     from pedit.edit.job import run
     from pedit.export.runtime_editor import finish, load_runtime_editor
     from pedit.toon.world import render
 
-    editor = load_runtime_editor(exports["toon"])
+    editor = load_runtime_editor(exports[model])
     squares = [square_rgb(Image.open(TOON), 128), render(5, size=128)]
     directions = ["laughing", "royal"]
 
@@ -123,7 +128,15 @@ def test_jobs_interleaved_in_one_run_give_their_bytes_alone(exports):
         alone.append(finish(squares[i], editor.runtime.decode(j.z_0[0]), j, 0, editor.reconstruction(j)))
     first, second = job(0), job(1)
     first.advance(editor.runtime.denoise(*_rows(first)))  # the first job one tick ahead
-    run([first, second], editor.runtime.denoise)
+    calls, mixed = [], []
+
+    def counted(z_in, t, context):
+        calls.append(len(t))
+        mixed.append(len(set(t.tolist())) > 1)  # rows of both jobs, at different steps, in one call
+        return editor.runtime.denoise(z_in, t, context)
+
+    run([first, second], counted, max_rows=max_rows)
+    assert any(mixed) and max(calls) <= (max_rows or max(calls))
     for i, j in enumerate((first, second)):
         assert _digest(finish(squares[i], editor.runtime.decode(j.z_0[0]), j, 0, editor.reconstruction(j)).image) == \
             _digest(alone[i].image)

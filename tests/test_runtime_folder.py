@@ -48,8 +48,9 @@ def test_export_writes_the_runtime_files_and_records_them(exported):
     from pedit.export.pipeline import read_manifest
 
     runtime = read_manifest(exported)["runtime"]
-    # the bundled model's learned mask refiner (pedit.json "mask_by_task".costume.refiner) travels with it
-    assert set(runtime["files"]) == {"tokenizer.json", "runtime.npz", "model.json", "mask_refiner.npz"}
+    # the bundled model's learned mask refiners (pedit.json "mask_by_task": each task's "refiner") travel with it
+    assert set(runtime["files"]) == {"tokenizer.json", "runtime.npz", "model.json", "mask_refiner.npz",
+                                     "mask_refiner_expression.npz"}
     for name, rec in runtime["files"].items():
         import hashlib
 

@@ -21,15 +21,23 @@ def mask_iou(pred: np.ndarray, true_mask: np.ndarray) -> float:
 
 def iou_ceiling(true_mask: np.ndarray, cells: int) -> float:
     """The best IoU any binary cells×cells mask (upsampled by nearest neighbour) reaches on `true_mask` (H, W)."""
+    return mask_iou(grid_truth(true_mask, cells), true_mask)
+
+
+def grid_truth(true_mask: np.ndarray, cells: int) -> np.ndarray:
+    """The true region on the latent grid: the cells×cells mask (upsampled to (H, W) by nearest neighbour)
+    with the best IoU against `true_mask`, i.e. the mask an ideal latent-grid editor would draw. Empty
+    for an empty true mask."""
     h, w = true_mask.shape
     if h % cells or w % cells:
         raise ValueError(f"mask {h}x{w} is not a whole number of {cells}x{cells} cells")
-    total = int(true_mask.sum())
-    if total == 0:
-        return 1.0  # the empty grid mask matches an empty true mask (the evaluation's convention)
-    per_cell = true_mask.reshape(cells, h // cells, cells, w // cells).sum(axis=(1, 3)).ravel()  # a_i
-    size = (h // cells) * (w // cells)  # c
-    a = np.sort(per_cell[per_cell > 0])[::-1].astype(np.float64)
-    inter = np.cumsum(a)
-    union = total + np.cumsum(size - a)
-    return float((inter / union).max())
+    ch, cw = h // cells, w // cells
+    per_cell = true_mask.reshape(cells, ch, cells, cw).sum(axis=(1, 3)).ravel()  # a_i
+    chosen = np.zeros(cells * cells, dtype=bool)
+    if per_cell.any():
+        order = np.argsort(-per_cell, kind="stable")
+        a = per_cell[order][per_cell[order] > 0].astype(np.float64)
+        inter = np.cumsum(a)
+        union = int(true_mask.sum()) + np.cumsum(ch * cw - a)
+        chosen[order[: int(np.argmax(inter / union)) + 1]] = True
+    return np.kron(chosen.reshape(cells, cells), np.ones((ch, cw), dtype=bool)).astype(bool)
