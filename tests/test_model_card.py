@@ -12,8 +12,8 @@ from pedit.model.card import RESULTS_END, RESULTS_START, render_card, update_res
 from pedit.model.loading import model_path
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORTS = {"toon": "docs/results/toon-eval-learned-teacher/report.json",
-           "toon-fast": "docs/results/toon-eval-learned-student/report.json"}
+REPORTS = {"toon": "docs/results/toon-eval-shipped-teacher/report.json",
+           "toon-fast": "docs/results/toon-eval-shipped-student/report.json"}
 
 
 def _report(psnr: float = 21.5) -> dict:
@@ -110,6 +110,7 @@ def test_eval_update_card_writes_the_results_and_keeps_prose(random_model, tmp_p
     assert result.exit_code == 0, result.output
     card = ModelCard.load(card_file)
     assert "Notes of mine." in card.text and "## Measured fidelity" in card.text
+    assert "2 steps" in card.text and "seed 0," in card.text  # the sampling settings the eval ran with
     assert card.data.eval_results and card.data.eval_results[0].dataset_name == "pairs"
 
 

@@ -252,11 +252,13 @@ class Editor:
         distinct prompt once (K p_b + the shared p_a: K + 1 rows a draw instead of 2K, pedit.edit.mask.MaskJob).
         Sampling costs 5 rows a step per direction whichever way it runs (each direction's latent is
         its own after the first step). Directions whose samplers differ (a folder's "sampling_by_task",
-        or per-direction options) are separate jobs (pedit.edit.job.jobs_by_sampler), each the edit its
-        directions would get alone. `batch_steps=False` (default): one 5-row loop per direction,
-        the same bytes as K separate `edit` calls with the same options and seed. True: the K loops
-        as one, 5K rows a step in one call (fewer, larger calls: what a GPU wants), equal to separate
-        edits up to float rounding only: the U-Net's CPU kernels round differently at another batch size.
+        or per-direction options) are separate jobs (pedit.edit.job.jobs_by_sampler), each the job its
+        directions make alone. `batch_steps=False` (default): one 5-row loop per direction, the jobs one
+        after another. True: the K loops as one, 5K rows a step in one call, the jobs ticked together
+        (fewer, larger calls: what a GPU wants). Either way the same edits as K separate `edit` calls
+        with the same options and seed: the same bytes with ONNX Runtime, up to float rounding with
+        eager torch, whose kernels round a row differently at another batch size (the shared mask call;
+        docs/design-notes.md, "Bytes").
         """
         plans = self.plan_many(directions, options, **overrides)
         original = square_rgb(image, self.resolution)  # (R, R, 3) uint8

@@ -175,16 +175,18 @@ def results_block(report: dict | None) -> str:
     sampling = report.get("sampling", {}).get("ours") or {"scheduler": cfg.get("scheduler") or "ddim",
                                                           "steps": cfg.get("steps") or 20}
     by_task = report.get("sampling", {}).get("ours_by_task") or {"": sampling}  # a sampler per task, or one
+    seed = (cfg.get("sampling") or {}).get("seed", cfg.get("seed"))  # the settings object, or an older flat config
     how = (f"{'; '.join((f'{t}s: ' if t else '') + _report_sampler(s) for t, s in sorted(by_task.items()))}, "
-           f"seed {cfg.get('seed')}, {cfg.get('precision', 'fp32')} on {cfg.get('device', 'cpu')}")
+           f"seed {seed}, {cfg.get('precision', 'fp32')} on {cfg.get('device', 'cpu')}")
     table = ["| metric | value |", "|---|---|"]
     table += [f"| {shown} | {ours[key]:.3f} |" for key, _, shown in METRICS if isinstance(ours.get(key), (int, float))]
     body = ["## Measured fidelity", "",
             f"`pedit eval` on {report.get('pairs')} pairs of `{Path(str(cfg.get('pairs', '?'))).name}` with exact "
             f"targets ({how}), this model's own mask (Eq. 3):", "", *table, "",
             "PSNR inside and outside the true edit mask pools the squared error over every pair's pixels of that "
-            "region; mask IoU is the binary latent mask's, upsampled; changed-pixels IoU is that of the pixels the "
-            "output changed at all."]
+            "region; mask IoU is that of the mask that blended (the pixel-resolution weight at 0.5 where the model "
+            "blends at pixel resolution, else the binary latent mask, upsampled); changed-pixels IoU is that of the "
+            "pixels the output changed at all."]
     return "\n".join([RESULTS_START, *body, RESULTS_END])
 
 
