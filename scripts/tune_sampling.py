@@ -16,7 +16,8 @@ whose PSNR inside and outside the true mask are both within 0.3 dB of "today" (o
 with the best whole-image PSNR; `--write` records it in the model's pedit.json ("sampling", and the
 mask's draws as "mask": {"n_noise": ...}) with the measurement that chose it. With `--by-task` the
 same rule runs on each task's pairs alone (its bar, its whole-image PSNR) and `--write` records one
-sampler per task ("sampling_by_task", the draws in "mask_by_task").
+sampler per task ("sampling_by_task", the draws in "mask_by_task"), or, where every task chooses the
+same configuration, that one as "sampling".
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ def main() -> None:
                          "costume) as well as pooled; needs \"by_task\" in today's results")
     ap.add_argument("--by-task", action="store_true",
                     help="with --choose: one choice per task (expression, costume), each by its own pairs' bar and "
-                         "PSNR; --write records them as \"sampling_by_task\" (and each task's mask draws in "
-                         "\"mask_by_task\"), leaving \"sampling\" as it is")
+                         "PSNR; --write records them as \"sampling_by_task\" (each task's mask draws in "
+                         "\"mask_by_task\"), or as \"sampling\" where every task chooses the same")
     ap.add_argument("--fewest", action="store_true",
                     help="with --choose: the fewest U-Net rows within the bar (best PSNR among those), not the best PSNR")
     ap.add_argument("--today-from", metavar="SAMPLING_JSON",
@@ -224,8 +225,10 @@ def choose_by_task(model: Path, meta: dict, results: dict, max_rows: int, write:
                    fewest: bool = False) -> None:
     """For each task of today's results: among the measured configurations of at most `max_rows` rows
     whose PSNR inside and outside the true mask on that task's pairs are within TOLERANCE_DB of today's
-    there, the best whole-image PSNR on them (with `fewest`: the fewest rows first). `write`: each into
-    pedit.json's "sampling_by_task" (its draws into "mask_by_task"), "sampling" left as it is."""
+    there, the best whole-image PSNR on them (with `fewest`: the fewest rows first). `write`: where the
+    tasks choose differently, each into pedit.json's "sampling_by_task" (its draws into "mask_by_task");
+    where they all choose one configuration, it is the folder's "sampling" (its draws "mask".n_noise)
+    and "sampling_by_task" goes: one sampler, one block."""
     today = results["today"]
     chosen = {}
     for task, bar in sorted(today["by_task"].items()):
@@ -234,36 +237,58 @@ def choose_by_task(model: Path, meta: dict, results: dict, max_rows: int, write:
         if not ok:
             raise SystemExit(f"{task}: no measured configuration of at most {max_rows} rows is within "
                              f"{TOLERANCE_DB} dB of today on its pairs")
-        name = max(ok, key=lambda n: (-ok[n]["unet_rows_per_edit"] if fewest else 0, ok[n]["by_task"][task]["psnr"]))
-        chosen[task] = name
-        r, t = ok[name], ok[name]["by_task"][task]
-        print(f"{task}: {name} ({r['unet_rows_per_edit']} rows; on its {t['pairs']} pairs PSNR {t['psnr']:.2f}, in "
-              f"{t['psnr_in_mask']:.2f}, out {t['psnr_outside_mask']:.2f}, IoU {t['mask_iou']:.3f}; today "
+        chosen[task] = max(ok, key=lambda n: (-ok[n]["unet_rows_per_edit"] if fewest else 0, ok[n]["by_task"][task]["psnr"]))
+        r, t = ok[chosen[task]], ok[chosen[task]]["by_task"][task]
+        print(f"{task}: {chosen[task]} ({r['unet_rows_per_edit']} rows; on its {t['pairs']} pairs PSNR {t['psnr']:.2f}, "
+              f"in {t['psnr_in_mask']:.2f}, out {t['psnr_outside_mask']:.2f}, IoU {t['mask_iou']:.3f}; today "
               f"{bar['psnr']:.2f} / {bar['psnr_in_mask']:.2f} / {bar['psnr_outside_mask']:.2f} / {bar['mask_iou']:.3f})")
-    if not write:
-        return
-    by_task, masks = meta.setdefault("sampling_by_task", {}), meta.setdefault("mask_by_task", {})
-    for task, name in chosen.items():
-        r, t, bar = results[name], results[name]["by_task"][task], today["by_task"][task]
-        masks[task] = {**masks.get(task, {}), "n_noise": r["mask_draws"]}
-        by_task[task] = {
-            "scheduler": r["scheduler"], "steps": r["steps"], "guidance_interval": r["guidance_interval"],
-            "chosen_by": (f"scripts/tune_sampling.py --by-task on {r['pairs']} exact pairs of training identities "
-                          f"(seeds 0-{r['pairs'] - 1}; {t['pairs']} of them {task}s), never held-out ones: of "
-                          f"{len(results)} configurations, {'the fewest U-Net rows, then ' if fewest else ''}the best "
-                          f"whole-image PSNR on the {task} pairs among the {'/'.join(schedulers)} ones of at most "
-                          f"{max_rows} U-Net rows within {TOLERANCE_DB} dB of the paper's sampler inside and outside "
-                          f"the true mask on those pairs. {name}: {r['unet_rows_per_edit']} rows, PSNR {t['psnr']:.2f}, "
-                          f"in mask {t['psnr_in_mask']:.2f}, outside {t['psnr_outside_mask']:.2f}, IoU "
-                          f"{t['mask_iou']:.3f}; the paper's sampler (20 DDIM steps, every step guided, 10 mask draws"
-                          f"{', the teacher, ' + today['from'] if 'from' in today else ''}): "
-                          f"{today['unet_rows_per_edit']} rows, {bar['psnr']:.2f} / {bar['psnr_in_mask']:.2f} / "
-                          f"{bar['psnr_outside_mask']:.2f} / {bar['mask_iou']:.3f}. The mask's draws are "
-                          f"\"mask_by_task\".{task}.n_noise."),
-        }
-    (model / "pedit.json").write_text(json.dumps(meta, indent=2))
-    print(f"wrote \"sampling_by_task\" ({', '.join(sorted(chosen))}) and their mask draws into {model / 'pedit.json'}")
+    if write:
+        write_by_task(model, meta, results, chosen, max_rows, schedulers, fewest)
 
+
+def task_measurement(results: dict, name: str, task: str, today: dict) -> str:
+    """One task's figures of configuration `name` and of the paper's sampler, for "chosen_by"."""
+    t, bar = results[name]["by_task"][task], today["by_task"][task]
+    return (f"{task}s ({t['pairs']} pairs): PSNR {t['psnr']:.2f}, in mask {t['psnr_in_mask']:.2f}, outside "
+            f"{t['psnr_outside_mask']:.2f}, IoU {t['mask_iou']:.3f}, against the paper's sampler's {bar['psnr']:.2f} / "
+            f"{bar['psnr_in_mask']:.2f} / {bar['psnr_outside_mask']:.2f} / {bar['mask_iou']:.3f}")
+
+
+def write_by_task(model: Path, meta: dict, results: dict, chosen: dict, max_rows: int, schedulers: list[str],
+                  fewest: bool) -> None:
+    """choose_by_task's choice into the model's pedit.json, each block with the measurement that chose it."""
+    today = results["today"]
+    rule = (f"scripts/tune_sampling.py --by-task on {today['pairs']} exact pairs of training identities (seeds 0-"
+            f"{today['pairs'] - 1}), never held-out ones: for each task, of {len(results)} configurations, "
+            f"{'the fewest U-Net rows, then ' if fewest else ''}the best whole-image PSNR on that task's pairs among "
+            f"the {'/'.join(schedulers)} ones of at most {max_rows} U-Net rows within {TOLERANCE_DB} dB of the paper's "
+            f"sampler (20 DDIM steps, every step guided, 10 mask draws"
+            f"{', the teacher, ' + today['from'] if 'from' in today else ''}) inside and outside the true mask on them.")
+
+    def block(name: str, tasks: list[str]) -> dict:
+        r = results[name]
+        said = "; ".join(task_measurement(results, name, t, today) for t in tasks)
+        return {"scheduler": r["scheduler"], "steps": r["steps"], "guidance_interval": r["guidance_interval"],
+                "chosen_by": f"{rule} {name} ({r['unet_rows_per_edit']} rows) for {' and '.join(tasks)}: {said}."}
+
+    masks = meta.setdefault("mask_by_task", {})
+    if len(set(chosen.values())) == 1:  # every task chose the same: one sampler, the folder's "sampling"
+        name = next(iter(chosen.values()))
+        meta["sampling"] = block(name, sorted(chosen))
+        meta["sampling"]["chosen_by"] += " One configuration for every task: one \"sampling\"; the draws are \"mask\".n_noise."
+        meta["mask"] = {**meta.get("mask", {}), "n_noise": results[name]["mask_draws"]}
+        meta.pop("sampling_by_task", None)
+        for task in chosen:
+            masks.get(task, {}).pop("n_noise", None)
+        where = "\"sampling\" (one for every task)"
+    else:
+        by_task = meta.setdefault("sampling_by_task", {})
+        for task, name in chosen.items():
+            by_task[task] = block(name, [task])
+            masks[task] = {**masks.get(task, {}), "n_noise": results[name]["mask_draws"]}
+        where = f"\"sampling_by_task\" ({', '.join(sorted(chosen))}) and their mask draws"
+    (model / "pedit.json").write_text(json.dumps(meta, indent=2))
+    print(f"wrote {where} into {model / 'pedit.json'}")
 
 if __name__ == "__main__":
     main()
