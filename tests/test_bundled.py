@@ -38,6 +38,7 @@ def test_default_edit_uses_the_bundled_model_and_says_so(tmp_path):
 
 
 def test_the_bundled_student_is_distilled_and_edits_in_at_most_24_rows(tmp_path, monkeypatch):
+    from pedit.data.pairs import square_rgb
     from pedit.edit.editor import Editor
     from pedit.edit.rows import edit_rows
     from pedit.model.loading import model_path
@@ -58,11 +59,12 @@ def test_the_bundled_student_is_distilled_and_edits_in_at_most_24_rows(tmp_path,
 
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("name", ["toon", "toon-fast"])
-def test_a_bundled_models_directions_edited_together_give_their_bytes_alone(name, split):
+def test_a_bundled_models_directions_edited_together_are_their_edits_alone(name, split):
     """`pedit edit -d laughing,royal,angry` on a bundled model: each direction at its task's sampler
     (pedit.json "sampling" with "sampling_by_task"; split: the costumes given one more step than the
-    expressions, in memory), grouped into one job per sampler; each output is the bytes of that
-    direction edited alone. As shipped, each task's edit stays within 24 U-Net rows."""
+    expressions, in memory), grouped into one job per sampler; each output is that direction's edit
+    alone (`_same_edit`). As shipped, each task's edit stays within 24 U-Net rows."""
+    from pedit.data.pairs import square_rgb
     from pedit.edit.editor import Editor
     from pedit.edit.rows import edit_rows
     from pedit.model.sampling_settings import sampling_for
@@ -84,6 +86,19 @@ def test_a_bundled_models_directions_edited_together_give_their_bytes_alone(name
     src = Image.open("examples/toon.png").convert("RGB")
     together = editor.edit_many(src, names)
     assert [len(j) for j in jobs] == ([2, 1] if two else [3])  # the expressions' job (laughing, angry), royal's
+    square = square_rgb(src, editor.resolution)
     for d, many in zip(names, together):
-        alone = editor.edit(src, d)
-        assert alone.image.tobytes() == many.image.tobytes() and alone.mask.tobytes() == many.mask.tobytes()
+        _same_edit(editor.edit(src, d), many, square)
+
+
+def _same_edit(alone, many, square):
+    """The same edit up to eager torch's batch-size rounding (the promise of edit_many with eager torch;
+    docs/design-notes.md, "Bytes"; exact with ONNX Runtime, tests/test_runtime_edit.py): the same latent
+    mask, the input's bytes wherever both blend weights are 0, at most 0.1 % of pixels off."""
+    import torch
+
+    assert torch.equal(alone.mask_latent, many.mask_latent)
+    a, b = np.asarray(many.image).astype(int), np.asarray(alone.image).astype(int)
+    kept = (np.asarray(many.mask) == 0) & (np.asarray(alone.mask) == 0)
+    assert kept.any() and np.array_equal(a[kept], square[kept])
+    assert (a != b).any(-1).mean() <= 1e-3 and np.abs(a - b).mean() < 0.05
