@@ -335,7 +335,7 @@ def sampling_by_task(sampling, sampler_of: dict, known: dict) -> dict:
     return {"ours_by_task": {t: dataclasses.asdict(s) for t, s in sorted(by_task.items())}}
 
 
-def run_by_sampler(editor, method: str, cond, samplers: list, seed: int, start: int, mask_cfgs: list):
+def run_method_by_sampler(editor, method: str, cond, samplers: list, seed: int, start: int, mask_cfgs: list):
     """run_method (with_diff) over a batch whose pairs may have different samplers (`samplers`, one
     Sampling a pair: a folder's "sampling_by_task"): one run per sampler on its pairs, the results put
     back in the batch's order. One sampler: exactly the one run of the whole batch (seed
@@ -424,7 +424,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         for m in cfg.methods:
             t0 = time.perf_counter()
             samplers = [sampler_of[p.direction] if m in OURS else baseline for p in batch]
-            decoded, mask, diff = run_by_sampler(editor, m, cond, samplers, cfg.sampling.seed, start, mask_cfgs)
+            decoded, mask, diff = run_method_by_sampler(editor, m, cond, samplers, cfg.sampling.seed, start, mask_cfgs)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])
