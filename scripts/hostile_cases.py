@@ -861,6 +861,8 @@ for label, change in [
     ('"mask" name misspelled (n_noises)', lambda m: m["mask"].update(n_noises=5)),
     ('"mask_by_task" task misspelled (costum)', lambda m: m.update(mask_by_task={"costum": {"ratio": 4.0}})),
     ('"mask_by_direction" a direction the model lacks', lambda m: m.update(mask_by_direction={"laughin": {"ratio": 4.0}})),
+    ('"sampling_by_task" task misspelled (expresion)', lambda m: m.update(sampling_by_task={"expresion": {"steps": 4}})),
+    ('"sampling_by_task" a bad scheduler', lambda m: m.update(sampling_by_task={"costume": {"scheduler": "heun"}})),
     ('"distilled" null', lambda m: m.update(distilled=None)),
     ('"distilled" steps_trained a string', lambda m: m["distilled"].update(steps_trained="3100")),
     ("top-level name misspelled (directons)", lambda m: m.update(directons=m["directions"])),

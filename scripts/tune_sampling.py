@@ -4,6 +4,7 @@ steps and the guidance interval, each configuration scored against exact ground 
     python scripts/tune_sampling.py -n 64 -o runs/sampling-tune
 
     python scripts/tune_sampling.py -o runs/sampling-tune --choose 24 --write   # record the choice in pedit.json
+    python scripts/tune_sampling.py -o runs/sampling-tune --choose 24 --by-task --write   # one per task
 
 Makes `n` exact toon pairs of training identities (seeds 0..n-1; evaluation uses 1,000,000+; the
 same pairs as scripts/tune_masks.py), then runs `pedit eval`'s scoring (pedit.eval.ground_truth.evaluate,
@@ -13,7 +14,10 @@ whole image, inside and outside the true mask, mask IoU, seconds per pair. Confi
 below, or --only NAME,NAME. `--choose R` picks, among the measured configurations of at most R rows
 whose PSNR inside and outside the true mask are both within 0.3 dB of "today" (or better), the one
 with the best whole-image PSNR; `--write` records it in the model's pedit.json ("sampling", and the
-mask's draws as "mask": {"n_noise": ...}) with the measurement that chose it.
+mask's draws as "mask": {"n_noise": ...}) with the measurement that chose it. With `--by-task` the
+same rule runs on each task's pairs alone (its bar, its whole-image PSNR) and `--write` records one
+sampler per task ("sampling_by_task", the draws in "mask_by_task"), or, where every task chooses the
+same configuration, that one as "sampling".
 """
 
 from __future__ import annotations
@@ -57,6 +61,18 @@ CONFIGS = {
     "draws4-ddim-8": (4, "ddim", 8, None),
     "draws2-ddim-3-gi": (2, "ddim", 3, (0.2, 0.8)),
     "draws1-ddim-4-gi": (1, "ddim", 4, (0.2, 0.8)),
+    # a teacher's 24-row budget around draws2-ddim-6-gi (25 rows): one draw, or one guided step fewer
+    "draws1-ddim-6-gi": (1, "ddim", 6, (0.2, 0.8)),
+    "draws2-ddim-6-gi-hi": (2, "ddim", 6, (0.4, 0.8)),
+    "draws2-ddim-6-gi-lo": (2, "ddim", 6, (0.2, 0.6)),
+    "draws2-ddim-7-gi-mid": (2, "ddim", 7, (0.3, 0.7)),
+    "draws3-ddim-6-gi-hi": (3, "ddim", 6, (0.4, 0.8)),
+    "draws2-ddim-7-gi-hi": (2, "ddim", 7, (0.45, 0.8)),
+    "draws2-ddim-6-gi-top": (2, "ddim", 6, (0.6, 0.9)),
+    "draws2-ddim-7-gi-top": (2, "ddim", 7, (0.6, 0.9)),
+    "draws2-ddim-6-gi-top1": (2, "ddim", 6, (0.7, 0.9)),
+    "draws2-ddim-8-gi-top": (2, "ddim", 8, (0.6, 0.9)),
+    "draws2-ddim-10-gi-top": (2, "ddim", 10, (0.6, 0.9)),
 }
 
 
@@ -72,6 +88,10 @@ def main() -> None:
     ap.add_argument("--per-task", action="store_true",
                     help="with --choose: the 0.3 dB bar inside and outside the true mask for each task (expression, "
                          "costume) as well as pooled; needs \"by_task\" in today's results")
+    ap.add_argument("--by-task", action="store_true",
+                    help="with --choose: one choice per task (expression, costume), each by its own pairs' bar and "
+                         "PSNR; --write records them as \"sampling_by_task\" (each task's mask draws in "
+                         "\"mask_by_task\"), or as \"sampling\" where every task chooses the same")
     ap.add_argument("--fewest", action="store_true",
                     help="with --choose: the fewest U-Net rows within the bar (best PSNR among those), not the best PSNR")
     ap.add_argument("--today-from", metavar="SAMPLING_JSON",
@@ -88,6 +108,7 @@ def main() -> None:
     from pedit.edit.sampler import make_scheduler
     from pedit.eval.ground_truth import EvalConfig, evaluate
     from pedit.model.loading import bundled_model_path
+    from pedit.model.sampling_settings import SamplingSettings
 
     model = Path(args.model) if args.model else bundled_model_path()
     meta = json.loads((model / "pedit.json").read_text())
@@ -107,7 +128,10 @@ def main() -> None:
         results = json.loads(results_file.read_text())
         if args.today_from:
             results["today"] = {**json.loads(Path(args.today_from).read_text())["today"], "from": args.today_from}
-        choose(model, meta, results, args.choose, args.write, args.schedulers.split(","), args.fewest, args.per_task)
+        if args.by_task:
+            choose_by_task(model, meta, results, args.choose, args.write, args.schedulers.split(","), args.fewest)
+        else:
+            choose(model, meta, results, args.choose, args.write, args.schedulers.split(","), args.fewest, args.per_task)
         return
     for name in names:
         draws, scheduler, steps, interval = CONFIGS[name]
@@ -133,18 +157,25 @@ def main() -> None:
 
 
 def by_task(report: dict, meta: dict) -> dict:
-    """PSNR inside / outside the true mask per task (expression, costume), pair-weighted over its directions:
-    a pooled figure can hide one task losing what the other gains."""
+    """PSNR (whole image, inside and outside the true mask) and mask IoU per task (expression, costume),
+    over its directions: a pooled figure can hide one task losing what the other gains. PSNRs are pooled
+    as mean squared errors weighted by pairs (exact for the whole image, where every pair has the same
+    pixels; inside and outside the true mask a direction weighs by its pairs, not its pixels)."""
+    import math
+
     task_of = {d["name"]: d.get("task", "other") for d in meta.get("directions", [])}
+    psnrs = ("psnr", "psnr_in_mask", "psnr_outside_mask")
     out: dict = {}
     for direction, s in report["per_direction"]["ours"].items():
-        t = out.setdefault(task_of.get(direction, "other"), {"pairs": 0, "psnr_in_mask": 0.0, "psnr_outside_mask": 0.0})
+        t = out.setdefault(task_of.get(direction, "other"), {"pairs": 0, "mask_iou": 0.0, **{k: 0.0 for k in psnrs}})
         t["pairs"] += s["pairs"]
-        for key in ("psnr_in_mask", "psnr_outside_mask"):
-            t[key] += s[key] * s["pairs"]
+        t["mask_iou"] += s["mask_iou"] * s["pairs"]
+        for key in psnrs:  # as a mean squared error (255² / 10^(PSNR / 10))
+            t[key] += s["pairs"] * 10 ** (-s[key] / 10)
     for t in out.values():
-        for key in ("psnr_in_mask", "psnr_outside_mask"):
-            t[key] = round(t[key] / t["pairs"], 3)
+        t["mask_iou"] = round(t["mask_iou"] / t["pairs"], 4)
+        for key in psnrs:
+            t[key] = round(-10 * math.log10(t[key] / t["pairs"]), 3)
     return out
 
 
@@ -189,6 +220,75 @@ def choose(model: Path, meta: dict, results: dict, max_rows: int, write: bool, s
     (model / "pedit.json").write_text(json.dumps(meta, indent=2))
     print(f"wrote \"sampling\" and mask.n_noise into {model / 'pedit.json'}")
 
+
+def choose_by_task(model: Path, meta: dict, results: dict, max_rows: int, write: bool, schedulers: list[str],
+                   fewest: bool = False) -> None:
+    """For each task of today's results: among the measured configurations of at most `max_rows` rows
+    whose PSNR inside and outside the true mask on that task's pairs are within TOLERANCE_DB of today's
+    there, the best whole-image PSNR on them (with `fewest`: the fewest rows first). `write`: where the
+    tasks choose differently, each into pedit.json's "sampling_by_task" (its draws into "mask_by_task");
+    where they all choose one configuration, it is the folder's "sampling" (its draws "mask".n_noise)
+    and "sampling_by_task" goes: one sampler, one block."""
+    today = results["today"]
+    chosen = {}
+    for task, bar in sorted(today["by_task"].items()):
+        ok = {n: r for n, r in results.items() if r["unet_rows_per_edit"] <= max_rows and r["scheduler"] in schedulers
+              and task in r["by_task"] and within_bar(r["by_task"][task], bar)}
+        if not ok:
+            raise SystemExit(f"{task}: no measured configuration of at most {max_rows} rows is within "
+                             f"{TOLERANCE_DB} dB of today on its pairs")
+        chosen[task] = max(ok, key=lambda n: (-ok[n]["unet_rows_per_edit"] if fewest else 0, ok[n]["by_task"][task]["psnr"]))
+        r, t = ok[chosen[task]], ok[chosen[task]]["by_task"][task]
+        print(f"{task}: {chosen[task]} ({r['unet_rows_per_edit']} rows; on its {t['pairs']} pairs PSNR {t['psnr']:.2f}, "
+              f"in {t['psnr_in_mask']:.2f}, out {t['psnr_outside_mask']:.2f}, IoU {t['mask_iou']:.3f}; today "
+              f"{bar['psnr']:.2f} / {bar['psnr_in_mask']:.2f} / {bar['psnr_outside_mask']:.2f} / {bar['mask_iou']:.3f})")
+    if write:
+        write_by_task(model, meta, results, chosen, max_rows, schedulers, fewest)
+
+
+def task_measurement(results: dict, name: str, task: str, today: dict) -> str:
+    """One task's figures of configuration `name` and of the paper's sampler, for "chosen_by"."""
+    t, bar = results[name]["by_task"][task], today["by_task"][task]
+    return (f"{task}s ({t['pairs']} pairs): PSNR {t['psnr']:.2f}, in mask {t['psnr_in_mask']:.2f}, outside "
+            f"{t['psnr_outside_mask']:.2f}, IoU {t['mask_iou']:.3f}, against the paper's sampler's {bar['psnr']:.2f} / "
+            f"{bar['psnr_in_mask']:.2f} / {bar['psnr_outside_mask']:.2f} / {bar['mask_iou']:.3f}")
+
+
+def write_by_task(model: Path, meta: dict, results: dict, chosen: dict, max_rows: int, schedulers: list[str],
+                  fewest: bool) -> None:
+    """choose_by_task's choice into the model's pedit.json, each block with the measurement that chose it."""
+    today = results["today"]
+    rule = (f"scripts/tune_sampling.py --by-task on {today['pairs']} exact pairs of training identities (seeds 0-"
+            f"{today['pairs'] - 1}), never held-out ones: for each task, of {len(results)} configurations, "
+            f"{'the fewest U-Net rows, then ' if fewest else ''}the best whole-image PSNR on that task's pairs among "
+            f"the {'/'.join(schedulers)} ones of at most {max_rows} U-Net rows within {TOLERANCE_DB} dB of the paper's "
+            f"sampler (20 DDIM steps, every step guided, 10 mask draws"
+            f"{', the teacher, ' + today['from'] if 'from' in today else ''}) inside and outside the true mask on them.")
+
+    def block(name: str, tasks: list[str]) -> dict:
+        r = results[name]
+        said = "; ".join(task_measurement(results, name, t, today) for t in tasks)
+        return {"scheduler": r["scheduler"], "steps": r["steps"], "guidance_interval": r["guidance_interval"],
+                "chosen_by": f"{rule} {name} ({r['unet_rows_per_edit']} rows) for {' and '.join(tasks)}: {said}."}
+
+    masks = meta.setdefault("mask_by_task", {})
+    if len(set(chosen.values())) == 1:  # every task chose the same: one sampler, the folder's "sampling"
+        name = next(iter(chosen.values()))
+        meta["sampling"] = block(name, sorted(chosen))
+        meta["sampling"]["chosen_by"] += " One configuration for every task: one \"sampling\"; the draws are \"mask\".n_noise."
+        meta["mask"] = {**meta.get("mask", {}), "n_noise": results[name]["mask_draws"]}
+        meta.pop("sampling_by_task", None)
+        for task in chosen:
+            masks.get(task, {}).pop("n_noise", None)
+        where = "\"sampling\" (one for every task)"
+    else:
+        by_task = meta.setdefault("sampling_by_task", {})
+        for task, name in chosen.items():
+            by_task[task] = block(name, [task])
+            masks[task] = {**masks.get(task, {}), "n_noise": results[name]["mask_draws"]}
+        where = f"\"sampling_by_task\" ({', '.join(sorted(chosen))}) and their mask draws"
+    (model / "pedit.json").write_text(json.dumps(meta, indent=2))
+    print(f"wrote {where} into {model / 'pedit.json'}")
 
 if __name__ == "__main__":
     main()

@@ -326,3 +326,23 @@ def test_selfie_is_cropped_like_pedit_edit(tmp_path, monkeypatch):
 def test_detector_option_is_validated(tmp_path):
     result = run(TOON, "-o", tmp_path / "out", "--detector", "eyes")
     assert result.exit_code == 2 and "eyes" in result.output
+
+
+def test_expressions_are_edited_with_the_folders_settings_for_them(tmp_path, monkeypatch):
+    """Each expression gets the model folder's settings for its task (pedit.json "mask_by_task": the
+    bundled models' expression refiner; its sampler), at the pack's steps and seed."""
+    from pedit.edit.editor import Editor
+    from pedit.stickers.pipeline import StickerConfig, _edit_expressions
+
+    editor = Editor.from_pretrained("toon-fast", device="cpu")
+    seen = []
+    real = Editor.edit_many
+    monkeypatch.setattr(Editor, "edit_many", lambda self, sq, ds, options, **kw: seen.append(options) or real(self, sq, ds, options, **kw))
+    cfg = StickerConfig(selfie=str(TOON), output=str(tmp_path / "out"), steps=3, seed=7)
+    directions = [editor.direction(d) for d in ("angry", "laughing")]
+    _edit_expressions(cfg, editor, directions, Image.open(TOON).convert("RGB").resize((512, 512)), lambda p: None)
+    [options] = seen
+    for d, o in zip(directions, options):
+        want = editor.default_options(d)
+        assert o.mask == want.mask and o.mask.refine == "learned"  # the expression task's, not the folder's generic "mask"
+        assert (o.steps, o.seed, o.scheduler, o.guidance_interval) == (3, 7, want.scheduler, want.guidance_interval)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pedit.edit.editor import EditOptions
 from pedit.edit.mask import MaskConfig
-from pedit.errors import ConfigError, PeditError
+from pedit.errors import PeditError
 
 EXPRESSIONS = ["angry", "shocked", "laughing", "crying"]  # one p_a ("... neutral expression")
 ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
@@ -73,11 +73,6 @@ def test_bad_direction_lists_fail_before_any_unet_call(editor, portrait, names, 
     finally:
         editor.denoise = inner
     assert calls == []
-
-
-def test_directions_that_cannot_share_a_loop_are_refused(editor, portrait):
-    with pytest.raises(ConfigError, match="must share steps, seed"):
-        editor.edit_many(portrait, ["angry", "royal"], [EditOptions(steps=2), EditOptions(steps=3)])
 
 
 def _cli(*args):

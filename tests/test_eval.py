@@ -70,6 +70,9 @@ def test_eval_command_writes_a_report_for_every_method(random_model, exact_pairs
     assert report["imperfect_targets"]["pairs"] == 3
     assert "| ours |" in result.stdout and NA_OFFLINE in (out / "report.md").read_text()
     assert result.stdout.count("changed-pixels IoU") == 1 + len(report["per_direction"])  # main + per-method tables
+    # report.md has them twice: against the full-resolution truth and against the truth on the latent grid
+    assert (out / "report.md").read_text().count("changed-pixels IoU") == 2 * (1 + len(report["per_direction"]))
+    assert "latent grid: report.md" in result.stdout
     from PIL import Image
 
     grid = Image.open(out / "grid.png")

@@ -12,7 +12,7 @@ from pedit.model.card import RESULTS_END, RESULTS_START, render_card, update_res
 from pedit.model.loading import model_path
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORTS = {"toon": "docs/results/toon-eval-shipped-teacher/report.json",
+REPORTS = {"toon": "docs/results/toon-eval-sampling-teacher/report.json",
            "toon-fast": "docs/results/toon-eval-wide-costume-refiner/report.json"}
 
 

@@ -142,6 +142,25 @@ def test_jobs_interleaved_in_one_run_give_their_bytes_alone(exports, model, max_
             _digest(alone[i].image)
 
 
+@pytest.mark.parametrize("model", ["toon", "toon-fast"])
+@pytest.mark.parametrize("batch_steps", [False, True])
+def test_directions_of_two_samplers_give_their_bytes_alone(exports, model, batch_steps):
+    """An expression and a costume at two samplers (the costumes given one more step, the folder's
+    "sampling_by_task" set in memory), edited together: one job per sampler, run one after another or
+    ticked together (batch_steps); each direction gives the bytes it gives alone."""
+    from pedit.export.runtime_editor import load_runtime_editor
+    from pedit.model.sampling_settings import sampling_for
+
+    editor = load_runtime_editor(exports[model])
+    editor.meta["sampling_by_task"] = {"costume": {"steps": sampling_for(editor.meta, "expression").steps + 1}}
+    assert editor.default_options("royal").steps == editor.default_options("laughing").steps + 1
+    photo = Image.open(TOON)
+    names = ["laughing", "royal", "angry"]
+    together = editor.edit_many(photo, names, batch_steps=batch_steps)
+    for d, many in zip(names, together):
+        assert _digest(editor.edit(photo, d).image) == _digest(many.image)
+
+
 def _rows(job):
     rows = job.rows()
     return rows.z_in, rows.t, rows.context

@@ -53,9 +53,15 @@ def build_ui(app: PeditApp) -> gr.Blocks:
     return demo
 
 
+def _moved(value, shown):
+    """A setting the user changed from the value the form showed, else None: the model folder's own for
+    each direction (its pedit.json "sampling" with "sampling_by_task" for the direction's task)."""
+    return None if value == shown else value
+
+
 def _edit_tab(app: PeditApp) -> None:
     directions = app.directions
-    defaults = app.editor.default_options()  # the model's sampling settings (pedit.json "sampling")
+    defaults = app.editor.default_options()  # the model's sampling settings (pedit.json "sampling", no task's)
     with gr.Row():
         with gr.Column():
             photo = PhotoUpload(label="Photo", type="filepath", sources=["upload", "webcam"], elem_id="photo")
@@ -71,8 +77,9 @@ def _edit_tab(app: PeditApp) -> None:
                                      info="replace: the brush alone; intersect / union with the model's own mask")
             with gr.Accordion("Advanced", open=False):
                 seed = gr.Number(0, precision=0, label="Seed", minimum=0)
-                steps = gr.Slider(1, 100, value=defaults.steps, step=1, label="Steps")
-                scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Scheduler")
+                own = "left as shown: the model's own for each direction's task"
+                steps = gr.Slider(1, 100, value=defaults.steps, step=1, label="Steps", info=own)
+                scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Scheduler", info=own)
                 s_s = gr.Number(1.5, label="s_s (spatial condition scale)")
                 s_im = gr.Number(1.0, label="s_im (image condition scale)")
                 s_p = gr.Number(4.0, label="s_p (text condition scale)")
@@ -97,7 +104,8 @@ def _edit_tab(app: PeditApp) -> None:
         names = [direction_name, *(more_names or [])]  # a repeated name is refused with the CLI's message
         try:
             req = EditRequest(photo=photo_path, direction=",".join(names), seed=_whole(seed_value),
-                              steps=_whole(steps_value), scheduler=scheduler_name, s_s=s_s_value,
+                              steps=_moved(_whole(steps_value), defaults.steps),
+                              scheduler=_moved(scheduler_name, defaults.scheduler), s_s=s_s_value,
                               s_im=s_im_value, s_p=s_p_value, use_mask=bool(mask_on),
                               brush=brush_mask((editor_value or {}).get("layers")), mask_mode=mode)
             out = app.edit(req, lambda done, total, what: progress((done, total), desc=what))

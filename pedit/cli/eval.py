@@ -86,7 +86,7 @@ def eval_cmd(ctx, more_photos, model, pairs, photos, direction_list, output, met
             bar.update(tasks[method], completed=done)
 
         report = evaluate(cfg, on_progress)
-    click.echo(markdown_report(report))
+    click.echo(markdown_report(report, on_grid=False))  # the grid truth's tables are in report.md
     if card_folder is not None:
         from pedit.model.card import write_card_for_eval
 

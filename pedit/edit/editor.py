@@ -24,7 +24,7 @@ from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
 from pedit.edit.options import EditOptions, default_options, options_for  # EditOptions imported from here too
 from pedit.arrays import to_like
-from pedit.edit.job import EditJob, run
+from pedit.edit.job import EditJob, jobs_by_sampler, run, run_by_sampler
 from pedit.edit.mask import keep_outside  # noqa: F401 (callers import it from here too)
 from pedit.edit.pixel_mask import needs_reconstruction
 from pedit.model.sampling_settings import SamplingSettings
@@ -251,19 +251,26 @@ class Editor:
         n_noise, strength, batch) get their masks from one U-Net call per draw chunk with each
         distinct prompt once (K p_b + the shared p_a: K + 1 rows a draw instead of 2K, pedit.edit.mask.MaskJob).
         Sampling costs 5 rows a step per direction whichever way it runs (each direction's latent is
-        its own after the first step). `batch_steps=False` (default): one 5-row loop per direction.
-        True: the K loops as one, 5K rows a step in one call (fewer, larger calls: what a GPU wants).
-        Either way the same edits as K separate `edit` calls with the same options and seed: the same
-        bytes with ONNX Runtime, up to float rounding with eager torch, whose kernels round a row
-        differently at another batch size (the shared mask call; docs/design-notes.md, "Bytes").
+        its own after the first step). Directions whose samplers differ (a folder's "sampling_by_task",
+        or per-direction options) are separate jobs (pedit.edit.job.jobs_by_sampler), each the job its
+        directions make alone. `batch_steps=False` (default): one 5-row loop per direction, the jobs one
+        after another. True: the K loops as one, 5K rows a step in one call, the jobs ticked together
+        (fewer, larger calls: what a GPU wants). Either way the same edits as K separate `edit` calls
+        with the same options and seed: the same bytes with ONNX Runtime, up to float rounding with
+        eager torch, whose kernels round a row differently at another batch size (the shared mask call;
+        docs/design-notes.md, "Bytes").
         """
         plans = self.plan_many(directions, options, **overrides)
         original = square_rgb(image, self.resolution)  # (R, R, 3) uint8
         image_conds = self._image_conditions(uint8_to_tensor(original))
         conds = [self._conditions_for(image_conds, d) for d, _ in plans]
-        job = self.job(conds, [o for _, o in plans], callback, batch_steps)
-        run([job], self.denoise)
-        return [self.finish(original, self.decode(job.z_0[i]), job, i) for i in range(len(plans))]
+        jobs = jobs_by_sampler(self.job, conds, [o for _, o in plans], callback, batch_steps)
+        run_by_sampler(jobs, self.denoise, together=batch_steps)
+        results: list = [None] * len(plans)
+        for job, members in jobs:
+            for j, i in enumerate(members):
+                results[i] = self.finish(original, self.decode(job.z_0[j]), job, j)
+        return results
 
     def job(self, conds: list[EditConditions], options: list[EditOptions], callback=None,
             batch_steps: bool = False) -> EditJob:

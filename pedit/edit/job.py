@@ -16,10 +16,12 @@ from typing import Callable
 
 from pedit.arrays import cat, tile_rows, to_host, to_like
 from pedit.edit.mask import MaskJob, binarize, composite, keep_outside
+from pedit.edit.options import sampler_groups
 from pedit.edit.steps import Rows, SampleJob, run, tick
 from pedit.edit.user_mask import combine_latent, combine_weight
+from pedit.errors import ConfigError
 
-__all__ = ["EditJob", "MaskJob", "Rows", "SampleJob", "run", "sampling_job", "tick"]
+__all__ = ["EditJob", "MaskJob", "Rows", "SampleJob", "jobs_by_sampler", "run", "run_by_sampler", "sampling_job", "tick"]
 
 
 class EditJob:
@@ -28,8 +30,9 @@ class EditJob:
     then the sampling, one SampleJob per direction (the same bytes as K separate edits) or, with
     `batch_steps`, one for all K (5K rows a step; equal to separate edits up to float rounding).
 
-    conds: K EditConditions of the same image (B = 1). settings: K EditOptions that differ only in
-    their mask settings (pedit.edit.editor.Editor.plan_many checks). scheduler_for(settings): a fresh
+    conds: K EditConditions of the same image (B = 1). settings: K EditOptions of one sampler, differing
+    only in their mask settings (a ConfigError otherwise: directions of several samplers are several
+    jobs, `jobs_by_sampler`). scheduler_for(settings): a fresh
     scheduler. new_noise(seed): a fresh draw function of the seed, `draw(shape) -> array`.
     user: a user's mask (pedit.edit.user_mask.UserMask): its latent cells are combined with each model
     mask by the settings' mask_mode before sampling, its pixels blend the result (Editor.finish).
@@ -38,6 +41,9 @@ class EditJob:
     def __init__(self, conds: list, settings: list, scheduler_for: Callable, noise_scheduler, new_noise: Callable,
                  builder, batch_steps: bool = False, user=None,
                  callback: Callable[[int, int], None] | None = None):
+        if len(sampler_groups(settings)) > 1:
+            raise ConfigError("An EditJob's directions share one sampler (steps, seed, scales, scheduler, guidance "
+                              "interval, mask use and mode); edit the others as their own jobs (jobs_by_sampler).")
         self.conds, self.settings, self.builder = conds, settings, builder
         self.scheduler_for, self.batch_steps = scheduler_for, batch_steps
         self.user = user
@@ -147,6 +153,36 @@ class EditJob:
         self._steps_done += s.steps
         return sampling_job(self.builder, self.scheduler_for(s), stacked, cat([self.z_T[i] for i in members]), mask,
                             s, callback)
+
+
+def jobs_by_sampler(job_for: Callable, conds: list, settings: list, callback: Callable[[int, int], None] | None = None,
+                    batch_steps: bool = False) -> list[tuple[EditJob, list[int]]]:
+    """[(EditJob, member indices)]: one job per group of directions that share a sampler
+    (pedit.edit.options.sampler_groups; a folder's "sampling_by_task" can give two tasks two samplers),
+    made by `job_for(conds, settings, callback, batch_steps)` (an editor's `job`). Each job is what its
+    directions alone would run, so a direction's bytes do not depend on the others' samplers; the jobs
+    can run one after another or be ticked together (`run`). `callback(step, total)` counts the steps
+    of all the jobs, as one job's did."""
+    groups = sampler_groups(settings)
+    total = sum(settings[g[0]].steps * (1 if batch_steps else len(g)) for g in groups)
+    jobs, before = [], 0
+    for members in groups:
+        report = None if callback is None else (lambda i, n, before=before: callback(before + i, total))
+        job = job_for([conds[i] for i in members], [settings[i] for i in members], report, batch_steps)
+        jobs.append((job, members))
+        before += job.total_steps
+    return jobs
+
+
+def run_by_sampler(jobs: list[tuple[EditJob, list[int]]], denoise: Callable, together: bool = False) -> None:
+    """Run `jobs_by_sampler`'s jobs: one after another (each sampler's U-Net calls are the ones its
+    directions make alone, so eager torch's batch-size-dependent rounding cannot reach across samplers),
+    or with `together` ticked as one (`run`: fewer, larger calls, what `batch_steps` asks for)."""
+    if together:
+        run([job for job, _ in jobs], denoise)
+        return
+    for job, _ in jobs:
+        run([job], denoise)
 
 
 def sampling_job(builder, scheduler, cond, z_T, mask, settings, callback=None) -> SampleJob:

@@ -56,8 +56,8 @@ def default_options(meta: dict, direction=None, folder=None) -> EditOptions:
     """EditOptions with a model folder's settings (its pedit.json `meta`) for `direction` (a Direction or
     None): the editing mask's ("mask", then "mask_by_task", then "mask_by_direction";
     pedit.model.mask_settings; `folder`: the model folder a learned refiner's file is in) and the sampling
-    ones ("sampling": steps, scheduler, interval, scales)."""
-    sampling = sampling_for(meta)  # pedit.json "sampling": steps, scheduler, interval, scales
+    ones ("sampling", then "sampling_by_task" for the direction's task: steps, scheduler, interval, scales)."""
+    sampling = sampling_for(meta, getattr(direction, "task", None))
     return EditOptions(mask=mask_config_for(meta, direction, folder=folder), steps=sampling.steps,
                        scheduler=sampling.scheduler, guidance_interval=sampling.guidance_interval,
                        scales=GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p))
@@ -88,12 +88,33 @@ def mask_for(mask: MaskConfig, settings: SamplingSettings | None = None) -> Mask
                                batch=mask.batch if s.mask_batch is None else s.mask_batch)
 
 
+# What one EditJob's directions share: its mask draws' seed and its sampler (the loop every direction
+# of the job runs). Directions that differ in any of these run as separate jobs (sampler_groups).
+SAMPLER_FIELDS = ("steps", "seed", "scales", "use_mask", "scheduler", "mask_mode", "guidance_interval")
+
+
+def sampler_key(options: EditOptions) -> tuple:
+    """What a direction's EditOptions must share with the others of its EditJob (SAMPLER_FIELDS)."""
+    return tuple(getattr(options, name) for name in SAMPLER_FIELDS)
+
+
+def sampler_groups(options: list) -> list[list[int]]:
+    """The directions' indices grouped by sampler (sampler_key), each group in the given order and the
+    groups in order of their first direction: one EditJob per group (pedit.edit.job.jobs_by_sampler).
+    A model folder's "sampling_by_task" gives an expression and a costume different samplers."""
+    groups: dict[tuple, list[int]] = {}
+    for i, o in enumerate(options):
+        groups.setdefault(sampler_key(o), []).append(i)
+    return list(groups.values())
+
+
 def plan_many(editor, directions, options=None, **overrides) -> list:
     """[(Direction, EditOptions)] for an editor's `edit_many` (the torch Editor's and the runtime's alike),
-    checked before any work: unknown or repeated directions, and options the directions cannot share
-    (all but the mask's settings). `options`: one for all, one per direction, or None (each direction's
-    `editor.default_options`). The editor gives `direction`, `default_options`, `scheduler`,
-    `distilled` and `distillation`."""
+    checked before any work: unknown or repeated directions, steps a schedule cannot give, a student's
+    scale range. `options`: one for all, one per direction, or None (each direction's
+    `editor.default_options`). Directions whose samplers differ are edited as separate jobs
+    (sampler_groups). The editor gives `direction`, `default_options`, `scheduler`, `distilled` and
+    `distillation`."""
     from pedit.data.directions import Direction
 
     if isinstance(directions, (str, Direction)) or not directions:
@@ -108,10 +129,6 @@ def plan_many(editor, directions, options=None, **overrides) -> list:
     per = options if isinstance(options, (list, tuple)) else [options] * len(resolved)
     plans = [(d, dataclasses.replace(o or editor.default_options(d), **overrides)) for d, o in zip(resolved, per)]
     plans = [(d.for_subject(o.subject), o) for d, o in plans]  # the prompts the text encoder sees
-    shared = {(o.steps, o.seed, o.scales, o.use_mask, o.scheduler, o.mask_mode, o.guidance_interval) for _, o in plans}
-    if len(shared) > 1:
-        raise ConfigError("edit_many's directions must share steps, seed, scales, scheduler, guidance interval "
-                          "and mask use; only the mask settings may differ (edit them one at a time otherwise).")
     for _, o in plans:
         editor.scheduler(o)  # steps the schedule cannot give fail here, before any work
         if editor.distilled:  # a student knows the scales it was distilled on, no others

@@ -285,8 +285,9 @@ def student_methods(cfg: EvalConfig) -> EvalConfig:
     meta = read_model_folder(cfg.model)[1]
     if "distilled" not in meta:
         return cfg
-    sampling = eval_sampling(cfg.sampling, meta)
-    check_meta_scales(meta, (sampling.s_s, sampling.s_im, sampling.s_p), sampling.guidance_interval)
+    for task in (None, *meta.get("sampling_by_task", {})):  # each task's sampler, as its directions edit
+        sampling = eval_sampling(cfg.sampling, meta, task)
+        check_meta_scales(meta, (sampling.s_s, sampling.s_im, sampling.s_p), sampling.guidance_interval)
     if cfg.methods == METHODS:
         return dataclasses.replace(cfg, methods=STUDENT_METHODS)
     other = [m for m in cfg.methods if m not in STUDENT_METHODS]
@@ -316,12 +317,46 @@ def eval_mask_configs(cfg: EvalConfig, pairs) -> dict:
     return out
 
 
-def eval_sampling(settings: SamplingSettings, meta: dict):
-    """Ours' sampler and scales: each of the settings' steps, scheduler, guidance interval and scales
-    given, else the model's setting (pedit.model.sampling_settings.resolved)."""
+def eval_sampling(settings: SamplingSettings, meta: dict, task: str | None = None):
+    """Ours' sampler and scales for a direction of `task`: each of the settings' steps, scheduler,
+    guidance interval and scales given, else the model's setting for the task ("sampling" with
+    "sampling_by_task"; pedit.model.sampling_settings.resolved; task None: "sampling" alone)."""
     from pedit.model.sampling_settings import resolved, sampling_for
 
-    return resolved(settings, sampling_for(meta))
+    return resolved(settings, sampling_for(meta, task))
+
+
+def sampling_by_task(sampling, sampler_of: dict, known: dict) -> dict:
+    """{"ours_by_task": {task: its sampler}} for the report when a task's sampler is not `sampling`
+    (the folder's "sampling_by_task"), else {}."""
+    by_task = {known[d].task: s for d, s in sampler_of.items()}
+    if all(s == sampling for s in by_task.values()):
+        return {}
+    return {"ours_by_task": {t: dataclasses.asdict(s) for t, s in sorted(by_task.items())}}
+
+
+def run_method_by_sampler(editor, method: str, cond, samplers: list, seed: int, start: int, mask_cfgs: list):
+    """run_method (with_diff) over a batch whose pairs may have different samplers (`samplers`, one
+    Sampling a pair: a folder's "sampling_by_task"): one run per sampler on its pairs, the results put
+    back in the batch's order. One sampler: exactly the one run of the whole batch (seed
+    batch_seed(seed, start)); each further sampler's pairs draw their noise from batch_seed(seed,
+    start + its first pair's index in the batch)."""
+    from pedit.edit.guidance import GuidanceScales
+
+    groups: dict = {}
+    for i, s in enumerate(samplers):
+        groups.setdefault(s, []).append(i)
+    parts = []
+    for s, ix in groups.items():
+        sub = cond if len(groups) == 1 else _rows(cond, ix)
+        scales = GuidanceScales(s.s_s, s.s_im, s.s_p)
+        parts.append((ix, run_method(editor, method, sub, s.steps, scales, batch_seed(seed, start + ix[0]),
+                                     [mask_cfgs[i] for i in ix], s.scheduler, s.guidance_interval, with_diff=True)))
+    if len(parts) == 1:
+        return parts[0][1]
+    order = torch.tensor([i for ix, _ in parts for i in ix]).argsort()
+    joined = [None if parts[0][1][k] is None else torch.cat([out[k] for _, out in parts])[order] for k in range(3)]
+    return tuple(joined)
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
@@ -332,7 +367,6 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     from pedit.data.directions import Direction
     from pedit.edit.editor import keep_outside, tensor_to_uint8, uint8_to_tensor
     from pedit.export.backends import load_editor
-    from pedit.edit.guidance import GuidanceScales
     from pedit.edit.mask import unet_rows
     from pedit.data.pairs import direction_of, load_rgb, read_pairs
 
@@ -348,7 +382,6 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
                          unet_rows=max(unet_rows(c, images) for c in mask_by_direction.values()))
     size = editor.resolution
     sampling = eval_sampling(cfg.sampling, editor.model.meta)  # ours: the flags over the model's pedit.json "sampling"
-    scales = GuidanceScales(sampling.s_s, sampling.s_im, sampling.s_p)
     baseline_steps = cfg.sampling.steps or BASELINE_STEPS
     from pedit.eval.ceiling import grid_truth, iou_ceiling
 
@@ -357,6 +390,9 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
     for p in pairs:
         if p.direction not in known:
             known[p.direction] = Direction(**direction_of(p))
+    # ours: each direction's sampler (its task's, "sampling_by_task"); the baselines: 20 DDIM steps
+    sampler_of = {p.direction: eval_sampling(cfg.sampling, editor.model.meta, known[p.direction].task) for p in pairs}
+    baseline = dataclasses.replace(sampling, steps=baseline_steps)
 
     totals = {m: Tally() for m in cfg.methods}  # against the true region at full resolution
     on_grid = {m: Tally() for m in cfg.methods}  # against the true region on the latent grid (grid_truth)
@@ -387,9 +423,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
             reconstructions = [tensor_to_uint8(editor.model.parts.decode(cond.c_s[i: i + 1])) for i in range(len(batch))]
         for m in cfg.methods:
             t0 = time.perf_counter()
-            decoded, mask, diff = run_method(editor, m, cond, sampling.steps if m in OURS else baseline_steps, scales,
-                                             batch_seed(cfg.sampling.seed, start), mask_cfgs, sampling.scheduler,
-                                             sampling.guidance_interval, with_diff=True)
+            samplers = [sampler_of[p.direction] if m in OURS else baseline for p in batch]
+            decoded, mask, diff = run_method_by_sampler(editor, m, cond, samplers, cfg.sampling.seed, start, mask_cfgs)
             seconds[m] += time.perf_counter() - t0
             for i, p in enumerate(batch):
                 raw = tensor_to_uint8(decoded[i: i + 1])
@@ -427,7 +462,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None =
         "config": dataclasses.asdict(cfg),
         "model": str(editor.model.path),
         "pairs": len(pairs),
-        "sampling": {"ours": dataclasses.asdict(sampling), "baselines": {"scheduler": "ddim", "steps": baseline_steps}},
+        "sampling": {"ours": dataclasses.asdict(sampling), "baselines": {"scheduler": "ddim", "steps": baseline_steps},
+                     **sampling_by_task(sampling, sampler_of, known)},
         "methods": {m: {**totals[m].pooled.summary(), "seconds_per_pair": seconds[m] / len(pairs),
                         "blend_seconds_per_pair": blend_seconds[m] / len(pairs)} for m in cfg.methods},
         "per_direction": {m: totals[m].per_direction() for m in cfg.methods},

@@ -68,9 +68,10 @@ def _fmt(v, digits=2) -> str:
     return "inf" if v == float("inf") else f"{v:.{digits}f}"
 
 
-def markdown_report(report: dict) -> str:
+def markdown_report(report: dict, on_grid: bool = True) -> str:
     """The report as Markdown tables: one row a method, then per-direction rows of each method; then the
-    same against the true region on the latent grid, where the report has it."""
+    same against the true region on the latent grid, where the report has it (on_grid=False: a line
+    pointing at report.md instead, as the console shows it)."""
     lines = [f"{report['pairs']} pairs, model `{report['model']}`\n"]
     rows = list(report["methods"].items())
     if "imperfect_targets" in report:
@@ -78,7 +79,11 @@ def markdown_report(report: dict) -> str:
     lines += _method_table(rows)
     lines.append("\nLPIPS, FID: " + NA_OFFLINE + ".\n")
     lines += _direction_tables(report["per_direction"])
-    if "on_grid_truth" in report:
+    if "on_grid_truth" in report and not on_grid:
+        cells = report["on_grid_truth"]["cells"]
+        lines.append(f"\nThe same tables against the true region on the {cells}×{cells} latent grid: report.md "
+                     "(on_grid_truth in report.json).")
+    elif "on_grid_truth" in report:
         grid = report["on_grid_truth"]
         cells = grid["cells"]
         lines.append(f"\n## Against the true region on the {cells}×{cells} latent grid\n\n"

@@ -358,8 +358,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: None) -
 
 
 def with_sampling(cfg: BenchConfig) -> BenchConfig:
-    """cfg with each unset sampling field filled in: from the model folder's pedit.json "sampling"
-    (pedit.model.sampling_settings; --arch sd15 and folders without it: 20 DDIM steps, all guided), the
+    """cfg with each unset sampling field filled in: from the model folder's pedit.json "sampling" with
+    "sampling_by_task" for cfg.direction's task (pedit.model.sampling_settings; --arch sd15 and folders without it: 20 DDIM steps, all guided), the
     mask's draws and split from its mask settings for cfg.direction (else 10 draws in one call), and
     InstructPix2Pix's steps from the steps given, else 20."""
     from dataclasses import replace
@@ -371,16 +371,17 @@ def with_sampling(cfg: BenchConfig) -> BenchConfig:
     from pedit.edit.mask import MaskConfig
     from pedit.edit.options import mask_for
 
-    s, meta, mask = cfg.sampling, {}, MaskConfig()  # sd15: 10 draws, all in one call
+    s, meta, mask, task = cfg.sampling, {}, MaskConfig(), None  # sd15: 10 draws, all in one call
     if cfg.arch == "model":
         from pedit.data.directions import model_directions, resolve
         from pedit.model.loading import read_model_folder
         from pedit.model.mask_settings import mask_config_for
 
         folder, meta = read_model_folder(cfg.model)
-        mask = mask_config_for(meta, resolve(cfg.direction, model_directions(meta, folder)))
+        direction = resolve(cfg.direction, model_directions(meta, folder))
+        mask, task = mask_config_for(meta, direction), direction.task
     mask = mask_for(mask, s)  # the settings over the folder's, as the edit lays them
-    sampler = resolved(s, sampling_for(meta))  # sd15: no pedit.json, the paper's sampler
+    sampler = resolved(s, sampling_for(meta, task))  # the direction's task's; sd15: no pedit.json, the paper's
     check_meta_scales(meta, (sampler.s_s, sampler.s_im, sampler.s_p), sampler.guidance_interval)  # a student's range
     filled = replace(s, steps=sampler.steps, scheduler=sampler.scheduler, guidance_interval=sampler.guidance_interval,
                      mask_noises=mask.n_noise, mask_batch=mask.batch)

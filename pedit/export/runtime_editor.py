@@ -119,16 +119,21 @@ class RuntimeEditor:
                   batch_steps: bool = False, **overrides) -> list[RuntimeResult]:
         """Edit `image` (PIL, any size; resized to the model's square) toward each of `directions`."""
         from pedit.data.pairs import square_rgb
-        from pedit.edit.job import run
+        from pedit.edit.job import jobs_by_sampler, run_by_sampler
 
         plans = self.plan_many(directions, options, **overrides)
         original = square_rgb(image, self.resolution)  # (R, R, 3) uint8
         shared = self.runtime.image_conditions(original)
         conds = [self.runtime.conditions(shared, d) for d, _ in plans]
-        job = self.job(conds, [o for _, o in plans], callback, batch_steps)
-        run([job], self.runtime.denoise)
-        reconstruction = self.reconstruction(job)
-        return [finish(original, self.runtime.decode(job.z_0[i]), job, i, reconstruction) for i in range(len(plans))]
+        jobs = jobs_by_sampler(self.job, conds, [o for _, o in plans], callback, batch_steps)
+        run_by_sampler(jobs, self.runtime.denoise, together=batch_steps)
+        results: list = [None] * len(plans)
+        reconstruction = None  # decoded once a photo, for the first job that reads it
+        for job, members in jobs:
+            reconstruction = self.reconstruction(job) if reconstruction is None else reconstruction
+            for j, i in enumerate(members):
+                results[i] = finish(original, self.runtime.decode(job.z_0[j]), job, j, reconstruction)
+        return results
 
     def reconstruction(self, job) -> np.ndarray | None:
         """The decoded c_s of the job's photo when a direction's mask refinement reads it, else None."""

@@ -116,13 +116,20 @@ def _training_lines(meta: dict) -> list[str]:
     return lines
 
 
-def _sampling_line(meta: dict) -> str:
-    s = meta.get("sampling") or {}
-    draws = (meta.get("mask") or {}).get("n_noise", 10)
+def _sampler_words(s: dict, draws) -> str:
     interval = s.get("guidance_interval")
     guided = f"guided on noise levels {interval[0]:g}–{interval[1]:g}" if interval else "every step guided"
-    return (f"`{s.get('scheduler', 'ddim')}`, {s.get('steps', 20)} steps, {guided}, {draws} mask draws "
-            "(any `pedit edit` flag overrides them).")
+    return f"`{s.get('scheduler', 'ddim')}`, {s.get('steps', 20)} steps, {guided}, {draws} mask draws"
+
+
+def _sampling_line(meta: dict) -> str:
+    """The folder's sampler ("sampling"), and each task's where "sampling_by_task" sets one."""
+    s = meta.get("sampling") or {}
+    draws = (meta.get("mask") or {}).get("n_noise", 10)
+    by_task = meta.get("sampling_by_task") or {}
+    task_draws = {t: (meta.get("mask_by_task") or {}).get(t, {}).get("n_noise", draws) for t in by_task}
+    tasks = "".join(f"; {t}s: {_sampler_words({**s, **by_task[t]}, task_draws[t])}" for t in sorted(by_task))
+    return f"{_sampler_words(s, draws)}{tasks} (any `pedit edit` flag overrides them)."
 
 
 def card_body(name: str, meta: dict, use_as: str | None = None) -> str:
@@ -151,6 +158,12 @@ def card_body(name: str, meta: dict, use_as: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _report_sampler(sampling: dict) -> str:
+    interval = sampling.get("guidance_interval")
+    return (f"{sampling.get('scheduler', 'ddim')}, {sampling.get('steps')} steps, "
+            f"{'guided on ' + '–'.join(f'{v:g}' for v in interval) if interval else 'every step guided'}")
+
+
 def results_block(report: dict | None) -> str:
     """The results block: the "ours" row of a `pedit eval --pairs` report, or "not evaluated yet"."""
     if report is None:
@@ -161,10 +174,9 @@ def results_block(report: dict | None) -> str:
     # reports of older pedit do not record "sampling": their flags (or 20 DDIM steps) were the sampler
     sampling = report.get("sampling", {}).get("ours") or {"scheduler": cfg.get("scheduler") or "ddim",
                                                           "steps": cfg.get("steps") or 20}
-    interval = sampling.get("guidance_interval")
+    by_task = report.get("sampling", {}).get("ours_by_task") or {"": sampling}  # a sampler per task, or one
     seed = (cfg.get("sampling") or {}).get("seed", cfg.get("seed"))  # the settings object, or an older flat config
-    how = (f"{sampling.get('scheduler', 'ddim')}, {sampling.get('steps')} steps, "
-           f"{'guided on ' + '–'.join(f'{v:g}' for v in interval) if interval else 'every step guided'}, "
+    how = (f"{'; '.join((f'{t}s: ' if t else '') + _report_sampler(s) for t, s in sorted(by_task.items()))}, "
            f"seed {seed}, {cfg.get('precision', 'fp32')} on {cfg.get('device', 'cpu')}")
     table = ["| metric | value |", "|---|---|"]
     table += [f"| {shown} | {ours[key]:.3f} |" for key, _, shown in METRICS if isinstance(ours.get(key), (int, float))]

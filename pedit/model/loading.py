@@ -347,7 +347,8 @@ TOP_LEVEL = {
     "init": str, "resolution": int, "latent_factor": int, "directions": list, "steps_trained": int,
     "steps_trained_total": int, "prediction_type": str, "training": dict, "training_history": (str, list),
     "peak_gpu_memory_gib": NUMBER, "mask": dict, "mask_by_task": dict, "mask_by_direction": dict,
-    "mask_tuning": (str, dict), "pixel_mask_tuning": (str, dict), "mask_refiner": str, "sampling": dict, "distilled": dict, "bundled": bool,
+    "mask_tuning": (str, dict), "pixel_mask_tuning": (str, dict), "mask_refiner": str, "sampling": dict,
+    "sampling_by_task": dict, "distilled": dict, "bundled": bool,
 }
 
 
@@ -385,7 +386,7 @@ def read_model_folder(path: str | Path | None = None) -> tuple[Path, dict]:
     check_scheduler_config(_read_json(sched_file, "Scheduler config"), sched_file)
     try:
         check_mask_settings(meta, path / "pedit.json", list(directions))  # "mask", "mask_by_task", "mask_by_direction"
-        check_sampling_settings(meta, path / "pedit.json")  # "sampling"
+        check_sampling_settings(meta, path / "pedit.json")  # "sampling", "sampling_by_task"
         check_distilled_settings(meta, path / "pedit.json")  # "distilled"
     except ValueError as e:
         raise ModelError(str(e)) from None

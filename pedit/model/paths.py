@@ -14,9 +14,10 @@ def bundled_model_path() -> Path:
 
 # Models that ship inside the package, by the name `-m` also takes (a folder of that name here wins).
 BUNDLED_MODELS = {"toon": "toon-model", "toon-fast": "toon-model-fast"}  # toon-fast: its distilled student
-# What `pedit edit`, sticker-pack and the web app use without -m: the shipped model that measures best on the 200
-# held-out toon pairs at its own defaults (docs/results.md: ahead of the teacher on PSNR, inside, outside and mask
-# IoU) and is no slower (16 U-Net rows an edit against 21). The library's Editor.from_pretrained(None) stays the teacher.
+# What `pedit edit`, sticker-pack and the web app use without -m: of the shipped models that meet the fidelity and
+# preservation targets on the 200 held-out toon pairs at their own defaults, the one with the fewest U-Net rows
+# (docs/design-notes.md, "The default model"): the student, 16 rows against the teacher's 24. The library's
+# Editor.from_pretrained(None) stays the teacher.
 DEFAULT_EDIT_MODEL = "toon-fast"
 
 

@@ -1,7 +1,8 @@
 """How an edit samples: the settings a model folder carries in pedit.json, and the one object a caller sets.
 
     "sampling": {"scheduler": "dpm", "steps": 8, "guidance_interval": [0.2, 0.8], "s_p": 5.0,
-                 "chosen_by": "what was measured, on which pairs"}
+                 "chosen_by": "what was measured, on which pairs"},
+    "sampling_by_task": {"expression": {"steps": 6, "chosen_by": "..."}}   laid over "sampling" for a task
 
 `Sampling` is a folder's defaults; `SamplingSettings` is what a caller sets (every command's flags, the
 app's request, the Python API), validated once, each field None where the model's own setting stands.
@@ -160,18 +161,36 @@ def resolved(settings: SamplingSettings, model: Sampling) -> Sampling:
     return Sampling(**{name: given(name) for name in ("scheduler", "steps", "guidance_interval", *DEFAULT_SCALES)})
 
 
-def sampling_for(meta: dict) -> Sampling:
-    """The model folder's sampling defaults (pedit.json "sampling"; absent: the paper's sampler)."""
-    settings = {k: v for k, v in meta.get("sampling", {}).items() if k != "chosen_by"}
-    return Sampling(**settings)
+def sampling_for(meta: dict, task: str | None = None) -> Sampling:
+    """The model folder's sampling defaults for a direction of `task` (pedit.json "sampling", with
+    "sampling_by_task"[task] laid over it; task None or absent there: "sampling" alone; absent: the
+    paper's sampler). What a direction's edit, eval and bench run unless a caller's setting wins."""
+    settings = dict(meta.get("sampling", {}))
+    if task is not None:
+        settings.update(meta.get("sampling_by_task", {}).get(task, {}))
+    return Sampling(**{k: v for k, v in settings.items() if k != "chosen_by"})
 
 
 def check_sampling_settings(meta: dict, where) -> None:
-    """ValueError naming the bad entry when pedit.json's "sampling" is malformed."""
+    """ValueError naming the bad entry when pedit.json's "sampling" or "sampling_by_task" is malformed: a
+    section that is not an object, a setting that is not one of SETTABLE, a task that is not one, a bad
+    value (each task's settings are checked laid over "sampling", as an edit reads them)."""
+    from pedit.data.directions import TASKS
+    from pedit.validate import check_names
+
     settings = meta.get("sampling", {})
     if not isinstance(settings, dict) or set(settings) - set(SETTABLE):
         raise ValueError(f"{where}: \"sampling\" may only set {', '.join(SETTABLE)}.")
-    try:
-        sampling_for(meta)
-    except ConfigError as e:
-        raise ValueError(f"{where}: \"sampling\": {e}.") from None
+    by_task = meta.get("sampling_by_task", {})
+    if not isinstance(by_task, dict):
+        raise ValueError(f"{where}: \"sampling_by_task\" must map task names to sampling settings, got "
+                         f"{'null' if by_task is None else type(by_task).__name__}.")
+    check_names(where, "sampling_by_task", by_task, TASKS, "task")
+    for task, entry in [(None, settings), *by_task.items()]:
+        name = "sampling" if task is None else f"sampling_by_task.{task}"
+        if not isinstance(entry, dict) or set(entry) - set(SETTABLE):
+            raise ValueError(f"{where}: \"{name}\" may only set {', '.join(SETTABLE)}.")
+        try:
+            sampling_for(meta, task)
+        except ConfigError as e:
+            raise ValueError(f"{where}: \"{name}\": {e}.") from None

@@ -161,7 +161,7 @@ def edit_files(cfg: EditFilesConfig, on_event: Callable[[str, object], None] = l
             on_event("note", f"--subject {cfg.subject}: the prompts of {direction.name!r} name no \"person\"; "
                              "they are used as recorded")
     options = [editor.options_for(d, cfg.sampling, mask_mode=cfg.mask_mode, subject=cfg.subject) for d in directions]
-    editor.plan_many(directions, options)  # shared settings and the steps checked once, before the batch
+    editor.plan_many(directions, options)  # the steps and a student's range checked once, before the batch
     detector = get_detector(cfg.detector)
     checker = identity_detector() if cfg.identity_check else None
     if cfg.identity_check and checker is None:

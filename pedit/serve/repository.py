@@ -212,7 +212,8 @@ def _without_dynamic_batching(text: str) -> str:
 
 
 # What a client needs of pedit.json to resolve directions and build the default settings (no paths).
-CLIENT_META = ("resolution", "directions", "mask", "mask_by_task", "mask_by_direction", "sampling", "distilled", "bundled")
+CLIENT_META = ("resolution", "directions", "mask", "mask_by_task", "mask_by_direction", "sampling", "sampling_by_task",
+               "distilled", "bundled")
 
 
 def _write_pedit_model(repo: Path, cfg: RepositoryConfig, folder: Path) -> None:

@@ -69,7 +69,7 @@ class EditService:
         resolved = [self.editor.direction(name) for name in cfg.directions]  # DirectionError: lists the known ones
         options = [self.editor.options_for(d, cfg.sampling, mask_mode=cfg.mask_mode, subject=cfg.subject)
                    for d in resolved]
-        self.editor.plan_many(resolved, options)  # shared settings, steps the schedule can give, a student's range
+        self.editor.plan_many(resolved, options)  # steps the schedule can give, a student's range
         return cfg, resolved, options
 
     def edit(self, photo: bytes, directions: list[str], seed: int, settings: dict,

@@ -277,13 +277,13 @@ def make_sticker_pack(cfg: StickerConfig, progress: Progress = lambda p: None,
 
 def _edit_expressions(cfg, editor, directions, portrait: Image.Image, progress: Progress) -> list:
     """All expressions through the mask-guided Editor in one `edit_many` call (one mask call for the
-    shared p_a, the K sampling loops as one; the bytes of K separate edits), pasted back into the
-    512-px portrait."""
+    shared p_a; the edits of K separate `pedit edit` calls), pasted back into the 512-px portrait."""
     import dataclasses
 
     from pedit.photos.portrait import edit_photo_many
 
-    options = dataclasses.replace(editor.default_options(), steps=cfg.steps, seed=cfg.seed)
+    # each expression with the model folder's settings for it (its task's mask and sampler), at the pack's steps and seed
+    options = [dataclasses.replace(editor.default_options(d), steps=cfg.steps, seed=cfg.seed) for d in directions]
     k, names = len(directions), ", ".join(d.name for d in directions)
     total = k * cfg.steps
 

@@ -42,7 +42,7 @@ from pedit.train.progress import TrainProgress
 # What a student's pedit.json keeps of its teacher's: the frozen parts' origin, the directions, the
 # tuned mask and sampling settings. The rest (format, training, bundled) is the student's own.
 KEPT_FROM_TEACHER = ("base", "init", "resolution", "latent_factor", "directions", "prediction_type", "mask",
-                     "mask_by_task", "mask_by_direction", "sampling")
+                     "mask_by_task", "mask_by_direction", "sampling", "sampling_by_task")
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,18 @@ def without_learned_refiner(meta: dict) -> dict:
     return levels
 
 
+def as_students(sampling, unit_scales: bool):
+    """A teacher's sampling section as its student keeps it: "chosen_by" marked as the teacher's (measured
+    on the teacher, until measured on the student), and a guidance interval dropped unless the student's
+    scale range holds the unit scales that unguided steps take."""
+    if not isinstance(sampling, dict):
+        return sampling  # the student's pedit.json check names it
+    out = {k: v for k, v in sampling.items() if unit_scales or k != "guidance_interval"}
+    if "chosen_by" in out:
+        out["chosen_by"] = "the teacher's: " + out["chosen_by"]
+    return out
+
+
 def student_settings(cfg: DistillConfig, teacher_meta: dict) -> tuple[dict, object]:
     """What the student's pedit.json keeps of the teacher's (KEPT_FROM_TEACHER; an inherited guidance
     interval dropped when its unit scales fall outside cfg.scale_range), and the validation grids'
@@ -180,10 +192,11 @@ def student_settings(cfg: DistillConfig, teacher_meta: dict) -> tuple[dict, obje
 
     kept = {k: teacher_meta[k] for k in KEPT_FROM_TEACHER if k in teacher_meta}
     kept.update(without_learned_refiner(kept))
-    if "chosen_by" in kept.get("sampling", {}):  # measured on the teacher: say so, until measured on the student
-        kept["sampling"] = {**kept["sampling"], "chosen_by": "the teacher's: " + kept["sampling"]["chosen_by"]}
-    if "guidance_interval" in kept.get("sampling", {}) and not all(lo <= 1 <= hi for lo, hi in cfg.scale_range):
-        kept["sampling"] = {k: v for k, v in kept["sampling"].items() if k != "guidance_interval"}
+    unit_scales = all(lo <= 1 <= hi for lo, hi in cfg.scale_range)
+    if "sampling" in kept:
+        kept["sampling"] = as_students(kept["sampling"], unit_scales)
+    if isinstance(kept.get("sampling_by_task"), dict):
+        kept["sampling_by_task"] = {t: as_students(v, unit_scales) for t, v in kept["sampling_by_task"].items()}
     defaults = GuidanceScales()
     validation = GuidanceScales(*(min(max(getattr(defaults, n), lo), hi) for n, (lo, hi) in zip(SCALE_NAMES,
                                                                                                  cfg.scale_range)))
