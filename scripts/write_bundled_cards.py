@@ -13,7 +13,7 @@ from pedit.model.card import CARD_FILE, read_card, render_card
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = (  # folder, what -m takes, the held-out report of its "ours" row
     ("pedit/assets/toon-model", "toon", "docs/results/toon-eval-shipped-teacher/report.json"),
-    ("pedit/assets/toon-model-fast", "toon-fast", "docs/results/toon-eval-wide-costume-refiner/report.json"),
+    ("pedit/assets/toon-model-fast", "toon-fast", "docs/results/toon-eval-wide-refiners/report.json"),
 )
 
 for folder, use_as, report in BUNDLED:

@@ -13,7 +13,7 @@ from pedit.model.loading import model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = {"toon": "docs/results/toon-eval-sampling-teacher/report.json",
-           "toon-fast": "docs/results/toon-eval-wide-costume-refiner/report.json"}
+           "toon-fast": "docs/results/toon-eval-wide-refiners/report.json"}
 
 
 def _report(psnr: float = 21.5) -> dict:
