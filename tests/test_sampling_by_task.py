@@ -86,6 +86,18 @@ def test_directions_of_two_samplers_are_two_jobs_with_the_bytes_of_separate_edit
     assert len({r.image.tobytes() for r in together}) == 3
 
 
+@pytest.mark.parametrize("batch_steps", [False, True])
+def test_progress_over_jobs_of_two_samplers_never_goes_back_and_ends_at_the_total(task_editor, portrait, batch_steps):
+    """One count of steps done that every job adds to: in turn, or ticked together (batch_steps), where the
+    costume's job (3 steps, listed first) outlasts the expressions' (2 steps for both with batch_steps)."""
+    steps = []
+    task_editor.edit_many(portrait, ["royal", "angry", "shocked"], seed=4, batch_steps=batch_steps,
+                          callback=lambda i, n: steps.append((i, n)))
+    total = 3 + 2 * (1 if batch_steps else 2)
+    assert [i for i, _ in steps] == sorted(i for i, _ in steps) and {n for _, n in steps} == {total}
+    assert steps[-1] == (total, total) and len(steps) == total
+
+
 def test_an_edit_job_refuses_directions_of_two_samplers(task_editor, portrait):
     import numpy as np
 
