@@ -16,6 +16,7 @@ from conftest import same_edit
 
 from pedit.data.pairs import square_rgb
 from pedit.edit.editor import EditOptions, Editor
+from pedit.edit.guidance import GuidanceScales
 from pedit.edit.mask import MaskConfig
 from pedit.errors import ConfigError
 from pedit.model.sampling_settings import SamplingSettings
@@ -193,6 +194,39 @@ def test_eval_and_bench_take_each_directions_task_sampler(by_task, random_model,
     assert with_sampling(BenchConfig(model=str(by_task), direction="royal")).sampling.steps == 3
     assert with_sampling(BenchConfig(model=str(by_task), direction="angry",
                                      sampling=SamplingSettings(steps=4))).sampling.steps == 4
+
+
+def test_evals_batch_of_two_samplers_gives_each_pair_its_samplers_run_in_the_batchs_order(task_editor, portrait):
+    """pedit eval's batch of 4 pairs (batch_size 4) mixing costumes (3 steps) and expressions (2 steps,
+    guided on 0.2-0.8): run_method_by_sampler runs each sampler's pairs as one run_method, seeded from
+    the batch's start plus its first pair's index, and puts each pair's outputs back at its place (the
+    order royal, angry, shocked, royal: the runs come back as 0, 3, 1, 2, not their own inverse)."""
+    import dataclasses
+
+    import numpy as np
+
+    from pedit.edit.editor import uint8_to_tensor
+    from pedit.eval.ground_truth import _rows, batch_seed, run_method, run_method_by_sampler
+    from pedit.model.sampling_settings import sampling_for
+
+    names = ["royal", "angry", "shocked", "royal"]
+    photos = [square_rgb(portrait, task_editor.resolution)] * 3 + [square_rgb(portrait, 32)[:, ::-1].copy()]
+    conds = [task_editor.conditions(uint8_to_tensor(p), task_editor.direction(d)) for p, d in zip(photos, names)]
+    cond = type(conds[0])(*(torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])))
+    meta, tasks = task_editor.model.meta, [task_editor.direction(d).task for d in names]
+    samplers = [sampling_for(meta, t) for t in tasks]
+    masks = [task_editor.default_options(d).mask for d in names]
+    assert samplers[0] == samplers[3] != samplers[1] == samplers[2]
+    got = run_method_by_sampler(task_editor, "ours", cond, samplers, 7, 8, masks)
+    for ix in ([0, 3], [1, 2]):
+        s = samplers[ix[0]]
+        want = run_method(task_editor, "ours", _rows(cond, ix), s.steps, GuidanceScales(s.s_s, s.s_im, s.s_p),
+                          batch_seed(7, 8 + ix[0]), [masks[i] for i in ix], s.scheduler, s.guidance_interval,
+                          with_diff=True)
+        for k in range(3):  # decoded, latent mask, difference map
+            assert torch.equal(got[k][ix], want[k])
+    decoded = [np.asarray(got[0][i]).tobytes() for i in range(4)]
+    assert len(set(decoded)) == 4  # every pair's output its own: a wrong place shows
 
 
 def test_a_distilled_student_keeps_its_teachers_per_task_sampling_marked_as_the_teachers():
