@@ -261,3 +261,58 @@ def test_an_export_carries_the_per_task_sampling_to_the_runtime_and_the_server(b
     monkeypatch.setattr(repository, "pedit_config", lambda batching, p: params.update(p) or "")
     repository._write_pedit_model(tmp_path / "repo", repository.RepositoryConfig(model=str(by_task)), by_task)
     assert json.loads(params["model_meta"])["sampling_by_task"] == {"expression": EXPRESSION}
+    # a model.json whose costumes sample with dpm (an export made before `pedit export` checked it):
+    # the runtime editor, the Triton pedit model's too, refuses it once when built, naming the entry
+    from pedit.errors import ModelError
+    from pedit.export.runtime_editor import RuntimeEditor
+
+    runtime = editor.runtime
+    runtime.meta = {**runtime.meta, "sampling_by_task": {**runtime.meta["sampling_by_task"],
+                                                         "costume": {"scheduler": "dpm"}}}
+    with pytest.raises(ModelError, match=r'model\.json: "sampling_by_task\.costume": scheduler \'dpm\' .* ddim only'):
+        RuntimeEditor(runtime)
+
+
+def _one_error_line(result, *needles) -> str:
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and all(n in errors[0] for n in needles), result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("sections, schedule, needles", [
+    ({"sampling_by_task": {"costume": {"s_s": 1e300}}}, None, ('"sampling_by_task.costume"', "s_s", "100")),
+    ({"sampling": {"s_p": -1e300}}, None, ('"sampling"', "s_p", "100")),
+    ({"sampling_by_task": {"costume": {"steps": 60}}}, 50, ('"sampling_by_task.costume"', "steps", "50 timesteps")),
+])
+def test_a_folder_sampler_that_cannot_run_is_one_error_line_at_load_whatever_the_direction(
+        random_model, tmp_path, portrait, sections, schedule, needles):
+    """Every sampler the folder can resolve is checked when it loads: an expression's edit fails on a
+    costume's bad sampler too, before any work, naming pedit.json, the entry and the field; scales are
+    bounded (pedit.model.sampling_settings.MAX_FOLDER_SCALE), steps by the noise schedule."""
+    from pedit.cli import cli
+
+    folder = _folder(random_model, tmp_path / "model", **sections)
+    if schedule is not None:
+        config = folder / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "num_train_timesteps": schedule}))
+    portrait.save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "in.png"), "-d", "angry", "-m", str(folder),
+                                      "-o", str(out)], env=ENV)
+    _one_error_line(result, "pedit.json", *needles)
+    assert not out.exists()
+
+
+def test_export_refuses_a_sampler_the_runtime_cannot_run_before_writing(random_model, tmp_path):
+    """`pedit export` of a folder whose costumes sample with dpm: the torch-free runtime it exports for
+    (and its Triton model) samples with ddim only, so it stops with one line before writing anything;
+    the torch Editor loads the same folder (dpm is one of its samplers)."""
+    from pedit.cli import cli
+
+    folder = _folder(random_model, tmp_path / "model", sampling_by_task={"costume": {"scheduler": "dpm"}})
+    assert Editor.from_pretrained(folder, device="cpu").default_options("royal").scheduler == "dpm"
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, ["export", "-m", str(folder), "-o", str(out)], env=ENV)
+    _one_error_line(result, "pedit.json", '"sampling_by_task.costume"', "'dpm'", "ddim only")
+    assert not out.exists()
