@@ -210,9 +210,11 @@ def check_folder_scales(sampling: Sampling) -> None:
         check_number(name, getattr(sampling, name), -MAX_FOLDER_SCALE, MAX_FOLDER_SCALE)
 
 
-def folder_samplers(meta: dict) -> list[tuple[str, Sampling]]:
-    """[(pedit.json entry, Sampling)] for every sampler a model folder can resolve: "sampling", and each
-    task's "sampling_by_task" block laid over it (sampling_for); what a backend checks once at load
-    (pedit.edit.options.check_folder_samplers)."""
-    return [("sampling", sampling_for(meta))] + [(f"sampling_by_task.{task}", sampling_for(meta, task))
-                                                 for task in meta.get("sampling_by_task", {})]
+def folder_samplers(meta: dict) -> list[tuple[str, Sampling, set]]:
+    """[(pedit.json entry, Sampling, the fields the folder sets for it)] for every sampler a model folder
+    can resolve: "sampling", and each task's "sampling_by_task" block laid over it (sampling_for); what a
+    backend checks once at load (pedit.edit.options.check_folder_samplers)."""
+    base = set(meta.get("sampling", {}))
+    return [("sampling", sampling_for(meta), base)] + [
+        (f"sampling_by_task.{task}", sampling_for(meta, task), base | set(entry))
+        for task, entry in meta.get("sampling_by_task", {}).items()]
