@@ -340,8 +340,11 @@ def test_expressions_are_edited_with_the_folders_settings_for_them(tmp_path, mon
     monkeypatch.setattr(Editor, "edit_many", lambda self, sq, ds, options, **kw: seen.append(options) or real(self, sq, ds, options, **kw))
     cfg = StickerConfig(selfie=str(TOON), output=str(tmp_path / "out"), steps=3, seed=7)
     directions = [editor.direction(d) for d in ("angry", "laughing")]
-    _edit_expressions(cfg, editor, directions, Image.open(TOON).convert("RGB").resize((512, 512)), lambda p: None)
+    shown = []
+    _edit_expressions(cfg, editor, directions, Image.open(TOON).convert("RGB").resize((512, 512)), shown.append)
     [options] = seen
+    done = [(p.done, p.total) for p in shown]  # the progress bar: never past its total, ends full
+    assert all(d <= t == 2 * 3 for d, t in done) and done[-1] == (6, 6) and done == sorted(done)
     for d, o in zip(directions, options):
         want = editor.default_options(d)
         assert o.mask == want.mask and o.mask.refine == "learned"  # the expression task's, not the folder's generic "mask"

@@ -100,3 +100,19 @@ def test_eval_with_the_largest_seed_runs_past_its_first_batch(random_model, exac
     report = evaluate(EvalConfig(str(exact_pairs), model=str(random_model), methods=("ours-no-mask",),
                                  sampling=SamplingSettings(steps=1, seed=2**64 - 1), batch_size=1, limit=2, grid_pairs=0, imperfect_reference=False))
     assert report["pairs"] == 2 and report["methods"]["ours-no-mask"]["pairs"] == 2
+
+
+def test_a_tally_counts_each_pair_once_pooled_and_once_for_its_direction():
+    from pedit.eval.ground_truth import Scores, Tally
+
+    rng = np.random.default_rng(0)
+    pairs = [(d, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+              rng.random((16, 16)) < 0.3, rng.random((16, 16)) < 0.4) for d in ("angry", "royal", "angry")]
+    tally, direct, angry = Tally(), Scores(), Scores()
+    for d, out, target, truth, pred in pairs:
+        tally.add(d, out, target, truth, pred, 0.9)
+        direct.add(out, target, truth, pred, 0.9)
+        if d == "angry":
+            angry.add(out, target, truth, pred, 0.9)
+    assert tally.pooled.summary() == direct.summary() and tally.pooled.n == 3
+    assert tally.per_direction()["angry"] == angry.summary() and tally.per_direction()["royal"]["pairs"] == 1

@@ -5,7 +5,7 @@ runs one EditJob; these tests hold the job itself: its rows and advance are the 
 at different steps share one U-Net call per tick and each gives its lone edit, and the same job code
 steps numpy arrays (the torch-free runtime's) to the torch path's numbers.
 
-"Its lone edit" is exact for ONNX Runtime (tests/test_runtime_edit.py, the serving tests) and up to
+"Its lone edit" is exact for ONNX Runtime on the CPU (tests/test_runtime_edit.py, the serving tests) and up to
 float rounding for eager torch, whose CPU kernels round a row differently at another batch size
 (docs/design-notes.md, "Bytes"): `_same_edit` says what that allows.
 """

@@ -198,6 +198,12 @@ def test_the_web_app_edits_through_the_server(server, alone):
 
     app = PeditApp(AppConfig(server=server.urls["http"]))
     try:
+        from pedit.app.ui import build_ui
+        from pedit.model.sampling_settings import sampling_for
+
+        page = build_ui(app)  # the form shows the served model's own sampler (it failed: no default_options)
+        steps = [c for c in page.blocks.values() if getattr(c, "label", None) == "Steps"]
+        assert [c.value for c in steps] == [sampling_for(app.editor.meta).steps]
         outcome = app.edit(EditRequest(photo=str(EXAMPLE), direction="laughing"))
         assert np.array_equal(pixels(Image.open(outcome.result)), alone[("laughing", 0)])
         with pytest.raises(ConfigError, match="without --server"):

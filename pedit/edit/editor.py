@@ -258,9 +258,9 @@ class Editor:
         directions make alone. `batch_steps=False` (default): one 5-row loop per direction, the jobs one
         after another. True: the K loops as one, 5K rows a step in one call, the jobs ticked together
         (fewer, larger calls: what a GPU wants). Either way the same edits as K separate `edit` calls
-        with the same options and seed: the same bytes with ONNX Runtime, up to float rounding with
-        eager torch, whose kernels round a row differently at another batch size (the shared mask call;
-        docs/design-notes.md, "Bytes").
+        with the same options and seed: the same bytes with ONNX Runtime on the CPU, up to float
+        rounding with eager torch or on a GPU, whose kernels round a row differently at another batch
+        size (the shared mask call; docs/design-notes.md, "Bytes").
         """
         plans = self.plan_many(directions, options, **overrides)
         original = square_rgb(image, self.resolution)  # (R, R, 3) uint8

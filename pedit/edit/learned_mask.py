@@ -34,20 +34,30 @@ def features(diff: np.ndarray, original: np.ndarray, raw: np.ndarray, mask_laten
     return np.stack(rows).astype(np.float32)
 
 
+BAND_PIXELS = 1 << 16  # output pixels a matrix product takes at once: a 128-px image in one, 512 px in 4 bands
+
+
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, dilation: int) -> np.ndarray:
     """(in, H, W) → (out, H, W): a 'same' convolution (zeros beyond the border) with a dilated k x k kernel,
-    as one matrix product over the k x k shifted copies of x."""
+    as matrix products over the k x k shifted copies of x, a band of rows at a time, so the copies
+    take at most k*k*in*BAND_PIXELS floats (9 MB for 16 channels) whatever the resolution."""
     c, h, wd = x.shape
     k = w.shape[-1]
     pad = dilation * (k // 2)
     xp = np.zeros((c, h + 2 * pad, wd + 2 * pad), dtype=np.float32)
     xp[:, pad: pad + h, pad: pad + wd] = x
-    cols = np.empty((k, k, c, h, wd), dtype=np.float32)  # the taps, in the weight's (i, j) order
-    for i in range(k):
-        for j in range(k):
-            cols[i, j] = xp[:, i * dilation: i * dilation + h, j * dilation: j * dilation + wd]
     kernel = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)  # (out, k, k, in) flattened
-    return (kernel @ cols.reshape(k * k * c, h * wd) + b[:, None]).reshape(-1, h, wd)
+    out = np.empty((w.shape[0], h, wd), dtype=np.float32)
+    band = max(1, BAND_PIXELS // wd)
+    for top in range(0, h, band):
+        rows = min(band, h - top)
+        cols = np.empty((k, k, c, rows, wd), dtype=np.float32)  # the taps, in the weight's (i, j) order
+        for i in range(k):
+            for j in range(k):
+                r0 = top + i * dilation
+                cols[i, j] = xp[:, r0: r0 + rows, j * dilation: j * dilation + wd]
+        out[:, top: top + rows] = (kernel @ cols.reshape(k * k * c, rows * wd) + b[:, None]).reshape(-1, rows, wd)
+    return out
 
 
 def probability(refiner: Refiner, feats: np.ndarray) -> np.ndarray:

@@ -145,6 +145,11 @@ class Scores:
             self.precision += inter / pred_mask.sum() if pred_mask.any() else 1.0
             self.recall += inter / true_mask.sum() if true_mask.any() else 1.0
 
+    def merge(self, other: "Scores") -> None:
+        """Add another Scores' running sums to these (every field is a sum or a count)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
     @staticmethod
     def _psnr(sq: float, px: int) -> float | None:
         if px == 0:
@@ -180,8 +185,10 @@ class Tally:
     by_direction: dict = field(default_factory=dict)
 
     def add(self, direction: str, *scores, **kw) -> None:
-        self.pooled.add(*scores, **kw)
-        self.by_direction.setdefault(direction, Scores()).add(*scores, **kw)
+        one = Scores()  # one pair's sums, computed once, then counted pooled and for its direction
+        one.add(*scores, **kw)
+        self.pooled.merge(one)
+        self.by_direction.setdefault(direction, Scores()).merge(one)
 
     def per_direction(self) -> dict:
         return {d: s.summary() for d, s in sorted(self.by_direction.items())}

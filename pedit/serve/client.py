@@ -164,6 +164,18 @@ class RemoteEditor:
 
         return direction if isinstance(direction, Direction) else resolve(direction, self.directions)
 
+    def default_options(self, direction=None):
+        """The served model's own sampling settings (its pedit.json, which the server's config carries) for
+        `direction`'s task, or no task's: what the web app's form shows. The mask stays the server's
+        business: a request never sends one (MaskConfig's defaults here, unused)."""
+        from pedit.edit.options import EditOptions
+        from pedit.edit.guidance import GuidanceScales
+        from pedit.model.sampling_settings import sampling_for
+
+        s = sampling_for(self.meta, None if direction is None else self.direction(direction).task)
+        return EditOptions(steps=s.steps, scheduler=s.scheduler, guidance_interval=s.guidance_interval,
+                           scales=GuidanceScales(s.s_s, s.s_im, s.s_p))
+
     def options_for(self, direction, settings=None, **fields) -> "RemoteOptions":
         """What a request carries for `direction`: the caller's SamplingSettings as set (the server lays
         them over the model's own defaults, as a local Editor.options_for does) and the other fields."""

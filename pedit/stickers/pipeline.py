@@ -287,8 +287,8 @@ def _edit_expressions(cfg, editor, directions, portrait: Image.Image, progress: 
     k, names = len(directions), ", ".join(d.name for d in directions)
     total = k * cfg.steps
 
-    def on_step(step, n):  # one loop edits all K: each step is K expressions' step
-        progress(StageProgress("edit", k * step, total, names))
+    def on_step(step, n):  # edit_many counts every expression's steps: n = K x steps
+        progress(StageProgress("edit", step, n, names))
 
     def edit_fn(square):
         return [(r.image, r.mask) for r in editor.edit_many(square, directions, options, callback=on_step)]
