@@ -863,6 +863,11 @@ for label, change in [
     ('"mask_by_direction" a direction the model lacks', lambda m: m.update(mask_by_direction={"laughin": {"ratio": 4.0}})),
     ('"sampling_by_task" task misspelled (expresion)', lambda m: m.update(sampling_by_task={"expresion": {"steps": 4}})),
     ('"sampling_by_task" a bad scheduler', lambda m: m.update(sampling_by_task={"costume": {"scheduler": "heun"}})),
+    ('"sampling_by_task" a scale of 1e300 (costume; the edit an expression)',
+     lambda m: m.update(sampling_by_task={"costume": {"s_s": 1e300}})),
+    ('"sampling" a scale of 1e300', lambda m: m["sampling"].update(s_p=1e300)),
+    ('"sampling_by_task" s_p outside the student\'s range (costume; the edit an expression)',
+     lambda m: m.update(sampling_by_task={"costume": {"s_p": 12.0}})),
     ('"distilled" null', lambda m: m.update(distilled=None)),
     ('"distilled" steps_trained a string', lambda m: m["distilled"].update(steps_trained="3100")),
     ("top-level name misspelled (directons)", lambda m: m.update(directons=m["directions"])),
@@ -876,6 +881,14 @@ for label, change in [
             r = run("edit", photo, "-d", "laughing", "-m", folder, "-o", W / f"{folder.name}.png", "--steps", "2", "-q")
             return one_line(r) and not (W / f"{folder.name}.png").exists(), desc(r)
     make()
+
+
+@case('[27] export of a pedit.json whose "sampling_by_task" costumes sample with dpm (its runtime: ddim only)')
+def _():
+    folder = json_edited("json-export-dpm", lambda m: m.update(sampling_by_task={"costume": {"scheduler": "dpm"}}))
+    out = W / "export-dpm"
+    r = run("export", "-m", folder, "-o", out, "-q")
+    return one_line(r) and not out.exists(), f"{desc(r)}; {'wrote ' + out.name if out.exists() else 'nothing written'}"
 
 
 # class 5: one-line errors, nothing half-written

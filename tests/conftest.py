@@ -43,6 +43,21 @@ def with_settings(kwargs: dict) -> dict:
     return {**rest, "sampling": SamplingSettings(**{k: v for k, v in kwargs.items() if k in names})}
 
 
+def same_edit(alone, many, square) -> None:
+    """`many` (an EditResult of a direction edited beside others, edit_many) is `alone` (its edit alone) up
+    to eager torch's batch-size rounding (the promise of edit_many with eager torch; docs/design-notes.md,
+    "Bytes"; exact with ONNX Runtime, tests/test_runtime_edit.py): the same latent mask, the input's
+    bytes (`square`, (R, R, 3) uint8) wherever both blend weights are 0, at most 0.1 % of pixels off."""
+    import numpy as np
+    import torch
+
+    assert torch.equal(alone.mask_latent, many.mask_latent)
+    a, b = np.asarray(many.image).astype(int), np.asarray(alone.image).astype(int)
+    kept = (np.asarray(many.mask) == 0) & (np.asarray(alone.mask) == 0)
+    assert kept.any() and np.array_equal(a[kept], square[kept])
+    assert (a != b).any(-1).mean() <= 1e-3 and np.abs(a - b).mean() < 0.05
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cpu_only(reason): runs only when PEDIT_TEST_DEVICE is cpu (or unset)")
     if TEST_DEVICE != "cpu":

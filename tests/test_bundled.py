@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import same_edit
 from PIL import Image
 
 from pedit.cli import cli
@@ -63,7 +64,7 @@ def test_a_bundled_models_directions_edited_together_are_their_edits_alone(name,
     """`pedit edit -d laughing,royal,angry` on a bundled model: each direction at its task's sampler
     (pedit.json "sampling" with "sampling_by_task"; split: the costumes given one more step than the
     expressions, in memory), grouped into one job per sampler; each output is that direction's edit
-    alone (`_same_edit`). As shipped, each task's edit stays within 24 U-Net rows."""
+    alone (conftest.same_edit). As shipped, each task's edit stays within 24 U-Net rows."""
     from pedit.data.pairs import square_rgb
     from pedit.edit.editor import Editor
     from pedit.edit.rows import edit_rows
@@ -88,17 +89,4 @@ def test_a_bundled_models_directions_edited_together_are_their_edits_alone(name,
     assert [len(j) for j in jobs] == ([2, 1] if two else [3])  # the expressions' job (laughing, angry), royal's
     square = square_rgb(src, editor.resolution)
     for d, many in zip(names, together):
-        _same_edit(editor.edit(src, d), many, square)
-
-
-def _same_edit(alone, many, square):
-    """The same edit up to eager torch's batch-size rounding (the promise of edit_many with eager torch;
-    docs/design-notes.md, "Bytes"; exact with ONNX Runtime, tests/test_runtime_edit.py): the same latent
-    mask, the input's bytes wherever both blend weights are 0, at most 0.1 % of pixels off."""
-    import torch
-
-    assert torch.equal(alone.mask_latent, many.mask_latent)
-    a, b = np.asarray(many.image).astype(int), np.asarray(alone.image).astype(int)
-    kept = (np.asarray(many.mask) == 0) & (np.asarray(alone.mask) == 0)
-    assert kept.any() and np.array_equal(a[kept], square[kept])
-    assert (a != b).any(-1).mean() <= 1e-3 and np.abs(a - b).mean() < 0.05
+        same_edit(editor.edit(src, d), many, square)

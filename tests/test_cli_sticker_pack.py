@@ -134,9 +134,12 @@ def test_offline_edits_change_the_face_and_keep_the_rest(toon_pack):
     for path in sorted((out / "stickers").glob("*.png")):
         with Image.open(path) as im:
             sticker = np.asarray(im, float)
-        face = np.abs(sticker - neutral)[180:330, 170:340].mean()  # eyes and mouth of examples/toon.png
+        moved = np.abs(sticker - neutral).max(axis=-1) > 32  # a change anyone sees
+        # eyes and mouth of examples/toon.png: the expression masks are tight (the learned refiners: angry
+        # redraws brows and mouth, about 10 % of this box), so the share of visibly changed pixels is checked
+        face = moved[180:330, 170:340].mean()
         body = np.abs(sticker - neutral)[440:500, 100:400].mean()  # the shirt, far from any expression
-        assert face > 8 and body < 2 and face > 5 * body, (path.name, face, body)
+        assert face > 0.05 and body < 2, (path.name, face, body)
 
 
 # --- bad inputs: one Error line, nothing written -------------------------------------------------------

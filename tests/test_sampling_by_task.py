@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import same_edit
 
+from pedit.data.pairs import square_rgb
 from pedit.edit.editor import EditOptions, Editor
+from pedit.edit.guidance import GuidanceScales
 from pedit.edit.mask import MaskConfig
 from pedit.errors import ConfigError
 from pedit.model.sampling_settings import SamplingSettings
@@ -27,7 +30,8 @@ def _folder(random_model, where: Path, **sections) -> Path:
     folder = Path(shutil.copytree(random_model, where))
     meta = json.loads((folder / "pedit.json").read_text())
     meta.update(sections)
-    meta["mask"] = {**meta.get("mask", {}), "n_noise": 2}
+    # 2 draws; no dilation or feathering: the mask leaves pixels of a 32-pixel photo as they were
+    meta["mask"] = {**meta.get("mask", {}), "n_noise": 2, "dilate": 0.0, "feather": 0.0}
     (folder / "pedit.json").write_text(json.dumps(meta))
     return folder
 
@@ -80,10 +84,27 @@ def test_directions_of_two_samplers_are_two_jobs_with_the_bytes_of_separate_edit
     finally:
         task_editor.denoise = inner
     assert steps[-1] == (2 * 2 + 3, 2 * 2 + 3)  # progress counts both jobs' steps
-    for one, many in zip(separate, together):
-        assert one.image.tobytes() == many.image.tobytes() and one.mask.tobytes() == many.mask.tobytes()
-        assert torch.equal(one.mask_latent, many.mask_latent)
+    # the expressions' mask call has 6 rows against 4 alone: eager torch promises their edit alone up to
+    # rounding (docs/design-notes.md, "Bytes"); the costume, alone in its job, makes its lone calls: bytes
+    square = square_rgb(portrait, task_editor.resolution)
+    for i in (0, 2):
+        same_edit(separate[i], together[i], square)
+    assert separate[1].image.tobytes() == together[1].image.tobytes()
+    assert separate[1].mask.tobytes() == together[1].mask.tobytes()
+    assert torch.equal(separate[1].mask_latent, together[1].mask_latent)
     assert len({r.image.tobytes() for r in together}) == 3
+
+
+@pytest.mark.parametrize("batch_steps", [False, True])
+def test_progress_over_jobs_of_two_samplers_never_goes_back_and_ends_at_the_total(task_editor, portrait, batch_steps):
+    """One count of steps done that every job adds to: in turn, or ticked together (batch_steps), where the
+    costume's job (3 steps, listed first) outlasts the expressions' (2 steps for both with batch_steps)."""
+    steps = []
+    task_editor.edit_many(portrait, ["royal", "angry", "shocked"], seed=4, batch_steps=batch_steps,
+                          callback=lambda i, n: steps.append((i, n)))
+    total = 3 + 2 * (1 if batch_steps else 2)
+    assert [i for i, _ in steps] == sorted(i for i, _ in steps) and {n for _, n in steps} == {total}
+    assert steps[-1] == (total, total) and len(steps) == total
 
 
 def test_an_edit_job_refuses_directions_of_two_samplers(task_editor, portrait):
@@ -175,6 +196,39 @@ def test_eval_and_bench_take_each_directions_task_sampler(by_task, random_model,
                                      sampling=SamplingSettings(steps=4))).sampling.steps == 4
 
 
+def test_evals_batch_of_two_samplers_gives_each_pair_its_samplers_run_in_the_batchs_order(task_editor, portrait):
+    """pedit eval's batch of 4 pairs (batch_size 4) mixing costumes (3 steps) and expressions (2 steps,
+    guided on 0.2-0.8): run_method_by_sampler runs each sampler's pairs as one run_method, seeded from
+    the batch's start plus its first pair's index, and puts each pair's outputs back at its place (the
+    order royal, angry, shocked, royal: the runs come back as 0, 3, 1, 2, not their own inverse)."""
+    import dataclasses
+
+    import numpy as np
+
+    from pedit.edit.editor import uint8_to_tensor
+    from pedit.eval.ground_truth import _rows, batch_seed, run_method, run_method_by_sampler
+    from pedit.model.sampling_settings import sampling_for
+
+    names = ["royal", "angry", "shocked", "royal"]
+    photos = [square_rgb(portrait, task_editor.resolution)] * 3 + [square_rgb(portrait, 32)[:, ::-1].copy()]
+    conds = [task_editor.conditions(uint8_to_tensor(p), task_editor.direction(d)) for p, d in zip(photos, names)]
+    cond = type(conds[0])(*(torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])))
+    meta, tasks = task_editor.model.meta, [task_editor.direction(d).task for d in names]
+    samplers = [sampling_for(meta, t) for t in tasks]
+    masks = [task_editor.default_options(d).mask for d in names]
+    assert samplers[0] == samplers[3] != samplers[1] == samplers[2]
+    got = run_method_by_sampler(task_editor, "ours", cond, samplers, 7, 8, masks)
+    for ix in ([0, 3], [1, 2]):
+        s = samplers[ix[0]]
+        want = run_method(task_editor, "ours", _rows(cond, ix), s.steps, GuidanceScales(s.s_s, s.s_im, s.s_p),
+                          batch_seed(7, 8 + ix[0]), [masks[i] for i in ix], s.scheduler, s.guidance_interval,
+                          with_diff=True)
+        for k in range(3):  # decoded, latent mask, difference map
+            assert torch.equal(got[k][ix], want[k])
+    decoded = [np.asarray(got[0][i]).tobytes() for i in range(4)]
+    assert len(set(decoded)) == 4  # every pair's output its own: a wrong place shows
+
+
 def test_a_distilled_student_keeps_its_teachers_per_task_sampling_marked_as_the_teachers():
     from pedit.train.distill import DistillConfig, student_settings
 
@@ -207,3 +261,58 @@ def test_an_export_carries_the_per_task_sampling_to_the_runtime_and_the_server(b
     monkeypatch.setattr(repository, "pedit_config", lambda batching, p: params.update(p) or "")
     repository._write_pedit_model(tmp_path / "repo", repository.RepositoryConfig(model=str(by_task)), by_task)
     assert json.loads(params["model_meta"])["sampling_by_task"] == {"expression": EXPRESSION}
+    # a model.json whose costumes sample with dpm (an export made before `pedit export` checked it):
+    # the runtime editor, the Triton pedit model's too, refuses it once when built, naming the entry
+    from pedit.errors import ModelError
+    from pedit.export.runtime_editor import RuntimeEditor
+
+    runtime = editor.runtime
+    runtime.meta = {**runtime.meta, "sampling_by_task": {**runtime.meta["sampling_by_task"],
+                                                         "costume": {"scheduler": "dpm"}}}
+    with pytest.raises(ModelError, match=r'model\.json: "sampling_by_task\.costume": scheduler \'dpm\' .* ddim only'):
+        RuntimeEditor(runtime)
+
+
+def _one_error_line(result, *needles) -> str:
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and all(n in errors[0] for n in needles), result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("sections, schedule, needles", [
+    ({"sampling_by_task": {"costume": {"s_s": 1e300}}}, None, ('"sampling_by_task.costume"', "s_s", "100")),
+    ({"sampling": {"s_p": -1e300}}, None, ('"sampling"', "s_p", "100")),
+    ({"sampling_by_task": {"costume": {"steps": 60}}}, 50, ('"sampling_by_task.costume"', "steps", "50 timesteps")),
+])
+def test_a_folder_sampler_that_cannot_run_is_one_error_line_at_load_whatever_the_direction(
+        random_model, tmp_path, portrait, sections, schedule, needles):
+    """Every sampler the folder can resolve is checked when it loads: an expression's edit fails on a
+    costume's bad sampler too, before any work, naming pedit.json, the entry and the field; scales are
+    bounded (pedit.model.sampling_settings.MAX_FOLDER_SCALE), steps by the noise schedule."""
+    from pedit.cli import cli
+
+    folder = _folder(random_model, tmp_path / "model", **sections)
+    if schedule is not None:
+        config = folder / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "num_train_timesteps": schedule}))
+    portrait.save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "in.png"), "-d", "angry", "-m", str(folder),
+                                      "-o", str(out)], env=ENV)
+    _one_error_line(result, "pedit.json", *needles)
+    assert not out.exists()
+
+
+def test_export_refuses_a_sampler_the_runtime_cannot_run_before_writing(random_model, tmp_path):
+    """`pedit export` of a folder whose costumes sample with dpm: the torch-free runtime it exports for
+    (and its Triton model) samples with ddim only, so it stops with one line before writing anything;
+    the torch Editor loads the same folder (dpm is one of its samplers)."""
+    from pedit.cli import cli
+
+    folder = _folder(random_model, tmp_path / "model", sampling_by_task={"costume": {"scheduler": "dpm"}})
+    assert Editor.from_pretrained(folder, device="cpu").default_options("royal").scheduler == "dpm"
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, ["export", "-m", str(folder), "-o", str(out)], env=ENV)
+    _one_error_line(result, "pedit.json", '"sampling_by_task.costume"', "'dpm'", "ddim only")
+    assert not out.exists()

@@ -22,12 +22,12 @@ from PIL import Image
 from pedit.data.directions import Direction, model_directions, resolve
 from pedit.errors import ConfigError, NonFiniteError
 from pedit.noise import randn
-from pedit.edit.options import EditOptions, default_options, options_for  # EditOptions imported from here too
+from pedit.edit.options import EditOptions, check_folder_samplers, default_options, options_for  # EditOptions imported from here too
 from pedit.arrays import to_like
 from pedit.edit.job import EditJob, jobs_by_sampler, run, run_by_sampler
 from pedit.edit.mask import keep_outside  # noqa: F401 (callers import it from here too)
 from pedit.edit.pixel_mask import needs_reconstruction
-from pedit.model.sampling_settings import SamplingSettings
+from pedit.model.sampling_settings import SCHEDULERS, SamplingSettings
 from pedit.data.pairs import square_rgb
 from pedit.model.conditions import EditConditions
 from pedit.edit.sampler import check_steps, make_scheduler
@@ -85,6 +85,8 @@ class Editor:
         self.rows = rows_for(model.meta)  # the model's row builder: a teacher's 5 rows a step, a student's 2
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._last_reconstruction = None  # (c_s, its decode): `_reconstruction`
+        # every sampler the folder can resolve runs here, checked once (ModelError naming the entry)
+        check_folder_samplers(model.meta, Path(model.path) / "pedit.json", self.scheduler, SCHEDULERS, "torch")
 
     @property
     def distilled(self) -> bool:

@@ -162,16 +162,30 @@ def jobs_by_sampler(job_for: Callable, conds: list, settings: list, callback: Ca
     made by `job_for(conds, settings, callback, batch_steps)` (an editor's `job`). Each job is what its
     directions alone would run, so a direction's bytes do not depend on the others' samplers; the jobs
     can run one after another or be ticked together (`run`). `callback(step, total)` counts the steps
-    of all the jobs, as one job's did."""
+    of all the jobs, as one job's did: one count of steps done that every job's steps add to, so it
+    never goes back and ends at (total, total) whether the jobs run in turn or in the same ticks."""
     groups = sampler_groups(settings)
     total = sum(settings[g[0]].steps * (1 if batch_steps else len(g)) for g in groups)
-    jobs, before = [], 0
+    done = [0]  # steps done by all the jobs together
+    jobs = []
     for members in groups:
-        report = None if callback is None else (lambda i, n, before=before: callback(before + i, total))
+        report = None if callback is None else _adding_to(done, total, callback)
         job = job_for([conds[i] for i in members], [settings[i] for i in members], report, batch_steps)
         jobs.append((job, members))
-        before += job.total_steps
     return jobs
+
+
+def _adding_to(done: list, total: int, callback: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """A job's progress callback (its own steps done, its total) that adds its new steps to the shared
+    count `done[0]` and reports that count against `total` (jobs_by_sampler)."""
+    mine = [0]  # this job's steps already counted
+
+    def report(i: int, n: int) -> None:
+        done[0] += i - mine[0]
+        mine[0] = i
+        callback(done[0], total)
+
+    return report
 
 
 def run_by_sampler(jobs: list[tuple[EditJob, list[int]]], denoise: Callable, together: bool = False) -> None:

@@ -108,6 +108,32 @@ def sampler_groups(options: list) -> list[list[int]]:
     return list(groups.values())
 
 
+def check_folder_samplers(meta: dict, where, scheduler, schedulers, backend: str) -> None:
+    """ModelError naming `where` (the model's pedit.json, or an export's model.json), the entry and the
+    field when a sampler the folder can resolve ("sampling", each task's "sampling_by_task" block laid
+    over it; pedit.model.sampling_settings.folder_samplers) cannot run on `backend`: a scheduler outside
+    `schedulers`, steps its noise schedule cannot give (`scheduler(sampling)` raises ConfigError), scales
+    the folder sets outside a student's trained range (a student whose range leaves out the default
+    scales it does not set still loads: its caller passes scales, pedit distill makes such students).
+    Checked once at load (the torch Editor, the runtime editor, `pedit export`), so a folder that would
+    fail every edit of a task fails there, before any work; the scales' bound is checked where pedit.json
+    is read (check_sampling_settings)."""
+    from pedit.errors import ModelError
+    from pedit.model.distilled import check_meta_scales
+    from pedit.model.sampling_settings import DEFAULT_SCALES, folder_samplers
+
+    for name, sampling, fields in folder_samplers(meta):
+        if sampling.scheduler not in schedulers:
+            raise ModelError(f"{where}: \"{name}\": scheduler {sampling.scheduler!r} cannot run here: {backend} "
+                             f"samples with {', '.join(schedulers)} only.")
+        try:
+            scheduler(sampling)
+            if fields & set(DEFAULT_SCALES):
+                check_meta_scales(meta, (sampling.s_s, sampling.s_im, sampling.s_p), sampling.guidance_interval)
+        except ConfigError as e:
+            raise ModelError(f"{where}: \"{name}\": {e}") from None
+
+
 def plan_many(editor, directions, options=None, **overrides) -> list:
     """[(Direction, EditOptions)] for an editor's `edit_many` (the torch Editor's and the runtime's alike),
     checked before any work: unknown or repeated directions, steps a schedule cannot give, a student's

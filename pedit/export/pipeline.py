@@ -138,6 +138,7 @@ def export_model(cfg: ExportConfig, log: Callable[[str], None] = lambda msg: Non
     check_output_not_input(cfg.output, {"-m": cfg.model if model is None else model.path})
     if model is None:
         model = load_model(cfg.model, allow_pickle=cfg.allow_pickle, device="cpu", dtype=torch.float32)
+    check_runtime_samplers(model)
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; -o takes a folder for the engines.")
@@ -149,6 +150,20 @@ def export_model(cfg: ExportConfig, log: Callable[[str], None] = lambda msg: Non
         for p in graph_files.clean_debris(out):
             log(f"removed {p.name}, left by an export that was killed")
         return _export_locked(cfg, out, model, log)
+
+
+def check_runtime_samplers(model) -> None:
+    """ModelError, before anything is written, when a sampler the model folder can resolve ("sampling",
+    each task's "sampling_by_task") cannot run in the torch-free runtime the export is for (its editor
+    and the Triton `pedit` model): DDIM only, at steps the noise schedule gives."""
+    from pedit.edit.options import check_folder_samplers
+    from pedit.edit.sampler import check_steps, make_scheduler
+
+    def ddim(sampling):
+        check_steps(sampling.steps, make_scheduler("ddim", model.parts.scheduler_config))
+
+    check_folder_samplers(model.meta, Path(model.path) / "pedit.json", ddim, ("ddim",),
+                          "the torch-free runtime an export serves")
 
 
 def _export_locked(cfg: ExportConfig, out: Path, model, log) -> dict:

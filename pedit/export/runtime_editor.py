@@ -44,7 +44,9 @@ class RuntimeEditor:
     cache_status = None
 
     def __init__(self, runtime: Runtime):
+        from pedit.edit.options import check_folder_samplers
         from pedit.edit.rows import rows_for
+        from pedit.export.runtime_files import MODEL_JSON
         from pedit.model.distilled import distilled_for
 
         self.runtime = runtime
@@ -52,6 +54,9 @@ class RuntimeEditor:
         self.directions = runtime.directions
         self.rows = rows_for(self.meta)  # a teacher's 5 rows a step, a student's 2
         self.distillation = distilled_for(self.meta)
+        # every sampler the export's model.json can resolve runs here, checked once (ModelError naming the entry)
+        check_folder_samplers(self.meta, runtime.export.folder / MODEL_JSON, self.scheduler, ("ddim",),
+                              "the torch-free runtime")
 
     @property
     def resolution(self) -> int:

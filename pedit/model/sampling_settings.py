@@ -24,6 +24,12 @@ SCHEDULERS = ("ddim", "dpm", "euler")  # the samplers pedit.edit.sampler.make_sc
 DEFAULT_SCALES = {"s_s": 1.5, "s_im": 1.0, "s_p": 4.0}  # (s_s, s_im, s_p) where nothing sets them: the one place
 SETTABLE = ("scheduler", "steps", "guidance_interval", *DEFAULT_SCALES, "chosen_by")
 MAX_DRAWS = 1024  # the editing mask's noise draws: the most an exported U-Net's mask profile is built for
+# The largest |scale| a model folder's pedit.json may set. No real folder comes near it: the bundled ones
+# keep the defaults (at most 4.0), scripts/tune_sampling.py writes no scales, and a student is trained on
+# scales of at most 15 (pedit.model.distilled.MAX_SCALE). The guided prediction weights differences of
+# unit-size predictions by each scale (pedit.edit.guidance.multi_cfg), so a scale of 1e300 ends in
+# NaN or infinity after the work; 100 leaves room for any guidance choice and none of that.
+MAX_FOLDER_SCALE = 100.0
 
 
 def check_draws(name: str, value, low: int = 1) -> None:
@@ -191,6 +197,24 @@ def check_sampling_settings(meta: dict, where) -> None:
         if not isinstance(entry, dict) or set(entry) - set(SETTABLE):
             raise ValueError(f"{where}: \"{name}\" may only set {', '.join(SETTABLE)}.")
         try:
-            sampling_for(meta, task)
+            check_folder_scales(sampling_for(meta, task))
         except ConfigError as e:
             raise ValueError(f"{where}: \"{name}\": {e}.") from None
+
+
+def check_folder_scales(sampling: Sampling) -> None:
+    """ConfigError unless each of a folder's sampler's scales is within +-MAX_FOLDER_SCALE."""
+    from pedit.validate import check_number
+
+    for name in DEFAULT_SCALES:
+        check_number(name, getattr(sampling, name), -MAX_FOLDER_SCALE, MAX_FOLDER_SCALE)
+
+
+def folder_samplers(meta: dict) -> list[tuple[str, Sampling, set]]:
+    """[(pedit.json entry, Sampling, the fields the folder sets for it)] for every sampler a model folder
+    can resolve: "sampling", and each task's "sampling_by_task" block laid over it (sampling_for); what a
+    backend checks once at load (pedit.edit.options.check_folder_samplers)."""
+    base = set(meta.get("sampling", {}))
+    return [("sampling", sampling_for(meta), base)] + [
+        (f"sampling_by_task.{task}", sampling_for(meta, task), base | set(entry))
+        for task, entry in meta.get("sampling_by_task", {}).items()]
