@@ -10,10 +10,10 @@ from huggingface_hub import ModelCard
 from pedit.cli import cli
 from pedit.model.card import RESULTS_END, RESULTS_START, render_card, update_results
 from pedit.model.loading import model_path
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORTS = {"toon": "docs/results/toon-eval-sampling-teacher/report.json",
-           "toon-fast": "docs/results/toon-eval-wide-refiners/report.json"}
+REPORTS = {use_as: report for _, use_as, report in load_script("write_bundled_cards").BUNDLED}  # the cards' reports
 
 
 def _report(psnr: float = 21.5) -> dict:
