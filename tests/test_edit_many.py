@@ -13,21 +13,15 @@ from PIL import Image
 from pedit.edit.editor import EditOptions
 from pedit.edit.mask import MaskConfig
 from pedit.errors import PeditError
+from conftest import counting_calls
 
 EXPRESSIONS = ["angry", "shocked", "laughing", "crying"]  # one p_a ("... neutral expression")
 ENV = {"COLUMNS": "1000", "PEDIT_DEBUG": None}
 
 
-def _counting(editor):
-    calls = []
-    inner = editor.denoise
-    editor.denoise = lambda z, t, c: calls.append(z.shape[0]) or inner(z, t, c)
-    return calls, inner
-
-
 def test_edit_many_gives_the_bytes_of_separate_edits_and_shares_the_mask_rows(editor, portrait):
     options = EditOptions(steps=3, seed=5, mask=MaskConfig(n_noise=3))
-    calls, inner = _counting(editor)
+    calls, inner = counting_calls(editor)
     try:
         separate = [editor.edit(portrait, d, options) for d in EXPRESSIONS]
         assert calls == [6, 5, 5, 5] * 4  # each: 2 rows x 3 draws, then 5 rows a step
@@ -66,7 +60,7 @@ def test_directions_with_their_own_mask_settings_still_match_separate_edits(edit
     ([], "non-empty list"),
 ])
 def test_bad_direction_lists_fail_before_any_unet_call(editor, portrait, names, message):
-    calls, inner = _counting(editor)
+    calls, inner = counting_calls(editor)
     try:
         with pytest.raises(PeditError, match=message):
             editor.edit_many(portrait, names, EditOptions(steps=2))

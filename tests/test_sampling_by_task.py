@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import same_edit
+from conftest import counting_calls, same_edit
 
 from pedit.data.pairs import square_rgb
 from pedit.edit.editor import EditOptions, Editor
@@ -59,16 +59,9 @@ def test_a_directions_task_decides_its_sampler_and_a_callers_setting_wins(task_e
     assert (kept.steps, kept.guidance_interval) == (5, (0.2, 0.8))  # only what is set wins
 
 
-def _counting(editor):
-    calls = []
-    inner = editor.denoise
-    editor.denoise = lambda z, t, c: calls.append(z.shape[0]) or inner(z, t, c)
-    return calls, inner
-
-
 def test_directions_of_two_samplers_are_two_jobs_with_the_bytes_of_separate_edits(task_editor, portrait):
     names = ["angry", "royal", "shocked"]  # two expressions (one sampler) around a costume (another)
-    calls, inner = _counting(task_editor)
+    calls, inner = counting_calls(task_editor)
     steps = []
     try:
         separate = [task_editor.edit(portrait, d, seed=4) for d in names]
