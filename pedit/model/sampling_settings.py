@@ -185,8 +185,6 @@ def check_sampling_settings(meta: dict, where) -> None:
     from pedit.validate import check_names
 
     settings = meta.get("sampling", {})
-    if not isinstance(settings, dict) or set(settings) - set(SETTABLE):
-        raise ValueError(f"{where}: \"sampling\" may only set {', '.join(SETTABLE)}.")
     by_task = meta.get("sampling_by_task", {})
     if not isinstance(by_task, dict):
         raise ValueError(f"{where}: \"sampling_by_task\" must map task names to sampling settings, got "
