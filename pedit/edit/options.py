@@ -98,13 +98,14 @@ def sampler_key(options: EditOptions) -> tuple:
     return tuple(getattr(options, name) for name in SAMPLER_FIELDS)
 
 
-def sampler_groups(options: list) -> list[list[int]]:
-    """The directions' indices grouped by sampler (sampler_key), each group in the given order and the
-    groups in order of their first direction: one EditJob per group (pedit.edit.job.jobs_by_sampler).
+def sampler_groups(options: list, key=sampler_key) -> list[list[int]]:
+    """The directions' indices grouped by sampler (`key` of each: sampler_key of EditOptions; eval passes
+    Sampling objects, their own key), each group in the given order and the groups in order of their first
+    direction: one EditJob per group (pedit.edit.job.jobs_by_sampler), one run per group in eval.
     A model folder's "sampling_by_task" gives an expression and a costume different samplers."""
-    groups: dict[tuple, list[int]] = {}
+    groups: dict = {}
     for i, o in enumerate(options):
-        groups.setdefault(sampler_key(o), []).append(i)
+        groups.setdefault(key(o), []).append(i)
     return list(groups.values())
 
 

@@ -220,12 +220,12 @@ def run_method_by_sampler(editor, method: str, cond, samplers: list, seed: int, 
     batch_seed(seed, start)); each further sampler's pairs draw their noise from batch_seed(seed,
     start + its first pair's index in the batch)."""
     from pedit.edit.guidance import GuidanceScales
+    from pedit.edit.options import sampler_groups
 
-    groups: dict = {}
-    for i, s in enumerate(samplers):
-        groups.setdefault(s, []).append(i)
+    groups = sampler_groups(samplers, key=lambda s: s)
     parts = []
-    for s, ix in groups.items():
+    for ix in groups:
+        s = samplers[ix[0]]
         sub = cond if len(groups) == 1 else _rows(cond, ix)
         scales = GuidanceScales(s.s_s, s.s_im, s.s_p)
         parts.append((ix, run_method(editor, method, sub, s.steps, scales, batch_seed(seed, start + ix[0]),

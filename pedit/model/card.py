@@ -116,10 +116,13 @@ def _training_lines(meta: dict) -> list[str]:
     return lines
 
 
-def _sampler_words(s: dict, draws) -> str:
+def _sampler_words(s: dict, draws=None) -> str:
+    """A sampler ("sampling" fields) in words, with its mask draws where given: the sampling defaults and the
+    measured results of a card phrase it alike."""
     interval = s.get("guidance_interval")
     guided = f"guided on noise levels {interval[0]:g}–{interval[1]:g}" if interval else "every step guided"
-    return f"`{s.get('scheduler', 'ddim')}`, {s.get('steps', 20)} steps, {guided}, {draws} mask draws"
+    words = f"`{s.get('scheduler', 'ddim')}`, {s.get('steps', 20)} steps, {guided}"
+    return words if draws is None else f"{words}, {draws} mask draws"
 
 
 def _sampling_line(meta: dict) -> str:
@@ -158,12 +161,6 @@ def card_body(name: str, meta: dict, use_as: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _report_sampler(sampling: dict) -> str:
-    interval = sampling.get("guidance_interval")
-    return (f"{sampling.get('scheduler', 'ddim')}, {sampling.get('steps')} steps, "
-            f"{'guided on ' + '–'.join(f'{v:g}' for v in interval) if interval else 'every step guided'}")
-
-
 def results_block(report: dict | None) -> str:
     """The results block: the "ours" row of a `pedit eval --pairs` report, or "not evaluated yet"."""
     if report is None:
@@ -176,7 +173,7 @@ def results_block(report: dict | None) -> str:
                                                           "steps": cfg.get("steps") or 20}
     by_task = report.get("sampling", {}).get("ours_by_task") or {"": sampling}  # a sampler per task, or one
     seed = (cfg.get("sampling") or {}).get("seed", cfg.get("seed"))  # the settings object, or an older flat config
-    how = (f"{'; '.join((f'{t}s: ' if t else '') + _report_sampler(s) for t, s in sorted(by_task.items()))}, "
+    how = (f"{'; '.join((f'{t}s: ' if t else '') + _sampler_words(s) for t, s in sorted(by_task.items()))}, "
            f"seed {seed}, {cfg.get('precision', 'fp32')} on {cfg.get('device', 'cpu')}")
     table = ["| metric | value |", "|---|---|"]
     table += [f"| {shown} | {ours[key]:.3f} |" for key, _, shown in METRICS if isinstance(ours.get(key), (int, float))]
