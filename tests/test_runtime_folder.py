@@ -48,9 +48,11 @@ def test_export_writes_the_runtime_files_and_records_them(exported):
     from pedit.export.pipeline import read_manifest
 
     runtime = read_manifest(exported)["runtime"]
-    # the bundled model's learned mask refiners (pedit.json "mask_by_task": each task's "refiner") travel with it
+    # the bundled model's learned mask refiners travel with it: each task's "refiner" ("mask_by_task") and the
+    # wide ones flower, royal and angry blend with ("mask_by_direction")
     assert set(runtime["files"]) == {"tokenizer.json", "runtime.npz", "model.json", "mask_refiner.npz",
-                                     "mask_refiner_expression.npz"}
+                                     "mask_refiner_expression.npz", "mask_refiner_costume_wide.npz",
+                                     "mask_refiner_expression_wide.npz"}
     for name, rec in runtime["files"].items():
         import hashlib
 
