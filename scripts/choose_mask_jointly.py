@@ -138,10 +138,17 @@ def replay(cands, settings_by_direction) -> dict:
 
 
 def write(folder: Path, meta: dict, chosen: dict, record: str) -> None:
+    """The chosen settings into the folder's "mask_by_direction" (a refiner given as a path is copied into the
+    folder under its file name) and `record` appended to its "mask_refiner"."""
+    import shutil
+
     by_dir = meta.setdefault("mask_by_direction", {})
     for direction, settings in chosen.items():
         if settings is not None:
-            by_dir[direction] = {"refine": "learned", **settings}
+            name = Path(settings["refiner"]).name
+            if name != settings["refiner"]:
+                shutil.copyfile(settings["refiner"], folder / name)
+            by_dir[direction] = {"refine": "learned", **settings, "refiner": name}
     meta["mask_refiner"] = meta.get("mask_refiner", "") + " | " + record
     (folder / "pedit.json").write_text(json.dumps(meta, indent=2))
 
@@ -150,7 +157,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--model", default="toon-fast")
     ap.add_argument("--val", required=True, help="cache(s) of training pairs no listed refiner was fitted on")
-    ap.add_argument("--refiners", action="append", required=True, help="TASK=FILE[,FILE...]: refiner files in the folder")
+    ap.add_argument("--refiners", action="append", required=True, help="TASK=FILE[,FILE...]: refiner files in the folder, or paths (copied in by --write)")
     ap.add_argument("--out-floor", type=float, default=38.0)
     ap.add_argument("--margin", type=float, default=0.5, help="dB added to every floor on the training pairs")
     ap.add_argument("--floor", action="append", default=[], help="TASK=DB: each direction of the task at least DB outside")

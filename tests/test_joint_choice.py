@@ -98,3 +98,23 @@ def test_sums_match_the_tuning_tally():
     assert got.psnr_out == pytest.approx(want["psnr_outside_mask"], rel=1e-12)
     assert got.iou / got.pairs == pytest.approx(want["mask_iou"], rel=1e-12)
     assert psnr(0.0, 3) == float("inf")
+
+
+def test_the_scripts_batched_weight_is_weight_from_exactly():
+    import importlib.util
+    from pathlib import Path
+
+    from pedit.edit.pixel_mask import weight_from
+
+    spec = importlib.util.spec_from_file_location("choose_mask_jointly",
+                                                  Path(__file__).parent.parent / "scripts" / "choose_mask_jointly.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(1)
+    p = rng.random((3, 24, 24)).astype(np.float32)
+    change = rng.uniform(0, 64, (3, 24, 24))
+    for t, band, feather, gate in [(0.5, 0.1, 1.0, 16.0), (0.3, 0.2, 0.5, 0.0), (0.9, 0.0, 0.0, 32.0)]:
+        got = mod.weights_at(p, change, t, band, feather, gate)
+        want = np.stack([weight_from(p[i].astype(np.float64), change[i] if gate else None, t, band, gate, feather)
+                         for i in range(3)])
+        assert np.array_equal(got, want)
