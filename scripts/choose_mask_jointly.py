@@ -66,7 +66,7 @@ def candidates(d, current, probs: dict, refiners: dict, log):
     import itertools
 
     from pedit.edit.pixel_mask import colour_change
-    from pedit.eval.joint_choice import sums_of
+    from pedit.eval.joint_choice import PairSet
 
     out = {}
     for direction in sorted(set(map(str, d["direction"]))):
@@ -74,11 +74,12 @@ def candidates(d, current, probs: dict, refiners: dict, log):
         task = str(d["task"][idx[0]])
         x_A, raw, x_B, true = (d[k][idx] for k in ("x_A", "raw", "x_B", "true"))
         change = np.stack([colour_change(raw[i], x_A[i]) for i in range(len(idx))])
-        sums, settings = [sums_of(x_A, raw, x_B, true, current[idx])], [None]
+        pairs = PairSet(x_A, raw, x_B, true)
+        sums, settings = [pairs.sums(current[idx])], [None]
         for name in refiners.get(task, ()):
             for values in itertools.product(*GRID.values()):
                 s = dict(zip(GRID, values))
-                sums.append(sums_of(x_A, raw, x_B, true, weights_at(probs[name][idx], change, **s)))
+                sums.append(pairs.sums(weights_at(probs[name][idx], change, **s)))
                 settings.append({"refiner": name, **s})
         log(f"{direction}: {len(sums)} candidates on {len(idx)} pairs")
         out[direction] = (sums, settings)

@@ -44,21 +44,37 @@ def psnr(sq: float, n: float) -> float:
     return float("inf") if sq <= 0 else 10 * math.log10(255.0**2 * n / sq)
 
 
+class PairSet:
+    """One direction's pairs, prepared once for scoring many blend weights (`sums`): x_A, raw, x_B (N, R, R, 3)
+    uint8 input, decoded edit and target; true (N, R, R) bool."""
+
+    def __init__(self, x_A: np.ndarray, raw: np.ndarray, x_B: np.ndarray, true: np.ndarray):
+        self.x_A, self.raw = x_A.astype(np.float32), raw.astype(np.float32)
+        self.x_B, self.true = x_B.astype(np.float32), np.asarray(true, dtype=bool)
+        self.base = ((self.x_A - self.x_B) ** 2).sum(-1, dtype=np.float64)  # the input's error, where the weight is 0
+        self.base_in, self.base_out = float(self.base[self.true].sum()), float(self.base[~self.true].sum())
+        self.n_true = int(self.true.sum())
+
+    def sums(self, weights: np.ndarray) -> Sums:
+        """The Sums of blend weights (N, R, R) (pedit.edit.mask.composite: the input's bytes where the weight is
+        0; the IoU of weight >= 0.5, as `pedit eval` and pedit.eval.pixel_tuning.Tally score it)."""
+        at = np.nonzero(weights > 0)
+        w = weights[at].astype(np.float32)[:, None]
+        blend = np.rint(self.x_A[at] * (1 - w) + self.raw[at] * w)
+        delta = ((blend - self.x_B[at]) ** 2).sum(-1, dtype=np.float64) - self.base[at]
+        inside = self.true[at]
+        pred = weights >= 0.5
+        inter = np.logical_and(pred, self.true).sum((1, 2))
+        union = np.logical_or(pred, self.true).sum((1, 2))
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        return Sums(iou=float(iou.sum()), pairs=len(weights), sq_in=self.base_in + float(delta[inside].sum()),
+                    n_in=3 * self.n_true, sq_out=self.base_out + float(delta[~inside].sum()),
+                    n_out=3 * (self.true.size - self.n_true))
+
+
 def sums_of(x_A: np.ndarray, raw: np.ndarray, x_B: np.ndarray, true: np.ndarray, weights: np.ndarray) -> Sums:
-    """The Sums of one setting over pairs: x_A, raw, x_B (N, R, R, 3) uint8 input, decoded edit and target;
-    true (N, R, R) bool; weights (N, R, R) blend weights (pedit.edit.mask.composite, all pairs at once;
-    the IoU of weight >= 0.5, as `pedit eval` and pedit.eval.pixel_tuning.Tally score it)."""
-    w = weights[..., None].astype(np.float32)
-    blend = np.rint(x_A.astype(np.float32) * (1 - w) + raw.astype(np.float32) * w).astype(np.uint8)
-    out = np.where(w > 0, blend, x_A)
-    err = ((out.astype(np.float64) - x_B.astype(np.float64)) ** 2).sum(-1)
-    pred = weights >= 0.5
-    inter = np.logical_and(pred, true).sum((1, 2))
-    union = np.logical_or(pred, true).sum((1, 2))
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    n_true = int(true.sum())
-    return Sums(iou=float(iou.sum()), pairs=len(x_A), sq_in=float(err[true].sum()), n_in=3 * n_true,
-                sq_out=float(err[~true].sum()), n_out=3 * (true.size - n_true))
+    """The Sums of one setting's blend weights (N, R, R) over pairs (PairSet.sums)."""
+    return PairSet(x_A, raw, x_B, true).sums(weights)
 
 
 def pooled(chosen: dict[str, Sums]) -> dict:
