@@ -213,18 +213,24 @@ def main():
     result["log"] = lines
     (out / "joint-choice.json").write_text(json.dumps(result, indent=1))
     if args.write:
-        chosen = {d: cands[d][1][i] for d, i in picks[args.rule].items()}
-        s = result[args.rule]["all"]
-        rule = ("the largest mean mask IoU over the pairs subject to the pooled PSNR outside the true region >= "
-                f"{args.out_floor + args.margin:g} dB (the target {args.out_floor:g} + a margin of {args.margin:g} dB), "
-                + "".join(f"each {t} >= {v + args.margin:g} dB outside, " for t, v in task_floor.items())
-                + "every direction no worse inside than the mask it had, chosen jointly over directions "
-                  "(pedit.eval.joint_choice)" if args.rule == "joint" else
-                "per direction the best mask IoU among those no worse inside and outside than the mask it had")
-        write(folder, meta, chosen, f"per-direction settings chosen by scripts/choose_mask_jointly.py on "
-              f"{len(val['x_A'])} exact pairs of training identities no refiner was fitted on (never on held-out ones): "
-              f"{rule}. All: {fmt(s)}; " + "; ".join(f"{d}: {fmt(result[args.rule][d])}" for d in cands))
-        log(f"wrote the {args.rule} choice into {folder / 'pedit.json'}")
+        write_choice(folder, meta, result, args, len(val["x_A"]))
+
+
+def write_choice(folder: Path, meta: dict, result: dict, args, n_val: int) -> None:
+    """The choice of args.rule in `result` (this script's joint-choice.json) into the folder, with its record."""
+    picked = {d: s["settings"] for d, s in result[args.rule].items() if d != "all"}
+    floors = "".join(f"each {t} direction >= {float(v) + args.margin:g} dB outside, "
+                     for t, v in (f.split("=", 1) for f in args.floor))
+    rule = ("the largest mean mask IoU over the pairs subject to the pooled PSNR outside the true region >= "
+            f"{args.out_floor + args.margin:g} dB (the target {args.out_floor:g} + a margin of {args.margin:g} dB), "
+            f"{floors}every direction no worse inside than the mask it had, chosen jointly over directions "
+            "(pedit.eval.joint_choice)" if args.rule == "joint" else
+            "per direction the best mask IoU among those no worse inside and outside than the mask it had")
+    write(folder, meta, picked, f"per-direction settings chosen by scripts/choose_mask_jointly.py on {n_val} exact "
+          f"pairs of training identities no refiner was fitted on (never on held-out ones): {rule}. All: "
+          f"{fmt(result[args.rule]['all'])} (before {fmt(result['current']['all'])}); "
+          + "; ".join(f"{d}: {fmt(s)}" for d, s in result[args.rule].items() if d != "all"))
+    print(f"wrote the {args.rule} choice into {folder / 'pedit.json'}")
 
 
 if __name__ == "__main__":
