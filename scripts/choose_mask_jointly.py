@@ -164,6 +164,8 @@ def main():
     ap.add_argument("--floor", action="append", default=[], help="TASK=DB: each direction of the task at least DB outside")
     ap.add_argument("--eval", help="cache of held-out pairs: scored only")
     ap.add_argument("--rule", choices=("joint", "plain"), default="joint", help="the choice --write writes")
+    ap.add_argument("--sweep", default="", help="more margins (comma-separated) whose joint choices are scored too "
+                    "(\"joint@MARGIN\" in the result; never written)")
     ap.add_argument("-o", "--out", required=True)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
@@ -191,13 +193,15 @@ def main():
         raise SystemExit("the --val cache holds evaluation identities: choose on training pairs only")
     cands = scored(val, meta, folder, refiners, log)
     task_of = {str(k): str(t) for k, t in zip(val["direction"], val["task"])}
-    floors = {d: task_floor[task_of[d]] + args.margin for d in cands if task_of[d] in task_floor}
-    picks = {"plain": plain_choice(cands),
-             "joint": choose_jointly({d: c[0] for d, c in cands.items()}, {d: 0 for d in cands},
-                                     args.out_floor + args.margin, floors)}
-    if picks["joint"] is None:
-        log("joint: no choice meets the floors; the current masks stay")
-        picks["joint"] = {d: 0 for d in cands}
+    picks = {"plain": plain_choice(cands)}
+    for margin in [args.margin, *(float(m) for m in args.sweep.split(",") if m)]:
+        floors = {d: task_floor[task_of[d]] + margin for d in cands if task_of[d] in task_floor}
+        key = "joint" if margin == args.margin and "joint" not in picks else f"joint@{margin:g}"
+        picks[key] = choose_jointly({d: c[0] for d, c in cands.items()}, {d: 0 for d in cands},
+                                    args.out_floor + margin, floors)
+        if picks[key] is None:
+            log(f"{key}: no choice meets the floors; the current masks stay")
+            picks[key] = {d: 0 for d in cands}
     result = {"args": vars(args), "grid": GRID, "current": summary(cands, {d: 0 for d in cands})}
     for rule, pick in picks.items():
         result[rule] = summary(cands, pick)
