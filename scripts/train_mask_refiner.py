@@ -188,7 +188,7 @@ def choose(val, p_val, current, log, by="task", rule="outside", slack=0.0, grid=
     return chosen
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--model", default="toon-fast")
     ap.add_argument("--train", required=True, help="cache(s) of training pairs, comma-separated (scripts/cache_mask_inputs.py)")
@@ -217,7 +217,11 @@ def main():
     ap.add_argument("--out-slack", type=float, default=0.0,
                     help="with --rule iou: the PSNR outside the true region may fall this many dB below the current mask's")
     ap.add_argument("--write", action="store_true", help="write the refiner and the chosen settings into the folder")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = parse_args()
 
     import torch
 
