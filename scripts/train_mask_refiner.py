@@ -99,6 +99,14 @@ def build_net(width, dilations, channels):
     return nn.Sequential(*layers)
 
 
+def soft_jaccard(p, y):
+    """1 - the soft IoU of probabilities p and truth y (N, 1, R, R), per image, averaged: the loss of the mean
+    mask IoU `pedit eval` reports (an image with an empty truth and an empty p counts as IoU 1)."""
+    inter = (p * y).sum((1, 2, 3))
+    union = (p + y - p * y).sum((1, 2, 3))
+    return (1 - (inter + 1.0) / (union + 1.0)).mean()
+
+
 def train(X, d, args, log):
     """The network fitted to the true region of the pairs `d` from their features X."""
     import torch
@@ -121,6 +129,8 @@ def train(X, d, args, log):
             if args.blend_loss > 0:
                 w = torch.sigmoid(logit)
                 loss = loss + args.blend_loss * 100 * ((w * RAW[idx] + (1 - w) * XA[idx] - XB[idx]) ** 2).mean()
+            if args.jaccard_loss > 0:
+                loss = loss + args.jaccard_loss * soft_jaccard(torch.sigmoid(logit), Y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -178,7 +188,7 @@ def choose(val, p_val, current, log, by="task", rule="outside", slack=0.0, grid=
     return chosen
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--model", default="toon-fast")
     ap.add_argument("--train", required=True, help="cache(s) of training pairs, comma-separated (scripts/cache_mask_inputs.py)")
@@ -191,6 +201,8 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--blend-loss", type=float, default=1.0)
+    ap.add_argument("--jaccard-loss", type=float, default=0.0,
+                    help="weight of a soft Jaccard loss (1 - soft IoU per image) beside the cross-entropy")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="mask_refiner.npz", help="the refiner's file name in the model folder")
     ap.add_argument("--task", help="train, choose and write for this task's pairs only (e.g. expression)")
@@ -205,7 +217,11 @@ def main():
     ap.add_argument("--out-slack", type=float, default=0.0,
                     help="with --rule iou: the PSNR outside the true region may fall this many dB below the current mask's")
     ap.add_argument("--write", action="store_true", help="write the refiner and the chosen settings into the folder")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = parse_args()
 
     import torch
 

@@ -1,0 +1,120 @@
+"""pedit.eval.joint_choice: the constrained choice of mask settings over directions, against brute force, and
+its vectorised scores against pedit.eval.pixel_tuning.Tally."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pedit.eval.joint_choice import Sums, admissible, choose_jointly, hull_slopes, pooled, psnr, sums_of
+
+
+def random_candidates(rng, directions=3, per=5):
+    out = {}
+    for d in range(directions):
+        out[f"d{d}"] = [Sums(iou=float(rng.uniform(0, 10)), pairs=10, sq_in=float(rng.uniform(1e6, 2e6)), n_in=30000,
+                             sq_out=float(rng.uniform(1e3, 1e5)), n_out=300000) for _ in range(per)]
+    return out
+
+
+def brute_force(cands, current, floor, floors):
+    """Every admissible combination: (summed IoU, summed error outside, pooled outside PSNR, indices)."""
+    names = sorted(cands)
+    options = [admissible(cands[d], current[d], floors.get(d)) for d in names]
+    rows = []
+    for combo in itertools.product(*options):
+        chosen = {d: cands[d][i] for d, i in zip(names, combo)}
+        rows.append((sum(c.iou for c in chosen.values()), sum(c.sq_out for c in chosen.values()),
+                     pooled(chosen)["psnr_outside_mask"], dict(zip(names, combo))))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_choice_is_feasible_and_no_combination_of_no_more_error_beats_it(seed):
+    rng = np.random.default_rng(seed)
+    cands = random_candidates(rng)
+    current = {d: 0 for d in cands}
+    rows = brute_force(cands, current, 0.0, {})
+    floor = float(np.median([r[2] for r in rows]))  # about half of the combinations meet it
+    pick = choose_jointly(cands, current, floor)
+    assert pick is not None
+    chosen = {d: cands[d][i] for d, i in pick.items()}
+    assert pooled(chosen)["psnr_outside_mask"] >= floor
+    iou, sq = sum(c.iou for c in chosen.values()), sum(c.sq_out for c in chosen.values())
+    assert all(r[0] <= iou + 1e-9 for r in rows if r[1] <= sq)
+    assert all(cands[d][i].psnr_in >= cands[d][0].psnr_in for d, i in pick.items())
+    # the choice is on the hull: it reaches at least the IoU of the best feasible combination on some multiplier
+    best_feasible = max(r[0] for r in rows if r[2] >= floor)
+    assert iou <= best_feasible + 1e-9
+
+
+def test_loose_floor_takes_each_directions_best_iou_and_tight_floor_none():
+    rng = np.random.default_rng(0)
+    cands = random_candidates(rng)
+    current = {d: 0 for d in cands}
+    pick = choose_jointly(cands, current, 0.0)
+    for d, i in pick.items():
+        ok = admissible(cands[d], 0, None)
+        assert cands[d][i].iou == max(cands[d][j].iou for j in ok)
+    assert choose_jointly(cands, current, 99.0) is None
+
+
+def test_direction_floor_and_inside_are_respected():
+    worse_in = Sums(iou=9.0, pairs=10, sq_in=9e6, n_in=30000, sq_out=10.0, n_out=300000)  # best IoU, worse inside
+    low_out = Sums(iou=8.0, pairs=10, sq_in=1e6, n_in=30000, sq_out=1e7, n_out=300000)  # below a 35 dB floor
+    now = Sums(iou=1.0, pairs=10, sq_in=1e6, n_in=30000, sq_out=1e5, n_out=300000)
+    good = Sums(iou=2.0, pairs=10, sq_in=1e6, n_in=30000, sq_out=2e5, n_out=300000)
+    assert low_out.psnr_out < 35 < good.psnr_out
+    pick = choose_jointly({"a": [now, worse_in, low_out, good]}, {"a": 0}, 0.0, {"a": 35.0})
+    assert pick == {"a": 3}
+    assert choose_jointly({"a": [now, worse_in, low_out, good]}, {"a": 0}, 0.0) == {"a": 2}
+
+
+def test_hull_slopes_decrease():
+    iou = np.array([0.0, 1.0, 1.5, 1.6, 0.5, 3.0])
+    sq = np.array([0.0, 1.0, 2.0, 4.0, 3.0, 10.0])
+    s = hull_slopes(iou, sq)
+    assert s == sorted(s, reverse=True) and len(s) >= 2
+    assert s[0] == pytest.approx(1.0)
+
+
+def test_sums_match_the_tuning_tally():
+    from pedit.edit.mask import composite
+    from pedit.eval.ground_truth import edge_band
+    from pedit.eval.pixel_tuning import Tally
+
+    rng = np.random.default_rng(3)
+    n, r = 4, 16
+    x_A, raw, x_B = (rng.integers(0, 256, (n, r, r, 3), dtype=np.uint8) for _ in range(3))
+    true = rng.random((n, r, r)) < 0.3
+    weights = np.clip(rng.normal(0.5, 0.4, (n, r, r)), 0, 1).astype(np.float32)
+    weights[weights < 0.2] = 0.0
+    tally = Tally()
+    for i in range(n):
+        tally.add(composite(x_A[i], raw[i], weights[i]), x_B[i].astype(np.float64), true[i], edge_band(true[i]), weights[i])
+    want = tally.summary()
+    got = sums_of(x_A, raw, x_B, true, weights)
+    assert got.psnr_in == pytest.approx(want["psnr_in_mask"], rel=1e-12)
+    assert got.psnr_out == pytest.approx(want["psnr_outside_mask"], rel=1e-12)
+    assert got.iou / got.pairs == pytest.approx(want["mask_iou"], rel=1e-12)
+    assert psnr(0.0, 3) == float("inf")
+
+
+def test_the_scripts_batched_weight_is_weight_from_exactly():
+    import importlib.util
+    from pathlib import Path
+
+    from pedit.edit.pixel_mask import weight_from
+
+    spec = importlib.util.spec_from_file_location("choose_mask_jointly",
+                                                  Path(__file__).parent.parent / "scripts" / "choose_mask_jointly.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(1)
+    p = rng.random((3, 24, 24)).astype(np.float32)
+    change = rng.uniform(0, 64, (3, 24, 24))
+    for t, band, feather, gate in [(0.5, 0.1, 1.0, 16.0), (0.3, 0.2, 0.5, 0.0), (0.9, 0.0, 0.0, 32.0)]:
+        got = mod.weights_at(p, change, t, band, feather, gate)
+        want = np.stack([weight_from(p[i].astype(np.float64), change[i] if gate else None, t, band, gate, feather)
+                         for i in range(3)])
+        assert np.array_equal(got, want)
