@@ -12,7 +12,7 @@ from pedit.model.card import CARD_FILE, read_card, render_card
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = (  # folder, what -m takes, the held-out report of its "ours" row (tests/test_model_card.py reads these)
-    ("pedit/assets/toon-model", "toon", "docs/results/toon-eval-teacher-24-rows/report.json"),
+    ("pedit/assets/toon-model", "toon", "docs/results/toon-eval-teacher-joint/report.json"),
     ("pedit/assets/toon-model-fast", "toon-fast", "docs/results/toon-eval-joint-choice/report.json"),
 )
 
