@@ -171,26 +171,14 @@ def main():
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from train_mask_refiner import load
+    from train_mask_refiner import load, start_run, training_cache
 
     from pedit.eval.joint_choice import choose_jointly
-    from pedit.model.loading import model_path
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
-
-    def log(s):
-        print(s, flush=True)
-        lines.append(s)
-
-    folder = model_path(args.model)
-    meta = json.loads((folder / "pedit.json").read_text())
+    out, log, lines, folder, meta = start_run(args.model, args.out)
     refiners = {t: f.split(",") for t, f in (r.split("=", 1) for r in args.refiners)}
     task_floor = {t: float(v) for t, v in (f.split("=", 1) for f in args.floor)}
-    val = load(args.val)
-    if bool(val.get("held_out", np.array(False))):
-        raise SystemExit("the --val cache holds evaluation identities: choose on training pairs only")
+    val = training_cache(args.val, "the --val cache")
     cands = scored(val, meta, folder, refiners, log)
     task_of = {str(k): str(t) for k, t in zip(val["direction"], val["task"])}
     picks = {"plain": plain_choice(cands)}

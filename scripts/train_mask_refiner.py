@@ -40,6 +40,30 @@ def load(paths):
                 else np.concatenate([p[k] for p in parts])) for k in keys}
 
 
+def training_cache(paths, what="the training cache"):
+    """load(paths), refused (SystemExit) when it holds evaluation identities: choices are made on training pairs."""
+    d = load(paths)
+    if d.get("held_out", np.array(False)).any():
+        raise SystemExit(f"{what} holds evaluation identities: make it from training pairs only")
+    return d
+
+
+def start_run(model, out_dir):
+    """(out folder, made; log, which prints a line and keeps it; the kept lines; the model folder; its pedit.json)."""
+    from pedit.model.loading import model_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+
+    def log(s):
+        print(s, flush=True)
+        lines.append(s)
+
+    folder = model_path(model)
+    return out, log, lines, folder, json.loads((folder / "pedit.json").read_text())
+
+
 def subset(d, idx):
     return {k: v[idx] if v.ndim else v for k, v in d.items()}
 
@@ -225,26 +249,14 @@ def main():
 
     import torch
 
-    from pedit.model.loading import model_path
     from pedit.edit.learned_mask import probability
     from pedit.model.mask_refiner import FEATURES, load_refiner, save_refiner
 
     torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
-
-    def log(s):
-        print(s, flush=True)
-        lines.append(s)
-
-    folder = model_path(args.model)
-    meta = json.loads((folder / "pedit.json").read_text())
-    tr = load(args.train)
+    out, log, lines, folder, meta = start_run(args.model, args.out)
+    tr = training_cache(args.train)
     if args.task:
         tr = subset(tr, np.where(tr["task"] == args.task)[0])
-    if tr.get("held_out", np.array(False)).any():
-        raise SystemExit("the training cache holds evaluation identities: make it from training pairs only")
     n_fit = len(tr["x_A"]) - args.val
     fit, val = subset(tr, slice(0, n_fit)), subset(tr, slice(n_fit, None))
     if args.from_file:

@@ -262,3 +262,37 @@ def test_a_student_distilled_from_a_teacher_with_a_refiner_falls_back_to_the_pix
         assert {k: v for k, v in kept["mask_by_task"][task].items() if k != "refine"} == \
             {k: v for k, v in settings.items() if k != "refine" and not k.startswith("refiner")}
     assert refiner_files(teacher) and refiner_files(kept) == []
+
+
+def test_the_refiner_cache_keeps_the_recently_used_files_and_is_shared_by_threads(tmp_path, monkeypatch):
+    """load_refiner's cache drops the least recently used file, not the first one read, and many threads
+    loading a rotating set of files (a server's edits, more files than the cache holds) all get their own
+    file's refiner, with no error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pedit.model import mask_refiner as mr
+
+    monkeypatch.setattr(mr, "_CACHE", type(mr._CACHE)())
+    monkeypatch.setattr(mr, "CACHE_SIZE", 3)
+    paths = []
+    for i in range(5):
+        save_refiner(tmp_path / f"r{i}.npz", 32, _net(seed=i)[1])
+        paths.append(tmp_path / f"r{i}.npz")
+    first = load_refiner(paths[0], 32)
+    load_refiner(paths[1], 32)
+    load_refiner(paths[2], 32)
+    assert load_refiner(paths[0], 32) is first  # used again: now the most recent
+    load_refiner(paths[3], 32)  # evicts r1, the least recently used
+    assert load_refiner(paths[0], 32) is first
+    assert len(mr._CACHE) == 3 and not any(str(paths[1].resolve()) == k[0] for k in mr._CACHE)
+
+    expected = [_net(seed=i)[1][0][0] for i in range(5)]
+
+    def load(n):
+        i = n % 5
+        return i, load_refiner(paths[i], 32)
+
+    with ThreadPoolExecutor(8) as pool:
+        for i, refiner in pool.map(load, range(400)):
+            np.testing.assert_array_equal(refiner.layers[0][0], expected[i])
+    assert len(mr._CACHE) <= 3

@@ -11,6 +11,8 @@ that do not chain) is one ModelError when it loads.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,9 @@ def save_refiner(path, resolution: int, layers, features=FEATURES) -> None:
         np.savez(f, **arrays)
 
 
-_CACHE: dict = {}
+_CACHE: OrderedDict = OrderedDict()  # least recently used first
+_CACHE_LOCK = threading.Lock()
+CACHE_SIZE = 32  # refiner files kept loaded (about 50 KB each): every direction of a few models in one process
 
 
 def load_refiner(path, resolution: int) -> Refiner:
@@ -64,11 +68,18 @@ def load_refiner(path, resolution: int) -> Refiner:
         raise ModelError(f"The mask refiner {path} does not exist; the model folder's mask settings name it "
                          f"(\"refiner\").") from None
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, int(resolution))
-    if key not in _CACHE:
-        if len(_CACHE) >= 8:  # a few models' refiners (a process may hold several); memory stays bounded
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _read(path, int(resolution))
-    return _CACHE[key]
+    with _CACHE_LOCK:  # edits on several threads (the app, a server's instances) share it
+        refiner = _CACHE.get(key)
+        if refiner is not None:
+            _CACHE.move_to_end(key)
+            return refiner
+    refiner = _read(path, int(resolution))  # outside the lock: a slow read never holds up cached edits
+    with _CACHE_LOCK:
+        _CACHE[key] = refiner
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return refiner
 
 
 def _read(path: Path, resolution: int) -> Refiner:
