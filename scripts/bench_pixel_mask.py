@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
+import sys
 import time
 
 
@@ -77,9 +79,10 @@ def main() -> None:
             med["pixel_share_of_edit"] += med["reconstruction_decode_ms"] / med["edit_ms"]
         med["refine"] = options.mask.refine
         out[name] = med
-        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in med.items()}), flush=True)
+        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in med.items()}),
+              file=sys.stderr, flush=True)  # progress; stdout is the JSON alone (`> result.json`)
     print(json.dumps({"model": str(editor.model.path), "reps": args.reps, "threads": torch.get_num_threads(),
-                      "results": out}, indent=2))
+                      "load_average_1_5_15_min": [round(v, 2) for v in os.getloadavg()], "results": out}, indent=2))
 
 
 if __name__ == "__main__":

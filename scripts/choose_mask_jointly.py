@@ -12,7 +12,7 @@ feather, change gate). Two rules are scored:
 
 - plain: per direction, the best mask IoU among the candidates no worse inside and outside the true region
   than the current mask (scripts/train_mask_refiner.py --by direction --rule iou);
-- joint (pedit.eval.joint_choice.choose_jointly): the largest mean IoU over all the pairs subject to the
+- joint (pedit.eval.joint_choice.choose_jointly): the largest mean IoU on the trade-off's hull (a Lagrangian sweep) over all the pairs subject to the
   pooled PSNR outside >= --out-floor + --margin, each direction of a --floor task >= that floor + --margin
   outside, and each direction no worse inside than its current mask.
 
@@ -143,13 +143,20 @@ def write(folder: Path, meta: dict, chosen: dict, record: str) -> None:
     folder under its file name) and `record` appended to its "mask_refiner"."""
     import shutil
 
+    copies = {Path(s["refiner"]): folder / Path(s["refiner"]).name for s in chosen.values()
+              if s is not None and Path(s["refiner"]).name != s["refiner"]}
+    for source, target in copies.items():  # every check before anything is written
+        if target.exists() and target.read_bytes() != source.read_bytes():
+            raise SystemExit(f"{target} exists and differs from {source} (other directions may use it): rename the "
+                             "new refiner; nothing written")
+    for source, target in copies.items():
+        shutil.copyfile(source, target)
     by_dir = meta.setdefault("mask_by_direction", {})
     for direction, settings in chosen.items():
         if settings is not None:
             name = Path(settings["refiner"]).name
-            if name != settings["refiner"]:
-                shutil.copyfile(settings["refiner"], folder / name)
-            by_dir[direction] = {"refine": "learned", **settings, "refiner": name}
+            # the refiner's fields only: the direction's other keys (its latent mask's) made the scored inputs
+            by_dir[direction] = {**by_dir.get(direction, {}), "refine": "learned", **settings, "refiner": name}
     meta["mask_refiner"] = meta.get("mask_refiner", "") + " | " + record
     (folder / "pedit.json").write_text(json.dumps(meta, indent=2))
 
@@ -189,6 +196,8 @@ def main():
                                     args.out_floor + margin, floors)
         if picks[key] is None:
             log(f"{key}: no choice meets the floors; the current masks stay")
+            if key == args.rule and args.write:
+                raise SystemExit(f"no {key} choice meets the floors on these pairs: nothing written")
             picks[key] = {d: 0 for d in cands}
     result = {"args": vars(args), "grid": GRID, "current": summary(cands, {d: 0 for d in cands})}
     for rule, pick in picks.items():
@@ -213,7 +222,7 @@ def write_choice(folder: Path, meta: dict, result: dict, args, n_val: int) -> No
     picked = {d: s["settings"] for d, s in result[args.rule].items() if d != "all"}
     floors = "".join(f"each {t} direction >= {float(v) + args.margin:g} dB outside, "
                      for t, v in (f.split("=", 1) for f in args.floor))
-    rule = ("the largest mean mask IoU over the pairs subject to the pooled PSNR outside the true region >= "
+    rule = ("the largest mean mask IoU on the trade-off's hull (a Lagrangian sweep) subject to the pooled PSNR outside the true region >= "
             f"{args.out_floor + args.margin:g} dB (the target {args.out_floor:g} + a margin of {args.margin:g} dB), "
             f"{floors}every direction no worse inside than the mask it had, chosen jointly over directions "
             "(pedit.eval.joint_choice)" if args.rule == "joint" else

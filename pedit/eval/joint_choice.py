@@ -1,5 +1,5 @@
 """The constrained choice of mask settings over directions (scripts/choose_mask_jointly.py): one candidate
-setting per direction, chosen together for the largest mean mask IoU over the pairs subject to floors on
+setting per direction, chosen together for the largest mean mask IoU on the trade-off's hull subject to floors on
 preservation: the PSNR outside the true region pooled over every direction's pairs, optionally each
 direction's own PSNR outside (the expressions'), and each direction's PSNR inside no worse than its current
 setting's.
