@@ -171,6 +171,9 @@ def main():
     ap.add_argument("--floor", action="append", default=[], help="TASK=DB: each direction of the task at least DB outside")
     ap.add_argument("--eval", help="cache of held-out pairs: scored only")
     ap.add_argument("--rule", choices=("joint", "plain"), default="joint", help="the choice --write writes")
+    ap.add_argument("--solver", choices=("hull", "exact"), default="hull",
+                    help="the joint rule's solver: hull (the Lagrangian sweep, the bundled folders' choice) or exact "
+                         "(pedit.eval.joint_choice.choose_exactly); the other is scored beside it")
     ap.add_argument("--sweep", default="", help="more margins (comma-separated) whose joint choices are scored too "
                     "(\"joint@MARGIN\" in the result; never written)")
     ap.add_argument("-o", "--out", required=True)
@@ -180,7 +183,7 @@ def main():
     sys.path.insert(0, str(Path(__file__).parent))
     from train_mask_refiner import load, start_run, training_cache
 
-    from pedit.eval.joint_choice import choose_jointly
+    from pedit.eval.joint_choice import choose_exactly, choose_jointly
 
     out, log, lines, folder, meta = start_run(args.model, args.out)
     refiners = {t: f.split(",") for t, f in (r.split("=", 1) for r in args.refiners)}
@@ -194,11 +197,16 @@ def main():
         key = "joint" if margin == args.margin and "joint" not in picks else f"joint@{margin:g}"
         picks[key] = choose_jointly({d: c[0] for d, c in cands.items()}, {d: 0 for d in cands},
                                     args.out_floor + margin, floors)
-        if picks[key] is None:
-            log(f"{key}: no choice meets the floors; the current masks stay")
-            if key == args.rule and args.write:
-                raise SystemExit(f"no {key} choice meets the floors on these pairs: nothing written")
-            picks[key] = {d: 0 for d in cands}
+        if key == "joint":  # the exact solution beside it (choose_exactly), scored, written with --solver exact
+            picks["joint-exact"] = choose_exactly({d: c[0] for d, c in cands.items()}, {d: 0 for d in cands},
+                                                  args.out_floor + margin, floors)
+            if args.solver == "exact":
+                picks["joint-hull"], picks["joint"] = picks["joint"], picks.pop("joint-exact")
+        for k in [k for k in picks if picks[k] is None]:
+            log(f"{k}: no choice meets the floors; the current masks stay")
+            if k == args.rule and args.write:
+                raise SystemExit(f"no {k} choice meets the floors on these pairs: nothing written")
+            picks[k] = {d: 0 for d in cands}
     result = {"args": vars(args), "grid": GRID, "current": summary(cands, {d: 0 for d in cands})}
     for rule, pick in picks.items():
         result[rule] = summary(cands, pick)
@@ -222,7 +230,8 @@ def write_choice(folder: Path, meta: dict, result: dict, args, n_val: int) -> No
     picked = {d: s["settings"] for d, s in result[args.rule].items() if d != "all"}
     floors = "".join(f"each {t} direction >= {float(v) + args.margin:g} dB outside, "
                      for t, v in (f.split("=", 1) for f in args.floor))
-    rule = ("the largest mean mask IoU on the trade-off's hull (a Lagrangian sweep) subject to the pooled PSNR outside the true region >= "
+    how = "on the trade-off's hull (a Lagrangian sweep)" if args.solver == "hull" else "(exact: Pareto fronts merged)"
+    rule = (f"the largest mean mask IoU {how} subject to the pooled PSNR outside the true region >= "
             f"{args.out_floor + args.margin:g} dB (the target {args.out_floor:g} + a margin of {args.margin:g} dB), "
             f"{floors}every direction no worse inside than the mask it had, chosen jointly over directions "
             "(pedit.eval.joint_choice)" if args.rule == "joint" else

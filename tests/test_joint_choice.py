@@ -6,7 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from pedit.eval.joint_choice import Sums, admissible, choose_jointly, hull_slopes, pooled, psnr, sums_of
+from pedit.eval.joint_choice import (Sums, admissible, choose_exactly, choose_jointly, hull_slopes, pooled, psnr,
+                                     sums_of)
 
 
 def random_candidates(rng, directions=3, per=5):
@@ -153,3 +154,37 @@ def test_the_scripts_batched_weight_is_weight_from_exactly():
         want = np.stack([weight_from(p[i].astype(np.float64), change[i] if gate else None, t, band, gate, feather)
                          for i in range(3)])
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_exact_choice_is_the_best_feasible_combination(seed):
+    """choose_exactly against brute force: the largest summed IoU among every admissible combination meeting the
+    pooled floor (and the per-direction floors), never below the hull choice."""
+    rng = np.random.default_rng(100 + seed)
+    cands = random_candidates(rng, directions=4, per=6)
+    current = {d: 0 for d in cands}
+    floors = {"d1": float(np.median([c.psnr_out for c in cands["d1"]]))}
+    rows = brute_force(cands, current, 0.0, floors)
+    floor = float(np.median([r[2] for r in rows]))
+    pick = choose_exactly(cands, current, floor, floors)
+    chosen = {d: cands[d][i] for d, i in pick.items()}
+    best = max(r[0] for r in rows if r[2] >= floor)
+    assert sum(c.iou for c in chosen.values()) == pytest.approx(best, abs=1e-9)
+    assert pooled(chosen)["psnr_outside_mask"] >= floor
+    assert chosen["d1"].psnr_out >= floors["d1"] or pick["d1"] == current["d1"]  # admissible: the current mask stays a choice
+    hull = choose_jointly(cands, current, floor, floors)
+    assert sum(c.iou for c in chosen.values()) >= sum(cands[d][i].iou for d, i in hull.items()) - 1e-9
+    assert choose_exactly(cands, current, 99.0) is None
+
+
+def test_the_exact_choice_finds_what_the_hull_misses():
+    """Two directions whose best feasible combination lies inside the hull: a (0, 0) or (6, 6); b (0, 0), (5, 5.5)
+    or (10, 8) as (squared error, IoU), an allowance of 10: the hull gives IoU 5.5, the exact choice 8."""
+    def c(sq, iou):
+        return Sums(iou=iou, pairs=1, sq_in=1.0, n_in=3, sq_out=sq + 1e-9, n_out=3)
+
+    cands = {"a": [c(0, 0), c(6, 6)], "b": [c(0, 0), c(5, 5.5), c(10, 8)]}
+    floor = psnr(10 + 3e-9, 6)  # the pooled PSNR of a summed error of 10 over both directions' pixels
+    current = {"a": 0, "b": 0}
+    assert choose_jointly(cands, current, floor) == {"a": 0, "b": 1}
+    assert choose_exactly(cands, current, floor) == {"a": 0, "b": 2}

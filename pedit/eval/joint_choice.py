@@ -139,3 +139,34 @@ def choose_jointly(candidates: dict[str, list[Sums]], current: dict[str, int], o
         if best_key is None or key > best_key:
             best, best_key = {d: ok[d][pick[d]] for d in names}, key
     return best
+
+
+def _front(points: list) -> list:
+    """The Pareto front of (summed squared error, summed IoU, picks) points: error rising, IoU strictly rising."""
+    front = []
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or p[1] > front[-1][1]:
+            front.append(p)
+    return front
+
+
+def choose_exactly(candidates: dict[str, list[Sums]], current: dict[str, int], out_floor: float,
+                   floors: dict[str, float] | None = None) -> dict[str, int] | None:
+    """choose_jointly's constraints, solved exactly: of every admissible combination whose pooled PSNR outside is
+    at least `out_floor`, the largest summed IoU (ties: the least error), by merging the directions' Pareto fronts
+    one direction at a time, keeping only combinations within the error allowance that no other beats on both;
+    None when none meets the floor."""
+    floors = floors or {}
+    names = sorted(candidates)
+    n_out = sum(candidates[d][current[d]].n_out for d in names)
+    budget = 255.0**2 * n_out / 10 ** (out_floor / 10)
+    front = [(0.0, 0.0, ())]
+    for d in names:
+        own = _front([(candidates[d][i].sq_out, candidates[d][i].iou, i)
+                      for i in admissible(candidates[d], current[d], floors.get(d))])
+        front = _front([(sq + s, iou + v, picks + (i,)) for sq, iou, picks in front for s, v, i in own
+                        if sq + s <= budget])
+        if not front:
+            return None
+    best = max(front, key=lambda p: (p[1], -p[0]))
+    return dict(zip(names, best[2]))
