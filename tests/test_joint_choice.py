@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import load_script
 from pedit.eval.joint_choice import (Sums, admissible, choose_exactly, choose_jointly, hull_slopes, pooled, psnr,
                                      sums_of)
 
@@ -105,14 +106,7 @@ def test_sums_match_the_tuning_tally():
 
 
 def _script():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("choose_mask_jointly",
-                                                  Path(__file__).parent.parent / "scripts" / "choose_mask_jointly.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("choose_mask_jointly")
 
 
 def test_write_keeps_a_directions_other_keys_and_never_overwrites_another_refiner(tmp_path):

@@ -1,21 +1,16 @@
 """scripts/train_mask_refiner.py's soft Jaccard loss: on binary maps it is 1 - pedit.eval.ceiling.mask_iou (up to
 its +1 smoothing), and it falls as the prediction covers more of the truth."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 torch = pytest.importorskip("torch")
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("train_mask_refiner",
-                                                  Path(__file__).parent.parent / "scripts" / "train_mask_refiner.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_mask_refiner")
 
 
 def test_soft_jaccard_is_one_minus_iou_on_binary_maps():
