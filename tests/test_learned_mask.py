@@ -156,6 +156,10 @@ def test_the_settings_name_the_refiner():
     assert refiner_files(meta) == ["a.npz", "b.npz"]
     with pytest.raises(ModelError, match="must be a file name"):
         check_refiners({"resolution": 32, "mask": {"refine": "learned", "refiner": "../x.npz"}}, ".")
+    for name in ("runtime.npz", "model.json", "unet.onnx"):  # an export's own files: copied beside them, it would clash
+        with pytest.raises(ModelError, match="must be an .npz file other than runtime.npz"):
+            check_refiners({"resolution": 32, "mask_by_direction": {"angry": {"refine": "learned", "refiner": name}}},
+                           ".")
 
 
 def _learned_model(random_model, tmp_path, name="refiner.npz", resolution=32):

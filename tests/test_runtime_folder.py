@@ -214,3 +214,17 @@ def test_the_cache_export_imports_no_torch_from_the_second_run_on(tmp_path):
     env = {"PEDIT_CACHE": str(tmp_path)}
     assert _modules_after(code, env) == sorted(HEAVY)  # the first run exports with torch
     assert _modules_after(code, env) == []
+
+
+def test_model_json_naming_an_unknown_direction_in_its_mask_settings_is_refused(copy_of):
+    """The exported description is checked as the torch loader checks pedit.json: a "mask_by_direction" entry for
+    a direction the model does not have (misspelled: its settings would silently never apply) is one ModelError."""
+    from pedit.export.runtime_folder import _model_json
+
+    folder = copy_of()
+    path = folder / "model.json"
+    data = json.loads(path.read_text())
+    data["meta"].setdefault("mask_by_direction", {})["giggling"] = {"refiner_threshold": 0.5}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="giggling"):
+        _model_json(folder)

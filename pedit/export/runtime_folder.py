@@ -120,9 +120,9 @@ def _model_json(folder: Path) -> dict:
         int(dims["resolution"]), int(data["latent_factor"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path} is not a valid description of the exported model ({e}).") from None
-    model_directions(meta, folder)  # ModelError naming the entry
+    directions = model_directions(meta, folder)  # ModelError naming the entry
     try:
-        check_mask_settings(meta, path)
+        check_mask_settings(meta, path, list(directions))  # as the torch loader does: no unknown direction
         check_sampling_settings(meta, path)
     except ValueError as e:
         raise ModelError(str(e)) from None

@@ -26,6 +26,7 @@ FEATURES = ("prior", "change", "input_r", "input_g", "input_b", "edit_r", "edit_
 # column in [0, 1] (where in the picture the direction's region tends to lie)
 EXTRA_FEATURES = ("change_r2", "change_r4", "change_r8", "change_r16", "row", "col")
 MAX_LAYERS = 16
+RESERVED = ("runtime.npz",)  # the .npz `pedit export` writes beside the refiner files it copies (pedit.export.runtime_files)
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,4 +139,7 @@ def check_refiners(meta: dict, folder) -> None:
         if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
             raise ModelError(f"{Path(folder) / 'pedit.json'}: a mask \"refiner\" must be a file name in the model "
                              f"folder, got {name!r}.")
+        if not name.endswith(".npz") or name in RESERVED:
+            raise ModelError(f"{Path(folder) / 'pedit.json'}: a mask \"refiner\" must be an .npz file other than "
+                             f"{', '.join(sorted(RESERVED))} (`pedit export` copies it beside its own files), got {name!r}.")
         load_refiner(Path(folder) / name, int(meta["resolution"]))
