@@ -143,14 +143,20 @@ def write(folder: Path, meta: dict, chosen: dict, record: str) -> None:
     folder under its file name) and `record` appended to its "mask_refiner"."""
     import shutil
 
-    copies = {Path(s["refiner"]): folder / Path(s["refiner"]).name for s in chosen.values()
-              if s is not None and Path(s["refiner"]).name != s["refiner"]}
-    for source, target in copies.items():  # every check before anything is written
-        if target.exists() and target.read_bytes() != source.read_bytes():
-            raise SystemExit(f"{target} exists and differs from {source} (other directions may use it): rename the "
-                             "new refiner; nothing written")
-    for source, target in copies.items():
-        shutil.copyfile(source, target)
+    copies: dict = {}  # target in the folder: source, resolved as the scoring read it (folder / "refiner")
+    for s in chosen.values():
+        if s is not None and Path(s["refiner"]).name != s["refiner"]:
+            source, target = folder / s["refiner"], folder / Path(s["refiner"]).name
+            copies.setdefault(target, set()).add(source)
+    for target, sources in copies.items():  # every check before anything is written
+        data = {src.read_bytes() for src in sources}
+        if len(data) > 1 or (target.exists() and target.read_bytes() not in data):
+            raise SystemExit(f"{target.name}: {', '.join(map(str, sorted(sources)))}"
+                             f"{' and the folder' if target.exists() else ''} hold different refiners of that name "
+                             "(other directions may use it): rename the new refiner; nothing written")
+    for target, sources in copies.items():
+        if not target.exists():  # an existing target holds these very bytes
+            shutil.copyfile(next(iter(sources)), target)
     by_dir = meta.setdefault("mask_by_direction", {})
     for direction, settings in chosen.items():
         if settings is not None:
@@ -192,21 +198,19 @@ def main():
     cands = scored(val, meta, folder, refiners, log)
     task_of = {str(k): str(t) for k, t in zip(val["direction"], val["task"])}
     picks = {"plain": plain_choice(cands)}
+    solvers = {"hull": choose_jointly, "exact": choose_exactly}
+    other = "exact" if args.solver == "hull" else "hull"
+    unmet = set()
     for margin in [args.margin, *(float(m) for m in args.sweep.split(",") if m)]:
         floors = {d: task_floor[task_of[d]] + margin for d in cands if task_of[d] in task_floor}
-        key = "joint" if margin == args.margin and "joint" not in picks else f"joint@{margin:g}"
-        picks[key] = choose_jointly({d: c[0] for d, c in cands.items()}, {d: 0 for d in cands},
-                                    args.out_floor + margin, floors)
-        if key == "joint":  # the exact solution beside it (choose_exactly), scored, written with --solver exact
-            picks["joint-exact"] = choose_exactly({d: c[0] for d, c in cands.items()}, {d: 0 for d in cands},
-                                                  args.out_floor + margin, floors)
-            if args.solver == "exact":
-                picks["joint-hull"], picks["joint"] = picks["joint"], picks.pop("joint-exact")
-        for k in [k for k in picks if picks[k] is None]:
-            log(f"{k}: no choice meets the floors; the current masks stay")
-            if k == args.rule and args.write:
-                raise SystemExit(f"no {k} choice meets the floors on these pairs: nothing written")
-            picks[k] = {d: 0 for d in cands}
+        main = margin == args.margin and "joint" not in picks
+        key = "joint" if main else f"joint@{margin:g}"  # by --solver; the other solver beside the main margin's
+        for k, solve in [(key, solvers[args.solver]), *([(f"joint-{other}", solvers[other])] if main else [])]:
+            picks[k] = solve({d: c[0] for d, c in cands.items()}, {d: 0 for d in cands}, args.out_floor + margin, floors)
+            if picks[k] is None:
+                log(f"{k}: no choice meets the floors; the current masks stay")
+                unmet.add(k)
+                picks[k] = {d: 0 for d in cands}
     result = {"args": vars(args), "grid": GRID, "current": summary(cands, {d: 0 for d in cands})}
     for rule, pick in picks.items():
         result[rule] = summary(cands, pick)
@@ -222,6 +226,8 @@ def main():
     result["log"] = lines
     (out / "joint-choice.json").write_text(json.dumps(result, indent=1))
     if args.write:
+        if args.rule in unmet:  # the scores are saved above; the folder keeps its masks
+            raise SystemExit(f"no {args.rule} choice meets the floors on these pairs: nothing written")
         write_choice(folder, meta, result, args, len(val["x_A"]))
 
 

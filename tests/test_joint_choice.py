@@ -131,9 +131,20 @@ def test_write_keeps_a_directions_other_keys_and_never_overwrites_another_refine
     assert (folder / "r.npz").read_bytes() == b"new refiner" and written["mask_refiner"] == "before | record"
     (tmp_path / "new" / "r.npz").write_bytes(b"another refiner")
     before = (folder / "pedit.json").read_text()
-    with pytest.raises(SystemExit, match="differs"):
+    with pytest.raises(SystemExit, match="hold different refiners"):
         write(folder, json.loads(before), {"royal": settings}, "again")
     assert (folder / "pedit.json").read_text() == before and (folder / "r.npz").read_bytes() == b"new refiner"
+    # two runs' files of one name for two directions, none in the folder yet: refused, nothing copied
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "s.npz").write_bytes(b"one")
+    (tmp_path / "new" / "s.npz").write_bytes(b"two")
+    with pytest.raises(SystemExit, match="hold different refiners"):
+        write(folder, json.loads(before), {"royal": {**settings, "refiner": str(tmp_path / "other" / "s.npz")},
+                                           "angry": {**settings, "refiner": str(tmp_path / "new" / "s.npz")}}, "x")
+    assert not (folder / "s.npz").exists() and (folder / "pedit.json").read_text() == before
+    # the folder's own file given by its path: nothing to copy, written
+    write(folder, json.loads(before), {"royal": {**settings, "refiner": str(folder / "r.npz")}}, "same")
+    assert json.loads((folder / "pedit.json").read_text())["mask_refiner"].endswith("| same")
 
 
 def test_the_scripts_batched_weight_is_weight_from_exactly():

@@ -139,7 +139,7 @@ def check_refiners(meta: dict, folder) -> None:
         if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
             raise ModelError(f"{Path(folder) / 'pedit.json'}: a mask \"refiner\" must be a file name in the model "
                              f"folder, got {name!r}.")
-        if not name.endswith(".npz") or name in RESERVED:
+        if not name.casefold().endswith(".npz") or name.casefold() in RESERVED:  # case-insensitive disks too
             raise ModelError(f"{Path(folder) / 'pedit.json'}: a mask \"refiner\" must be an .npz file other than "
                              f"{', '.join(sorted(RESERVED))} (`pedit export` copies it beside its own files), got {name!r}.")
         load_refiner(Path(folder) / name, int(meta["resolution"]))
