@@ -30,34 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling script train_mask_refiner (the cache, the current mask)
+
 GRID = {"refiner_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "refiner_band": (0.0, 0.1, 0.2),
         "refiner_feather": (0.0, 0.5, 1.0), "refiner_change_below": (0.0, 8.0, 16.0, 32.0)}
-
-
-def blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """pedit.edit.pixel_mask.gaussian_blur of every (R, R) map in x (N, R, R) at once (the same sums, in order)."""
-    if sigma <= 0:
-        return x.astype(np.float64)
-    radius = max(1, int(round(2 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    k /= k.sum()
-    h, w = x.shape[1:]
-    padded = np.pad(x.astype(np.float64), ((0, 0), (radius, radius), (radius, radius)), mode="edge")
-    rows = sum(k[i] * padded[:, :, i: i + w] for i in range(k.size))
-    return sum(k[i] * rows[:, i: i + h] for i in range(k.size))
-
-
-def weights_at(p: np.ndarray, change: np.ndarray, refiner_threshold, refiner_band, refiner_feather,
-               refiner_change_below) -> np.ndarray:
-    """pedit.edit.pixel_mask.weight_from for N pairs at once: p (N, R, R) probabilities, change (N, R, R) levels."""
-    from pedit.edit.pixel_mask import ZERO_BELOW, ramp
-
-    weight = ramp(p.astype(np.float64), refiner_threshold - refiner_band, refiner_threshold + refiner_band)
-    if refiner_change_below > 0:
-        weight = weight * ramp(change, refiner_change_below / 2, refiner_change_below)
-    weight = np.clip(blur(weight, refiner_feather), 0.0, 1.0)
-    weight[weight < ZERO_BELOW] = 0.0
-    return weight.astype(np.float32)
 
 
 def candidates(d, current, probs: dict, refiners: dict, log):
@@ -65,7 +41,7 @@ def candidates(d, current, probs: dict, refiners: dict, log):
     of the direction's task (probs[file] (N, R, R)) at every GRID setting."""
     import itertools
 
-    from pedit.edit.pixel_mask import colour_change
+    from pedit.edit.pixel_mask import colour_change, weight_from
     from pedit.eval.joint_choice import PairSet
 
     out = {}
@@ -79,7 +55,9 @@ def candidates(d, current, probs: dict, refiners: dict, log):
         for name in refiners.get(task, ()):
             for values in itertools.product(*GRID.values()):
                 s = dict(zip(GRID, values))
-                sums.append(pairs.sums(weights_at(probs[name][idx], change, **s)))
+                weights = weight_from(probs[name][idx].astype(np.float64), change, s["refiner_threshold"],
+                                      s["refiner_band"], s["refiner_change_below"], s["refiner_feather"])
+                sums.append(pairs.sums(weights))
                 settings.append({"refiner": name, **s})
         log(f"{direction}: {len(sums)} candidates on {len(idx)} pairs")
         out[direction] = (sums, settings)
@@ -88,10 +66,11 @@ def candidates(d, current, probs: dict, refiners: dict, log):
 
 def plain_choice(cands) -> dict:
     """Per direction: the best IoU among the candidates no worse inside and outside than the current (index 0)."""
+    from pedit.eval.joint_choice import admissible
+
     pick = {}
     for direction, (sums, _) in cands.items():
-        now = sums[0]
-        ok = [i for i, s in enumerate(sums) if s.psnr_in >= now.psnr_in and s.psnr_out >= now.psnr_out]
+        ok = admissible(sums, 0, floor=sums[0].psnr_out)  # no worse inside, and outside no worse than now
         pick[direction] = max(ok, key=lambda i: (sums[i].iou, -sums[i].sq_out))
     return pick
 
@@ -125,7 +104,6 @@ def probabilities(d, folder, resolution, names) -> dict:
 
 
 def scored(d, meta, folder, refiners, log):
-    sys.path.insert(0, str(Path(__file__).parent))
     from train_mask_refiner import current_weights
 
     names = list(dict.fromkeys(n for files in refiners.values() for n in files))
@@ -186,7 +164,6 @@ def main():
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from train_mask_refiner import load, start_run, training_cache
 
     from pedit.eval.joint_choice import choose_exactly, choose_jointly

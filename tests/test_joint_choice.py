@@ -105,17 +105,13 @@ def test_sums_match_the_tuning_tally():
     assert psnr(0.0, 3) == float("inf")
 
 
-def _script():
-    return load_script("choose_mask_jointly")
-
-
 def test_write_keeps_a_directions_other_keys_and_never_overwrites_another_refiner(tmp_path):
     """--write lays the refiner's fields over the direction's entry (its latent-mask keys made the scored
     inputs, so they stay), copies a refiner given as a path, and refuses, writing nothing, when the folder holds
     a different file of that name."""
     import json
 
-    write = _script().write
+    write = load_script("choose_mask_jointly").write
     folder = tmp_path / "model"
     folder.mkdir()
     (tmp_path / "new").mkdir()
@@ -145,20 +141,6 @@ def test_write_keeps_a_directions_other_keys_and_never_overwrites_another_refine
     # the folder's own file given by its path: nothing to copy, written
     write(folder, json.loads(before), {"royal": {**settings, "refiner": str(folder / "r.npz")}}, "same")
     assert json.loads((folder / "pedit.json").read_text())["mask_refiner"].endswith("| same")
-
-
-def test_the_scripts_batched_weight_is_weight_from_exactly():
-    from pedit.edit.pixel_mask import weight_from
-
-    mod = _script()
-    rng = np.random.default_rng(1)
-    p = rng.random((3, 24, 24)).astype(np.float32)
-    change = rng.uniform(0, 64, (3, 24, 24))
-    for t, band, feather, gate in [(0.5, 0.1, 1.0, 16.0), (0.3, 0.2, 0.5, 0.0), (0.9, 0.0, 0.0, 32.0)]:
-        got = mod.weights_at(p, change, t, band, feather, gate)
-        want = np.stack([weight_from(p[i].astype(np.float64), change[i] if gate else None, t, band, gate, feather)
-                         for i in range(3)])
-        assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("seed", range(12))

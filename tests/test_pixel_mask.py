@@ -40,6 +40,18 @@ def test_upsample_matches_torch_bilinear():
     assert np.allclose(pm.upsample(a, 128), want.numpy(), atol=1e-12)
 
 
+def test_a_stack_of_maps_gets_each_maps_own_weight_exactly():
+    """weight_from (and its gaussian_blur) on (N, R, R) stacks, as scripts/choose_mask_jointly.py scores many pairs
+    at once: the same bytes as one map at a time."""
+    rng = np.random.default_rng(1)
+    p = rng.random((3, 24, 24))
+    change = rng.uniform(0, 64, (3, 24, 24))
+    for t, band, feather, gate in [(0.5, 0.1, 1.0, 16.0), (0.3, 0.2, 0.5, 0.0), (0.9, 0.0, 0.0, 32.0)]:
+        got = pm.weight_from(p, change if gate else None, t, band, gate, feather)
+        want = np.stack([pm.weight_from(p[i], change[i] if gate else None, t, band, gate, feather) for i in range(3)])
+        assert got.shape == (3, 24, 24) and np.array_equal(got, want)
+
+
 def test_gaussian_blur_matches_the_latent_feather():
     x = (np.random.default_rng(2).random((32, 32)) > 0.7).astype(np.float64)
     k = torch.from_numpy(_gaussian_kernel(1.5)).double()  # the latent feather's kernel (float32 values)

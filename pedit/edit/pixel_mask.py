@@ -105,16 +105,18 @@ def colour_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """(H, W) blurred by a separable Gaussian of `sigma` px, support round(2 sigma), border replicated:
-    the feather of the latent kind (pedit.edit.mask.pixel_mask) at pixel resolution."""
+    """(..., H, W) blurred over its last two axes by a separable Gaussian of `sigma` px, support round(2 sigma),
+    border replicated: the feather of the latent kind (pedit.edit.mask.pixel_mask) at pixel resolution. A
+    stack of maps gives each map's own blur exactly (the same sums, in the same order)."""
     if sigma <= 0:
         return x.astype(np.float64)
     radius = max(1, int(round(2 * sigma)))
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     k /= k.sum()
-    padded = np.pad(x.astype(np.float64), radius, mode="edge")
-    rows = sum(k[i] * padded[:, i: i + x.shape[1]] for i in range(k.size))  # (H + 2r, W)
-    return sum(k[i] * rows[i: i + x.shape[0]] for i in range(k.size))
+    h, w = x.shape[-2:]
+    padded = np.pad(x.astype(np.float64), [(0, 0)] * (x.ndim - 2) + [(radius, radius)] * 2, mode="edge")
+    rows = sum(k[i] * padded[..., :, i: i + w] for i in range(k.size))  # (..., H + 2r, W)
+    return sum(k[i] * rows[..., i: i + h, :] for i in range(k.size))
 
 
 def ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -136,7 +138,8 @@ def prior_map(diff: np.ndarray, original: np.ndarray, ratio: float, guide_radius
 
 def weight_from(prior: np.ndarray, change: np.ndarray | None, prior_threshold: float, prior_band: float,
                 change_below: float, feather_px: float) -> np.ndarray:
-    """(R, R) float32 blend weight from a `prior_map` and the edit's `colour_change` (None: change_below off)."""
+    """(R, R) float32 blend weight from a `prior_map` and the edit's `colour_change` (None: change_below off);
+    elementwise but for the feather (gaussian_blur), so (N, R, R) stacks give each map's own weight."""
     weight = ramp(prior, prior_threshold - prior_band, prior_threshold + prior_band)
     if change_below > 0 and change is not None:
         weight = weight * ramp(change, change_below / 2, change_below)

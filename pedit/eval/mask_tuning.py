@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from pedit.errors import ConfigError
+from pedit.eval.pixel_tuning import psnr
 
 EVAL_SEEDS_FROM = 1_000_000
 BLEND = ("dilate", "feather", "keep_below")  # the stage-2 MaskConfig fields
@@ -57,8 +57,6 @@ class TuneConfig:
             raise ConfigError("n_noise, steps and batch_size must be at least 1")
 
 
-def _psnr(sq: float, px: int) -> float:
-    return float("inf") if sq == 0 else 10 * math.log10(255.0**2 * px / sq)
 
 
 def tune_masks(cfg: TuneConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
@@ -137,10 +135,10 @@ def tune_masks(cfg: TuneConfig, progress: Callable[[str, int, int], None] | None
         if progress:
             progress("blend", bi + 1, len(batches))
     blends = {t: {f"dilate {d}, feather {fe}, keep_below {k}": {
-        "psnr": _psnr(*a[0:2]), "psnr_in_mask": _psnr(*a[2:4]), "psnr_outside_mask": _psnr(*a[4:6])}
+        "psnr": psnr(*a[0:2]), "psnr_in_mask": psnr(*a[2:4]), "psnr_outside_mask": psnr(*a[4:6])}
         for (d, fe, k), a in sums[t].items()} for t in tasks}
     for t in tasks:
-        best, _ = max(sums[t].items(), key=lambda kv: _psnr(*kv[1][0:2]))
+        best, _ = max(sums[t].items(), key=lambda kv: psnr(*kv[1][0:2]))
         chosen[t].update(zip(BLEND, best))
     mask_by_task = {t: {k: chosen[t][k] for k in ("strength", "ratio", "threshold", *BLEND)} for t in tasks}
     tables = {t: {f"strength {k[0]}, ratio {k[1]}, threshold {k[2]}": v / count[t] for k, v in iou[t].items()} for t in tasks}

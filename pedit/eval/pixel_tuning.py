@@ -47,8 +47,10 @@ class PixelGrid:
                    "change_below": cb, "edge_feather": fe, "guide_radius": gr}
 
 
-def _psnr(sq: float, n: int) -> float:
-    return float("inf") if sq == 0 else 10 * math.log10(255.0**2 * n / sq)
+def psnr(sq: float, n: float) -> float:
+    """PSNR (dB) of a summed squared error `sq` over `n` values in 0-255: the pooled figure of every tuning
+    (and pedit.eval.joint_choice); a sum that rounding left at or below 0 is a perfect match."""
+    return float("inf") if sq <= 0 else 10 * math.log10(255.0**2 * n / sq)
 
 
 class Tally:
@@ -76,8 +78,9 @@ class Tally:
         self.pairs += 1
 
     def summary(self) -> dict:
-        psnr = [_psnr(s, n) for s, n in zip(self.sq, self.n)]
-        return {"psnr": psnr[0], "psnr_in_mask": psnr[1], "psnr_outside_mask": psnr[2], "psnr_edge_band": psnr[3],
+        psnr_of = [psnr(s, n) for s, n in zip(self.sq, self.n)]
+        return {"psnr": psnr_of[0], "psnr_in_mask": psnr_of[1], "psnr_outside_mask": psnr_of[2],
+                "psnr_edge_band": psnr_of[3],
                 "mask_iou": self.iou / self.pairs, "mask_edge_error": self.edge_wrong / max(self.edge_n, 1)}
 
 
